@@ -1,0 +1,145 @@
+"""Read the source contract (source_contract.yml) into typed settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import get_args
+
+import yaml
+
+from warehouse import ColumnType
+
+DEFAULT_CONTRACT_PATH = Path(__file__).with_name("source_contract.yml")
+FORMATS = ("sql", "csv", "jsonl")
+
+
+class ContractError(ValueError):
+    """The contract file is malformed; the message names the file, entity and field."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+    required: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    description: str
+    format: str
+    raw_schema: str
+    layout: str | None
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    system: System
+    description: str
+    primary_key: tuple[str, ...]
+    cursor: str | None
+    columns: tuple[Column, ...]
+
+    @property
+    def raw_table(self) -> str:
+        return f"{self.system.raw_schema}.{self.name}"
+
+    @property
+    def column_types(self) -> dict[str, ColumnType]:
+        return {column.name: column.type for column in self.columns}
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns if column.required)
+
+
+@dataclass(frozen=True)
+class SourceContract:
+    path: Path
+    systems: dict[str, System]
+    entities: dict[str, Entity]
+
+    def entities_of(self, system: str) -> list[Entity]:
+        return [entity for entity in self.entities.values() if entity.system.name == system]
+
+
+def contract_path() -> Path:
+    return Path(os.environ.get("CRMW_SOURCE_CONTRACT") or DEFAULT_CONTRACT_PATH)
+
+
+@cache
+def _load(path: Path) -> SourceContract:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ContractError(f"source contract {path}: cannot be read ({error})") from error
+    systems = {
+        name: System(
+            name=name,
+            description=spec.get("description", ""),
+            format=_one_of(path, f"systems.{name}.format", spec.get("format"), FORMATS),
+            raw_schema=spec["raw_schema"],
+            layout=spec.get("layout"),
+        )
+        for name, spec in document["systems"].items()
+    }
+    entities = {}
+    for name, spec in document["entities"].items():
+        where = f"entities.{name}"
+        system_name = _one_of(path, f"{where}.system", spec.get("system"), tuple(systems))
+        columns = tuple(
+            Column(
+                name=column_name,
+                type=_one_of(path, f"{where}.columns.{column_name}.type", column.get("type"), get_args(ColumnType)),
+                required=bool(column.get("required", False)),
+                description=column.get("description", ""),
+            )
+            for column_name, column in spec["columns"].items()
+        )
+        primary_key = tuple(spec.get("primary_key") or ())
+        names = {column.name for column in columns}
+        for key in primary_key:
+            if key not in names:
+                raise ContractError(f"source contract {path}: {where}.primary_key names {key!r}, which is not a column")
+        entities[name] = Entity(
+            name=name,
+            system=systems[system_name],
+            description=spec.get("description", ""),
+            primary_key=primary_key,
+            cursor=spec.get("cursor"),
+            columns=columns,
+        )
+    return SourceContract(path=path, systems=systems, entities=entities)
+
+
+def _one_of(path: Path, field: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ContractError(f"source contract {path}: {field} is {value!r}; expected one of {', '.join(allowed)}")
+    return str(value)
+
+
+def load_contract(path: Path | None = None) -> SourceContract:
+    return _load((path or contract_path()).resolve())
+
+
+def render_markdown(contract: SourceContract) -> str:
+    """The contract as Markdown tables, as the README shows it."""
+    lines: list[str] = []
+    for system in contract.systems.values():
+        where = f" — files at `{system.layout}`" if system.layout else ""
+        lines += [f"#### `{system.name}` ({system.format}) → `{system.raw_schema}`{where}", "", system.description, ""]
+        for entity in contract.entities_of(system.name):
+            key = ", ".join(entity.primary_key)
+            lines += [f"**{entity.name}** — {entity.description} Key: `{key}`.", ""]
+            lines += ["| column | type | required | description |", "|---|---|---|---|"]
+            lines += [
+                f"| `{c.name}` | {c.type} | {'yes' if c.required else 'no'} | {c.description} |" for c in entity.columns
+            ]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

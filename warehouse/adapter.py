@@ -1,0 +1,367 @@
+"""Connect to the warehouse named by WAREHOUSE_URL and move data in and out of it in bulk.
+
+DuckDB (the embedded default) and PostgreSQL (production) differ in how they bulk load, bind
+parameters, hand back frames and nest transactions; those differences stay in this file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+ColumnType = Literal["string", "integer", "decimal", "double", "boolean", "date", "timestamp"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+_SQL_TYPES: dict[str, dict[str, str]] = {
+    "duckdb": {
+        "string": "varchar",
+        "integer": "bigint",
+        "decimal": "decimal(18,4)",
+        "double": "double",
+        "boolean": "boolean",
+        "date": "date",
+        "timestamp": "timestamp",
+    },
+    "postgres": {
+        "string": "text",
+        "integer": "bigint",
+        "decimal": "numeric(18,4)",
+        "double": "double precision",
+        "boolean": "boolean",
+        "date": "date",
+        "timestamp": "timestamp",
+    },
+}
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_EXPECTED_URL = "expected duckdb:///path/to/file.duckdb or postgresql://user:password@host:port/database"
+_COPY_BATCH_ROWS = 200_000
+
+
+class WarehouseUrlError(ValueError):
+    """WAREHOUSE_URL cannot be used; the message names the value and what was expected."""
+
+
+@dataclass(frozen=True)
+class WarehouseUrl:
+    engine: Literal["duckdb", "postgres"]
+    url: str
+    duckdb_path: Path | None = None
+
+    def redacted(self) -> str:
+        """The URL with any password masked, for logs and messages."""
+        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", self.url)
+
+
+def default_warehouse_url() -> str:
+    return f"duckdb:///{PROJECT_ROOT / '.local' / 'warehouse.duckdb'}"
+
+
+def parse_warehouse_url(url: str | None = None) -> WarehouseUrl:
+    """Parse WAREHOUSE_URL (or `url`); DuckDB paths come back absolute."""
+    raw = url if url is not None else os.environ.get("WAREHOUSE_URL") or default_warehouse_url()
+    shown = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", raw)
+    if raw.startswith("duckdb://"):
+        location = raw[len("duckdb://") :]
+        if not location.strip("/"):
+            raise WarehouseUrlError(f"WAREHOUSE_URL={shown!r}: no file path; {_EXPECTED_URL}")
+        path = Path("/" + location.lstrip("/")) if location.startswith("/") else Path(location).resolve()
+        return WarehouseUrl("duckdb", f"duckdb:///{path}", duckdb_path=path)
+    scheme, _, rest = raw.partition("://")
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg") and rest:
+        parts = urlsplit("postgresql://" + rest)
+        if not parts.hostname or not parts.path.strip("/") or not parts.username:
+            raise WarehouseUrlError(
+                f"WAREHOUSE_URL={shown!r}: needs a user, a host and a database name; {_EXPECTED_URL}"
+            )
+        return WarehouseUrl("postgres", "postgresql://" + rest)
+    raise WarehouseUrlError(f"WAREHOUSE_URL={shown!r}: unknown kind of warehouse; {_EXPECTED_URL}")
+
+
+def connect(url: str | None = None) -> "Warehouse":
+    """Open the warehouse named by `url`, else WAREHOUSE_URL, else the embedded DuckDB file."""
+    target = parse_warehouse_url(url)
+    if target.engine == "duckdb":
+        return _DuckDBWarehouse(target)
+    return _PostgresWarehouse(target)
+
+
+def sql_type(engine: str, column_type: ColumnType) -> str:
+    """The SQL type that holds a contract column type on `engine`."""
+    return _SQL_TYPES[engine][column_type]
+
+
+def quote_identifier(name: str) -> str:
+    """Check one snake_case identifier part; names come from config files, never from data."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"identifier {name!r}: expected lowercase snake_case (a-z, 0-9, _)")
+    return name
+
+
+def qualified(table: str) -> str:
+    """`schema.table` with both parts checked."""
+    schema, _, name = table.partition(".")
+    if not name:
+        raise ValueError(f"table {table!r}: expected schema.table")
+    return f"{quote_identifier(schema)}.{quote_identifier(name)}"
+
+
+class Warehouse:
+    """A connection to the warehouse; use it as a context manager."""
+
+    engine: str
+
+    def __init__(self, target: WarehouseUrl) -> None:
+        self.target = target
+        self._depth = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "Warehouse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- SQL -----------------------------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement; parameters are bound to `?` placeholders on both engines."""
+        raise NotImplementedError
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def fetch_df(self, sql: str, params: Sequence[Any] = ()) -> "pd.DataFrame":
+        """A query result as a DataFrame with the same dtypes on both engines:
+        decimals as float64, dates and timestamps as datetime64."""
+        raise NotImplementedError
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All statements inside commit together or not at all; nesting joins the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._begin()
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._rollback()
+            raise
+        self._depth = 0
+        self._commit()
+
+    # -- schema --------------------------------------------------------------------------------
+    def ensure_schema(self, schema: str) -> None:
+        self.execute(f"create schema if not exists {quote_identifier(schema)}")
+
+    def table_columns(self, table: str) -> list[str]:
+        """Column names of `schema.table` in order; empty when the table does not exist."""
+        schema, _, name = qualified(table).partition(".")
+        rows = self.fetchall(
+            "select column_name from information_schema.columns"
+            " where table_schema = ? and table_name = ? order by ordinal_position",
+            (schema, name),
+        )
+        return [row[0] for row in rows]
+
+    def ensure_table(self, table: str, columns: Mapping[str, ColumnType]) -> None:
+        """Create `schema.table` if missing and add any column it lacks (sources gain columns)."""
+        existing = set(self.table_columns(table))
+        types = _SQL_TYPES[self.engine]
+        if not existing:
+            self.ensure_schema(table.partition(".")[0])
+            body = ", ".join(f"{quote_identifier(c)} {types[t]}" for c, t in columns.items())
+            self.execute(f"create table if not exists {qualified(table)} ({body})")
+            return
+        for column, column_type in columns.items():
+            if column not in existing:
+                self.execute(
+                    f"alter table {qualified(table)} add column {quote_identifier(column)} {types[column_type]}"
+                )
+
+    # -- bulk data -----------------------------------------------------------------------------
+    def append_arrow(self, table: str, data: "pa.Table") -> int:
+        """Bulk-append an Arrow table whose column names match the table's; returns rows added."""
+        raise NotImplementedError
+
+    def replace_rows(self, table: str, key_column: str, key_value: Any, data: "pa.Table") -> int:
+        """Replace every row of `table` whose `key_column` equals `key_value` (one run's or one
+        date's rows) by `data`, in one transaction: readers see the old rows or the new ones."""
+        with self.transaction():
+            self.execute(f"delete from {qualified(table)} where {quote_identifier(key_column)} = ?", (key_value,))
+            return self.append_arrow(table, data)
+
+    # -- engine hooks --------------------------------------------------------------------------
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _rollback(self) -> None:
+        raise NotImplementedError
+
+
+def _normalise_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """Give object columns holding decimals or dates the dtypes DuckDB already returns."""
+    import datetime
+
+    import pandas as pd
+
+    for column in frame.columns:
+        if frame[column].dtype != object:
+            continue
+        sample = frame[column].dropna()
+        if sample.empty:
+            continue
+        first = sample.iloc[0]
+        if isinstance(first, Decimal):
+            frame[column] = frame[column].astype("float64")
+        elif isinstance(first, (datetime.date, datetime.datetime)):
+            frame[column] = pd.to_datetime(frame[column])
+    return frame
+
+
+class _DuckDBWarehouse(Warehouse):
+    engine = "duckdb"
+
+    def __init__(self, target: WarehouseUrl) -> None:
+        import duckdb
+
+        super().__init__(target)
+        assert target.duckdb_path is not None
+        target.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(target.duckdb_path))
+
+    def close(self) -> None:
+        self._con.close()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._con.execute(sql, list(params))
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._con.execute(sql, list(params)).fetchall()
+
+    def fetch_df(self, sql: str, params: Sequence[Any] = ()) -> "pd.DataFrame":
+        return _normalise_frame(self._con.execute(sql, list(params)).df())
+
+    def append_arrow(self, table: str, data: "pa.Table") -> int:
+        if data.num_rows == 0:
+            return 0
+        columns = ", ".join(quote_identifier(c) for c in data.column_names)
+        self._con.register("crmw_incoming_batch", data)
+        try:
+            self._con.execute(f"insert into {qualified(table)} ({columns}) select {columns} from crmw_incoming_batch")
+        finally:
+            self._con.unregister("crmw_incoming_batch")
+        return data.num_rows
+
+    def _begin(self) -> None:
+        self._con.begin()
+
+    def _commit(self) -> None:
+        self._con.commit()
+
+    def _rollback(self) -> None:
+        self._con.rollback()
+
+
+class _PostgresWarehouse(Warehouse):
+    engine = "postgres"
+
+    def __init__(self, target: WarehouseUrl) -> None:
+        import psycopg
+        from psycopg.types.numeric import FloatLoader
+
+        super().__init__(target)
+        parts = urlsplit(target.url)
+        try:
+            self._con = psycopg.connect(
+                host=parts.hostname,
+                port=parts.port or 5432,
+                user=unquote(parts.username or ""),
+                password=unquote(parts.password or "") or None,
+                dbname=unquote(parts.path.lstrip("/")),
+                autocommit=True,
+                connect_timeout=10,
+            )
+        except psycopg.OperationalError as error:
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise WarehouseUrlError(
+                f"WAREHOUSE_URL={target.redacted()!r}: cannot connect to PostgreSQL ({reason})"
+            ) from error
+        # numeric arrives as float, as DuckDB's frames have it: ML code sees one dtype.
+        self._con.adapters.register_loader("numeric", FloatLoader)
+        self._transaction: Any = None
+
+    def close(self) -> None:
+        self._con.close()
+
+    @staticmethod
+    def _bind(sql: str, params: Sequence[Any]) -> str:
+        return sql.replace("%", "%%").replace("?", "%s") if params else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._con.execute(self._bind(sql, params), list(params) or None)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._con.execute(self._bind(sql, params), list(params) or None).fetchall()
+
+    def fetch_df(self, sql: str, params: Sequence[Any] = ()) -> "pd.DataFrame":
+        import pandas as pd
+
+        cursor = self._con.execute(self._bind(sql, params), list(params) or None)
+        names = [column.name for column in cursor.description or []]
+        return _normalise_frame(pd.DataFrame.from_records(cursor.fetchall(), columns=names))
+
+    def append_arrow(self, table: str, data: "pa.Table") -> int:
+        import pyarrow.csv as pacsv
+
+        if data.num_rows == 0:
+            return 0
+        columns = ", ".join(quote_identifier(c) for c in data.column_names)
+        # CSV is COPY's fastest text path; pyarrow quotes every string, so an unquoted empty
+        # field is a NULL and "" an empty string, exactly as COPY's CSV format reads them.
+        options = pacsv.WriteOptions(include_header=False)
+        with self.transaction(), self._con.cursor() as cursor:
+            with cursor.copy(f"copy {qualified(table)} ({columns}) from stdin (format csv)") as copy:
+                for batch in data.to_batches(max_chunksize=_COPY_BATCH_ROWS):
+                    buffer = io.BytesIO()
+                    pacsv.write_csv(batch, buffer, write_options=options)
+                    copy.write(buffer.getvalue())
+        return data.num_rows
+
+    def _begin(self) -> None:
+        self._transaction = self._con.transaction()
+        self._transaction.__enter__()
+
+    def _commit(self) -> None:
+        transaction, self._transaction = self._transaction, None
+        transaction.__exit__(None, None, None)
+
+    def _rollback(self) -> None:
+        import psycopg
+
+        transaction, self._transaction = self._transaction, None
+        transaction.__exit__(psycopg.Rollback, psycopg.Rollback(), None)
