@@ -205,12 +205,26 @@ class Warehouse:
         """Bulk-append an Arrow table whose column names match the table's; returns rows added."""
         raise NotImplementedError
 
-    def replace_rows(self, table: str, key_column: str, key_value: Any, data: "pa.Table") -> int:
-        """Replace every row of `table` whose `key_column` equals `key_value` (one run's or one
-        date's rows) by `data`, in one transaction: readers see the old rows or the new ones."""
+    def replace_rows(self, table: str, match: Mapping[str, Any], data: "pa.Table") -> int:
+        """Replace the rows of `table` whose columns equal `match` (one run's or one date's rows)
+        by `data`, in one transaction: readers see the old rows or the new ones, never a mix."""
+        where = " and ".join(f"{quote_identifier(column)} = ?" for column in match)
         with self.transaction():
-            self.execute(f"delete from {qualified(table)} where {quote_identifier(key_column)} = ?", (key_value,))
+            self.execute(f"delete from {qualified(table)} where {where}", tuple(match.values()))
             return self.append_arrow(table, data)
+
+    def row_counts(self, schemas: Sequence[str]) -> list[tuple[str, int]]:
+        """(schema.table, rows) for every table and view in `schemas`, sorted by name."""
+        names = self.fetchall(
+            "select table_schema || '.' || table_name from information_schema.tables"
+            f" where table_schema in ({', '.join('?' for _ in schemas)}) order by 1",
+            tuple(schemas),
+        )
+        return [(name, self.fetchall(f"select count(*) from {qualified(name)}")[0][0]) for (name,) in names]
+
+    def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
+        """Let `role` (BI tools) read every current and future table of `schemas`."""
+        raise NotImplementedError
 
     # -- engine hooks --------------------------------------------------------------------------
     def _begin(self) -> None:
@@ -276,6 +290,9 @@ class _DuckDBWarehouse(Warehouse):
         finally:
             self._con.unregister("crmw_incoming_batch")
         return data.num_rows
+
+    def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
+        """A DuckDB file has no roles: BI tools open it read-only (access_mode=read_only)."""
 
     def _begin(self) -> None:
         self._con.begin()
@@ -351,6 +368,18 @@ class _PostgresWarehouse(Warehouse):
                     pacsv.write_csv(batch, buffer, write_options=options)
                     copy.write(buffer.getvalue())
         return data.num_rows
+
+    def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
+        role = quote_identifier(role)
+        with self.transaction():
+            if not self.fetchall("select 1 from pg_roles where rolname = ?", (role,)):
+                self.execute(f"create role {role} nologin")
+            for schema in schemas:
+                schema = quote_identifier(schema)
+                self.execute(f"create schema if not exists {schema}")
+                self.execute(f"grant usage on schema {schema} to {role}")
+                self.execute(f"grant select on all tables in schema {schema} to {role}")
+                self.execute(f"alter default privileges in schema {schema} grant select on tables to {role}")
 
     def _begin(self) -> None:
         self._transaction = self._con.transaction()

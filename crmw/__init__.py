@@ -1,0 +1,1 @@
+"""crmw: the command-line front door of crm-warehouse (run, simulate, airflow)."""

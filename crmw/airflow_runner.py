@@ -1,0 +1,144 @@
+"""Run Airflow for this project: its environment, its metadata DB and pool, and DAG runs.
+
+`crmw run` and `crmw airflow` both go through here, so a DAG run from the command line and one
+from the scheduler see the same DAG folder, warehouse and pool.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from warehouse import PROJECT_ROOT, parse_warehouse_url
+
+DAG_ID = "crm_daily"
+WAREHOUSE_POOL = "warehouse_writer"
+
+
+class RunError(RuntimeError):
+    """A step of `crmw run` failed; the message says which and where to look."""
+
+
+def airflow_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """`base` plus this project's Airflow settings; settings already in `base` win.
+
+    WAREHOUSE_URL and CRMW_SOURCE_DIR are made absolute, since dbt runs in a copy of the project.
+    """
+    env = dict(base)
+    env["WAREHOUSE_URL"] = parse_warehouse_url(env.get("WAREHOUSE_URL")).url
+    env["CRMW_SOURCE_DIR"] = str(Path(env.get("CRMW_SOURCE_DIR") or PROJECT_ROOT / ".local" / "sources").resolve())
+    home = Path(env.setdefault("AIRFLOW_HOME", str(PROJECT_ROOT / ".local" / "airflow"))).resolve()
+    env["AIRFLOW_HOME"] = str(home)
+    defaults = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # Two cores here: more parallel tasks only queue behind the one-slot DuckDB pool.
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__API__PORT": "8080",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        # Cosmos reports usage to a web service by default; this machine has no network to spare.
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+    }
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    home.mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def pool_slots(env: Mapping[str, str]) -> int:
+    """One writer on a DuckDB file; PostgreSQL takes CRMW_WAREHOUSE_POOL_SLOTS (default 4)."""
+    if parse_warehouse_url(env["WAREHOUSE_URL"]).engine == "duckdb":
+        return 1
+    text = env.get("CRMW_WAREHOUSE_POOL_SLOTS", "4")
+    if not text.isdigit() or int(text) < 1:
+        raise RunError(f"CRMW_WAREHOUSE_POOL_SLOTS={text!r}: expected a positive whole number")
+    return int(text)
+
+
+def _airflow(env: Mapping[str, str], *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "airflow"), *args]
+    return subprocess.run(
+        command,
+        env=dict(env),
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE if quiet else None,
+        stderr=subprocess.STDOUT if quiet else None,
+        text=True,
+        check=False,
+    )
+
+
+def prepare_airflow(env: Mapping[str, str]) -> None:
+    """Create or upgrade the metadata DB and size the warehouse pool."""
+    for args in (
+        ("db", "migrate"),
+        ("pools", "set", WAREHOUSE_POOL, str(pool_slots(env)), "Tasks that write the warehouse"),
+    ):
+        result = _airflow(env, *args, quiet=True)
+        if result.returncode != 0:
+            tail = "\n".join(result.stdout.strip().splitlines()[-15:])
+            raise RunError(f"'airflow {' '.join(args)}' failed (exit {result.returncode}):\n{tail}")
+
+
+def run_dag(env: Mapping[str, str], dates: Sequence[dt.date]) -> None:
+    """Run crm_daily through Airflow for each logical date, in order; stop at the first failure."""
+    prepare_airflow(env)
+    for logical_date in dates:
+        started = time.monotonic()
+        print(f"crmw: running {DAG_ID} for {logical_date} ...", flush=True)
+        result = _airflow(env, "dags", "test", DAG_ID, logical_date.isoformat())
+        state = _run_state(env, logical_date)
+        if result.returncode != 0 or state != "success":
+            raise RunError(
+                f"{DAG_ID} for {logical_date} ended {state or 'without a run'} (exit {result.returncode});"
+                f" task logs are under {Path(env['AIRFLOW_HOME']) / 'logs'}"
+            )
+        print(f"crmw: {DAG_ID} for {logical_date} succeeded in {time.monotonic() - started:.1f} s", flush=True)
+
+
+def _run_state(env: Mapping[str, str], logical_date: dt.date) -> str | None:
+    """State of the newest run of the DAG at `logical_date`, read back from Airflow."""
+    result = _airflow(env, "dags", "list-runs", DAG_ID, "--output", "json", quiet=True)
+    listing = [line for line in result.stdout.splitlines() if line.startswith("[{") or line == "[]"]
+    if not listing:
+        return None
+    runs = json.loads(listing[-1])
+    wanted = logical_date.isoformat()
+    states = [run["state"] for run in runs if str(run.get("logical_date", "")).startswith(wanted)]
+    return states[0] if states else None
+
+
+def serve(env: Mapping[str, str]) -> int:
+    """Run `airflow standalone` (API server, scheduler, DAG processor, triggerer) until Ctrl-C."""
+    prepare_airflow(env)
+    home = Path(env["AIRFLOW_HOME"])
+    process = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], env=dict(env), cwd=PROJECT_ROOT)
+
+    def stop(signum: int, _frame: object) -> None:
+        # SIGINT lets standalone stop its scheduler's workers; SIGTERM would orphan them.
+        process.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    port = env["AIRFLOW__API__PORT"]
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and not passwords.exists():
+        time.sleep(1)
+    if passwords.exists():
+        logins = json.loads(passwords.read_text() or "{}")
+        login = ", ".join(f"user {user} / password {password}" for user, password in logins.items())
+        print(f"\ncrmw: Airflow UI at http://localhost:{port} — {login}\ncrmw: stop with Ctrl-C\n", flush=True)
+    return process.wait()

@@ -1,0 +1,124 @@
+"""`crmw`: run the pipeline through Airflow, generate sample sources, serve the Airflow UI.
+
+Expected failures (a bad argument or setting, a failed run) end with one line on stderr naming
+the input and what was expected, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+from crmw.airflow_runner import RunError, airflow_environment, run_dag, serve
+from warehouse import WarehouseUrlError, connect
+
+OUTPUT_SCHEMAS = ("staging", "marts", "features", "ml")
+
+
+class UsageError(ValueError):
+    """A command-line argument is wrong."""
+
+
+def _date(option: str, text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected a date as YYYY-MM-DD") from None
+
+
+def _dates(args: argparse.Namespace) -> list[dt.date]:
+    if args.date:
+        if args.date_from or args.date_to:
+            raise UsageError("--date: give either --date or --from/--to, not both")
+        return [_date("--date", args.date)]
+    if not (args.date_from and args.date_to):
+        raise UsageError("run: expected --date D, or --from D1 --to D2")
+    first, last = _date("--from", args.date_from), _date("--to", args.date_to)
+    if last < first:
+        raise UsageError(f"--to {last}: expected a date on or after --from {first}")
+    return [first + dt.timedelta(days=offset) for offset in range((last - first).days + 1)]
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    dates = _dates(args)
+    env = airflow_environment(os.environ)
+    sources = Path(env["CRMW_SOURCE_DIR"])
+    if not sources.is_dir():
+        raise UsageError(
+            f"CRMW_SOURCE_DIR={str(sources)!r}: folder not found; expected the source exports"
+            " (generate sample ones with 'crmw simulate')"
+        )
+    with connect(env["WAREHOUSE_URL"]):
+        pass  # fail fast, before Airflow starts, on a warehouse that cannot be reached
+    run_dag(env, dates)
+    with connect(env["WAREHOUSE_URL"]) as warehouse:
+        counts = warehouse.row_counts(OUTPUT_SCHEMAS)
+    print(f"\nOutput tables in {env['WAREHOUSE_URL'].split('@')[-1]}:")
+    width = max((len(name) for name, _ in counts), default=0)
+    for name, rows in counts:
+        print(f"  {name:<{width}}  {rows:>10,} rows")
+    return 0
+
+
+def _command_simulate(args: argparse.Namespace) -> int:
+    from simulator import SimulationSettings, simulate
+
+    settings = SimulationSettings(
+        customers=args.customers,
+        start=_date("--start", args.start),
+        days=args.days,
+        seed=args.seed,
+        out=Path(args.out).resolve(),
+    )
+    counts = simulate(settings)
+    summary = ", ".join(f"{entity} {rows:,}" for entity, rows in counts.items())
+    print(f"crmw: wrote sources to {settings.out} ({summary} rows)")
+    return 0
+
+
+def _command_airflow(_args: argparse.Namespace) -> int:
+    return serve(airflow_environment(os.environ))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crmw", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the crm_daily DAG through Airflow for logical dates, in order")
+    run.add_argument("--date", help="one logical date, YYYY-MM-DD")
+    run.add_argument("--from", dest="date_from", help="first logical date of a range")
+    run.add_argument("--to", dest="date_to", help="last logical date of a range (inclusive)")
+    run.set_defaults(handler=_command_run)
+
+    simulate = commands.add_parser("simulate", help="generate sample source systems")
+    simulate.add_argument("--customers", type=int, required=True, help="number of customers")
+    simulate.add_argument("--start", required=True, help="first simulated day, YYYY-MM-DD")
+    simulate.add_argument("--days", type=int, required=True, help="number of days")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed: same seed, same output")
+    simulate.add_argument("--out", required=True, help="new or empty folder to write the sources to")
+    simulate.set_defaults(handler=_command_simulate)
+
+    airflow = commands.add_parser("airflow", help="serve the Airflow UI and scheduler for this project")
+    airflow.set_defaults(handler=_command_airflow)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from extract_load.contract import ContractError
+    from simulator import SimulationError
+
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UsageError, WarehouseUrlError, RunError, SimulationError, ContractError) as error:
+        print(f"crmw: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
