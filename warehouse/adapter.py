@@ -238,7 +238,7 @@ class Warehouse:
 
 
 def _normalise_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
-    """Give object columns holding decimals or dates the dtypes DuckDB already returns."""
+    """Give object columns holding decimals, booleans or dates the dtypes DuckDB returns."""
     import datetime
 
     import pandas as pd
@@ -252,8 +252,10 @@ def _normalise_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
         first = sample.iloc[0]
         if isinstance(first, Decimal):
             frame[column] = frame[column].astype("float64")
+        elif isinstance(first, bool):
+            frame[column] = frame[column].astype("boolean")
         elif isinstance(first, (datetime.date, datetime.datetime)):
-            frame[column] = pd.to_datetime(frame[column])
+            frame[column] = pd.to_datetime(frame[column]).astype("datetime64[us]")
     return frame
 
 
@@ -278,7 +280,9 @@ class _DuckDBWarehouse(Warehouse):
         return self._con.execute(sql, list(params)).fetchall()
 
     def fetch_df(self, sql: str, params: Sequence[Any] = ()) -> "pd.DataFrame":
-        return _normalise_frame(self._con.execute(sql, list(params)).df())
+        frame = _normalise_frame(self._con.execute(sql, list(params)).df())
+        dates = frame.select_dtypes(include="datetime64").columns
+        return frame.astype({column: "datetime64[us]" for column in dates})
 
     def append_arrow(self, table: str, data: "pa.Table") -> int:
         if data.num_rows == 0:
