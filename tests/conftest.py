@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -13,6 +14,11 @@ import pytest
 from tests.postgres_server import throwaway_postgres
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its home when first imported: keep tests away from the developer's .local/airflow.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="crmw-test-airflow-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
 ENGINES = ["duckdb", "postgres"]
 _database_numbers = itertools.count(1)
 

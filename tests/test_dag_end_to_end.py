@@ -1,0 +1,162 @@
+"""crm_daily run through Airflow on each engine: outputs match counts and sums computed straight
+from the source files, both engines give the same outputs, and a rerun of the day changes nothing."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from ml_tasks.segmentation import MODEL_VERSION
+from simulator import SimulationSettings, simulate
+from tests.conftest import new_postgres_database
+from warehouse import connect
+
+pytestmark = pytest.mark.airflow
+
+START, DAYS = dt.date(2025, 1, 1), 21
+RUN_DATE = START + dt.timedelta(days=DAYS - 1)
+_runs: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sources") / "sources"
+    simulate(SimulationSettings(customers=150, start=START, days=DAYS, seed=11, out=out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("airflow_home")
+
+
+def crmw_run(warehouse_url: str, sources: Path, airflow_home: Path, logical_date: dt.date) -> float:
+    env = {
+        **os.environ,
+        "WAREHOUSE_URL": warehouse_url,
+        "CRMW_SOURCE_DIR": str(sources),
+        "AIRFLOW_HOME": str(airflow_home),
+        "CRMW_TASK_RETRIES": "0",
+    }
+    started = time.perf_counter()
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "crmw"), "run", "--date", logical_date.isoformat()],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "ml.customer_segments" in result.stdout
+    return time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def dag_run(request: pytest.FixtureRequest, sources: Path, airflow_home: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Run the DAG once per engine and hand back the warehouse URL."""
+
+    def run(engine: str) -> str:
+        if engine not in _runs:
+            if engine == "duckdb":
+                url = f"duckdb:///{tmp_path_factory.mktemp('duckdb') / 'warehouse.duckdb'}"
+            else:
+                url = new_postgres_database(request.getfixturevalue("postgres_server_url"), "crmw_dag_run")
+            seconds = crmw_run(url, sources, airflow_home, RUN_DATE)
+            print(f"\ncrm_daily on {engine}: {seconds:.1f} s (crmw run, incl. Airflow start-up)")
+            _runs[engine] = url
+        return _runs[engine]
+
+    return run
+
+
+def expected_from_sources(sources: Path) -> dict:
+    """Counts and sums computed from the source files alone, without the pipeline."""
+    with sqlite3.connect(sources / "sales.sqlite") as db:
+        orders = db.execute("select count(*) from orders").fetchone()[0]
+        revenue = db.execute(
+            "select lower(trim(o.customer_email)), count(distinct o.order_id),"
+            " sum(l.quantity * l.unit_price - l.discount)"
+            " from orders o join order_lines l on l.order_id = o.order_id"
+            " where o.status not in ('cancelled', 'returned') and o.created_at < ?"
+            " group by 1",
+            ((RUN_DATE + dt.timedelta(days=1)).isoformat(),),
+        ).fetchall()
+    crm_ids = set()
+    for path in (sources / "crm").glob("*/customers.csv"):
+        with path.open(newline="") as handle:
+            crm_ids.update(row["crm_id"] for row in csv.DictReader(handle))
+    ticket_ids = {
+        json.loads(line)["ticket_id"]
+        for path in (sources / "service").glob("*/tickets.jsonl")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    }
+    return {
+        "orders": orders,
+        "customers": len(crm_ids),
+        "tickets": len(ticket_ids),
+        "revenue_by_customer": {email: (count, round(total, 2)) for email, count, total in revenue},
+    }
+
+
+def outputs(url: str) -> dict:
+    with connect(url) as warehouse:
+        segments = warehouse.fetchall(
+            "select customer_key, frequency, monetary, r_score, f_score, m_score, rfm_segment,"
+            " cast(as_of_date as varchar), model_version from ml.customer_segments order by customer_key"
+        )
+        return {
+            "counts": dict(warehouse.row_counts(["raw_sales", "raw_crm", "raw_service", "staging", "marts", "features", "ml"])),
+            "orders": warehouse.fetchall("select order_id, round(net_amount, 2), order_status from marts.fct_orders order by order_id"),
+            "segments": [(row[0], row[1], round(float(row[2]), 2), *row[3:]) for row in segments],
+            "run_ids": {row[0] for row in warehouse.fetchall("select distinct run_id from ml.customer_segments")},
+            "model_runs": warehouse.fetchall("select model_name, cast(as_of_date as varchar) from ml.model_runs"),
+        }
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "postgres"])
+def test_dag_outputs_match_counts_and_sums_from_the_sources(engine: str, dag_run, sources: Path) -> None:
+    expected = expected_from_sources(sources)
+    got = outputs(dag_run(engine))
+    assert got["counts"]["raw_sales.orders"] == expected["orders"]
+    assert got["counts"]["marts.fct_orders"] == expected["orders"]
+    assert got["counts"]["marts.dim_customers"] == expected["customers"]
+    assert got["counts"]["staging.stg_service__tickets"] == expected["tickets"]
+    segments = {row[0]: row for row in got["segments"]}
+    assert set(segments) == set(expected["revenue_by_customer"])
+    for email, (frequency, monetary) in expected["revenue_by_customer"].items():
+        assert segments[email][1] == frequency, email
+        assert float(segments[email][2]) == pytest.approx(monetary, abs=0.005), email
+    assert {row[7] for row in got["segments"]} == {RUN_DATE.isoformat()}
+    assert {row[8] for row in got["segments"]} == {MODEL_VERSION}
+    assert len(got["run_ids"]) == 1 and next(iter(got["run_ids"]))
+    assert got["model_runs"] == [("rfm_segmentation", RUN_DATE.isoformat())]
+    assert got["counts"]["ml.customer_segments_latest"] == len(segments)
+
+
+def test_both_engines_give_the_same_outputs(dag_run) -> None:
+    duck, pg = outputs(dag_run("duckdb")), outputs(dag_run("postgres"))
+    assert duck["counts"] == pg["counts"]
+    assert [(i, float(a), s) for i, a, s in duck["orders"]] == [(i, float(a), s) for i, a, s in pg["orders"]]
+    normalise = lambda rows: [(*row[:2], float(row[2]), *row[3:]) for row in rows]  # noqa: E731
+    assert normalise(duck["segments"]) == normalise(pg["segments"])
+
+
+def test_rerunning_a_day_leaves_the_same_tables(dag_run, sources: Path, airflow_home: Path) -> None:
+    url = dag_run("duckdb")
+    before = outputs(url)
+    crmw_run(url, sources, airflow_home, RUN_DATE)
+    after = outputs(url)
+    assert after["counts"] == before["counts"]
+    assert after["orders"] == before["orders"]
+    assert after["segments"] == before["segments"]
+    assert after["run_ids"] != before["run_ids"], "the rerun should have replaced the day's results"
