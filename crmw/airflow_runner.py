@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from warehouse import PROJECT_ROOT, parse_warehouse_url
 
 DAG_ID = "crm_daily"
 WAREHOUSE_POOL = "warehouse_writer"
+# A traceback's last line, e.g. "extract_load.load.ExtractError: source crm.customers: ..."
+_EXCEPTION_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
 
 
 class RunError(RuntimeError):
@@ -51,6 +54,15 @@ def airflow_environment(base: Mapping[str, str]) -> dict[str, str]:
     }
     for key, value in defaults.items():
         env.setdefault(key, value)
+    # Task processes report to the API server's execution API, which Airflow looks for on port 8080
+    # unless told otherwise: point it at the port (and address) the API server actually uses.
+    if not any(
+        key in env
+        for key in ("AIRFLOW__API__BASE_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__WORKERS__EXECUTION_API_SERVER_URL")
+    ):
+        host = env.get("AIRFLOW__API__HOST", "")
+        host = "localhost" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://{host}:{env['AIRFLOW__API__PORT']}/execution/"
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     home.mkdir(parents=True, exist_ok=True)
@@ -97,13 +109,18 @@ def run_dag(env: Mapping[str, str], dates: Sequence[dt.date]) -> None:
     prepare_airflow(env)
     for logical_date in dates:
         started = time.monotonic()
-        print(f"crmw: running {DAG_ID} for {logical_date} ...", flush=True)
-        result = _airflow(env, "dags", "test", DAG_ID, logical_date.isoformat())
+        log_path = Path(env["AIRFLOW_HOME"]) / "logs" / f"crmw-run-{DAG_ID}-{logical_date}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"crmw: running {DAG_ID} for {logical_date} (Airflow's output: {log_path}) ...", flush=True)
+        result = _airflow(env, "dags", "test", DAG_ID, logical_date.isoformat(), quiet=True)
+        log_path.write_text(result.stdout)
         state = _run_state(env, logical_date)
         if result.returncode != 0 or state != "success":
+            errors = [line.strip() for line in result.stdout.splitlines() if _EXCEPTION_LINE.match(line)]
+            cause = f"; last error: {errors[-1][:500]}" if errors else ""
             raise RunError(
-                f"{DAG_ID} for {logical_date} ended {state or 'without a run'} (exit {result.returncode});"
-                f" task logs are under {Path(env['AIRFLOW_HOME']) / 'logs'}"
+                f"{DAG_ID} for {logical_date} ended {state or 'without a run'} (exit {result.returncode}){cause};"
+                f" Airflow's output is in {log_path}"
             )
         print(f"crmw: {DAG_ID} for {logical_date} succeeded in {time.monotonic() - started:.1f} s", flush=True)
 

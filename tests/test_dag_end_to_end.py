@@ -160,3 +160,30 @@ def test_rerunning_a_day_leaves_the_same_tables(dag_run, sources: Path, airflow_
     assert after["orders"] == before["orders"]
     assert after["segments"] == before["segments"]
     assert after["run_ids"] != before["run_ids"], "the rerun should have replaced the day's results"
+
+
+def test_a_failed_run_exits_with_one_line_naming_the_cause(sources: Path, airflow_home: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "sources"
+    shutil.copytree(sources, broken)
+    drop = broken / "crm" / START.isoformat() / "customers.csv"
+    header, *rows = drop.read_text().splitlines()
+    drop.write_text("\n".join([header.replace("signup_date", "signed_up"), *rows]) + "\n")
+    env = {
+        **os.environ,
+        "WAREHOUSE_URL": f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+        "CRMW_SOURCE_DIR": str(broken),
+        "AIRFLOW_HOME": str(airflow_home),
+        "CRMW_TASK_RETRIES": "0",
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "crmw"), "run", "--date", START.isoformat()],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [message] = result.stderr.strip().splitlines()
+    assert "customers.csv" in message and "'signup_date'" in message and "failed" in message
