@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -20,6 +21,8 @@ from warehouse.adapter import quote_identifier, sql_type
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 Reject = tuple[int, str, str]  # source row (line number for files), raw text, reason
 
@@ -56,6 +59,16 @@ def _check_columns(source: str, entity: Entity, present: Sequence[str]) -> list[
     return [name for name in present if name not in entity.column_types]
 
 
+def _cast(name: str, column_type: str) -> str:
+    """SQL casting the text column `name` to its contract type; NULL when the text is not one.
+    try_cast alone reads '1.5' as the integer 2 (and '1e3' or '0x10' as integers): an integer
+    must be written as a whole number."""
+    cast = f"try_cast({name} as {sql_type('duckdb', column_type)})"
+    if column_type == "integer":
+        return rf"case when regexp_full_match({name}, '\s*[+-]?[0-9]+(\.0*)?\s*') then {cast} end"
+    return cast
+
+
 def _typed_split(
     con: "duckdb.DuckDBPyConnection",
     incoming: str,
@@ -73,9 +86,10 @@ def _typed_split(
         if name not in present:
             selects.append(f"cast(null as {target}) as {name}")
             continue
-        selects.append(f"try_cast({name} as {target}) as {name}")
+        cast = _cast(name, column_type)
+        selects.append(f"{cast} as {name}")
         checks.append(
-            f"case when {name} is not null and try_cast({name} as {target}) is null"
+            f"case when {name} is not null and {cast} is null"
             f" then '{name}: expected {column_type}, got ' || left(cast({name} as varchar), 60) end"
         )
     for name in entity.primary_key:
@@ -100,31 +114,76 @@ def _typed_split(
 
 def parse_csv(path: Path, source: str, delivery_date: dt.date, entity: Entity) -> ParsedDelivery:
     import duckdb
+    import pyarrow as pa
 
-    with path.open("rb") as handle:
-        header = handle.readline().decode("utf-8", errors="replace").strip().split(",")
+    payload = path.read_bytes()
+    header = payload.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip().split(",")
     present = [name.strip().strip('"') for name in header if name.strip()]
     _check_columns(source, entity, present)
     con = duckdb.connect()
     try:
         spec = "{" + ", ".join(f"'{name}': 'VARCHAR'" for name in present) + "}"
         con.execute(
-            "create temp table incoming as select row_number() over () as _source_row, "
+            "create temp table parsed as select row_number() over () as _record, "
             f"concat_ws(',', {', '.join(present)}) as _raw_text, * "
             f"from read_csv(?, header = true, auto_detect = false, columns = {spec}, "
             "store_rejects = true, parallel = false)",
             [str(path)],
         )
-        rejects = [
-            (int(line), raw or "", f"unreadable line: {kind.lower()} ({message})")
-            for line, raw, kind, message in con.execute(
-                "select line, any_value(csv_line), string_agg(distinct error_type, ', '), "
-                "string_agg(distinct error_message, '; ') from reject_errors group by line"
-            ).fetchall()
-        ]
+        failed = con.execute(
+            "select line, any_value(csv_line), string_agg(distinct error_type, ', '), "
+            "string_agg(distinct error_message, '; ') from reject_errors group by line"
+        ).fetchall()
+        ((parsed,),) = con.execute("select count(*) from parsed").fetchall()
+        # DuckDB numbers the lines it reads (header, records, blank lines) and gives rejects that
+        # number; rows read fine get it too, then everything is told by its line in the file.
+        lines = _csv_lines(payload)
+        rejected = {int(line) for line, *_ in failed}
+        good = [n for n in range(2, len(lines) + 1) if lines[n - 1][1] and n not in rejected]
+        if len(good) != parsed:  # the reader and the scan disagree: keep DuckDB's numbers
+            log.warning("%s: cannot match rows to file lines; source_row counts rows read", source)
+            good, lines = list(range(1, parsed + 1)), [(n, None) for n in range(1, parsed + 2)]
+        con.register(
+            "file_lines",
+            pa.table(
+                {
+                    "_record": pa.array(range(1, parsed + 1), pa.int64()),
+                    "_line": pa.array([lines[n - 1][0] for n in good], pa.int64()),
+                    "_text": pa.array([lines[n - 1][1] for n in good], pa.string()),
+                }
+            ),
+        )
+        con.execute(
+            "create temp table incoming as select _line as _source_row, coalesce(_text, _raw_text) as _raw_text, "
+            f"{', '.join(f'parsed.{name}' for name in present)} from parsed join file_lines using (_record)"
+        )
+        rejects = []
+        for line, raw, kind, message in failed:
+            number, text = lines[int(line) - 1] if 0 < int(line) <= len(lines) else (int(line), None)
+            rejects.append((number, text or raw or "", f"unreadable line: {kind.lower()} ({message})"))
         return _typed_split(con, "incoming", entity, present, source, delivery_date, rejects)
     finally:
         con.close()
+
+
+def _csv_lines(payload: bytes) -> list[tuple[int, str | None]]:
+    """The lines as DuckDB's CSV reader counts them (the header, each record, each blank line;
+    a record whose quoted field holds line breaks counts once): for each, the file line it
+    starts on and its text, None for a blank line."""
+    counted: list[tuple[int, list[bytes]]] = []
+    in_quotes = False
+    for number, text in enumerate(payload.split(b"\n"), start=1):
+        if in_quotes:
+            counted[-1][1].append(text)
+        else:
+            counted.append((number, [text]))
+        if text.count(b'"') % 2:
+            in_quotes = not in_quotes
+    result = []
+    for number, parts in counted:
+        text = b"\n".join(part.removesuffix(b"\r") for part in parts)
+        result.append((number, text.decode("utf-8", errors="replace") if text.strip() else None))
+    return result
 
 
 def parse_jsonl(path: Path, source: str, delivery_date: dt.date, entity: Entity) -> ParsedDelivery:

@@ -37,7 +37,9 @@ def score_rfm(features: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"RFM features: missing column(s) {', '.join(sorted(missing))}")
     scored = features.sort_values("customer_key").reset_index(drop=True)
     if scored.empty:
-        return scored.assign(r_score=[], f_score=[], m_score=[], rfm_segment=[])
+        # The dtypes of a scored frame, so a day without customers publishes the same columns.
+        scores = {name: pd.Series(dtype="int64") for name in ("r_score", "f_score", "m_score")}
+        return scored.assign(**scores, rfm_segment=pd.Series(dtype="str"))
     scored["r_score"] = _quintile(scored["recency_days"], ascending=False)
     scored["f_score"] = _quintile(scored["frequency"], ascending=True)
     scored["m_score"] = _quintile(scored["monetary"], ascending=True)

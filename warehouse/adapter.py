@@ -62,7 +62,17 @@ class WarehouseUrl:
 
     def redacted(self) -> str:
         """The URL with any password masked, for logs and messages."""
-        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", self.url)
+        return _redact(self.url)
+
+
+def _redact(url: str) -> str:
+    """`url` with the password masked: everything between the user's ':' and the last '@', so a
+    password holding '@', '/' or ':', or one given with an empty user name, never shows."""
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not separator or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{location}"
 
 
 def default_warehouse_url() -> str:
@@ -72,7 +82,7 @@ def default_warehouse_url() -> str:
 def parse_warehouse_url(url: str | None = None) -> WarehouseUrl:
     """Parse WAREHOUSE_URL (or `url`); DuckDB paths come back absolute."""
     raw = url if url is not None else os.environ.get("WAREHOUSE_URL") or default_warehouse_url()
-    shown = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", raw)
+    shown = _redact(raw)
     if raw.startswith("duckdb://"):
         location = raw[len("duckdb://") :]
         if not location.strip("/"):
@@ -308,12 +318,37 @@ class _DuckDBWarehouse(Warehouse):
         self._con.rollback()
 
 
+# PostgreSQL type OIDs and the dtype DuckDB's frames give the same SQL type.
+_POSTGRES_DTYPES = {
+    16: "bool",  # boolean
+    20: "int64",  # bigint
+    21: "int16",  # smallint
+    23: "int32",  # integer
+    700: "float32",  # real
+    701: "float64",  # double precision
+    1700: "float64",  # numeric
+    1082: "datetime64[us]",  # date
+    1114: "datetime64[us]",  # timestamp
+}
+
+
+def _as_dtype(values: "pd.Series", dtype: str) -> "pd.Series":
+    """Cast an object column to `dtype`; integers and booleans holding NULLs take pandas'
+    nullable types (Int64, boolean), as DuckDB's frames have them."""
+    import pandas as pd
+
+    if dtype.startswith("datetime64"):
+        return pd.to_datetime(values).astype(dtype)
+    if (dtype == "bool" or dtype.startswith("int")) and values.isna().any():
+        dtype = "boolean" if dtype == "bool" else dtype.replace("int", "Int")
+    return values.astype(dtype)
+
+
 class _PostgresWarehouse(Warehouse):
     engine = "postgres"
 
     def __init__(self, target: WarehouseUrl) -> None:
         import psycopg
-        from psycopg.types.numeric import FloatLoader
 
         super().__init__(target)
         parts = urlsplit(target.url)
@@ -332,8 +367,7 @@ class _PostgresWarehouse(Warehouse):
             raise WarehouseUrlError(
                 f"WAREHOUSE_URL={target.redacted()!r}: cannot connect to PostgreSQL ({reason})"
             ) from error
-        # numeric arrives as float, as DuckDB's frames have it: ML code sees one dtype.
-        self._con.adapters.register_loader("numeric", FloatLoader)
+        # numeric arrives as Decimal, as from DuckDB (exact); fetch_df turns it into float64.
         self._transaction: Any = None
 
     def close(self) -> None:
@@ -353,8 +387,17 @@ class _PostgresWarehouse(Warehouse):
         import pandas as pd
 
         cursor = self._con.execute(self._bind(sql, params), list(params) or None)
-        names = [column.name for column in cursor.description or []]
-        return _normalise_frame(pd.DataFrame.from_records(cursor.fetchall(), columns=names))
+        description = cursor.description or []
+        rows = cursor.fetchall()
+        frame = pd.DataFrame.from_records(rows, columns=[column.name for column in description])
+        # Type each column from its PostgreSQL type, not from its values, so NULLs and empty
+        # results give DuckDB's dtypes too (and integers never pass through float).
+        for position, column in enumerate(description):
+            dtype = _POSTGRES_DTYPES.get(column.type_code)
+            if dtype is not None:
+                values = pd.Series([row[position] for row in rows], dtype=object, index=frame.index)
+                frame.isetitem(position, _as_dtype(values, dtype))
+        return _normalise_frame(frame)
 
     def append_arrow(self, table: str, data: "pa.Table") -> int:
         import pyarrow.csv as pacsv

@@ -1,0 +1,326 @@
+"""The warehouse adapter behaves the same on DuckDB and PostgreSQL: bulk loads, frames,
+replace-by-match, transactions, schema evolution, URL checking and row counts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from warehouse import WarehouseUrlError, connect, parse_warehouse_url
+
+CONTRACT_COLUMNS = {
+    "id": "integer",
+    "s": "string",
+    "i": "integer",
+    "d": "decimal",
+    "f": "double",
+    "b": "boolean",
+    "day": "date",
+    "ts": "timestamp",
+}
+
+# Edge values of every contract type, with a NULL in every column. Strings cover the empty string
+# (which must stay distinct from NULL), the CSV-special characters COPY sees, and non-ASCII text.
+ROWS = [
+    (1, "plain", 0, Decimal("0.0000"), 0.0, False, dt.date(2025, 1, 31), dt.datetime(2025, 1, 31, 12, 34, 56, 123456)),
+    (2, "", -1, Decimal("-0.0001"), -0.1, True, dt.date(1900, 1, 1), dt.datetime(1999, 12, 31, 23, 59, 59, 999999)),
+    (3, None, None, None, None, None, None, None),
+    (4, 'comma, "quote"\nnewline\\back', 2**62, Decimal("12345678901234.5678"), 1e-300, True, dt.date(2000, 2, 29), dt.datetime(2025, 1, 1, 0, 0, 0, 1)),
+    (5, "Zoë 東京 NULL \\N \\.", 2**53 + 1, Decimal("99999999999999.9999"), 123456789.125, False, dt.date(9999, 12, 31), dt.datetime(1970, 1, 1)),
+]
+ARROW_TYPES = {
+    "id": pa.int64(),
+    "s": pa.string(),
+    "i": pa.int64(),
+    "d": pa.decimal128(18, 4),
+    "f": pa.float64(),
+    "b": pa.bool_(),
+    "day": pa.date32(),
+    "ts": pa.timestamp("us"),
+}
+
+
+def _arrow(rows: list[tuple]) -> pa.Table:
+    names = list(ARROW_TYPES)
+    return pa.table({name: pa.array([row[i] for row in rows], ARROW_TYPES[name]) for i, name in enumerate(names)})
+
+
+def _load_all_types(warehouse_url: str, rows: list[tuple] = ROWS) -> None:
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_table("t.all_types", CONTRACT_COLUMNS)
+        assert warehouse.append_arrow("t.all_types", _arrow(rows)) == len(rows)
+
+
+def _other_duckdb_url(tmp_path: Path) -> str:
+    return f"duckdb:///{tmp_path / 'other.duckdb'}"
+
+
+def test_append_arrow_round_trips_every_contract_type_exactly(warehouse_url):
+    _load_all_types(warehouse_url)
+    with connect(warehouse_url) as warehouse:
+        back = warehouse.fetchall("select id, s, i, d, f, b, day, ts from t.all_types order by id")
+    assert back == ROWS
+    # Same Python types on both engines, not just equal values (Decimal('1') == 1.0 would hide it).
+    assert [type(value) for value in back[3]] == [int, str, int, Decimal, float, bool, dt.date, dt.datetime]
+
+
+def test_append_arrow_keeps_empty_string_distinct_from_null(warehouse_url):
+    _load_all_types(warehouse_url)
+    with connect(warehouse_url) as warehouse:
+        empty = warehouse.fetchall("select id from t.all_types where s = ''")
+        null = warehouse.fetchall("select id from t.all_types where s is null")
+    assert empty == [(2,)]
+    assert null == [(3,)]
+
+
+def test_append_arrow_of_no_rows_adds_nothing(warehouse_url):
+    _load_all_types(warehouse_url, [])
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.fetchall("select count(*) from t.all_types") == [(0,)]
+
+
+def test_fetch_df_gives_the_same_dtypes_and_values_on_both_engines(tmp_path, postgres_url):
+    queries = {
+        "no nulls": "select * from t.all_types where id in (1, 2, 4) order by id",
+        "with nulls": "select * from t.all_types order by id",
+        "only nulls": "select * from t.all_types where id = 3",
+        "no rows": "select * from t.all_types where id < 0",
+        "aggregates": "select count(*) as n, sum(i) as total, sum(d) as money, max(ts) as latest, min(day) as first_day from t.all_types",
+    }
+    frames = {}
+    for engine, url in (("duckdb", _other_duckdb_url(tmp_path)), ("postgres", postgres_url)):
+        _load_all_types(url)
+        with connect(url) as warehouse:
+            frames[engine] = {name: warehouse.fetch_df(sql) for name, sql in queries.items()}
+    for name in queries:
+        duck, pg = frames["duckdb"][name], frames["postgres"][name]
+        assert {c: str(t) for c, t in pg.dtypes.items()} == {c: str(t) for c, t in duck.dtypes.items()}, name
+        # DuckDB's own decimal-to-double conversion of a large sum can be one ulp off PostgreSQL's.
+        pd.testing.assert_frame_equal(pg, duck, check_exact=name != "aggregates", rtol=1e-15, obj=name)
+    with_nulls = frames["postgres"]["with nulls"]
+    # The documented promises: decimals as float64, dates and timestamps as datetime64.
+    assert str(with_nulls["d"].dtype) == "float64"
+    assert str(with_nulls["day"].dtype) == "datetime64[us]"
+    assert str(with_nulls["ts"].dtype) == "datetime64[us]"
+    assert pd.api.types.is_integer_dtype(with_nulls["i"].dtype)
+    # Integers beyond float precision survive a NULL in the same column.
+    assert list(with_nulls["i"].dropna()) == [0, -1, 2**62, 2**53 + 1]
+    assert with_nulls.loc[0, "ts"] == pd.Timestamp("2025-01-31 12:34:56.123456")
+
+
+def test_fetch_df_binds_question_mark_parameters(warehouse_url):
+    _load_all_types(warehouse_url)
+    with connect(warehouse_url) as warehouse:
+        frame = warehouse.fetch_df("select id, s from t.all_types where day >= ? and s like ? order by id", (dt.date(2000, 1, 1), "%a%"))
+    assert frame.to_dict("records") == [{"id": 1, "s": "plain"}, {"id": 4, "s": 'comma, "quote"\nnewline\\back'}]
+
+
+def _events(rows: list[tuple[str, dt.date, int]]) -> pa.Table:
+    return pa.table(
+        {
+            "source": pa.array([r[0] for r in rows], pa.string()),
+            "day": pa.array([r[1] for r in rows], pa.date32()),
+            "value": pa.array([r[2] for r in rows], pa.int64()),
+        }
+    )
+
+
+EVENT_COLUMNS = {"source": "string", "day": "date", "value": "integer"}
+D1, D2 = dt.date(2025, 1, 1), dt.date(2025, 1, 2)
+
+
+def _seed_events(warehouse) -> None:
+    warehouse.ensure_table("t.events", EVENT_COLUMNS)
+    warehouse.append_arrow("t.events", _events([("crm", D1, 1), ("crm", D1, 2), ("crm", D2, 3), ("sales", D1, 4)]))
+
+
+def _all_events(warehouse) -> list[tuple]:
+    return warehouse.fetchall("select source, day, value from t.events order by source, day, value")
+
+
+def test_replace_rows_replaces_only_the_rows_matching_every_column(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        _seed_events(warehouse)
+        added = warehouse.replace_rows("t.events", {"source": "crm", "day": D1}, _events([("crm", D1, 10)]))
+        assert added == 1
+        assert _all_events(warehouse) == [("crm", D1, 10), ("crm", D2, 3), ("sales", D1, 4)]
+
+
+def test_replace_rows_with_no_new_rows_deletes_the_matched_rows(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        _seed_events(warehouse)
+        assert warehouse.replace_rows("t.events", {"day": D1}, _events([])) == 0
+        assert _all_events(warehouse) == [("crm", D2, 3)]
+
+
+def test_replace_rows_keeps_the_old_rows_when_the_new_ones_cannot_be_loaded(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        _seed_events(warehouse)
+        bad = _events([("crm", D1, 10)]).append_column("no_such_column", pa.array([1]))
+        with pytest.raises(Exception):
+            warehouse.replace_rows("t.events", {"source": "crm", "day": D1}, bad)
+        assert _all_events(warehouse) == [("crm", D1, 1), ("crm", D1, 2), ("crm", D2, 3), ("sales", D1, 4)]
+
+
+def test_failure_inside_transaction_rolls_back_the_delete_and_the_inserts(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        _seed_events(warehouse)
+        before = _all_events(warehouse)
+        with pytest.raises(RuntimeError, match="boom"):
+            with warehouse.transaction():
+                warehouse.execute("delete from t.events where source = ?", ("crm",))
+                warehouse.append_arrow("t.events", _events([("new", D2, 99)]))
+                assert len(_all_events(warehouse)) == 2  # the delete happened inside
+                raise RuntimeError("boom")
+        assert _all_events(warehouse) == before
+    with connect(warehouse_url) as reopened:
+        assert _all_events(reopened) == before
+
+
+def test_sql_error_inside_transaction_rolls_back_and_the_connection_stays_usable(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        _seed_events(warehouse)
+        before = _all_events(warehouse)
+        with pytest.raises(Exception):
+            with warehouse.transaction():
+                warehouse.execute("delete from t.events")
+                warehouse.execute("select * from t.no_such_table")
+        assert _all_events(warehouse) == before
+        with warehouse.transaction():
+            warehouse.execute("delete from t.events where value = ?", (4,))
+        assert len(_all_events(warehouse)) == 3
+
+
+def test_nested_transaction_joins_the_outer_one(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        _seed_events(warehouse)
+        before = _all_events(warehouse)
+        with pytest.raises(RuntimeError):
+            with warehouse.transaction():
+                warehouse.execute("delete from t.events where source = ?", ("sales",))
+                with warehouse.transaction():
+                    warehouse.append_arrow("t.events", _events([("inner", D1, 7)]))
+                # The inner block ended without error: its work is still only part of the outer.
+                raise RuntimeError("outer fails after the inner block finished")
+        assert _all_events(warehouse) == before
+
+        with warehouse.transaction():
+            with warehouse.transaction():
+                warehouse.append_arrow("t.events", _events([("inner", D1, 7)]))
+            warehouse.execute("delete from t.events where source = ?", ("sales",))
+    with connect(warehouse_url) as reopened:
+        assert _all_events(reopened) == [("crm", D1, 1), ("crm", D1, 2), ("crm", D2, 3), ("inner", D1, 7)]
+
+
+def test_ensure_table_adds_missing_columns_to_an_existing_table(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_table("raw_x.things", {"id": "integer", "name": "string"})
+        warehouse.append_arrow("raw_x.things", pa.table({"id": [1], "name": ["a"]}))
+        warehouse.ensure_table("raw_x.things", {"id": "integer", "name": "string", "seen_at": "timestamp", "price": "decimal"})
+        warehouse.ensure_table("raw_x.things", {"id": "integer", "seen_at": "timestamp"})  # no-op
+        assert warehouse.table_columns("raw_x.things") == ["id", "name", "seen_at", "price"]
+        warehouse.append_arrow(
+            "raw_x.things",
+            pa.table({"id": [2], "seen_at": pa.array([dt.datetime(2025, 1, 1, 8)], pa.timestamp("us")), "price": pa.array([Decimal("1.5")], pa.decimal128(18, 4))}),
+        )
+        assert warehouse.fetchall("select id, name, seen_at, price from raw_x.things order by id") == [
+            (1, "a", None, None),
+            (2, None, dt.datetime(2025, 1, 1, 8), Decimal("1.5")),
+        ]
+
+
+def test_table_columns_of_a_missing_table_is_empty(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.table_columns("nowhere.nothing") == []
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://x", "unknown kind of warehouse"),
+        ("sqlite:///tmp/w.db", "unknown kind of warehouse"),
+        ("", "unknown kind of warehouse"),
+        ("duckdb://", "no file path"),
+        ("duckdb:///", "no file path"),
+        ("postgresql://host/db", "needs a user, a host and a database name"),
+        ("postgresql://user@host", "needs a user, a host and a database name"),
+        ("postgresql://user@/db", "needs a user, a host and a database name"),
+    ],
+)
+def test_bad_warehouse_url_names_the_setting_and_what_was_expected(url, problem):
+    with pytest.raises(WarehouseUrlError) as caught:
+        parse_warehouse_url(url)
+    message = str(caught.value)
+    assert message.startswith(f"WAREHOUSE_URL={url!r}: {problem}")
+    assert "expected duckdb:///path/to/file.duckdb or postgresql://user:password@host:port/database" in message
+    assert "\n" not in message
+
+
+def test_warehouse_url_from_the_environment_is_checked(monkeypatch):
+    monkeypatch.setenv("WAREHOUSE_URL", "mysql://x")
+    with pytest.raises(WarehouseUrlError, match=r"^WAREHOUSE_URL='mysql://x'"):
+        connect()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://bob:hunter2xyzzy@db.example.com/crm",
+        "postgresql://:hunter2xyzzy@db.example.com/crm",
+        "postgresql://bob:hunter2xyzzy@/crm",
+        "postgresql://bob:hunter2xyzzy@db.example.com",
+        "postgresql://bob:hunter2@xyzzy@/crm",
+        "postgresql://bob:hunter2/xyzzy@db.example.com",
+    ],
+)
+def test_password_never_appears_in_a_warehouse_url_error(url):
+    with pytest.raises(WarehouseUrlError) as caught:
+        parse_warehouse_url(url)
+    assert "hunter2" not in str(caught.value)
+    assert "xyzzy" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+def test_password_never_appears_when_postgres_cannot_be_reached():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the probe is released: nothing listens
+    with pytest.raises(WarehouseUrlError) as caught:
+        connect(f"postgresql://bob:hunter2xyzzy@127.0.0.1:{port}/crm")
+    message = str(caught.value)
+    assert "cannot connect to PostgreSQL" in message
+    assert f"postgresql://bob:***@127.0.0.1:{port}/crm" in message
+    assert "hunter2xyzzy" not in message
+
+
+def test_duckdb_url_paths_come_back_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parsed = parse_warehouse_url("duckdb://data/w.duckdb")
+    assert parsed.engine == "duckdb"
+    assert parsed.duckdb_path == tmp_path / "data" / "w.duckdb"
+    assert parse_warehouse_url(f"duckdb:///{tmp_path}/w.duckdb").duckdb_path == tmp_path / "w.duckdb"
+
+
+def test_row_counts_lists_tables_and_views_of_the_given_schemas_with_counts(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_table("marts.orders", {"id": "integer"})
+        warehouse.ensure_table("marts.empty_table", {"id": "integer"})
+        warehouse.ensure_table("ml.scores", {"id": "integer"})
+        warehouse.ensure_table("raw_sales.orders", {"id": "integer"})
+        warehouse.append_arrow("marts.orders", pa.table({"id": [1, 2, 3]}))
+        warehouse.append_arrow("ml.scores", pa.table({"id": [1]}))
+        warehouse.append_arrow("raw_sales.orders", pa.table({"id": [1, 2]}))
+        warehouse.execute("create view marts.big_orders as select * from marts.orders where id > 1")
+        counts = warehouse.row_counts(["marts", "ml", "staging"])
+    assert counts == [
+        ("marts.big_orders", 2),
+        ("marts.empty_table", 0),
+        ("marts.orders", 3),
+        ("ml.scores", 1),
+    ]
