@@ -64,18 +64,29 @@ def _command_run(args: argparse.Namespace) -> int:
 
 
 def _command_simulate(args: argparse.Namespace) -> int:
-    from simulator import SimulationSettings, simulate
+    from simulator import SimulationSettings, append_day, simulate
+    from simulator.generate import print_progress
 
-    settings = SimulationSettings(
-        customers=args.customers,
-        start=_date("--start", args.start),
-        days=args.days,
-        seed=args.seed,
-        out=Path(args.out).resolve(),
-    )
-    counts = simulate(settings)
+    out = Path(args.out).resolve()
+    if args.append_day:
+        counts = append_day(out, _date("--append-day", args.append_day), progress=print_progress)
+    else:
+        missing = [name for name in ("customers", "start", "days") if getattr(args, name) is None]
+        if missing:
+            raise UsageError(f"--{missing[0]}: required (or give --append-day DATE to extend an existing --out)")
+        settings = SimulationSettings(
+            customers=args.customers,
+            start=_date("--start", args.start),
+            days=args.days,
+            seed=args.seed,
+            out=out,
+            sales_db=args.sales_db,
+            dirty_rate=args.dirty_rate,
+            new_column_day=_date("--new-column-day", args.new_column_day) if args.new_column_day else None,
+        )
+        counts = simulate(settings, progress=print_progress)
     summary = ", ".join(f"{entity} {rows:,}" for entity, rows in counts.items())
-    print(f"crmw: wrote sources to {settings.out} ({summary} rows)")
+    print(f"crmw: wrote sources to {out} ({summary} rows)")
     return 0
 
 
@@ -93,12 +104,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--to", dest="date_to", help="last logical date of a range (inclusive)")
     run.set_defaults(handler=_command_run)
 
-    simulate = commands.add_parser("simulate", help="generate sample source systems")
-    simulate.add_argument("--customers", type=int, required=True, help="number of customers")
-    simulate.add_argument("--start", required=True, help="first simulated day, YYYY-MM-DD")
-    simulate.add_argument("--days", type=int, required=True, help="number of days")
-    simulate.add_argument("--seed", type=int, default=0, help="random seed: same seed, same output")
-    simulate.add_argument("--out", required=True, help="new or empty folder to write the sources to")
+    simulate = commands.add_parser("simulate", help="generate sample source systems with planted truth")
+    simulate.add_argument("--customers", type=int, help="customers at the start (the base grows a little daily)")
+    simulate.add_argument("--start", help="first simulated day, YYYY-MM-DD")
+    simulate.add_argument("--days", type=int, help="number of days")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed: same seed, same output (default 0)")
+    simulate.add_argument("--out", required=True, help="new or empty folder to write to (or the one to extend)")
+    simulate.add_argument("--sales-db", help="sales database URL (default: sqlite file sales.sqlite in --out)")
+    simulate.add_argument("--dirty-rate", type=float, default=0.01, help="share of records given a defect (default 0.01)")
+    simulate.add_argument("--new-column-day", help="from this day on, customers.csv carries an extra column")
+    simulate.add_argument("--append-day", help="add this day (the day after the last one written) to --out")
     simulate.set_defaults(handler=_command_simulate)
 
     airflow = commands.add_parser("airflow", help="serve the Airflow UI and scheduler for this project")

@@ -5,6 +5,6 @@ The pipeline never imports this package, and this package never imports the pipe
 the contract file as data.
 """
 
-from simulator.generate import SimulationError, SimulationSettings, simulate
+from simulator.generate import SimulationError, SimulationSettings, append_day, simulate
 
-__all__ = ["SimulationError", "SimulationSettings", "simulate"]
+__all__ = ["SimulationError", "SimulationSettings", "append_day", "simulate"]

@@ -1,45 +1,40 @@
-"""Generate the three source systems for a span of days.
+"""`crmw simulate`: write the three source systems and their planted truth, day by day.
 
-This is the minimal generator of the foundation: customers who sign up, buy and open tickets,
-with orders updated in place and tickets re-exported when they change. Personas, planted rules,
-churn, dirty data and daily appends come with the simulator proper.
+Layout of the output folder (the same layout a team's own exports must meet):
+
+    sales.sqlite                         the sales database (unless --sales-db names another)
+    crm/<YYYY-MM-DD>/<entity>.csv        CRM drops: customers, interactions, campaigns, campaign_members
+    service/<YYYY-MM-DD>/tickets.jsonl   service-desk export of the tickets that changed that day
+    truth/                               what the pipeline must rediscover; never read by it
+    .simulator/                          the simulator's own state, for --append-day
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import datetime as dt
 import json
 import logging
 import shutil
-import sqlite3
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pandas as pd
 import yaml
+
+from simulator import engine, sources
+from simulator.model import CHURN_EFFECTS, PERSONAS, build_world
 
 log = logging.getLogger(__name__)
 
 CONTRACT_PATH = Path(__file__).resolve().parents[1] / "extract_load" / "source_contract.yml"
-
-_CATEGORIES = {
-    "grocery": ["dairy", "bakery", "produce"],
-    "household": ["cleaning", "paper"],
-    "beauty": ["skin", "hair"],
-    "electronics": ["audio", "accessories"],
-    "home": ["kitchen", "decor"],
-    "sports": ["outdoor", "fitness"],
-}
-_FIRST_NAMES = ["ana", "ben", "carla", "dev", "emma", "farid", "gina", "hugo", "iris", "jon", "kira", "leo"]
-_LAST_NAMES = ["smith", "garcia", "nguyen", "muller", "rossi", "kowalski", "silva", "dubois", "khan", "berg"]
-_CITIES = [("Lisbon", "PT"), ("Berlin", "DE"), ("Lyon", "FR"), ("Madrid", "ES"), ("Milan", "IT")]
-_ACQUISITION = ["organic", "paid_search", "social", "referral", "store"]
-_TIERS = ["bronze", "silver", "gold"]
-_TICKET_CATEGORIES = ["delivery", "billing", "product", "account"]
-_PRIORITIES = ["low", "normal", "high", "urgent"]
+STATE_DIR = ".simulator"
+EXTRA_COLUMN = "preferred_language"
+_CANCEL_SHARE = 0.02
 
 
 class SimulationError(ValueError):
@@ -53,14 +48,23 @@ class SimulationSettings:
     days: int
     seed: int
     out: Path
+    sales_db: str | None = None
+    dirty_rate: float = 0.01
+    new_column_day: dt.date | None = None
 
     def check(self) -> None:
         if self.customers <= 0:
             raise SimulationError(f"--customers {self.customers}: expected a positive number of customers")
         if self.days <= 0:
             raise SimulationError(f"--days {self.days}: expected a positive number of days")
+        if not 0 <= self.dirty_rate <= 0.2:
+            raise SimulationError(f"--dirty-rate {self.dirty_rate}: expected a share between 0 and 0.2")
+        if self.sales_db and not self.sales_db.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise SimulationError(f"--sales-db {self.sales_db!r}: expected sqlite:///path or postgresql://user:password@host/db")
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise SimulationError(f"--out {self.out}: expected an empty or new folder (it holds files already)")
+            raise SimulationError(
+                f"--out {self.out}: expected an empty or new folder (it holds files already; use --append-day to extend it)"
+            )
 
 
 def _contract_columns() -> dict[str, list[str]]:
@@ -68,24 +72,44 @@ def _contract_columns() -> dict[str, list[str]]:
     return {name: list(spec["columns"]) for name, spec in document["entities"].items()}
 
 
-def _timestamp(day: dt.date, seconds: float) -> str:
-    moment = dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=int(seconds))
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
+def _settings_file(out: Path) -> Path:
+    return out / STATE_DIR / "settings.json"
 
 
-def simulate(settings: SimulationSettings) -> dict[str, int]:
-    """Write all sources for `settings.days` days from `settings.start` into `settings.out`.
+def simulate(settings: SimulationSettings, progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Write `settings.days` days from `settings.start` into the new folder `settings.out`.
 
-    Output is written to a scratch folder first and moved into place at the end, so a failed
-    run leaves nothing half-written. Returns the number of rows written per entity.
+    Everything is written into a scratch folder first and moved into place at the end: a failed
+    run leaves nothing half-written. Returns the rows written per source entity.
     """
     settings.check()
-    columns = _contract_columns()
-    rng = np.random.default_rng(settings.seed)
     settings.out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".simulate-", dir=settings.out.parent))
+    sales_db = settings.sales_db or f"sqlite:///{scratch / 'sales.sqlite'}"
     try:
-        counts = _write_sources(settings, columns, rng, scratch)
+        (scratch / STATE_DIR).mkdir()
+        stored = {
+            "seed": settings.seed,
+            "start": settings.start.isoformat(),
+            "customers": settings.customers,
+            "dirty_rate": settings.dirty_rate,
+            "sales_db": settings.sales_db,
+            "new_column_day": settings.new_column_day.isoformat() if settings.new_column_day else None,
+        }
+        _settings_file(scratch).write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+        state = engine.State(seed=settings.seed, start=settings.start, base_customers=settings.customers)
+        world = build_world(settings.seed)
+        db = sources.SalesDatabase(sales_db)
+        db.create()
+        sources.write_products(db, world.products, settings.start)
+        db.close()
+        _write_static_truth(scratch / "truth", world)
+        counts: dict[str, int] = {}
+        for day in range(settings.days):
+            _add(counts, _simulate_day(scratch, state, world, day, sales_db, stored))
+            _report(progress, state, day, settings.days)
+        _write_final_truth(scratch / "truth", state, world)
+        state.save(scratch / STATE_DIR)
         if settings.out.exists():
             settings.out.rmdir()
         scratch.rename(settings.out)
@@ -95,199 +119,145 @@ def simulate(settings: SimulationSettings) -> dict[str, int]:
     return counts
 
 
-def _write_sources(
-    settings: SimulationSettings, columns: dict[str, list[str]], rng: np.random.Generator, out: Path
-) -> dict[str, int]:
-    days = [settings.start + dt.timedelta(days=offset) for offset in range(settings.days)]
-    last_day = days[-1]
+def append_day(out: Path, date: dt.date, progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Add the day after the last one written to an existing simulation in `out`."""
+    if not _settings_file(out).exists():
+        raise SimulationError(f"--out {out}: expected a folder written by 'crmw simulate' (no {STATE_DIR}/ in it)")
+    stored = json.loads(_settings_file(out).read_text())
+    state = engine.State.load(out / STATE_DIR)
+    expected = state.date_of(state.days_done)
+    if date != expected:
+        raise SimulationError(f"--append-day {date}: expected {expected}, the day after the last one written")
+    world = build_world(state.seed)
+    sales_db = stored["sales_db"] or f"sqlite:///{out / 'sales.sqlite'}"
+    counts = _simulate_day(out, state, world, state.days_done, sales_db, stored)
+    _write_final_truth(out / "truth", state, world)
+    state.save(out / STATE_DIR)
+    _report(progress, state, state.days_done - 1, state.days_done)
+    return counts
 
-    products = []
-    for index in range(60):
-        category = list(_CATEGORIES)[index % len(_CATEGORIES)]
-        price = round(float(rng.lognormal(2.5, 0.7)), 2)
-        products.append(
-            {
-                "sku": f"SKU-{index + 1:04d}",
-                "name": f"{category} item {index + 1}",
-                "category": category,
-                "subcategory": _CATEGORIES[category][index % len(_CATEGORIES[category])],
-                "list_price": price,
-                "unit_cost": round(price * float(rng.uniform(0.4, 0.8)), 2),
-                "updated_at": _timestamp(settings.start, 0),
-            }
-        )
-    popularity = rng.zipf(1.6, size=len(products)).astype(float)
-    popularity /= popularity.sum()
 
-    # Most customers exist before the first day (the first CRM drop is a full export); the rest
-    # sign up during the span and appear in the drop of their signup day.
-    customers = []
-    for index in range(settings.customers):
-        first, last = rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES)
-        existing = rng.random() < 0.6
-        signup = settings.start - dt.timedelta(days=int(rng.integers(1, 700))) if existing else days[int(rng.integers(0, len(days)))]
-        city, country = _CITIES[int(rng.integers(0, len(_CITIES)))]
-        birth = dt.date(1950, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365 * 50)))
-        customers.append(
-            {
-                "crm_id": f"C{index + 1:07d}",
-                "first_name": first.title(),
-                "last_name": last.title(),
-                "email": f"{first}.{last}.{index + 1}@example.com",
-                "phone": f"+351 9{int(rng.integers(10_000_000, 99_999_999))}",
-                "birth_date": birth.isoformat(),
-                "gender": str(rng.choice(["female", "male", "unknown"])),
-                "city": city,
-                "country": country,
-                "signup_date": signup.isoformat(),
-                "acquisition_channel": str(rng.choice(_ACQUISITION)),
-                "loyalty_tier": str(rng.choice(_TIERS, p=[0.7, 0.22, 0.08])),
-                "marketing_opt_in": "true" if rng.random() < 0.55 else "false",
-                "referred_by": "",
-                "modified_at": _timestamp(max(signup, settings.start), rng.uniform(8 * 3600, 18 * 3600)),
-                "_rate": float(rng.gamma(1.2, 0.02)),
-                "_first_day": max(signup, settings.start),
-            }
-        )
+def _add(total: dict[str, int], counts: dict[str, int]) -> None:
+    for key, value in counts.items():
+        total[key] = total.get(key, 0) + value
 
-    orders, lines, crm_drops, tickets = [], [], {day: [] for day in days}, {day: [] for day in days}
-    ticket_ids = itertools.count(1)
-    for customer in customers:
-        crm_drops[customer["_first_day"]].append(customer)
-        if rng.random() < 0.05:
-            # A loyalty-tier change re-exports the contact on the day it happens.
-            change_day = days[int(rng.integers(0, len(days)))]
-            if change_day > customer["_first_day"]:
-                crm_drops[change_day].append(
-                    {**customer, "loyalty_tier": "gold", "modified_at": _timestamp(change_day, 43_200)}
-                )
-    for day in days:
-        for customer in customers:
-            if day < customer["_first_day"]:
-                continue
-            for _ in range(int(rng.poisson(customer["_rate"]))):
-                order_id = len(orders) + 1
-                created = _timestamp(day, rng.uniform(7 * 3600, 22 * 3600))
-                status, updated = "completed", created
-                roll = rng.random()
-                if roll < 0.04:
-                    status = "cancelled"
-                elif roll < 0.08:
-                    later = min(day + dt.timedelta(days=int(rng.integers(2, 10))), last_day)
-                    status, updated = "returned", _timestamp(later, 50_000)
-                channel = str(rng.choice(["web", "store", "phone"], p=[0.6, 0.3, 0.1]))
-                orders.append(
-                    {
-                        "order_id": order_id,
-                        "customer_email": customer["email"],
-                        "crm_id": customer["crm_id"] if rng.random() < 0.7 else None,
-                        "channel": channel,
-                        "store_id": f"S{int(rng.integers(1, 6)):02d}" if channel == "store" else None,
-                        "status": status,
-                        "created_at": created,
-                        "updated_at": updated,
-                    }
-                )
-                skus = rng.choice(len(products), size=int(rng.integers(1, 5)), replace=False, p=popularity)
-                for line_number, sku_index in enumerate(sorted(skus), start=1):
-                    product = products[int(sku_index)]
-                    quantity = int(rng.integers(1, 4))
-                    discount = round(product["list_price"] * quantity * 0.1, 2) if rng.random() < 0.2 else 0.0
-                    lines.append(
-                        {
-                            "order_id": order_id,
-                            "line_number": line_number,
-                            "sku": product["sku"],
-                            "quantity": quantity,
-                            "unit_price": product["list_price"],
-                            "discount": discount,
-                            "updated_at": created,
-                        }
-                    )
-            if rng.random() < 0.004:
-                _open_ticket(rng, customer, day, last_day, next(ticket_ids), tickets)
 
-    _write_sales_db(out / "sales.sqlite", columns, products, orders, lines)
-    for day, records in crm_drops.items():
-        _write_csv(out / "crm" / day.isoformat() / "customers.csv", columns["customers"], records)
-    for day, records in tickets.items():
-        _write_jsonl(out / "service" / day.isoformat() / "tickets.jsonl", columns["tickets"], records)
+def _report(progress, state: engine.State, day: int, days: int) -> None:
+    if progress and (day + 1 == days or (day + 1) % 30 == 0):
+        progress(f"simulate: day {day + 1}/{days} ({state.date_of(day)}): {state.next_person - 1:,} customers, {state.next_order - 1:,} orders")
+
+
+def _simulate_day(out: Path, state: engine.State, world, day: int, sales_db: str, stored: dict) -> dict[str, int]:
+    records = engine.step(state, world, day)
+    rng = np.random.default_rng([state.seed, 11, day + 10_000])
+    rate = float(stored["dirty_rate"])
+    defects = sources.Defects(records.date, [])
+    columns = _contract_columns()
+    drift_day = stored.get("new_column_day")
+    extra = EXTRA_COLUMN if drift_day and records.date >= dt.date.fromisoformat(drift_day) else None
+    db = sources.SalesDatabase(sales_db)
+    try:
+        identities = sources.write_sales(db, records, rng, rate, defects, state)
+    finally:
+        db.close()
+    identities += sources.write_crm(out, records, columns, rng, rate, defects, state, extra)
+    identities += sources.write_service(out, records, columns["tickets"], rng, rate, defects)
+    truth = out / "truth"
+    _append_csv(truth / "identities.csv", ["system", "entity", "record_key", "person_id"], identities)
+    _append_csv(truth / "defects.csv", sources.DEFECT_COLUMNS, defects.rows)
+    _append_csv(truth / "churn_events.csv", ["person_id", "churn_date"], records.churned.values.tolist())
     return {
-        "products": len(products),
-        "orders": len(orders),
-        "order_lines": len(lines),
-        "customers": sum(len(records) for records in crm_drops.values()),
-        "tickets": sum(len(records) for records in tickets.values()),
+        "orders": len(records.orders),
+        "order_lines": len(records.order_lines),
+        "customers": len(records.customers),
+        "tickets": len(records.tickets),
+        "interactions": len(records.interactions),
+        "defects": len(defects.rows),
     }
 
 
-def _open_ticket(
-    rng: np.random.Generator,
-    customer: dict,
-    day: dt.date,
-    last_day: dt.date,
-    ticket_id: int,
-    exports: dict[dt.date, list[dict]],
-) -> None:
-    """A ticket is exported the day it opens and again the day it is solved."""
-    opened = rng.uniform(8 * 3600, 17 * 3600)
-    reply_after = float(rng.exponential(4 * 3600))
-    ticket = {
-        "ticket_id": ticket_id,
-        "requester_email": customer["email"],
-        "channel": str(rng.choice(["email", "phone", "chat", "web"])),
-        "category": str(rng.choice(_TICKET_CATEGORIES)),
-        "priority": str(rng.choice(_PRIORITIES, p=[0.3, 0.45, 0.2, 0.05])),
-        "status": "open",
-        "created_at": _timestamp(day, opened),
-        "updated_at": _timestamp(day, min(opened + reply_after, 86_399)),
-        "first_reply_at": _timestamp(day, opened + reply_after) if opened + reply_after < 86_400 else None,
-        "solved_at": None,
-        "satisfaction_rating": None,
-    }
-    exports[day].append(ticket)
-    solved_day = day + dt.timedelta(days=int(rng.integers(1, 5)))
-    if solved_day <= last_day:
-        solved = _timestamp(solved_day, 40_000)
-        exports[solved_day].append(
-            {
-                **ticket,
-                "status": "solved",
-                "updated_at": solved,
-                "first_reply_at": ticket["first_reply_at"] or _timestamp(solved_day, 30_000),
-                "solved_at": solved,
-                "satisfaction_rating": int(rng.integers(1, 6)),
-            }
-        )
-
-
-def _write_sales_db(path: Path, columns: dict[str, list[str]], products, orders, lines) -> None:
+def _append_csv(path: Path, header: list[str], rows: list[list]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as db:
-        for table, rows, key in (
-            ("products", products, "sku"),
-            ("orders", orders, "order_id"),
-            ("order_lines", lines, "order_id, line_number"),
-        ):
-            names = columns[table]
-            db.execute(f"create table {table} ({', '.join(names)}, primary key ({key}))")
-            db.executemany(
-                f"insert into {table} values ({', '.join('?' for _ in names)})",
-                [tuple(row[name] for name in names) for row in rows],
-            )
-    db.close()  # the context manager commits but does not close
-
-
-def _write_csv(path: Path, names: list[str], records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows([[record[name] for name in names] for record in records])
+        if new:
+            writer.writerow(header)
+        writer.writerows(rows)
 
 
-def _write_jsonl(path: Path, names: list[str], records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps({name: record[name] for name in names}) + "\n")
+def _write_static_truth(truth: Path, world) -> None:
+    truth.mkdir(parents=True, exist_ok=True)
+    world.persona_table().to_csv(truth / "personas.csv", index=False, lineterminator="\n")
+    world.rules_table().to_csv(truth / "rules.csv", index=False, lineterminator="\n")
+    pd.DataFrame(
+        [
+            {
+                "persona": p.name,
+                "control_conversion": p.campaign_base_conversion,
+                "treatment_conversion": p.campaign_base_conversion + p.campaign_uplift,
+                "uplift": p.campaign_uplift,
+            }
+            for p in PERSONAS
+        ]
+    ).to_csv(truth / "campaign_uplift.csv", index=False, lineterminator="\n")
+    model = {
+        "hazard": "daily churn probability = persona baseline * exp(sum(effect * factor)), capped at 0.5",
+        "baseline_by_persona": {p.name: p.churn_hazard for p in PERSONAS},
+        "effects": CHURN_EFFECTS,
+        "factors": {
+            "lost_engagement": "1 - engagement; a drifting customer's engagement halves every drift_days after its drift starts",
+            "bad_service_experiences": "slow (first reply after the SLA) or unresolved tickets, each counted once, decaying with a 90-day time constant",
+            "price_sensitivity": "per-customer 0..1 (bargain hunters +0.3)",
+        },
+        "churned_customers": "buy nothing from their churn date on",
+    }
+    (truth / "churn_model.json").write_text(json.dumps(model, indent=1, sort_keys=True) + "\n")
+
+
+def expected_spend(state: engine.State, world, horizon: int) -> np.ndarray:
+    """Each customer's true expected spend (kept orders' net value) over the next `horizon`
+    days after the last simulated day, from the generating model."""
+    customers = state.customers
+    last = state.days_done - 1
+    value = engine.expected_order_value(world)
+    personas = customers["persona"].to_numpy()
+    kept = 1 - np.array([p.return_rate for p in PERSONAS])[personas] - _CANCEL_SHARE * 0.9
+    rate = np.array([p.orders_per_day for p in PERSONAS])[personas] * customers["rate_multiplier"].to_numpy()
+    alive = customers["churn_day"].to_numpy() < 0
+    total = np.zeros(len(customers))
+    survival = np.ones(len(customers))
+    projected = customers.copy()
+    for offset in range(1, horizon + 1):
+        projected["bad_service"] = customers["bad_service"].to_numpy() * np.exp(-offset / engine.BAD_SERVICE_MEMORY_DAYS)
+        survival *= 1 - engine.churn_hazard(projected, last + offset)
+        total += survival * rate * engine.engagement(projected, last + offset) * value[personas] * kept
+    return np.where(alive, total, 0.0).round(2)
+
+
+def _write_final_truth(truth: Path, state: engine.State, world) -> None:
+    customers = state.customers
+    as_of = state.date_of(state.days_done - 1)
+    frame = pd.DataFrame(
+        {
+            "person_id": customers["person_id"],
+            "crm_id": customers["crm_id"],
+            "persona": np.array([p.name for p in PERSONAS])[customers["persona"].to_numpy()],
+            "signup_date": [state.date_of(int(d)).isoformat() for d in customers["signup_day"]],
+            "churn_date": [state.date_of(int(d)).isoformat() if d >= 0 else "" for d in customers["churn_day"]],
+            "price_sensitivity": customers["price_sensitivity"].round(4),
+            "bad_service_score": customers["bad_service"].round(4),
+            "engagement": engine.engagement(customers, state.days_done - 1).round(4),
+            "referred_by": customers["referred_by"],
+            "influence": customers["influence"].round(4),
+            "as_of_date": as_of.isoformat(),
+            "expected_spend_90d": expected_spend(state, world, 90),
+            "expected_spend_365d": expected_spend(state, world, 365),
+        }
+    )
+    frame.to_csv(truth / "customers.csv", index=False, lineterminator="\n")
+
+
+def print_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+

@@ -133,8 +133,7 @@ def test_simulate_writes_the_sources_and_says_where(env, tmp_path):
     assert f"wrote sources to {out}" in result.stdout
     assert (out / "sales.sqlite").is_file()
     assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*/*")) == [
-        "crm/2025-01-01/customers.csv",
-        "crm/2025-01-02/customers.csv",
-        "service/2025-01-01/tickets.jsonl",
-        "service/2025-01-02/tickets.jsonl",
-    ]
+        f"crm/{day}/{entity}.csv"
+        for day in ("2025-01-01", "2025-01-02")
+        for entity in ("campaign_members", "campaigns", "customers", "interactions")
+    ] + ["service/2025-01-01/tickets.jsonl", "service/2025-01-02/tickets.jsonl"]

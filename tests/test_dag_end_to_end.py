@@ -31,7 +31,7 @@ _runs: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sources") / "sources"
-    simulate(SimulationSettings(customers=150, start=START, days=DAYS, seed=11, out=out))
+    simulate(SimulationSettings(customers=150, start=START, days=DAYS, seed=11, out=out, dirty_rate=0.0))
     return out
 
 

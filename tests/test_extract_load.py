@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from extract_load.contract import load_contract
 from extract_load.load import ExtractError, ExtractSettings, extract_system
 from extract_load.parse import DeliveryError
 from simulator import SimulationSettings, simulate
@@ -21,16 +22,15 @@ from tests.conftest import new_postgres_database
 from warehouse import connect
 
 START = dt.date(2025, 1, 1)
-DAYS = [START + dt.timedelta(days=offset) for offset in range(5)]
+DAYS = [START + dt.timedelta(days=offset) for offset in range(11)]  # campaign members arrive on day 11
 SYSTEMS = ("sales", "crm", "service")
+CONTRACT = load_contract()
+# Each raw table and where its rows come from: a SQL table (counted by its cursor) or a drop file.
 RAW_TABLES = {
-    "raw_sales.products": "products",
-    "raw_sales.orders": "orders",
-    "raw_sales.order_lines": "order_lines",
-    "raw_crm.customers": "crm/{date}/customers.csv",
-    "raw_service.tickets": "service/{date}/tickets.jsonl",
+    entity.raw_table: entity.name if entity.system.format == "sql" else entity.system.layout.replace("{entity}", entity.name)
+    for entity in CONTRACT.entities.values()
 }
-FILE_TABLES = ("raw_crm.customers", "raw_service.tickets")
+FILE_TABLES = tuple(entity.raw_table for entity in CONTRACT.entities.values() if entity.system.format != "sql")
 RUN_METADATA = ("_batch_date", "_run_id", "_loaded_at")
 
 TICKET = {
@@ -52,7 +52,7 @@ TICKET = {
 def simulated(tmp_path_factory) -> Path:
     """Sources for 5 days; never modified (tests that break files work on a copy)."""
     out = tmp_path_factory.mktemp("simulated") / "sources"
-    counts = simulate(SimulationSettings(customers=200, start=START, days=len(DAYS), seed=0, out=out))
+    counts = simulate(SimulationSettings(customers=2000, start=START, days=len(DAYS), seed=0, out=out, dirty_rate=0.0))
     assert counts["tickets"] > 0 and counts["orders"] > 0  # the checks below need every source
     return out
 
@@ -86,7 +86,8 @@ def _source_count(source_dir: Path, source: str, day: dt.date) -> int:
     if "/" not in source:
         with sqlite3.connect(source_dir / "sales.sqlite") as db:
             end = (day + dt.timedelta(days=1)).isoformat()
-            return db.execute(f"select count(*) from {source} where updated_at < ?", (end,)).fetchone()[0]
+            cursor = CONTRACT.entities[source].cursor
+            return db.execute(f"select count(*) from {source} where {cursor} < ?", (end,)).fetchone()[0]
     total = 0
     for drop in DAYS:
         if drop > day:
@@ -178,7 +179,7 @@ def test_running_the_same_date_twice_leaves_raw_and_load_log_as_one_run_would(wa
     assert {table: _snapshot(warehouse_url, table) for table in tables} == before
     assert _snapshot(warehouse_url, "raw_meta.load_audit", (*RUN_METADATA, "seconds")) == audit_before
     with connect(warehouse_url) as warehouse:
-        run_ids = warehouse.fetchall("select distinct _run_id from raw_crm.customers where _batch_date = ?", (DAYS[1],))
+        run_ids = warehouse.fetchall("select distinct _run_id from raw_sales.orders where _batch_date = ?", (DAYS[1],))
         log_rows = warehouse.fetchall("select count(*), count(distinct file_name) from raw_meta.load_log")
     assert run_ids == [("second-attempt",)]
     assert log_rows == [(2 * len(FILE_TABLES), 2 * len(FILE_TABLES))]  # two drops per file source, once each
@@ -331,12 +332,12 @@ def test_quarantine_above_the_allowed_ratio_fails_naming_the_source_and_ratio(wa
     customers.write_text("\n".join([header, *rows]) + "\n")
 
     with pytest.raises(ExtractError) as caught:
-        _load(warehouse_url, DAYS[0], _settings(sources, max_quarantine_ratio=0.01), systems=("crm",))
+        _load(warehouse_url, DAYS[0], _settings(sources, max_quarantine_ratio=0.0009), systems=("crm",))
     message = str(caught.value)
     assert "crm.customers" in message
     assert f"2 of {len(rows)} rows" in message
     assert f"({2 / len(rows):.1%})" in message
-    assert "above the allowed 1.0%" in message
+    assert "above the allowed 0.1%" in message
     assert "raw_meta.quarantine" in message
     assert len(_quarantine(warehouse_url)) == 2  # kept for inspection
 

@@ -1,0 +1,604 @@
+"""The simulation itself: customers living day by day in the world of `model`.
+
+`step(state, day)` advances the world one day and returns what the source systems record that
+day. All randomness of a day comes from a generator seeded by (seed, day), and everything a later
+day needs is kept in `State`, saved between runs: so simulating 3 days at once, or 1 day and then
+appending 2, does exactly the same work in the same order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simulator.model import (
+    BAD_SERVICE_MEMORY_DAYS,
+    CATEGORY_NAMES,
+    CHANNELS,
+    CHURN_EFFECTS,
+    PERSONAS,
+    World,
+)
+
+_FIRST = np.array("ana ben carla dev emma farid gina hugo iris jon kira leo mia nils olga paulo rui sara tomas uma vera yusuf zoe".split())
+_LAST = np.array("smith garcia nguyen muller rossi kowalski silva dubois khan berg costa novak jensen ortiz weber".split())
+_CITIES = np.array(["Lisbon", "Porto", "Berlin", "Hamburg", "Lyon", "Paris", "Madrid", "Milan", "Warsaw", "Vienna"])
+_COUNTRIES = np.array(["PT", "PT", "DE", "DE", "FR", "FR", "ES", "IT", "PL", "AT"])
+_DOMAINS = np.array(["example.com", "mail.example.org", "inbox.example.net"])
+_ACQUISITION = np.array(["organic", "paid_search", "social", "referral", "store", "partner"])
+_TIERS = np.array(["bronze", "silver", "gold", "platinum"])
+_TICKET_CATEGORIES = np.array(["delivery", "billing", "product", "returns", "account"])
+_PRIORITIES = np.array(["low", "normal", "high", "urgent"])
+_SLA_HOURS = np.array([48.0, 24.0, 8.0, 2.0])  # first-reply target per priority
+_INTERACTION_TYPES = np.array(["call", "email", "meeting", "visit"])
+_INTERACTION_OUTCOMES = np.array(["no_answer", "information", "complaint", "purchase_intent", "resolved"])
+_CAMPAIGN_CHANNELS = np.array(["email", "sms", "push"])
+PERSONA_COUNT = len(PERSONAS)
+DAILY_GROWTH = 0.0015  # new customers per day, as a share of the initial base
+QUOTA_BLOCK = 100  # personas are dealt in blocks of 100 so every prefix keeps the target shares
+
+_persona = {name: np.array([getattr(p, name) for p in PERSONAS], dtype=float) for name in (
+    "orders_per_day", "extra_items", "discount_share", "return_rate", "churn_hazard", "drift_days",
+    "tickets_per_day", "interactions_per_day", "campaign_base_conversion", "campaign_uplift",
+)}
+_persona_channels = np.cumsum(np.array([p.channel_weights for p in PERSONAS]), axis=1)
+_persona_categories = np.array([p.category_weights for p in PERSONAS], dtype=float)
+_persona_categories = np.cumsum(_persona_categories / _persona_categories.sum(axis=1, keepdims=True), axis=1)
+
+
+def day_rng(seed: int, day: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 7, day + 10_000])
+
+
+def _choose(rng: np.random.Generator, cumulative: np.ndarray) -> np.ndarray:
+    """One category index per row of `cumulative` (rows of cumulative probabilities)."""
+    draws = rng.random(len(cumulative))[:, None]
+    return np.minimum((draws > cumulative).sum(axis=1), cumulative.shape[1] - 1)
+
+
+def _timestamps(day_date: dt.date, seconds: np.ndarray) -> np.ndarray:
+    if not len(seconds):
+        return np.array([], dtype=object)
+    base = np.datetime64(day_date.isoformat(), "s")
+    # "YYYY-MM-DD HH:MM:SS", as source systems print timestamps (and sort as text).
+    return np.char.replace((base + seconds.astype("timedelta64[s]")).astype(str), "T", " ").astype(object)
+
+
+@dataclass
+class State:
+    seed: int
+    start: dt.date
+    base_customers: int
+    days_done: int = 0
+    next_person: int = 1
+    next_order: int = 1
+    next_ticket: int = 1
+    next_campaign: int = 1
+    next_history: int = 1
+    next_duplicate: int = 0
+    customers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    status_events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"order_id": [], "day": [], "status": []}))
+    tickets: pd.DataFrame = field(default_factory=pd.DataFrame)
+    conversions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"person_id": [], "day": [], "campaign_id": []}))
+    members: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    _FRAMES = ("customers", "status_events", "tickets", "conversions", "members")
+
+    def date_of(self, day: int) -> dt.date:
+        return self.start + dt.timedelta(days=day)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "seed": self.seed,
+            "start": self.start.isoformat(),
+            "base_customers": self.base_customers,
+            "days_done": self.days_done,
+            "next_person": self.next_person,
+            "next_order": self.next_order,
+            "next_ticket": self.next_ticket,
+            "next_campaign": self.next_campaign,
+            "next_history": self.next_history,
+            "next_duplicate": self.next_duplicate,
+        }
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        for name in self._FRAMES:
+            getattr(self, name).to_pickle(folder / f"{name}.pkl")
+
+    @classmethod
+    def load(cls, folder: Path) -> "State":
+        meta = json.loads((folder / "meta.json").read_text())
+        state = cls(seed=meta["seed"], start=dt.date.fromisoformat(meta["start"]), base_customers=meta["base_customers"])
+        for key in ("days_done", "next_person", "next_order", "next_ticket", "next_campaign", "next_history", "next_duplicate"):
+            setattr(state, key, meta[key])
+        for name in cls._FRAMES:
+            setattr(state, name, pd.read_pickle(folder / f"{name}.pkl"))
+        return state
+
+
+@dataclass
+class DayRecords:
+    """What the source systems record on one day (before dirty data is injected)."""
+
+    date: dt.date
+    orders: pd.DataFrame
+    order_lines: pd.DataFrame
+    payments: pd.DataFrame
+    status_changes: pd.DataFrame  # order_id, status, changed_at (updates in place + history)
+    customers: pd.DataFrame
+    interactions: pd.DataFrame
+    campaigns: pd.DataFrame
+    campaign_members: pd.DataFrame
+    tickets: list[dict]
+    churned: pd.DataFrame  # person_id, churn_date
+
+
+def new_customers(state: State, rng: np.random.Generator, count: int, day: int, existing: bool) -> pd.DataFrame:
+    """`count` people signing up on `day` (or, for the initial base, at some day before it)."""
+    ids = np.arange(state.next_person, state.next_person + count)
+    state.next_person += count
+    personas = persona_of(state.seed, ids)
+    first, last = rng.choice(_FIRST, count), rng.choice(_LAST, count)
+    city = rng.integers(0, len(_CITIES), count)
+    signup = (day - rng.integers(1, 730, count)) if existing else np.full(count, day)
+    birth = np.datetime64("1945-01-01") + rng.integers(0, 365 * 60, count).astype("timedelta64[D]")
+    drift = _persona["drift_days"][personas]
+    alive = state.customers
+    referred_by = np.full(count, "", dtype=object)
+    if not existing and len(alive):
+        # Referrals follow influence: a few referrers bring many of the referred customers.
+        candidates = alive[alive["churn_day"] < 0]
+        referred = rng.random(count) < 0.15
+        if referred.any() and len(candidates):
+            weights = candidates["influence"].to_numpy()
+            picks = rng.choice(len(candidates), int(referred.sum()), p=weights / weights.sum())
+            referred_by[referred] = candidates["crm_id"].to_numpy()[picks]
+    frame = pd.DataFrame(
+        {
+            "person_id": ids,
+            "crm_id": [f"C{i:08d}" for i in ids],
+            "persona": personas,
+            "signup_day": signup,
+            "first_name": np.char.capitalize(first.astype(str)),
+            "last_name": np.char.capitalize(last.astype(str)),
+            "email": [f"{f}.{l}.{i}@{d}" for f, l, i, d in zip(first, last, ids, rng.choice(_DOMAINS, count))],
+            "phone": [f"+{c} {n}" for c, n in zip(rng.choice(["351", "49", "33", "34", "39"], count), rng.integers(600_000_000, 999_999_999, count))],
+            "birth_date": birth.astype(str),
+            "gender": rng.choice(np.array(["female", "male", "unknown"]), count, p=[0.49, 0.48, 0.03]),
+            "city": _CITIES[city],
+            "country": _COUNTRIES[city],
+            "acquisition_channel": np.where(referred_by != "", "referral", rng.choice(_ACQUISITION, count)),
+            "loyalty_tier": np.full(count, "bronze", dtype=object),
+            "marketing_opt_in": rng.random(count) < 0.6,
+            "referred_by": referred_by,
+            "rate_multiplier": rng.lognormal(-0.125, 0.5, count),
+            "price_sensitivity": np.clip(rng.beta(2, 3, count) + 0.3 * (personas == 3), 0, 1),
+            "influence": rng.pareto(1.2, count) + 0.05,
+            "drift_start": np.where(drift > 0, np.maximum(signup, day) + rng.integers(0, 60, count), -1),
+            "churn_day": np.full(count, -1),
+            "bad_service": np.zeros(count),
+            "orders": np.zeros(count, dtype=int),
+            "spend": np.zeros(count),
+            "uses_crm_id": rng.random(count) < 0.7,
+            "modified_day": np.maximum(signup, day),
+        }
+    )
+    state.customers = pd.concat([state.customers, frame], ignore_index=True) if len(state.customers) else frame
+    return frame
+
+
+def persona_of(seed: int, person_ids: np.ndarray) -> np.ndarray:
+    """Personas are dealt from shuffled blocks of QUOTA_BLOCK people with exact target counts,
+    so the shares hold at any population size and whatever the day people sign up."""
+    block = np.repeat(np.arange(PERSONA_COUNT), [round(p.share * QUOTA_BLOCK) for p in PERSONAS])
+    blocks = (person_ids - 1) // QUOTA_BLOCK
+    result = np.empty(len(person_ids), dtype=int)
+    for number in np.unique(blocks):
+        deal = np.random.default_rng([seed, 3, int(number)]).permutation(block)
+        mask = blocks == number
+        result[mask] = deal[(person_ids[mask] - 1) % QUOTA_BLOCK]
+    return result
+
+
+def engagement(customers: pd.DataFrame, day: int) -> np.ndarray:
+    """1 while engaged; a drifter's engagement halves every `drift_days` after its drift starts."""
+    drift = _persona["drift_days"][customers["persona"].to_numpy()]
+    start = customers["drift_start"].to_numpy()
+    age = np.maximum(day - start, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        faded = np.where((drift > 0) & (start >= 0), 0.5 ** (age / np.where(drift > 0, drift, 1)), 1.0)
+    return faded
+
+
+def churn_hazard(customers: pd.DataFrame, day: int) -> np.ndarray:
+    """Daily churn probability: persona baseline × exp(Σ effect × factor) (truth/churn_model.json)."""
+    base = _persona["churn_hazard"][customers["persona"].to_numpy()]
+    lifted = (
+        CHURN_EFFECTS["lost_engagement"] * (1 - engagement(customers, day))
+        + CHURN_EFFECTS["bad_service_experiences"] * customers["bad_service"].to_numpy()
+        + CHURN_EFFECTS["price_sensitivity"] * customers["price_sensitivity"].to_numpy()
+    )
+    return np.minimum(base * np.exp(lifted), 0.5)
+
+
+def expected_order_value(world: World) -> np.ndarray:
+    """Mean net value of a kept order per persona, from the catalogue and the basket model."""
+    products = world.products.set_index("sku")
+    mean_quantity = 1.3
+    values = []
+    for index, persona in enumerate(PERSONAS):
+        weights = np.diff(np.concatenate([[0.0], _persona_categories[index]]))
+        category_price = []
+        for category in CATEGORY_NAMES:
+            skus, cumulative = world.regular_skus_by_category[category], world.cumulative_popularity_by_category[category]
+            probabilities = np.diff(np.concatenate([[0.0], cumulative]))
+            category_price.append(float((products.loc[skus, "list_price"].to_numpy() * probabilities).sum()))
+        regular = (1 + persona.extra_items) * float(np.dot(weights, category_price))
+        planted = sum(
+            rule.p_a * products.loc[rule.antecedent, "list_price"] + rule.consequent_support * products.loc[rule.consequent, "list_price"]
+            for rule in world.rules
+        )
+        discount = persona.discount_share * 0.2
+        values.append((regular + planted) * mean_quantity * (1 - discount))
+    return np.array(values)
+
+
+def step(state: State, world: World, day: int) -> DayRecords:
+    rng = day_rng(state.seed, day)
+    date = state.date_of(day)
+    # 1. Signups: the initial base exists before day 0; then a steady trickle of new people.
+    if day == 0:
+        signups = new_customers(state, rng, state.base_customers, day, existing=True)
+    else:
+        signups = new_customers(state, rng, int(rng.poisson(state.base_customers * DAILY_GROWTH)), day, existing=False)
+    customers = state.customers
+    customers["bad_service"] *= np.exp(-1 / BAD_SERVICE_MEMORY_DAYS)
+
+    # 2. Churn: a churned customer never buys again.
+    alive = (customers["churn_day"].to_numpy() < 0) & (customers["signup_day"].to_numpy() <= day)
+    churning = alive & (rng.random(len(customers)) < churn_hazard(customers, day))
+    customers.loc[churning, "churn_day"] = day
+    alive &= ~churning
+    churned = pd.DataFrame({"person_id": customers.loc[churning, "person_id"].to_numpy(), "churn_date": date.isoformat()})
+
+    # 3. Orders of alive customers (plus campaign conversions due today).
+    index = np.flatnonzero(alive)
+    personas = customers["persona"].to_numpy()[index]
+    weekly = 1.0 + 0.15 * np.sin(2 * np.pi * (date.weekday() - 2) / 7)
+    rates = _persona["orders_per_day"][personas] * customers["rate_multiplier"].to_numpy()[index]
+    rates *= engagement(customers.iloc[index], day) * weekly
+    counts = rng.poisson(rates)
+    buyers = np.repeat(index, counts)
+    due = state.conversions[state.conversions["day"] == day]
+    converting = customers.index[customers["person_id"].isin(due["person_id"]) & alive]
+    buyers = np.concatenate([buyers, np.asarray(converting)])
+    state.conversions = state.conversions[state.conversions["day"] != day]
+    orders, lines, payments, new_events = _orders(state, world, rng, customers, buyers, day, date)
+    state.status_events = pd.concat([state.status_events, new_events], ignore_index=True)
+
+    # 4. Status changes due today: updated in place in the sales DB, logged in its history.
+    due_events = state.status_events[state.status_events["day"] == day]
+    state.status_events = state.status_events[state.status_events["day"] != day]
+    status_changes = pd.DataFrame(
+        {
+            "order_id": due_events["order_id"].astype(int).to_numpy(),
+            "status": due_events["status"].to_numpy(),
+            "changed_at": _timestamps(date, rng.integers(6 * 3600, 20 * 3600, len(due_events))),
+        }
+    )
+
+    # 5. Service desk, CRM activity and campaigns.
+    tickets = _tickets(state, rng, customers, index, day, date)
+    interactions = _interactions(rng, customers, index, day, date)
+    campaigns, members = _campaigns(state, rng, customers, index, day, date)
+    _crm_changes(rng, customers, index, day)
+    exported = customers[(customers["modified_day"] == day) | customers["person_id"].isin(signups["person_id"])]
+    state.days_done = day + 1
+    return DayRecords(
+        date=date,
+        orders=orders,
+        order_lines=lines,
+        payments=payments,
+        status_changes=status_changes,
+        customers=exported.assign(modified_at=_timestamps(date, rng.integers(7 * 3600, 19 * 3600, len(exported))))
+        if len(exported) else exported.assign(modified_at=[]),
+        interactions=interactions,
+        campaigns=campaigns,
+        campaign_members=members,
+        tickets=tickets,
+        churned=churned,
+    )
+
+
+def _orders(state, world, rng, customers, buyers, day, date):
+    count = len(buyers)
+    order_ids = np.arange(state.next_order, state.next_order + count)
+    state.next_order += count
+    personas = customers["persona"].to_numpy()[buyers]
+    channel = _choose(rng, _persona_channels[personas] / _persona_channels[personas][:, -1:])
+    created_seconds = rng.integers(7 * 3600, 22 * 3600, count)
+    created = _timestamps(date, created_seconds)
+    # Regular items: category by persona, product by long-tail popularity within the category.
+    sizes = 1 + rng.poisson(_persona["extra_items"][personas])
+    line_order = np.repeat(np.arange(count), sizes)
+    line_category = _choose(rng, _persona_categories[personas[line_order]])
+    skus = np.empty(len(line_order), dtype=object)
+    for category_index, category in enumerate(CATEGORY_NAMES):
+        mask = line_category == category_index
+        picks = np.searchsorted(world.cumulative_popularity_by_category[category], rng.random(int(mask.sum())))
+        skus[mask] = world.regular_skus_by_category[category][np.minimum(picks, len(world.regular_skus_by_category[category]) - 1)]
+    # Planted rules: A with p_a; B with p_b_given_a if A is there, else p_b_without_a.
+    extra_orders, extra_skus = [], []
+    for rule in world.rules:
+        has_a = rng.random(count) < rule.p_a
+        has_b = rng.random(count) < np.where(has_a, rule.p_b_given_a, rule.p_b_without_a)
+        for mask, sku in ((has_a, rule.antecedent), (has_b, rule.consequent)):
+            extra_orders.append(np.flatnonzero(mask))
+            extra_skus.append(np.full(int(mask.sum()), sku, dtype=object))
+    line_order = np.concatenate([line_order, *extra_orders])
+    skus = np.concatenate([skus, *extra_skus])
+    arrangement = np.argsort(line_order, kind="stable")
+    line_order, skus = line_order[arrangement], skus[arrangement]
+    line_number = np.arange(len(line_order)) - np.searchsorted(line_order, line_order) + 1
+    prices = world.products.set_index("sku")["list_price"].reindex(skus).to_numpy()
+    quantity = 1 + rng.poisson(0.3, len(line_order))
+    discounted = rng.random(len(line_order)) < _persona["discount_share"][personas[line_order]]
+    discount = np.where(discounted, np.round(prices * quantity * rng.uniform(0.1, 0.3, len(line_order)), 2), 0.0)
+    lines = pd.DataFrame(
+        {
+            "order_id": order_ids[line_order],
+            "line_number": line_number,
+            "sku": skus,
+            "quantity": quantity,
+            "unit_price": prices,
+            "discount": discount,
+            "updated_at": created[line_order],
+        }
+    )
+    net = np.bincount(line_order, weights=prices * quantity - discount, minlength=count).round(2)
+    person = customers["person_id"].to_numpy()[buyers]
+    uses_crm = customers["uses_crm_id"].to_numpy()[buyers]
+    orders = pd.DataFrame(
+        {
+            "order_id": order_ids,
+            "customer_email": customers["email"].to_numpy()[buyers],
+            "crm_id": np.where(uses_crm, customers["crm_id"].to_numpy()[buyers], None),
+            "channel": np.array(CHANNELS)[channel],
+            "store_id": np.where(channel == 1, [f"S{n:03d}" for n in rng.integers(1, 40, count)], None),
+            "status": np.where(channel == 1, "completed", "placed"),
+            "created_at": created,
+            "updated_at": created,
+            "_person_id": person,
+            "_net": net,
+        }
+    )
+    # The life of each order: shipped, completed, sometimes cancelled or returned later.
+    roll = rng.random(count)
+    returned = roll < _persona["return_rate"][personas]
+    cancelled = (~returned) & (roll < _persona["return_rate"][personas] + 0.02) & (channel != 1)
+    remote = channel != 1
+    events = [
+        (order_ids[cancelled], day + 1, "cancelled"),
+        (order_ids[remote & ~cancelled], day + 1, "shipped"),
+        (order_ids[remote & ~cancelled], day + 3, "completed"),
+    ]
+    return_delay = rng.integers(5, 15, count)
+    events.append((order_ids[returned], day + np.where(remote, 3, 0)[returned] + return_delay[returned], "returned"))
+    new_events = pd.concat(
+        [pd.DataFrame({"order_id": ids, "day": np.broadcast_to(when, len(ids)), "status": status}) for ids, when, status in events],
+        ignore_index=True,
+    )
+    methods = np.where(channel == 1, rng.choice(np.array(["card", "cash"]), count, p=[0.8, 0.2]), rng.choice(np.array(["card", "paypal", "gift_card"]), count, p=[0.7, 0.25, 0.05]))
+    payments = pd.DataFrame(
+        {
+            "payment_id": order_ids,
+            "order_id": order_ids,
+            "method": methods,
+            "amount": net,
+            "paid_at": created,
+        }
+    )
+    kept = ~(returned | cancelled)
+    spend = customers["spend"].to_numpy().copy()
+    np.add.at(spend, buyers[kept], net[kept])
+    customers["spend"] = spend
+    orders_column = customers["orders"].to_numpy().copy()
+    np.add.at(orders_column, buyers[kept], 1)
+    customers["orders"] = orders_column
+    return orders, lines, payments, new_events
+
+
+def _tickets(state, rng, customers, index, day, date) -> list[dict]:
+    """Open new tickets, plan their lives, and return every ticket that changes today."""
+    personas = customers["persona"].to_numpy()[index]
+    opening = index[rng.random(len(index)) < _persona["tickets_per_day"][personas]]
+    count = len(opening)
+    if count:
+        ids = np.arange(state.next_ticket, state.next_ticket + count)
+        state.next_ticket += count
+        priority = rng.choice(len(_PRIORITIES), count, p=[0.3, 0.45, 0.2, 0.05])
+        opened = rng.integers(8 * 3600, 18 * 3600, count)
+        slow = rng.random(count) < 0.15
+        reply_hours = np.where(slow, _SLA_HOURS[priority] * rng.uniform(1.2, 4, count), _SLA_HOURS[priority] * rng.uniform(0.05, 0.9, count))
+        unresolved = rng.random(count) < 0.05
+        reopened = (~unresolved) & (rng.random(count) < 0.06)
+        solve_days = rng.integers(1, 6, count)
+        bad = slow | unresolved
+        rating = np.where(bad, rng.integers(1, 3, count), rng.integers(3, 6, count))
+        new = pd.DataFrame(
+            {
+                "ticket_id": ids,
+                "person_id": customers["person_id"].to_numpy()[opening],
+                "requester_email": customers["email"].to_numpy()[opening],
+                "channel": rng.choice(np.array(["email", "phone", "chat", "web"]), count),
+                "category": rng.choice(_TICKET_CATEGORIES, count),
+                "priority": _PRIORITIES[priority],
+                "open_day": day,
+                "opened_seconds": opened,
+                "reply_seconds": opened + (reply_hours * 3600).astype(int),
+                "solve_day": np.where(unresolved, -1, day + solve_days),
+                "reopen_day": np.where(reopened, day + solve_days + 2, -1),
+                "resolve_again_day": np.where(reopened, day + solve_days + 4, -1),
+                "close_day": np.where(unresolved, -1, day + solve_days + np.where(reopened, 9, 4)),
+                "rating": rating,
+                "bad": bad,
+            }
+        )
+        state.tickets = pd.concat([state.tickets, new], ignore_index=True) if len(state.tickets) else new
+    if not len(state.tickets):
+        return []
+    tickets = state.tickets
+    reply_day = tickets["open_day"] + tickets["reply_seconds"] // 86_400
+    event_days = [tickets["open_day"], reply_day, tickets["solve_day"], tickets["reopen_day"], tickets["resolve_again_day"], tickets["close_day"]]
+    changing = np.zeros(len(tickets), dtype=bool)
+    for days in event_days:
+        changing |= days.to_numpy() == day
+    # A bad experience counts against the customer once the ticket is solved (or left open a week).
+    judged = tickets["bad"].to_numpy() & (
+        (tickets["solve_day"].to_numpy() == day) | ((tickets["solve_day"].to_numpy() < 0) & (tickets["open_day"].to_numpy() + 7 == day))
+    )
+    if judged.any():
+        hit = customers["person_id"].isin(tickets.loc[judged, "person_id"])
+        customers.loc[hit, "bad_service"] += 1
+    records = [_ticket_snapshot(row, day, state) for row in tickets[changing].itertuples(index=False)]
+    # Closed tickets never change again: drop them from the state.
+    finished = (tickets["close_day"].to_numpy() >= 0) & (tickets["close_day"].to_numpy() <= day)
+    finished |= (tickets["solve_day"].to_numpy() < 0) & (tickets["open_day"].to_numpy() + 30 <= day)
+    state.tickets = tickets[~finished].reset_index(drop=True)
+    return records
+
+
+def _ticket_snapshot(ticket, day: int, state: State) -> dict:
+    """The ticket as the export API shows it at the end of `day`."""
+    def at(event_day: int, seconds: int) -> str:
+        moment = dt.datetime.combine(state.date_of(int(event_day)), dt.time()) + dt.timedelta(seconds=int(seconds))
+        return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+    opened = at(ticket.open_day, ticket.opened_seconds)
+    history = [{"status": "new", "at": opened}, {"status": "open", "at": opened}]
+    reply_day = ticket.open_day + ticket.reply_seconds // 86_400
+    first_reply = at(ticket.open_day, ticket.reply_seconds) if reply_day <= day else None
+    if first_reply:
+        history.append({"status": "pending", "at": first_reply})
+    solved_at = None
+    for event_day, status in ((ticket.solve_day, "solved"), (ticket.reopen_day, "open"), (ticket.resolve_again_day, "solved"), (ticket.close_day, "closed")):
+        if 0 <= event_day <= day:
+            history.append({"status": status, "at": at(event_day, 40_000 + 3_600 * len(history))})
+            if status == "solved":
+                solved_at = history[-1]["at"]
+    status = history[-1]["status"]
+    rated = status in ("solved", "closed")
+    tags = [ticket.category, ticket.priority] + (["reopened"] if 0 <= ticket.reopen_day <= day else [])
+    return {
+        "ticket_id": int(ticket.ticket_id),
+        "requester_email": ticket.requester_email,
+        "channel": ticket.channel,
+        "category": ticket.category,
+        "priority": ticket.priority,
+        "status": status,
+        "created_at": opened,
+        "updated_at": history[-1]["at"],
+        "first_reply_at": first_reply,
+        "solved_at": solved_at if status in ("solved", "closed") else None,
+        "satisfaction_rating": int(ticket.rating) if rated else None,
+        "satisfaction_comment": ("slow and unhelpful" if ticket.rating <= 2 else "thanks, all good") if rated else None,
+        "tags": tags,
+        "status_history": history,
+        "_person_id": int(ticket.person_id),
+    }
+
+
+def _interactions(rng, customers, index, day, date) -> pd.DataFrame:
+    personas = customers["persona"].to_numpy()[index]
+    who = index[rng.random(len(index)) < _persona["interactions_per_day"][personas]]
+    count = len(who)
+    return pd.DataFrame(
+        {
+            "interaction_id": [f"I{day:05d}{n:06d}" for n in range(count)],
+            "crm_id": customers["crm_id"].to_numpy()[who],
+            "interaction_type": rng.choice(_INTERACTION_TYPES, count),
+            "outcome": rng.choice(_INTERACTION_OUTCOMES, count),
+            "occurred_at": _timestamps(date, rng.integers(8 * 3600, 19 * 3600, count)),
+            "_person_id": customers["person_id"].to_numpy()[who],
+        }
+    )
+
+
+CAMPAIGN_EVERY_DAYS = 14
+CAMPAIGN_LENGTH_DAYS = 7
+CONTROL_SHARE = 0.2
+
+
+def _campaigns(state, rng, customers, index, day, date):
+    """Launch a campaign every two weeks; members' outcomes are exported when it ends."""
+    campaigns = pd.DataFrame(columns=["campaign_id", "name", "channel", "start_date", "end_date", "cost"])
+    if day % CAMPAIGN_EVERY_DAYS == 3:
+        campaign_id = f"K{state.next_campaign:04d}"
+        state.next_campaign += 1
+        end = state.date_of(day + CAMPAIGN_LENGTH_DAYS)
+        campaigns = pd.DataFrame(
+            {
+                "campaign_id": [campaign_id],
+                "name": [f"Campaign {campaign_id} {date:%b %Y}"],
+                "channel": [str(rng.choice(_CAMPAIGN_CHANNELS))],
+                "start_date": [date.isoformat()],
+                "end_date": [end.isoformat()],
+                "cost": [round(float(rng.uniform(500, 5000)), 2)],
+            }
+        )
+        eligible = index[customers["marketing_opt_in"].to_numpy()[index]]
+        chosen = eligible[rng.random(len(eligible)) < 0.25]
+        treated = rng.random(len(chosen)) >= CONTROL_SHARE
+        personas = customers["persona"].to_numpy()[chosen]
+        conversion = _persona["campaign_base_conversion"][personas] + treated * _persona["campaign_uplift"][personas]
+        converted = rng.random(len(chosen)) < conversion
+        opened = treated & (rng.random(len(chosen)) < 0.4)
+        clicked = opened & (rng.random(len(chosen)) < 0.3)
+        members = pd.DataFrame(
+            {
+                "campaign_id": campaign_id,
+                "crm_id": customers["crm_id"].to_numpy()[chosen],
+                "member_group": np.where(treated, "treatment", "control"),
+                "sent": treated,
+                "opened": opened,
+                "clicked": clicked,
+                "converted": converted,
+                "export_day": day + CAMPAIGN_LENGTH_DAYS,
+                "_person_id": customers["person_id"].to_numpy()[chosen],
+                "_persona": personas,
+            }
+        )
+        state.members = pd.concat([state.members, members], ignore_index=True) if len(state.members) else members
+        conversions = pd.DataFrame(
+            {
+                "person_id": customers["person_id"].to_numpy()[chosen][converted],
+                "day": day + rng.integers(1, CAMPAIGN_LENGTH_DAYS + 1, int(converted.sum())),
+                "campaign_id": campaign_id,
+            }
+        )
+        state.conversions = pd.concat([state.conversions, conversions], ignore_index=True)
+    ending = state.members[state.members["export_day"] == day] if len(state.members) else state.members
+    if len(state.members):
+        state.members = state.members[state.members["export_day"] != day].reset_index(drop=True)
+    return campaigns, ending.drop(columns=["export_day"]) if len(ending) else ending
+
+
+def _crm_changes(rng, customers, index, day) -> None:
+    """Loyalty tiers follow spend; a few people move city or change their marketing consent."""
+    spend = customers["spend"].to_numpy()[index]
+    tier = np.searchsorted([300, 1000, 3000], spend, side="right")
+    current = np.searchsorted(_TIERS, customers["loyalty_tier"].to_numpy()[index].astype(str))
+    upgrade = index[tier > current]
+    customers.loc[upgrade, "loyalty_tier"] = _TIERS[tier[tier > current]]
+    moving = index[rng.random(len(index)) < 0.0003]
+    city = rng.integers(0, len(_CITIES), len(moving))
+    customers.loc[moving, "city"] = _CITIES[city]
+    customers.loc[moving, "country"] = _COUNTRIES[city]
+    consent = index[rng.random(len(index)) < 0.0003]
+    customers.loc[consent, "marketing_opt_in"] = ~customers.loc[consent, "marketing_opt_in"].astype(bool)
+    customers.loc[np.concatenate([upgrade, moving, consent]), "modified_day"] = day

@@ -1,0 +1,328 @@
+"""Write one simulated day the way the real source systems deliver it, dirty data included.
+
+- the sales database (SQLite file, or a PostgreSQL URL): rows inserted, updated in place, logged
+  in order_status_history, test orders hard-deleted;
+- the CRM: one CSV per entity dropped per day (crm/<date>/<entity>.csv);
+- the service desk: one JSON-lines export per day (service/<date>/tickets.jsonl).
+
+Each injected defect is listed with the handling the pipeline owes it (truth/defects.csv).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from simulator.engine import DayRecords
+
+DEFECT_COLUMNS = ["date", "system", "entity", "record_key", "location", "defect", "handling"]
+
+# Per entity: the defects a row can get (one at most, with probability = dirty rate).
+CUSTOMER_DEFECTS = {
+    "broken_column_count": "quarantine",
+    "bad_bytes": "quarantine",
+    "missing_key": "quarantine",
+    "invalid_email": "flag",
+    "invalid_phone": "flag",
+    "missing_birth_date": "flag",
+    "impossible_birth_date": "flag",
+    "duplicate_person": "merge",
+    "late_arriving": "load",
+}
+TICKET_DEFECTS = {"invalid_json": "quarantine", "missing_key": "quarantine", "wrong_type": "quarantine"}
+LINE_DEFECTS = {
+    "nonpositive_quantity": "flag",
+    "nonpositive_price": "flag",
+    "orphan_line": "flag",
+    "wrong_type": "quarantine",
+}
+ORDER_DEFECTS = {"test_order_deleted": "delete", "late_arriving": "load"}
+
+SALES_TABLES = {
+    "products": ("sku", ["sku", "name", "category", "subcategory", "list_price", "unit_cost", "updated_at"]),
+    "orders": ("order_id", ["order_id", "customer_email", "crm_id", "channel", "store_id", "status", "created_at", "updated_at"]),
+    "order_lines": ("order_id, line_number", ["order_id", "line_number", "sku", "quantity", "unit_price", "discount", "updated_at"]),
+    "payments": ("payment_id", ["payment_id", "order_id", "method", "amount", "paid_at"]),
+    "order_status_history": ("history_id", ["history_id", "order_id", "status", "changed_at"]),
+}
+
+
+@dataclass
+class Defects:
+    date: dt.date
+    rows: list[list[Any]]
+
+    def add(self, system: str, entity: str, key: Any, location: str, defect: str, handling: str) -> None:
+        self.rows.append([self.date.isoformat(), system, entity, str(key), location, defect, handling])
+
+
+def pick_defects(rng: np.random.Generator, count: int, rate: float, kinds: dict[str, str]) -> np.ndarray:
+    """For `count` rows: '' for a clean row, else the defect it gets (uniform over `kinds`)."""
+    names = np.array(["", *kinds], dtype=object)
+    dirty = rng.random(count) < rate
+    return np.where(dirty, names[1:][rng.integers(0, len(kinds), count)], names[0])
+
+
+class SalesDatabase:
+    """The sales OLTP database; SQLite by default, PostgreSQL when given a postgresql:// URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            self._con = sqlite3.connect(url[len("sqlite:///") :])
+            self._mark = "?"
+        else:
+            import psycopg
+
+            self._con = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+            self._mark = "%s"
+
+    def close(self) -> None:
+        self._con.commit()
+        self._con.close()
+
+    def create(self) -> None:
+        for table, (key, columns) in SALES_TABLES.items():
+            self._con.execute(f"drop table if exists {table}")
+            self._con.execute(f"create table {table} ({', '.join(columns)}, primary key ({key}))")
+        self._con.commit()
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        columns = SALES_TABLES[table][1]
+        sql = f"insert into {table} ({', '.join(columns)}) values ({', '.join(self._mark for _ in columns)})"
+        cursor = self._con.cursor()
+        cursor.executemany(sql, rows)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._con.cursor().execute(sql.replace("?", self._mark), params)
+
+    def commit(self) -> None:
+        self._con.commit()
+
+
+def _rows(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
+    values = frame[columns].astype(object).where(frame[columns].notna(), None)
+    return list(values.itertuples(index=False, name=None))
+
+
+def write_sales(db: SalesDatabase, records: DayRecords, rng: np.random.Generator, rate: float, defects: Defects, state) -> list[list]:
+    """Insert the day's orders, lines and payments, apply due status changes, inject defects.
+    Returns identity rows (system, entity, key, person_id)."""
+    date = records.date
+    orders, lines = records.orders.copy(), records.order_lines.copy()
+    identities = [["sales", "orders", int(o), int(p)] for o, p in zip(orders["order_id"], orders["_person_id"])]
+
+    # Order defects: a test order created now and hard-deleted later, or a row arriving late.
+    order_kinds = pick_defects(rng, len(orders), rate, ORDER_DEFECTS)
+    late = order_kinds == "late_arriving"
+    earlier = (pd.Timestamp(date) - pd.to_timedelta(rng.integers(2, 10, int(late.sum())), unit="D")).strftime("%Y-%m-%d %H:%M:%S")
+    orders.loc[late, ["created_at", "updated_at"]] = np.column_stack([earlier, earlier])
+    for order_id in orders.loc[late, "order_id"]:
+        defects.add("sales", "orders", int(order_id), "orders", "late_arriving", "load")
+    test_orders = int((order_kinds == "test_order_deleted").sum())
+    if test_orders:
+        ids = np.arange(state.next_order, state.next_order + test_orders)
+        state.next_order += test_orders
+        created = f"{date.isoformat()} 12:00:00"
+        test = pd.DataFrame(
+            {
+                "order_id": ids,
+                "customer_email": [f"qa+{i}@shop.test" for i in ids],
+                "crm_id": None,
+                "channel": "web",
+                "store_id": None,
+                "status": "placed",
+                "created_at": created,
+                "updated_at": created,
+            }
+        )
+        orders = pd.concat([orders, test], ignore_index=True)
+        lines = pd.concat(
+            [lines, pd.DataFrame({"order_id": ids, "line_number": 1, "sku": records.order_lines["sku"].iloc[0] if len(records.order_lines) else "SKU-01001", "quantity": 1, "unit_price": 1.0, "discount": 0.0, "updated_at": created})],
+            ignore_index=True,
+        )
+        deletes = pd.DataFrame({"order_id": ids, "day": state.days_done - 1 + rng.integers(1, 4, test_orders), "status": "__deleted__"})
+        state.status_events = pd.concat([state.status_events, deletes], ignore_index=True)
+        for order_id in ids:
+            defects.add("sales", "orders", int(order_id), "orders", "test_order_deleted", "delete")
+
+    # Line defects: bad quantities and prices are loaded and flagged; text in a number column
+    # breaks the contract; orphan lines point at orders that do not exist.
+    line_kinds = pick_defects(rng, len(lines), rate, LINE_DEFECTS)
+    quantity = lines["quantity"].astype(object)
+    quantity[line_kinds == "nonpositive_quantity"] = rng.choice([0, -1, -2], int((line_kinds == "nonpositive_quantity").sum()))
+    quantity[line_kinds == "wrong_type"] = "two"
+    lines["quantity"] = quantity
+    lines.loc[line_kinds == "nonpositive_price", "unit_price"] = rng.choice([0.0, -4.99], int((line_kinds == "nonpositive_price").sum()))
+    orphans = lines[line_kinds == "orphan_line"].copy()
+    orphans["order_id"] = 900_000_000 + orphans["order_id"]
+    for kind in ("nonpositive_quantity", "nonpositive_price", "wrong_type"):
+        for _, row in lines[line_kinds == kind].iterrows():
+            defects.add("sales", "order_lines", f"{row.order_id}-{row.line_number}", "order_lines", kind, LINE_DEFECTS[kind])
+    for _, row in orphans.iterrows():
+        defects.add("sales", "order_lines", f"{row.order_id}-{row.line_number}", "order_lines", "orphan_line", "flag")
+    lines = pd.concat([lines, orphans], ignore_index=True)
+
+    db.insert("orders", _rows(orders, SALES_TABLES["orders"][1]))
+    db.insert("order_lines", _rows(lines, SALES_TABLES["order_lines"][1]))
+    payments = records.payments.assign(payment_id=[f"P{i}" for i in records.payments["order_id"]])
+    db.insert("payments", _rows(payments, SALES_TABLES["payments"][1]))
+    history = orders[["order_id", "status", "created_at"]].rename(columns={"created_at": "changed_at"})
+    _log_status(db, state, history)
+
+    changes = records.status_changes
+    deleted = changes["status"] == "__deleted__"
+    for order_id in changes.loc[deleted, "order_id"]:
+        for table in ("order_lines", "payments", "orders"):
+            db.execute(f"delete from {table} where order_id = ?", (int(order_id),))
+    changes = changes[~deleted]
+    for order_id, status, changed_at in changes.itertuples(index=False):
+        db.execute("update orders set status = ?, updated_at = ? where order_id = ?", (status, changed_at, int(order_id)))
+        if status == "returned":
+            db.execute(
+                "insert into payments (payment_id, order_id, method, amount, paid_at)"
+                " select ?, order_id, method, -amount, ? from payments where payment_id = ?",
+                (f"P{order_id}-R", changed_at, f"P{order_id}"),
+            )
+    _log_status(db, state, changes.rename(columns={"changed_at": "changed_at"}))
+    db.commit()
+    return identities
+
+
+def _log_status(db: SalesDatabase, state, changes: pd.DataFrame) -> None:
+    count = len(changes)
+    if not count:
+        return
+    ids = np.arange(state.next_history, state.next_history + count)
+    state.next_history += count
+    db.insert(
+        "order_status_history",
+        list(zip(ids.tolist(), changes["order_id"].astype(int).tolist(), changes["status"].tolist(), changes["changed_at"].tolist())),
+    )
+
+
+def write_products(db: SalesDatabase, products: pd.DataFrame, date: dt.date) -> None:
+    frame = products.assign(updated_at=f"{date.isoformat()} 00:00:00")
+    db.insert("products", _rows(frame, SALES_TABLES["products"][1]))
+    db.commit()
+
+
+def _csv_text(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def write_crm(
+    folder: Path,
+    records: DayRecords,
+    columns: dict[str, list[str]],
+    rng: np.random.Generator,
+    rate: float,
+    defects: Defects,
+    state,
+    extra_column: str | None,
+) -> list[list]:
+    """Write the day's CRM drop; returns identity rows."""
+    date = records.date
+    drop = folder / "crm" / date.isoformat()
+    drop.mkdir(parents=True, exist_ok=True)
+    identities = []
+
+    customer_columns = list(columns["customers"]) + ([extra_column] if extra_column else [])
+    customers = records.customers.copy()
+    customers["birth_date"] = customers["birth_date"].astype(object)
+    customers["marketing_opt_in"] = np.where(customers["marketing_opt_in"].astype(bool), "true", "false")
+    if extra_column:
+        customers[extra_column] = rng.choice(np.array(["en", "pt", "de", "fr", "es"]), len(customers))
+    kinds = pick_defects(rng, len(customers), rate, CUSTOMER_DEFECTS)
+    extra_rows = []
+    raw_lines: list[bytes] = [_csv_text([customer_columns]).encode()]
+    for row, kind in zip(customers.to_dict("records"), kinds):
+        identities.append(["crm", "customers", row["crm_id"], int(row["person_id"])])
+        if kind == "invalid_email":
+            row["email"] = str(rng.choice([row["email"].replace("@", ""), row["email"].split("@")[0] + "@", row["email"].replace("@", "@@"), "n/a"]))
+        elif kind == "invalid_phone":
+            row["phone"] = str(rng.choice(["12", "phone", "+351 12-ab-34", "0000"]))
+        elif kind == "missing_birth_date":
+            row["birth_date"] = ""
+        elif kind == "impossible_birth_date":
+            row["birth_date"] = str(rng.choice(["2097-05-05", "1850-01-01"]))
+        elif kind == "duplicate_person":
+            twin = dict(row)
+            state.next_duplicate += 1
+            twin["crm_id"] = f"C{90_000_000 + state.next_duplicate:08d}"
+            twin["email"] = str(rng.choice([f"  {row['email']}", row["email"].upper(), f"{row['email'].title()} "]))
+            extra_rows.append((twin, "duplicate_person"))
+            identities.append(["crm", "customers", twin["crm_id"], int(row["person_id"])])
+        elif kind == "late_arriving":
+            late = dict(row)
+            late["modified_at"] = (pd.Timestamp(row["modified_at"]) - pd.Timedelta(days=int(rng.integers(30, 300)))).strftime("%Y-%m-%d %H:%M:%S")
+            extra_rows.append((late, "late_arriving"))
+        elif kind == "missing_key":
+            row["crm_id"] = ""
+        raw_lines.append(_customer_line(row, customer_columns, kind))
+        if kind:
+            defects.add("crm", "customers", row["crm_id"], f"crm/{date}/customers.csv:{len(raw_lines)}", kind, CUSTOMER_DEFECTS[kind])
+    for row, kind in extra_rows:
+        raw_lines.append(_customer_line(row, customer_columns, ""))
+        defects.add("crm", "customers", row["crm_id"], f"crm/{date}/customers.csv:{len(raw_lines)}", kind, CUSTOMER_DEFECTS[kind])
+    (drop / "customers.csv").write_bytes(b"".join(raw_lines))
+
+    for entity, frame in (
+        ("interactions", records.interactions),
+        ("campaigns", records.campaigns),
+        ("campaign_members", records.campaign_members),
+    ):
+        names = columns[entity]
+        body = frame.copy()
+        for name in ("sent", "opened", "clicked", "converted"):
+            if name in body:
+                body[name] = np.where(body[name].astype(bool), "true", "false")
+        rows = [names] + (body[names].astype(object).where(body[names].notna(), "").values.tolist() if len(body) else [])
+        (drop / f"{entity}.csv").write_text(_csv_text(rows), encoding="utf-8")
+    return identities
+
+
+def _customer_line(row: dict, columns: list[str], kind: str) -> bytes:
+    values = ["" if row.get(name) is None else str(row.get(name)) for name in columns]
+    if kind == "broken_column_count":
+        values = values[:-2]
+    line = _csv_text([values]).encode("utf-8")
+    if kind == "bad_bytes":
+        line = line.replace(values[2].encode(), values[2].encode()[:2] + b"\xff\xfe" + values[2].encode()[2:], 1)
+    return line
+
+
+def write_service(folder: Path, records: DayRecords, columns: list[str], rng: np.random.Generator, rate: float, defects: Defects) -> list[list]:
+    date = records.date
+    path = folder / "service" / date.isoformat() / "tickets.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kinds = pick_defects(rng, len(records.tickets), rate, TICKET_DEFECTS)
+    lines, identities = [], []
+    for number, (ticket, kind) in enumerate(zip(records.tickets, kinds), start=1):
+        identities.append(["service", "tickets", ticket["ticket_id"], ticket["_person_id"]])
+        record = {name: ticket.get(name) for name in columns}
+        if kind == "missing_key":
+            record["ticket_id"] = None
+        elif kind == "wrong_type":
+            record["ticket_id"] = f"T-{record['ticket_id']}"
+        text = json.dumps(record, ensure_ascii=False)
+        if kind == "invalid_json":
+            text = text[: len(text) // 2]
+        if kind:
+            defects.add("service", "tickets", ticket["ticket_id"], f"service/{date}/tickets.jsonl:{number}", kind, TICKET_DEFECTS[kind])
+        lines.append(text + "\n")
+    path.write_text("".join(lines), encoding="utf-8")
+    return identities
