@@ -188,6 +188,8 @@ def new_customers(state: State, rng: np.random.Generator, count: int, day: int, 
             "modified_day": np.maximum(signup, day),
         }
     )
+    # Plain object columns: pandas' Arrow-backed strings make the daily row selections slow.
+    frame = frame.astype({name: object for name in frame.columns if frame[name].dtype == "str" or frame[name].dtype == object})
     state.customers = pd.concat([state.customers, frame], ignore_index=True) if len(state.customers) else frame
     return frame
 
@@ -271,7 +273,7 @@ def step(state: State, world: World, day: int) -> DayRecords:
     personas = customers["persona"].to_numpy()[index]
     weekly = 1.0 + 0.15 * np.sin(2 * np.pi * (date.weekday() - 2) / 7)
     rates = _persona["orders_per_day"][personas] * customers["rate_multiplier"].to_numpy()[index]
-    rates *= engagement(customers.iloc[index], day) * weekly
+    rates *= engagement(customers, day)[index] * weekly
     counts = rng.poisson(rates)
     buyers = np.repeat(index, counts)
     due = state.conversions[state.conversions["day"] == day]

@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Callable
 
@@ -67,6 +68,7 @@ class SimulationSettings:
             )
 
 
+@cache
 def _contract_columns() -> dict[str, list[str]]:
     document = yaml.safe_load(CONTRACT_PATH.read_text(encoding="utf-8"))
     return {name: list(spec["columns"]) for name, spec in document["entities"].items()}

@@ -104,16 +104,25 @@ class SalesDatabase:
         cursor = self._con.cursor()
         cursor.executemany(sql, rows)
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._con.cursor().execute(sql.replace("?", self._mark), params)
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._con.cursor().executemany(sql.replace("?", self._mark), rows)
 
     def commit(self) -> None:
         self._con.commit()
 
 
 def _rows(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
-    values = frame[columns].astype(object).where(frame[columns].notna(), None)
-    return list(values.itertuples(index=False, name=None))
+    """Rows as tuples of plain Python values, None for missing ones."""
+    listed = []
+    for name in columns:
+        values = frame[name].to_numpy(dtype=object)
+        missing = pd.isna(values)
+        if missing.any():
+            values = values.copy()
+            values[missing] = None
+        listed.append(values.tolist())
+    return list(zip(*listed))
 
 
 def write_sales(db: SalesDatabase, records: DayRecords, rng: np.random.Generator, rate: float, defects: Defects, state) -> list[list]:
@@ -183,18 +192,18 @@ def write_sales(db: SalesDatabase, records: DayRecords, rng: np.random.Generator
 
     changes = records.status_changes
     deleted = changes["status"] == "__deleted__"
-    for order_id in changes.loc[deleted, "order_id"]:
-        for table in ("order_lines", "payments", "orders"):
-            db.execute(f"delete from {table} where order_id = ?", (int(order_id),))
+    gone = [(int(order_id),) for order_id in changes.loc[deleted, "order_id"]]
+    db.execute_many("delete from order_lines where order_id = ?", gone)
+    db.execute_many("delete from orders where order_id = ?", gone)
+    db.execute_many("delete from payments where payment_id = ?", [(f"P{order_id}",) for (order_id,) in gone])
     changes = changes[~deleted]
-    for order_id, status, changed_at in changes.itertuples(index=False):
-        db.execute("update orders set status = ?, updated_at = ? where order_id = ?", (status, changed_at, int(order_id)))
-        if status == "returned":
-            db.execute(
-                "insert into payments (payment_id, order_id, method, amount, paid_at)"
-                " select ?, order_id, method, -amount, ? from payments where payment_id = ?",
-                (f"P{order_id}-R", changed_at, f"P{order_id}"),
-            )
+    ids, statuses, times = changes["order_id"].astype(int).tolist(), changes["status"].tolist(), changes["changed_at"].tolist()
+    db.execute_many("update orders set status = ?, updated_at = ? where order_id = ?", list(zip(statuses, times, ids)))
+    db.execute_many(
+        "insert into payments (payment_id, order_id, method, amount, paid_at)"
+        " select ?, order_id, method, -amount, ? from payments where payment_id = ?",
+        [(f"P{i}-R", t, f"P{i}") for i, s, t in zip(ids, statuses, times) if s == "returned"],
+    )
     _log_status(db, state, changes.rename(columns={"changed_at": "changed_at"}))
     db.commit()
     return identities

@@ -1,0 +1,1 @@
+"""Reproducible measurements of speed and memory; never asserted by tests."""
