@@ -69,9 +69,14 @@ class SimulationSettings:
 
 
 @cache
-def _contract_columns() -> dict[str, list[str]]:
+def _contract() -> dict[str, dict[str, str]]:
+    """Entity → {column: contract type}, in the contract's column order."""
     document = yaml.safe_load(CONTRACT_PATH.read_text(encoding="utf-8"))
-    return {name: list(spec["columns"]) for name, spec in document["entities"].items()}
+    return {name: {column: spec["type"] for column, spec in entity["columns"].items()} for name, entity in document["entities"].items()}
+
+
+def _contract_columns() -> dict[str, list[str]]:
+    return {name: list(columns) for name, columns in _contract().items()}
 
 
 def _settings_file(out: Path) -> Path:
@@ -102,7 +107,7 @@ def simulate(settings: SimulationSettings, progress: Callable[[str], None] | Non
         state = engine.State(seed=settings.seed, start=settings.start, base_customers=settings.customers)
         world = build_world(settings.seed)
         db = sources.SalesDatabase(sales_db)
-        db.create()
+        db.create(_contract())
         sources.write_products(db, world.products, settings.start)
         db.close()
         _write_static_truth(scratch / "truth", world)

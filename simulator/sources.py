@@ -90,10 +90,18 @@ class SalesDatabase:
         self._con.commit()
         self._con.close()
 
-    def create(self) -> None:
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite:///")
+
+    def create(self, contract: dict[str, dict[str, str]]) -> None:
+        """Create the sales tables with the contract's types (SQLite, like many real systems,
+        still lets a text value into a number column: the wrong_type defect relies on it)."""
+        types = {"string": "text", "integer": "bigint", "decimal": "numeric(18,4)", "timestamp": "timestamp", "date": "date", "boolean": "boolean", "double": "double precision"}
         for table, (key, columns) in SALES_TABLES.items():
+            body = ", ".join(f"{column} {types[contract[table][column]]}" for column in columns)
             self._con.execute(f"drop table if exists {table}")
-            self._con.execute(f"create table {table} ({', '.join(columns)}, primary key ({key}))")
+            self._con.execute(f"create table {table} ({body}, primary key ({key}))")
         self._con.commit()
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -168,7 +176,8 @@ def write_sales(db: SalesDatabase, records: DayRecords, rng: np.random.Generator
 
     # Line defects: bad quantities and prices are loaded and flagged; text in a number column
     # breaks the contract; orphan lines point at orders that do not exist.
-    line_kinds = pick_defects(rng, len(lines), rate, LINE_DEFECTS)
+    kinds = LINE_DEFECTS if db.is_sqlite else {k: v for k, v in LINE_DEFECTS.items() if k != "wrong_type"}
+    line_kinds = pick_defects(rng, len(lines), rate, kinds)
     quantity = lines["quantity"].astype(object)
     quantity[line_kinds == "nonpositive_quantity"] = rng.choice([0, -1, -2], int((line_kinds == "nonpositive_quantity").sum()))
     quantity[line_kinds == "wrong_type"] = "two"
