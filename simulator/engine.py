@@ -9,6 +9,7 @@ appending 2, does exactly the same work in the same order.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,59 @@ def _timestamps(day_date: dt.date, seconds: np.ndarray) -> np.ndarray:
     return np.char.replace((base + seconds.astype("timedelta64[s]")).astype(str), "T", " ").astype(object)
 
 
+class CustomerTable:
+    """The customer base as one numpy array per column, with room to spare at the end.
+
+    The base grows every day and every day reads and updates a few columns of it: appending into
+    spare capacity copies nothing, and plain arrays spare the per-operation cost of a DataFrame.
+    `table[name]` is a view of the filled part, so updating it in place updates the table.
+    """
+
+    def __init__(self, columns: dict[str, np.ndarray] | None = None) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+        self._size = 0
+        if columns:
+            self.append(columns)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._arrays[name][: self._size]
+
+    def __setitem__(self, name: str, values: np.ndarray) -> None:
+        self._arrays[name][: self._size] = values
+
+    def append(self, columns: dict[str, np.ndarray]) -> None:
+        if not self._arrays:
+            self._arrays = {name: np.empty(0, dtype=values.dtype) for name, values in columns.items()}
+        size = self._size + len(next(iter(columns.values())))
+        capacity = len(next(iter(self._arrays.values())))
+        if size > capacity:
+            # Doubling the capacity: a person is copied a few times in all, not the whole base daily.
+            for name, array in self._arrays.items():
+                grown = np.empty(max(size, 2 * capacity), dtype=array.dtype)
+                grown[: self._size] = array[: self._size]
+                self._arrays[name] = grown
+        for name, values in columns.items():
+            self._arrays[name][self._size : size] = values
+        self._size = size
+
+    def rows(self, positions: np.ndarray) -> pd.DataFrame:
+        """The rows at `positions` as a DataFrame (text columns stay plain object columns)."""
+        return _frame({name: self[name][positions] for name in self._arrays})
+
+    def to_frame(self) -> pd.DataFrame:
+        return _frame({name: self[name].copy() for name in self._arrays})
+
+
+def _frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A DataFrame whose text columns are plain object columns: the constructor would make them
+    Arrow strings, slow to build and slow to turn back into Python values row by row."""
+    arrays = {name: values.astype(object) if values.dtype.kind == "U" else values for name, values in columns.items()}
+    return pd.DataFrame({name: pd.Series(values, dtype=values.dtype, copy=False) for name, values in arrays.items()})
+
+
 @dataclass
 class State:
     seed: int
@@ -81,13 +135,13 @@ class State:
     next_campaign: int = 1
     next_history: int = 1
     next_duplicate: int = 0
-    customers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    customers: CustomerTable = field(default_factory=CustomerTable)
     status_events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"order_id": [], "day": [], "status": []}))
     tickets: pd.DataFrame = field(default_factory=pd.DataFrame)
     conversions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"person_id": [], "day": [], "campaign_id": []}))
     members: pd.DataFrame = field(default_factory=pd.DataFrame)
 
-    _FRAMES = ("customers", "status_events", "tickets", "conversions", "members")
+    _FRAMES = ("status_events", "tickets", "conversions", "members")
 
     def date_of(self, day: int) -> dt.date:
         return self.start + dt.timedelta(days=day)
@@ -107,6 +161,7 @@ class State:
             "next_duplicate": self.next_duplicate,
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        self.customers.to_frame().to_pickle(folder / "customers.pkl")
         for name in self._FRAMES:
             getattr(self, name).to_pickle(folder / f"{name}.pkl")
 
@@ -116,6 +171,8 @@ class State:
         state = cls(seed=meta["seed"], start=dt.date.fromisoformat(meta["start"]), base_customers=meta["base_customers"])
         for key in ("days_done", "next_person", "next_order", "next_ticket", "next_campaign", "next_history", "next_duplicate"):
             setattr(state, key, meta[key])
+        customers = pd.read_pickle(folder / "customers.pkl")
+        state.customers = CustomerTable({name: customers[name].to_numpy() for name in customers.columns})
         for name in cls._FRAMES:
             setattr(state, name, pd.read_pickle(folder / f"{name}.pkl"))
         return state
@@ -138,8 +195,8 @@ class DayRecords:
     churned: pd.DataFrame  # person_id, churn_date
 
 
-def new_customers(state: State, rng: np.random.Generator, count: int, day: int, existing: bool) -> pd.DataFrame:
-    """`count` people signing up on `day` (or, for the initial base, at some day before it)."""
+def new_customers(state: State, rng: np.random.Generator, count: int, day: int, existing: bool) -> None:
+    """Add `count` people signing up on `day` (or, for the initial base, at some day before it)."""
     ids = np.arange(state.next_person, state.next_person + count)
     state.next_person += count
     personas = persona_of(state.seed, ids)
@@ -148,50 +205,47 @@ def new_customers(state: State, rng: np.random.Generator, count: int, day: int, 
     signup = (day - rng.integers(1, 730, count)) if existing else np.full(count, day)
     birth = np.datetime64("1945-01-01") + rng.integers(0, 365 * 60, count).astype("timedelta64[D]")
     drift = _persona["drift_days"][personas]
-    alive = state.customers
+    customers = state.customers
     referred_by = np.full(count, "", dtype=object)
-    if not existing and len(alive):
+    if not existing and len(customers):
         # Referrals follow influence: a few referrers bring many of the referred customers.
-        candidates = alive[alive["churn_day"] < 0]
+        candidates = np.flatnonzero(customers["churn_day"] < 0)
         referred = rng.random(count) < 0.15
         if referred.any() and len(candidates):
-            weights = candidates["influence"].to_numpy()
+            weights = customers["influence"][candidates]
             picks = rng.choice(len(candidates), int(referred.sum()), p=weights / weights.sum())
-            referred_by[referred] = candidates["crm_id"].to_numpy()[picks]
-    frame = pd.DataFrame(
-        {
-            "person_id": ids,
-            "crm_id": [f"C{i:08d}" for i in ids],
-            "persona": personas,
-            "signup_day": signup,
-            "first_name": np.char.capitalize(first.astype(str)),
-            "last_name": np.char.capitalize(last.astype(str)),
-            "email": [f"{f}.{l}.{i}@{d}" for f, l, i, d in zip(first, last, ids, rng.choice(_DOMAINS, count))],
-            "phone": [f"+{c} {n}" for c, n in zip(rng.choice(["351", "49", "33", "34", "39"], count), rng.integers(600_000_000, 999_999_999, count))],
-            "birth_date": birth.astype(str),
-            "gender": rng.choice(np.array(["female", "male", "unknown"]), count, p=[0.49, 0.48, 0.03]),
-            "city": _CITIES[city],
-            "country": _COUNTRIES[city],
-            "acquisition_channel": np.where(referred_by != "", "referral", rng.choice(_ACQUISITION, count)),
-            "loyalty_tier": np.full(count, "bronze", dtype=object),
-            "marketing_opt_in": rng.random(count) < 0.6,
-            "referred_by": referred_by,
-            "rate_multiplier": rng.lognormal(-0.125, 0.5, count),
-            "price_sensitivity": np.clip(rng.beta(2, 3, count) + 0.3 * (personas == 3), 0, 1),
-            "influence": rng.pareto(1.2, count) + 0.05,
-            "drift_start": np.where(drift > 0, np.maximum(signup, day) + rng.integers(0, 60, count), -1),
-            "churn_day": np.full(count, -1),
-            "bad_service": np.zeros(count),
-            "orders": np.zeros(count, dtype=int),
-            "spend": np.zeros(count),
-            "uses_crm_id": rng.random(count) < 0.7,
-            "modified_day": np.maximum(signup, day),
-        }
-    )
-    # Plain object columns: pandas' Arrow-backed strings make the daily row selections slow.
-    frame = frame.astype({name: object for name in frame.columns if frame[name].dtype == "str" or frame[name].dtype == object})
-    state.customers = pd.concat([state.customers, frame], ignore_index=True) if len(state.customers) else frame
-    return frame
+            referred_by[referred] = customers["crm_id"][candidates[picks]]
+    columns = {
+        "person_id": ids,
+        "crm_id": [f"C{i:08d}" for i in ids],
+        "persona": personas,
+        "signup_day": signup,
+        "first_name": np.char.capitalize(first.astype(str)),
+        "last_name": np.char.capitalize(last.astype(str)),
+        "email": [f"{f}.{l}.{i}@{d}" for f, l, i, d in zip(first, last, ids, rng.choice(_DOMAINS, count))],
+        "phone": [f"+{c} {n}" for c, n in zip(rng.choice(["351", "49", "33", "34", "39"], count), rng.integers(600_000_000, 999_999_999, count))],
+        "birth_date": birth.astype(str),
+        "gender": rng.choice(np.array(["female", "male", "unknown"]), count, p=[0.49, 0.48, 0.03]),
+        "city": _CITIES[city],
+        "country": _COUNTRIES[city],
+        "acquisition_channel": np.where(referred_by != "", "referral", rng.choice(_ACQUISITION, count)),
+        "loyalty_tier": np.full(count, "bronze", dtype=object),
+        "marketing_opt_in": rng.random(count) < 0.6,
+        "referred_by": referred_by,
+        "rate_multiplier": rng.lognormal(-0.125, 0.5, count),
+        "price_sensitivity": np.clip(rng.beta(2, 3, count) + 0.3 * (personas == 3), 0, 1),
+        "influence": rng.pareto(1.2, count) + 0.05,
+        "drift_start": np.where(drift > 0, np.maximum(signup, day) + rng.integers(0, 60, count), -1),
+        "churn_day": np.full(count, -1),
+        "bad_service": np.zeros(count),
+        "orders": np.zeros(count, dtype=int),
+        "spend": np.zeros(count),
+        "uses_crm_id": rng.random(count) < 0.7,
+        "modified_day": np.maximum(signup, day),
+    }
+    columns = {name: np.asarray(values) for name, values in columns.items()}
+    # Text as Python strings in object arrays: fixed-width numpy strings would truncate updates.
+    customers.append({name: values.astype(object) if values.dtype.kind == "U" else values for name, values in columns.items()})
 
 
 def persona_of(seed: int, person_ids: np.ndarray) -> np.ndarray:
@@ -207,23 +261,25 @@ def persona_of(seed: int, person_ids: np.ndarray) -> np.ndarray:
     return result
 
 
-def engagement(customers: pd.DataFrame, day: int) -> np.ndarray:
-    """1 while engaged; a drifter's engagement halves every `drift_days` after its drift starts."""
-    drift = _persona["drift_days"][customers["persona"].to_numpy()]
-    start = customers["drift_start"].to_numpy()
+def engagement(customers, day: int | np.ndarray) -> np.ndarray:
+    """1 while engaged; a drifter's engagement halves every `drift_days` after its drift starts.
+    `customers` maps column names to arrays; `day` may be a column of days (one row per day)."""
+    drift = _persona["drift_days"][customers["persona"]]
+    start = customers["drift_start"]
     age = np.maximum(day - start, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         faded = np.where((drift > 0) & (start >= 0), 0.5 ** (age / np.where(drift > 0, drift, 1)), 1.0)
     return faded
 
 
-def churn_hazard(customers: pd.DataFrame, day: int) -> np.ndarray:
-    """Daily churn probability: persona baseline × exp(Σ effect × factor) (truth/churn_model.json)."""
-    base = _persona["churn_hazard"][customers["persona"].to_numpy()]
+def churn_hazard(customers, day: int | np.ndarray) -> np.ndarray:
+    """Daily churn probability: persona baseline × exp(Σ effect × factor) (truth/churn_model.json).
+    Arguments as for `engagement`."""
+    base = _persona["churn_hazard"][customers["persona"]]
     lifted = (
         CHURN_EFFECTS["lost_engagement"] * (1 - engagement(customers, day))
-        + CHURN_EFFECTS["bad_service_experiences"] * customers["bad_service"].to_numpy()
-        + CHURN_EFFECTS["price_sensitivity"] * customers["price_sensitivity"].to_numpy()
+        + CHURN_EFFECTS["bad_service_experiences"] * customers["bad_service"]
+        + CHURN_EFFECTS["price_sensitivity"] * customers["price_sensitivity"]
     )
     return np.minimum(base * np.exp(lifted), 0.5)
 
@@ -254,31 +310,32 @@ def step(state: State, world: World, day: int) -> DayRecords:
     rng = day_rng(state.seed, day)
     date = state.date_of(day)
     # 1. Signups: the initial base exists before day 0; then a steady trickle of new people.
+    known = len(state.customers)
     if day == 0:
-        signups = new_customers(state, rng, state.base_customers, day, existing=True)
+        new_customers(state, rng, state.base_customers, day, existing=True)
     else:
-        signups = new_customers(state, rng, int(rng.poisson(state.base_customers * DAILY_GROWTH)), day, existing=False)
+        new_customers(state, rng, int(rng.poisson(state.base_customers * DAILY_GROWTH)), day, existing=False)
     customers = state.customers
     customers["bad_service"] *= np.exp(-1 / BAD_SERVICE_MEMORY_DAYS)
 
     # 2. Churn: a churned customer never buys again.
-    alive = (customers["churn_day"].to_numpy() < 0) & (customers["signup_day"].to_numpy() <= day)
+    alive = (customers["churn_day"] < 0) & (customers["signup_day"] <= day)
     churning = alive & (rng.random(len(customers)) < churn_hazard(customers, day))
-    customers.loc[churning, "churn_day"] = day
+    customers["churn_day"][churning] = day
     alive &= ~churning
-    churned = pd.DataFrame({"person_id": customers.loc[churning, "person_id"].to_numpy(), "churn_date": date.isoformat()})
+    churned = pd.DataFrame({"person_id": customers["person_id"][churning], "churn_date": date.isoformat()})
 
     # 3. Orders of alive customers (plus campaign conversions due today).
     index = np.flatnonzero(alive)
-    personas = customers["persona"].to_numpy()[index]
+    personas = customers["persona"][index]
     weekly = 1.0 + 0.15 * np.sin(2 * np.pi * (date.weekday() - 2) / 7)
-    rates = _persona["orders_per_day"][personas] * customers["rate_multiplier"].to_numpy()[index]
+    rates = _persona["orders_per_day"][personas] * customers["rate_multiplier"][index]
     rates *= engagement(customers, day)[index] * weekly
     counts = rng.poisson(rates)
     buyers = np.repeat(index, counts)
     due = state.conversions[state.conversions["day"] == day]
-    converting = customers.index[customers["person_id"].isin(due["person_id"]) & alive]
-    buyers = np.concatenate([buyers, np.asarray(converting)])
+    converting = np.flatnonzero(np.isin(customers["person_id"], due["person_id"].to_numpy()) & alive)
+    buyers = np.concatenate([buyers, converting])
     state.conversions = state.conversions[state.conversions["day"] != day]
     orders, lines, payments, new_events = _orders(state, world, rng, customers, buyers, day, date)
     state.status_events = pd.concat([state.status_events, new_events], ignore_index=True)
@@ -286,7 +343,7 @@ def step(state: State, world: World, day: int) -> DayRecords:
     # 4. Status changes due today: updated in place in the sales DB, logged in its history.
     due_events = state.status_events[state.status_events["day"] == day]
     state.status_events = state.status_events[state.status_events["day"] != day]
-    status_changes = pd.DataFrame(
+    status_changes = _frame(
         {
             "order_id": due_events["order_id"].astype(int).to_numpy(),
             "status": due_events["status"].to_numpy(),
@@ -299,7 +356,9 @@ def step(state: State, world: World, day: int) -> DayRecords:
     interactions = _interactions(rng, customers, index, day, date)
     campaigns, members = _campaigns(state, rng, customers, index, day, date)
     _crm_changes(rng, customers, index, day)
-    exported = customers[(customers["modified_day"] == day) | customers["person_id"].isin(signups["person_id"])]
+    exported = customers["modified_day"] == day
+    exported[known:] = True  # everyone who signed up today
+    exported = customers.rows(np.flatnonzero(exported))
     state.days_done = day + 1
     return DayRecords(
         date=date,
@@ -321,7 +380,7 @@ def _orders(state, world, rng, customers, buyers, day, date):
     count = len(buyers)
     order_ids = np.arange(state.next_order, state.next_order + count)
     state.next_order += count
-    personas = customers["persona"].to_numpy()[buyers]
+    personas = customers["persona"][buyers]
     channel = _choose(rng, _persona_channels[personas] / _persona_channels[personas][:, -1:])
     created_seconds = rng.integers(7 * 3600, 22 * 3600, count)
     created = _timestamps(date, created_seconds)
@@ -351,7 +410,7 @@ def _orders(state, world, rng, customers, buyers, day, date):
     quantity = 1 + rng.poisson(0.3, len(line_order))
     discounted = rng.random(len(line_order)) < _persona["discount_share"][personas[line_order]]
     discount = np.where(discounted, np.round(prices * quantity * rng.uniform(0.1, 0.3, len(line_order)), 2), 0.0)
-    lines = pd.DataFrame(
+    lines = _frame(
         {
             "order_id": order_ids[line_order],
             "line_number": line_number,
@@ -363,13 +422,13 @@ def _orders(state, world, rng, customers, buyers, day, date):
         }
     )
     net = np.bincount(line_order, weights=prices * quantity - discount, minlength=count).round(2)
-    person = customers["person_id"].to_numpy()[buyers]
-    uses_crm = customers["uses_crm_id"].to_numpy()[buyers]
-    orders = pd.DataFrame(
+    person = customers["person_id"][buyers]
+    uses_crm = customers["uses_crm_id"][buyers]
+    orders = _frame(
         {
             "order_id": order_ids,
-            "customer_email": customers["email"].to_numpy()[buyers],
-            "crm_id": np.where(uses_crm, customers["crm_id"].to_numpy()[buyers], None),
+            "customer_email": customers["email"][buyers],
+            "crm_id": np.where(uses_crm, customers["crm_id"][buyers], None),
             "channel": np.array(CHANNELS)[channel],
             "store_id": np.where(channel == 1, [f"S{n:03d}" for n in rng.integers(1, 40, count)], None),
             "status": np.where(channel == 1, "completed", "placed"),
@@ -396,7 +455,7 @@ def _orders(state, world, rng, customers, buyers, day, date):
         ignore_index=True,
     )
     methods = np.where(channel == 1, rng.choice(np.array(["card", "cash"]), count, p=[0.8, 0.2]), rng.choice(np.array(["card", "paypal", "gift_card"]), count, p=[0.7, 0.25, 0.05]))
-    payments = pd.DataFrame(
+    payments = _frame(
         {
             "payment_id": order_ids,
             "order_id": order_ids,
@@ -406,18 +465,14 @@ def _orders(state, world, rng, customers, buyers, day, date):
         }
     )
     kept = ~(returned | cancelled)
-    spend = customers["spend"].to_numpy().copy()
-    np.add.at(spend, buyers[kept], net[kept])
-    customers["spend"] = spend
-    orders_column = customers["orders"].to_numpy().copy()
-    np.add.at(orders_column, buyers[kept], 1)
-    customers["orders"] = orders_column
+    np.add.at(customers["spend"], buyers[kept], net[kept])
+    np.add.at(customers["orders"], buyers[kept], 1)
     return orders, lines, payments, new_events
 
 
 def _tickets(state, rng, customers, index, day, date) -> list[dict]:
     """Open new tickets, plan their lives, and return every ticket that changes today."""
-    personas = customers["persona"].to_numpy()[index]
+    personas = customers["persona"][index]
     opening = index[rng.random(len(index)) < _persona["tickets_per_day"][personas]]
     count = len(opening)
     if count:
@@ -435,8 +490,8 @@ def _tickets(state, rng, customers, index, day, date) -> list[dict]:
         new = pd.DataFrame(
             {
                 "ticket_id": ids,
-                "person_id": customers["person_id"].to_numpy()[opening],
-                "requester_email": customers["email"].to_numpy()[opening],
+                "person_id": customers["person_id"][opening],
+                "requester_email": customers["email"][opening],
                 "channel": rng.choice(np.array(["email", "phone", "chat", "web"]), count),
                 "category": rng.choice(_TICKET_CATEGORIES, count),
                 "priority": _PRIORITIES[priority],
@@ -465,8 +520,8 @@ def _tickets(state, rng, customers, index, day, date) -> list[dict]:
         (tickets["solve_day"].to_numpy() == day) | ((tickets["solve_day"].to_numpy() < 0) & (tickets["open_day"].to_numpy() + 7 == day))
     )
     if judged.any():
-        hit = customers["person_id"].isin(tickets.loc[judged, "person_id"])
-        customers.loc[hit, "bad_service"] += 1
+        hit = np.isin(customers["person_id"], tickets["person_id"].to_numpy()[judged])
+        customers["bad_service"][hit] += 1
     records = [_ticket_snapshot(row, day, state) for row in tickets[changing].itertuples(index=False)]
     # Closed tickets never change again: drop them from the state.
     finished = (tickets["close_day"].to_numpy() >= 0) & (tickets["close_day"].to_numpy() <= day)
@@ -475,11 +530,17 @@ def _tickets(state, rng, customers, index, day, date) -> list[dict]:
     return records
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_date(start: dt.date, day: int) -> str:
+    # Ticket snapshots print tens of thousands of timestamps a day, on a handful of dates.
+    return (start + dt.timedelta(days=day)).isoformat()
+
+
 def _ticket_snapshot(ticket, day: int, state: State) -> dict:
     """The ticket as the export API shows it at the end of `day`."""
     def at(event_day: int, seconds: int) -> str:
-        moment = dt.datetime.combine(state.date_of(int(event_day)), dt.time()) + dt.timedelta(seconds=int(seconds))
-        return moment.strftime("%Y-%m-%d %H:%M:%S")
+        days, second = divmod(int(seconds), 86_400)
+        return f"{_iso_date(state.start, int(event_day) + days)} {second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
 
     opened = at(ticket.open_day, ticket.opened_seconds)
     history = [{"status": "new", "at": opened}, {"status": "open", "at": opened}]
@@ -516,17 +577,17 @@ def _ticket_snapshot(ticket, day: int, state: State) -> dict:
 
 
 def _interactions(rng, customers, index, day, date) -> pd.DataFrame:
-    personas = customers["persona"].to_numpy()[index]
+    personas = customers["persona"][index]
     who = index[rng.random(len(index)) < _persona["interactions_per_day"][personas]]
     count = len(who)
     return pd.DataFrame(
         {
             "interaction_id": [f"I{day:05d}{n:06d}" for n in range(count)],
-            "crm_id": customers["crm_id"].to_numpy()[who],
+            "crm_id": customers["crm_id"][who],
             "interaction_type": rng.choice(_INTERACTION_TYPES, count),
             "outcome": rng.choice(_INTERACTION_OUTCOMES, count),
             "occurred_at": _timestamps(date, rng.integers(8 * 3600, 19 * 3600, count)),
-            "_person_id": customers["person_id"].to_numpy()[who],
+            "_person_id": customers["person_id"][who],
         }
     )
 
@@ -553,10 +614,10 @@ def _campaigns(state, rng, customers, index, day, date):
                 "cost": [round(float(rng.uniform(500, 5000)), 2)],
             }
         )
-        eligible = index[customers["marketing_opt_in"].to_numpy()[index]]
+        eligible = index[customers["marketing_opt_in"][index]]
         chosen = eligible[rng.random(len(eligible)) < 0.25]
         treated = rng.random(len(chosen)) >= CONTROL_SHARE
-        personas = customers["persona"].to_numpy()[chosen]
+        personas = customers["persona"][chosen]
         conversion = _persona["campaign_base_conversion"][personas] + treated * _persona["campaign_uplift"][personas]
         converted = rng.random(len(chosen)) < conversion
         opened = treated & (rng.random(len(chosen)) < 0.4)
@@ -564,21 +625,21 @@ def _campaigns(state, rng, customers, index, day, date):
         members = pd.DataFrame(
             {
                 "campaign_id": campaign_id,
-                "crm_id": customers["crm_id"].to_numpy()[chosen],
+                "crm_id": customers["crm_id"][chosen],
                 "member_group": np.where(treated, "treatment", "control"),
                 "sent": treated,
                 "opened": opened,
                 "clicked": clicked,
                 "converted": converted,
                 "export_day": day + CAMPAIGN_LENGTH_DAYS,
-                "_person_id": customers["person_id"].to_numpy()[chosen],
+                "_person_id": customers["person_id"][chosen],
                 "_persona": personas,
             }
         )
         state.members = pd.concat([state.members, members], ignore_index=True) if len(state.members) else members
         conversions = pd.DataFrame(
             {
-                "person_id": customers["person_id"].to_numpy()[chosen][converted],
+                "person_id": customers["person_id"][chosen][converted],
                 "day": day + rng.integers(1, CAMPAIGN_LENGTH_DAYS + 1, int(converted.sum())),
                 "campaign_id": campaign_id,
             }
@@ -592,15 +653,18 @@ def _campaigns(state, rng, customers, index, day, date):
 
 def _crm_changes(rng, customers, index, day) -> None:
     """Loyalty tiers follow spend; a few people move city or change their marketing consent."""
-    spend = customers["spend"].to_numpy()[index]
+    spend = customers["spend"][index]
     tier = np.searchsorted([300, 1000, 3000], spend, side="right")
-    current = np.searchsorted(_TIERS, customers["loyalty_tier"].to_numpy()[index].astype(str))
+    # Only someone whose spend reaches a tier above the first can move up: look up their tier alone.
+    current = np.zeros(len(index), dtype=np.intp)
+    reaching = np.flatnonzero(tier > 0)
+    current[reaching] = np.searchsorted(_TIERS, customers["loyalty_tier"][index[reaching]].astype(str))
     upgrade = index[tier > current]
-    customers.loc[upgrade, "loyalty_tier"] = _TIERS[tier[tier > current]]
+    customers["loyalty_tier"][upgrade] = _TIERS[tier[tier > current]]
     moving = index[rng.random(len(index)) < 0.0003]
     city = rng.integers(0, len(_CITIES), len(moving))
-    customers.loc[moving, "city"] = _CITIES[city]
-    customers.loc[moving, "country"] = _COUNTRIES[city]
+    customers["city"][moving] = _CITIES[city]
+    customers["country"][moving] = _COUNTRIES[city]
     consent = index[rng.random(len(index)) < 0.0003]
-    customers.loc[consent, "marketing_opt_in"] = ~customers.loc[consent, "marketing_opt_in"].astype(bool)
-    customers.loc[np.concatenate([upgrade, moving, consent]), "modified_day"] = day
+    customers["marketing_opt_in"][consent] = ~customers["marketing_opt_in"][consent]
+    customers["modified_day"][np.concatenate([upgrade, moving, consent])] = day

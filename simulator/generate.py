@@ -36,6 +36,7 @@ CONTRACT_PATH = Path(__file__).resolve().parents[1] / "extract_load" / "source_c
 STATE_DIR = ".simulator"
 EXTRA_COLUMN = "preferred_language"
 _CANCEL_SHARE = 0.02
+_PROJECTION_CELLS = 4_000_000  # customers × days projected at once by expected_spend (32 MB an array)
 
 
 class SimulationError(ValueError):
@@ -228,22 +229,29 @@ def expected_spend(state: engine.State, world, horizon: int) -> np.ndarray:
     customers = state.customers
     last = state.days_done - 1
     value = engine.expected_order_value(world)
-    personas = customers["persona"].to_numpy()
+    personas = customers["persona"]
     kept = 1 - np.array([p.return_rate for p in PERSONAS])[personas] - _CANCEL_SHARE * 0.9
-    rate = np.array([p.orders_per_day for p in PERSONAS])[personas] * customers["rate_multiplier"].to_numpy()
-    alive = customers["churn_day"].to_numpy() < 0
+    rate = np.array([p.orders_per_day for p in PERSONAS])[personas] * customers["rate_multiplier"]
+    alive = customers["churn_day"] < 0
     total = np.zeros(len(customers))
     survival = np.ones(len(customers))
-    projected = customers.copy()
-    for offset in range(1, horizon + 1):
-        projected["bad_service"] = customers["bad_service"].to_numpy() * np.exp(-offset / engine.BAD_SERVICE_MEMORY_DAYS)
-        survival *= 1 - engine.churn_hazard(projected, last + offset)
-        total += survival * rate * engine.engagement(projected, last + offset) * value[personas] * kept
+    projected = {name: customers[name] for name in ("persona", "drift_start", "price_sensitivity")}
+    # Whole blocks of days at once (a row per day), in blocks small enough to bound memory.
+    # cumprod and cumsum accumulate row after row, so the sums round exactly as a day-by-day loop.
+    block = max(1, _PROJECTION_CELLS // max(len(customers), 1))
+    for first in range(1, horizon + 1, block):
+        offsets = np.arange(first, min(first + block, horizon + 1))[:, None]
+        decay = np.array([np.exp(-offset / engine.BAD_SERVICE_MEMORY_DAYS) for offset in offsets[:, 0].tolist()])
+        projected["bad_service"] = customers["bad_service"] * decay[:, None]
+        survivals = np.cumprod(np.vstack([survival, 1 - engine.churn_hazard(projected, last + offsets)]), axis=0)[1:]
+        terms = survivals * rate * engine.engagement(projected, last + offsets) * value[personas] * kept
+        total = np.cumsum(np.vstack([total, terms]), axis=0)[-1]
+        survival = survivals[-1]
     return np.where(alive, total, 0.0).round(2)
 
 
 def _write_final_truth(truth: Path, state: engine.State, world) -> None:
-    customers = state.customers
+    customers = state.customers.to_frame()
     as_of = state.date_of(state.days_done - 1)
     frame = pd.DataFrame(
         {
@@ -254,7 +262,7 @@ def _write_final_truth(truth: Path, state: engine.State, world) -> None:
             "churn_date": [state.date_of(int(d)).isoformat() if d >= 0 else "" for d in customers["churn_day"]],
             "price_sensitivity": customers["price_sensitivity"].round(4),
             "bad_service_score": customers["bad_service"].round(4),
-            "engagement": engine.engagement(customers, state.days_done - 1).round(4),
+            "engagement": engine.engagement(state.customers, state.days_done - 1).round(4),
             "referred_by": customers["referred_by"],
             "influence": customers["influence"].round(4),
             "as_of_date": as_of.isoformat(),
