@@ -343,11 +343,16 @@ def step(state: State, world: World, day: int) -> DayRecords:
     # 4. Status changes due today: updated in place in the sales DB, logged in its history.
     due_events = state.status_events[state.status_events["day"] == day]
     state.status_events = state.status_events[state.status_events["day"] != day]
+    # Deleting a test order is dirty data, not the world: it takes no draw from the day's
+    # generator, so the dirty rate never changes what customers do.
+    changing = due_events["status"].to_numpy() != "__deleted__"
+    changed_at = np.full(len(due_events), None, dtype=object)
+    changed_at[changing] = _timestamps(date, rng.integers(6 * 3600, 20 * 3600, int(changing.sum())))
     status_changes = _frame(
         {
             "order_id": due_events["order_id"].astype(int).to_numpy(),
             "status": due_events["status"].to_numpy(),
-            "changed_at": _timestamps(date, rng.integers(6 * 3600, 20 * 3600, len(due_events))),
+            "changed_at": changed_at,
         }
     )
 
@@ -636,11 +641,14 @@ def _campaigns(state, rng, customers, index, day, date):
                 "_persona": personas,
             }
         )
+        conversion_days = day + rng.integers(1, CAMPAIGN_LENGTH_DAYS + 1, int(converted.sum()))
+        members["conversion_day"] = -1
+        members.loc[converted, "conversion_day"] = conversion_days
         state.members = pd.concat([state.members, members], ignore_index=True) if len(state.members) else members
         conversions = pd.DataFrame(
             {
                 "person_id": customers["person_id"][chosen][converted],
-                "day": day + rng.integers(1, CAMPAIGN_LENGTH_DAYS + 1, int(converted.sum())),
+                "day": conversion_days,
                 "campaign_id": campaign_id,
             }
         )
@@ -648,7 +656,12 @@ def _campaigns(state, rng, customers, index, day, date):
     ending = state.members[state.members["export_day"] == day] if len(state.members) else state.members
     if len(state.members):
         state.members = state.members[state.members["export_day"] != day].reset_index(drop=True)
-    return campaigns, ending.drop(columns=["export_day"]) if len(ending) else ending
+    if not len(ending):
+        return campaigns, ending
+    # A member who churned before the day they would have bought never bought: not converted.
+    churn_day = customers["churn_day"][ending["_person_id"].to_numpy() - 1]
+    bought = ending["converted"].to_numpy() & ((churn_day < 0) | (churn_day > ending["conversion_day"].to_numpy()))
+    return campaigns, ending.assign(converted=bought).drop(columns=["export_day", "conversion_day"])
 
 
 def _crm_changes(rng, customers, index, day) -> None:

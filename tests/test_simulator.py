@@ -179,12 +179,6 @@ def test_a_run_that_fails_midway_leaves_no_folder_and_no_scratch_behind(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: test-order deletions are queued in state.status_events and step() draws a "
-    "changed_at for every due event from the day's generator, so the dirty rate shifts that day's "
-    "later draws (tickets, interactions, campaigns, CRM changes) and so the whole clean world",
-)
 def test_the_dirty_rate_does_not_change_the_world_behind_the_sources(small_runs):
     columns = ["person_id", "persona", "signup_date", "churn_date", "bad_service_score", "expected_spend_90d"]
     clean, dirty = truth_customers(small_runs["clean"]), truth_customers(small_runs["twenty_days"])
@@ -317,11 +311,6 @@ def test_a_campaign_conversion_due_after_the_members_churn_places_no_order(clean
     assert (in_window["created_at"].str[:10] < in_window["churn_date"]).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: _campaigns() fixes `converted` at launch; a member who churns before the "
-    "conversion day places no order (right) but is still exported as converted=true",
-)
 def test_a_member_exported_as_converted_placed_an_order_during_the_campaign(clean_runs):
     root = clean_runs[1]
     members = campaign_members(root)
