@@ -138,24 +138,94 @@ def _run_state(env: Mapping[str, str], logical_date: dt.date) -> str | None:
 
 
 def serve(env: Mapping[str, str]) -> int:
-    """Run `airflow standalone` (API server, scheduler, DAG processor, triggerer) until Ctrl-C."""
+    """Run `airflow standalone` (API server, scheduler, DAG processor, triggerer) until Ctrl-C or SIGTERM."""
     prepare_airflow(env)
     home = Path(env["AIRFLOW_HOME"])
-    process = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], env=dict(env), cwd=PROJECT_ROOT)
+    stop_requests: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
-        # SIGINT lets standalone stop its scheduler's workers; SIGTERM would orphan them.
-        process.send_signal(signal.SIGINT)
+        stop_requests.append(signum)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # Handled before standalone starts, so it starts with SIGINT at the default (KeyboardInterrupt)
+    # even when crmw was started with SIGINT ignored (e.g. in the background of a script). A hang-up
+    # stops it too, unless crmw runs under nohup.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, stop)
+    # A process group of its own, so that Ctrl-C reaches only crmw, which stops the components in order.
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "airflow"), "standalone"], env=dict(env), cwd=PROJECT_ROOT, process_group=0
+    )
     passwords = home / "simple_auth_manager_passwords.json.generated"
     port = env["AIRFLOW__API__PORT"]
     deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline and not passwords.exists():
+    while process.poll() is None and not stop_requests and time.monotonic() < deadline and not _logins(passwords):
         time.sleep(1)
-    if passwords.exists():
-        logins = json.loads(passwords.read_text() or "{}")
+    if logins := _logins(passwords):
         login = ", ".join(f"user {user} / password {password}" for user, password in logins.items())
         print(f"\ncrmw: Airflow UI at http://localhost:{port} — {login}\ncrmw: stop with Ctrl-C\n", flush=True)
+    while process.poll() is None and not stop_requests:
+        time.sleep(0.5)
+    if process.poll() is None:
+        _stop_standalone(process, stop_requests)
     return process.wait()
+
+
+def _logins(passwords: Path) -> dict[str, str]:
+    """User -> password from the auth manager's generated file; empty until it is written."""
+    try:
+        return json.loads(passwords.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _stop_standalone(process: subprocess.Popen, stop_requests: list[int]) -> None:
+    """Stop the scheduler first, then the rest through standalone, then anything left in its group.
+
+    Standalone stops all components at once; a task still running then cannot report to the gone API
+    server, retries for minutes, and the scheduler's LocalExecutor waits for it. Stopped first, the
+    scheduler queues nothing more and waits for its running tasks while the API server takes their
+    reports. Another Ctrl-C skips that wait.
+    """
+    import psutil
+
+    def alive(proc: psutil.Process) -> bool:
+        try:
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    try:
+        schedulers = [child for child in psutil.Process(process.pid).children() if child.cmdline()[-1:] == ["scheduler"]]
+    except psutil.Error:
+        schedulers = []
+    requests = len(stop_requests)
+    if schedulers:
+        print("crmw: stopping the scheduler; it waits for running tasks (Ctrl-C again not to wait) ...", flush=True)
+        for scheduler in schedulers:
+            try:
+                scheduler.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        while any(alive(scheduler) for scheduler in schedulers) and len(stop_requests) == requests:
+            time.sleep(0.5)
+    # SIGINT: standalone stops each component; SIGTERM would leave them running.
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+    # Whatever outlived standalone in its process group: processes of tasks cut short, a stuck component.
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            process.poll()  # reap standalone if it was the one left
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
