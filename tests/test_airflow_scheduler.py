@@ -2,7 +2,9 @@
 scheduler, executed by the LocalExecutor (not `airflow dags test`), every task takes a slot of the
 warehouse_writer pool, and the run fills ml.customer_segments for its logical date.
 
-Everything listens on 127.0.0.1 ports picked here; the only address contacted is 127.0.0.1.
+The API server listens on a free 127.0.0.1 port and is the only address contacted. The scheduler's and
+triggerer's log servers bind all interfaces whatever the configuration (Airflow's choice); they get free
+ports here so as not to clash with another Airflow.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import duckdb
 import pytest
 
 from crmw.airflow_runner import DAG_ID, WAREHOUSE_POOL, airflow_environment
-from simulator import SimulationSettings, simulate
 
 pytestmark = pytest.mark.airflow
 
@@ -256,6 +257,7 @@ def test_triggered_run_succeeds_under_scheduler(tmp_path: Path) -> None:
         print(f"crmw airflow: stopped in {time.monotonic() - stopping:.1f} s (exit {server.returncode})")
 
     assert not outlived, f"processes outlived `crmw airflow` and were killed: {outlived}"
+    assert server.returncode == 0, f"crmw airflow exited {server.returncode}:\n{log_tail(log)}"
     assert [(run["run_id"], run["state"]) for run in runs if run["run_id"] == RUN_ID] == [(RUN_ID, "success")]
     assert str(runs[[run["run_id"] for run in runs].index(RUN_ID)]["logical_date"]).startswith(LOGICAL_DATE.isoformat())
 
