@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import assert_one_line_error
+
 CRMW = Path(sys.executable).parent / "crmw"
 
 
@@ -32,16 +34,6 @@ def crmw(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(CRMW), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, exactly one line on stderr starting 'crmw: error:', naming every fragment."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("crmw: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def assert_airflow_not_started(env: dict[str, str]) -> None:
@@ -52,35 +44,35 @@ def assert_airflow_not_started(env: dict[str, str]) -> None:
 
 def test_run_with_a_badly_written_date_names_date_and_the_expected_format(env):
     result = crmw(env, "run", "--date", "2025/01/31")
-    assert_usage_error(result, "--date", "'2025/01/31'", "YYYY-MM-DD")
+    assert_one_line_error(result, "--date", "'2025/01/31'", "YYYY-MM-DD")
     assert_airflow_not_started(env)
 
 
 def test_run_with_an_unknown_warehouse_url_names_warehouse_url(env):
     env["WAREHOUSE_URL"] = "mysql://x"
     result = crmw(env, "run", "--date", "2025-01-31")
-    assert_usage_error(result, "WAREHOUSE_URL='mysql://x'", "expected duckdb:///", "postgresql://")
+    assert_one_line_error(result, "WAREHOUSE_URL='mysql://x'", "expected duckdb:///", "postgresql://")
     assert_airflow_not_started(env)
 
 
 def test_run_never_prints_the_warehouse_password(env):
     env["WAREHOUSE_URL"] = "postgresql://:hunter2xyzzy@db.example.com/crm"
     result = crmw(env, "run", "--date", "2025-01-31")
-    line = assert_usage_error(result, "WAREHOUSE_URL=")
+    line = assert_one_line_error(result, "WAREHOUSE_URL=")
     assert "hunter2xyzzy" not in line and "hunter2xyzzy" not in result.stdout
 
 
 def test_run_with_a_missing_source_folder_names_crmw_source_dir(env, tmp_path):
     env["CRMW_SOURCE_DIR"] = str(tmp_path / "no-such-folder")
     result = crmw(env, "run", "--date", "2025-01-31")
-    assert_usage_error(result, "CRMW_SOURCE_DIR=", "no-such-folder", "folder not found", "crmw simulate")
+    assert_one_line_error(result, "CRMW_SOURCE_DIR=", "no-such-folder", "folder not found", "crmw simulate")
     assert_airflow_not_started(env)
     assert not (tmp_path / "warehouse.duckdb").exists()
 
 
 def test_run_with_a_range_that_ends_before_it_starts_fails(env):
     result = crmw(env, "run", "--from", "2025-01-05", "--to", "2025-01-01")
-    assert_usage_error(result, "--to 2025-01-01", "--from 2025-01-05")
+    assert_one_line_error(result, "--to 2025-01-01", "--from 2025-01-05")
     assert_airflow_not_started(env)
 
 
@@ -94,25 +86,25 @@ def test_run_with_a_range_that_ends_before_it_starts_fails(env):
     ],
 )
 def test_run_with_other_bad_date_arguments_fails_naming_them(env, args, fragments):
-    assert_usage_error(crmw(env, *args), *fragments)
+    assert_one_line_error(crmw(env, *args), *fragments)
     assert_airflow_not_started(env)
 
 
 def test_simulate_with_no_customers_names_customers(env, tmp_path):
     out = tmp_path / "generated"
     result = crmw(env, "simulate", "--customers", "0", "--start", "2025-01-01", "--days", "2", "--out", str(out))
-    assert_usage_error(result, "--customers 0", "positive")
+    assert_one_line_error(result, "--customers 0", "positive")
     assert not out.exists()
 
 
 def test_simulate_with_no_days_names_days(env, tmp_path):
     result = crmw(env, "simulate", "--customers", "5", "--start", "2025-01-01", "--days", "0", "--out", str(tmp_path / "g"))
-    assert_usage_error(result, "--days 0", "positive")
+    assert_one_line_error(result, "--days 0", "positive")
 
 
 def test_simulate_with_a_bad_start_date_names_start(env, tmp_path):
     result = crmw(env, "simulate", "--customers", "5", "--start", "Jan 1", "--days", "1", "--out", str(tmp_path / "g"))
-    assert_usage_error(result, "--start", "YYYY-MM-DD")
+    assert_one_line_error(result, "--start", "YYYY-MM-DD")
 
 
 def test_simulate_into_a_folder_holding_files_names_out_and_leaves_it_alone(env, tmp_path):
@@ -120,7 +112,7 @@ def test_simulate_into_a_folder_holding_files_names_out_and_leaves_it_alone(env,
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     result = crmw(env, "simulate", "--customers", "5", "--start", "2025-01-01", "--days", "1", "--out", str(out))
-    assert_usage_error(result, "--out", str(out), "empty")
+    assert_one_line_error(result, "--out", str(out), "empty")
     assert sorted(path.name for path in out.iterdir()) == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "precious"
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".simulate-")) == []

@@ -34,6 +34,7 @@ import pytest
 from simulator import SimulationError, SimulationSettings, append_day, simulate
 from simulator import sources
 from simulator.model import PERSONAS, build_world
+from tests.conftest import assert_one_line_error
 
 CRMW = Path(sys.executable).parent / "crmw"
 START = dt.date(2025, 1, 1)
@@ -608,15 +609,6 @@ def crmw(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(CRMW), "simulate", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("crmw: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert result.stdout == ""
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
