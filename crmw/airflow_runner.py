@@ -21,6 +21,10 @@ from warehouse import PROJECT_ROOT, parse_warehouse_url
 
 DAG_ID = "crm_daily"
 WAREHOUSE_POOL = "warehouse_writer"
+# Stopping waits this long for running tasks, then for standalone's own shutdown, before it
+# ends whatever is left: `crmw airflow` always stops within about a minute.
+_SCHEDULER_GRACE_SECONDS = 25
+_STANDALONE_GRACE_SECONDS = 20
 # A traceback's last line, e.g. "extract_load.load.ExtractError: source crm.customers: ..."
 _EXCEPTION_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
 
@@ -168,7 +172,9 @@ def serve(env: Mapping[str, str]) -> int:
         time.sleep(0.5)
     if process.poll() is None:
         _stop_standalone(process, stop_requests)
-    return process.wait()
+    code = process.wait()
+    # A stop the user asked for is a normal end, even when leftovers had to be killed.
+    return 0 if stop_requests else code
 
 
 def _logins(passwords: Path) -> dict[str, str]:
@@ -185,7 +191,8 @@ def _stop_standalone(process: subprocess.Popen, stop_requests: list[int]) -> Non
     Standalone stops all components at once; a task still running then cannot report to the gone API
     server, retries for minutes, and the scheduler's LocalExecutor waits for it. Stopped first, the
     scheduler queues nothing more and waits for its running tasks while the API server takes their
-    reports. Another Ctrl-C skips that wait.
+    reports. Another Ctrl-C skips that wait, and so does a task that is still running after
+    _SCHEDULER_GRACE_SECONDS.
     """
     import psutil
 
@@ -207,12 +214,16 @@ def _stop_standalone(process: subprocess.Popen, stop_requests: list[int]) -> Non
                 scheduler.terminate()
             except psutil.NoSuchProcess:
                 pass
+        deadline = time.monotonic() + _SCHEDULER_GRACE_SECONDS
         while any(alive(scheduler) for scheduler in schedulers) and len(stop_requests) == requests:
+            if time.monotonic() > deadline:
+                print(f"crmw: the scheduler did not stop within {_SCHEDULER_GRACE_SECONDS} s; stopping everything", flush=True)
+                break
             time.sleep(0.5)
     # SIGINT: standalone stops each component; SIGTERM would leave them running.
     process.send_signal(signal.SIGINT)
     try:
-        process.wait(60)
+        process.wait(_STANDALONE_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         pass
     # Whatever outlived standalone in its process group: processes of tasks cut short, a stuck component.

@@ -38,7 +38,7 @@ RUN_ID = f"test_scheduler__{LOGICAL_DATE.isoformat()}"
 STARTUP_TIMEOUT = 180
 PARSE_TIMEOUT = 120
 RUN_TIMEOUT = 420
-STOP_TIMEOUT = 60
+STOP_TIMEOUT = 90  # crmw airflow bounds its own stop at about a minute
 LOGIN_LINE = re.compile(r"crmw: Airflow UI at http://localhost:(\d+) \S+ user admin / password (\S+)")
 
 
