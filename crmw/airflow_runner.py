@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from extract_load.load import DEFAULT_SOURCE_DIR
 from warehouse import PROJECT_ROOT, parse_warehouse_url
 
 DAG_ID = "crm_daily"
@@ -40,7 +41,7 @@ def airflow_environment(base: Mapping[str, str]) -> dict[str, str]:
     """
     env = dict(base)
     env["WAREHOUSE_URL"] = parse_warehouse_url(env.get("WAREHOUSE_URL")).url
-    env["CRMW_SOURCE_DIR"] = str(Path(env.get("CRMW_SOURCE_DIR") or PROJECT_ROOT / ".local" / "sources").resolve())
+    env["CRMW_SOURCE_DIR"] = str(Path(env.get("CRMW_SOURCE_DIR") or DEFAULT_SOURCE_DIR).resolve())
     home = Path(env.setdefault("AIRFLOW_HOME", str(PROJECT_ROOT / ".local" / "airflow"))).resolve()
     env["AIRFLOW_HOME"] = str(home)
     defaults = {

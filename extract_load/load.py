@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 META_SCHEMA = "raw_meta"
 LOAD_LOG = f"{META_SCHEMA}.load_log"
 QUARANTINE = f"{META_SCHEMA}.quarantine"
+DEFAULT_SOURCE_DIR = PROJECT_ROOT / ".local" / "sources"
 LOAD_AUDIT = f"{META_SCHEMA}.load_audit"
 
 # Columns every raw row carries besides the source's own.
@@ -101,7 +102,7 @@ class ExtractSettings:
 
     @classmethod
     def from_env(cls) -> "ExtractSettings":
-        source_dir = Path(os.environ.get("CRMW_SOURCE_DIR") or PROJECT_ROOT / ".local" / "sources").resolve()
+        source_dir = Path(os.environ.get("CRMW_SOURCE_DIR") or DEFAULT_SOURCE_DIR).resolve()
         ratio_text = os.environ.get("CRMW_MAX_QUARANTINE_RATIO", "0.05")
         try:
             ratio = float(ratio_text)
