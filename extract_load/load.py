@@ -4,12 +4,19 @@ A run for date D owns the rows it loads (`_batch_date = D`). Re-running D first 
 earlier attempt at D loaded, inside the same transaction as the new load, so a rerun or a retry
 after a crash leaves raw exactly as one clean run would.
 
+Raw keeps every distinct version of a record once: a row whose key and contract values
+(`_version_hash`) raw already holds is counted unchanged, not loaded again. So loading days one
+by one or all at once gives the same versions, and re-delivered rows never duplicate.
+
 - File sources (CSV drops, JSON lines): every file dropped on or before D that the load log does
   not hold with the same checksum is loaded; a changed file is loaded again.
-- SQL sources: rows whose cursor column moved after the latest cursor loaded before D, up to the
-  end of D.
+- SQL sources: rows whose cursor lies after the last cursor loaded before D minus a look-back
+  window (late updates), up to the end of D. Then a key reconciliation compares every source
+  key with raw: a key the source no longer has gets a tombstone version (`_deleted`), a key raw
+  lacks (written too late even for the look-back) is read and loaded.
 
-Every source row ends up loaded or quarantined with a reason; the load audit counts both.
+Every source row ends up loaded, unchanged or quarantined with a reason; the load audit counts
+them, with deletes, recovered rows and the cursor before and after.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extract_load.contract import Entity, SourceContract, load_contract
-from extract_load.parse import ParsedDelivery, parse_csv, parse_jsonl, parse_rows
+from extract_load.parse import ParsedDelivery, parse_csv, parse_jsonl, parse_table
+from extract_load.sql_source import SourceReadError, SqlSource
 from warehouse import PROJECT_ROOT, Warehouse, connect
+from warehouse.adapter import redact_url, sql_type
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -46,7 +55,10 @@ RAW_METADATA_COLUMNS = {
     "_source_file": "string",
     "_source_row": "integer",
     "_loaded_at": "timestamp",
+    "_version_hash": "string",
+    "_deleted": "boolean",
 }
+DEFAULT_LOOKBACK_HOURS = 72
 _META_TABLES = {
     LOAD_LOG: {
         "system": "string",
@@ -77,12 +89,16 @@ _META_TABLES = {
         "rows_loaded": "integer",
         "rows_unchanged": "integer",
         "rows_quarantined": "integer",
+        "rows_deleted": "integer",
+        "rows_recovered": "integer",
         "files_loaded": "integer",
         "files_skipped": "integer",
         "new_columns": "string",
         "cursor_before": "string",
         "cursor_after": "string",
         "seconds": "double",
+        "reconcile_seconds": "double",
+        "full_refresh": "boolean",
         "_batch_date": "date",
         "_run_id": "string",
         "_loaded_at": "timestamp",
@@ -99,20 +115,46 @@ class ExtractSettings:
     source_dir: Path
     sales_db_url: str
     max_quarantine_ratio: float = 0.05
+    lookback: dt.timedelta = dt.timedelta(hours=DEFAULT_LOOKBACK_HOURS)
 
     @classmethod
     def from_env(cls) -> "ExtractSettings":
+        """CRMW_SOURCE_DIR, CRMW_SALES_DB_URL (or the Airflow connection CRMW_SALES_CONN_ID),
+        CRMW_MAX_QUARANTINE_RATIO and CRMW_SQL_LOOKBACK_HOURS."""
         source_dir = Path(os.environ.get("CRMW_SOURCE_DIR") or DEFAULT_SOURCE_DIR).resolve()
-        ratio_text = os.environ.get("CRMW_MAX_QUARANTINE_RATIO", "0.05")
-        try:
-            ratio = float(ratio_text)
-        except ValueError:
-            raise ExtractError(f"CRMW_MAX_QUARANTINE_RATIO={ratio_text!r}: expected a number between 0 and 1") from None
+        ratio = _number_from_env("CRMW_MAX_QUARANTINE_RATIO", "0.05", "a number between 0 and 1")
+        lookback_hours = _number_from_env("CRMW_SQL_LOOKBACK_HOURS", str(DEFAULT_LOOKBACK_HOURS), "a number of hours")
+        sales_db_url = os.environ.get("CRMW_SALES_DB_URL") or f"sqlite:///{source_dir / 'sales.sqlite'}"
+        if os.environ.get("CRMW_SALES_CONN_ID"):
+            sales_db_url = _airflow_connection_url(os.environ["CRMW_SALES_CONN_ID"])
         return cls(
             source_dir=source_dir,
-            sales_db_url=os.environ.get("CRMW_SALES_DB_URL") or f"sqlite:///{source_dir / 'sales.sqlite'}",
+            sales_db_url=sales_db_url,
             max_quarantine_ratio=ratio,
+            lookback=dt.timedelta(hours=lookback_hours),
         )
+
+
+def _number_from_env(name: str, default: str, expected: str) -> float:
+    text = os.environ.get(name, default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ExtractError(f"{name}={text!r}: expected {expected}")
+    return value
+
+
+def _airflow_connection_url(conn_id: str) -> str:
+    """The SQLAlchemy URL of an Airflow connection (Admin → Connections, or AIRFLOW_CONN_*)."""
+    from airflow.sdk import Connection
+
+    try:
+        uri = Connection.get(conn_id).get_uri()
+    except Exception as error:  # the SDK raises its own not-found error
+        raise ExtractError(f"CRMW_SALES_CONN_ID={conn_id!r}: no such Airflow connection ({error})") from error
+    return "postgresql://" + uri.split("://", 1)[1] if uri.startswith("postgres://") else uri
 
 
 @dataclass
@@ -123,12 +165,16 @@ class LoadAudit:
     rows_loaded: int = 0
     rows_unchanged: int = 0
     rows_quarantined: int = 0
+    rows_deleted: int = 0
+    rows_recovered: int = 0
     files_loaded: int = 0
     files_skipped: int = 0
     new_columns: str = ""
     cursor_before: str | None = None
     cursor_after: str | None = None
     seconds: float = 0.0
+    reconcile_seconds: float = 0.0
+    full_refresh: bool = False
 
 
 def extract_system(
@@ -137,8 +183,10 @@ def extract_system(
     run_id: str,
     settings: ExtractSettings | None = None,
     warehouse_url: str | None = None,
+    full_refresh: bool = False,
 ) -> list[LoadAudit]:
-    """Load every entity of `system` for `logical_date`; fail when too many rows are quarantined."""
+    """Load every entity of `system` for `logical_date`; fail when too many rows are quarantined.
+    `full_refresh` first forgets everything raw holds of the system and loads it from scratch."""
     settings = settings or ExtractSettings.from_env()
     contract = load_contract()
     if system not in contract.systems:
@@ -147,7 +195,7 @@ def extract_system(
     with connect(warehouse_url) as warehouse:
         _ensure_meta_tables(warehouse)
         for entity in contract.entities_of(system):
-            audit = _load_entity(warehouse, contract, entity, logical_date, run_id, settings)
+            audit = _load_entity(warehouse, contract, entity, logical_date, run_id, settings, full_refresh)
             log.info("loaded %s.%s: %s", system, entity.name, audit)
             audits.append(audit)
     for audit in audits:
@@ -172,41 +220,96 @@ def _load_entity(
     logical_date: dt.date,
     run_id: str,
     settings: ExtractSettings,
+    full_refresh: bool,
 ) -> LoadAudit:
     started = time.monotonic()
-    audit = LoadAudit(system=entity.system.name, entity=entity.name)
+    audit = LoadAudit(system=entity.system.name, entity=entity.name, full_refresh=full_refresh)
     loaded_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     stamp = {"_batch_date": logical_date, "_run_id": run_id, "_loaded_at": loaded_at}
-    warehouse.ensure_table(entity.raw_table, {**entity.column_types, **RAW_METADATA_COLUMNS})
+    raw_columns = {**entity.column_types, **RAW_METADATA_COLUMNS}
+    warehouse.ensure_table(entity.raw_table, raw_columns)
+    warehouse.ensure_table(_staging_table(entity), raw_columns)
+    warehouse.ensure_index(entity.raw_table, [*entity.primary_key, "_version_hash"])
+    warehouse.ensure_index(entity.raw_table, ["_batch_date"])
     with warehouse.transaction():
-        for table in (entity.raw_table, LOAD_LOG, QUARANTINE, LOAD_AUDIT):
-            where = "" if table == entity.raw_table else " and system = ? and entity = ?"
-            params = (logical_date,) if table == entity.raw_table else (logical_date, entity.system.name, entity.name)
-            warehouse.execute(f"delete from {table} where _batch_date = ?{where}", params)
-
-        if entity.system.format == "sql":
-            deliveries = [_read_sql_delta(warehouse, entity, logical_date, settings, audit)]
-        else:
-            deliveries = list(_read_new_files(warehouse, contract, entity, logical_date, settings, audit))
-
+        _forget(warehouse, entity, logical_date, full_refresh)
         new_columns: set[str] = set()
-        for delivery in deliveries:
-            extra = {name: "string" for name in delivery.extra_columns}
-            if extra:
-                warehouse.ensure_table(entity.raw_table, extra)
-                new_columns.update(extra)
-            data = delivery.rows.append_column("_batch_date", _constant(logical_date, delivery.rows.num_rows))
-            data = data.append_column("_run_id", _constant(run_id, data.num_rows))
-            data = data.append_column("_loaded_at", _constant(loaded_at, data.num_rows))
-            audit.rows_loaded += warehouse.append_arrow(entity.raw_table, data)
-            audit.rows_quarantined += _quarantine(warehouse, entity, delivery, stamp)
-            audit.rows_read += delivery.rows_read
-            if delivery.file is not None:
-                _log_file(warehouse, entity, delivery, stamp)
+        if entity.system.format == "sql":
+            with _open_sql_source(settings) as source:
+                for delivery in _read_sql_delta(warehouse, source, entity, logical_date, settings, audit):
+                    new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit))
+                reconcile_started = time.monotonic()
+                for delivery in _reconcile_keys(warehouse, source, entity, logical_date, stamp, audit):
+                    new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit, recovered=True))
+                audit.reconcile_seconds = round(time.monotonic() - reconcile_started, 3)
+        else:
+            for delivery in _read_new_files(warehouse, contract, entity, logical_date, settings, audit):
+                new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit))
         audit.new_columns = ",".join(sorted(new_columns))
         audit.seconds = round(time.monotonic() - started, 3)
         _append_records(warehouse, LOAD_AUDIT, [{**asdict(audit), **stamp}])
     return audit
+
+
+def _staging_table(entity: Entity) -> str:
+    """Where a delivery waits, inside the load's transaction, to be compared with raw."""
+    return f"{META_SCHEMA}.staging__{entity.system.name}__{entity.name}"
+
+
+def _forget(warehouse: Warehouse, entity: Entity, logical_date: dt.date, full_refresh: bool) -> None:
+    """Remove what an earlier attempt at this date loaded, or everything on a full refresh."""
+    for table in (entity.raw_table, LOAD_LOG, QUARANTINE, LOAD_AUDIT):
+        conditions, params = [], []
+        if not full_refresh:
+            conditions.append("_batch_date = ?")
+            params.append(logical_date)
+        if table != entity.raw_table:
+            conditions.append("system = ? and entity = ?")
+            params += [entity.system.name, entity.name]
+        where = f" where {' and '.join(conditions)}" if conditions else ""
+        warehouse.execute(f"delete from {table}{where}", params)
+
+
+def _load_delivery(
+    warehouse: Warehouse,
+    entity: Entity,
+    delivery: ParsedDelivery,
+    stamp: dict,
+    audit: LoadAudit,
+    recovered: bool = False,
+) -> set[str]:
+    """Append the delivery's versions raw does not hold yet; returns the columns it added.
+    A `recovered` delivery holds rows raw has no live version of: they load whatever raw holds."""
+    extra = {name: "string" for name in delivery.extra_columns}
+    staging = _staging_table(entity)
+    if extra:
+        warehouse.ensure_table(entity.raw_table, extra)
+        warehouse.ensure_table(staging, extra)
+    data = delivery.rows
+    for name, value in {**stamp, "_deleted": False}.items():
+        data = data.append_column(name, _constant(value, data.num_rows))
+    warehouse.execute(f"delete from {staging}")
+    warehouse.append_arrow(staging, data)
+    columns = ", ".join(data.column_names)
+    key = ", ".join(entity.primary_key)
+    held = " and ".join(f"held.{name} = incoming.{name}" for name in (*entity.primary_key, "_version_hash"))
+    not_held = "" if recovered else f" and not exists (select 1 from {entity.raw_table} as held where {held})"
+    loaded = warehouse.execute_count(
+        f"insert into {entity.raw_table} ({columns}) select {columns} from ("
+        f"select *, row_number() over (partition by {key}, _version_hash"
+        " order by _delivery_date, _source_file, _source_row) as _copy"
+        f" from {staging}) as incoming where _copy = 1{not_held}"
+    )
+    warehouse.execute(f"delete from {staging}")
+    audit.rows_loaded += loaded
+    audit.rows_unchanged += data.num_rows - loaded
+    audit.rows_quarantined += _quarantine(warehouse, entity, delivery, stamp)
+    audit.rows_read += delivery.rows_read
+    if recovered:
+        audit.rows_recovered += loaded
+    if delivery.file is not None:
+        _log_file(warehouse, entity, delivery, stamp)
+    return set(extra)
 
 
 def _read_new_files(
@@ -259,42 +362,124 @@ def _drop_date(layout: str, relative: str, entity: Entity) -> dt.date | None:
         return None
 
 
+def _open_sql_source(settings: ExtractSettings) -> SqlSource:
+    try:
+        return SqlSource(settings.sales_db_url)
+    except SourceReadError as error:
+        raise ExtractError(f"sales database {redact_url(settings.sales_db_url)!r}: {error}") from error
+
+
 def _read_sql_delta(
-    warehouse: Warehouse, entity: Entity, logical_date: dt.date, settings: ExtractSettings, audit: LoadAudit
-) -> ParsedDelivery:
-    import sqlalchemy as sa
+    warehouse: Warehouse,
+    source: SqlSource,
+    entity: Entity,
+    logical_date: dt.date,
+    settings: ExtractSettings,
+    audit: LoadAudit,
+):
+    """The rows changed since the last cursor loaded before this date, less the look-back."""
+    import pyarrow.compute as pc
 
     cursor_column = entity.cursor
-    if cursor_column is None:
-        raise ExtractError(f"source contract: SQL entity {entity.name!r} needs a cursor column")
-    (before,) = warehouse.fetchall(
-        f"select max({cursor_column}) from {entity.raw_table} where _batch_date < ?", (logical_date,)
-    )[0]
+    if cursor_column is None or entity.column_types.get(cursor_column) != "timestamp":
+        raise ExtractError(f"source contract: SQL entity {entity.name!r} needs a timestamp cursor column")
+    previous = warehouse.fetchall(
+        f"select cursor_after from {LOAD_AUDIT} where system = ? and entity = ? and _batch_date < ?"
+        " and cursor_after is not null order by _batch_date desc limit 1",
+        (entity.system.name, entity.name, logical_date),
+    )
+    before = dt.datetime.fromisoformat(previous[0][0]) if previous else None
     window_end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time())
-    url = settings.sales_db_url.replace("postgresql://", "postgresql+psycopg://", 1)
-    try:
-        engine = sa.create_engine(url)
-    except (sa.exc.ArgumentError, ImportError) as error:
-        raise ExtractError(f"CRMW_SALES_DB_URL={settings.sales_db_url!r}: not a database URL ({error})") from error
-    where = f"{cursor_column} < :window_end" + (f" and {cursor_column} > :cursor" if before is not None else "")
-    columns = ", ".join(entity.column_types)
-    query = sa.text(f"select {columns} from {entity.name} where {where} order by {', '.join(entity.primary_key)}")
-    try:
-        with engine.connect() as source:
-            result = source.execute(query, {"window_end": window_end, "cursor": before})
-            rows = [tuple(row) for row in result]
-    except sa.exc.SQLAlchemyError as error:
-        reason = str(error.orig if hasattr(error, "orig") else error).splitlines()[0]
-        raise ExtractError(
-            f"sales database {settings.sales_db_url!r}, table {entity.name}: cannot read {columns} ({reason})"
-        ) from error
-    finally:
-        engine.dispose()
-    delivery = parse_rows(rows, list(entity.column_types), f"{entity.system.name}:{entity.name}", window_end.date(), entity)
+    where, params = f"{cursor_column} < ?", [_source_timestamp(window_end)]
+    if before is not None:
+        where += f" and {cursor_column} > ?"
+        params.append(_source_timestamp(before - settings.lookback))
+    query = f"select * from {entity.name} where {where} order by {', '.join(entity.primary_key)}"
     audit.cursor_before = None if before is None else str(before)
-    cursor_values = [row[list(entity.column_types).index(cursor_column)] for row in rows]
-    audit.cursor_after = str(max(cursor_values)) if cursor_values else audit.cursor_before
-    return delivery
+    audit.cursor_after = audit.cursor_before
+    first_row = 1
+    for table in _read_source(source, entity, query, params):
+        delivery = parse_table(table, _sql_source_name(entity), window_end.date(), entity, first_row)
+        first_row += table.num_rows
+        newest = pc.max(delivery.rows.column(cursor_column)).as_py()
+        if newest is not None:
+            audit.cursor_after = max(filter(None, (audit.cursor_after, str(newest))))
+        yield delivery
+
+
+def _reconcile_keys(
+    warehouse: Warehouse, source: SqlSource, entity: Entity, logical_date: dt.date, stamp: dict, audit: LoadAudit
+):
+    """Every source key against raw's live keys: tombstones for keys the source lost, and the
+    rows of keys raw lacks (loaded by the caller, as recovered)."""
+    import duckdb
+
+    cursor_column = entity.cursor
+    window_end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time())
+    keys = f"{META_SCHEMA}.source_keys__{entity.system.name}__{entity.name}"
+    key_types = {name: entity.column_types[name] for name in entity.primary_key}
+    warehouse.ensure_table(keys, {**key_types, "_visible": "integer"})
+    warehouse.execute(f"delete from {keys}")
+    typed = ", ".join(f"try_cast({name} as {sql_type('duckdb', kind)}) as {name}" for name, kind in key_types.items())
+    query = (
+        f"select {', '.join(key_types)}, case when {cursor_column} < ? then 1 else 0 end as _visible"
+        f" from {entity.name}"
+    )
+    for table in _read_source(source, entity, query, [_source_timestamp(window_end)]):
+        with duckdb.connect() as con:
+            con.register("source_keys", table)
+            typed_table = con.sql(f"select {typed}, cast(_visible as bigint) as _visible from source_keys").to_arrow_table()
+        warehouse.append_arrow(keys, typed_table)
+
+    key = ", ".join(entity.primary_key)
+    same_key = " and ".join(f"source.{name} = held.{name}" for name in entity.primary_key)
+    live_versions = (
+        f"(select * from (select *, row_number() over (partition by {key} order by _delivery_date desc,"
+        f" coalesce(_deleted, false) desc, _batch_date desc) as _recency"
+        f" from {entity.raw_table} where _batch_date <= ?) as versions"
+        f" where _recency = 1 and not coalesce(_deleted, false)) as held"
+    )
+    contract_columns = ", ".join(entity.column_types)
+    audit.rows_deleted = warehouse.execute_count(
+        f"insert into {entity.raw_table} ({contract_columns}, _batch_date, _run_id, _delivery_date, _source_file,"
+        " _source_row, _loaded_at, _version_hash, _deleted)"
+        f" select {', '.join(f'held.{name}' for name in entity.column_types)}, ?, ?, ?, ?, null, ?,"
+        f" md5(held._version_hash || ':deleted'), true"
+        f" from {live_versions} left join {keys} as source on {same_key}"
+        f" where source.{entity.primary_key[0]} is null",
+        (
+            stamp["_batch_date"], stamp["_run_id"], window_end.date(),
+            f"{_sql_source_name(entity)} reconciliation", stamp["_loaded_at"], logical_date,
+        ),
+    )
+    missing = warehouse.fetchall(
+        f"select {', '.join(f'source.{name}' for name in entity.primary_key)}"
+        f" from {keys} as source left join {live_versions} on {same_key}"
+        f" where source._visible = 1 and held.{entity.primary_key[0]} is null"
+        f" order by {', '.join(f'source.{name}' for name in entity.primary_key)}",
+        (logical_date,),
+    )
+    warehouse.execute(f"delete from {keys}")
+    first_row = 1
+    for table in source.read_keys(entity.name, entity.primary_key, missing, "*") if missing else ():
+        yield parse_table(table, f"{_sql_source_name(entity)} reconciliation", window_end.date(), entity, first_row)
+        first_row += table.num_rows
+
+
+def _read_source(source: SqlSource, entity: Entity, query: str, params: list):
+    try:
+        yield from source.read_batches(query, params)
+    except SourceReadError as error:
+        raise ExtractError(f"sales database {redact_url(source.url)!r}, table {entity.name}: {error}") from error
+
+
+def _sql_source_name(entity: Entity) -> str:
+    return f"{entity.system.name}:{entity.name}"
+
+
+def _source_timestamp(moment: dt.datetime) -> str:
+    """A cursor bound as the ISO text SQLite stores and PostgreSQL reads as a timestamp."""
+    return moment.isoformat(sep=" ")
 
 
 def _quarantine(warehouse: Warehouse, entity: Entity, delivery: ParsedDelivery, stamp: dict) -> int:

@@ -101,8 +101,8 @@ def _typed_split(
     )
     columns = [*entity.column_types, *extra]
     rows = con.sql(
-        f"select {', '.join(columns)}, ?::date as _delivery_date, ? as _source_file, _source_row "
-        "from checked where _reason = '' order by _source_row",
+        f"select {', '.join(columns)}, ?::date as _delivery_date, ? as _source_file, _source_row, "
+        f"{_version_hash(entity)} as _version_hash from checked where _reason = '' order by _source_row",
         params=[delivery_date, source],
     ).to_arrow_table()
     for row, raw, reason in con.execute(
@@ -110,6 +110,14 @@ def _typed_split(
     ).fetchall():
         rejects.append((int(row), raw, f"breaks the contract: {reason}"))
     return ParsedDelivery(source=source, rows=rows, rejects=sorted(rejects), extra_columns=extra)
+
+
+def _version_hash(entity: Entity) -> str:
+    """SQL for a digest of a row's contract values once typed, the same whichever format or
+    engine delivered them: raw keeps a version of a record once, by its key and this digest.
+    Columns a source adds beyond the contract are loaded but do not make a new version."""
+    values = ", ".join(f"coalesce(cast({name} as varchar), chr(0))" for name in entity.column_types)
+    return f"md5(concat_ws(chr(31), {values}))"
 
 
 def parse_csv(path: Path, source: str, delivery_date: dt.date, entity: Entity) -> ParsedDelivery:
@@ -187,6 +195,8 @@ def _csv_lines(payload: bytes) -> list[tuple[int, str | None]]:
 
 
 def parse_jsonl(path: Path, source: str, delivery_date: dt.date, entity: Entity) -> ParsedDelivery:
+    import pyarrow as pa
+
     rejects: list[Reject] = []
     records: list[tuple[int, str, dict[str, Any]]] = []
     for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
@@ -210,55 +220,52 @@ def parse_jsonl(path: Path, source: str, delivery_date: dt.date, entity: Entity)
     if records:
         _check_columns(source, entity, seen)
     present = [*entity.column_types, *(key for key in seen if key not in entity.column_types)]
-    return _split_text_rows(
-        [(number, text, [_as_text(record.get(name)) for name in present]) for number, text, record in records],
-        present,
-        source,
-        delivery_date,
-        entity,
-        rejects,
-    )
+    columns = {
+        "_source_row": pa.array([number for number, _, _ in records], pa.int64()),
+        "_raw_text": pa.array([text for _, text, _ in records], pa.string()),
+        **{name: text_array([record.get(name) for _, _, record in records]) for name in present},
+    }
+    return _check_table(pa.table(columns), present, source, delivery_date, entity, rejects)
 
 
-def parse_rows(
-    rows: Sequence[Sequence[Any]], names: list[str], source: str, delivery_date: dt.date, entity: Entity
+def parse_table(
+    table: "pa.Table", source: str, delivery_date: dt.date, entity: Entity, first_row: int = 1
 ) -> ParsedDelivery:
-    """Rows read from a SQL source, in `names` order; checked like file rows."""
-    return _split_text_rows(
-        [(number, None, [_as_text(value) for value in row]) for number, row in enumerate(rows, start=1)],
-        names,
-        source,
-        delivery_date,
-        entity,
-        [],
-    )
-
-
-def _split_text_rows(
-    rows: list[tuple[int, str | None, list[str | None]]],
-    names: list[str],
-    source: str,
-    delivery_date: dt.date,
-    entity: Entity,
-    rejects: list[Reject],
-) -> ParsedDelivery:
-    import duckdb
+    """Rows read from a SQL source as text columns (see `text_array`), numbered from `first_row`;
+    checked like file rows, the raw text of a rejected row being its values as JSON."""
     import pyarrow as pa
 
-    columns = {
-        "_source_row": pa.array([number for number, _, _ in rows], pa.int64()),
-        "_raw_text": pa.array(
-            [text if text is not None else json.dumps(dict(zip(names, values))) for _, text, values in rows], pa.string()
-        ),
-    }
-    for index, name in enumerate(names):
-        columns[name] = pa.array([values[index] for _, _, values in rows], pa.string())
+    names = table.column_names
+    numbers = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
+    return _check_table(table.add_column(0, "_source_row", numbers), names, source, delivery_date, entity, [])
+
+
+def _check_table(
+    table: "pa.Table", names: list[str], source: str, delivery_date: dt.date, entity: Entity, rejects: list[Reject]
+) -> ParsedDelivery:
+    import duckdb
+
     con = duckdb.connect()
     try:
-        con.register("incoming", pa.table(columns))
+        con.register("incoming_text", table)
+        raw_text = "_raw_text"
+        if raw_text not in table.column_names:
+            raw_text = f"to_json(struct_pack({', '.join(f'{name} := {name}' for name in names)})) as _raw_text"
+        con.execute(f"create temp view incoming as select *, {raw_text} from incoming_text")
         return _typed_split(con, "incoming", entity, names, source, delivery_date, rejects)
     finally:
         con.close()
+
+
+def text_array(values: list[Any]) -> "pa.Array":
+    """Source values of one column as Arrow text: cast by Arrow when they share a type (fast),
+    value by value when a column mixes types, as dirty sources do."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values).cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pa.array([_as_text(value) for value in values], pa.string())
 
 
 def _as_text(value: Any) -> str | None:

@@ -129,7 +129,7 @@ def _quarantine(url: str) -> list[tuple]:
 def _audit_rows(url: str) -> list[tuple]:
     with connect(url) as warehouse:
         return warehouse.fetchall(
-            "select system, entity, _batch_date, rows_read, rows_loaded, rows_quarantined, new_columns"
+            "select system, entity, _batch_date, rows_read, rows_loaded, rows_unchanged, rows_quarantined, new_columns"
             " from raw_meta.load_audit order by system, entity, _batch_date"
         )
 
@@ -172,12 +172,12 @@ def test_running_the_same_date_twice_leaves_raw_and_load_log_as_one_run_would(wa
     _load(warehouse_url, DAYS[1], settings, run_id="first-attempt")
     tables = [*RAW_TABLES, "raw_meta.load_log", "raw_meta.quarantine"]
     before = {table: _snapshot(warehouse_url, table) for table in tables}
-    audit_before = _snapshot(warehouse_url, "raw_meta.load_audit", (*RUN_METADATA, "seconds"))
+    audit_before = _snapshot(warehouse_url, "raw_meta.load_audit", (*RUN_METADATA, "seconds", "reconcile_seconds"))
 
     _load(warehouse_url, DAYS[1], settings, run_id="second-attempt")
 
     assert {table: _snapshot(warehouse_url, table) for table in tables} == before
-    assert _snapshot(warehouse_url, "raw_meta.load_audit", (*RUN_METADATA, "seconds")) == audit_before
+    assert _snapshot(warehouse_url, "raw_meta.load_audit", (*RUN_METADATA, "seconds", "reconcile_seconds")) == audit_before
     with connect(warehouse_url) as warehouse:
         run_ids = warehouse.fetchall("select distinct _run_id from raw_sales.orders where _batch_date = ?", (DAYS[1],))
         log_rows = warehouse.fetchall("select count(*), count(distinct file_name) from raw_meta.load_log")
@@ -205,9 +205,18 @@ def test_unchanged_files_are_skipped_and_a_changed_file_is_loaded_again(warehous
 
     day1 = sources / f"crm/{DAYS[0]}/customers.csv"
     lines = day1.read_text().splitlines()
-    day1.write_text("\n".join(lines[:3]) + "\n")  # the CRM re-exports day 1 with two rows
+    header = lines[0].split(",")
+    changed = lines[2].split(",")
+    changed[header.index("city")] = "Changed City"
+    # The CRM re-exports day 1 with two rows: one as before, one with a new city.
+    day1.write_text("\n".join([lines[0], lines[1], ",".join(changed)]) + "\n")
     audit = _load(warehouse_url, DAYS[2], settings, systems=("crm",))["crm.customers"]
-    assert (audit.files_loaded, audit.files_skipped, audit.rows_loaded) == (2, 1, 2 + _source_count(sources, "crm/{date}/customers.csv", DAYS[2]) - _source_count(sources, "crm/{date}/customers.csv", DAYS[1]))
+    day3_rows = _source_count(sources, "crm/{date}/customers.csv", DAYS[2]) - _source_count(sources, "crm/{date}/customers.csv", DAYS[1])
+    assert (audit.files_loaded, audit.files_skipped) == (2, 1)
+    assert (audit.rows_read, audit.rows_loaded, audit.rows_unchanged) == (2 + day3_rows, 1 + day3_rows, 1)
+    with connect(warehouse_url) as warehouse:
+        versions = warehouse.fetchall("select city from raw_crm.customers where crm_id = ? order by _batch_date", (changed[0],))
+    assert [city for (city,) in versions][-1] == "Changed City" and len(versions) == 2
 
 
 # -- bad rows -------------------------------------------------------------------------------------
@@ -278,8 +287,8 @@ def test_broken_rows_are_quarantined_with_reason_and_line_while_good_rows_load(w
 
     assert (audits["crm.customers"].rows_read, audits["crm.customers"].rows_loaded, audits["crm.customers"].rows_quarantined) == (6, 3, 3)
     assert (audits["service.tickets"].rows_read, audits["service.tickets"].rows_loaded, audits["service.tickets"].rows_quarantined) == (7, 2, 5)
-    for system, entity, _, rows_read, rows_loaded, rows_quarantined, _ in _audit_rows(warehouse_url):
-        assert rows_read == rows_loaded + rows_quarantined, (system, entity)
+    for system, entity, _, rows_read, rows_loaded, rows_unchanged, rows_quarantined, _ in _audit_rows(warehouse_url):
+        assert rows_read == rows_loaded + rows_unchanged + rows_quarantined, (system, entity)
 
 
 def test_csv_missing_a_required_column_fails_naming_the_file_and_column(warehouse_url, sources):

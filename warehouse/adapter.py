@@ -62,10 +62,10 @@ class WarehouseUrl:
 
     def redacted(self) -> str:
         """The URL with any password masked, for logs and messages."""
-        return _redact(self.url)
+        return redact_url(self.url)
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """`url` with the password masked: everything between the user's ':' and the last '@', so a
     password holding '@', '/' or ':', or one given with an empty user name, never shows."""
     scheme, separator, rest = url.partition("://")
@@ -82,7 +82,7 @@ def default_warehouse_url() -> str:
 def parse_warehouse_url(url: str | None = None) -> WarehouseUrl:
     """Parse WAREHOUSE_URL (or `url`); DuckDB paths come back absolute."""
     raw = url if url is not None else os.environ.get("WAREHOUSE_URL") or default_warehouse_url()
-    shown = _redact(raw)
+    shown = redact_url(raw)
     if raw.startswith("duckdb://"):
         location = raw[len("duckdb://") :]
         if not location.strip("/"):
@@ -152,6 +152,10 @@ class Warehouse:
         """Run one statement; parameters are bound to `?` placeholders on both engines."""
         raise NotImplementedError
 
+    def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one insert, update or delete; returns the number of rows it touched."""
+        raise NotImplementedError
+
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         raise NotImplementedError
 
@@ -209,6 +213,11 @@ class Warehouse:
                 self.execute(
                     f"alter table {qualified(table)} add column {quote_identifier(column)} {types[column_type]}"
                 )
+
+    def ensure_index(self, table: str, columns: Sequence[str]) -> None:
+        """An index for lookups by `columns` where the engine gains from one: PostgreSQL reads
+        a day's keys out of years of raw rows through it; DuckDB scans and hash-joins faster than
+        it keeps an index up to date on bulk inserts, so it gets none."""
 
     # -- bulk data -----------------------------------------------------------------------------
     def append_arrow(self, table: str, data: "pa.Table") -> int:
@@ -285,6 +294,10 @@ class _DuckDBWarehouse(Warehouse):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._con.execute(sql, list(params))
+
+    def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        (count,) = self._con.execute(sql, list(params)).fetchone()
+        return int(count)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self._con.execute(sql, list(params)).fetchall()
@@ -379,6 +392,14 @@ class _PostgresWarehouse(Warehouse):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._con.execute(self._bind(sql, params), list(params) or None)
+
+    def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._con.execute(self._bind(sql, params), list(params) or None).rowcount
+
+    def ensure_index(self, table: str, columns: Sequence[str]) -> None:
+        schema, _, name = qualified(table).partition(".")
+        index = f"{name}__{'__'.join(quote_identifier(column) for column in columns)}"[:63]
+        self.execute(f"create index if not exists {index} on {schema}.{name} ({', '.join(columns)})")
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self._con.execute(self._bind(sql, params), list(params) or None).fetchall()
