@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from extract_load.contract import Entity, SourceContract, load_contract
 from extract_load.parse import ParsedDelivery, parse_csv, parse_jsonl, parse_table
@@ -154,6 +156,8 @@ def _airflow_connection_url(conn_id: str) -> str:
         uri = Connection.get(conn_id).get_uri()
     except Exception as error:  # the SDK raises its own not-found error
         raise ExtractError(f"CRMW_SALES_CONN_ID={conn_id!r}: no such Airflow connection ({error})") from error
+    if uri.startswith("sqlite:"):  # Airflow percent-encodes the file path
+        return unquote(uri)
     return "postgresql://" + uri.split("://", 1)[1] if uri.startswith("postgres://") else uri
 
 
@@ -303,7 +307,14 @@ def _load_delivery(
     warehouse.execute(f"delete from {staging}")
     audit.rows_loaded += loaded
     audit.rows_unchanged += data.num_rows - loaded
-    audit.rows_quarantined += _quarantine(warehouse, entity, delivery, stamp)
+    rejects = delivery.rejects
+    if entity.system.format == "sql":
+        # The look-back and the reconciliation read a broken source row again every day until
+        # it is fixed: quarantine holds it once, later reads count it unchanged.
+        held_rejects = _quarantined_sql_rows(warehouse, entity)
+        rejects = [reject for reject in rejects if reject[1] not in held_rejects]
+        audit.rows_unchanged += len(delivery.rejects) - len(rejects)
+    audit.rows_quarantined += _quarantine(warehouse, entity, delivery.source, rejects, stamp)
     audit.rows_read += delivery.rows_read
     if recovered:
         audit.rows_recovered += loaded
@@ -460,6 +471,12 @@ def _reconcile_keys(
         (logical_date,),
     )
     warehouse.execute(f"delete from {keys}")
+    # A key whose only source row is quarantined stays missing from raw: it is not missed.
+    quarantined = {
+        tuple(str(values.get(name)) for name in entity.primary_key)
+        for values in map(json.loads, _quarantined_sql_rows(warehouse, entity))
+    }
+    missing = [key for key in missing if tuple(map(str, key)) not in quarantined]
     first_row = 1
     for table in source.read_keys(entity.name, entity.primary_key, missing, "*") if missing else ():
         yield parse_table(table, f"{_sql_source_name(entity)} reconciliation", window_end.date(), entity, first_row)
@@ -482,18 +499,26 @@ def _source_timestamp(moment: dt.datetime) -> str:
     return moment.isoformat(sep=" ")
 
 
-def _quarantine(warehouse: Warehouse, entity: Entity, delivery: ParsedDelivery, stamp: dict) -> int:
+def _quarantined_sql_rows(warehouse: Warehouse, entity: Entity) -> set[str]:
+    """The raw text (values as JSON) of every row of a SQL entity that quarantine holds."""
+    rows = warehouse.fetchall(
+        f"select distinct raw_text from {QUARANTINE} where system = ? and entity = ?", (entity.system.name, entity.name)
+    )
+    return {text for (text,) in rows}
+
+
+def _quarantine(warehouse: Warehouse, entity: Entity, source: str, rejects: list, stamp: dict) -> int:
     records = [
         {
             "system": entity.system.name,
             "entity": entity.name,
-            "source_file": delivery.source,
+            "source_file": source,
             "source_row": row,
             "raw_text": raw,
             "reason": reason,
             **stamp,
         }
-        for row, raw, reason in delivery.rejects
+        for row, raw, reason in rejects
     ]
     _append_records(warehouse, QUARANTINE, records)
     return len(records)

@@ -17,7 +17,7 @@ import pytest
 from extract_load.contract import load_contract
 from extract_load.load import ExtractError, ExtractSettings, extract_system
 from extract_load.parse import DeliveryError
-from simulator import SimulationSettings, simulate
+from simulator import SimulationSettings, append_day, simulate
 from tests.conftest import new_postgres_database
 from warehouse import connect
 
@@ -374,3 +374,227 @@ def test_bad_quarantine_ratio_setting_names_the_variable(monkeypatch, tmp_path):
     settings = ExtractSettings.from_env()
     assert settings.max_quarantine_ratio == 0.2
     assert settings.sales_db_url == f"sqlite:///{tmp_path / 'sales.sqlite'}"
+
+
+# -- versions, increments, deletes and late rows (sources simulated one day at a time) ---------------
+
+INCREMENT_DAYS = [START + dt.timedelta(days=offset) for offset in range(3)]
+SQL_ENTITIES = tuple(entity for entity in CONTRACT.entities.values() if entity.system.format == "sql")
+INSERT_ONLY = ("order_status_history",)  # its rows never change: the whole table is its history
+CONTRACT_ONLY = ("_run_id", "_batch_date", "_loaded_at", "_source_row")  # SQL row numbers follow the read
+
+
+def _simulate_days(out: Path, days: list[dt.date], customers: int, dirty_rate: float, after_each=None) -> None:
+    """Simulate `days` one at a time (first day, then appends), calling after_each(day) after each."""
+    simulate(SimulationSettings(customers=customers, start=days[0], days=1, seed=5, out=out, dirty_rate=dirty_rate))
+    for index, day in enumerate(days):
+        if index:
+            append_day(out, day)
+        if after_each:
+            after_each(day)
+
+
+def _live_versions(url: str, entity) -> list[tuple]:
+    """The latest version of every key raw holds that is not marked deleted, contract columns only."""
+    key = ", ".join(entity.primary_key)
+    columns = ", ".join(entity.column_types)
+    with connect(url) as warehouse:
+        rows = warehouse.fetchall(
+            f"select {columns} from (select *, row_number() over (partition by {key}"
+            " order by _delivery_date desc, _deleted desc) as _recency"
+            f" from {entity.raw_table}) as versions where _recency = 1 and not _deleted"
+        )
+    return sorted(rows, key=repr)
+
+
+def test_three_days_loaded_one_by_one_equal_the_three_days_loaded_at_once(warehouse_url, request, tmp_path):
+    settings = _settings(tmp_path / "daily", max_quarantine_ratio=1.0)
+    _simulate_days(settings.source_dir, INCREMENT_DAYS, 1500, 0.01, lambda day: _load(warehouse_url, day, settings))
+    at_once = _settings(tmp_path / "at-once", max_quarantine_ratio=1.0)
+    simulate(SimulationSettings(customers=1500, start=START, days=3, seed=5, out=at_once.source_dir, dirty_rate=0.01))
+    at_once_url = _second_warehouse_url(warehouse_url, request, tmp_path)
+    _load(at_once_url, INCREMENT_DAYS[-1], at_once)
+
+    for table in FILE_TABLES:  # every version, each once
+        assert _snapshot(warehouse_url, table) == _snapshot(at_once_url, table), table
+    for entity in SQL_ENTITIES:
+        if entity.name in INSERT_ONLY:
+            day_by_day = _snapshot(warehouse_url, entity.raw_table, CONTRACT_ONLY + ("_delivery_date", "_source_file"))
+            assert day_by_day == _snapshot(at_once_url, entity.raw_table, CONTRACT_ONLY + ("_delivery_date", "_source_file"))
+        else:
+            assert _live_versions(warehouse_url, entity) == _live_versions(at_once_url, entity), entity.name
+    with connect(warehouse_url) as warehouse:  # day by day saw orders change status: more versions
+        versions, orders = warehouse.fetchall("select count(*), count(distinct order_id) from raw_sales.orders")[0]
+    assert versions > orders
+
+    before = {table: _snapshot(warehouse_url, table) for table in (*RAW_TABLES, "raw_meta.quarantine")}
+    audits = _load(warehouse_url, INCREMENT_DAYS[-1], settings, run_id="rerun")
+    assert {table: _snapshot(warehouse_url, table) for table in before} == before
+    for audit in audits.values():
+        assert audit.rows_read == audit.rows_loaded + audit.rows_unchanged + audit.rows_quarantined, audit
+
+
+def test_defects_owed_quarantine_delete_and_load_are_handled_and_no_good_row_is_missing(warehouse_url, tmp_path):
+    days = [START + dt.timedelta(days=offset) for offset in range(6)]  # test orders go 1-3 days after creation
+    settings = _settings(tmp_path / "sources", max_quarantine_ratio=1.0)
+    _simulate_days(settings.source_dir, days, 1500, 0.03, lambda day: _load(warehouse_url, day, settings))
+    with (settings.source_dir / "truth" / "defects.csv").open(newline="") as handle:
+        defects = list(csv.DictReader(handle))
+    with connect(warehouse_url) as warehouse:
+        quarantined = warehouse.fetchall("select entity, source_file, source_row, raw_text, reason from raw_meta.quarantine")
+        audits = warehouse.fetchall(
+            "select system, entity, _batch_date, rows_read, rows_loaded, rows_unchanged, rows_quarantined, rows_deleted"
+            " from raw_meta.load_audit"
+        )
+        tombstones = {order_id for (order_id,) in warehouse.fetchall("select order_id from raw_sales.orders where _deleted")}
+        loaded_orders = {order_id for (order_id,) in warehouse.fetchall("select order_id from raw_sales.orders")}
+    with sqlite3.connect(settings.source_dir / "sales.sqlite") as db:
+        source_orders = {order_id for (order_id,) in db.execute("select order_id from orders")}
+
+    file_rejects = {(source_file, row): reason for _, source_file, row, _, reason in quarantined}
+    sql_rejects = {
+        (entity, "-".join(str(json.loads(raw)[name]) for name in CONTRACT.entities[entity].primary_key))
+        for entity, source_file, _, raw, _ in quarantined
+        if source_file.startswith("sales:")
+    }
+    owed = {handling: [d for d in defects if d["handling"] == handling] for handling in ("quarantine", "delete", "load")}
+    assert all(owed.values()), {handling: len(rows) for handling, rows in owed.items()}
+    for defect in owed["quarantine"]:
+        if defect["system"] == "sales":
+            assert (defect["entity"], defect["record_key"]) in sql_rejects, defect
+        else:
+            source_file, _, line = defect["location"].rpartition(":")
+            assert (source_file, int(line)) in file_rejects, defect
+    assert len(sql_rejects) == sum(1 for d in owed["quarantine"] if d["system"] == "sales")  # each once
+    for defect in owed["delete"]:
+        order_id = int(defect["record_key"])
+        assert (order_id in tombstones) == (order_id not in source_orders), defect
+    assert tombstones and tombstones <= loaded_orders - source_orders
+    for defect in owed["load"]:
+        if defect["entity"] == "orders":
+            assert int(defect["record_key"]) in loaded_orders, defect
+    assert sum(row[7] for row in audits if row[1] == "orders") == len(tombstones)
+    for system, entity, day, rows_read, rows_loaded, rows_unchanged, rows_quarantined, _ in audits:
+        assert rows_read == rows_loaded + rows_unchanged + rows_quarantined, (system, entity, day)
+    for entity in SQL_ENTITIES:  # every source row raw can hold is there, in its current version
+        names = list(entity.column_types)
+        with sqlite3.connect(settings.source_dir / "sales.sqlite") as db:
+            source_keys = {tuple(map(str, row)) for row in db.execute(f"select {', '.join(entity.primary_key)} from {entity.name}")}
+        held = {tuple(str(row[names.index(name)]) for name in entity.primary_key) for row in _live_versions(warehouse_url, entity)}
+        rejected = {tuple(key.split("-")) for name, key in sql_rejects if name == entity.name}
+        assert held == source_keys - rejected if entity.name == "order_lines" else held == source_keys, entity.name
+
+
+def test_late_rows_are_loaded_by_the_look_back_or_else_by_the_key_reconciliation(warehouse_url, sources):
+    day = DAYS[0]
+    for lookback_hours, recovered in ((72, 0), (0, 1)):
+        settings = ExtractSettings(
+            source_dir=sources, sales_db_url=f"sqlite:///{sources / 'sales.sqlite'}", lookback=dt.timedelta(hours=lookback_hours)
+        )
+        _load(warehouse_url, day, settings, systems=("sales",))
+        order_id = 800_000_000 + lookback_hours
+        with sqlite3.connect(sources / "sales.sqlite") as db:  # written now, stamped with yesterday's time
+            db.execute(
+                "insert into orders (order_id, customer_email, channel, status, created_at, updated_at)"
+                " values (?, 'late@example.com', 'web', 'placed', ?, ?)",
+                (order_id, f"{day} 08:00:00", f"{day} 08:00:00"),
+            )
+        audit = _load(warehouse_url, day + dt.timedelta(days=1), settings, systems=("sales",))["sales.orders"]
+        assert audit.rows_recovered == recovered
+        with connect(warehouse_url) as warehouse:
+            assert warehouse.fetchall("select count(*) from raw_sales.orders where order_id = ?", (order_id,)) == [(1,)]
+
+
+def test_full_refresh_reloads_the_system_from_scratch(warehouse_url, simulated, request, tmp_path):
+    settings = _settings(simulated)
+    for day in DAYS[:3]:
+        _load(warehouse_url, day, settings, systems=("crm", "sales"))
+    for system in ("crm", "sales"):
+        audits = extract_system(system, DAYS[2], "refresh", settings=settings, warehouse_url=warehouse_url, full_refresh=True)
+        assert all(audit.full_refresh for audit in audits)
+    direct_url = _second_warehouse_url(warehouse_url, request, tmp_path)
+    _load(direct_url, DAYS[2], settings, run_id="refresh", systems=("crm", "sales"))
+    refreshed = [table for table in RAW_TABLES if not table.startswith("raw_service")]
+    for table in [*refreshed, "raw_meta.load_log"]:
+        assert _snapshot(warehouse_url, table, ("_loaded_at",)) == _snapshot(direct_url, table, ("_loaded_at",)), table
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.fetchall("select distinct _batch_date from raw_meta.load_audit where system in ('crm', 'sales')") == [(DAYS[2],)]
+
+
+def test_sql_source_gaining_a_column_loads_it_and_one_losing_a_required_column_fails(warehouse_url, sources):
+    with sqlite3.connect(sources / "sales.sqlite") as db:
+        db.execute("alter table orders add column coupon_code text")
+        db.execute("update orders set coupon_code = 'WELCOME' where order_id % 2 = 0")
+    audit = _load(warehouse_url, DAYS[0], _settings(sources), systems=("sales",))["sales.orders"]
+    assert audit.new_columns == "coupon_code"
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.fetchall("select count(*) from raw_sales.orders where coupon_code = 'WELCOME'")[0][0] > 0
+
+    with sqlite3.connect(sources / "sales.sqlite") as db:
+        db.execute("alter table orders drop column channel")
+    with pytest.raises((ExtractError, DeliveryError)) as caught:
+        _load(warehouse_url, DAYS[1], _settings(sources), systems=("sales",))
+    assert "sales:orders" in str(caught.value) and "'channel'" in str(caught.value)
+
+
+def test_sales_database_can_come_from_an_airflow_connection(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRMW_SOURCE_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW_CONN_CRMW_SALES", f"sqlite:///{tmp_path / 'shop db.sqlite'}")
+    monkeypatch.setenv("CRMW_SALES_CONN_ID", "crmw_sales")
+    assert ExtractSettings.from_env().sales_db_url == f"sqlite:///{tmp_path / 'shop db.sqlite'}"
+    monkeypatch.setenv("CRMW_SALES_CONN_ID", "nowhere")
+    with pytest.raises(ExtractError, match="CRMW_SALES_CONN_ID='nowhere': no such Airflow connection"):
+        ExtractSettings.from_env()
+
+
+KILLED_LOAD = """
+import datetime as dt, os, sys, time
+from pathlib import Path
+from extract_load.load import ExtractSettings, extract_system
+from warehouse import adapter
+
+source_dir, url, signal_file = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+for engine_class in (adapter._DuckDBWarehouse, adapter._PostgresWarehouse):
+    bulk_write = engine_class.append_arrow
+
+    def write_half_then_hang(self, table, data, bulk_write=bulk_write):
+        if not table.startswith("raw_meta.staging__") or data.num_rows < 2:
+            return bulk_write(self, table, data)
+        bulk_write(self, table, data.slice(0, data.num_rows // 2))
+        signal_file.write_text(table)
+        time.sleep(600)
+
+    engine_class.append_arrow = write_half_then_hang
+settings = ExtractSettings(source_dir=source_dir, sales_db_url=f"sqlite:///{source_dir / 'sales.sqlite'}")
+extract_system(sys.argv[4], dt.date.fromisoformat(sys.argv[5]), "killed", settings=settings, warehouse_url=url)
+"""
+
+
+@pytest.mark.parametrize("system", ["sales", "crm"])
+def test_a_load_killed_during_its_bulk_write_recovers_on_retry_to_a_clean_runs_rows(warehouse_url, simulated, system, request, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = _settings(simulated)
+    clean_url = _second_warehouse_url(warehouse_url, request, tmp_path)
+    for url in (warehouse_url, clean_url):
+        _load(url, DAYS[0], settings, systems=(system,))
+    signal_file = tmp_path / "bulk-write-started"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_LOAD, str(simulated), warehouse_url, str(signal_file), system, DAYS[1].isoformat()],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    deadline = time.monotonic() + 300
+    while not signal_file.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert signal_file.exists(), f"the load never reached its bulk write (exit {child.poll()})"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+
+    _load(warehouse_url, DAYS[1], settings, run_id=f"run-{DAYS[1]}", systems=(system,))
+    _load(clean_url, DAYS[1], settings, run_id=f"run-{DAYS[1]}", systems=(system,))
+    tables = [table for table in RAW_TABLES if table.startswith(f"raw_{system}.")] + ["raw_meta.load_log", "raw_meta.quarantine"]
+    for table in tables:
+        assert _snapshot(warehouse_url, table, ("_loaded_at",)) == _snapshot(clean_url, table, ("_loaded_at",)), table
