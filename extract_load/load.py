@@ -29,7 +29,8 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import unquote
 
 from extract_load.contract import Entity, SourceContract, load_contract
@@ -243,7 +244,9 @@ def _load_entity(
                 for delivery in _read_sql_delta(warehouse, source, entity, logical_date, settings, audit):
                     new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit))
                 reconcile_started = time.monotonic()
-                for delivery in _reconcile_keys(warehouse, source, entity, logical_date, stamp, audit):
+                # After a first or full load raw holds just what was read: nothing to reconcile.
+                reconcile = _reconcile_keys if audit.cursor_before is not None else _nothing_to_reconcile
+                for delivery in reconcile(warehouse, source, entity, logical_date, stamp, audit):
                     new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit, recovered=True))
                 audit.reconcile_seconds = round(time.monotonic() - reconcile_started, 3)
         else:
@@ -401,21 +404,23 @@ def _read_sql_delta(
     )
     before = dt.datetime.fromisoformat(previous[0][0]) if previous else None
     window_end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time())
-    where, params = f"{cursor_column} < ?", [_source_timestamp(window_end)]
+    where, params = f"{cursor_column} < {source.timestamp_bound}", [_source_timestamp(window_end)]
     if before is not None:
-        where += f" and {cursor_column} > ?"
+        where += f" and {cursor_column} > {source.timestamp_bound}"
         params.append(_source_timestamp(before - settings.lookback))
-    query = f"select * from {entity.name} where {where} order by {', '.join(entity.primary_key)}"
+    with _source_errors(source, entity):
+        columns = source.columns(entity.name)
     audit.cursor_before = None if before is None else str(before)
     audit.cursor_after = audit.cursor_before
     first_row = 1
-    for table in _read_source(source, entity, query, params):
-        delivery = parse_table(table, _sql_source_name(entity), window_end.date(), entity, first_row)
-        first_row += table.num_rows
-        newest = pc.max(delivery.rows.column(cursor_column)).as_py()
-        if newest is not None:
-            audit.cursor_after = max(filter(None, (audit.cursor_after, str(newest))))
-        yield delivery
+    with _source_errors(source, entity):
+        for table in source.read_text(entity.name, columns, where, params, order_by=entity.primary_key):
+            delivery = parse_table(table, _sql_source_name(entity), window_end.date(), entity, first_row)
+            first_row += table.num_rows
+            newest = pc.max(delivery.rows.column(cursor_column)).as_py()
+            if newest is not None:
+                audit.cursor_after = max(filter(None, (audit.cursor_after, str(newest))))
+            yield delivery
 
 
 def _reconcile_keys(
@@ -432,15 +437,12 @@ def _reconcile_keys(
     warehouse.ensure_table(keys, {**key_types, "_visible": "integer"})
     warehouse.execute(f"delete from {keys}")
     typed = ", ".join(f"try_cast({name} as {sql_type('duckdb', kind)}) as {name}" for name, kind in key_types.items())
-    query = (
-        f"select {', '.join(key_types)}, case when {cursor_column} < ? then 1 else 0 end as _visible"
-        f" from {entity.name}"
-    )
-    for table in _read_source(source, entity, query, [_source_timestamp(window_end)]):
-        with duckdb.connect() as con:
+    visible = f"case when {cursor_column} < {source.timestamp_bound} then 1 else 0 end as _visible"
+    with _source_errors(source, entity), duckdb.connect() as con:
+        for table in source.read_text(entity.name, [*key_types, visible], params=[_source_timestamp(window_end)]):
             con.register("source_keys", table)
-            typed_table = con.sql(f"select {typed}, cast(_visible as bigint) as _visible from source_keys").to_arrow_table()
-        warehouse.append_arrow(keys, typed_table)
+            typed_keys = con.sql(f"select {typed}, cast(_visible as bigint) as _visible from source_keys").to_arrow_table()
+            warehouse.append_arrow(keys, typed_keys)
 
     key = ", ".join(entity.primary_key)
     same_key = " and ".join(f"source.{name} = held.{name}" for name in entity.primary_key)
@@ -478,14 +480,22 @@ def _reconcile_keys(
     }
     missing = [key for key in missing if tuple(map(str, key)) not in quarantined]
     first_row = 1
-    for table in source.read_keys(entity.name, entity.primary_key, missing, "*") if missing else ():
-        yield parse_table(table, f"{_sql_source_name(entity)} reconciliation", window_end.date(), entity, first_row)
-        first_row += table.num_rows
+    with _source_errors(source, entity):
+        columns = source.columns(entity.name)
+        for table in source.read_keys(entity.name, entity.primary_key, missing, columns):
+            yield parse_table(table, f"{_sql_source_name(entity)} reconciliation", window_end.date(), entity, first_row)
+            first_row += table.num_rows
 
 
-def _read_source(source: SqlSource, entity: Entity, query: str, params: list):
+def _nothing_to_reconcile(*_: object) -> Iterator[ParsedDelivery]:
+    return iter(())
+
+
+@contextmanager
+def _source_errors(source: SqlSource, entity: Entity) -> Iterator[None]:
+    """Name the database and table in any error reading the source."""
     try:
-        yield from source.read_batches(query, params)
+        yield
     except SourceReadError as error:
         raise ExtractError(f"sales database {redact_url(source.url)!r}, table {entity.name}: {error}") from error
 

@@ -1,14 +1,16 @@
-"""Read a SQL source system (SQLite or PostgreSQL, by SQLAlchemy URL) in Arrow batches.
+"""Read a SQL source system (a SQLite file or a PostgreSQL database) as Arrow.
 
-Rows stream through the driver's cursor in batches and become Arrow text columns at once, so an
-initial load of millions of rows never holds them as Python objects all together.
+The ADBC drivers hand over Arrow batches from C: reading through Python DB-API rows capped the
+extract near 1M rows/s, and a daily key reconciliation reads every key of every table. Every
+column is read as text (the contract's types are applied afterwards, by the same check as for
+files): a dirty source may hold text in a number column, and a driver infers one type per column.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
-
-from extract_load.parse import text_array
+import re
+from typing import TYPE_CHECKING, Iterator, Sequence
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 BATCH_ROWS = 250_000
 # Keys per lookup query: well under SQLite's 32,766 bound parameters for composite keys too.
 KEYS_PER_QUERY = 2_000
+SUPPORTED_URLS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
 
 
 class SourceReadError(RuntimeError):
@@ -23,57 +26,94 @@ class SourceReadError(RuntimeError):
 
 
 class SqlSource:
-    """One connection to a source database. Queries use `?` placeholders on every driver."""
+    """One connection to a source database. SQL uses `?` placeholders; `timestamp_bound` is the
+    placeholder to compare a timestamp column with an ISO text bound."""
 
     def __init__(self, url: str) -> None:
-        import sqlalchemy as sa
-
         self.url = url
+        scheme = urlsplit(url).scheme
         try:
-            self._engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-            self._connection = self._engine.raw_connection()
-        except (sa.exc.ArgumentError, ImportError) as error:
-            raise SourceReadError(f"not a database URL ({error})") from error
-        except sa.exc.SQLAlchemyError as error:
+            if scheme == "sqlite":
+                import adbc_driver_sqlite.dbapi as driver
+
+                self._connection = driver.connect(unquote(url.partition(":///")[2]) or ":memory:")
+                self.is_postgres = False
+            elif scheme.partition("+")[0] in ("postgresql", "postgres"):
+                import adbc_driver_postgresql.dbapi as driver
+
+                self._connection = driver.connect("postgresql://" + url.partition("://")[2])
+                self.is_postgres = True
+            else:
+                raise SourceReadError(f"unsupported database URL scheme {scheme!r} (expected {SUPPORTED_URLS})")
+        except SourceReadError:
+            raise
+        except Exception as error:  # each driver has its own error classes
             raise SourceReadError(f"cannot connect ({_first_line(error)})") from error
-        self._placeholder = "%s" if self._engine.dialect.paramstyle in ("format", "pyformat") else "?"
+        self.timestamp_bound = "cast(? as timestamp)" if self.is_postgres else "?"
 
     def __enter__(self) -> "SqlSource":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._connection.close()
-        self._engine.dispose()
 
-    def read_batches(self, sql: str, params: Sequence[Any] = ()) -> Iterator["pa.Table"]:
-        """The query's rows, every column as text, in tables of at most BATCH_ROWS rows."""
-        import pyarrow as pa
-
-        cursor = self._connection.cursor()
+    def columns(self, table: str) -> list[str]:
+        cursor, reader = self._read(f"select * from {table} where 1 = 0", ())
         try:
-            try:
-                cursor.execute(sql.replace("?", self._placeholder), tuple(params))
-            except Exception as error:  # each driver has its own error classes
-                raise SourceReadError(_first_line(error)) from error
-            names = [column[0].lower() for column in cursor.description]
-            while rows := cursor.fetchmany(BATCH_ROWS):
-                columns = list(zip(*rows))
-                yield pa.table({name: text_array(list(values)) for name, values in zip(names, columns)})
+            return [name.lower() for name in reader.schema.names]
         finally:
             cursor.close()
 
-    def read_keys(self, table: str, columns: Sequence[str], keys: Sequence[tuple], select: str) -> Iterator["pa.Table"]:
-        """`select` from `table` for the rows whose `columns` equal one of `keys`."""
-        for start in range(0, len(keys), KEYS_PER_QUERY):
-            chunk = keys[start : start + KEYS_PER_QUERY]
-            if len(columns) == 1:
-                where = f"{columns[0]} in ({', '.join('?' for _ in chunk)})"
+    def read_text(
+        self, table: str, columns: Sequence[str], where: str = "", params: Sequence = (), order_by: Sequence[str] = ()
+    ) -> Iterator["pa.Table"]:
+        """`columns` of `table` as text (a column may also be an `expression as name`), in
+        tables of about BATCH_ROWS rows."""
+        import pyarrow as pa
+
+        selected = ", ".join(column if " as " in column else f"cast({column} as text) as {column}" for column in columns)
+        sql = f"select {selected} from {table}" + (f" where {where}" if where else "")
+        cursor, reader = self._read(sql + (f" order by {', '.join(order_by)}" if order_by else ""), params)
+        try:
+            pending, rows = [], 0
+            for batch in reader:
+                pending.append(batch)
+                rows += batch.num_rows
+                if rows >= BATCH_ROWS:
+                    yield pa.Table.from_batches(pending, reader.schema)
+                    pending, rows = [], 0
+            if pending:
+                yield pa.Table.from_batches(pending, reader.schema)
+        except OSError as error:  # the drivers' errors while streaming
+            raise SourceReadError(_first_line(error)) from error
+        finally:
+            cursor.close()
+
+    def read_keys(self, table: str, key: Sequence[str], values: Sequence[tuple], columns: Sequence[str]) -> Iterator["pa.Table"]:
+        """`columns` of the rows whose `key` columns equal one of `values` (compared as text)."""
+        for start in range(0, len(values), KEYS_PER_QUERY):
+            chunk = values[start : start + KEYS_PER_QUERY]
+            key_text = [f"cast({name} as text)" for name in key]
+            if len(key) == 1:
+                where = f"{key_text[0]} in ({', '.join('?' for _ in chunk)})"
             else:
-                row = f"({', '.join('?' for _ in columns)})"
-                where = f"({', '.join(columns)}) in (values {', '.join(row for _ in chunk)})"
-            yield from self.read_batches(f"select {select} from {table} where {where}", [v for key in chunk for v in key])
+                row = f"({', '.join('?' for _ in key)})"
+                where = f"({', '.join(key_text)}) in (values {', '.join(row for _ in chunk)})"
+            yield from self.read_text(table, columns, where, [str(value) for row in chunk for value in row])
+
+    def _read(self, sql: str, params: Sequence) -> tuple[object, "pa.RecordBatchReader"]:
+        if self.is_postgres:
+            numbers = iter(range(1, len(params) + 1))
+            sql = re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+        cursor = self._connection.cursor()
+        try:
+            cursor.execute(sql, tuple(params) or None)
+            return cursor, cursor.fetch_record_batch()
+        except Exception as error:  # each driver has its own error classes
+            cursor.close()
+            raise SourceReadError(_first_line(error)) from error
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
+    text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

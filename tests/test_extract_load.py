@@ -485,24 +485,23 @@ def test_defects_owed_quarantine_delete_and_load_are_handled_and_no_good_row_is_
         assert held == source_keys - rejected if entity.name == "order_lines" else held == source_keys, entity.name
 
 
-def test_late_rows_are_loaded_by_the_look_back_or_else_by_the_key_reconciliation(warehouse_url, sources):
+@pytest.mark.parametrize("lookback_hours, recovered", [(72, 0), (0, 1)])
+def test_late_rows_are_loaded_by_the_look_back_or_else_by_the_key_reconciliation(warehouse_url, sources, lookback_hours, recovered):
     day = DAYS[0]
-    for lookback_hours, recovered in ((72, 0), (0, 1)):
-        settings = ExtractSettings(
-            source_dir=sources, sales_db_url=f"sqlite:///{sources / 'sales.sqlite'}", lookback=dt.timedelta(hours=lookback_hours)
+    settings = ExtractSettings(
+        source_dir=sources, sales_db_url=f"sqlite:///{sources / 'sales.sqlite'}", lookback=dt.timedelta(hours=lookback_hours)
+    )
+    _load(warehouse_url, day, settings, systems=("sales",))
+    with sqlite3.connect(sources / "sales.sqlite") as db:  # written now, stamped with an earlier time
+        db.execute(
+            "insert into orders (order_id, customer_email, channel, status, created_at, updated_at)"
+            " values (800000000, 'late@example.com', 'web', 'placed', ?, ?)",
+            (f"{day} 08:00:00", f"{day} 08:00:00"),
         )
-        _load(warehouse_url, day, settings, systems=("sales",))
-        order_id = 800_000_000 + lookback_hours
-        with sqlite3.connect(sources / "sales.sqlite") as db:  # written now, stamped with yesterday's time
-            db.execute(
-                "insert into orders (order_id, customer_email, channel, status, created_at, updated_at)"
-                " values (?, 'late@example.com', 'web', 'placed', ?, ?)",
-                (order_id, f"{day} 08:00:00", f"{day} 08:00:00"),
-            )
-        audit = _load(warehouse_url, day + dt.timedelta(days=1), settings, systems=("sales",))["sales.orders"]
-        assert audit.rows_recovered == recovered
-        with connect(warehouse_url) as warehouse:
-            assert warehouse.fetchall("select count(*) from raw_sales.orders where order_id = ?", (order_id,)) == [(1,)]
+    audit = _load(warehouse_url, day + dt.timedelta(days=1), settings, systems=("sales",))["sales.orders"]
+    assert audit.rows_recovered == recovered
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.fetchall("select count(*) from raw_sales.orders where order_id = 800000000") == [(1,)]
 
 
 def test_full_refresh_reloads_the_system_from_scratch(warehouse_url, simulated, request, tmp_path):
