@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Iterator
 from urllib.parse import unquote
 
 from extract_load.contract import Entity, SourceContract, load_contract
-from extract_load.parse import ParsedDelivery, parse_csv, parse_jsonl, parse_table
+from extract_load.parse import (
+    FileDrop,
+    ParsedDelivery,
+    Reject,
+    csv_header,
+    parse_csv_files,
+    parse_jsonl_files,
+    parse_table,
+)
 from extract_load.sql_source import SourceReadError, SqlSource
 from warehouse import PROJECT_ROOT, Warehouse, connect
 from warehouse.adapter import redact_url, sql_type
@@ -62,6 +70,8 @@ RAW_METADATA_COLUMNS = {
     "_deleted": "boolean",
 }
 DEFAULT_LOOKBACK_HOURS = 72
+# Files parsed in one pass at most: a first load reads years of daily drops.
+PARSE_GROUP_BYTES = 256 * 2**20
 _META_TABLES = {
     LOAD_LOG: {
         "system": "string",
@@ -315,14 +325,13 @@ def _load_delivery(
         # The look-back and the reconciliation read a broken source row again every day until
         # it is fixed: quarantine holds it once, later reads count it unchanged.
         held_rejects = _quarantined_sql_rows(warehouse, entity)
-        rejects = [reject for reject in rejects if reject[1] not in held_rejects]
+        rejects = [reject for reject in rejects if reject.raw_text not in held_rejects]
         audit.rows_unchanged += len(delivery.rejects) - len(rejects)
-    audit.rows_quarantined += _quarantine(warehouse, entity, delivery.source, rejects, stamp)
+    audit.rows_quarantined += _quarantine(warehouse, entity, rejects, stamp)
     audit.rows_read += delivery.rows_read
     if recovered:
         audit.rows_recovered += loaded
-    if delivery.file is not None:
-        _log_file(warehouse, entity, delivery, stamp)
+    _log_files(warehouse, entity, delivery, stamp)
     return set(extra)
 
 
@@ -346,21 +355,47 @@ def _read_new_files(
             (entity.system.name, entity.name),
         )
     }
+    drops = []
     for path in sorted(root.glob(pattern)):
         relative = path.relative_to(root).as_posix()
         drop_date = _drop_date(layout, relative, entity)
         if drop_date is None or drop_date > logical_date:
             continue
-        payload = path.read_bytes()
-        digest = hashlib.sha256(payload).hexdigest()
+        digest = _sha256(path)
         if (relative, digest) in already:
             audit.files_skipped += 1
             continue
-        parse = parse_csv if entity.system.format == "csv" else parse_jsonl
-        delivery = parse(path, relative, drop_date, entity)
-        delivery.file = (relative, len(payload), digest)
-        audit.files_loaded += 1
-        yield delivery
+        drops.append(FileDrop(path, relative, drop_date, path.stat().st_size, digest))
+    audit.files_loaded = len(drops)
+    parse = parse_csv_files if entity.system.format == "csv" else parse_jsonl_files
+    for group in _parse_groups(drops, entity.system.format):
+        yield parse(group, entity)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parse_groups(drops: list[FileDrop], file_format: str) -> Iterator[list[FileDrop]]:
+    """Runs of consecutive drops parsed together: up to PARSE_GROUP_BYTES, and for CSV files one
+    header per run (a source that gains a column starts a new run)."""
+    group: list[FileDrop] = []
+    size = 0
+    header = None
+    for drop in drops:
+        drop_header = csv_header(drop.path) if file_format == "csv" else None
+        if group and (size + drop.size > PARSE_GROUP_BYTES or drop_header != header):
+            yield group
+            group, size = [], 0
+        group.append(drop)
+        size += drop.size
+        header = drop_header
+    if group:
+        yield group
 
 
 def _drop_date(layout: str, relative: str, entity: Entity) -> dt.date | None:
@@ -517,35 +552,38 @@ def _quarantined_sql_rows(warehouse: Warehouse, entity: Entity) -> set[str]:
     return {text for (text,) in rows}
 
 
-def _quarantine(warehouse: Warehouse, entity: Entity, source: str, rejects: list, stamp: dict) -> int:
+def _quarantine(warehouse: Warehouse, entity: Entity, rejects: list[Reject], stamp: dict) -> int:
     records = [
         {
             "system": entity.system.name,
             "entity": entity.name,
-            "source_file": source,
-            "source_row": row,
-            "raw_text": raw,
-            "reason": reason,
+            "source_file": reject.source_file,
+            "source_row": reject.source_row,
+            "raw_text": reject.raw_text,
+            "reason": reject.reason,
             **stamp,
         }
-        for row, raw, reason in rejects
+        for reject in rejects
     ]
     _append_records(warehouse, QUARANTINE, records)
     return len(records)
 
 
-def _log_file(warehouse: Warehouse, entity: Entity, delivery: ParsedDelivery, stamp: dict) -> None:
-    name, size, digest = delivery.file
-    record = {
-        "system": entity.system.name,
-        "entity": entity.name,
-        "file_name": name,
-        "file_size": size,
-        "sha256": digest,
-        "rows_read": delivery.rows_read,
-        **stamp,
-    }
-    _append_records(warehouse, LOAD_LOG, [record])
+def _log_files(warehouse: Warehouse, entity: Entity, delivery: ParsedDelivery, stamp: dict) -> None:
+    rows_read = delivery.rows_read_per_file()
+    records = [
+        {
+            "system": entity.system.name,
+            "entity": entity.name,
+            "file_name": drop.name,
+            "file_size": drop.size,
+            "sha256": drop.sha256,
+            "rows_read": rows_read[drop.name],
+            **stamp,
+        }
+        for drop in delivery.files
+    ]
+    _append_records(warehouse, LOAD_LOG, records)
 
 
 def _append_records(warehouse: Warehouse, table: str, records: list[dict]) -> None:

@@ -1,9 +1,10 @@
-"""Turn one delivery (a CSV file, a JSON-lines file, or rows read from a SQL table) into typed
+"""Turn deliveries (CSV files, JSON-lines files, or rows read from a SQL table) into typed
 Arrow rows that meet the source contract, and rejects that do not.
 
 DuckDB, in memory, is the parser for every format: its CSV reader keeps each broken line
 (column count, bad bytes) with its line number, and one SQL step casts every column to its
 contract type, so a wrong type or a missing key is caught the same way for every format.
+Many files are parsed in one pass: a daily drop is small, and a first load reads years of them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -24,20 +26,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Reject = tuple[int, str, str]  # source row (line number for files), raw text, reason
+
+@dataclass(frozen=True)
+class Reject:
+    source_file: str
+    source_row: int  # the line number for files, the row read for SQL
+    raw_text: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FileDrop:
+    path: Path
+    name: str  # relative to the source folder, as the load log and raw rows name it
+    drop_date: dt.date
+    size: int
+    sha256: str
 
 
 @dataclass
 class ParsedDelivery:
-    source: str
-    rows: "pa.Table"
+    rows: "pa.Table"  # contract columns, extra columns, _delivery_date, _source_file, _source_row, _version_hash
     rejects: list[Reject]
     extra_columns: list[str]
-    file: tuple[str, int, str] | None = field(default=None)
+    files: list[FileDrop] = field(default_factory=list)
 
     @property
     def rows_read(self) -> int:
         return self.rows.num_rows + len(self.rejects)
+
+    def rows_read_per_file(self) -> Counter:
+        import pyarrow.compute as pc
+
+        counts = Counter(reject.source_file for reject in self.rejects)
+        for entry in pc.value_counts(self.rows.column("_source_file")).to_pylist():
+            counts[entry["values"]] += entry["counts"]
+        return counts
 
 
 class DeliveryError(ValueError):
@@ -70,16 +94,11 @@ def _cast(name: str, column_type: str) -> str:
 
 
 def _typed_split(
-    con: "duckdb.DuckDBPyConnection",
-    incoming: str,
-    entity: Entity,
-    present: Sequence[str],
-    source: str,
-    delivery_date: dt.date,
-    rejects: list[Reject],
+    con: "duckdb.DuckDBPyConnection", incoming: str, entity: Entity, present: Sequence[str], rejects: list[Reject]
 ) -> ParsedDelivery:
-    """Cast the all-text relation `incoming` to contract types; rows that fail go to rejects."""
-    extra = _check_columns(source, entity, present)
+    """Cast the all-text relation `incoming` (with _source_file, _delivery_date, _source_row and
+    _raw_text) to contract types; rows that fail go to rejects."""
+    extra = [name for name in present if name not in entity.column_types]
     selects, checks = [], []
     for name, column_type in entity.column_types.items():
         target = sql_type("duckdb", column_type)
@@ -96,20 +115,20 @@ def _typed_split(
         checks.append(f"case when {name} is null or trim(cast({name} as varchar)) = '' then 'missing key {name}' end")
     selects += [f"cast({name} as varchar) as {name}" for name in extra]
     con.execute(
-        f"create or replace temp table checked as select _source_row, _raw_text, "
+        f"create or replace temp table checked as select _source_file, _delivery_date, _source_row, _raw_text, "
         f"concat_ws('; ', {', '.join(checks) or 'null'}) as _reason, {', '.join(selects)} from {incoming}"
     )
     columns = [*entity.column_types, *extra]
     rows = con.sql(
-        f"select {', '.join(columns)}, ?::date as _delivery_date, ? as _source_file, _source_row, "
-        f"{_version_hash(entity)} as _version_hash from checked where _reason = '' order by _source_row",
-        params=[delivery_date, source],
+        f"select {', '.join(columns)}, cast(_delivery_date as date) as _delivery_date, _source_file, _source_row, "
+        f"{_version_hash(entity)} as _version_hash from checked where _reason = '' order by _source_file, _source_row"
     ).to_arrow_table()
-    for row, raw, reason in con.execute(
-        "select _source_row, _raw_text, _reason from checked where _reason <> '' order by _source_row"
+    for source_file, row, raw, reason in con.execute(
+        "select _source_file, _source_row, _raw_text, _reason from checked where _reason <> ''"
     ).fetchall():
-        rejects.append((int(row), raw, f"breaks the contract: {reason}"))
-    return ParsedDelivery(source=source, rows=rows, rejects=sorted(rejects), extra_columns=extra)
+        rejects.append(Reject(source_file, int(row), raw, f"breaks the contract: {reason}"))
+    rejects.sort(key=lambda reject: (reject.source_file, reject.source_row))
+    return ParsedDelivery(rows=rows, rejects=rejects, extra_columns=extra)
 
 
 def _version_hash(entity: Entity) -> str:
@@ -120,58 +139,73 @@ def _version_hash(entity: Entity) -> str:
     return f"md5(concat_ws(chr(31), {values}))"
 
 
-def parse_csv(path: Path, source: str, delivery_date: dt.date, entity: Entity) -> ParsedDelivery:
+def parse_csv_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery:
+    """Parse CSV drops that share one header in a single read."""
     import duckdb
     import pyarrow as pa
 
-    payload = path.read_bytes()
-    header = payload.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip().split(",")
-    present = [name.strip().strip('"') for name in header if name.strip()]
-    _check_columns(source, entity, present)
+    payloads = [drop.path.read_bytes() for drop in drops]
+    present = _csv_header(payloads[0])
+    for drop, payload in zip(drops, payloads):
+        _check_columns(drop.name, entity, _csv_header(payload))
     con = duckdb.connect()
     try:
         spec = "{" + ", ".join(f"'{name}': 'VARCHAR'" for name in present) + "}"
         con.execute(
-            "create temp table parsed as select row_number() over () as _record, "
-            f"concat_ws(',', {', '.join(present)}) as _raw_text, * "
+            "create temp table parsed as select row_number() over () as _record, filename as _path, "
+            f"concat_ws(',', {', '.join(present)}) as _raw_text, {', '.join(present)} "
             f"from read_csv(?, header = true, auto_detect = false, columns = {spec}, "
-            "store_rejects = true, parallel = false)",
-            [str(path)],
+            "store_rejects = true, parallel = false, filename = true)",
+            [[str(drop.path) for drop in drops]],
         )
         failed = con.execute(
-            "select line, any_value(csv_line), string_agg(distinct error_type, ', '), "
-            "string_agg(distinct error_message, '; ') from reject_errors group by line"
+            "select scans.file_path, errors.line, any_value(errors.csv_line), string_agg(distinct errors.error_type, ', '),"
+            " string_agg(distinct errors.error_message, '; ') from reject_errors as errors"
+            " join reject_scans as scans using (scan_id, file_id) group by 1, 2"
         ).fetchall()
-        ((parsed,),) = con.execute("select count(*) from parsed").fetchall()
+        parsed_per_file = dict(con.execute("select _path, count(*) from parsed group by 1").fetchall())
         # DuckDB numbers the lines it reads (header, records, blank lines) and gives rejects that
-        # number; rows read fine get it too, then everything is told by its line in the file.
-        lines = _csv_lines(payload)
-        rejected = {int(line) for line, *_ in failed}
-        good = [n for n in range(2, len(lines) + 1) if lines[n - 1][1] and n not in rejected]
-        if len(good) != parsed:  # the reader and the scan disagree: keep DuckDB's numbers
-            log.warning("%s: cannot match rows to file lines; source_row counts rows read", source)
-            good, lines = list(range(1, parsed + 1)), [(n, None) for n in range(1, parsed + 2)]
-        con.register(
-            "file_lines",
-            pa.table(
-                {
-                    "_record": pa.array(range(1, parsed + 1), pa.int64()),
-                    "_line": pa.array([lines[n - 1][0] for n in good], pa.int64()),
-                    "_text": pa.array([lines[n - 1][1] for n in good], pa.string()),
-                }
-            ),
-        )
-        con.execute(
-            "create temp table incoming as select _line as _source_row, coalesce(_text, _raw_text) as _raw_text, "
-            f"{', '.join(f'parsed.{name}' for name in present)} from parsed join file_lines using (_record)"
-        )
+        # number; rows read fine are told by their place among the file's lines DuckDB kept.
+        columns: dict[str, list] = {"_line": [], "_text": [], "_source_file": [], "_delivery_date": []}
         rejects = []
-        for line, raw, kind, message in failed:
-            number, text = lines[int(line) - 1] if 0 < int(line) <= len(lines) else (int(line), None)
-            rejects.append((number, text or raw or "", f"unreadable line: {kind.lower()} ({message})"))
-        return _typed_split(con, "incoming", entity, present, source, delivery_date, rejects)
+        for drop, payload in zip(drops, payloads):
+            lines = _csv_lines(payload)
+            rejected = {int(line) for path, line, *_ in failed if path == str(drop.path)}
+            good = [n for n in range(2, len(lines) + 1) if lines[n - 1][1] and n not in rejected]
+            parsed = parsed_per_file.get(str(drop.path), 0)
+            if len(good) != parsed:  # the reader and the scan disagree: keep DuckDB's numbers
+                log.warning("%s: cannot match rows to file lines; source_row counts rows read", drop.name)
+                good, lines = list(range(1, parsed + 1)), [(n, None) for n in range(1, parsed + 2)]
+            columns["_line"] += [lines[n - 1][0] for n in good]
+            columns["_text"] += [lines[n - 1][1] for n in good]
+            columns["_source_file"] += [drop.name] * len(good)
+            columns["_delivery_date"] += [drop.drop_date] * len(good)
+            for path, line, raw, kind, message in failed:
+                if path == str(drop.path):
+                    number, text = lines[int(line) - 1] if 0 < int(line) <= len(lines) else (int(line), None)
+                    rejects.append(Reject(drop.name, number, text or raw or "", f"unreadable line: {kind.lower()} ({message})"))
+        numbers = pa.array(range(1, len(columns["_line"]) + 1), pa.int64())
+        con.register("file_lines", pa.table({"_record": numbers, **columns}))
+        con.execute(
+            "create temp table incoming as select _source_file, _delivery_date, _line as _source_row,"
+            f" coalesce(_text, _raw_text) as _raw_text, {', '.join(f'parsed.{name}' for name in present)}"
+            " from parsed join file_lines using (_record)"
+        )
+        delivery = _typed_split(con, "incoming", entity, present, rejects)
+        delivery.files = list(drops)
+        return delivery
     finally:
         con.close()
+
+
+def csv_header(path: Path) -> list[str]:
+    with path.open("rb") as handle:
+        return _csv_header(handle.readline())
+
+
+def _csv_header(payload: bytes) -> list[str]:
+    header = payload.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip().split(",")
+    return [name.strip().strip('"') for name in header if name.strip()]
 
 
 def _csv_lines(payload: bytes) -> list[tuple[int, str | None]]:
@@ -194,55 +228,68 @@ def _csv_lines(payload: bytes) -> list[tuple[int, str | None]]:
     return result
 
 
-def parse_jsonl(path: Path, source: str, delivery_date: dt.date, entity: Entity) -> ParsedDelivery:
+def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery:
     import pyarrow as pa
 
     rejects: list[Reject] = []
-    records: list[tuple[int, str, dict[str, Any]]] = []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            rejects.append((number, raw.decode("utf-8", errors="replace"), f"unreadable line: not UTF-8 ({error.reason} at byte {error.start})"))
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            rejects.append((number, text, f"unreadable line: invalid JSON ({error.msg} at column {error.colno})"))
-            continue
-        if not isinstance(record, dict):
-            rejects.append((number, text, "unreadable line: expected a JSON object"))
-            continue
-        records.append((number, text, record))
-    seen = sorted({key for _, _, record in records for key in record})
-    if records:
-        _check_columns(source, entity, seen)
-    present = [*entity.column_types, *(key for key in seen if key not in entity.column_types)]
+    records: list[tuple[FileDrop, int, str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for drop in drops:
+        file_records = []
+        for number, raw in enumerate(drop.path.read_bytes().split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                reason = f"unreadable line: not UTF-8 ({error.reason} at byte {error.start})"
+                rejects.append(Reject(drop.name, number, raw.decode("utf-8", errors="replace"), reason))
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as error:
+                reason = f"unreadable line: invalid JSON ({error.msg} at column {error.colno})"
+                rejects.append(Reject(drop.name, number, text, reason))
+                continue
+            if not isinstance(record, dict):
+                rejects.append(Reject(drop.name, number, text, "unreadable line: expected a JSON object"))
+                continue
+            file_records.append((drop, number, text, record))
+        file_keys = sorted({key for *_, record in file_records for key in record})
+        if file_records:
+            _check_columns(drop.name, entity, file_keys)
+        seen.update(file_keys)
+        records += file_records
+    present = [*entity.column_types, *sorted(key for key in seen if key not in entity.column_types)]
     columns = {
-        "_source_row": pa.array([number for number, _, _ in records], pa.int64()),
-        "_raw_text": pa.array([text for _, text, _ in records], pa.string()),
-        **{name: text_array([record.get(name) for _, _, record in records]) for name in present},
+        "_source_file": pa.array([drop.name for drop, *_ in records], pa.string()),
+        "_delivery_date": pa.array([drop.drop_date for drop, *_ in records], pa.date32()),
+        "_source_row": pa.array([number for _, number, _, _ in records], pa.int64()),
+        "_raw_text": pa.array([text for _, _, text, _ in records], pa.string()),
+        **{name: text_array([record.get(name) for *_, record in records]) for name in present},
     }
-    return _check_table(pa.table(columns), present, source, delivery_date, entity, rejects)
+    delivery = _check_table(pa.table(columns), present, entity, rejects)
+    delivery.files = list(drops)
+    return delivery
 
 
 def parse_table(
     table: "pa.Table", source: str, delivery_date: dt.date, entity: Entity, first_row: int = 1
 ) -> ParsedDelivery:
-    """Rows read from a SQL source as text columns (see `text_array`), numbered from `first_row`;
-    checked like file rows, the raw text of a rejected row being its values as JSON."""
+    """Rows read from a SQL source as text columns, numbered from `first_row`; checked like file
+    rows, the raw text of a rejected row being its values as JSON."""
     import pyarrow as pa
 
     names = table.column_names
-    numbers = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
-    return _check_table(table.add_column(0, "_source_row", numbers), names, source, delivery_date, entity, [])
+    _check_columns(source, entity, names)
+    rows = table.num_rows
+    table = table.add_column(0, "_source_row", pa.array(range(first_row, first_row + rows), pa.int64()))
+    table = table.add_column(0, "_delivery_date", pa.array([delivery_date] * rows, pa.date32()))
+    table = table.add_column(0, "_source_file", pa.array([source] * rows, pa.string()))
+    return _check_table(table, names, entity, [])
 
 
-def _check_table(
-    table: "pa.Table", names: list[str], source: str, delivery_date: dt.date, entity: Entity, rejects: list[Reject]
-) -> ParsedDelivery:
+def _check_table(table: "pa.Table", names: list[str], entity: Entity, rejects: list[Reject]) -> ParsedDelivery:
     import duckdb
 
     con = duckdb.connect()
@@ -252,7 +299,7 @@ def _check_table(
         if raw_text not in table.column_names:
             raw_text = f"to_json(struct_pack({', '.join(f'{name} := {name}' for name in names)})) as _raw_text"
         con.execute(f"create temp view incoming as select *, {raw_text} from incoming_text")
-        return _typed_split(con, "incoming", entity, names, source, delivery_date, rejects)
+        return _typed_split(con, "incoming", entity, names, rejects)
     finally:
         con.close()
 
