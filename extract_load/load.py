@@ -250,14 +250,16 @@ def _load_entity(
         _forget(warehouse, entity, logical_date, full_refresh)
         new_columns: set[str] = set()
         if entity.system.format == "sql":
+            # A SQL read holds each key once: into an empty raw table it loads without a lookup.
+            raw_is_empty = not warehouse.fetchall(f"select 1 from {entity.raw_table} limit 1")
             with _open_sql_source(settings) as source:
                 for delivery in _read_sql_delta(warehouse, source, entity, logical_date, settings, audit):
-                    new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit))
+                    new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit, compare=not raw_is_empty))
                 reconcile_started = time.monotonic()
                 # After a first or full load raw holds just what was read: nothing to reconcile.
                 reconcile = _reconcile_keys if audit.cursor_before is not None else _nothing_to_reconcile
                 for delivery in reconcile(warehouse, source, entity, logical_date, stamp, audit):
-                    new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit, recovered=True))
+                    new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit, recovered=True, compare=False))
                 audit.reconcile_seconds = round(time.monotonic() - reconcile_started, 3)
         else:
             for delivery in _read_new_files(warehouse, contract, entity, logical_date, settings, audit):
@@ -294,9 +296,11 @@ def _load_delivery(
     stamp: dict,
     audit: LoadAudit,
     recovered: bool = False,
+    compare: bool = True,
 ) -> set[str]:
     """Append the delivery's versions raw does not hold yet; returns the columns it added.
-    A `recovered` delivery holds rows raw has no live version of: they load whatever raw holds."""
+    Without `compare` every version of the delivery loads, whatever raw holds: for rows raw
+    cannot hold (a first load) or holds no live version of (recovered by the reconciliation)."""
     extra = {name: "string" for name in delivery.extra_columns}
     staging = _staging_table(entity)
     if extra:
@@ -310,7 +314,7 @@ def _load_delivery(
     columns = ", ".join(data.column_names)
     key = ", ".join(entity.primary_key)
     held = " and ".join(f"held.{name} = incoming.{name}" for name in (*entity.primary_key, "_version_hash"))
-    not_held = "" if recovered else f" and not exists (select 1 from {entity.raw_table} as held where {held})"
+    not_held = "" if not compare else f" and not exists (select 1 from {entity.raw_table} as held where {held})"
     loaded = warehouse.execute_count(
         f"insert into {entity.raw_table} ({columns}) select {columns} from ("
         f"select *, row_number() over (partition by {key}, _version_hash"

@@ -94,10 +94,16 @@ def _cast(name: str, column_type: str) -> str:
 
 
 def _typed_split(
-    con: "duckdb.DuckDBPyConnection", incoming: str, entity: Entity, present: Sequence[str], rejects: list[Reject]
+    con: "duckdb.DuckDBPyConnection",
+    incoming: str,
+    entity: Entity,
+    present: Sequence[str],
+    rejects: list[Reject],
+    raw_text: str = "_raw_text",
 ) -> ParsedDelivery:
-    """Cast the all-text relation `incoming` (with _source_file, _delivery_date, _source_row and
-    _raw_text) to contract types; rows that fail go to rejects."""
+    """Cast the all-text relation `incoming` (with _source_file, _delivery_date and _source_row)
+    to contract types; rows that fail go to rejects, with their `raw_text` (an SQL expression,
+    worked out for rejected rows only)."""
     extra = [name for name in present if name not in entity.column_types]
     selects, checks = [], []
     for name, column_type in entity.column_types.items():
@@ -115,7 +121,7 @@ def _typed_split(
         checks.append(f"case when {name} is null or trim(cast({name} as varchar)) = '' then 'missing key {name}' end")
     selects += [f"cast({name} as varchar) as {name}" for name in extra]
     con.execute(
-        f"create or replace temp table checked as select _source_file, _delivery_date, _source_row, _raw_text, "
+        f"create or replace temp table checked as select _source_file, _delivery_date, _source_row, "
         f"concat_ws('; ', {', '.join(checks) or 'null'}) as _reason, {', '.join(selects)} from {incoming}"
     )
     columns = [*entity.column_types, *extra]
@@ -124,7 +130,8 @@ def _typed_split(
         f"{_version_hash(entity)} as _version_hash from checked where _reason = '' order by _source_file, _source_row"
     ).to_arrow_table()
     for source_file, row, raw, reason in con.execute(
-        "select _source_file, _source_row, _raw_text, _reason from checked where _reason <> ''"
+        f"select _source_file, _source_row, {raw_text}, checked._reason"
+        f" from checked join {incoming} using (_source_file, _source_row) where checked._reason <> ''"
     ).fetchall():
         rejects.append(Reject(source_file, int(row), raw, f"breaks the contract: {reason}"))
     rejects.sort(key=lambda reject: (reject.source_file, reject.source_row))
@@ -229,13 +236,13 @@ def _csv_lines(payload: bytes) -> list[tuple[int, str | None]]:
 
 
 def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery:
+    """Parse JSON-lines drops in one pass; DuckDB's JSON functions take each line apart."""
+    import duckdb
     import pyarrow as pa
 
     rejects: list[Reject] = []
-    records: list[tuple[FileDrop, int, str, dict[str, Any]]] = []
-    seen: set[str] = set()
+    lines: dict[str, list] = {"_source_file": [], "_delivery_date": [], "_source_row": [], "_raw_text": []}
     for drop in drops:
-        file_records = []
         for number, raw in enumerate(drop.path.read_bytes().split(b"\n"), start=1):
             if not raw.strip():
                 continue
@@ -245,32 +252,45 @@ def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelive
                 reason = f"unreadable line: not UTF-8 ({error.reason} at byte {error.start})"
                 rejects.append(Reject(drop.name, number, raw.decode("utf-8", errors="replace"), reason))
                 continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                reason = f"unreadable line: invalid JSON ({error.msg} at column {error.colno})"
-                rejects.append(Reject(drop.name, number, text, reason))
-                continue
-            if not isinstance(record, dict):
-                rejects.append(Reject(drop.name, number, text, "unreadable line: expected a JSON object"))
-                continue
-            file_records.append((drop, number, text, record))
-        file_keys = sorted({key for *_, record in file_records for key in record})
-        if file_records:
-            _check_columns(drop.name, entity, file_keys)
-        seen.update(file_keys)
-        records += file_records
-    present = [*entity.column_types, *sorted(key for key in seen if key not in entity.column_types)]
-    columns = {
-        "_source_file": pa.array([drop.name for drop, *_ in records], pa.string()),
-        "_delivery_date": pa.array([drop.drop_date for drop, *_ in records], pa.date32()),
-        "_source_row": pa.array([number for _, number, _, _ in records], pa.int64()),
-        "_raw_text": pa.array([text for _, _, text, _ in records], pa.string()),
-        **{name: text_array([record.get(name) for *_, record in records]) for name in present},
-    }
-    delivery = _check_table(pa.table(columns), present, entity, rejects)
-    delivery.files = list(drops)
-    return delivery
+            for column, value in zip(lines, (drop.name, drop.drop_date, number, text)):
+                lines[column].append(value)
+    con = duckdb.connect()
+    try:
+        types = {"_source_file": pa.string(), "_delivery_date": pa.date32(), "_source_row": pa.int64(), "_raw_text": pa.string()}
+        con.register("file_lines", pa.table({name: pa.array(lines[name], types[name]) for name in lines}))
+        con.execute("create temp table objects as select * from file_lines where json_valid(_raw_text)")
+        for source_file, number, text in con.execute(
+            "select _source_file, _source_row, _raw_text from file_lines where not json_valid(_raw_text)"
+        ).fetchall():
+            rejects.append(Reject(source_file, number, text, f"unreadable line: invalid JSON ({_json_error(text)})"))
+        for source_file, number, text in con.execute(
+            "select _source_file, _source_row, _raw_text from objects where json_type(_raw_text) <> 'OBJECT'"
+        ).fetchall():
+            rejects.append(Reject(source_file, number, text, "unreadable line: expected a JSON object"))
+        con.execute("delete from objects where json_type(_raw_text) <> 'OBJECT'")
+        seen: set[str] = set()
+        for source_file, keys in con.execute(
+            "select _source_file, list(distinct key order by key) from"
+            " (select _source_file, unnest(json_keys(_raw_text)) as key from objects) group by 1"
+        ).fetchall():
+            _check_columns(source_file, entity, keys)
+            seen.update(keys)
+        present = [*entity.column_types, *sorted(key for key in seen if key not in entity.column_types)]
+        values = ", ".join(f"""json_extract_string(_raw_text, '$."{name}"') as {name}""" for name in present)
+        con.execute(f"create temp view incoming as select _source_file, _delivery_date, _source_row, _raw_text, {values} from objects")
+        delivery = _typed_split(con, "incoming", entity, present, rejects)
+        delivery.files = list(drops)
+        return delivery
+    finally:
+        con.close()
+
+
+def _json_error(text: str) -> str:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        return f"{error.msg} at column {error.colno}"
+    return "not accepted by the JSON reader"
 
 
 def parse_table(
@@ -278,6 +298,7 @@ def parse_table(
 ) -> ParsedDelivery:
     """Rows read from a SQL source as text columns, numbered from `first_row`; checked like file
     rows, the raw text of a rejected row being its values as JSON."""
+    import duckdb
     import pyarrow as pa
 
     names = table.column_names
@@ -286,20 +307,11 @@ def parse_table(
     table = table.add_column(0, "_source_row", pa.array(range(first_row, first_row + rows), pa.int64()))
     table = table.add_column(0, "_delivery_date", pa.array([delivery_date] * rows, pa.date32()))
     table = table.add_column(0, "_source_file", pa.array([source] * rows, pa.string()))
-    return _check_table(table, names, entity, [])
-
-
-def _check_table(table: "pa.Table", names: list[str], entity: Entity, rejects: list[Reject]) -> ParsedDelivery:
-    import duckdb
-
     con = duckdb.connect()
     try:
-        con.register("incoming_text", table)
-        raw_text = "_raw_text"
-        if raw_text not in table.column_names:
-            raw_text = f"to_json(struct_pack({', '.join(f'{name} := {name}' for name in names)})) as _raw_text"
-        con.execute(f"create temp view incoming as select *, {raw_text} from incoming_text")
-        return _typed_split(con, "incoming", entity, names, rejects)
+        con.register("incoming", table)
+        raw_text = f"to_json(struct_pack({', '.join(f'{name} := incoming.{name}' for name in names)}))"
+        return _typed_split(con, "incoming", entity, names, [], raw_text)
     finally:
         con.close()
 
