@@ -109,15 +109,18 @@ def prepare_airflow(env: Mapping[str, str]) -> None:
             raise RunError(f"'airflow {' '.join(args)}' failed (exit {result.returncode}):\n{tail}")
 
 
-def run_dag(env: Mapping[str, str], dates: Sequence[dt.date]) -> None:
-    """Run crm_daily through Airflow for each logical date, in order; stop at the first failure."""
+def run_dag(env: Mapping[str, str], dates: Sequence[dt.date], full_refresh: bool = False) -> None:
+    """Run crm_daily through Airflow for each logical date, in order; stop at the first failure.
+    With `full_refresh` the first date reloads every source from scratch, the next ones load
+    their increments."""
     prepare_airflow(env)
-    for logical_date in dates:
+    for position, logical_date in enumerate(dates):
         started = time.monotonic()
         log_path = Path(env["AIRFLOW_HOME"]) / "logs" / f"crmw-run-{DAG_ID}-{logical_date}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         print(f"crmw: running {DAG_ID} for {logical_date} (Airflow's output: {log_path}) ...", flush=True)
-        result = _airflow(env, "dags", "test", DAG_ID, logical_date.isoformat(), quiet=True)
+        conf = ["--conf", json.dumps({"full_refresh": True})] if full_refresh and position == 0 else []
+        result = _airflow(env, "dags", "test", DAG_ID, logical_date.isoformat(), *conf, quiet=True)
         log_path.write_text(result.stdout)
         state = _run_state(env, logical_date)
         if result.returncode != 0 or state != "success":

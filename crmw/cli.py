@@ -53,7 +53,7 @@ def _command_run(args: argparse.Namespace) -> int:
         )
     with connect(env["WAREHOUSE_URL"]):
         pass  # fail fast, before Airflow starts, on a warehouse that cannot be reached
-    run_dag(env, dates)
+    run_dag(env, dates, full_refresh=args.full_refresh)
     with connect(env["WAREHOUSE_URL"]) as warehouse:
         counts = warehouse.row_counts(OUTPUT_SCHEMAS)
     print(f"\nOutput tables in {env['WAREHOUSE_URL'].split('@')[-1]}:")
@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--date", help="one logical date, YYYY-MM-DD")
     run.add_argument("--from", dest="date_from", help="first logical date of a range")
     run.add_argument("--to", dest="date_to", help="last logical date of a range (inclusive)")
+    run.add_argument(
+        "--full-refresh", action="store_true", help="reload every source from scratch at the first date (DAG param full_refresh)"
+    )
     run.set_defaults(handler=_command_run)
 
     simulate = commands.add_parser("simulate", help="generate sample source systems with planted truth")

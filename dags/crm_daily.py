@@ -2,13 +2,15 @@
 ### crm_daily — the daily customer-analytics run
 
 For one logical date: **extract** each source system (sales database, CRM CSV drops, service-desk
-JSON lines) into its raw schema → **dbt** builds staging, marts and feature tables (one task per
+JSON lines) into its raw schema, one task per source table, grouped by source; each SQL table
+is then reconciled by key (hard deletes marked, rows the cursor missed loaded) → **dbt** builds staging, marts and feature tables (one task per
 model, each running the model and its tests) → **ml** scores RFM segments into
 `ml.customer_segments` → **publish** refreshes the `_latest` views BI tools read.
 
 Every task that writes the warehouse takes a slot of the `warehouse_writer` pool: one slot on
 DuckDB (one writer per file), more on PostgreSQL. Re-running a date replaces that date's rows.
 Retries and their delay come from `CRMW_TASK_RETRIES` and `CRMW_RETRY_DELAY_SECONDS`.
+Trigger with `{"full_refresh": true}` to reload every raw table from scratch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import dag, task, task_group
+from airflow.sdk import Param, TaskGroup, dag, task
 from cosmos import (
     DbtTaskGroup,
     ExecutionConfig,
@@ -30,12 +32,12 @@ from cosmos import (
     TestBehavior,
 )
 
+from extract_load.contract import load_contract
 from warehouse import parse_warehouse_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 WAREHOUSE_POOL = "warehouse_writer"
-SOURCE_SYSTEMS = ("sales", "crm", "service")
 
 DBT_PROFILE = ProfileConfig(
     profile_name="crm_warehouse",
@@ -45,13 +47,26 @@ DBT_PROFILE = ProfileConfig(
 
 
 @task
-def extract_source(system: str, ds: str | None = None, run_id: str | None = None) -> list[dict]:
+def extract_entity(system: str, entity: str, ds: str | None = None, run_id: str | None = None, params=None) -> dict:
     from dataclasses import asdict
     from datetime import date
 
     from extract_load.load import extract_system
 
-    return [asdict(audit) for audit in extract_system(system, date.fromisoformat(ds), run_id)]
+    full_refresh = bool(params and params.get("full_refresh"))
+    (audit,) = extract_system(system, date.fromisoformat(ds), run_id, entities=[entity], full_refresh=full_refresh)
+    return asdict(audit)
+
+
+@task
+def reconcile_entity(system: str, entity: str, ds: str | None = None, run_id: str | None = None) -> dict:
+    from dataclasses import asdict
+    from datetime import date
+
+    from extract_load.load import reconcile_system
+
+    (audit,) = reconcile_system(system, date.fromisoformat(ds), run_id, entities=[entity])
+    return asdict(audit)
 
 
 @task
@@ -78,6 +93,11 @@ def publish() -> None:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["crm-warehouse"],
+    params={
+        "full_refresh": Param(
+            False, type="boolean", description="Forget what raw holds and reload every source from scratch."
+        ),
+    },
     default_args={
         "owner": "data-platform",
         "retries": int(os.environ.get("CRMW_TASK_RETRIES", "2")),
@@ -86,10 +106,15 @@ def publish() -> None:
     },
 )
 def crm_daily() -> None:
-    @task_group
-    def extract() -> None:
-        for system in SOURCE_SYSTEMS:
-            extract_source.override(task_id=f"extract_{system}")(system)
+    contract = load_contract()
+    extract_groups = []
+    for system in contract.systems:
+        with TaskGroup(group_id=f"extract_{system}", tooltip=contract.systems[system].description) as group:
+            for entity in contract.entities_of(system):
+                loaded = extract_entity.override(task_id=entity.name)(system, entity.name)
+                if entity.system.format == "sql":
+                    loaded >> reconcile_entity.override(task_id=f"reconcile_{entity.name}")(system, entity.name)
+        extract_groups.append(group)
 
     dbt = DbtTaskGroup(
         group_id="dbt",
@@ -109,7 +134,8 @@ def crm_daily() -> None:
         operator_args={"vars": {"as_of_date": "{{ ds }}"}},
     )
 
-    extract() >> dbt >> score_segments() >> publish()
+    extract_groups >> dbt
+    dbt >> score_segments() >> publish()
 
 
 crm_daily()

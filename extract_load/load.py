@@ -11,9 +11,10 @@ by one or all at once gives the same versions, and re-delivered rows never dupli
 - File sources (CSV drops, JSON lines): every file dropped on or before D that the load log does
   not hold with the same checksum is loaded; a changed file is loaded again.
 - SQL sources: rows whose cursor lies after the last cursor loaded before D minus a look-back
-  window (late updates), up to the end of D. Then a key reconciliation compares every source
-  key with raw: a key the source no longer has gets a tombstone version (`_deleted`), a key raw
-  lacks (written too late even for the look-back) is read and loaded.
+  window (late updates), up to the end of D. Then the key reconciliation (`reconcile_system`, a
+  step of its own since it reads every key) compares every source key with raw: a key the source
+  no longer has gets a tombstone version (`_deleted`), a key raw lacks (written too late even for
+  the look-back) is read and loaded.
 
 Every source row ends up loaded, unchanged or quarantined with a reason; the load audit counts
 them, with deletes, recovered rows and the cursor before and after.
@@ -30,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 from urllib.parse import unquote
 
 from extract_load.contract import Entity, SourceContract, load_contract
@@ -110,8 +111,8 @@ _META_TABLES = {
         "cursor_before": "string",
         "cursor_after": "string",
         "seconds": "double",
-        "reconcile_seconds": "double",
         "full_refresh": "boolean",
+        "step": "string",
         "_batch_date": "date",
         "_run_id": "string",
         "_loaded_at": "timestamp",
@@ -188,8 +189,8 @@ class LoadAudit:
     cursor_before: str | None = None
     cursor_after: str | None = None
     seconds: float = 0.0
-    reconcile_seconds: float = 0.0
     full_refresh: bool = False
+    step: str = "extract"  # or "reconcile": the key reconciliation of a SQL table
 
 
 def extract_system(
@@ -199,20 +200,63 @@ def extract_system(
     settings: ExtractSettings | None = None,
     warehouse_url: str | None = None,
     full_refresh: bool = False,
+    entities: Sequence[str] | None = None,
 ) -> list[LoadAudit]:
-    """Load every entity of `system` for `logical_date`; fail when too many rows are quarantined.
-    `full_refresh` first forgets everything raw holds of the system and loads it from scratch."""
+    """Load every entity of `system` (or the named `entities`) for `logical_date`; fail when too
+    many rows are quarantined. `full_refresh` first forgets everything raw holds of each entity
+    and loads it from scratch."""
     settings = settings or ExtractSettings.from_env()
     contract = load_contract()
-    if system not in contract.systems:
-        raise ExtractError(f"source system {system!r}: not in the source contract ({', '.join(contract.systems)})")
     audits = []
     with connect(warehouse_url) as warehouse:
         _ensure_meta_tables(warehouse)
-        for entity in contract.entities_of(system):
+        for entity in _entities(contract, system, entities):
             audit = _load_entity(warehouse, contract, entity, logical_date, run_id, settings, full_refresh)
             log.info("loaded %s.%s: %s", system, entity.name, audit)
             audits.append(audit)
+    _check_quarantine_ratio(audits, settings)
+    return audits
+
+
+def reconcile_system(
+    system: str,
+    logical_date: dt.date,
+    run_id: str,
+    settings: ExtractSettings | None = None,
+    warehouse_url: str | None = None,
+    entities: Sequence[str] | None = None,
+) -> list[LoadAudit]:
+    """Compare every key of the SQL tables of `system` (or the named `entities`) with raw, after
+    their extract for `logical_date`: keys the source lost get a tombstone, rows the cursor
+    missed are loaded. A step of its own: it reads every key, so it costs with the history."""
+    settings = settings or ExtractSettings.from_env()
+    contract = load_contract()
+    audits = []
+    with connect(warehouse_url) as warehouse:
+        _ensure_meta_tables(warehouse)
+        for entity in _entities(contract, system, entities):
+            if entity.system.format != "sql":
+                raise ExtractError(f"source {system}.{entity.name}: only SQL tables are reconciled by key")
+            audit = _reconcile_entity(warehouse, entity, logical_date, run_id, settings)
+            log.info("reconciled %s.%s: %s", system, entity.name, audit)
+            audits.append(audit)
+    _check_quarantine_ratio(audits, settings)
+    return audits
+
+
+def _entities(contract: SourceContract, system: str, names: Sequence[str] | None) -> list[Entity]:
+    if system not in contract.systems:
+        raise ExtractError(f"source system {system!r}: not in the source contract ({', '.join(contract.systems)})")
+    chosen = contract.entities_of(system)
+    if names is None:
+        return chosen
+    unknown = sorted(set(names) - {entity.name for entity in chosen})
+    if unknown:
+        raise ExtractError(f"source system {system!r}: no entity {unknown[0]!r} in the source contract")
+    return [entity for entity in chosen if entity.name in names]
+
+
+def _check_quarantine_ratio(audits: list[LoadAudit], settings: ExtractSettings) -> None:
     for audit in audits:
         if audit.rows_read and audit.rows_quarantined / audit.rows_read > settings.max_quarantine_ratio:
             raise ExtractError(
@@ -220,7 +264,6 @@ def extract_system(
                 f"quarantined ({audit.rows_quarantined / audit.rows_read:.1%}), above the allowed "
                 f"{settings.max_quarantine_ratio:.1%}; see {QUARANTINE} for the rows and reasons"
             )
-    return audits
 
 
 def _ensure_meta_tables(warehouse: Warehouse) -> None:
@@ -255,12 +298,6 @@ def _load_entity(
             with _open_sql_source(settings) as source:
                 for delivery in _read_sql_delta(warehouse, source, entity, logical_date, settings, audit):
                     new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit, compare=not raw_is_empty))
-                reconcile_started = time.monotonic()
-                # After a first or full load raw holds just what was read: nothing to reconcile.
-                reconcile = _reconcile_keys if audit.cursor_before is not None else _nothing_to_reconcile
-                for delivery in reconcile(warehouse, source, entity, logical_date, stamp, audit):
-                    new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit, recovered=True, compare=False))
-                audit.reconcile_seconds = round(time.monotonic() - reconcile_started, 3)
         else:
             for delivery in _read_new_files(warehouse, contract, entity, logical_date, settings, audit):
                 new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit))
@@ -268,6 +305,72 @@ def _load_entity(
         audit.seconds = round(time.monotonic() - started, 3)
         _append_records(warehouse, LOAD_AUDIT, [{**asdict(audit), **stamp}])
     return audit
+
+
+def _reconcile_entity(
+    warehouse: Warehouse, entity: Entity, logical_date: dt.date, run_id: str, settings: ExtractSettings
+) -> LoadAudit:
+    started = time.monotonic()
+    audit = LoadAudit(system=entity.system.name, entity=entity.name, step="reconcile")
+    stamp = {
+        "_batch_date": logical_date,
+        "_run_id": run_id,
+        "_loaded_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+    }
+    source_name = _reconciliation_source_name(entity)
+    with warehouse.transaction():
+        # The reconciliation owns, at its date, the rows it wrote: a rerun replaces them.
+        warehouse.execute(f"delete from {entity.raw_table} where _batch_date = ? and _source_file = ?", (logical_date, source_name))
+        warehouse.execute(f"delete from {QUARANTINE} where _batch_date = ? and source_file = ?", (logical_date, source_name))
+        warehouse.execute(
+            f"delete from {LOAD_AUDIT} where _batch_date = ? and system = ? and entity = ? and step = 'reconcile'",
+            (logical_date, entity.system.name, entity.name),
+        )
+        first_load = not warehouse.fetchall(
+            f"select 1 from {LOAD_AUDIT} where system = ? and entity = ? and step = 'extract' and _batch_date < ? limit 1",
+            (entity.system.name, entity.name, logical_date),
+        )
+        new_columns: set[str] = set()
+        if not first_load:  # after a first or full load raw holds just what was read
+            with _open_sql_source(settings) as source:
+                for delivery in _reconcile_keys(warehouse, source, entity, logical_date, stamp, audit):
+                    new_columns.update(
+                        _load_delivery(warehouse, entity, delivery, stamp, audit, recovered=True, compare=False)
+                    )
+        audit.new_columns = ",".join(sorted(new_columns))
+        audit.seconds = round(time.monotonic() - started, 3)
+        _append_records(warehouse, LOAD_AUDIT, [{**asdict(audit), **stamp}])
+    return audit
+
+
+def _append_new_versions(warehouse: Warehouse, entity: Entity, data: "pa.Table") -> int:
+    """Append the versions of `data` raw does not hold (by key and version hash), each once."""
+    import pyarrow.compute as pc
+
+    if data.num_rows == 0:
+        return 0
+    staging = _staging_table(entity)
+    warehouse.execute(f"delete from {staging}")
+    warehouse.append_arrow(staging, data)
+    columns = ", ".join(data.column_names)
+    key = ", ".join(entity.primary_key)
+    held = " and ".join(f"held.{name} = incoming.{name}" for name in (*entity.primary_key, "_version_hash"))
+    params: list = []
+    if entity.cursor:
+        # The same version has the same cursor: raw rows older than the delivery's oldest cursor
+        # cannot match, and DuckDB skips them by their row groups' min/max (history grows, this not).
+        held += f" and held.{entity.cursor} >= ?"
+        params.append(pc.min(data.column(entity.cursor)).as_py())
+    loaded = warehouse.execute_count(
+        f"insert into {entity.raw_table} ({columns}) select {columns} from ("
+        f"select *, row_number() over (partition by {key}, _version_hash"
+        " order by _delivery_date, _source_file, _source_row) as _copy"
+        f" from {staging}) as incoming where _copy = 1"
+        f" and not exists (select 1 from {entity.raw_table} as held where {held})",
+        params,
+    )
+    warehouse.execute(f"delete from {staging}")
+    return loaded
 
 
 def _staging_table(entity: Entity) -> str:
@@ -302,26 +405,16 @@ def _load_delivery(
     Without `compare` every version of the delivery loads, whatever raw holds: for rows raw
     cannot hold (a first load) or holds no live version of (recovered by the reconciliation)."""
     extra = {name: "string" for name in delivery.extra_columns}
-    staging = _staging_table(entity)
     if extra:
         warehouse.ensure_table(entity.raw_table, extra)
-        warehouse.ensure_table(staging, extra)
+        warehouse.ensure_table(_staging_table(entity), extra)
     data = delivery.rows
     for name, value in {**stamp, "_deleted": False}.items():
         data = data.append_column(name, _constant(value, data.num_rows))
-    warehouse.execute(f"delete from {staging}")
-    warehouse.append_arrow(staging, data)
-    columns = ", ".join(data.column_names)
-    key = ", ".join(entity.primary_key)
-    held = " and ".join(f"held.{name} = incoming.{name}" for name in (*entity.primary_key, "_version_hash"))
-    not_held = "" if not compare else f" and not exists (select 1 from {entity.raw_table} as held where {held})"
-    loaded = warehouse.execute_count(
-        f"insert into {entity.raw_table} ({columns}) select {columns} from ("
-        f"select *, row_number() over (partition by {key}, _version_hash"
-        " order by _delivery_date, _source_file, _source_row) as _copy"
-        f" from {staging}) as incoming where _copy = 1{not_held}"
-    )
-    warehouse.execute(f"delete from {staging}")
+    if compare:
+        loaded = _append_new_versions(warehouse, entity, data)
+    else:
+        loaded = warehouse.append_arrow(entity.raw_table, data)
     audit.rows_loaded += loaded
     audit.rows_unchanged += data.num_rows - loaded
     rejects = delivery.rejects
@@ -437,8 +530,8 @@ def _read_sql_delta(
     if cursor_column is None or entity.column_types.get(cursor_column) != "timestamp":
         raise ExtractError(f"source contract: SQL entity {entity.name!r} needs a timestamp cursor column")
     previous = warehouse.fetchall(
-        f"select cursor_after from {LOAD_AUDIT} where system = ? and entity = ? and _batch_date < ?"
-        " and cursor_after is not null order by _batch_date desc limit 1",
+        f"select cursor_after from {LOAD_AUDIT} where system = ? and entity = ? and step = 'extract'"
+        " and _batch_date < ? and cursor_after is not null order by _batch_date desc limit 1",
         (entity.system.name, entity.name, logical_date),
     )
     before = dt.datetime.fromisoformat(previous[0][0]) if previous else None
@@ -501,7 +594,7 @@ def _reconcile_keys(
         f" where source.{entity.primary_key[0]} is null",
         (
             stamp["_batch_date"], stamp["_run_id"], window_end.date(),
-            f"{_sql_source_name(entity)} reconciliation", stamp["_loaded_at"], logical_date,
+            _reconciliation_source_name(entity), stamp["_loaded_at"], logical_date,
         ),
     )
     missing = warehouse.fetchall(
@@ -522,12 +615,8 @@ def _reconcile_keys(
     with _source_errors(source, entity):
         columns = source.columns(entity.name)
         for table in source.read_keys(entity.name, entity.primary_key, missing, columns):
-            yield parse_table(table, f"{_sql_source_name(entity)} reconciliation", window_end.date(), entity, first_row)
+            yield parse_table(table, _reconciliation_source_name(entity), window_end.date(), entity, first_row)
             first_row += table.num_rows
-
-
-def _nothing_to_reconcile(*_: object) -> Iterator[ParsedDelivery]:
-    return iter(())
 
 
 @contextmanager
@@ -541,6 +630,10 @@ def _source_errors(source: SqlSource, entity: Entity) -> Iterator[None]:
 
 def _sql_source_name(entity: Entity) -> str:
     return f"{entity.system.name}:{entity.name}"
+
+
+def _reconciliation_source_name(entity: Entity) -> str:
+    return f"{_sql_source_name(entity)} reconciliation"
 
 
 def _source_timestamp(moment: dt.datetime) -> str:

@@ -68,7 +68,8 @@ class DeliveryError(ValueError):
     """A whole delivery breaks the contract (e.g. a required column is missing)."""
 
 
-def _check_columns(source: str, entity: Entity, present: Sequence[str]) -> list[str]:
+def _check_columns(source: str, entity: Entity, present: Sequence[str]) -> None:
+    """A delivery must have every required column, and names that are safe in SQL."""
     missing = [name for name in entity.required_columns if name not in present]
     if missing:
         raise DeliveryError(
@@ -80,7 +81,6 @@ def _check_columns(source: str, entity: Entity, present: Sequence[str]) -> list[
             quote_identifier(name)
         except ValueError:
             raise DeliveryError(f"{source}: column name {name!r} is not lowercase snake_case") from None
-    return [name for name in present if name not in entity.column_types]
 
 
 def _cast(name: str, column_type: str) -> str:
@@ -120,14 +120,16 @@ def _typed_split(
     for name in entity.primary_key:
         checks.append(f"case when {name} is null or trim(cast({name} as varchar)) = '' then 'missing key {name}' end")
     selects += [f"cast({name} as varchar) as {name}" for name in extra]
+    # A view, not a table: the good rows are cast once on their way out, and the few rejects
+    # are cast again rather than every row being stored in between.
     con.execute(
-        f"create or replace temp table checked as select _source_file, _delivery_date, _source_row, "
+        f"create or replace temp view checked as select _source_file, _delivery_date, _source_row, "
         f"concat_ws('; ', {', '.join(checks) or 'null'}) as _reason, {', '.join(selects)} from {incoming}"
     )
     columns = [*entity.column_types, *extra]
     rows = con.sql(
         f"select {', '.join(columns)}, cast(_delivery_date as date) as _delivery_date, _source_file, _source_row, "
-        f"{_version_hash(entity)} as _version_hash from checked where _reason = '' order by _source_file, _source_row"
+        f"{_version_hash(entity)} as _version_hash from checked where _reason = ''"
     ).to_arrow_table()
     for source_file, row, raw, reason in con.execute(
         f"select _source_file, _source_row, {raw_text}, checked._reason"

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from extract_load.contract import load_contract
 from tests.conftest import PROJECT_ROOT
 
 
@@ -54,12 +55,20 @@ def test_every_task_retries_as_configured_and_takes_the_warehouse_pool(dagbag) -
 def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish(dagbag) -> None:
     dag = dagbag.dags["crm_daily"]
     ids = set(dag.task_ids)
-    assert {"extract.extract_sales", "extract.extract_crm", "extract.extract_service"} <= ids
+    extract_tasks = {f"extract_{entity.system.name}.{entity.name}" for entity in load_contract().entities.values()}
+    assert extract_tasks <= ids
     # Cosmos renders one task per dbt model (model and its tests run together).
     for model in ("stg_sales__orders", "stg_crm__customers", "stg_service__tickets", "fct_orders", "customer_rfm"):
         assert f"dbt.{model}_model_build" in ids or f"dbt.{model}.{model}_build" in ids, model
     segments = dag.get_task("score_segments")
     assert dag.get_task("publish").upstream_task_ids == {"score_segments"}
     upstream = segments.get_flat_relative_ids(upstream=True)
-    assert {"extract.extract_sales", "extract.extract_crm", "extract.extract_service"} <= upstream
+    assert extract_tasks <= upstream
     assert any(task_id.startswith("dbt.customer_rfm") for task_id in segments.upstream_task_ids)
+
+
+def test_extract_has_a_task_group_per_source_and_a_full_refresh_param(dagbag) -> None:
+    dag = dagbag.dags["crm_daily"]
+    groups = {task_id.partition(".")[0] for task_id in dag.task_ids if task_id.startswith("extract_")}
+    assert groups == {f"extract_{system}" for system in load_contract().systems}
+    assert dag.params["full_refresh"] is False

@@ -200,7 +200,10 @@ def test_a_date_range_runs_each_logical_date_in_order(sources: Path, airflow_hom
     }
     first = RUN_DATE - dt.timedelta(days=1)
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "crmw"), "run", "--from", first.isoformat(), "--to", RUN_DATE.isoformat()],
+        [
+            str(Path(sys.executable).parent / "crmw"), "run", "--from", first.isoformat(), "--to", RUN_DATE.isoformat(),
+            "--full-refresh",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -218,6 +221,10 @@ def test_a_date_range_runs_each_logical_date_in_order(sources: Path, airflow_hom
         assert warehouse.fetchall("select distinct cast(as_of_date as varchar) from ml.customer_segments_latest") == [
             (RUN_DATE.isoformat(),)
         ]
+        # The full refresh (a DAG param) applies to the first date; the second loads its increment.
+        assert warehouse.fetchall(
+            "select distinct cast(_batch_date as varchar), full_refresh from raw_meta.load_audit order by 1"
+        ) == [(first.isoformat(), True), (RUN_DATE.isoformat(), False)]
     # The second day loaded only what was new: raw holds each source row once.
     with sqlite3.connect(sources / "sales.sqlite") as db:
         orders = db.execute("select count(*) from orders").fetchone()[0]
