@@ -41,6 +41,7 @@ class FileDrop:
     name: str  # relative to the source folder, as the load log and raw rows name it
     drop_date: dt.date
     size: int
+    modified_ns: int
     sha256: str
 
 
