@@ -9,7 +9,6 @@ appending 2, does exactly the same work in the same order.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +145,10 @@ class State:
     def date_of(self, day: int) -> dt.date:
         return self.start + dt.timedelta(days=day)
 
+    def iso_dates(self, days: np.ndarray) -> np.ndarray:
+        """YYYY-MM-DD of each simulated day number (as `date_of(day).isoformat()`)."""
+        return (np.datetime64(self.start, "D") + np.asarray(days).astype("timedelta64[D]")).astype(str)
+
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -248,6 +251,11 @@ def new_customers(state: State, rng: np.random.Generator, count: int, day: int, 
     customers.append({name: values.astype(object) if values.dtype.kind == "U" else values for name, values in columns.items()})
 
 
+def _positions(person_ids: np.ndarray) -> np.ndarray:
+    """The table rows of these people, each once, in table order (person n is row n - 1)."""
+    return np.unique(person_ids.astype(np.int64) - 1)
+
+
 def persona_of(seed: int, person_ids: np.ndarray) -> np.ndarray:
     """Personas are dealt from shuffled blocks of QUOTA_BLOCK people with exact target counts,
     so the shares hold at any population size and whatever the day people sign up."""
@@ -266,9 +274,11 @@ def engagement(customers, day: int | np.ndarray) -> np.ndarray:
     `customers` maps column names to arrays; `day` may be a column of days (one row per day)."""
     drift = _persona["drift_days"][customers["persona"]]
     start = customers["drift_start"]
-    age = np.maximum(day - start, 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        faded = np.where((drift > 0) & (start >= 0), 0.5 ** (age / np.where(drift > 0, drift, 1)), 1.0)
+    faded = np.ones(np.broadcast_shapes(np.shape(day), start.shape))
+    # The power, the costly part, for the drifters alone (a sixth of the customers at most).
+    drifting = np.flatnonzero((drift > 0) & (start >= 0))
+    age = np.maximum(day - start[drifting], 0)
+    faded[..., drifting] = 0.5 ** (age / drift[drifting])
     return faded
 
 
@@ -318,24 +328,29 @@ def step(state: State, world: World, day: int) -> DayRecords:
     customers = state.customers
     customers["bad_service"] *= np.exp(-1 / BAD_SERVICE_MEMORY_DAYS)
 
-    # 2. Churn: a churned customer never buys again.
+    # 2. Churn: a churned customer never buys again. Every row of the table gets a draw, but
+    # hazards are worked out for the living alone (late in a long run, many are gone).
     alive = (customers["churn_day"] < 0) & (customers["signup_day"] <= day)
-    churning = alive & (rng.random(len(customers)) < churn_hazard(customers, day))
+    living = np.flatnonzero(alive)
+    draws = rng.random(len(customers))
+    lives = {name: customers[name][living] for name in ("persona", "drift_start", "bad_service", "price_sensitivity")}
+    churns = draws[living] < churn_hazard(lives, day)
+    churning = living[churns]
     customers["churn_day"][churning] = day
-    alive &= ~churning
+    alive[churning] = False
     churned = pd.DataFrame({"person_id": customers["person_id"][churning], "churn_date": date.isoformat()})
 
     # 3. Orders of alive customers (plus campaign conversions due today).
-    index = np.flatnonzero(alive)
+    index = living[~churns]
     personas = customers["persona"][index]
     weekly = 1.0 + 0.15 * np.sin(2 * np.pi * (date.weekday() - 2) / 7)
     rates = _persona["orders_per_day"][personas] * customers["rate_multiplier"][index]
-    rates *= engagement(customers, day)[index] * weekly
+    rates *= engagement(lives, day)[~churns] * weekly
     counts = rng.poisson(rates)
     buyers = np.repeat(index, counts)
     due = state.conversions[state.conversions["day"] == day]
-    converting = np.flatnonzero(np.isin(customers["person_id"], due["person_id"].to_numpy()) & alive)
-    buyers = np.concatenate([buyers, converting])
+    converting = _positions(due["person_id"].to_numpy())
+    buyers = np.concatenate([buyers, converting[alive[converting]]])
     state.conversions = state.conversions[state.conversions["day"] != day]
     orders, lines, payments, new_events = _orders(state, world, rng, customers, buyers, day, date)
     state.status_events = pd.concat([state.status_events, new_events], ignore_index=True)
@@ -371,8 +386,11 @@ def step(state: State, world: World, day: int) -> DayRecords:
         order_lines=lines,
         payments=payments,
         status_changes=status_changes,
-        customers=exported.assign(modified_at=_timestamps(date, rng.integers(7 * 3600, 19 * 3600, len(exported))))
-        if len(exported) else exported.assign(modified_at=[]),
+        customers=exported.assign(
+            signup_date=state.iso_dates(exported["signup_day"].to_numpy()),
+            modified_at=_timestamps(date, rng.integers(7 * 3600, 19 * 3600, len(exported))),
+        )
+        if len(exported) else exported.assign(signup_date=[], modified_at=[]),
         interactions=interactions,
         campaigns=campaigns,
         campaign_members=members,
@@ -525,9 +543,8 @@ def _tickets(state, rng, customers, index, day, date) -> list[dict]:
         (tickets["solve_day"].to_numpy() == day) | ((tickets["solve_day"].to_numpy() < 0) & (tickets["open_day"].to_numpy() + 7 == day))
     )
     if judged.any():
-        hit = np.isin(customers["person_id"], tickets["person_id"].to_numpy()[judged])
-        customers["bad_service"][hit] += 1
-    records = [_ticket_snapshot(row, day, state) for row in tickets[changing].itertuples(index=False)]
+        customers["bad_service"][_positions(tickets["person_id"].to_numpy()[judged])] += 1
+    records = _ticket_snapshots(tickets[changing], day, state)
     # Closed tickets never change again: drop them from the state.
     finished = (tickets["close_day"].to_numpy() >= 0) & (tickets["close_day"].to_numpy() <= day)
     finished |= (tickets["solve_day"].to_numpy() < 0) & (tickets["open_day"].to_numpy() + 30 <= day)
@@ -535,50 +552,62 @@ def _tickets(state, rng, customers, index, day, date) -> list[dict]:
     return records
 
 
-@functools.lru_cache(maxsize=4096)
-def _iso_date(start: dt.date, day: int) -> str:
-    # Ticket snapshots print tens of thousands of timestamps a day, on a handful of dates.
-    return (start + dt.timedelta(days=day)).isoformat()
+_TICKET_EVENTS = (("solve_day", "solved"), ("reopen_day", "open"), ("resolve_again_day", "solved"), ("close_day", "closed"))
 
 
-def _ticket_snapshot(ticket, day: int, state: State) -> dict:
-    """The ticket as the export API shows it at the end of `day`."""
-    def at(event_day: int, seconds: int) -> str:
-        days, second = divmod(int(seconds), 86_400)
-        return f"{_iso_date(state.start, int(event_day) + days)} {second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
+def _ticket_snapshots(tickets: pd.DataFrame, day: int, state: State) -> list[dict]:
+    """The tickets as the export API shows them at the end of `day`.
 
-    opened = at(ticket.open_day, ticket.opened_seconds)
-    history = [{"status": "new", "at": opened}, {"status": "open", "at": opened}]
-    reply_day = ticket.open_day + ticket.reply_seconds // 86_400
-    first_reply = at(ticket.open_day, ticket.reply_seconds) if reply_day <= day else None
-    if first_reply:
-        history.append({"status": "pending", "at": first_reply})
-    solved_at = None
-    for event_day, status in ((ticket.solve_day, "solved"), (ticket.reopen_day, "open"), (ticket.resolve_again_day, "solved"), (ticket.close_day, "closed")):
-        if 0 <= event_day <= day:
-            history.append({"status": status, "at": at(event_day, 40_000 + 3_600 * len(history))})
-            if status == "solved":
-                solved_at = history[-1]["at"]
-    status = history[-1]["status"]
-    rated = status in ("solved", "closed")
-    tags = [ticket.category, ticket.priority] + (["reopened"] if 0 <= ticket.reopen_day <= day else [])
-    return {
-        "ticket_id": int(ticket.ticket_id),
-        "requester_email": ticket.requester_email,
-        "channel": ticket.channel,
-        "category": ticket.category,
-        "priority": ticket.priority,
-        "status": status,
-        "created_at": opened,
-        "updated_at": history[-1]["at"],
-        "first_reply_at": first_reply,
-        "solved_at": solved_at if status in ("solved", "closed") else None,
-        "satisfaction_rating": int(ticket.rating) if rated else None,
-        "satisfaction_comment": ("slow and unhelpful" if ticket.rating <= 2 else "thanks, all good") if rated else None,
-        "tags": tags,
-        "status_history": history,
-        "_person_id": int(ticket.person_id),
-    }
+    Their histories: new and open when opened, pending at the first reply, then the planned
+    events that have happened, each at 40,000 s + 1 h per status before it on its day. Every
+    timestamp is printed column-wise first; the loop below only assembles."""
+    column = {name: tickets[name].to_numpy() for name in tickets.columns}
+    opened_at = _timestamps(state.start, 86_400 * column["open_day"] + column["opened_seconds"]).tolist()
+    replied = column["open_day"] + column["reply_seconds"] // 86_400 <= day
+    replied_at = _timestamps(state.start, 86_400 * column["open_day"] + column["reply_seconds"]).tolist()
+    statuses_before = 2 + replied
+    events = []
+    for name, status in _TICKET_EVENTS:
+        happened = (column[name] >= 0) & (column[name] <= day)
+        at = _timestamps(state.start, 86_400 * column[name] + 40_000 + 3_600 * statuses_before).tolist()
+        events.append((status, happened.tolist(), at))
+        statuses_before = statuses_before + happened
+    reopened = ((column["reopen_day"] >= 0) & (column["reopen_day"] <= day)).tolist()
+    snapshots = []
+    for row, (ticket_id, email, channel, category, priority, rating, person_id) in enumerate(
+        zip(*(column[name].tolist() for name in ("ticket_id", "requester_email", "channel", "category", "priority", "rating", "person_id")))
+    ):
+        opened = opened_at[row]
+        history = [{"status": "new", "at": opened}, {"status": "open", "at": opened}]
+        first_reply = replied_at[row] if replied[row] else None
+        if first_reply:
+            history.append({"status": "pending", "at": first_reply})
+        solved_at = None
+        for status, happened, at in events:
+            if happened[row]:
+                history.append({"status": status, "at": at[row]})
+                if status == "solved":
+                    solved_at = at[row]
+        status = history[-1]["status"]
+        rated = status in ("solved", "closed")
+        snapshots.append({
+            "ticket_id": ticket_id,
+            "requester_email": email,
+            "channel": channel,
+            "category": category,
+            "priority": priority,
+            "status": status,
+            "created_at": opened,
+            "updated_at": history[-1]["at"],
+            "first_reply_at": first_reply,
+            "solved_at": solved_at if rated else None,
+            "satisfaction_rating": rating if rated else None,
+            "satisfaction_comment": ("slow and unhelpful" if rating <= 2 else "thanks, all good") if rated else None,
+            "tags": [category, priority] + (["reopened"] if reopened[row] else []),
+            "status_history": history,
+            "_person_id": person_id,
+        })
+    return snapshots
 
 
 def _interactions(rng, customers, index, day, date) -> pd.DataFrame:

@@ -11,7 +11,6 @@ Layout of the output folder (the same layout a team's own exports must meet):
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import logging
@@ -107,17 +106,18 @@ def simulate(settings: SimulationSettings, progress: Callable[[str], None] | Non
         _settings_file(scratch).write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
         state = engine.State(seed=settings.seed, start=settings.start, base_customers=settings.customers)
         world = build_world(settings.seed)
-        db = sources.SalesDatabase(sales_db)
-        db.create(_contract())
-        sources.write_products(db, world.products, settings.start)
-        db.close()
-        _write_static_truth(scratch / "truth", world)
-        counts: dict[str, int] = {}
-        for day in range(settings.days):
-            _add(counts, _simulate_day(scratch, state, world, day, sales_db, stored))
-            _report(progress, state, day, settings.days)
-        _write_final_truth(scratch / "truth", state, world)
-        state.save(scratch / STATE_DIR)
+        with sources.SalesDatabase(sales_db) as db:
+            db.create(_contract())
+            sources.write_products(db, world.products, settings.start)
+            _write_static_truth(scratch / "truth", world)
+            counts: dict[str, int] = {}
+            with sources.Writer() as writer:
+                for day in range(settings.days):
+                    _add(counts, _simulate_day(scratch, state, world, day, db, writer, stored))
+                    _report(progress, state, day, settings.days)
+                # Computed while the last days are still being written.
+                _write_final_truth(scratch / "truth", state, world)
+                state.save(scratch / STATE_DIR)
         if settings.out.exists():
             settings.out.rmdir()
         scratch.rename(settings.out)
@@ -138,7 +138,8 @@ def append_day(out: Path, date: dt.date, progress: Callable[[str], None] | None 
         raise SimulationError(f"--append-day {date}: expected {expected}, the day after the last one written")
     world = build_world(state.seed)
     sales_db = stored["sales_db"] or f"sqlite:///{out / 'sales.sqlite'}"
-    counts = _simulate_day(out, state, world, state.days_done, sales_db, stored)
+    with sources.SalesDatabase(sales_db) as db, sources.Writer() as writer:
+        counts = _simulate_day(out, state, world, state.days_done, db, writer, stored)
     _write_final_truth(out / "truth", state, world)
     state.save(out / STATE_DIR)
     _report(progress, state, state.days_done - 1, state.days_done)
@@ -155,7 +156,10 @@ def _report(progress, state: engine.State, day: int, days: int) -> None:
         progress(f"simulate: day {day + 1}/{days} ({state.date_of(day)}): {state.next_person - 1:,} customers, {state.next_order - 1:,} orders")
 
 
-def _simulate_day(out: Path, state: engine.State, world, day: int, sales_db: str, stored: dict) -> dict[str, int]:
+def _simulate_day(
+    out: Path, state: engine.State, world, day: int, db: sources.SalesDatabase, writer: sources.Writer, stored: dict
+) -> dict[str, int]:
+    """Simulate `day` and hand its writes to `writer` (carried out in order, maybe later)."""
     records = engine.step(state, world, day)
     rng = np.random.default_rng([state.seed, 11, day + 10_000])
     rate = float(stored["dirty_rate"])
@@ -163,17 +167,13 @@ def _simulate_day(out: Path, state: engine.State, world, day: int, sales_db: str
     columns = _contract_columns()
     drift_day = stored.get("new_column_day")
     extra = EXTRA_COLUMN if drift_day and records.date >= dt.date.fromisoformat(drift_day) else None
-    db = sources.SalesDatabase(sales_db)
-    try:
-        identities = sources.write_sales(db, records, rng, rate, defects, state)
-    finally:
-        db.close()
-    identities += sources.write_crm(out, records, columns, rng, rate, defects, state, extra)
-    identities += sources.write_service(out, records, columns["tickets"], rng, rate, defects)
+    identities = sources.write_sales(db, records, rng, rate, defects, state, writer)
+    identities += sources.write_crm(out, records, columns, rng, rate, defects, state, extra, writer)
+    identities += sources.write_service(out, records, columns["tickets"], rng, rate, defects, writer)
     truth = out / "truth"
-    _append_csv(truth / "identities.csv", ["system", "entity", "record_key", "person_id"], identities)
-    _append_csv(truth / "defects.csv", sources.DEFECT_COLUMNS, defects.rows)
-    _append_csv(truth / "churn_events.csv", ["person_id", "churn_date"], records.churned.values.tolist())
+    writer.append_csv(truth / "identities.csv", ["system", "entity", "record_key", "person_id"], identities)
+    writer.append_csv(truth / "defects.csv", sources.DEFECT_COLUMNS, defects.rows)
+    writer.append_csv(truth / "churn_events.csv", ["person_id", "churn_date"], records.churned.values.tolist())
     return {
         "orders": len(records.orders),
         "order_lines": len(records.order_lines),
@@ -182,16 +182,6 @@ def _simulate_day(out: Path, state: engine.State, world, day: int, sales_db: str
         "interactions": len(records.interactions),
         "defects": len(defects.rows),
     }
-
-
-def _append_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        if new:
-            writer.writerow(header)
-        writer.writerows(rows)
 
 
 def _write_static_truth(truth: Path, world) -> None:
@@ -229,40 +219,44 @@ def expected_spend(state: engine.State, world, horizon: int) -> np.ndarray:
     customers = state.customers
     last = state.days_done - 1
     value = engine.expected_order_value(world)
-    personas = customers["persona"]
+    # The churned expect nothing: only the alive are projected (each customer on its own).
+    alive = np.flatnonzero(customers["churn_day"] < 0)
+    personas = customers["persona"][alive]
     kept = 1 - np.array([p.return_rate for p in PERSONAS])[personas] - _CANCEL_SHARE * 0.9
-    rate = np.array([p.orders_per_day for p in PERSONAS])[personas] * customers["rate_multiplier"]
-    alive = customers["churn_day"] < 0
-    total = np.zeros(len(customers))
-    survival = np.ones(len(customers))
-    projected = {name: customers[name] for name in ("persona", "drift_start", "price_sensitivity")}
+    rate = np.array([p.orders_per_day for p in PERSONAS])[personas] * customers["rate_multiplier"][alive]
+    total = np.zeros(len(alive))
+    survival = np.ones(len(alive))
+    projected = {name: customers[name][alive] for name in ("persona", "drift_start", "price_sensitivity")}
+    bad_service = customers["bad_service"][alive]
     # Whole blocks of days at once (a row per day), in blocks small enough to bound memory.
     # cumprod and cumsum accumulate row after row, so the sums round exactly as a day-by-day loop.
-    block = max(1, _PROJECTION_CELLS // max(len(customers), 1))
+    block = max(1, _PROJECTION_CELLS // max(len(alive), 1))
     for first in range(1, horizon + 1, block):
         offsets = np.arange(first, min(first + block, horizon + 1))[:, None]
         decay = np.array([np.exp(-offset / engine.BAD_SERVICE_MEMORY_DAYS) for offset in offsets[:, 0].tolist()])
-        projected["bad_service"] = customers["bad_service"] * decay[:, None]
+        projected["bad_service"] = bad_service * decay[:, None]
         survivals = np.cumprod(np.vstack([survival, 1 - engine.churn_hazard(projected, last + offsets)]), axis=0)[1:]
         terms = survivals * rate * engine.engagement(projected, last + offsets) * value[personas] * kept
         total = np.cumsum(np.vstack([total, terms]), axis=0)[-1]
         survival = survivals[-1]
-    return np.where(alive, total, 0.0).round(2)
+    spend = np.zeros(len(customers))
+    spend[alive] = total.round(2)
+    return spend
 
 
 def _write_final_truth(truth: Path, state: engine.State, world) -> None:
-    customers = state.customers.to_frame()
+    customers = state.customers
     as_of = state.date_of(state.days_done - 1)
     frame = pd.DataFrame(
         {
             "person_id": customers["person_id"],
             "crm_id": customers["crm_id"],
-            "persona": np.array([p.name for p in PERSONAS])[customers["persona"].to_numpy()],
-            "signup_date": [state.date_of(int(d)).isoformat() for d in customers["signup_day"]],
-            "churn_date": [state.date_of(int(d)).isoformat() if d >= 0 else "" for d in customers["churn_day"]],
+            "persona": np.array([p.name for p in PERSONAS])[customers["persona"]],
+            "signup_date": state.iso_dates(customers["signup_day"]),
+            "churn_date": np.where(customers["churn_day"] >= 0, state.iso_dates(customers["churn_day"]), ""),
             "price_sensitivity": customers["price_sensitivity"].round(4),
             "bad_service_score": customers["bad_service"].round(4),
-            "engagement": engine.engagement(state.customers, state.days_done - 1).round(4),
+            "engagement": engine.engagement(customers, state.days_done - 1).round(4),
             "referred_by": customers["referred_by"],
             "influence": customers["influence"].round(4),
             "as_of_date": as_of.isoformat(),

@@ -14,10 +14,12 @@ import csv
 import datetime as dt
 import io
 import json
+import queue
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -92,16 +94,25 @@ def pick_defects(
 
 
 class SalesDatabase:
-    """The sales OLTP database; SQLite by default, PostgreSQL when given a postgresql:// URL."""
+    """The sales OLTP database; SQLite by default, PostgreSQL when given a postgresql:// URL.
+
+    One connection serves a whole run; it is opened on the thread that creates it and may then
+    be used by the `Writer`'s thread (one thread at a time)."""
+
+    # SQLite's default page cache (2 MB) is far smaller than the recent orders a day updates.
+    SQLITE_CACHE_KIB = 256 * 1024
 
     def __init__(self, url: str) -> None:
         self.url = url
         if url.startswith("sqlite:///"):
-            self._con = sqlite3.connect(url[len("sqlite:///") :])
-            # No waiting for the disk at each commit (it took a third of a simulated day): a new
-            # simulation is moved into place only once complete, and an --append-day cut short
-            # leaves a half-written day whatever the database does. The file is the same.
+            self._con = sqlite3.connect(url[len("sqlite:///") :], check_same_thread=False)
+            # No waiting for the disk at each commit (it took a third of a simulated day), and the
+            # rollback journal kept in memory rather than written to a file next to the database:
+            # a new simulation is moved into place only once complete, and an --append-day cut
+            # short leaves a half-written day whatever the database does. The file is the same.
             self._con.execute("pragma synchronous = off")
+            self._con.execute("pragma journal_mode = memory")
+            self._con.execute(f"pragma cache_size = -{self.SQLITE_CACHE_KIB}")
             self._mark = "?"
         else:
             import psycopg
@@ -112,6 +123,12 @@ class SalesDatabase:
     def close(self) -> None:
         self._con.commit()
         self._con.close()
+
+    def __enter__(self) -> "SalesDatabase":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @property
     def is_sqlite(self) -> bool:
@@ -143,28 +160,106 @@ class SalesDatabase:
         self._con.commit()
 
 
+class Writer:
+    """Carries out writes (sales statements, file contents) on one background thread, strictly
+    in the order they were submitted.
+
+    Computing a day holds the GIL; SQLite executing statements and the kernel writing files do
+    not. So while one day is written, the next is computed on the other core. The queue is
+    bounded: a slow disk holds the simulation back instead of filling memory with days. A failed
+    write skips all later ones and is raised in the submitting thread, at its next `submit` or at
+    `close`. Used as a context manager: leaving normally waits for every write; leaving on an
+    exception drops the writes still queued.
+    """
+
+    MAX_QUEUED = 48  # writes: a simulated day makes about 20
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue(self.MAX_QUEUED)
+        self._failure: BaseException | None = None
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, name="simulator-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: Callable[..., None], *args: Any) -> None:
+        self._raise_failure()
+        self._queue.put((write, args))
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        self.submit(path.write_bytes, data)
+
+    def append_csv(self, path: Path, header: list[str], rows: list[list]) -> None:
+        """Append `rows` to the CSV at `path`, starting it with `header` if it does not exist yet
+        (checked when the write is carried out: earlier queued writes may create it)."""
+        self.submit(_append_csv_text, path, _csv_text([header]), _csv_text(rows))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_failure()
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abandoned = True
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._failure is None and not self._abandoned:
+                write, args = job
+                try:
+                    write(*args)
+                except BaseException as error:  # handed to the submitting thread
+                    self._failure = error
+
+
+def _append_csv_text(path: Path, header: str, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as handle:
+        handle.write(header + body if new else body)
+
+
 def _rows(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
     """Rows as tuples of plain Python values, None for missing ones."""
     listed = []
     for name in columns:
-        if frame[name].dtype.kind in "iub":  # integers and booleans are never missing
-            listed.append(frame[name].to_numpy().tolist())
-            continue
-        values = frame[name].to_numpy(dtype=object)
-        missing = pd.isna(values)
-        if missing.any():
-            values = values.copy()
-            values[missing] = None
-        listed.append(values.tolist())
+        column = frame[name]
+        if column.dtype.kind in "iub":  # integers and booleans are never missing
+            listed.append(column.to_numpy().tolist())
+        elif column.dtype == np.float64:  # NaN for missing: found without boxing every number
+            values = column.to_numpy()
+            listed.append(values.tolist())
+            for position in np.flatnonzero(np.isnan(values)).tolist():
+                listed[-1][position] = None
+        else:
+            values = column.to_numpy(dtype=object)
+            missing = pd.isna(values)
+            if missing.any():
+                values = values.copy()
+                values[missing] = None
+            listed.append(values.tolist())
     return list(zip(*listed))
 
 
-def write_sales(db: SalesDatabase, records: DayRecords, rng: np.random.Generator, rate: float, defects: Defects, state) -> list[list]:
-    """Insert the day's orders, lines and payments, apply due status changes, inject defects.
-    Returns identity rows (system, entity, key, person_id)."""
+def write_sales(
+    db: SalesDatabase, records: DayRecords, rng: np.random.Generator, rate: float, defects: Defects, state, writer: Writer
+) -> list[list]:
+    """Insert the day's orders, lines and payments, apply due status changes, inject defects,
+    commit: all through `writer`. Returns identity rows (system, entity, key, person_id)."""
     date = records.date
     orders, lines = records.orders.copy(), records.order_lines.copy()
-    identities = [["sales", "orders", int(o), int(p)] for o, p in zip(orders["order_id"], orders["_person_id"])]
+    identities = [["sales", "orders", o, p] for o, p in zip(orders["order_id"].tolist(), orders["_person_id"].tolist())]
 
     # Order defects: a test order created now and hard-deleted later, or a row arriving late.
     order_kinds = pick_defects(rng, len(orders), rate, ORDER_DEFECTS)
@@ -221,39 +316,41 @@ def write_sales(db: SalesDatabase, records: DayRecords, rng: np.random.Generator
         defects.add("sales", "order_lines", f"{order_id}-{line_number}", "order_lines", "orphan_line", "flag")
     lines = pd.concat([lines, orphans], ignore_index=True)
 
-    db.insert("orders", _rows(orders, SALES_TABLES["orders"][1]))
-    db.insert("order_lines", _rows(lines, SALES_TABLES["order_lines"][1]))
+    writer.submit(db.insert, "orders", _rows(orders, SALES_TABLES["orders"][1]))
+    writer.submit(db.insert, "order_lines", _rows(lines, SALES_TABLES["order_lines"][1]))
     payments = records.payments.assign(payment_id=[f"P{i}" for i in records.payments["order_id"]])
-    db.insert("payments", _rows(payments, SALES_TABLES["payments"][1]))
+    writer.submit(db.insert, "payments", _rows(payments, SALES_TABLES["payments"][1]))
     history = orders[["order_id", "status", "created_at"]].rename(columns={"created_at": "changed_at"})
-    _log_status(db, state, history)
+    _log_status(db, writer, state, history)
 
     changes = records.status_changes
     deleted = changes["status"] == "__deleted__"
     gone = [(int(order_id),) for order_id in changes.loc[deleted, "order_id"]]
-    db.execute_many("delete from order_lines where order_id = ?", gone)
-    db.execute_many("delete from orders where order_id = ?", gone)
-    db.execute_many("delete from payments where payment_id = ?", [(f"P{order_id}",) for (order_id,) in gone])
+    writer.submit(db.execute_many, "delete from order_lines where order_id = ?", gone)
+    writer.submit(db.execute_many, "delete from orders where order_id = ?", gone)
+    writer.submit(db.execute_many, "delete from payments where payment_id = ?", [(f"P{order_id}",) for (order_id,) in gone])
     changes = changes[~deleted]
     ids, statuses, times = changes["order_id"].astype(int).tolist(), changes["status"].tolist(), changes["changed_at"].tolist()
-    db.execute_many("update orders set status = ?, updated_at = ? where order_id = ?", list(zip(statuses, times, ids)))
-    db.execute_many(
+    writer.submit(db.execute_many, "update orders set status = ?, updated_at = ? where order_id = ?", list(zip(statuses, times, ids)))
+    writer.submit(
+        db.execute_many,
         "insert into payments (payment_id, order_id, method, amount, paid_at)"
         " select ?, order_id, method, -amount, ? from payments where payment_id = ?",
         [(f"P{i}-R", t, f"P{i}") for i, s, t in zip(ids, statuses, times) if s == "returned"],
     )
-    _log_status(db, state, changes.rename(columns={"changed_at": "changed_at"}))
-    db.commit()
+    _log_status(db, writer, state, changes)
+    writer.submit(db.commit)
     return identities
 
 
-def _log_status(db: SalesDatabase, state, changes: pd.DataFrame) -> None:
+def _log_status(db: SalesDatabase, writer: Writer, state, changes: pd.DataFrame) -> None:
     count = len(changes)
     if not count:
         return
     ids = np.arange(state.next_history, state.next_history + count)
     state.next_history += count
-    db.insert(
+    writer.submit(
+        db.insert,
         "order_status_history",
         list(zip(ids.tolist(), changes["order_id"].astype(int).tolist(), changes["status"].tolist(), changes["changed_at"].tolist())),
     )
@@ -280,12 +377,12 @@ def write_crm(
     defects: Defects,
     state,
     extra_column: str | None,
+    writer: Writer,
 ) -> list[list]:
-    """Write the day's CRM drop; returns identity rows."""
+    """Write the day's CRM drop through `writer`; returns identity rows."""
     date = records.date
     drop = folder / "crm" / date.isoformat()
     drop.mkdir(parents=True, exist_ok=True)
-    identities = []
 
     customer_columns = list(columns["customers"]) + ([extra_column] if extra_column else [])
     customers = records.customers.copy()
@@ -294,10 +391,20 @@ def write_crm(
     if extra_column:
         customers[extra_column] = rng.choice(np.array(["en", "pt", "de", "fr", "es"]), len(customers))
     kinds = pick_defects(rng, len(customers), rate, CUSTOMER_DEFECTS)
-    extra_rows = []
-    raw_lines: list[bytes] = [_csv_text([customer_columns]).encode()]
-    for row, kind in zip(customers.to_dict("records"), kinds):
-        identities.append(["crm", "customers", row["crm_id"], int(row["person_id"])])
+    printed = list(zip(*(_printed(customers, name) for name in customer_columns)))
+    clean_identities = [["crm", "customers", crm_id, person_id] for crm_id, person_id in zip(customers["crm_id"].tolist(), customers["person_id"].tolist())]
+    identities, extra_rows = [], []
+    chunks: list[bytes] = [_csv_text([customer_columns]).encode()]
+    # Clean rows (nearly all) are printed in runs by one csv call each; a dirty row (drawing from
+    # `rng` in row order) is printed alone, as its defect has it.
+    done = 0
+    for position in np.flatnonzero(kinds != "").tolist():
+        kind = kinds[position]
+        chunks.append(_csv_text(printed[done:position]).encode("utf-8"))
+        identities += clean_identities[done : position + 1]
+        done = position + 1
+        row = dict(zip(customer_columns, printed[position]), person_id=clean_identities[position][3])
+        line = position + 2  # after the header, counting from 1
         if kind == "invalid_email":
             row["email"] = str(rng.choice([row["email"].replace("@", ""), row["email"].split("@")[0] + "@", row["email"].replace("@", "@@"), "n/a"]))
         elif kind == "invalid_phone":
@@ -312,20 +419,22 @@ def write_crm(
             twin["crm_id"] = f"C{90_000_000 + state.next_duplicate:08d}"
             twin["email"] = str(rng.choice([f"  {row['email']}", row["email"].upper(), f"{row['email'].title()} "]))
             extra_rows.append((twin, "duplicate_person"))
-            identities.append(["crm", "customers", twin["crm_id"], int(row["person_id"])])
+            identities.append(["crm", "customers", twin["crm_id"], row["person_id"]])
         elif kind == "late_arriving":
             late = dict(row)
             late["modified_at"] = (pd.Timestamp(row["modified_at"]) - pd.Timedelta(days=int(rng.integers(30, 300)))).strftime("%Y-%m-%d %H:%M:%S")
             extra_rows.append((late, "late_arriving"))
         elif kind == "missing_key":
             row["crm_id"] = ""
-        raw_lines.append(_customer_line(row, customer_columns, kind))
-        if kind and kind not in ("duplicate_person", "late_arriving"):  # for those, the added row below
-            defects.add("crm", "customers", row["crm_id"], f"crm/{date}/customers.csv:{len(raw_lines)}", kind, CUSTOMER_DEFECTS[kind])
-    for row, kind in extra_rows:
-        raw_lines.append(_customer_line(row, customer_columns, ""))
-        defects.add("crm", "customers", row["crm_id"], f"crm/{date}/customers.csv:{len(raw_lines)}", kind, CUSTOMER_DEFECTS[kind])
-    (drop / "customers.csv").write_bytes(b"".join(raw_lines))
+        chunks.append(_customer_line(row, customer_columns, kind))
+        if kind not in ("duplicate_person", "late_arriving"):  # for those, the added row below
+            defects.add("crm", "customers", row["crm_id"], f"crm/{date}/customers.csv:{line}", kind, CUSTOMER_DEFECTS[kind])
+    chunks.append(_csv_text(printed[done:]).encode("utf-8"))
+    identities += clean_identities[done:]
+    for line, (row, kind) in enumerate(extra_rows, start=len(printed) + 2):
+        chunks.append(_customer_line(row, customer_columns, ""))
+        defects.add("crm", "customers", row["crm_id"], f"crm/{date}/customers.csv:{line}", kind, CUSTOMER_DEFECTS[kind])
+    writer.write_file(drop / "customers.csv", b"".join(chunks))
 
     for entity, frame in (
         ("interactions", records.interactions),
@@ -338,12 +447,19 @@ def write_crm(
             if name in body:
                 body[name] = np.where(body[name].astype(bool), "true", "false")
         rows = [names] + (body[names].astype(object).where(body[names].notna(), "").values.tolist() if len(body) else [])
-        (drop / f"{entity}.csv").write_text(_csv_text(rows), encoding="utf-8")
+        writer.write_file(drop / f"{entity}.csv", _csv_text(rows).encode("utf-8"))
     return identities
 
 
+def _printed(frame: pd.DataFrame, name: str) -> list[str]:
+    """A column as text the way the CSV prints it: '' for a missing value, or a missing column."""
+    if name not in frame:
+        return [""] * len(frame)
+    return ["" if value is None else str(value) for value in frame[name].to_numpy(dtype=object)]
+
+
 def _customer_line(row: dict, columns: list[str], kind: str) -> bytes:
-    values = ["" if row.get(name) is None else str(row.get(name)) for name in columns]
+    values = [row[name] for name in columns]
     if kind == "broken_column_count":
         values = values[:-2]
     line = _csv_text([values]).encode("utf-8")
@@ -352,7 +468,13 @@ def _customer_line(row: dict, columns: list[str], kind: str) -> bytes:
     return line
 
 
-def write_service(folder: Path, records: DayRecords, columns: list[str], rng: np.random.Generator, rate: float, defects: Defects) -> list[list]:
+_JSON = json.JSONEncoder(ensure_ascii=False)  # as json.dumps(..., ensure_ascii=False), built once
+
+
+def write_service(
+    folder: Path, records: DayRecords, columns: list[str], rng: np.random.Generator, rate: float, defects: Defects, writer: Writer
+) -> list[list]:
+    """Write the day's service-desk export through `writer`; returns identity rows."""
     date = records.date
     path = folder / "service" / date.isoformat() / "tickets.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -365,11 +487,11 @@ def write_service(folder: Path, records: DayRecords, columns: list[str], rng: np
             record["ticket_id"] = None
         elif kind == "wrong_type":
             record["ticket_id"] = f"T-{record['ticket_id']}"
-        text = json.dumps(record, ensure_ascii=False)
+        text = _JSON.encode(record)
         if kind == "invalid_json":
             text = text[: len(text) // 2]
         if kind:
             defects.add("service", "tickets", ticket["ticket_id"], f"service/{date}/tickets.jsonl:{number}", kind, TICKET_DEFECTS[kind])
         lines.append(text + "\n")
-    path.write_text("".join(lines), encoding="utf-8")
+    writer.write_file(path, "".join(lines).encode("utf-8"))
     return identities

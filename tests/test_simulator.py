@@ -717,3 +717,16 @@ def test_simulation_errors_name_the_argument_when_called_from_python(tmp_path):
     with pytest.raises(SimulationError, match=r"^--out .*: expected a folder written by 'crmw simulate'"):
         append_day(tmp_path / "missing", START)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_customer_exports_carry_each_contacts_signup_date(tmp_path):
+    out = tmp_path / "sources"
+    simulate(SimulationSettings(customers=200, start=dt.date(2025, 1, 1), days=3, seed=1, out=out, dirty_rate=0.0))
+    exported = 0
+    for drop in sorted((out / "crm").glob("*/customers.csv")):
+        with drop.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            assert dt.date.fromisoformat(row["signup_date"]) <= dt.date.fromisoformat(drop.parent.name), row
+        exported += len(rows)
+    assert exported >= 200
