@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from urllib.parse import unquote
 
 from extract_load.contract import Entity, SourceContract, load_contract
@@ -206,17 +206,11 @@ def extract_system(
     """Load every entity of `system` (or the named `entities`) for `logical_date`; fail when too
     many rows are quarantined. `full_refresh` first forgets everything raw holds of each entity
     and loads it from scratch."""
-    settings = settings or ExtractSettings.from_env()
-    contract = load_contract()
-    audits = []
-    with connect(warehouse_url) as warehouse:
-        _ensure_meta_tables(warehouse)
-        for entity in _entities(contract, system, entities):
-            audit = _load_entity(warehouse, contract, entity, logical_date, run_id, settings, full_refresh)
-            log.info("loaded %s.%s: %s", system, entity.name, audit)
-            audits.append(audit)
-    _check_quarantine_ratio(audits, settings)
-    return audits
+
+    def load(warehouse: Warehouse, contract: SourceContract, entity: Entity, settings: ExtractSettings) -> LoadAudit:
+        return _load_entity(warehouse, contract, entity, logical_date, run_id, settings, full_refresh)
+
+    return _each_entity(system, entities, settings, warehouse_url, load)
 
 
 def reconcile_system(
@@ -230,16 +224,31 @@ def reconcile_system(
     """Compare every key of the SQL tables of `system` (or the named `entities`) with raw, after
     their extract for `logical_date`: keys the source lost get a tombstone, rows the cursor
     missed are loaded. A step of its own: it reads every key, so it costs with the history."""
+
+    def reconcile(warehouse: Warehouse, _: SourceContract, entity: Entity, settings: ExtractSettings) -> LoadAudit:
+        if entity.system.format != "sql":
+            raise ExtractError(f"source {system}.{entity.name}: only SQL tables are reconciled by key")
+        return _reconcile_entity(warehouse, entity, logical_date, run_id, settings)
+
+    return _each_entity(system, entities, settings, warehouse_url, reconcile)
+
+
+def _each_entity(
+    system: str,
+    names: Sequence[str] | None,
+    settings: ExtractSettings | None,
+    warehouse_url: str | None,
+    step: Callable[[Warehouse, SourceContract, Entity, ExtractSettings], LoadAudit],
+) -> list[LoadAudit]:
+    """Run `step` for each chosen entity of `system`; fail when too many rows were quarantined."""
     settings = settings or ExtractSettings.from_env()
     contract = load_contract()
     audits = []
     with connect(warehouse_url) as warehouse:
         _ensure_meta_tables(warehouse)
-        for entity in _entities(contract, system, entities):
-            if entity.system.format != "sql":
-                raise ExtractError(f"source {system}.{entity.name}: only SQL tables are reconciled by key")
-            audit = _reconcile_entity(warehouse, entity, logical_date, run_id, settings)
-            log.info("reconciled %s.%s: %s", system, entity.name, audit)
+        for entity in _entities(contract, system, names):
+            audit = step(warehouse, contract, entity, settings)
+            log.info("%s of %s.%s: %s", audit.step, system, entity.name, audit)
             audits.append(audit)
     _check_quarantine_ratio(audits, settings)
     return audits
