@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from extract_load.contract import Entity
 from warehouse.adapter import quote_identifier, sql_type
@@ -246,17 +246,11 @@ def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelive
     rejects: list[Reject] = []
     lines: dict[str, list] = {"_source_file": [], "_delivery_date": [], "_source_row": [], "_raw_text": []}
     for drop in drops:
-        for number, raw in enumerate(drop.path.read_bytes().split(b"\n"), start=1):
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                reason = f"unreadable line: not UTF-8 ({error.reason} at byte {error.start})"
-                rejects.append(Reject(drop.name, number, raw.decode("utf-8", errors="replace"), reason))
-                continue
-            for column, value in zip(lines, (drop.name, drop.drop_date, number, text)):
-                lines[column].append(value)
+        numbered = list(_utf8_lines(drop, rejects))
+        lines["_source_file"] += [drop.name] * len(numbered)
+        lines["_delivery_date"] += [drop.drop_date] * len(numbered)
+        lines["_source_row"] += [number for number, _ in numbered]
+        lines["_raw_text"] += [text for _, text in numbered]
     con = duckdb.connect()
     try:
         types = {"_source_file": pa.string(), "_delivery_date": pa.date32(), "_source_row": pa.int64(), "_raw_text": pa.string()}
@@ -279,13 +273,35 @@ def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelive
             _check_columns(source_file, entity, keys)
             seen.update(keys)
         present = [*entity.column_types, *sorted(key for key in seen if key not in entity.column_types)]
-        values = ", ".join(f"""json_extract_string(_raw_text, '$."{name}"') as {name}""" for name in present)
-        con.execute(f"create temp view incoming as select _source_file, _delivery_date, _source_row, _raw_text, {values} from objects")
+        # One parse per line into text fields (nested values come back as JSON text).
+        structure = json.dumps({name: "VARCHAR" for name in present})
+        con.execute(
+            "create temp table fields as select _source_file, _delivery_date, _source_row, _raw_text,"
+            f" json_transform(_raw_text, '{structure}') as _fields from objects"
+        )
+        values = ", ".join(f"_fields.{name} as {name}" for name in present)
+        con.execute(f"create temp view incoming as select _source_file, _delivery_date, _source_row, _raw_text, {values} from fields")
         delivery = _typed_split(con, "incoming", entity, present, rejects)
         delivery.files = list(drops)
         return delivery
     finally:
         con.close()
+
+
+def _utf8_lines(drop: FileDrop, rejects: list[Reject]) -> Iterator[tuple[int, str]]:
+    """The file's non-blank lines with their numbers; a line that is not UTF-8 goes to rejects."""
+    payload = drop.path.read_bytes()
+    try:
+        lines = list(enumerate(payload.decode("utf-8").split("\n"), start=1))
+    except UnicodeDecodeError:  # find the bad lines one by one
+        lines = []
+        for number, raw in enumerate(payload.split(b"\n"), start=1):
+            try:
+                lines.append((number, raw.decode("utf-8")))
+            except UnicodeDecodeError as error:
+                reason = f"unreadable line: not UTF-8 ({error.reason} at byte {error.start})"
+                rejects.append(Reject(drop.name, number, raw.decode("utf-8", errors="replace"), reason))
+    return ((number, line) for number, line in lines if line.strip())
 
 
 def _json_error(text: str) -> str:
