@@ -107,12 +107,18 @@ def _load(path: Path) -> SourceContract:
         for key in primary_key:
             if key not in names:
                 raise ContractError(f"source contract {path}: {where}.primary_key names {key!r}, which is not a column")
+        cursor = spec.get("cursor")
+        types = {column.name: column.type for column in columns}
+        if cursor is not None and types.get(cursor) != "timestamp":
+            raise ContractError(f"source contract {path}: {where}.cursor names {cursor!r}; expected a timestamp column")
+        if cursor is None and systems[system_name].format == "sql":
+            raise ContractError(f"source contract {path}: {where}.cursor is missing; a SQL table is read by its cursor")
         entities[name] = Entity(
             name=name,
             system=systems[system_name],
             description=spec.get("description", ""),
             primary_key=primary_key,
-            cursor=spec.get("cursor"),
+            cursor=cursor,
             columns=columns,
         )
     return SourceContract(path=path, systems=systems, entities=entities)
@@ -136,7 +142,8 @@ def render_markdown(contract: SourceContract) -> str:
         lines += [f"#### `{system.name}` ({system.format}) → `{system.raw_schema}`{where}", "", system.description, ""]
         for entity in contract.entities_of(system.name):
             key = ", ".join(entity.primary_key)
-            lines += [f"**{entity.name}** — {entity.description} Key: `{key}`.", ""]
+            cursor = f" Changes move `{entity.cursor}`." if entity.cursor else ""
+            lines += [f"**{entity.name}** — {entity.description} Key: `{key}`.{cursor}", ""]
             lines += ["| column | type | required | description |", "|---|---|---|---|"]
             lines += [
                 f"| `{c.name}` | {c.type} | {'yes' if c.required else 'no'} | {c.description} |" for c in entity.columns

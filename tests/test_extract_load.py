@@ -603,3 +603,20 @@ def test_a_load_killed_during_its_bulk_write_recovers_on_retry_to_a_clean_runs_r
     tables = [table for table in RAW_TABLES if table.startswith(f"raw_{system}.")] + ["raw_meta.load_log", "raw_meta.quarantine"]
     for table in tables:
         assert _snapshot(warehouse_url, table, ("_loaded_at",)) == _snapshot(clean_url, table, ("_loaded_at",)), table
+
+
+def test_contract_cursor_must_be_a_timestamp_column_and_sql_tables_need_one(tmp_path):
+    import yaml
+
+    from extract_load.contract import ContractError, DEFAULT_CONTRACT_PATH
+
+    spec = yaml.safe_load(DEFAULT_CONTRACT_PATH.read_text())
+    spec["entities"]["orders"]["cursor"] = "channel"
+    broken = tmp_path / "contract.yml"
+    broken.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ContractError, match="entities.orders.cursor names 'channel'; expected a timestamp column"):
+        load_contract(broken)
+    del spec["entities"]["orders"]["cursor"]
+    broken.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ContractError, match="entities.orders.cursor is missing"):
+        load_contract(broken)
