@@ -590,33 +590,50 @@ def _reconcile_keys(
             typed_keys = con.sql(f"select {typed}, cast(_visible as bigint) as _visible from source_keys").to_arrow_table()
             warehouse.append_arrow(keys, typed_keys)
 
+    # Hash anti-joins over the whole tables, and latest-version windows over the few candidates
+    # they leave: a window over every version of every key was most of the reconciliation's time.
     key = ", ".join(entity.primary_key)
-    same_key = " and ".join(f"source.{name} = held.{name}" for name in entity.primary_key)
-    live_versions = (
-        f"(select * from (select *, row_number() over (partition by {key} order by _delivery_date desc,"
-        f" coalesce(_deleted, false) desc, _batch_date desc) as _recency"
-        f" from {entity.raw_table} where _batch_date <= ?) as versions"
-        f" where _recency = 1 and not coalesce(_deleted, false)) as held"
-    )
+    source_key = ", ".join(f"source.{name}" for name in entity.primary_key)
+
+    def same_key(left: str, right: str) -> str:
+        return " and ".join(f"{left}.{name} = {right}.{name}" for name in entity.primary_key)
+
+    def latest_versions_where(condition: str) -> str:
+        """The latest version of each key whose versions meet `condition` (one ? for the date)."""
+        return (
+            f"(select *, row_number() over (partition by {key} order by _delivery_date desc,"
+            f" coalesce(_deleted, false) desc, _batch_date desc) as _recency"
+            f" from {entity.raw_table} as versions where versions._batch_date <= ? and {condition}) as latest"
+        )
+
+    gone_from_source = f"not exists (select 1 from {keys} as source where {same_key('source', 'versions')})"
     contract_columns = ", ".join(entity.column_types)
     audit.rows_deleted = warehouse.execute_count(
         f"insert into {entity.raw_table} ({contract_columns}, _batch_date, _run_id, _delivery_date, _source_file,"
         " _source_row, _loaded_at, _version_hash, _deleted)"
-        f" select {', '.join(f'held.{name}' for name in entity.column_types)}, ?, ?, ?, ?, null, ?,"
-        f" md5(held._version_hash || ':deleted'), true"
-        f" from {live_versions} left join {keys} as source on {same_key}"
-        f" where source.{entity.primary_key[0]} is null",
+        f" select {', '.join(f'latest.{name}' for name in entity.column_types)}, ?, ?, ?, ?, null, ?,"
+        f" md5(latest._version_hash || ':deleted'), true"
+        f" from {latest_versions_where(gone_from_source)}"
+        " where latest._recency = 1 and not coalesce(latest._deleted, false)",
         (
             stamp["_batch_date"], stamp["_run_id"], window_end.date(),
             _reconciliation_source_name(entity), stamp["_loaded_at"], logical_date,
         ),
     )
+    # Missing from raw: keys it never held, and keys whose latest version is a tombstone.
+    has_tombstone = (
+        f"exists (select 1 from {entity.raw_table} as tombstone"
+        f" where tombstone._deleted and {same_key('tombstone', 'versions')})"
+    )
     missing = warehouse.fetchall(
-        f"select {', '.join(f'source.{name}' for name in entity.primary_key)}"
-        f" from {keys} as source left join {live_versions} on {same_key}"
-        f" where source._visible = 1 and held.{entity.primary_key[0]} is null"
-        f" order by {', '.join(f'source.{name}' for name in entity.primary_key)}",
-        (logical_date,),
+        f"select {source_key} from {keys} as source where source._visible = 1"
+        f" and not exists (select 1 from {entity.raw_table} as held"
+        f" where held._batch_date <= ? and {same_key('held', 'source')})"
+        f" union select {source_key} from {latest_versions_where(has_tombstone)}"
+        f" join {keys} as source on {same_key('source', 'latest')}"
+        " where source._visible = 1 and latest._recency = 1 and latest._deleted"
+        f" order by {', '.join(f'{position}' for position in range(1, len(entity.primary_key) + 1))}",
+        (logical_date, logical_date),
     )
     warehouse.execute(f"delete from {keys}")
     # A key whose only source row is quarantined stays missing from raw: it is not missed.

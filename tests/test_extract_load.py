@@ -620,3 +620,20 @@ def test_contract_cursor_must_be_a_timestamp_column_and_sql_tables_need_one(tmp_
     broken.write_text(yaml.safe_dump(spec))
     with pytest.raises(ContractError, match="entities.orders.cursor is missing"):
         load_contract(broken)
+
+
+def test_a_deleted_record_that_comes_back_is_live_again(warehouse_url, sources):
+    settings = _settings(sources)
+    _load(warehouse_url, DAYS[0], settings, systems=("sales",))
+    with sqlite3.connect(sources / "sales.sqlite") as db:
+        order_id, *_ = row = db.execute("select * from orders where updated_at < ? order by order_id limit 1", (str(DAYS[1]),)).fetchone()
+        db.execute("delete from orders where order_id = ?", (order_id,))
+    deleted = _load(warehouse_url, DAYS[1], settings, systems=("sales",))["sales.orders:reconcile"]
+    with sqlite3.connect(sources / "sales.sqlite") as db:  # restored from a backup: its old updated_at
+        db.execute(f"insert into orders values ({', '.join('?' for _ in row)})", row)
+    restored = _load(warehouse_url, DAYS[2], settings, systems=("sales",))["sales.orders:reconcile"]
+
+    assert (deleted.rows_deleted, restored.rows_recovered) == (1, 1)
+    orders = CONTRACT.entities["orders"]
+    live = {values[0] for values in _live_versions(warehouse_url, orders)}
+    assert order_id in live
