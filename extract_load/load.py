@@ -362,6 +362,7 @@ def _append_new_versions(warehouse: Warehouse, entity: Entity, data: "pa.Table")
     staging = _staging_table(entity)
     warehouse.execute(f"delete from {staging}")
     warehouse.append_arrow(staging, data)
+    warehouse.refresh_statistics(staging)
     columns = ", ".join(data.column_names)
     key = ", ".join(entity.primary_key)
     held = " and ".join(f"held.{name} = incoming.{name}" for name in (*entity.primary_key, "_version_hash"))
@@ -589,6 +590,7 @@ def _reconcile_keys(
             con.register("source_keys", table)
             typed_keys = con.sql(f"select {typed}, cast(_visible as bigint) as _visible from source_keys").to_arrow_table()
             warehouse.append_arrow(keys, typed_keys)
+    warehouse.refresh_statistics(keys)
 
     # Hash anti-joins over the whole tables, and latest-version windows over the few candidates
     # they leave: a window over every version of every key was most of the reconciliation's time.
