@@ -61,12 +61,20 @@ def _choose(rng: np.random.Generator, cumulative: np.ndarray) -> np.ndarray:
     return np.minimum((draws > cumulative).sum(axis=1), cumulative.shape[1] - 1)
 
 
+# "HH:MM:SS" of every second of a day: looking a time of day up beats printing it.
+_CLOCK = np.array([f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}" for second in range(86_400)], dtype=object)
+
+
 def _timestamps(day_date: dt.date, seconds: np.ndarray) -> np.ndarray:
+    """"YYYY-MM-DD HH:MM:SS" (as source systems print timestamps, sorting as text) of `seconds`
+    after the start of `day_date`, as Python strings. A day's timestamps share a handful of
+    dates: each date is printed once and joined to the looked-up time of day."""
     if not len(seconds):
         return np.array([], dtype=object)
-    base = np.datetime64(day_date.isoformat(), "s")
-    # "YYYY-MM-DD HH:MM:SS", as source systems print timestamps (and sort as text).
-    return np.char.replace((base + seconds.astype("timedelta64[s]")).astype(str), "T", " ").astype(object)
+    days, time_of_day = np.divmod(seconds, 86_400)
+    distinct_days, day_positions = np.unique(days, return_inverse=True)
+    dates = np.array([f"{day_date + dt.timedelta(days=int(day))} " for day in distinct_days.tolist()], dtype=object)
+    return dates[day_positions] + _CLOCK[time_of_day]
 
 
 class CustomerTable:
@@ -429,7 +437,9 @@ def _orders(state, world, rng, customers, buyers, day, date):
     arrangement = np.argsort(line_order, kind="stable")
     line_order, skus = line_order[arrangement], skus[arrangement]
     line_number = np.arange(len(line_order)) - np.searchsorted(line_order, line_order) + 1
-    prices = world.products.set_index("sku")["list_price"].reindex(skus).to_numpy()
+    # A dict lookup per line: a pandas reindex costs more than the lookups themselves.
+    list_price = dict(zip(world.products["sku"].tolist(), world.products["list_price"].tolist()))
+    prices = np.array([list_price[sku] for sku in skus.tolist()], dtype=float)
     quantity = 1 + rng.poisson(0.3, len(line_order))
     discounted = rng.random(len(line_order)) < _persona["discount_share"][personas[line_order]]
     discount = np.where(discounted, np.round(prices * quantity * rng.uniform(0.1, 0.3, len(line_order)), 2), 0.0)

@@ -306,15 +306,20 @@ def write_sales(
     quantity[line_kinds == "wrong_type"] = "two"
     lines["quantity"] = quantity
     lines.loc[line_kinds == "nonpositive_price", "unit_price"] = rng.choice([0.0, -4.99], int((line_kinds == "nonpositive_price").sum()))
-    orphans = lines[line_kinds == "orphan_line"].copy()
-    orphans["order_id"] = 900_000_000 + orphans["order_id"]
+    # Defective lines are found in the two key columns alone: filtering the whole frame per kind
+    # cost more than listing them.
+    line_order_ids, line_numbers = lines["order_id"].to_numpy(), lines["line_number"].to_numpy()
     for kind in ("nonpositive_quantity", "nonpositive_price", "wrong_type"):
-        hit = lines[line_kinds == kind]
-        for order_id, line_number in zip(hit["order_id"].tolist(), hit["line_number"].tolist()):
+        hit = line_kinds == kind
+        for order_id, line_number in zip(line_order_ids[hit].tolist(), line_numbers[hit].tolist()):
             defects.add("sales", "order_lines", f"{order_id}-{line_number}", "order_lines", kind, LINE_DEFECTS[kind])
-    for order_id, line_number in zip(orphans["order_id"].tolist(), orphans["line_number"].tolist()):
-        defects.add("sales", "order_lines", f"{order_id}-{line_number}", "order_lines", "orphan_line", "flag")
-    lines = pd.concat([lines, orphans], ignore_index=True)
+    orphaned = line_kinds == "orphan_line"
+    if orphaned.any():
+        orphans = lines[orphaned].copy()
+        orphans["order_id"] = 900_000_000 + orphans["order_id"]
+        for order_id, line_number in zip(orphans["order_id"].tolist(), orphans["line_number"].tolist()):
+            defects.add("sales", "order_lines", f"{order_id}-{line_number}", "order_lines", "orphan_line", "flag")
+        lines = pd.concat([lines, orphans], ignore_index=True)
 
     writer.submit(db.insert, "orders", _rows(orders, SALES_TABLES["orders"][1]))
     writer.submit(db.insert, "order_lines", _rows(lines, SALES_TABLES["order_lines"][1]))
@@ -385,13 +390,13 @@ def write_crm(
     drop.mkdir(parents=True, exist_ok=True)
 
     customer_columns = list(columns["customers"]) + ([extra_column] if extra_column else [])
-    customers = records.customers.copy()
-    customers["birth_date"] = customers["birth_date"].astype(object)
-    customers["marketing_opt_in"] = np.where(customers["marketing_opt_in"].astype(bool), "true", "false")
+    customers = records.customers
+    # Printed column by column, straight from the day's records (no altered copy of the frame).
+    printed_columns = {name: _cells(customers, name) if name in _FLAGS else _printed(customers, name) for name in columns["customers"]}
     if extra_column:
-        customers[extra_column] = rng.choice(np.array(["en", "pt", "de", "fr", "es"]), len(customers))
+        printed_columns[extra_column] = rng.choice(np.array(["en", "pt", "de", "fr", "es"]), len(customers)).tolist()
     kinds = pick_defects(rng, len(customers), rate, CUSTOMER_DEFECTS)
-    printed = list(zip(*(_printed(customers, name) for name in customer_columns)))
+    printed = list(zip(*(printed_columns[name] for name in customer_columns)))
     clean_identities = [["crm", "customers", crm_id, person_id] for crm_id, person_id in zip(customers["crm_id"].tolist(), customers["person_id"].tolist())]
     identities, extra_rows = [], []
     chunks: list[bytes] = [_csv_text([customer_columns]).encode()]
@@ -442,13 +447,23 @@ def write_crm(
         ("campaign_members", records.campaign_members),
     ):
         names = columns[entity]
-        body = frame.copy()
-        for name in ("sent", "opened", "clicked", "converted"):
-            if name in body:
-                body[name] = np.where(body[name].astype(bool), "true", "false")
-        rows = [names] + (body[names].astype(object).where(body[names].notna(), "").values.tolist() if len(body) else [])
-        writer.write_file(drop / f"{entity}.csv", _csv_text(rows).encode("utf-8"))
+        rows = list(zip(*(_cells(frame, name) for name in names))) if len(frame) else []
+        writer.write_file(drop / f"{entity}.csv", _csv_text([names, *rows]).encode("utf-8"))
     return identities
+
+
+_FLAGS = ("marketing_opt_in", "sent", "opened", "clicked", "converted")  # CRM booleans, printed true/false
+
+
+def _cells(frame: pd.DataFrame, name: str) -> list:
+    """A column as the CRM export prints it: flags as true/false, '' for a missing value.
+    Worked column by column: pandas operations on a whole frame cost more than a day's rows."""
+    values = frame[name].to_numpy(dtype=object)
+    if name in _FLAGS:
+        return np.where(values.astype(bool), "true", "false").tolist()
+    missing = pd.isna(values)
+    # A new array when something is missing: `values` may be the frame's own.
+    return (np.where(missing, "", values) if missing.any() else values).tolist()
 
 
 def _printed(frame: pd.DataFrame, name: str) -> list[str]:
