@@ -79,6 +79,13 @@ def _contract_columns() -> dict[str, list[str]]:
     return {name: list(columns) for name, columns in _contract().items()}
 
 
+@cache
+def _contract_cursors() -> dict[str, str]:
+    """Entity → the column its changes move, for entities that name one."""
+    document = yaml.safe_load(CONTRACT_PATH.read_text(encoding="utf-8"))
+    return {name: entity["cursor"] for name, entity in document["entities"].items() if "cursor" in entity}
+
+
 def _settings_file(out: Path) -> Path:
     return out / STATE_DIR / "settings.json"
 
@@ -107,7 +114,7 @@ def simulate(settings: SimulationSettings, progress: Callable[[str], None] | Non
         state = engine.State(seed=settings.seed, start=settings.start, base_customers=settings.customers)
         world = build_world(settings.seed)
         with sources.SalesDatabase(sales_db) as db:
-            db.create(_contract())
+            db.create(_contract(), _contract_cursors())
             sources.write_products(db, world.products, settings.start)
             _write_static_truth(scratch / "truth", world)
             counts: dict[str, int] = {}

@@ -134,14 +134,16 @@ class SalesDatabase:
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite:///")
 
-    def create(self, contract: dict[str, dict[str, str]]) -> None:
+    def create(self, contract: dict[str, dict[str, str]], cursors: dict[str, str]) -> None:
         """Create the sales tables with the contract's types (SQLite, like many real systems,
-        still lets a text value into a number column: the wrong_type defect relies on it)."""
+        still lets a text value into a number column: the wrong_type defect relies on it), and
+        an index on each cursor column, as a system read incrementally by it has."""
         types = {"string": "text", "integer": "bigint", "decimal": "numeric(18,4)", "timestamp": "timestamp", "date": "date", "boolean": "boolean", "double": "double precision"}
         for table, (key, columns) in SALES_TABLES.items():
             body = ", ".join(f"{column} {types[contract[table][column]]}" for column in columns)
             self._con.execute(f"drop table if exists {table}")
             self._con.execute(f"create table {table} ({body}, primary key ({key}))")
+            self._con.execute(f"create index {table}_{cursors[table]} on {table} ({cursors[table]})")
         self._con.commit()
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]]) -> None:

@@ -730,3 +730,14 @@ def test_customer_exports_carry_each_contacts_signup_date(tmp_path):
             assert dt.date.fromisoformat(row["signup_date"]) <= dt.date.fromisoformat(drop.parent.name), row
         exported += len(rows)
     assert exported >= 200
+
+
+def test_sales_tables_index_their_cursor_columns_for_incremental_reads(tmp_path):
+    out = tmp_path / "sources"
+    simulate(SimulationSettings(customers=50, start=dt.date(2025, 1, 1), days=1, seed=1, out=out, dirty_rate=0.0))
+    with sqlite3.connect(out / "sales.sqlite") as db:
+        indexed = {(table, column) for table, column in db.execute(
+            "select m.tbl_name, i.name from sqlite_master as m, pragma_index_info(m.name) as i where m.type = 'index'"
+        )}
+    cursors = {"products": "updated_at", "orders": "updated_at", "order_lines": "updated_at", "payments": "paid_at", "order_status_history": "changed_at"}
+    assert set(cursors.items()) <= indexed
