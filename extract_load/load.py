@@ -71,6 +71,9 @@ RAW_METADATA_COLUMNS = {
     "_deleted": "boolean",
 }
 DEFAULT_LOOKBACK_HOURS = 72
+# Loads this large refresh the planner's statistics of their raw table (PostgreSQL): planned as
+# the small table it was, the next day's lookup of held versions scanned it instead of its index.
+STATISTICS_REFRESH_ROWS = 100_000
 # Files parsed in one pass at most: a first load reads years of daily drops.
 PARSE_GROUP_BYTES = 256 * 2**20
 _META_TABLES = {
@@ -311,6 +314,8 @@ def _load_entity(
         else:
             for delivery in _read_new_files(warehouse, contract, entity, logical_date, settings, audit):
                 new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit))
+        if audit.rows_loaded >= STATISTICS_REFRESH_ROWS:  # a first load: plan tomorrow's lookups right
+            warehouse.refresh_statistics(entity.raw_table)
         audit.new_columns = ",".join(sorted(new_columns))
         audit.seconds = round(time.monotonic() - started, 3)
         _append_records(warehouse, LOAD_AUDIT, [{**asdict(audit), **stamp}])
