@@ -28,9 +28,9 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from urllib.parse import unquote
 
@@ -435,7 +435,7 @@ def _load_delivery(
     audit.rows_loaded += loaded
     audit.rows_unchanged += data.num_rows - loaded
     rejects = delivery.rejects
-    if entity.system.format == "sql":
+    if entity.system.format == "sql" and rejects:
         # The look-back and the reconciliation read a broken source row again every day until
         # it is fixed: quarantine holds it once, later reads count it unchanged.
         held_rejects = _quarantined_sql_rows(warehouse, entity)
