@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -72,3 +75,82 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0], (fragment, lines[0])
     assert result.stdout == ""
     return lines[0]
+
+
+# --- A simulated warehouse with raw loaded, for the dbt tests --------------------------------------
+DBT_PROJECT = PROJECT_ROOT / "dbt_project"
+DBT_START = dt.date(2025, 1, 1)
+DBT_DAYS = 60  # long enough for campaigns to end and customers to churn
+DBT_LAST_DAY = DBT_START + dt.timedelta(days=DBT_DAYS - 1)
+
+
+@pytest.fixture(scope="session")
+def dbt_sources(tmp_path_factory) -> Path:
+    """Sources of 500 customers over 60 days at the default dirty rate, with their truth in
+    `truth/`; shared by every dbt test, never modified."""
+    from simulator import SimulationSettings, simulate
+
+    out = tmp_path_factory.mktemp("dbt-sources") / "sources"
+    simulate(SimulationSettings(customers=500, start=DBT_START, days=DBT_DAYS, seed=11, out=out, dirty_rate=0.01))
+    return out
+
+
+def load_raw(url: str, source_dir: Path, day: dt.date) -> None:
+    """Extract every source up to `day` and reconcile the SQL ones, as the DAG's extract groups do."""
+    from extract_load.contract import load_contract
+    from extract_load.load import ExtractSettings, extract_system, reconcile_system
+
+    settings = ExtractSettings(source_dir=source_dir, sales_db_url=f"sqlite:///{source_dir / 'sales.sqlite'}")
+    for system, spec in load_contract().systems.items():
+        extract_system(system, day, f"test-{day}", settings=settings, warehouse_url=url)
+        if spec.format == "sql":
+            reconcile_system(system, day, f"test-{day}", settings=settings, warehouse_url=url)
+
+
+@pytest.fixture(scope="session")
+def raw_templates(dbt_sources, tmp_path_factory) -> dict:
+    """Per engine, built on first use: a warehouse holding raw for all of `dbt_sources`."""
+    templates: dict[str, str] = {}
+
+    def template(engine: str, request: pytest.FixtureRequest) -> str:
+        if engine not in templates:
+            if engine == "duckdb":
+                url = f"duckdb:///{tmp_path_factory.mktemp('raw-template') / 'warehouse.duckdb'}"
+            else:
+                url = new_postgres_database(request.getfixturevalue("postgres_server_url"), f"crmw_raw_template_{os.getpid()}")
+            load_raw(url, dbt_sources, DBT_LAST_DAY)
+            templates[engine] = url
+        return templates[engine]
+
+    return template
+
+
+@pytest.fixture(params=ENGINES)
+def raw_warehouse_url(request: pytest.FixtureRequest, raw_templates, tmp_path: Path) -> str:
+    """A private warehouse on each engine holding raw for all of `dbt_sources`, for dbt to build on."""
+    template = raw_templates(request.param, request)
+    if request.param == "duckdb":
+        copy = tmp_path / "warehouse.duckdb"
+        shutil.copyfile(template[len("duckdb:///"):], copy)
+        return f"duckdb:///{copy}"
+    import psycopg
+
+    name = f"crmw_test_{os.getpid()}_{next(_database_numbers)}"
+    server_url = request.getfixturevalue("postgres_server_url")
+    with psycopg.connect(server_url, autocommit=True) as con:
+        con.execute(f"drop database if exists {name} with (force)")
+        con.execute(f"create database {name} template {urlsplit(template).path.lstrip('/')}")
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def run_dbt(url: str, *args: str, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the dbt CLI on the project against `url`; target and logs go to `tmp_path` so a test
+    never touches the manifest the DAG renders from."""
+    dbt = Path(sys.executable).parent / "dbt"
+    command = [str(dbt), *args, "--profiles-dir", ".", "--project-dir", ".",
+               "--target-path", str(tmp_path / "dbt-target"), "--log-path", str(tmp_path / "dbt-logs")]
+    result = subprocess.run(command, cwd=DBT_PROJECT, env={**os.environ, "WAREHOUSE_URL": url},
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dbt {' '.join(args)} failed on {url.split('://')[0]}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}")
+    return result
