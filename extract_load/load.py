@@ -365,7 +365,7 @@ def _append_new_versions(warehouse: Warehouse, entity: Entity, data: "pa.Table")
     if data.num_rows == 0:
         return 0
     staging = _staging_table(entity)
-    warehouse.execute(f"delete from {staging}")
+    warehouse.empty_table(staging)
     warehouse.append_arrow(staging, data)
     warehouse.refresh_statistics(staging)
     columns = ", ".join(data.column_names)
@@ -386,7 +386,7 @@ def _append_new_versions(warehouse: Warehouse, entity: Entity, data: "pa.Table")
         f" and not exists (select 1 from {entity.raw_table} as held where {held})",
         params,
     )
-    warehouse.execute(f"delete from {staging}")
+    warehouse.empty_table(staging)
     return loaded
 
 
@@ -587,7 +587,7 @@ def _reconcile_keys(
     keys = f"{META_SCHEMA}.source_keys__{entity.system.name}__{entity.name}"
     key_types = {name: entity.column_types[name] for name in entity.primary_key}
     warehouse.ensure_table(keys, {**key_types, "_visible": "integer"})
-    warehouse.execute(f"delete from {keys}")
+    warehouse.empty_table(keys)
     typed = ", ".join(f"try_cast({name} as {sql_type('duckdb', kind)}) as {name}" for name, kind in key_types.items())
     visible = f"case when {cursor_column} < {source.timestamp_bound} then 1 else 0 end as _visible"
     with _source_errors(source, entity), duckdb.connect() as con:
@@ -642,7 +642,7 @@ def _reconcile_keys(
         f" order by {', '.join(f'{position}' for position in range(1, len(entity.primary_key) + 1))}",
         (logical_date, logical_date),
     )
-    warehouse.execute(f"delete from {keys}")
+    warehouse.empty_table(keys)
     # A key whose only source row is quarantined stays missing from raw: it is not missed.
     quarantined = {
         tuple(str(values.get(name)) for name in entity.primary_key)

@@ -219,6 +219,12 @@ class Warehouse:
         refilled each run from its last statistics: planned as empty, a join over millions of keys
         became a nested loop (minutes instead of seconds). DuckDB keeps its statistics current."""
 
+    def empty_table(self, table: str) -> None:
+        """Remove every row of a scratch table that is refilled on each run. On PostgreSQL a delete
+        leaves the dead rows in the table's pages until vacuum, so the next run's delete, analyze
+        and joins read every row the table ever held: a day's increment grew with the first load."""
+        self.execute(f"delete from {qualified(table)}")
+
     def ensure_index(self, table: str, columns: Sequence[str]) -> None:
         """An index for lookups by `columns` where the engine gains from one: PostgreSQL reads
         a day's keys out of years of raw rows through it; DuckDB scans and hash-joins faster than
@@ -403,6 +409,10 @@ class _PostgresWarehouse(Warehouse):
 
     def refresh_statistics(self, table: str) -> None:
         self.execute(f"analyze {qualified(table)}")
+
+    def empty_table(self, table: str) -> None:
+        # Transactional in PostgreSQL, and it gives the table fresh, empty files.
+        self.execute(f"truncate {qualified(table)}")
 
     def ensure_index(self, table: str, columns: Sequence[str]) -> None:
         schema, _, name = qualified(table).partition(".")
