@@ -421,13 +421,15 @@ def _load_delivery(
     """Append the delivery's versions raw does not hold yet; returns the columns it added.
     Without `compare` every version of the delivery loads, whatever raw holds: for rows raw
     cannot hold (a first load) or holds no live version of (recovered by the reconciliation)."""
+    import pyarrow as pa
+
     extra = {name: "string" for name in delivery.extra_columns}
     if extra:
         warehouse.ensure_table(entity.raw_table, extra)
         warehouse.ensure_table(_staging_table(entity), extra)
     data = delivery.rows
     for name, value in {**stamp, "_deleted": False}.items():
-        data = data.append_column(name, _constant(value, data.num_rows))
+        data = data.append_column(name, pa.repeat(value, data.num_rows))
     if compare:
         loaded = _append_new_versions(warehouse, entity, data)
     else:
@@ -728,9 +730,4 @@ def _append_records(warehouse: Warehouse, table: str, records: list[dict]) -> No
     if records:
         warehouse.append_arrow(table, pa.Table.from_pylist(records))
 
-
-def _constant(value: object, length: int) -> "pa.Array":
-    import pyarrow as pa
-
-    return pa.array([value] * length)
 

@@ -105,8 +105,10 @@ def _typed_split(
     """Cast the all-text relation `incoming` (with _source_file, _delivery_date and _source_row)
     to contract types; rows that fail go to rejects, with their `raw_text` (an SQL expression,
     worked out for rejected rows only)."""
+    import pyarrow.compute as pc
+
     extra = [name for name in present if name not in entity.column_types]
-    selects, checks = [], []
+    selects, failures = [], {}  # failures: condition -> message, both SQL
     for name, column_type in entity.column_types.items():
         target = sql_type("duckdb", column_type)
         if name not in present:
@@ -114,31 +116,37 @@ def _typed_split(
             continue
         cast = _cast(name, column_type)
         selects.append(f"{cast} as {name}")
-        checks.append(
-            f"case when {name} is not null and {cast} is null"
-            f" then '{name}: expected {column_type}, got ' || left(cast({name} as varchar), 60) end"
+        failures[f"{name} is not null and {cast} is null"] = (
+            f"'{name}: expected {column_type}, got ' || left(cast({name} as varchar), 60)"
         )
     for name in entity.primary_key:
-        checks.append(f"case when {name} is null or trim(cast({name} as varchar)) = '' then 'missing key {name}' end")
-    selects += [f"cast({name} as varchar) as {name}" for name in extra]
-    # A view, not a table: the good rows are cast once on their way out, and the few rejects
-    # are cast again rather than every row being stored in between.
-    con.execute(
-        f"create or replace temp view checked as select _source_file, _delivery_date, _source_row, "
-        f"concat_ws('; ', {', '.join(checks) or 'null'}) as _reason, {', '.join(selects)} from {incoming}"
+        failures[f"{name} is null or trim(cast({name} as varchar)) = ''"] = f"'missing key {name}'"
+    # Messages are built for failing rows only; a good row costs the conditions alone.
+    reason = (
+        f"case when ({') or ('.join(failures)}) then concat_ws('; ', "
+        + ", ".join(f"case when {condition} then {message} end" for condition, message in failures.items())
+        + ") else '' end"
     )
+    selects += [f"cast({name} as varchar) as {name}" for name in extra]
     columns = [*entity.column_types, *extra]
-    rows = con.sql(
+    # One pass casts and checks every row; the few rejects are then looked up again for their
+    # raw text, so no row is cast twice.
+    checked = con.sql(
         f"select {', '.join(columns)}, cast(_delivery_date as date) as _delivery_date, _source_file, _source_row, "
-        f"{_version_hash(entity)} as _version_hash from checked where _reason = ''"
+        f"{_version_hash(entity)} as _version_hash, _reason from (select _source_file, _delivery_date, _source_row, "
+        f"{reason} as _reason, {', '.join(selects)} from {incoming}) as typed"
     ).to_arrow_table()
-    for source_file, row, raw, reason in con.execute(
-        f"select _source_file, _source_row, {raw_text}, checked._reason"
-        f" from checked join {incoming} using (_source_file, _source_row) where checked._reason <> ''"
-    ).fetchall():
-        rejects.append(Reject(source_file, int(row), raw, f"breaks the contract: {reason}"))
+    is_good = pc.equal(checked.column("_reason"), "")
+    failed = checked.filter(pc.invert(is_good)).select(["_source_file", "_source_row", "_reason"])
+    if failed.num_rows:
+        con.register("failed", failed)
+        for source_file, row, raw, reason in con.execute(
+            f"select _source_file, _source_row, {raw_text}, failed._reason"
+            f" from failed join {incoming} using (_source_file, _source_row)"
+        ).fetchall():
+            rejects.append(Reject(source_file, int(row), raw, f"breaks the contract: {reason}"))
     rejects.sort(key=lambda reject: (reject.source_file, reject.source_row))
-    return ParsedDelivery(rows=rows, rejects=rejects, extra_columns=extra)
+    return ParsedDelivery(rows=checked.filter(is_good).drop_columns(["_reason"]), rejects=rejects, extra_columns=extra)
 
 
 def _version_hash(entity: Entity) -> str:
@@ -318,14 +326,15 @@ def parse_table(
     """Rows read from a SQL source as text columns, numbered from `first_row`; checked like file
     rows, the raw text of a rejected row being its values as JSON."""
     import duckdb
+    import numpy as np
     import pyarrow as pa
 
     names = table.column_names
     _check_columns(source, entity, names)
     rows = table.num_rows
-    table = table.add_column(0, "_source_row", pa.array(range(first_row, first_row + rows), pa.int64()))
-    table = table.add_column(0, "_delivery_date", pa.array([delivery_date] * rows, pa.date32()))
-    table = table.add_column(0, "_source_file", pa.array([source] * rows, pa.string()))
+    table = table.add_column(0, "_source_row", pa.array(np.arange(first_row, first_row + rows, dtype=np.int64)))
+    table = table.add_column(0, "_delivery_date", pa.repeat(pa.scalar(delivery_date, pa.date32()), rows))
+    table = table.add_column(0, "_source_file", pa.repeat(pa.scalar(source, pa.string()), rows))
     con = duckdb.connect()
     try:
         con.register("incoming", table)

@@ -9,6 +9,7 @@ files): a dirty source may hold text in a number column, and a driver infers one
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -69,21 +70,18 @@ class SqlSource:
     ) -> Iterator["pa.Table"]:
         """`columns` of `table` as text (a column may also be an `expression as name`), in
         tables of about BATCH_ROWS rows."""
-        import pyarrow as pa
-
         selected = ", ".join(column if " as " in column else f"cast({column} as text) as {column}" for column in columns)
         sql = f"select {selected} from {table}" + (f" where {where}" if where else "")
         cursor, reader = self._read(sql + (f" order by {', '.join(order_by)}" if order_by else ""), params)
+        tables = _grouped(reader)
         try:
-            pending, rows = [], 0
-            for batch in reader:
-                pending.append(batch)
-                rows += batch.num_rows
-                if rows >= BATCH_ROWS:
-                    yield pa.Table.from_batches(pending, reader.schema)
-                    pending, rows = [], 0
-            if pending:
-                yield pa.Table.from_batches(pending, reader.schema)
+            # The driver fills the next table on a thread while the caller loads this one: the
+            # drivers and DuckDB both work outside the GIL, so a long read and its load overlap.
+            with ThreadPoolExecutor(max_workers=1) as reading:
+                pending = reading.submit(next, tables, None)
+                while (table := pending.result()) is not None:
+                    pending = reading.submit(next, tables, None)
+                    yield table
         except OSError as error:  # the drivers' errors while streaming
             raise SourceReadError(_first_line(error)) from error
         finally:
@@ -112,6 +110,21 @@ class SqlSource:
         except Exception as error:  # each driver has its own error classes
             cursor.close()
             raise SourceReadError(_first_line(error)) from error
+
+
+def _grouped(reader: "pa.RecordBatchReader") -> Iterator["pa.Table"]:
+    """The reader's batches in tables of about BATCH_ROWS rows."""
+    import pyarrow as pa
+
+    pending, rows = [], 0
+    for batch in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= BATCH_ROWS:
+            yield pa.Table.from_batches(pending, reader.schema)
+            pending, rows = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending, reader.schema)
 
 
 def _first_line(error: BaseException) -> str:
