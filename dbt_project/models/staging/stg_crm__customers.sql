@@ -1,32 +1,33 @@
-with source as (
-    select * from {{ source('raw_crm', 'customers') }}
-),
-
-renamed as (
-    select
-        cast(crm_id as {{ dbt.type_string() }}) as crm_id,
-        trim(first_name) as first_name,
-        trim(last_name) as last_name,
-        lower(trim(email)) as email,
-        cast(phone as {{ dbt.type_string() }}) as phone,
-        cast(birth_date as date) as birth_date,
-        lower(gender) as gender,
-        cast(city as {{ dbt.type_string() }}) as city,
-        upper(country) as country_code,
-        cast(signup_date as date) as signup_date,
-        lower(acquisition_channel) as acquisition_channel,
-        lower(loyalty_tier) as loyalty_tier,
-        cast(marketing_opt_in as boolean) as is_marketing_opt_in,
-        nullif(trim(referred_by), '') as referred_by_crm_id,
-        cast(modified_at as {{ dbt.type_timestamp() }}) as modified_at,
-        _loaded_at
-    from source
+with versions as (
+    select * from {{ ref('stg_crm__customer_versions') }}
 ),
 
 latest as (
-    select distinct on (crm_id) *
-    from renamed
-    order by crm_id, modified_at desc, _loaded_at desc
+    {{ latest_version('versions', ['crm_id'], ['modified_at desc']) }}
 )
 
-select * from latest
+-- CRM exports never delete, but a tombstone would mean the contact is gone: left out.
+select
+    crm_id,
+    first_name,
+    last_name,
+    email,
+    is_email_valid,
+    phone,
+    phone_as_entered,
+    birth_date,
+    gender,
+    city,
+    country_code,
+    signup_date,
+    acquisition_channel,
+    loyalty_tier,
+    is_marketing_opt_in,
+    referred_by_crm_id,
+    modified_at,
+    is_valid,
+    invalid_reason,
+    _delivery_date,
+    _loaded_at
+from latest
+where not _is_deleted

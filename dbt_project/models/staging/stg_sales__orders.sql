@@ -5,34 +5,37 @@ with source as (
 renamed as (
     select
         cast(order_id as bigint) as order_id,
-        lower(trim(customer_email)) as customer_email,
-        cast(crm_id as {{ dbt.type_string() }}) as crm_id,
+        {{ normalize_email('customer_email') }} as customer_email,
+        {{ is_valid_email('customer_email') }} as is_email_valid,
+        nullif(trim(crm_id), '') as crm_id,
         lower(channel) as channel,
         cast(store_id as {{ dbt.type_string() }}) as store_id,
         lower(status) as order_status,
         cast(created_at as {{ dbt.type_timestamp() }}) as ordered_at,
         cast(updated_at as {{ dbt.type_timestamp() }}) as updated_at,
-        _loaded_at,
-        coalesce(_deleted, false) as is_deleted
+        coalesce(_deleted, false) as _is_deleted,
+        _delivery_date,
+        _loaded_at
     from source
 ),
 
 latest as (
-    select distinct on (order_id) *
-    from renamed
-    order by order_id, updated_at desc, is_deleted desc, _loaded_at desc
+    {{ latest_version('renamed', ['order_id'], ['updated_at desc']) }}
 )
 
 -- A record hard-deleted in the source has a tombstone as its latest raw version: left out.
 select
     order_id,
     customer_email,
+    is_email_valid,
     crm_id,
     channel,
     store_id,
     order_status,
     ordered_at,
     updated_at,
+    {{ quality_flags({'invalid_email': 'not is_email_valid'}) }},
+    _delivery_date,
     _loaded_at
 from latest
-where not is_deleted
+where not _is_deleted

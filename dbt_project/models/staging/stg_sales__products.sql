@@ -11,15 +11,14 @@ renamed as (
         cast(list_price as numeric(18, 4)) as list_price,
         cast(unit_cost as numeric(18, 4)) as unit_cost,
         cast(updated_at as {{ dbt.type_timestamp() }}) as updated_at,
-        _loaded_at,
-        coalesce(_deleted, false) as is_deleted
+        coalesce(_deleted, false) as _is_deleted,
+        _delivery_date,
+        _loaded_at
     from source
 ),
 
 latest as (
-    select distinct on (sku) *
-    from renamed
-    order by sku, updated_at desc, is_deleted desc, _loaded_at desc
+    {{ latest_version('renamed', ['sku'], ['updated_at desc']) }}
 )
 
 -- A record hard-deleted in the source has a tombstone as its latest raw version: left out.
@@ -31,6 +30,7 @@ select
     list_price,
     unit_cost,
     updated_at,
+    _delivery_date,
     _loaded_at
 from latest
-where not is_deleted
+where not _is_deleted

@@ -5,7 +5,8 @@ with source as (
 renamed as (
     select
         cast(ticket_id as bigint) as ticket_id,
-        lower(trim(requester_email)) as requester_email,
+        {{ normalize_email('requester_email') }} as requester_email,
+        {{ is_valid_email('requester_email') }} as is_email_valid,
         lower(channel) as channel,
         lower(category) as category,
         lower(priority) as priority,
@@ -15,14 +16,41 @@ renamed as (
         cast(first_reply_at as {{ dbt.type_timestamp() }}) as first_reply_at,
         cast(solved_at as {{ dbt.type_timestamp() }}) as solved_at,
         cast(satisfaction_rating as bigint) as satisfaction_rating,
+        nullif(trim(satisfaction_comment), '') as satisfaction_comment,
+        cast(tags as {{ dbt.type_string() }}) as tags,
+        cast(status_history as {{ dbt.type_string() }}) as status_history,
+        coalesce(_deleted, false) as _is_deleted,
+        _delivery_date,
         _loaded_at
     from source
 ),
 
 latest as (
-    select distinct on (ticket_id) *
-    from renamed
-    order by ticket_id, updated_at desc, _loaded_at desc
+    {{ latest_version('renamed', ['ticket_id'], ['updated_at desc']) }}
 )
 
-select * from latest
+select
+    ticket_id,
+    requester_email,
+    is_email_valid,
+    channel,
+    category,
+    priority,
+    ticket_status,
+    created_at,
+    updated_at,
+    first_reply_at,
+    solved_at,
+    satisfaction_rating,
+    satisfaction_comment,
+    tags,
+    status_history,
+    {{ quality_flags({
+        'invalid_email': 'not is_email_valid',
+        'satisfaction_out_of_range': 'satisfaction_rating not between 1 and 5',
+        'solved_before_created': 'solved_at < created_at',
+    }) }},
+    _delivery_date,
+    _loaded_at
+from latest
+where not _is_deleted

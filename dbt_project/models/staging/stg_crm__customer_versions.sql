@@ -1,0 +1,45 @@
+-- Every version of every CRM contact raw holds, cleaned and flagged but not deduplicated: the
+-- input of the customers' SCD2 history, which must come from the versions, not from the latest.
+with source as (
+    select * from {{ source('raw_crm', 'customers') }}
+),
+
+cleaned as (
+    select
+        cast(crm_id as {{ dbt.type_string() }}) as crm_id,
+        trim(first_name) as first_name,
+        trim(last_name) as last_name,
+        {{ normalize_email('email') }} as email,
+        {{ is_valid_email('email') }} as is_email_valid,
+        {{ normalize_phone('phone') }} as phone,
+        nullif(trim(phone), '') as phone_as_entered,
+        cast(birth_date as date) as birth_date,
+        lower(gender) as gender,
+        cast(city as {{ dbt.type_string() }}) as city,
+        upper(country) as country_code,
+        cast(signup_date as date) as signup_date,
+        lower(acquisition_channel) as acquisition_channel,
+        lower(loyalty_tier) as loyalty_tier,
+        cast(marketing_opt_in as boolean) as is_marketing_opt_in,
+        nullif(trim(referred_by), '') as referred_by_crm_id,
+        cast(modified_at as {{ dbt.type_timestamp() }}) as modified_at,
+        coalesce(_deleted, false) as _is_deleted,
+        _version_hash,
+        _delivery_date,
+        _loaded_at
+    from source
+),
+
+flagged as (
+    select
+        *,
+        {{ quality_flags({
+            'invalid_email': 'not is_email_valid',
+            'invalid_phone': 'phone_as_entered is not null and phone is null',
+            'missing_birth_date': 'birth_date is null',
+            'impossible_birth_date': "birth_date < cast('1900-01-01' as date) or birth_date > signup_date",
+        }) }}
+    from cleaned
+)
+
+select * from flagged
