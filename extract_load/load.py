@@ -568,7 +568,8 @@ def _read_sql_delta(
     audit.cursor_after = audit.cursor_before
     first_row = 1
     with _source_errors(source, entity):
-        for table in source.read_text(entity.name, columns, where, params, order_by=entity.primary_key):
+        order = source.read_order(entity.name, entity.primary_key)
+        for table in source.read_text(entity.name, columns, where, params, order_by=order):
             delivery = parse_table(table, _sql_source_name(entity), window_end.date(), entity, first_row)
             first_row += table.num_rows
             newest = pc.max(delivery.rows.column(cursor_column)).as_py()

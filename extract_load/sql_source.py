@@ -65,6 +65,19 @@ class SqlSource:
         finally:
             cursor.close()
 
+    def read_order(self, table: str, primary_key: Sequence[str]) -> list[str]:
+        """The cheapest order that reads `table` the same way each time: SQLite's rowid where the
+        table has one (a plain scan of its b-tree; ordering by the key instead looked up every
+        row through the key's index, half of a first load's read time), else the primary key."""
+        if not self.is_postgres:
+            try:
+                cursor, _ = self._read(f"select rowid from {table} where 1 = 0", ())
+            except SourceReadError:  # a WITHOUT ROWID table
+                return list(primary_key)
+            cursor.close()
+            return ["rowid"]
+        return list(primary_key)
+
     def read_text(
         self, table: str, columns: Sequence[str], where: str = "", params: Sequence = (), order_by: Sequence[str] = ()
     ) -> Iterator["pa.Table"]:
