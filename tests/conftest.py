@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -128,8 +128,13 @@ def raw_templates(dbt_sources, tmp_path_factory) -> dict:
 @pytest.fixture(params=ENGINES)
 def raw_warehouse_url(request: pytest.FixtureRequest, raw_templates, tmp_path: Path) -> str:
     """A private warehouse on each engine holding raw for all of `dbt_sources`, for dbt to build on."""
-    template = raw_templates(request.param, request)
-    if request.param == "duckdb":
+    return copy_raw_warehouse(request.param, request, raw_templates, tmp_path)
+
+
+def copy_raw_warehouse(engine: str, request: pytest.FixtureRequest, raw_templates, tmp_path: Path) -> str:
+    """A private copy of the `engine` raw template (for a test that needs both engines at once)."""
+    template = raw_templates(engine, request)
+    if engine == "duckdb":
         copy = tmp_path / "warehouse.duckdb"
         shutil.copyfile(template[len("duckdb:///"):], copy)
         return f"duckdb:///{copy}"
@@ -141,6 +146,25 @@ def raw_warehouse_url(request: pytest.FixtureRequest, raw_templates, tmp_path: P
         con.execute(f"drop database if exists {name} with (force)")
         con.execute(f"create database {name} template {urlsplit(template).path.lstrip('/')}")
     return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def built_warehouses(raw_templates, tmp_path_factory) -> Callable[[str, pytest.FixtureRequest], str]:
+    """Per engine, built on first use: a copy of the raw template after a `dbt build` of the whole
+    project (tests included), shared by the tests that only read what it built; each of them fails
+    while the build is not green (built once either way)."""
+    built: dict[str, tuple[str, subprocess.CompletedProcess]] = {}
+
+    def warehouse(engine: str, request: pytest.FixtureRequest) -> str:
+        if engine not in built:
+            folder = tmp_path_factory.mktemp(f"built-{engine}")
+            url = copy_raw_warehouse(engine, request, raw_templates, folder)
+            built[engine] = url, run_dbt(url, "build", tmp_path=folder, check=False)
+        url, result = built[engine]
+        assert result.returncode == 0, f"dbt build failed on {engine}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+        return url
+
+    return warehouse
 
 
 def run_dbt(url: str, *args: str, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -3,23 +3,47 @@ with orders as (
 ),
 
 order_lines as (
-    select * from {{ ref('stg_sales__order_lines') }}
+    select * from {{ ref('fct_order_lines') }}
 ),
 
+identity as (
+    select * from {{ ref('int_customer_identity') }}
+),
+
+{% if is_incremental() -%}
+-- An order is redone when its header or one of its lines was delivered in the window, or when
+-- identity resolution moved it to another customer.
+orders_to_build as (
+    select order_id from orders where {{ in_reprocessing_window('_delivery_date') }}
+    union
+    select order_id from order_lines where {{ in_reprocessing_window('_delivery_date') }}
+    union
+    {{ keys_with_stale_customer('order_id', 'identity', 'orders') }}
+),
+
+{% endif -%}
+-- Invalid lines (a quantity or price that is not positive) are kept in fct_order_lines with their
+-- reason but count in no amount: their values are not what the customer bought.
 line_totals as (
     select
         order_id,
         count(*) as line_count,
-        sum(quantity) as item_count,
-        sum(quantity * unit_price) as gross_amount,
-        sum(discount_amount) as discount_amount
+        sum(case when not is_valid then 1 else 0 end) as invalid_line_count,
+        sum(case when is_valid then quantity else 0 end) as item_count,
+        sum(case when is_valid then gross_amount else 0 end) as gross_amount,
+        sum(case when is_valid then discount_amount else 0 end) as discount_amount,
+        max(_delivery_date) as last_line_delivery_date
     from order_lines
+    {%- if is_incremental() %}
+    where order_id in (select order_id from orders_to_build)
+    {%- endif %}
     group by order_id
 ),
 
 final as (
     select
         orders.order_id,
+        identity.customer_id,
         orders.customer_email,
         orders.crm_id,
         orders.channel,
@@ -28,15 +52,26 @@ final as (
         orders.ordered_at,
         cast(orders.ordered_at as date) as order_date,
         cast(coalesce(line_totals.line_count, 0) as integer) as line_count,
+        cast(coalesce(line_totals.invalid_line_count, 0) as integer) as invalid_line_count,
         cast(coalesce(line_totals.item_count, 0) as integer) as item_count,
         cast(coalesce(line_totals.gross_amount, 0) as numeric(18, 2)) as gross_amount,
         cast(coalesce(line_totals.discount_amount, 0) as numeric(18, 2)) as discount_amount,
         cast(coalesce(line_totals.gross_amount, 0) - coalesce(line_totals.discount_amount, 0) as numeric(18, 2))
             as net_amount,
-        orders.order_status not in ('cancelled', 'returned') as is_revenue
+        orders.order_status not in ('cancelled', 'returned') as is_revenue,
+        case
+            when line_totals.last_line_delivery_date > orders._delivery_date then line_totals.last_line_delivery_date
+            else orders._delivery_date
+        end as _delivery_date
     from orders
     left join line_totals
         on orders.order_id = line_totals.order_id
+    left join identity
+        on identity.source_table = 'orders'
+        and identity.source_key = cast(orders.order_id as {{ dbt.type_string() }})
+    {%- if is_incremental() %}
+    where orders.order_id in (select order_id from orders_to_build)
+    {%- endif %}
 )
 
 select * from final

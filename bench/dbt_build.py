@@ -1,0 +1,95 @@
+"""dbt build time: a full `dbt build` of the project, and the incremental build of one more day.
+
+    .venv/bin/python -m bench.dbt_build --sources /path/to/simulated --engine duckdb --runs 3
+    .venv/bin/python -m bench.dbt_build --sources /path/to/simulated --engine postgres --warehouse-url postgresql://...
+
+- The sources (a `crmw simulate` output) are copied, then raw is loaded up to their last day
+  (timed, not part of the figures).
+- Full build: `dbt build --full-refresh` (models, seeds, data and unit tests), --runs times on the
+  same raw; each run rebuilds every table from scratch.
+- Incremental day: the simulator appends the next day to the copy, raw takes that day's
+  deliveries, then `dbt build` runs --runs times (a rerun redoes the same reprocessing window).
+- Prints JSON lines: each run (seconds, dbt's status counts, the slowest nodes), then the medians.
+
+PostgreSQL runs use --warehouse-url (a server whose user may create databases) or a throwaway
+server started from the machine's binaries, as the tests do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.extract_load_throughput import _warehouse_factory
+from simulator import append_day
+from tests.conftest import load_raw, run_dbt
+
+SLOWEST_NODES = 8
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", type=Path, required=True, help="a simulator output (copied, never changed)")
+    parser.add_argument("--engine", choices=("duckdb", "postgres"), default="duckdb")
+    parser.add_argument("--warehouse-url", help="PostgreSQL server URL for --engine postgres")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crmw-bench-dbt-"))
+
+    sources = workdir / "sources"
+    shutil.copytree(args.sources, sources)
+    last_day = max(dt.date.fromisoformat(path.name) for path in (sources / "crm").iterdir())
+    with ExitStack() as stack:
+        url = _warehouse_factory(args, workdir, stack)()
+        started = time.perf_counter()
+        load_raw(url, sources, last_day)
+        print(json.dumps({"engine": args.engine, "step": "raw load", "day": last_day.isoformat(),
+                          "seconds": round(time.perf_counter() - started, 2)}), flush=True)
+        full = [_build(url, workdir, "full build", run, "--full-refresh") for run in range(args.runs)]
+
+        next_day = last_day + dt.timedelta(days=1)
+        append_day(sources, next_day)
+        started = time.perf_counter()
+        load_raw(url, sources, next_day)
+        print(json.dumps({"engine": args.engine, "step": "raw load", "day": next_day.isoformat(),
+                          "seconds": round(time.perf_counter() - started, 2)}), flush=True)
+        incremental = [_build(url, workdir, "incremental day", run) for run in range(args.runs)]
+
+    print(json.dumps({
+        "engine": args.engine,
+        "sources": str(args.sources),
+        "runs": args.runs,
+        "median_full_build_seconds": statistics.median(full),
+        "median_incremental_day_seconds": statistics.median(incremental),
+    }), flush=True)
+
+
+def _build(url: str, workdir: Path, step: str, run: int, *flags: str) -> float:
+    """One timed `dbt build`; reports its outcome and slowest nodes from dbt's run_results.json."""
+    started = time.perf_counter()
+    result = run_dbt(url, "build", *flags, tmp_path=workdir, check=False)
+    seconds = round(time.perf_counter() - started, 2)
+    outcome = json.loads((workdir / "dbt-target" / "run_results.json").read_text())["results"]
+    slowest = sorted(outcome, key=lambda node: node["execution_time"], reverse=True)[:SLOWEST_NODES]
+    print(json.dumps({
+        "step": step,
+        "run": run,
+        "seconds": seconds,
+        "exit_code": result.returncode,
+        "statuses": Counter(node["status"] for node in outcome),
+        "slowest": {node["unique_id"].split(".", 2)[2]: round(node["execution_time"], 2) for node in slowest},
+    }), flush=True)
+    return seconds
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+{#- Incremental facts are rebuilt by delivery date: a run redoes every row delivered within the
+    reprocessing window (var reprocessing_window_days, default 3) of the latest delivery the table
+    already holds, so a rerun of a recent day, or a row delivered today for an old event, lands.
+    An empty table counts as holding nothing: everything is in the window. -#}
+{% macro in_reprocessing_window(delivery_date_column) -%}
+    {{ delivery_date_column }} >= (
+        select coalesce(
+            cast({{ dbt.dateadd('day', -var('reprocessing_window_days', 3), 'max(_delivery_date)') }} as date),
+            cast('1900-01-01' as date)
+        )
+        from {{ this }}
+    )
+{%- endmacro %}
+
+{#- Keys of rows already built whose customer_id no longer matches identity resolution: a new
+    link can merge two customers, changing the customer of records delivered long ago. Rebuilt
+    with the window's rows, they keep an incremental run equal to a full refresh. -#}
+{% macro keys_with_stale_customer(key_column, identity_relation, source_table, source_key_column=none) -%}
+    select built.{{ key_column }}
+    from {{ this }} as built
+    left join {{ identity_relation }} as identity
+        on identity.source_table = '{{ source_table }}'
+        and identity.source_key = cast(built.{{ source_key_column or key_column }} as {{ dbt.type_string() }})
+    where built.customer_id is distinct from identity.customer_id
+{%- endmacro %}
+
+{#- Post-hook of an incremental fact: delete rows whose record is gone from staging (a hard delete
+    in the source arrives as a tombstone version, which staging leaves out). Nothing to do after a
+    full refresh, which builds from staging: the hook renders empty and dbt skips it. -#}
+{% macro delete_rows_missing_from(staging_relation, key_columns) -%}
+    {%- if is_incremental() %}
+    delete from {{ this }}
+    where not exists (
+        select 1
+        from {{ staging_relation }} as staged
+        where {% for key in key_columns %}staged.{{ key }} = {{ this }}.{{ key }}{% if not loop.last %} and {% endif %}{% endfor %}
+    )
+    {%- endif %}
+{%- endmacro %}

@@ -1,0 +1,173 @@
+with customers as (
+    select * from {{ ref('dim_customers') }}
+),
+
+orders as (
+    select * from {{ ref('fct_orders') }}
+),
+
+order_lines as (
+    select * from {{ ref('fct_order_lines') }}
+),
+
+products as (
+    select * from {{ ref('dim_products') }}
+),
+
+tickets as (
+    select * from {{ ref('fct_tickets') }}
+),
+
+interactions as (
+    select * from {{ ref('fct_interactions') }}
+),
+
+campaign_responses as (
+    select * from {{ ref('fct_campaign_responses') }}
+),
+
+-- Recency and tenure are counted to the latest order date the warehouse holds: the day its data
+-- describes, the same on every engine and rerun.
+reference as (
+    select max(order_date) as reference_date
+    from orders
+),
+
+order_summary as (
+    select
+        customer_id,
+        count(*) as orders_placed,
+        sum(case when is_revenue then 1 else 0 end) as frequency,
+        sum(case when is_revenue then net_amount else 0 end) as monetary,
+        min(case when is_revenue then order_date end) as first_order_date,
+        max(case when is_revenue then order_date end) as last_order_date,
+        sum(case when order_status = 'returned' then 1 else 0 end) as returned_orders,
+        sum(case when order_status = 'returned' then net_amount else 0 end) as returned_amount
+    from orders
+    group by customer_id
+),
+
+category_units as (
+    select
+        orders.customer_id,
+        products.category,
+        sum(order_lines.quantity) as units
+    from order_lines
+    inner join orders
+        on order_lines.order_id = orders.order_id
+    inner join products
+        on order_lines.sku = products.sku
+    where orders.is_revenue
+        and order_lines.is_valid
+    group by orders.customer_id, products.category
+),
+
+-- Ties go to the alphabetically first category or channel, so the choice is deterministic.
+favourite_categories as (
+    select distinct on (customer_id)
+        customer_id,
+        category as favourite_category
+    from category_units
+    order by customer_id, units desc, category
+),
+
+channel_orders as (
+    select
+        customer_id,
+        channel,
+        count(*) as order_count
+    from orders
+    where is_revenue
+    group by customer_id, channel
+),
+
+favourite_channels as (
+    select distinct on (customer_id)
+        customer_id,
+        channel as favourite_channel
+    from channel_orders
+    order by customer_id, order_count desc, channel
+),
+
+ticket_summary as (
+    select
+        customer_id,
+        count(*) as ticket_count,
+        sum(case when is_open then 1 else 0 end) as open_ticket_count,
+        avg(satisfaction_rating) as average_satisfaction
+    from tickets
+    group by customer_id
+),
+
+interaction_summary as (
+    select
+        customer_id,
+        count(*) as interaction_count
+    from interactions
+    group by customer_id
+),
+
+campaign_summary as (
+    select
+        customer_id,
+        sum(case when was_sent then 1 else 0 end) as campaigns_received,
+        sum(case when was_sent and has_responded then 1 else 0 end) as campaign_responses
+    from campaign_responses
+    group by customer_id
+),
+
+referrals as (
+    select
+        referred_by_customer_id as customer_id,
+        count(*) as referrals_made
+    from customers
+    where referred_by_customer_id <> customer_id
+    group by referred_by_customer_id
+),
+
+final as (
+    select
+        customers.customer_id,
+        reference.reference_date,
+        customers.signup_date,
+        cast({{ dbt.datediff('coalesce(customers.signup_date, order_summary.first_order_date)', 'reference.reference_date', 'day') }} as integer)
+            as tenure_days,
+        order_summary.first_order_date,
+        order_summary.last_order_date,
+        cast({{ dbt.datediff('order_summary.last_order_date', 'reference.reference_date', 'day') }} as integer) as recency_days,
+        cast(coalesce(order_summary.frequency, 0) as integer) as frequency,
+        cast(coalesce(order_summary.monetary, 0) as numeric(18, 2)) as monetary,
+        -- A ratio in double precision: a decimal quotient rounds differently on the two engines.
+        cast(order_summary.monetary as double precision) / nullif(order_summary.frequency, 0) as average_order_value,
+        cast(coalesce(order_summary.orders_placed, 0) as integer) as orders_placed,
+        cast(coalesce(order_summary.returned_orders, 0) as integer) as returned_orders,
+        cast(coalesce(order_summary.returned_amount, 0) as numeric(18, 2)) as returned_amount,
+        favourite_categories.favourite_category,
+        favourite_channels.favourite_channel,
+        cast(coalesce(ticket_summary.ticket_count, 0) as integer) as ticket_count,
+        cast(coalesce(ticket_summary.open_ticket_count, 0) as integer) as open_ticket_count,
+        cast(ticket_summary.average_satisfaction as double precision) as average_satisfaction,
+        cast(coalesce(interaction_summary.interaction_count, 0) as integer) as interaction_count,
+        cast(coalesce(campaign_summary.campaigns_received, 0) as integer) as campaigns_received,
+        cast(campaign_summary.campaign_responses as double precision) / nullif(campaign_summary.campaigns_received, 0)
+            as campaign_response_rate,
+        cast(coalesce(referrals.referrals_made, 0) as integer) as referrals_made
+    from customers
+    cross join reference
+    left join order_summary
+        on customers.customer_id = order_summary.customer_id
+    left join favourite_categories
+        on customers.customer_id = favourite_categories.customer_id
+    left join favourite_channels
+        on customers.customer_id = favourite_channels.customer_id
+    left join ticket_summary
+        on customers.customer_id = ticket_summary.customer_id
+    left join interaction_summary
+        on customers.customer_id = interaction_summary.customer_id
+    left join campaign_summary
+        on customers.customer_id = campaign_summary.customer_id
+    left join referrals
+        on customers.customer_id = referrals.customer_id
+)
+
+select * from final

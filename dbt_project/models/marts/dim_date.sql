@@ -1,0 +1,88 @@
+{#- Five digits of offsets (0-99,999 days, 273 years) from cross joins: portable where
+    generate_series is not. -#}
+{%- set digit_values = range(10) | join('), (') -%}
+
+with orders as (
+    select * from {{ ref('stg_sales__orders') }}
+),
+
+payments as (
+    select * from {{ ref('stg_sales__payments') }}
+),
+
+customers as (
+    select * from {{ ref('stg_crm__customers') }}
+),
+
+interactions as (
+    select * from {{ ref('stg_crm__interactions') }}
+),
+
+tickets as (
+    select * from {{ ref('stg_service__tickets') }}
+),
+
+known_dates as (
+    select cast(min(ordered_at) as date) as first_date, cast(max(ordered_at) as date) as last_date from orders
+    union all
+    select cast(min(paid_at) as date), cast(max(paid_at) as date) from payments
+    union all
+    select min(signup_date), max(signup_date) from customers
+    union all
+    select cast(min(occurred_at) as date), cast(max(occurred_at) as date) from interactions
+    union all
+    select cast(min(created_at) as date), cast(max(coalesce(solved_at, created_at)) as date) from tickets
+),
+
+-- Whole years around every date the facts and customers carry, so each of them finds its day.
+spine_bounds as (
+    select
+        cast({{ dbt.date_trunc('year', 'min(first_date)') }} as date) as first_day,
+        cast({{ dbt.dateadd('day', -1, dbt.dateadd('year', 1, dbt.date_trunc('year', 'max(last_date)'))) }} as date)
+            as last_day
+    from known_dates
+),
+
+digits as (
+    select digit
+    from (values ({{ digit_values }})) as digits (digit)
+),
+
+day_offsets as (
+    select
+        ones.digit
+        + 10 * tens.digit
+        + 100 * hundreds.digit
+        + 1000 * thousands.digit
+        + 10000 * ten_thousands.digit as day_offset
+    from digits as ones
+    cross join digits as tens
+    cross join digits as hundreds
+    cross join digits as thousands
+    cross join digits as ten_thousands
+),
+
+days as (
+    select cast({{ dbt.dateadd('day', 'day_offsets.day_offset', 'spine_bounds.first_day') }} as date) as date_day
+    from spine_bounds
+    cross join day_offsets
+    where day_offsets.day_offset <= {{ dbt.datediff('spine_bounds.first_day', 'spine_bounds.last_day', 'day') }}
+),
+
+final as (
+    select
+        date_day,
+        cast(extract(year from date_day) as integer) as year_number,
+        cast(extract(quarter from date_day) as integer) as quarter_number,
+        cast(extract(month from date_day) as integer) as month_number,
+        cast(extract(day from date_day) as integer) as day_of_month,
+        cast(extract(isodow from date_day) as integer) as iso_day_of_week,
+        cast({{ dbt.date_trunc('week', 'date_day') }} as date) as week_start_date,
+        cast({{ dbt.date_trunc('month', 'date_day') }} as date) as month_start_date,
+        cast({{ dbt.date_trunc('quarter', 'date_day') }} as date) as quarter_start_date,
+        cast({{ dbt.date_trunc('year', 'date_day') }} as date) as year_start_date,
+        extract(isodow from date_day) in (6, 7) as is_weekend
+    from days
+)
+
+select * from final
