@@ -30,12 +30,12 @@ def _quintile(values: pd.Series, ascending: bool) -> pd.Series:
 def score_rfm(features: pd.DataFrame) -> pd.DataFrame:
     """Add r_score, f_score, m_score (5 = best) and rfm_segment to RFM features.
 
-    `features` needs customer_key, recency_days, frequency and monetary, one row per customer.
+    `features` needs customer_id, recency_days, frequency and monetary, one row per customer.
     """
-    missing = {"customer_key", "recency_days", "frequency", "monetary"} - set(features.columns)
+    missing = {"customer_id", "recency_days", "frequency", "monetary"} - set(features.columns)
     if missing:
         raise ValueError(f"RFM features: missing column(s) {', '.join(sorted(missing))}")
-    scored = features.sort_values("customer_key").reset_index(drop=True)
+    scored = features.sort_values("customer_id").reset_index(drop=True)
     if scored.empty:
         # The dtypes of a scored frame, so a day without customers publishes the same columns.
         scores = {name: pd.Series(dtype="int64") for name in ("r_score", "f_score", "m_score")}
@@ -58,7 +58,7 @@ def segment_customers(features: pd.DataFrame, as_of_date: dt.date, run_id: str) 
     scored = score_rfm(features)
     result = pd.DataFrame(
         {
-            "customer_key": scored["customer_key"].astype("string"),
+            "customer_id": scored["customer_id"].astype("string"),
             "as_of_date": pd.Timestamp(as_of_date),
             "recency_days": scored["recency_days"].astype("int64"),
             "frequency": scored["frequency"].astype("int64"),

@@ -57,14 +57,22 @@ def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish(dagbag) -> None
     ids = set(dag.task_ids)
     extract_tasks = {f"extract_{entity.system.name}.{entity.name}" for entity in load_contract().entities.values()}
     assert extract_tasks <= ids
-    # Cosmos renders one task per dbt model (model and its tests run together).
-    for model in ("stg_sales__orders", "stg_crm__customers", "stg_service__tickets", "fct_orders", "customer_rfm"):
-        assert f"dbt.{model}_model_build" in ids or f"dbt.{model}.{model}_build" in ids, model
+    # One dbt build (the producer) and, watching it, a task per model and one per model's tests.
+    producer = dag.get_task("dbt.dbt_producer_watcher")
+    assert {task_id.partition(".")[0] for task_id in producer.upstream_task_ids} == {
+        f"extract_{system}" for system in load_contract().systems
+    }
+    for model in (
+        "stg_sales__orders", "stg_crm__customers", "stg_service__tickets", "fct_orders", "customer_rfm",
+        "customer_features", "training_set", "basket_items",
+    ):
+        assert {f"dbt.{model}.run", f"dbt.{model}.test"} <= ids, model
+        assert "dbt.dbt_producer_watcher" in dag.get_task(f"dbt.{model}.run").upstream_task_ids, model
     segments = dag.get_task("score_segments")
-    assert dag.get_task("publish").upstream_task_ids == {"score_segments"}
+    assert dag.get_task("publish").upstream_task_ids == {"score_segments", "source_freshness"}
     upstream = segments.get_flat_relative_ids(upstream=True)
     assert extract_tasks <= upstream
-    assert any(task_id.startswith("dbt.customer_rfm") for task_id in segments.upstream_task_ids)
+    assert {"dbt.customer_rfm.test", "dbt.dbt_producer_watcher_done"} <= segments.upstream_task_ids
 
 
 def test_extract_has_a_task_group_per_source_and_a_full_refresh_param(dagbag) -> None:
@@ -72,3 +80,21 @@ def test_extract_has_a_task_group_per_source_and_a_full_refresh_param(dagbag) ->
     groups = {task_id.partition(".")[0] for task_id in dag.task_ids if task_id.startswith("extract_")}
     assert groups == {f"extract_{system}" for system in load_contract().systems}
     assert dag.params["full_refresh"] is False
+
+
+def test_source_freshness_runs_after_the_extract_on_the_current_day_only(dagbag) -> None:
+    import pendulum
+
+    dag = dagbag.dags["crm_daily"]
+    gate = dag.get_task("is_current_day")
+    assert dag.get_task("source_freshness").upstream_task_ids == {"is_current_day"}
+    assert {task_id.partition(".")[0] for task_id in gate.upstream_task_ids} == {
+        f"extract_{system}" for system in load_contract().systems
+    }
+    # Skipping it must not skip publish: a backfill publishes as usual.
+    assert gate.ignore_downstream_trigger_rules is False
+    assert dag.get_task("publish").trigger_rule == "none_failed"
+    now = pendulum.now("UTC")
+    assert gate.python_callable(logical_date=now) is True
+    assert gate.python_callable(logical_date=now.subtract(days=1)) is False
+    assert gate.python_callable(logical_date=pendulum.datetime(2025, 1, 1, tz="UTC")) is False

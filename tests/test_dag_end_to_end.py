@@ -1,5 +1,6 @@
 """crm_daily run through Airflow on each engine: outputs match counts and sums computed straight
-from the source files, both engines give the same outputs, and a rerun of the day changes nothing."""
+from the source files, both engines give the same outputs, a rerun of the day changes nothing,
+and a source row that fails a dbt test stops the ML and publish steps."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("airflow_home")
 
 
-def crmw_run(warehouse_url: str, sources: Path, airflow_home: Path, logical_date: dt.date) -> float:
+def crmw(warehouse_url: str, sources: Path, airflow_home: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the crmw CLI on a warehouse and sources with the tests' Airflow home, without retries."""
     env = {
         **os.environ,
         "WAREHOUSE_URL": warehouse_url,
@@ -48,13 +50,12 @@ def crmw_run(warehouse_url: str, sources: Path, airflow_home: Path, logical_date
         "AIRFLOW_HOME": str(airflow_home),
         "CRMW_TASK_RETRIES": "0",
     }
+    return subprocess.run([str(Path(sys.executable).parent / "crmw"), *args], env=env, capture_output=True, text=True)
+
+
+def crmw_run(warehouse_url: str, sources: Path, airflow_home: Path, logical_date: dt.date) -> float:
     started = time.perf_counter()
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "crmw"), "run", "--date", logical_date.isoformat()],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = crmw(warehouse_url, sources, airflow_home, "run", "--date", logical_date.isoformat())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "ml.customer_segments" in result.stdout
     return time.perf_counter() - started
@@ -83,8 +84,7 @@ def expected_from_sources(sources: Path) -> dict:
     with sqlite3.connect(sources / "sales.sqlite") as db:
         orders = db.execute("select count(*) from orders").fetchone()[0]
         revenue = db.execute(
-            "select lower(trim(o.customer_email)), count(distinct o.order_id),"
-            " sum(l.quantity * l.unit_price - l.discount)"
+            "select o.order_id, sum(l.quantity * l.unit_price - l.discount)"
             " from orders o join order_lines l on l.order_id = o.order_id"
             " where o.status not in ('cancelled', 'returned') and o.created_at < ?"
             " group by 1",
@@ -104,15 +104,15 @@ def expected_from_sources(sources: Path) -> dict:
         "orders": orders,
         "customers": len(crm_ids),
         "tickets": len(ticket_ids),
-        "revenue_by_customer": {email: (count, round(total, 2)) for email, count, total in revenue},
+        "revenue_by_order": dict(revenue),
     }
 
 
 def outputs(url: str) -> dict:
     with connect(url) as warehouse:
         segments = warehouse.fetchall(
-            "select customer_key, frequency, monetary, r_score, f_score, m_score, rfm_segment,"
-            " cast(as_of_date as varchar), model_version from ml.customer_segments order by customer_key"
+            "select customer_id, frequency, monetary, r_score, f_score, m_score, rfm_segment,"
+            " cast(as_of_date as varchar), model_version from ml.customer_segments order by customer_id"
         )
         return {
             "counts": dict(warehouse.row_counts(["raw_sales", "raw_crm", "raw_service", "staging", "marts", "features", "ml"])),
@@ -120,6 +120,10 @@ def outputs(url: str) -> dict:
             "segments": [(row[0], row[1], round(float(row[2]), 2), *row[3:]) for row in segments],
             "run_ids": {row[0] for row in warehouse.fetchall("select distinct run_id from ml.customer_segments")},
             "model_runs": warehouse.fetchall("select model_name, cast(as_of_date as varchar) from ml.model_runs"),
+            "customer_of_order": dict(warehouse.fetchall(
+                "select cast(source_key as bigint), customer_id from intermediate.int_customer_identity"
+                " where source_table = 'orders'"
+            )),
         }
 
 
@@ -131,11 +135,15 @@ def test_dag_outputs_match_counts_and_sums_from_the_sources(engine: str, dag_run
     assert got["counts"]["marts.fct_orders"] == expected["orders"]
     assert got["counts"]["marts.dim_customers"] == expected["customers"]
     assert got["counts"]["staging.stg_service__tickets"] == expected["tickets"]
+    # Revenue per order from the sources, summed per customer of identity resolution.
+    revenue_by_customer: dict[str, list[float]] = defaultdict(list)
+    for order_id, amount in expected["revenue_by_order"].items():
+        revenue_by_customer[got["customer_of_order"][order_id]].append(amount)
     segments = {row[0]: row for row in got["segments"]}
-    assert set(segments) == set(expected["revenue_by_customer"])
-    for email, (frequency, monetary) in expected["revenue_by_customer"].items():
-        assert segments[email][1] == frequency, email
-        assert float(segments[email][2]) == pytest.approx(monetary, abs=0.005), email
+    assert set(segments) == set(revenue_by_customer)
+    for customer, amounts in revenue_by_customer.items():
+        assert segments[customer][1] == len(amounts), customer
+        assert float(segments[customer][2]) == pytest.approx(sum(amounts), abs=0.005), customer
     assert {row[7] for row in got["segments"]} == {RUN_DATE.isoformat()}
     assert {row[8] for row in got["segments"]} == {MODEL_VERSION}
     assert len(got["run_ids"]) == 1 and next(iter(got["run_ids"]))
@@ -170,19 +178,7 @@ def test_a_failed_run_exits_with_one_line_naming_the_cause(sources: Path, airflo
     drop = broken / "crm" / START.isoformat() / "customers.csv"
     header, *rows = drop.read_text().splitlines()
     drop.write_text("\n".join([header.replace("signup_date", "signed_up"), *rows]) + "\n")
-    env = {
-        **os.environ,
-        "WAREHOUSE_URL": f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
-        "CRMW_SOURCE_DIR": str(broken),
-        "AIRFLOW_HOME": str(airflow_home),
-        "CRMW_TASK_RETRIES": "0",
-    }
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "crmw"), "run", "--date", START.isoformat()],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = crmw(f"duckdb:///{tmp_path / 'warehouse.duckdb'}", broken, airflow_home, "run", "--date", START.isoformat())
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     [message] = result.stderr.strip().splitlines()
@@ -191,23 +187,8 @@ def test_a_failed_run_exits_with_one_line_naming_the_cause(sources: Path, airflo
 
 def test_a_date_range_runs_each_logical_date_in_order(sources: Path, airflow_home: Path, tmp_path: Path) -> None:
     url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    env = {
-        **os.environ,
-        "WAREHOUSE_URL": url,
-        "CRMW_SOURCE_DIR": str(sources),
-        "AIRFLOW_HOME": str(airflow_home),
-        "CRMW_TASK_RETRIES": "0",
-    }
     first = RUN_DATE - dt.timedelta(days=1)
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "crmw"), "run", "--from", first.isoformat(), "--to", RUN_DATE.isoformat(),
-            "--full-refresh",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = crmw(url, sources, airflow_home, "run", "--from", first.isoformat(), "--to", RUN_DATE.isoformat(), "--full-refresh")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     started = [line for line in result.stdout.splitlines() if line.startswith("crmw: running")]
     assert [line.split()[4] for line in started] == [first.isoformat(), RUN_DATE.isoformat()]
@@ -230,3 +211,71 @@ def test_a_date_range_runs_each_logical_date_in_order(sources: Path, airflow_hom
     with sqlite3.connect(sources / "sales.sqlite") as db:
         orders = db.execute("select count(*) from orders").fetchone()[0]
     assert outputs(url)["counts"]["raw_sales.orders"] == orders
+
+
+def _task_states(airflow_home: Path, logical_date: dt.date) -> dict[str, str | None]:
+    """Each task's state in the DAG run of `logical_date`, read from Airflow's metadata DB."""
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        rows = db.execute(
+            "select ti.task_id, ti.state from task_instance ti join dag_run dr"
+            " on dr.dag_id = ti.dag_id and dr.run_id = ti.run_id"
+            " where dr.dag_id = 'crm_daily' and dr.logical_date like ?",
+            (f"{logical_date.isoformat()}%",),
+        ).fetchall()
+    return dict(rows)
+
+
+def test_a_failing_dbt_test_stops_the_ml_and_publish_steps(sources: Path, airflow_home: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run_date = START + dt.timedelta(days=5)
+    broken = tmp_path / "sources"
+    shutil.copytree(sources, broken)
+    # An order status the shop does not have: extract loads it (any text is a status), and the
+    # accepted-values test on staging fails.
+    with sqlite3.connect(broken / "sales.sqlite") as db:
+        (order_id,) = db.execute(
+            "select min(order_id) from orders where updated_at < ?", ((run_date + dt.timedelta(days=1)).isoformat(),)
+        ).fetchone()
+        db.execute("update orders set status = 'lost' where order_id = ?", (order_id,))
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    result = crmw(url, broken, airflow_home, "run", "--date", run_date.isoformat())
+    assert result.returncode != 0 and "crm_daily" in result.stderr
+    states = _task_states(airflow_home, run_date)
+    assert states["extract_sales.orders"] == "success"
+    assert states["dbt.dbt_producer_watcher"] == "failed"
+    assert states["dbt.customer_rfm.run"] == "upstream_failed"
+    assert states["score_segments"] == "upstream_failed"
+    assert states["publish"] == "upstream_failed"
+    with connect(url) as warehouse:
+        assert warehouse.fetchall(
+            "select count(*) from information_schema.tables where table_schema = 'ml'"
+        ) == [(0,)]
+
+
+def test_source_freshness_task_fails_naming_a_source_loaded_days_ago(dag_run, sources: Path, airflow_home: Path, tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    from crmw.airflow_runner import airflow_environment
+
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(dag_run("duckdb")[len("duckdb:///"):], copy)
+    with connect(f"duckdb:///{copy}") as warehouse:
+        warehouse.execute("update raw_sales.orders set _loaded_at = _loaded_at - interval 5 days")
+    env = airflow_environment(
+        {**os.environ, "WAREHOUSE_URL": f"duckdb:///{copy}", "CRMW_SOURCE_DIR": str(sources), "AIRFLOW_HOME": str(airflow_home)}
+    )
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    # `airflow tasks test` runs the one task (for today, so its gate would let it run) and exits 0
+    # whatever the task's outcome: the outcome is read from its output.
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "tasks", "test", "crm_daily", "source_freshness", today],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+    assert re.search(r"ERROR STALE freshness of raw_sales\.orders", output), output[-3000:]
+    assert re.search(r"PASS freshness of raw_sales\.order_lines", output)
+    assert "dbt invocation completed with errors" in output

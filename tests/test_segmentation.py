@@ -34,7 +34,7 @@ AS_OF = dt.date(2025, 1, 31)
 def _features(customers: dict = CUSTOMERS) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "customer_key": list(customers),
+            "customer_id": list(customers),
             "recency_days": [values[0] for values in customers.values()],
             "frequency": [values[1] for values in customers.values()],
             "monetary": [values[2] for values in customers.values()],
@@ -47,7 +47,7 @@ def _empty_features() -> pd.DataFrame:
 
 
 def test_score_rfm_scores_hand_made_customers_as_worked_out_by_hand():
-    scored = score_rfm(_features()).set_index("customer_key")
+    scored = score_rfm(_features()).set_index("customer_id")
     for customer, (*_, r, f, m, segment) in CUSTOMERS.items():
         assert (scored.loc[customer, "r_score"], scored.loc[customer, "f_score"], scored.loc[customer, "m_score"]) == (r, f, m), customer
         assert scored.loc[customer, "rfm_segment"] == segment, customer
@@ -61,7 +61,7 @@ def test_score_rfm_scores_are_whole_numbers_from_1_to_5():
 
 
 def test_most_recent_most_frequent_biggest_spender_is_a_555_champion():
-    scored = score_rfm(_features()).set_index("customer_key")
+    scored = score_rfm(_features()).set_index("customer_id")
     best = scored.loc["alice"]
     assert (best["r_score"], best["f_score"], best["m_score"], best["rfm_segment"]) == (5, 5, 5, "champions")
 
@@ -69,7 +69,7 @@ def test_most_recent_most_frequent_biggest_spender_is_a_555_champion():
 def test_score_rfm_keeps_the_input_columns_and_one_row_per_customer():
     features = _features().assign(as_of_date=pd.Timestamp(AS_OF))
     scored = score_rfm(features)
-    assert sorted(scored["customer_key"]) == sorted(CUSTOMERS)
+    assert sorted(scored["customer_id"]) == sorted(CUSTOMERS)
     assert list(scored.columns) == [*features.columns, "r_score", "f_score", "m_score", "rfm_segment"]
 
 
@@ -85,7 +85,7 @@ def test_score_rfm_does_not_depend_on_input_row_order_even_with_ties():
     for seed in range(5):
         shuffled = features.sample(frac=1, random_state=seed).reset_index(drop=True)
         pd.testing.assert_frame_equal(score_rfm(shuffled), expected)
-    assert list(expected["customer_key"]) == sorted(tied)
+    assert list(expected["customer_id"]) == sorted(tied)
 
 
 def test_score_rfm_does_not_change_its_input():
@@ -95,7 +95,7 @@ def test_score_rfm_does_not_change_its_input():
     pd.testing.assert_frame_equal(features, before)
 
 
-@pytest.mark.parametrize("column", ["customer_key", "recency_days", "frequency", "monetary"])
+@pytest.mark.parametrize("column", ["customer_id", "recency_days", "frequency", "monetary"])
 def test_score_rfm_missing_column_raises_value_error_naming_it(column):
     with pytest.raises(ValueError, match=rf"RFM features: missing column\(s\) {column}$"):
         score_rfm(_features().drop(columns=[column]))
@@ -115,7 +115,7 @@ def test_segment_customers_stamps_date_run_and_model_version_on_every_row():
     assert (result["as_of_date"] == pd.Timestamp(AS_OF)).all()
     assert (result["run_id"] == "manual__2025-01-31").all()
     assert (result["model_version"] == MODEL_VERSION).all()
-    by_key = result.set_index("customer_key")
+    by_key = result.set_index("customer_id")
     for customer, (recency, frequency, monetary, r, f, m, segment) in CUSTOMERS.items():
         row = by_key.loc[customer]
         assert (row["recency_days"], row["frequency"], row["monetary"]) == (recency, frequency, monetary)
@@ -176,7 +176,7 @@ def test_publishing_twice_for_a_date_leaves_one_copy_and_one_model_run(warehouse
     changed = {**{key: values[:3] for key, values in CUSTOMERS.items()}, "zoe": (7, 8, 900.0)}
     metrics = _publish(warehouse_url, _features(changed), AS_OF, "second")
     with connect(warehouse_url) as warehouse:
-        rows = warehouse.fetchall(f"select customer_key, run_id from {SEGMENTS} order by customer_key")
+        rows = warehouse.fetchall(f"select customer_id, run_id from {SEGMENTS} order by customer_id")
         runs = warehouse.fetchall(
             "select model_name, model_version, as_of_date, run_id, metrics from ml.model_runs"
         )
@@ -195,12 +195,12 @@ def test_publishing_a_new_date_keeps_earlier_dates(warehouse_url):
             f"select as_of_date, run_id, count(*) from {SEGMENTS} group by 1, 2 order by 1"
         )
         runs = warehouse.fetchall("select as_of_date, run_id from ml.model_runs order by 1")
-        frame = warehouse.fetch_df(f"select * from {SEGMENTS} where as_of_date = ? order by customer_key", (AS_OF,))
+        frame = warehouse.fetch_df(f"select * from {SEGMENTS} where as_of_date = ? order by customer_id", (AS_OF,))
     assert per_day == [(AS_OF, "day-1", len(CUSTOMERS)), (next_day, "day-2-retry", len(CUSTOMERS))]
     assert runs == [(AS_OF, "day-1"), (next_day, "day-2-retry")]
     expected, _ = segment_customers(_features(), AS_OF, "day-1")
-    assert list(frame["rfm_segment"]) == list(expected.sort_values("customer_key")["rfm_segment"])
-    assert list(frame["r_score"]) == list(expected.sort_values("customer_key")["r_score"])
+    assert list(frame["rfm_segment"]) == list(expected.sort_values("customer_id")["rfm_segment"])
+    assert list(frame["r_score"]) == list(expected.sort_values("customer_id")["r_score"])
     assert (frame["as_of_date"] == pd.Timestamp(AS_OF)).all()
 
 
@@ -228,13 +228,13 @@ def test_run_segmentation_reads_features_and_publishes_segments(warehouse_url):
     with connect(warehouse_url) as warehouse:
         warehouse.ensure_table(
             "features.customer_rfm",
-            {"customer_key": "string", "as_of_date": "date", "recency_days": "integer", "frequency": "integer", "monetary": "decimal"},
+            {"customer_id": "string", "as_of_date": "date", "recency_days": "integer", "frequency": "integer", "monetary": "decimal"},
         )
         warehouse.append_arrow("features.customer_rfm", pa.Table.from_pandas(features.assign(as_of_date=AS_OF), preserve_index=False))
     metrics = run_segmentation(AS_OF, "dag-run", warehouse_url)
     assert metrics["customers_scored"] == len(CUSTOMERS)
     with connect(warehouse_url) as warehouse:
-        published = dict(warehouse.fetchall(f"select customer_key, rfm_segment from {SEGMENTS}"))
+        published = dict(warehouse.fetchall(f"select customer_id, rfm_segment from {SEGMENTS}"))
     assert published == {customer: values[6] for customer, values in CUSTOMERS.items()}
     with pytest.raises(ValueError, match="expected 2025-02-01"):
         run_segmentation(AS_OF + dt.timedelta(days=1), "dag-run", warehouse_url)

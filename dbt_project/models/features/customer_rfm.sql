@@ -1,28 +1,20 @@
-{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" -%}
-
-with orders as (
-    select * from {{ ref('fct_orders') }}
-),
-
--- Point in time: only orders placed on or before the as-of date count.
-known_orders as (
-    select *
-    from orders
-    where is_revenue
-        and order_date <= {{ as_of_date }}
+-- Recency, frequency and monetary value of every customer with a revenue order known on the
+-- as-of date: the input of the RFM segmentation.
+with customer_features as (
+    select * from {{ ref('customer_features') }}
 ),
 
 final as (
     select
-        customer_email as customer_key,
-        {{ as_of_date }} as as_of_date,
-        cast({{ dbt.datediff('max(order_date)', as_of_date, 'day') }} as integer) as recency_days,
-        cast(count(*) as integer) as frequency,
-        cast(sum(net_amount) as numeric(18, 2)) as monetary,
-        min(order_date) as first_order_date,
-        max(order_date) as last_order_date
-    from known_orders
-    group by customer_email
+        customer_id,
+        as_of_date,
+        recency_days,
+        frequency,
+        monetary,
+        first_order_date,
+        last_order_date
+    from customer_features
+    where frequency > 0
 )
 
 select * from final

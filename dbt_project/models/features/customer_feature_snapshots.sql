@@ -1,0 +1,296 @@
+-- Customer features on every feature date (the run's as-of date and each training snapshot), each
+-- date seeing only what the warehouse knew then: orders and tickets as known on that date,
+-- interactions and campaign results delivered by then. The one place features are computed:
+-- customer_features and training_set both read it.
+with feature_dates as (
+    select as_of_date from {{ ref('feature_dates') }}
+),
+
+orders as (
+    select * from {{ ref('orders_as_known') }}
+),
+
+tickets as (
+    select * from {{ ref('tickets_as_known') }}
+),
+
+order_lines as (
+    select * from {{ ref('fct_order_lines') }}
+),
+
+products as (
+    select * from {{ ref('dim_products') }}
+),
+
+crm_versions as (
+    select * from {{ ref('stg_crm__customer_versions') }}
+),
+
+interactions as (
+    select * from {{ ref('stg_crm__interactions') }}
+),
+
+campaign_members as (
+    select * from {{ ref('stg_crm__campaign_members') }}
+),
+
+identity as (
+    select * from {{ ref('int_customer_identity') }}
+),
+
+crm_customers as (
+    select source_key as crm_id, customer_id
+    from identity
+    where source_table = 'customers'
+),
+
+-- CRM contacts known on each date, with the earliest signup date their versions known then give.
+known_contacts as (
+    select
+        feature_dates.as_of_date,
+        crm_customers.customer_id,
+        min(crm_versions.signup_date) as signup_date
+    from feature_dates
+    inner join crm_versions
+        on crm_versions._delivery_date <= feature_dates.as_of_date
+    inner join crm_customers
+        on crm_versions.crm_id = crm_customers.crm_id
+    group by 1, 2
+),
+
+order_features as (
+    select
+        as_of_date,
+        customer_id,
+        count(*) as order_count,
+        sum(case when is_revenue then 1 else 0 end) as frequency,
+        sum(case when is_revenue then net_amount else 0 end) as monetary,
+        sum(case when order_status = 'returned' then 1 else 0 end) as returned_orders,
+        sum(case when order_status = 'cancelled' then 1 else 0 end) as cancelled_orders,
+        sum(case when is_revenue and order_date > {{ dbt.dateadd('day', -30, 'as_of_date') }} then 1 else 0 end)
+            as frequency_last_30_days,
+        sum(case when is_revenue and order_date > {{ dbt.dateadd('day', -90, 'as_of_date') }} then 1 else 0 end)
+            as frequency_last_90_days,
+        sum(case when is_revenue and order_date > {{ dbt.dateadd('day', -90, 'as_of_date') }} then net_amount else 0 end)
+            as monetary_last_90_days,
+        min(order_date) as first_order_date,
+        min(case when is_revenue then order_date end) as first_revenue_order_date,
+        max(case when is_revenue then order_date end) as last_revenue_order_date
+    from orders
+    group by 1, 2
+),
+
+channel_orders as (
+    select
+        as_of_date,
+        customer_id,
+        channel,
+        count(*) as channel_order_count
+    from orders
+    where is_revenue
+    group by 1, 2, 3
+),
+
+favourite_channels as (
+    select distinct on (as_of_date, customer_id)
+        as_of_date,
+        customer_id,
+        channel as favourite_channel
+    from channel_orders
+    order by as_of_date, customer_id, channel_order_count desc, channel
+),
+
+category_spend as (
+    select
+        orders.as_of_date,
+        orders.customer_id,
+        products.category,
+        sum(order_lines.net_amount) as category_amount
+    from orders
+    inner join order_lines
+        on orders.order_id = order_lines.order_id
+    inner join products
+        on order_lines.sku = products.sku
+    where orders.is_revenue
+        and order_lines.is_valid
+    group by 1, 2, 3
+),
+
+category_mix as (
+    select
+        as_of_date,
+        customer_id,
+        count(*) as distinct_categories,
+        sum(category_amount) as categorised_amount
+    from category_spend
+    group by 1, 2
+),
+
+favourite_categories as (
+    select distinct on (category_spend.as_of_date, category_spend.customer_id)
+        category_spend.as_of_date,
+        category_spend.customer_id,
+        category_spend.category as favourite_category,
+        case when category_mix.categorised_amount > 0
+            then category_spend.category_amount / category_mix.categorised_amount
+        end as favourite_category_share
+    from category_spend
+    inner join category_mix
+        on category_spend.as_of_date = category_mix.as_of_date
+        and category_spend.customer_id = category_mix.customer_id
+    order by category_spend.as_of_date, category_spend.customer_id, category_spend.category_amount desc,
+        category_spend.category
+),
+
+-- A first reply is slow once it came after its SLA target, or once the target passed with no reply
+-- by the end of the date; a ticket open for over a week counts as unresolved.
+ticket_features as (
+    select
+        as_of_date,
+        customer_id,
+        count(*) as tickets_opened,
+        sum(case when created_at >= {{ dbt.dateadd('day', -89, 'as_of_date') }} then 1 else 0 end)
+            as tickets_opened_last_90_days,
+        sum(case when is_open then 1 else 0 end) as open_tickets,
+        sum(case when is_open and created_at < {{ dbt.dateadd('day', -6, 'as_of_date') }} then 1 else 0 end)
+            as unresolved_tickets,
+        sum(case
+            when first_reply_at > first_reply_due_at then 1
+            when first_reply_at is null and first_reply_due_at < {{ dbt.dateadd('day', 1, 'as_of_date') }} then 1
+            else 0
+        end) as slow_reply_tickets,
+        count(satisfaction_rating) as rated_tickets,
+        avg(satisfaction_rating) as average_satisfaction,
+        sum(case when satisfaction_rating <= 2 then 1 else 0 end) as dissatisfied_tickets,
+        max(cast(created_at as date)) as last_ticket_date
+    from tickets
+    group by 1, 2
+),
+
+interaction_features as (
+    select
+        feature_dates.as_of_date,
+        crm_customers.customer_id,
+        count(*) as interactions,
+        sum(case when interactions.occurred_at >= {{ dbt.dateadd('day', -89, 'feature_dates.as_of_date') }} then 1 else 0 end)
+            as interactions_last_90_days,
+        sum(case when interactions.outcome = 'complaint' then 1 else 0 end) as complaint_interactions
+    from feature_dates
+    inner join interactions
+        on interactions._delivery_date <= feature_dates.as_of_date
+        and cast(interactions.occurred_at as date) <= feature_dates.as_of_date
+    inner join crm_customers
+        on interactions.crm_id = crm_customers.crm_id
+    group by 1, 2
+),
+
+-- Members are delivered when their campaign ends, with its outcome: only ended campaigns count.
+campaign_features as (
+    select
+        feature_dates.as_of_date,
+        crm_customers.customer_id,
+        sum(case when campaign_members.sent then 1 else 0 end) as campaigns_received,
+        sum(case when campaign_members.sent and campaign_members.converted then 1 else 0 end) as campaign_conversions
+    from feature_dates
+    inner join campaign_members
+        on campaign_members._delivery_date <= feature_dates.as_of_date
+    inner join crm_customers
+        on campaign_members.crm_id = crm_customers.crm_id
+    group by 1, 2
+),
+
+-- Everyone known on the date (a CRM contact, a buyer or a ticket requester), first seen at the
+-- earliest of their signup, first order and first ticket.
+first_seen as (
+    select as_of_date, customer_id, signup_date as seen_date from known_contacts
+    union all
+    select as_of_date, customer_id, first_order_date from order_features
+    union all
+    select as_of_date, customer_id, cast(created_at as date) from tickets
+),
+
+known_customers as (
+    select
+        as_of_date,
+        customer_id,
+        min(seen_date) as first_seen_date
+    from first_seen
+    group by 1, 2
+),
+
+final as (
+    select
+        known_customers.customer_id,
+        known_customers.as_of_date,
+        known_customers.first_seen_date,
+        cast({{ dbt.datediff('known_customers.first_seen_date', 'known_customers.as_of_date', 'day') }} as integer)
+            as tenure_days,
+        known_contacts.signup_date is not null as is_crm_contact,
+        cast(coalesce(order_features.order_count, 0) as integer) as order_count,
+        cast(coalesce(order_features.frequency, 0) as integer) as frequency,
+        cast(coalesce(order_features.monetary, 0) as numeric(18, 2)) as monetary,
+        cast(case when order_features.frequency > 0
+            then order_features.monetary / order_features.frequency
+        end as numeric(18, 2)) as average_order_value,
+        cast({{ dbt.datediff('order_features.last_revenue_order_date', 'known_customers.as_of_date', 'day') }} as integer)
+            as recency_days,
+        order_features.first_revenue_order_date as first_order_date,
+        order_features.last_revenue_order_date as last_order_date,
+        cast(coalesce(order_features.frequency_last_30_days, 0) as integer) as frequency_last_30_days,
+        cast(coalesce(order_features.frequency_last_90_days, 0) as integer) as frequency_last_90_days,
+        cast(coalesce(order_features.monetary_last_90_days, 0) as numeric(18, 2)) as monetary_last_90_days,
+        cast(coalesce(order_features.returned_orders, 0) as integer) as returned_orders,
+        cast(coalesce(order_features.cancelled_orders, 0) as integer) as cancelled_orders,
+        cast(case when order_features.order_count > 0
+            then 1.0 * order_features.returned_orders / order_features.order_count
+        end as double precision) as return_rate,
+        favourite_channels.favourite_channel,
+        favourite_categories.favourite_category,
+        cast(favourite_categories.favourite_category_share as double precision) as favourite_category_share,
+        cast(coalesce(category_mix.distinct_categories, 0) as integer) as distinct_categories,
+        cast(coalesce(ticket_features.tickets_opened, 0) as integer) as tickets_opened,
+        cast(coalesce(ticket_features.tickets_opened_last_90_days, 0) as integer) as tickets_opened_last_90_days,
+        cast(coalesce(ticket_features.open_tickets, 0) as integer) as open_tickets,
+        cast(coalesce(ticket_features.unresolved_tickets, 0) as integer) as unresolved_tickets,
+        cast(coalesce(ticket_features.slow_reply_tickets, 0) as integer) as slow_reply_tickets,
+        cast(coalesce(ticket_features.rated_tickets, 0) as integer) as rated_tickets,
+        cast(ticket_features.average_satisfaction as double precision) as average_satisfaction,
+        cast(coalesce(ticket_features.dissatisfied_tickets, 0) as integer) as dissatisfied_tickets,
+        cast({{ dbt.datediff('ticket_features.last_ticket_date', 'known_customers.as_of_date', 'day') }} as integer)
+            as days_since_last_ticket,
+        cast(coalesce(interaction_features.interactions, 0) as integer) as interactions,
+        cast(coalesce(interaction_features.interactions_last_90_days, 0) as integer) as interactions_last_90_days,
+        cast(coalesce(interaction_features.complaint_interactions, 0) as integer) as complaint_interactions,
+        cast(coalesce(campaign_features.campaigns_received, 0) as integer) as campaigns_received,
+        cast(coalesce(campaign_features.campaign_conversions, 0) as integer) as campaign_conversions,
+        cast(case when campaign_features.campaigns_received > 0
+            then 1.0 * campaign_features.campaign_conversions / campaign_features.campaigns_received
+        end as double precision) as campaign_response_rate
+    from known_customers
+    left join known_contacts
+        on known_customers.as_of_date = known_contacts.as_of_date
+        and known_customers.customer_id = known_contacts.customer_id
+    left join order_features
+        on known_customers.as_of_date = order_features.as_of_date
+        and known_customers.customer_id = order_features.customer_id
+    left join favourite_channels
+        on known_customers.as_of_date = favourite_channels.as_of_date
+        and known_customers.customer_id = favourite_channels.customer_id
+    left join favourite_categories
+        on known_customers.as_of_date = favourite_categories.as_of_date
+        and known_customers.customer_id = favourite_categories.customer_id
+    left join category_mix
+        on known_customers.as_of_date = category_mix.as_of_date
+        and known_customers.customer_id = category_mix.customer_id
+    left join ticket_features
+        on known_customers.as_of_date = ticket_features.as_of_date
+        and known_customers.customer_id = ticket_features.customer_id
+    left join interaction_features
+        on known_customers.as_of_date = interaction_features.as_of_date
+        and known_customers.customer_id = interaction_features.customer_id
+    left join campaign_features
+        on known_customers.as_of_date = campaign_features.as_of_date
+        and known_customers.customer_id = campaign_features.customer_id
+)
+
+select * from final

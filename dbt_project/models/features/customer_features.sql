@@ -1,0 +1,18 @@
+-- Features of every customer known on the run's as-of date, as known on that date.
+with snapshots as (
+    select * from {{ ref('customer_feature_snapshots') }}
+),
+
+feature_dates as (
+    select * from {{ ref('feature_dates') }}
+),
+
+final as (
+    select snapshots.*
+    from snapshots
+    inner join feature_dates
+        on snapshots.as_of_date = feature_dates.as_of_date
+    where not feature_dates.is_training_snapshot
+)
+
+select * from final

@@ -1,0 +1,51 @@
+-- Every order as it was known on each feature date: the last version of its header the warehouse
+-- had by then (so an order delivered late is unknown until it arrives, and a later cancellation
+-- or return does not show), with its status then. Staging keeps only the latest version: the
+-- versions come from raw, which keeps each one with its delivery date. Amounts, channel and
+-- customer come from fct_orders: the shop never changes an order's lines, only its status. An
+-- order hard-deleted later is absent from fct_orders and so from every date: deletions in the
+-- sales system remove test orders, which were never sales.
+with feature_dates as (
+    select as_of_date from {{ ref('feature_dates') }}
+),
+
+header_versions as (
+    select * from {{ source('raw_sales', 'orders') }}
+),
+
+orders as (
+    select * from {{ ref('fct_orders') }}
+),
+
+versions as (
+    select
+        cast(order_id as bigint) as order_id,
+        lower(status) as order_status,
+        cast(updated_at as {{ dbt.type_timestamp() }}) as updated_at,
+        coalesce(_deleted, false) as is_deleted,
+        _delivery_date as known_from,
+        _loaded_at
+    from header_versions
+),
+
+known_versions as (
+    {{ versions_known_on('feature_dates', 'versions', ['order_id'], ['updated_at', 'is_deleted', 'known_from', '_loaded_at']) }}
+),
+
+final as (
+    select
+        known_versions.as_of_date,
+        orders.order_id,
+        orders.customer_id,
+        orders.channel,
+        orders.order_date,
+        orders.net_amount,
+        known_versions.order_status,
+        known_versions.order_status not in ('cancelled', 'returned') as is_revenue
+    from known_versions
+    inner join orders
+        on known_versions.order_id = orders.order_id
+    where orders.order_date <= known_versions.as_of_date
+)
+
+select * from final

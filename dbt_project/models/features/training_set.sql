@@ -1,0 +1,86 @@
+-- Features of each customer with an order known on a training snapshot date, as known then, and
+-- labels from the orders known on the run's as-of date: churn (no order placed in the churn
+-- window after the snapshot) and the net revenue of the next 90 and 365 days. A spend label
+-- whose window runs past the as-of date is not known yet: null, with its _is_complete flag false.
+{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
+
+with snapshots as (
+    select * from {{ ref('customer_feature_snapshots') }}
+),
+
+feature_dates as (
+    select * from {{ ref('feature_dates') }}
+),
+
+orders as (
+    select * from {{ ref('orders_as_known') }}
+),
+
+-- Labels use what is known on the as-of date: a return after the snapshot is not spend.
+orders_now as (
+    select * from orders
+    where as_of_date = {{ as_of_date }}
+),
+
+training_rows as (
+    select
+        snapshots.customer_id,
+        snapshots.as_of_date,
+        feature_dates.churn_window_end,
+        {{ dbt.dateadd('day', 90, 'snapshots.as_of_date') }} as spend_window_90_end,
+        {{ dbt.dateadd('day', 365, 'snapshots.as_of_date') }} as spend_window_365_end
+    from snapshots
+    inner join feature_dates
+        on snapshots.as_of_date = feature_dates.as_of_date
+    where feature_dates.is_training_snapshot
+        and snapshots.order_count > 0
+),
+
+future_orders as (
+    select
+        training_rows.customer_id,
+        training_rows.as_of_date,
+        sum(case when orders_now.order_date <= training_rows.churn_window_end then 1 else 0 end) as orders_in_churn_window,
+        sum(case when orders_now.is_revenue and orders_now.order_date <= training_rows.spend_window_90_end
+            then orders_now.net_amount else 0 end) as spend_next_90_days,
+        sum(case when orders_now.is_revenue and orders_now.order_date <= training_rows.spend_window_365_end
+            then orders_now.net_amount else 0 end) as spend_next_365_days
+    from training_rows
+    inner join orders_now
+        on training_rows.customer_id = orders_now.customer_id
+        and orders_now.order_date > training_rows.as_of_date
+    group by 1, 2
+),
+
+labels as (
+    select
+        training_rows.customer_id,
+        training_rows.as_of_date,
+        coalesce(future_orders.orders_in_churn_window, 0) = 0 as is_churned,
+        cast(training_rows.spend_window_90_end as date) <= {{ as_of_date }} as spend_next_90_days_is_complete,
+        cast(training_rows.spend_window_365_end as date) <= {{ as_of_date }} as spend_next_365_days_is_complete,
+        coalesce(future_orders.spend_next_90_days, 0) as spend_next_90_days,
+        coalesce(future_orders.spend_next_365_days, 0) as spend_next_365_days
+    from training_rows
+    left join future_orders
+        on training_rows.customer_id = future_orders.customer_id
+        and training_rows.as_of_date = future_orders.as_of_date
+),
+
+final as (
+    select
+        snapshots.*,
+        labels.is_churned,
+        cast(case when labels.spend_next_90_days_is_complete then labels.spend_next_90_days end as numeric(18, 2))
+            as spend_next_90_days,
+        labels.spend_next_90_days_is_complete,
+        cast(case when labels.spend_next_365_days_is_complete then labels.spend_next_365_days end as numeric(18, 2))
+            as spend_next_365_days,
+        labels.spend_next_365_days_is_complete
+    from snapshots
+    inner join labels
+        on snapshots.customer_id = labels.customer_id
+        and snapshots.as_of_date = labels.as_of_date
+)
+
+select * from final

@@ -1,0 +1,166 @@
+"""ML feature tables on each engine: they build and pass their tests, the features of a date stay
+the same when later deliveries arrive (nothing after the date leaks in), and the training labels
+agree with the churn the simulator planted."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import DBT_LAST_DAY, DBT_START, ENGINES, load_raw, new_postgres_database, run_dbt
+from warehouse import connect
+
+# Sundays: weekly training snapshots of the later build fall on them.
+FIRST_LOAD = DBT_START + dt.timedelta(days=18)
+CUT_OFF = DBT_START + dt.timedelta(days=39)
+# Weekly snapshots and a two-week churn window, so 60 days of data give several complete labels.
+FEATURE_VARS = {"training_snapshot_period": "week", "churn_horizon_days": 14}
+FEATURES = "path:models/features"
+
+
+def _build_features(url: str, as_of: dt.date, tmp_path: Path) -> None:
+    """Build the feature models and what they read; then run the feature models' own tests."""
+    variables = json.dumps({"as_of_date": as_of.isoformat(), **FEATURE_VARS})
+    run_dbt(url, "build", "--select", f"+{FEATURES}", "--exclude-resource-type", "test", "unit_test",
+            "--vars", variables, tmp_path=tmp_path)
+    run_dbt(url, "test", "--select", FEATURES, "--vars", variables, tmp_path=tmp_path)
+
+
+def _copy_warehouse(url: str, name: str, tmp_path: Path, server_url: str | None) -> str:
+    if url.startswith("duckdb"):
+        copy = tmp_path / f"{name}.duckdb"
+        shutil.copyfile(url[len("duckdb:///"):], copy)
+        return f"duckdb:///{copy}"
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as con:
+        con.execute(f"drop database if exists {name} with (force)")
+        con.execute(f"create database {name} template {urlsplit(url).path.lstrip('/')}")
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def warehouses(request: pytest.FixtureRequest, dbt_sources: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two warehouses fed the same deliveries up to CUT_OFF, the later one also those up to the
+    last simulated day; features built as of CUT_OFF on the first and of the last day on the
+    second."""
+    engine = request.param
+    tmp_path = tmp_path_factory.mktemp(f"features-{engine}")
+    server_url = request.getfixturevalue("postgres_server_url") if engine == "postgres" else None
+    if engine == "duckdb":
+        early = f"duckdb:///{tmp_path / 'early.duckdb'}"
+    else:
+        early = new_postgres_database(server_url, f"crmw_features_early_{os.getpid()}")
+    for day in (FIRST_LOAD, CUT_OFF):
+        load_raw(early, dbt_sources, day)
+    late = _copy_warehouse(early, f"crmw_features_late_{os.getpid()}", tmp_path, server_url)
+    load_raw(late, dbt_sources, DBT_LAST_DAY)
+    _build_features(early, CUT_OFF, tmp_path / "early")
+    _build_features(late, DBT_LAST_DAY, tmp_path / "late")
+    return {"engine": engine, "early": early, "late": late}
+
+
+def _rows(url: str, sql: str) -> list[dict]:
+    with connect(url) as warehouse:
+        frame = warehouse.fetch_df(sql)
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _comparable(value):
+    """Engines and builds agree on values, not on Python types (Decimal, numpy, Timestamp)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, dt.datetime) or hasattr(value, "to_pydatetime"):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return round(float(value), 9)
+
+
+def test_feature_tables_hold_the_as_of_date_the_snapshots_and_both_basket_levels(warehouses) -> None:
+    late = warehouses["late"]
+    [(as_of, customers, buyers)] = [tuple(row.values()) for row in _rows(
+        late, "select cast(max(as_of_date) as varchar) as d, count(*) as n, sum(case when frequency > 0 then 1 else 0 end) as b"
+        " from features.customer_features")]
+    assert as_of == DBT_LAST_DAY.isoformat() and customers >= 500 and buyers > 100
+    snapshots = [row["d"] for row in _rows(late, "select distinct cast(as_of_date as varchar) as d from features.training_set order by 1")]
+    # Every Sunday with orders known (from the first load on) whose 14-day churn window is over.
+    expected, day = [], FIRST_LOAD
+    while day + dt.timedelta(days=14) <= DBT_LAST_DAY:
+        expected.append(day.isoformat())
+        day += dt.timedelta(days=7)
+    assert snapshots == expected
+    rfm = _rows(late, "select count(*) as n, sum(frequency) as f from features.customer_rfm")
+    assert rfm[0]["n"] == buyers
+    levels = {row["item_level"]: row for row in _rows(
+        late, "select item_level, count(distinct basket_id) as baskets, count(distinct item) as items"
+        " from features.basket_items group by item_level")}
+    assert set(levels) == {"product", "category"}
+    # A basket per revenue order, but for the rare order whose every line is invalid.
+    assert levels["product"]["baskets"] == levels["category"]["baskets"]
+    assert 0.99 * rfm[0]["f"] <= levels["product"]["baskets"] <= rfm[0]["f"]
+    assert levels["category"]["items"] < levels["product"]["items"]
+
+
+def test_features_of_a_date_do_not_change_when_later_deliveries_arrive(warehouses) -> None:
+    early, late = warehouses["early"], warehouses["late"]
+    as_known_then = {row["customer_id"]: row for row in _rows(early, "select * from features.customer_features")}
+    seen_later = {row["customer_id"]: row for row in _rows(
+        late, f"select * from features.customer_feature_snapshots where as_of_date = cast('{CUT_OFF}' as date)")}
+    assert as_known_then and set(seen_later) == set(as_known_then)
+    for customer, row in as_known_then.items():
+        assert {k: _comparable(v) for k, v in seen_later[customer].items()} == {k: _comparable(v) for k, v in row.items()}, customer
+    # The later deliveries did hold news about the date: orders placed by then that arrived
+    # later, and tickets known then whose status changed later.
+    late_news = _rows(late, f"""
+        select
+            (select count(*) from features.orders_as_known as now_
+             where now_.as_of_date = cast('{DBT_LAST_DAY}' as date)
+                and now_.order_date <= cast('{CUT_OFF}' as date)
+                and now_.order_id not in (
+                    select order_id from features.orders_as_known where as_of_date = cast('{CUT_OFF}' as date)
+                )) as orders_delivered_later,
+            (select count(*) from features.tickets_as_known as then_
+             inner join features.tickets_as_known as now_
+                on then_.ticket_id = now_.ticket_id
+             where then_.as_of_date = cast('{CUT_OFF}' as date)
+                and now_.as_of_date = cast('{DBT_LAST_DAY}' as date)
+                and then_.ticket_status <> now_.ticket_status) as tickets_changed_later""")
+    assert late_news[0]["orders_delivered_later"] > 0 and late_news[0]["tickets_changed_later"] > 0
+
+
+def test_training_labels_agree_with_the_churn_the_simulator_planted(warehouses, dbt_sources: Path) -> None:
+    late = warehouses["late"]
+    with (dbt_sources / "truth" / "identities.csv").open(newline="") as handle:
+        person_of = {(row["system"], row["entity"], row["record_key"]): row["person_id"] for row in csv.DictReader(handle)}
+    with (dbt_sources / "truth" / "churn_events.csv").open(newline="") as handle:
+        churned_on = {row["person_id"]: dt.date.fromisoformat(row["churn_date"]) for row in csv.DictReader(handle)}
+    persons: dict[str, set[str]] = {}
+    for row in _rows(late, "select source_system, source_table, source_key, customer_id from intermediate.int_customer_identity"):
+        person = person_of.get((row["source_system"], row["source_table"], row["source_key"]))
+        if person:
+            persons.setdefault(row["customer_id"], set()).add(person)
+    rows = _rows(late, "select customer_id, as_of_date, is_churned, spend_next_90_days, spend_next_90_days_is_complete,"
+                       " spend_next_365_days_is_complete from features.training_set")
+    gone_before = 0
+    for row in rows:
+        snapshot = _comparable(row["as_of_date"])
+        people = persons.get(row["customer_id"], set())
+        # Churned people never buy again: a customer whose people had all churned by the snapshot
+        # placed no order after it; one who did buy had someone still alive.
+        if people and all(churned_on.get(person, dt.date.max) <= snapshot for person in people):
+            gone_before += 1
+            assert row["is_churned"], row
+        # Windows of 90 and 365 days after a snapshot of these 60 days end after the last day.
+        assert row["spend_next_90_days"] is None and not row["spend_next_90_days_is_complete"]
+        assert not row["spend_next_365_days_is_complete"]
+    assert gone_before > 0
+    churn_rate = sum(row["is_churned"] for row in rows) / len(rows)
+    assert 0 < churn_rate < 1
