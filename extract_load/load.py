@@ -570,7 +570,7 @@ def _read_sql_delta(
     with _source_errors(source, entity):
         order = source.read_order(entity.name, entity.primary_key)
         for table in source.read_text(entity.name, columns, where, params, order_by=order):
-            delivery = parse_table(table, _sql_source_name(entity), window_end.date(), entity, first_row)
+            delivery = parse_table(table, _sql_source_name(entity), logical_date, entity, first_row)
             first_row += table.num_rows
             newest = pc.max(delivery.rows.column(cursor_column)).as_py()
             if newest is not None:
@@ -626,7 +626,7 @@ def _reconcile_keys(
         f" from {latest_versions_where(gone_from_source)}"
         " where latest._recency = 1 and not coalesce(latest._deleted, false)",
         (
-            stamp["_batch_date"], stamp["_run_id"], window_end.date(),
+            stamp["_batch_date"], stamp["_run_id"], logical_date,
             _reconciliation_source_name(entity), stamp["_loaded_at"], logical_date,
         ),
     )
@@ -656,7 +656,7 @@ def _reconcile_keys(
     with _source_errors(source, entity):
         columns = source.columns(entity.name)
         for table in source.read_keys(entity.name, entity.primary_key, missing, columns):
-            yield parse_table(table, _reconciliation_source_name(entity), window_end.date(), entity, first_row)
+            yield parse_table(table, _reconciliation_source_name(entity), logical_date, entity, first_row)
             first_row += table.num_rows
 
 
