@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 
-def run_once(customers: int, days: int, seed: int, workdir: Path) -> dict:
+def run_once(customers: int, days: int, seed: int, workdir: Path, keep: bool = False) -> dict:
     out = workdir / f"sources-{seed}"
     shutil.rmtree(out, ignore_errors=True)
     command = [
@@ -36,7 +36,8 @@ def run_once(customers: int, days: int, seed: int, workdir: Path) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"simulate failed: {result.stderr[-2000:]}")
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     return {
         "customers": customers,
         "days": days,
@@ -57,11 +58,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the last run's output in the workdir")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crmw-bench-"))
     runs = []
     for seed in range(args.runs):
-        runs.append(run_once(args.customers, args.days, seed, workdir))
+        runs.append(run_once(args.customers, args.days, seed, workdir, keep=args.keep and seed == args.runs - 1))
         print(json.dumps(runs[-1]), flush=True)
     print(json.dumps({
         "customers": args.customers,

@@ -25,19 +25,26 @@ from simulator.model import (
     World,
 )
 
-_FIRST = np.array("ana ben carla dev emma farid gina hugo iris jon kira leo mia nils olga paulo rui sara tomas uma vera yusuf zoe".split())
-_LAST = np.array("smith garcia nguyen muller rossi kowalski silva dubois khan berg costa novak jensen ortiz weber".split())
-_CITIES = np.array(["Lisbon", "Porto", "Berlin", "Hamburg", "Lyon", "Paris", "Madrid", "Milan", "Warsaw", "Vienna"])
-_COUNTRIES = np.array(["PT", "PT", "DE", "DE", "FR", "FR", "ES", "IT", "PL", "AT"])
-_DOMAINS = np.array(["example.com", "mail.example.org", "inbox.example.net"])
-_ACQUISITION = np.array(["organic", "paid_search", "social", "referral", "store", "partner"])
-_TIERS = np.array(["bronze", "silver", "gold", "platinum"])
+# Text the customer table holds is kept in object arrays: every customer's cell refers to one
+# shared string (a numpy string array turned into objects makes a string per customer).
+_FIRST = np.array("ana ben carla dev emma farid gina hugo iris jon kira leo mia nils olga paulo rui sara tomas uma vera yusuf zoe".split(), dtype=object)
+_LAST = np.array("smith garcia nguyen muller rossi kowalski silva dubois khan berg costa novak jensen ortiz weber".split(), dtype=object)
+_FIRST_NAMES, _LAST_NAMES = (np.array([name.capitalize() for name in names], dtype=object) for names in (_FIRST, _LAST))
+_CITIES = np.array(["Lisbon", "Porto", "Berlin", "Hamburg", "Lyon", "Paris", "Madrid", "Milan", "Warsaw", "Vienna"], dtype=object)
+_COUNTRIES = np.array(["PT", "PT", "DE", "DE", "FR", "FR", "ES", "IT", "PL", "AT"], dtype=object)
+_GENDERS = np.array(["female", "male", "unknown"], dtype=object)
+_DOMAINS = np.array(["example.com", "mail.example.org", "inbox.example.net"], dtype=object)
+_ACQUISITION = np.array(["organic", "paid_search", "social", "referral", "store", "partner"], dtype=object)
+_TIERS = np.array(["bronze", "silver", "gold", "platinum"], dtype=object)
+_TIER_SPEND = [300, 1000, 3000]  # the spend that reaches each tier above the first
 _TICKET_CATEGORIES = np.array(["delivery", "billing", "product", "returns", "account"])
+_TICKET_CHANNELS = np.array(["email", "phone", "chat", "web"])
 _PRIORITIES = np.array(["low", "normal", "high", "urgent"])
 _SLA_HOURS = np.array([48.0, 24.0, 8.0, 2.0])  # first-reply target per priority
 _INTERACTION_TYPES = np.array(["call", "email", "meeting", "visit"])
 _INTERACTION_OUTCOMES = np.array(["no_answer", "information", "complaint", "purchase_intent", "resolved"])
 _CAMPAIGN_CHANNELS = np.array(["email", "sms", "push"])
+_STORES = np.array([f"S{number:03d}" for number in range(40)], dtype=object)  # store ids by number
 PERSONA_COUNT = len(PERSONAS)
 DAILY_GROWTH = 0.0015  # new customers per day, as a share of the initial base
 QUOTA_BLOCK = 100  # personas are dealt in blocks of 100 so every prefix keeps the target shares
@@ -115,9 +122,9 @@ class CustomerTable:
             self._arrays[name][self._size : size] = values
         self._size = size
 
-    def rows(self, positions: np.ndarray) -> pd.DataFrame:
-        """The rows at `positions` as a DataFrame (text columns stay plain object columns)."""
-        return _frame({name: self[name][positions] for name in self._arrays})
+    def rows(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows at `positions`, a copy, one array per column."""
+        return {name: self[name][positions] for name in self._arrays}
 
     def to_frame(self) -> pd.DataFrame:
         return _frame({name: self[name].copy() for name in self._arrays})
@@ -128,6 +135,21 @@ def _frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     Arrow strings, slow to build and slow to turn back into Python values row by row."""
     arrays = {name: values.astype(object) if values.dtype.kind == "U" else values for name, values in columns.items()}
     return pd.DataFrame({name: pd.Series(values, dtype=values.dtype, copy=False) for name, values in arrays.items()})
+
+
+def row_count(table: dict[str, np.ndarray]) -> int:
+    """The rows of a column table (one array per column; {} holds none)."""
+    return len(next(iter(table.values()))) if table else 0
+
+
+def concat_rows(table: dict[str, np.ndarray], rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A column table with `rows` (a table with the same columns) after its own."""
+    return {name: np.concatenate([table[name], values]) for name, values in rows.items()} if table else rows
+
+
+def _split(table: dict[str, np.ndarray], taken: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The rows of a column table where `taken` holds, and the others."""
+    return {name: values[taken] for name, values in table.items()}, {name: values[~taken] for name, values in table.items()}
 
 
 @dataclass
@@ -143,12 +165,13 @@ class State:
     next_history: int = 1
     next_duplicate: int = 0
     customers: CustomerTable = field(default_factory=CustomerTable)
-    status_events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"order_id": [], "day": [], "status": []}))
-    tickets: pd.DataFrame = field(default_factory=pd.DataFrame)
-    conversions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"person_id": [], "day": [], "campaign_id": []}))
-    members: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Pending plans, each a table of one array per column ({} before its first row):
+    status_events: dict[str, np.ndarray] = field(default_factory=dict)  # order_id, day, status
+    tickets: dict[str, np.ndarray] = field(default_factory=dict)  # tickets not closed yet
+    conversions: dict[str, np.ndarray] = field(default_factory=dict)  # person_id, day, campaign_id
+    members: dict[str, np.ndarray] = field(default_factory=dict)  # campaign members not exported yet
 
-    _FRAMES = ("status_events", "tickets", "conversions", "members")
+    _TABLES = ("status_events", "tickets", "conversions", "members")
 
     def date_of(self, day: int) -> dt.date:
         return self.start + dt.timedelta(days=day)
@@ -173,8 +196,8 @@ class State:
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         self.customers.to_frame().to_pickle(folder / "customers.pkl")
-        for name in self._FRAMES:
-            getattr(self, name).to_pickle(folder / f"{name}.pkl")
+        for name in self._TABLES:
+            _frame(getattr(self, name)).to_pickle(folder / f"{name}.pkl")
 
     @classmethod
     def load(cls, folder: Path) -> "State":
@@ -184,8 +207,9 @@ class State:
             setattr(state, key, meta[key])
         customers = pd.read_pickle(folder / "customers.pkl")
         state.customers = CustomerTable({name: customers[name].to_numpy() for name in customers.columns})
-        for name in cls._FRAMES:
-            setattr(state, name, pd.read_pickle(folder / f"{name}.pkl"))
+        for name in cls._TABLES:
+            frame = pd.read_pickle(folder / f"{name}.pkl")
+            setattr(state, name, {column: frame[column].to_numpy() for column in frame.columns})
         return state
 
 
@@ -194,16 +218,17 @@ class DayRecords:
     """What the source systems record on one day (before dirty data is injected)."""
 
     date: dt.date
-    orders: pd.DataFrame
-    order_lines: pd.DataFrame
-    payments: pd.DataFrame
-    status_changes: pd.DataFrame  # order_id, status, changed_at (updates in place + history)
-    customers: pd.DataFrame
-    interactions: pd.DataFrame
-    campaigns: pd.DataFrame
-    campaign_members: pd.DataFrame
-    tickets: list[dict]
-    churned: pd.DataFrame  # person_id, churn_date
+    # The sales rows as one array per column (name → array).
+    orders: dict[str, np.ndarray]
+    order_lines: dict[str, np.ndarray]
+    payments: dict[str, np.ndarray]
+    status_changes: dict[str, np.ndarray]  # order_id, status, changed_at (updates in place + history)
+    customers: dict[str, np.ndarray]  # the rows of State.customers exported today, plus signup_date and modified_at
+    interactions: dict[str, np.ndarray]
+    campaigns: dict[str, np.ndarray]
+    campaign_members: dict[str, np.ndarray]  # {} when none is exported
+    tickets: TicketSnapshots
+    churned: list[list]  # person_id, churn_date
 
 
 def new_customers(state: State, rng: np.random.Generator, count: int, day: int, existing: bool) -> None:
@@ -211,10 +236,11 @@ def new_customers(state: State, rng: np.random.Generator, count: int, day: int, 
     ids = np.arange(state.next_person, state.next_person + count)
     state.next_person += count
     personas = persona_of(state.seed, ids)
-    first, last = rng.choice(_FIRST, count), rng.choice(_LAST, count)
+    first, last = rng.choice(len(_FIRST), count), rng.choice(len(_LAST), count)
     city = rng.integers(0, len(_CITIES), count)
     signup = (day - rng.integers(1, 730, count)) if existing else np.full(count, day)
-    birth = np.datetime64("1945-01-01") + rng.integers(0, 365 * 60, count).astype("timedelta64[D]")
+    birth_days, birth_positions = np.unique(rng.integers(0, 365 * 60, count), return_inverse=True)
+    birth = (np.datetime64("1945-01-01") + birth_days.astype("timedelta64[D]")).astype(str).astype(object)[birth_positions]
     drift = _persona["drift_days"][personas]
     customers = state.customers
     referred_by = np.full(count, "", dtype=object)
@@ -231,16 +257,17 @@ def new_customers(state: State, rng: np.random.Generator, count: int, day: int, 
         "crm_id": [f"C{i:08d}" for i in ids],
         "persona": personas,
         "signup_day": signup,
-        "first_name": np.char.capitalize(first.astype(str)),
-        "last_name": np.char.capitalize(last.astype(str)),
-        "email": [f"{f}.{l}.{i}@{d}" for f, l, i, d in zip(first, last, ids, rng.choice(_DOMAINS, count))],
+        "first_name": _FIRST_NAMES[first],
+        "last_name": _LAST_NAMES[last],
+        "email": [f"{f}.{l}.{i}@{d}" for f, l, i, d in zip(_FIRST[first].tolist(), _LAST[last].tolist(), ids.tolist(), rng.choice(_DOMAINS, count).tolist())],
         "phone": [f"+{c} {n}" for c, n in zip(rng.choice(["351", "49", "33", "34", "39"], count), rng.integers(600_000_000, 999_999_999, count))],
-        "birth_date": birth.astype(str),
-        "gender": rng.choice(np.array(["female", "male", "unknown"]), count, p=[0.49, 0.48, 0.03]),
+        "birth_date": birth,
+        "gender": rng.choice(_GENDERS, count, p=[0.49, 0.48, 0.03]),
         "city": _CITIES[city],
         "country": _COUNTRIES[city],
         "acquisition_channel": np.where(referred_by != "", "referral", rng.choice(_ACQUISITION, count)),
-        "loyalty_tier": np.full(count, "bronze", dtype=object),
+        "loyalty_tier": np.full(count, _TIERS[0], dtype=object),
+        "tier_rank": np.zeros(count, dtype=np.int64),  # the position of loyalty_tier in _TIERS
         "marketing_opt_in": rng.random(count) < 0.6,
         "referred_by": referred_by,
         "rate_multiplier": rng.lognormal(-0.125, 0.5, count),
@@ -268,13 +295,9 @@ def persona_of(seed: int, person_ids: np.ndarray) -> np.ndarray:
     """Personas are dealt from shuffled blocks of QUOTA_BLOCK people with exact target counts,
     so the shares hold at any population size and whatever the day people sign up."""
     block = np.repeat(np.arange(PERSONA_COUNT), [round(p.share * QUOTA_BLOCK) for p in PERSONAS])
-    blocks = (person_ids - 1) // QUOTA_BLOCK
-    result = np.empty(len(person_ids), dtype=int)
-    for number in np.unique(blocks):
-        deal = np.random.default_rng([seed, 3, int(number)]).permutation(block)
-        mask = blocks == number
-        result[mask] = deal[(person_ids[mask] - 1) % QUOTA_BLOCK]
-    return result
+    numbers, blocks = np.unique((person_ids - 1) // QUOTA_BLOCK, return_inverse=True)
+    deals = np.array([np.random.default_rng([seed, 3, number]).permutation(block) for number in numbers.tolist()], dtype=int)
+    return deals.reshape(len(numbers), QUOTA_BLOCK)[blocks, (person_ids - 1) % QUOTA_BLOCK]
 
 
 def engagement(customers, day: int | np.ndarray) -> np.ndarray:
@@ -290,12 +313,12 @@ def engagement(customers, day: int | np.ndarray) -> np.ndarray:
     return faded
 
 
-def churn_hazard(customers, day: int | np.ndarray) -> np.ndarray:
+def churn_hazard(customers, day: int | np.ndarray, engaged: np.ndarray | None = None) -> np.ndarray:
     """Daily churn probability: persona baseline × exp(Σ effect × factor) (truth/churn_model.json).
-    Arguments as for `engagement`."""
+    Arguments as for `engagement`, whose result `engaged` is when already worked out."""
     base = _persona["churn_hazard"][customers["persona"]]
     lifted = (
-        CHURN_EFFECTS["lost_engagement"] * (1 - engagement(customers, day))
+        CHURN_EFFECTS["lost_engagement"] * (1 - (engagement(customers, day) if engaged is None else engaged))
         + CHURN_EFFECTS["bad_service_experiences"] * customers["bad_service"]
         + CHURN_EFFECTS["price_sensitivity"] * customers["price_sensitivity"]
     )
@@ -342,42 +365,36 @@ def step(state: State, world: World, day: int) -> DayRecords:
     living = np.flatnonzero(alive)
     draws = rng.random(len(customers))
     lives = {name: customers[name][living] for name in ("persona", "drift_start", "bad_service", "price_sensitivity")}
-    churns = draws[living] < churn_hazard(lives, day)
+    engaged = engagement(lives, day)
+    churns = draws[living] < churn_hazard(lives, day, engaged)
     churning = living[churns]
     customers["churn_day"][churning] = day
     alive[churning] = False
-    churned = pd.DataFrame({"person_id": customers["person_id"][churning], "churn_date": date.isoformat()})
+    churned = [[person_id, date.isoformat()] for person_id in customers["person_id"][churning].tolist()]
 
     # 3. Orders of alive customers (plus campaign conversions due today).
     index = living[~churns]
     personas = customers["persona"][index]
     weekly = 1.0 + 0.15 * np.sin(2 * np.pi * (date.weekday() - 2) / 7)
     rates = _persona["orders_per_day"][personas] * customers["rate_multiplier"][index]
-    rates *= engagement(lives, day)[~churns] * weekly
+    rates *= engaged[~churns] * weekly
     counts = rng.poisson(rates)
     buyers = np.repeat(index, counts)
-    due = state.conversions[state.conversions["day"] == day]
-    converting = _positions(due["person_id"].to_numpy())
-    buyers = np.concatenate([buyers, converting[alive[converting]]])
-    state.conversions = state.conversions[state.conversions["day"] != day]
+    if state.conversions:
+        due, state.conversions = _split(state.conversions, state.conversions["day"] == day)
+        converting = _positions(due["person_id"])
+        buyers = np.concatenate([buyers, converting[alive[converting]]])
     orders, lines, payments, new_events = _orders(state, world, rng, customers, buyers, day, date)
-    state.status_events = pd.concat([state.status_events, new_events], ignore_index=True)
+    state.status_events = concat_rows(state.status_events, new_events)
 
     # 4. Status changes due today: updated in place in the sales DB, logged in its history.
-    due_events = state.status_events[state.status_events["day"] == day]
-    state.status_events = state.status_events[state.status_events["day"] != day]
+    due_events, state.status_events = _split(state.status_events, state.status_events["day"] == day)
     # Deleting a test order is dirty data, not the world: it takes no draw from the day's
     # generator, so the dirty rate never changes what customers do.
-    changing = due_events["status"].to_numpy() != "__deleted__"
-    changed_at = np.full(len(due_events), None, dtype=object)
+    changing = due_events["status"] != "__deleted__"
+    changed_at = np.full(len(changing), None, dtype=object)
     changed_at[changing] = _timestamps(date, rng.integers(6 * 3600, 20 * 3600, int(changing.sum())))
-    status_changes = _frame(
-        {
-            "order_id": due_events["order_id"].astype(int).to_numpy(),
-            "status": due_events["status"].to_numpy(),
-            "changed_at": changed_at,
-        }
-    )
+    status_changes = {"order_id": due_events["order_id"], "status": due_events["status"], "changed_at": changed_at}
 
     # 5. Service desk, CRM activity and campaigns.
     tickets = _tickets(state, rng, customers, index, day, date)
@@ -387,6 +404,9 @@ def step(state: State, world: World, day: int) -> DayRecords:
     exported = customers["modified_day"] == day
     exported[known:] = True  # everyone who signed up today
     exported = customers.rows(np.flatnonzero(exported))
+    exported["signup_date"] = state.iso_dates(exported["signup_day"]).astype(object)
+    count = len(exported["signup_date"])
+    exported["modified_at"] = _timestamps(date, rng.integers(7 * 3600, 19 * 3600, count)) if count else np.array([], dtype=object)
     state.days_done = day + 1
     return DayRecords(
         date=date,
@@ -394,11 +414,7 @@ def step(state: State, world: World, day: int) -> DayRecords:
         order_lines=lines,
         payments=payments,
         status_changes=status_changes,
-        customers=exported.assign(
-            signup_date=state.iso_dates(exported["signup_day"].to_numpy()),
-            modified_at=_timestamps(date, rng.integers(7 * 3600, 19 * 3600, len(exported))),
-        )
-        if len(exported) else exported.assign(signup_date=[], modified_at=[]),
+        customers=exported,
         interactions=interactions,
         campaigns=campaigns,
         campaign_members=members,
@@ -419,58 +435,58 @@ def _orders(state, world, rng, customers, buyers, day, date):
     sizes = 1 + rng.poisson(_persona["extra_items"][personas])
     line_order = np.repeat(np.arange(count), sizes)
     line_category = _choose(rng, _persona_categories[personas[line_order]])
-    skus = np.empty(len(line_order), dtype=object)
+    # Products are worked with as catalogue positions: their sku and price are then looked up
+    # for all lines at once.
+    catalogue = world.products["sku"].tolist()
+    position = {sku: number for number, sku in enumerate(catalogue)}
+    products = np.empty(len(line_order), dtype=np.int64)
     for category_index, category in enumerate(CATEGORY_NAMES):
         mask = line_category == category_index
         picks = np.searchsorted(world.cumulative_popularity_by_category[category], rng.random(int(mask.sum())))
-        skus[mask] = world.regular_skus_by_category[category][np.minimum(picks, len(world.regular_skus_by_category[category]) - 1)]
+        regular = np.array([position[sku] for sku in world.regular_skus_by_category[category].tolist()])
+        products[mask] = regular[np.minimum(picks, len(regular) - 1)]
     # Planted rules: A with p_a; B with p_b_given_a if A is there, else p_b_without_a.
-    extra_orders, extra_skus = [], []
+    extra_orders, extra_products = [], []
     for rule in world.rules:
         has_a = rng.random(count) < rule.p_a
         has_b = rng.random(count) < np.where(has_a, rule.p_b_given_a, rule.p_b_without_a)
         for mask, sku in ((has_a, rule.antecedent), (has_b, rule.consequent)):
             extra_orders.append(np.flatnonzero(mask))
-            extra_skus.append(np.full(int(mask.sum()), sku, dtype=object))
+            extra_products.append(np.full(int(mask.sum()), position[sku]))
     line_order = np.concatenate([line_order, *extra_orders])
-    skus = np.concatenate([skus, *extra_skus])
+    products = np.concatenate([products, *extra_products])
     arrangement = np.argsort(line_order, kind="stable")
-    line_order, skus = line_order[arrangement], skus[arrangement]
+    line_order, products = line_order[arrangement], products[arrangement]
     line_number = np.arange(len(line_order)) - np.searchsorted(line_order, line_order) + 1
-    # A dict lookup per line: a pandas reindex costs more than the lookups themselves.
-    list_price = dict(zip(world.products["sku"].tolist(), world.products["list_price"].tolist()))
-    prices = np.array([list_price[sku] for sku in skus.tolist()], dtype=float)
+    skus = np.array(catalogue, dtype=object)[products]
+    prices = world.products["list_price"].to_numpy(dtype=float)[products]
     quantity = 1 + rng.poisson(0.3, len(line_order))
     discounted = rng.random(len(line_order)) < _persona["discount_share"][personas[line_order]]
     discount = np.where(discounted, np.round(prices * quantity * rng.uniform(0.1, 0.3, len(line_order)), 2), 0.0)
-    lines = _frame(
-        {
-            "order_id": order_ids[line_order],
-            "line_number": line_number,
-            "sku": skus,
-            "quantity": quantity,
-            "unit_price": prices,
-            "discount": discount,
-            "updated_at": created[line_order],
-        }
-    )
+    lines = {
+        "order_id": order_ids[line_order],
+        "line_number": line_number,
+        "sku": skus,
+        "quantity": quantity,
+        "unit_price": prices,
+        "discount": discount,
+        "updated_at": created[line_order],
+    }
     net = np.bincount(line_order, weights=prices * quantity - discount, minlength=count).round(2)
     person = customers["person_id"][buyers]
     uses_crm = customers["uses_crm_id"][buyers]
-    orders = _frame(
-        {
-            "order_id": order_ids,
-            "customer_email": customers["email"][buyers],
-            "crm_id": np.where(uses_crm, customers["crm_id"][buyers], None),
-            "channel": np.array(CHANNELS)[channel],
-            "store_id": np.where(channel == 1, [f"S{n:03d}" for n in rng.integers(1, 40, count)], None),
-            "status": np.where(channel == 1, "completed", "placed"),
-            "created_at": created,
-            "updated_at": created,
-            "_person_id": person,
-            "_net": net,
-        }
-    )
+    orders = {
+        "order_id": order_ids,
+        "customer_email": customers["email"][buyers],
+        "crm_id": np.where(uses_crm, customers["crm_id"][buyers], None),
+        "channel": np.array(CHANNELS)[channel],
+        "store_id": np.where(channel == 1, _STORES[rng.integers(1, 40, count)], None),
+        "status": np.where(channel == 1, "completed", "placed"),
+        "created_at": created,
+        "updated_at": created,
+        "_person_id": person,
+        "_net": net,
+    }
     # The life of each order: shipped, completed, sometimes cancelled or returned later.
     roll = rng.random(count)
     returned = roll < _persona["return_rate"][personas]
@@ -483,27 +499,26 @@ def _orders(state, world, rng, customers, buyers, day, date):
     ]
     return_delay = rng.integers(5, 15, count)
     events.append((order_ids[returned], day + np.where(remote, 3, 0)[returned] + return_delay[returned], "returned"))
-    new_events = pd.concat(
-        [pd.DataFrame({"order_id": ids, "day": np.broadcast_to(when, len(ids)), "status": status}) for ids, when, status in events],
-        ignore_index=True,
-    )
+    new_events = {
+        "order_id": np.concatenate([ids for ids, _, _ in events]),
+        "day": np.concatenate([np.broadcast_to(when, len(ids)) for ids, when, _ in events]),
+        "status": np.concatenate([np.full(len(ids), status, dtype=object) for ids, _, status in events]),
+    }
     methods = np.where(channel == 1, rng.choice(np.array(["card", "cash"]), count, p=[0.8, 0.2]), rng.choice(np.array(["card", "paypal", "gift_card"]), count, p=[0.7, 0.25, 0.05]))
-    payments = _frame(
-        {
-            "payment_id": order_ids,
-            "order_id": order_ids,
-            "method": methods,
-            "amount": net,
-            "paid_at": created,
-        }
-    )
+    payments = {
+        "payment_id": np.array([f"P{i}" for i in order_ids.tolist()], dtype=object),
+        "order_id": order_ids,
+        "method": methods,
+        "amount": net,
+        "paid_at": created,
+    }
     kept = ~(returned | cancelled)
     np.add.at(customers["spend"], buyers[kept], net[kept])
     np.add.at(customers["orders"], buyers[kept], 1)
     return orders, lines, payments, new_events
 
 
-def _tickets(state, rng, customers, index, day, date) -> list[dict]:
+def _tickets(state, rng, customers, index, day, date) -> TicketSnapshots:
     """Open new tickets, plan their lives, and return every ticket that changes today."""
     personas = customers["persona"][index]
     opening = index[rng.random(len(index)) < _persona["tickets_per_day"][personas]]
@@ -520,120 +535,123 @@ def _tickets(state, rng, customers, index, day, date) -> list[dict]:
         solve_days = rng.integers(1, 6, count)
         bad = slow | unresolved
         rating = np.where(bad, rng.integers(1, 3, count), rng.integers(3, 6, count))
-        new = pd.DataFrame(
-            {
-                "ticket_id": ids,
-                "person_id": customers["person_id"][opening],
-                "requester_email": customers["email"][opening],
-                "channel": rng.choice(np.array(["email", "phone", "chat", "web"]), count),
-                "category": rng.choice(_TICKET_CATEGORIES, count),
-                "priority": _PRIORITIES[priority],
-                "open_day": day,
-                "opened_seconds": opened,
-                "reply_seconds": opened + (reply_hours * 3600).astype(int),
-                "solve_day": np.where(unresolved, -1, day + solve_days),
-                "reopen_day": np.where(reopened, day + solve_days + 2, -1),
-                "resolve_again_day": np.where(reopened, day + solve_days + 4, -1),
-                "close_day": np.where(unresolved, -1, day + solve_days + np.where(reopened, 9, 4)),
-                "rating": rating,
-                "bad": bad,
-            }
-        )
-        state.tickets = pd.concat([state.tickets, new], ignore_index=True) if len(state.tickets) else new
-    if not len(state.tickets):
-        return []
+        new = {
+            "ticket_id": ids,
+            "person_id": customers["person_id"][opening],
+            "requester_email": customers["email"][opening],
+            "channel": rng.choice(_TICKET_CHANNELS, count),
+            "category": rng.choice(_TICKET_CATEGORIES, count),
+            "priority": _PRIORITIES[priority],
+            "open_day": np.full(count, day),
+            "opened_seconds": opened,
+            "reply_seconds": opened + (reply_hours * 3600).astype(int),
+            "solve_day": np.where(unresolved, -1, day + solve_days),
+            "reopen_day": np.where(reopened, day + solve_days + 2, -1),
+            "resolve_again_day": np.where(reopened, day + solve_days + 4, -1),
+            "close_day": np.where(unresolved, -1, day + solve_days + np.where(reopened, 9, 4)),
+            "rating": rating,
+            "bad": bad,
+        }
+        new = {name: values.astype(object) if values.dtype.kind == "U" else values for name, values in new.items()}
+        state.tickets = {name: np.concatenate([state.tickets[name], values]) for name, values in new.items()} if state.tickets else new
     tickets = state.tickets
+    if not tickets:
+        return _ticket_snapshots(tickets, day, state)
     reply_day = tickets["open_day"] + tickets["reply_seconds"] // 86_400
     event_days = [tickets["open_day"], reply_day, tickets["solve_day"], tickets["reopen_day"], tickets["resolve_again_day"], tickets["close_day"]]
-    changing = np.zeros(len(tickets), dtype=bool)
+    changing = np.zeros(len(reply_day), dtype=bool)
     for days in event_days:
-        changing |= days.to_numpy() == day
+        changing |= days == day
     # A bad experience counts against the customer once the ticket is solved (or left open a week).
-    judged = tickets["bad"].to_numpy() & (
-        (tickets["solve_day"].to_numpy() == day) | ((tickets["solve_day"].to_numpy() < 0) & (tickets["open_day"].to_numpy() + 7 == day))
-    )
+    judged = tickets["bad"] & ((tickets["solve_day"] == day) | ((tickets["solve_day"] < 0) & (tickets["open_day"] + 7 == day)))
     if judged.any():
-        customers["bad_service"][_positions(tickets["person_id"].to_numpy()[judged])] += 1
-    records = _ticket_snapshots(tickets[changing], day, state)
+        customers["bad_service"][_positions(tickets["person_id"][judged])] += 1
+    snapshots = _ticket_snapshots({name: values[changing] for name, values in tickets.items()}, day, state)
     # Closed tickets never change again: drop them from the state.
-    finished = (tickets["close_day"].to_numpy() >= 0) & (tickets["close_day"].to_numpy() <= day)
-    finished |= (tickets["solve_day"].to_numpy() < 0) & (tickets["open_day"].to_numpy() + 30 <= day)
-    state.tickets = tickets[~finished].reset_index(drop=True)
-    return records
+    finished = (tickets["close_day"] >= 0) & (tickets["close_day"] <= day)
+    finished |= (tickets["solve_day"] < 0) & (tickets["open_day"] + 30 <= day)
+    state.tickets = {name: values[~finished] for name, values in tickets.items()}
+    return snapshots
 
 
 _TICKET_EVENTS = (("solve_day", "solved"), ("reopen_day", "open"), ("resolve_again_day", "solved"), ("close_day", "closed"))
 
 
-def _ticket_snapshots(tickets: pd.DataFrame, day: int, state: State) -> list[dict]:
+@dataclass
+class TicketSnapshots:
+    """Tickets as the export API shows them, column by column.
+
+    `columns`: the plain fields (None where a ticket has no value) and `_person_id`. The list
+    fields are given as their possible items in list order, one column each, None where a
+    ticket lacks the item: `tags` (text) and `status_history` ((status, at) with `at` None
+    for a status the ticket has not taken)."""
+
+    columns: dict[str, np.ndarray]
+    tags: list[np.ndarray]
+    status_history: list[tuple[str, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.columns["ticket_id"]) if self.columns else 0
+
+
+def _ticket_snapshots(tickets: dict[str, np.ndarray], day: int, state: State) -> TicketSnapshots:
     """The tickets as the export API shows them at the end of `day`.
 
     Their histories: new and open when opened, pending at the first reply, then the planned
-    events that have happened, each at 40,000 s + 1 h per status before it on its day. Every
-    timestamp is printed column-wise first; the loop below only assembles."""
-    column = {name: tickets[name].to_numpy() for name in tickets.columns}
-    opened_at = _timestamps(state.start, 86_400 * column["open_day"] + column["opened_seconds"]).tolist()
-    replied = column["open_day"] + column["reply_seconds"] // 86_400 <= day
-    replied_at = _timestamps(state.start, 86_400 * column["open_day"] + column["reply_seconds"]).tolist()
+    events that have happened, each at 40,000 s + 1 h per status before it on its day."""
+    if not tickets:  # none opened yet
+        return TicketSnapshots({}, [], [])
+    opened_at = _timestamps(state.start, 86_400 * tickets["open_day"] + tickets["opened_seconds"])
+    replied = tickets["open_day"] + tickets["reply_seconds"] // 86_400 <= day
+    first_reply_at = np.where(replied, _timestamps(state.start, 86_400 * tickets["open_day"] + tickets["reply_seconds"]), None)
+    history = [("new", opened_at), ("open", opened_at), ("pending", first_reply_at)]
+    status = np.where(replied, "pending", "open").astype(object)
+    updated_at = np.where(replied, first_reply_at, opened_at)
+    solved_at = np.full(len(replied), None, dtype=object)
     statuses_before = 2 + replied
-    events = []
-    for name, status in _TICKET_EVENTS:
-        happened = (column[name] >= 0) & (column[name] <= day)
-        at = _timestamps(state.start, 86_400 * column[name] + 40_000 + 3_600 * statuses_before).tolist()
-        events.append((status, happened.tolist(), at))
+    for name, event in _TICKET_EVENTS:
+        happened = (tickets[name] >= 0) & (tickets[name] <= day)
+        at = np.where(happened, _timestamps(state.start, 86_400 * tickets[name] + 40_000 + 3_600 * statuses_before), None)
+        history.append((event, at))
+        status[happened] = event
+        updated_at[happened] = at[happened]
+        if event == "solved":
+            solved_at[happened] = at[happened]
         statuses_before = statuses_before + happened
-    reopened = ((column["reopen_day"] >= 0) & (column["reopen_day"] <= day)).tolist()
-    snapshots = []
-    for row, (ticket_id, email, channel, category, priority, rating, person_id) in enumerate(
-        zip(*(column[name].tolist() for name in ("ticket_id", "requester_email", "channel", "category", "priority", "rating", "person_id")))
-    ):
-        opened = opened_at[row]
-        history = [{"status": "new", "at": opened}, {"status": "open", "at": opened}]
-        first_reply = replied_at[row] if replied[row] else None
-        if first_reply:
-            history.append({"status": "pending", "at": first_reply})
-        solved_at = None
-        for status, happened, at in events:
-            if happened[row]:
-                history.append({"status": status, "at": at[row]})
-                if status == "solved":
-                    solved_at = at[row]
-        status = history[-1]["status"]
-        rated = status in ("solved", "closed")
-        snapshots.append({
-            "ticket_id": ticket_id,
-            "requester_email": email,
-            "channel": channel,
-            "category": category,
-            "priority": priority,
-            "status": status,
-            "created_at": opened,
-            "updated_at": history[-1]["at"],
-            "first_reply_at": first_reply,
-            "solved_at": solved_at if rated else None,
-            "satisfaction_rating": rating if rated else None,
-            "satisfaction_comment": ("slow and unhelpful" if rating <= 2 else "thanks, all good") if rated else None,
-            "tags": [category, priority] + (["reopened"] if reopened[row] else []),
-            "status_history": history,
-            "_person_id": person_id,
-        })
-    return snapshots
+    rated = (status == "solved") | (status == "closed")
+    rating = tickets["rating"]
+    reopened = (tickets["reopen_day"] >= 0) & (tickets["reopen_day"] <= day)
+    columns = {
+        "ticket_id": tickets["ticket_id"],
+        "requester_email": tickets["requester_email"],
+        "channel": tickets["channel"],
+        "category": tickets["category"],
+        "priority": tickets["priority"],
+        "status": status,
+        "created_at": opened_at,
+        "updated_at": updated_at,
+        "first_reply_at": first_reply_at,
+        "solved_at": np.where(rated, solved_at, None),
+        "satisfaction_rating": np.where(rated, rating.astype(object), None),
+        "satisfaction_comment": np.where(rated, np.where(rating <= 2, "slow and unhelpful", "thanks, all good").astype(object), None),
+        "_person_id": tickets["person_id"],
+    }
+    tags = [tickets["category"], tickets["priority"], np.where(reopened, "reopened", None)]
+    return TicketSnapshots(columns, tags, history)
 
 
-def _interactions(rng, customers, index, day, date) -> pd.DataFrame:
+def _interactions(rng, customers, index, day, date) -> dict[str, np.ndarray]:
     personas = customers["persona"][index]
     who = index[rng.random(len(index)) < _persona["interactions_per_day"][personas]]
     count = len(who)
-    return pd.DataFrame(
-        {
-            "interaction_id": [f"I{day:05d}{n:06d}" for n in range(count)],
-            "crm_id": customers["crm_id"][who],
-            "interaction_type": rng.choice(_INTERACTION_TYPES, count),
-            "outcome": rng.choice(_INTERACTION_OUTCOMES, count),
-            "occurred_at": _timestamps(date, rng.integers(8 * 3600, 19 * 3600, count)),
-            "_person_id": customers["person_id"][who],
-        }
-    )
+    return {
+        "interaction_id": np.array([f"I{day:05d}{n:06d}" for n in range(count)], dtype=object),
+        "crm_id": customers["crm_id"][who],
+        "interaction_type": rng.choice(_INTERACTION_TYPES, count),
+        "outcome": rng.choice(_INTERACTION_OUTCOMES, count),
+        "occurred_at": _timestamps(date, rng.integers(8 * 3600, 19 * 3600, count)),
+        "_person_id": customers["person_id"][who],
+    }
 
 
 CAMPAIGN_EVERY_DAYS = 14
@@ -642,77 +660,69 @@ CONTROL_SHARE = 0.2
 
 
 def _campaigns(state, rng, customers, index, day, date):
-    """Launch a campaign every two weeks; members' outcomes are exported when it ends."""
-    campaigns = pd.DataFrame(columns=["campaign_id", "name", "channel", "start_date", "end_date", "cost"])
+    """Launch a campaign every two weeks; members' outcomes are exported when it ends.
+    Returns the day's campaigns and exported members, each a table of one array per column."""
+    campaigns = {name: np.array([], dtype=object) for name in ("campaign_id", "name", "channel", "start_date", "end_date", "cost")}
     if day % CAMPAIGN_EVERY_DAYS == 3:
         campaign_id = f"K{state.next_campaign:04d}"
         state.next_campaign += 1
         end = state.date_of(day + CAMPAIGN_LENGTH_DAYS)
-        campaigns = pd.DataFrame(
-            {
-                "campaign_id": [campaign_id],
-                "name": [f"Campaign {campaign_id} {date:%b %Y}"],
-                "channel": [str(rng.choice(_CAMPAIGN_CHANNELS))],
-                "start_date": [date.isoformat()],
-                "end_date": [end.isoformat()],
-                "cost": [round(float(rng.uniform(500, 5000)), 2)],
-            }
-        )
+        campaigns = {
+            "campaign_id": [campaign_id],
+            "name": [f"Campaign {campaign_id} {date:%b %Y}"],
+            "channel": [str(rng.choice(_CAMPAIGN_CHANNELS))],
+            "start_date": [date.isoformat()],
+            "end_date": [end.isoformat()],
+            "cost": [round(float(rng.uniform(500, 5000)), 2)],
+        }
+        campaigns = {name: np.array(values, dtype=object) for name, values in campaigns.items()}
         eligible = index[customers["marketing_opt_in"][index]]
         chosen = eligible[rng.random(len(eligible)) < 0.25]
-        treated = rng.random(len(chosen)) >= CONTROL_SHARE
+        count = len(chosen)
+        treated = rng.random(count) >= CONTROL_SHARE
         personas = customers["persona"][chosen]
         conversion = _persona["campaign_base_conversion"][personas] + treated * _persona["campaign_uplift"][personas]
-        converted = rng.random(len(chosen)) < conversion
-        opened = treated & (rng.random(len(chosen)) < 0.4)
-        clicked = opened & (rng.random(len(chosen)) < 0.3)
-        members = pd.DataFrame(
-            {
-                "campaign_id": campaign_id,
-                "crm_id": customers["crm_id"][chosen],
-                "member_group": np.where(treated, "treatment", "control"),
-                "sent": treated,
-                "opened": opened,
-                "clicked": clicked,
-                "converted": converted,
-                "export_day": day + CAMPAIGN_LENGTH_DAYS,
-                "_person_id": customers["person_id"][chosen],
-                "_persona": personas,
-            }
-        )
-        conversion_days = day + rng.integers(1, CAMPAIGN_LENGTH_DAYS + 1, int(converted.sum()))
-        members["conversion_day"] = -1
-        members.loc[converted, "conversion_day"] = conversion_days
-        state.members = pd.concat([state.members, members], ignore_index=True) if len(state.members) else members
-        conversions = pd.DataFrame(
-            {
-                "person_id": customers["person_id"][chosen][converted],
-                "day": conversion_days,
-                "campaign_id": campaign_id,
-            }
-        )
-        state.conversions = pd.concat([state.conversions, conversions], ignore_index=True)
-    ending = state.members[state.members["export_day"] == day] if len(state.members) else state.members
-    if len(state.members):
-        state.members = state.members[state.members["export_day"] != day].reset_index(drop=True)
-    if not len(ending):
-        return campaigns, ending
+        converted = rng.random(count) < conversion
+        opened = treated & (rng.random(count) < 0.4)
+        clicked = opened & (rng.random(count) < 0.3)
+        conversion_day = np.full(count, -1)
+        conversion_day[converted] = day + rng.integers(1, CAMPAIGN_LENGTH_DAYS + 1, int(converted.sum()))
+        members = {
+            "campaign_id": np.full(count, campaign_id, dtype=object),
+            "crm_id": customers["crm_id"][chosen],
+            "member_group": np.where(treated, "treatment", "control").astype(object),
+            "sent": treated,
+            "opened": opened,
+            "clicked": clicked,
+            "converted": converted,
+            "export_day": np.full(count, day + CAMPAIGN_LENGTH_DAYS),
+            "_person_id": customers["person_id"][chosen],
+            "_persona": personas,
+            "conversion_day": conversion_day,
+        }
+        state.members = concat_rows(state.members, members)
+        conversions = {
+            "person_id": members["_person_id"][converted],
+            "day": conversion_day[converted],
+            "campaign_id": members["campaign_id"][converted],
+        }
+        state.conversions = concat_rows(state.conversions, conversions)
+    if not state.members:
+        return campaigns, {}
+    ending, state.members = _split(state.members, state.members["export_day"] == day)
     # A member who churned before the day they would have bought never bought: not converted.
-    churn_day = customers["churn_day"][ending["_person_id"].to_numpy() - 1]
-    bought = ending["converted"].to_numpy() & ((churn_day < 0) | (churn_day > ending["conversion_day"].to_numpy()))
-    return campaigns, ending.assign(converted=bought).drop(columns=["export_day", "conversion_day"])
+    churn_day = customers["churn_day"][ending["_person_id"] - 1]
+    ending["converted"] = ending["converted"] & ((churn_day < 0) | (churn_day > ending["conversion_day"]))
+    return campaigns, ending
 
 
 def _crm_changes(rng, customers, index, day) -> None:
     """Loyalty tiers follow spend; a few people move city or change their marketing consent."""
-    spend = customers["spend"][index]
-    tier = np.searchsorted([300, 1000, 3000], spend, side="right")
-    # Only someone whose spend reaches a tier above the first can move up: look up their tier alone.
-    current = np.zeros(len(index), dtype=np.intp)
-    reaching = np.flatnonzero(tier > 0)
-    current[reaching] = np.searchsorted(_TIERS, customers["loyalty_tier"][index[reaching]].astype(str))
-    upgrade = index[tier > current]
-    customers["loyalty_tier"][upgrade] = _TIERS[tier[tier > current]]
+    tier = np.searchsorted(_TIER_SPEND, customers["spend"][index], side="right")
+    moving_up = tier > customers["tier_rank"][index]
+    upgrade = index[moving_up]
+    customers["tier_rank"][upgrade] = tier[moving_up]
+    customers["loyalty_tier"][upgrade] = _TIERS[tier[moving_up]]
     moving = index[rng.random(len(index)) < 0.0003]
     city = rng.integers(0, len(_CITIES), len(moving))
     customers["city"][moving] = _CITIES[city]

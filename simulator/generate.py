@@ -179,14 +179,14 @@ def _simulate_day(
     identities += sources.write_service(out, records, columns["tickets"], rng, rate, defects, writer)
     truth = out / "truth"
     writer.append_csv(truth / "identities.csv", ["system", "entity", "record_key", "person_id"], identities)
-    writer.append_csv(truth / "defects.csv", sources.DEFECT_COLUMNS, defects.rows)
-    writer.append_csv(truth / "churn_events.csv", ["person_id", "churn_date"], records.churned.values.tolist())
+    writer.append_csv(truth / "defects.csv", sources.DEFECT_COLUMNS, sources.csv_text(defects.rows))
+    writer.append_csv(truth / "churn_events.csv", ["person_id", "churn_date"], sources.csv_text(records.churned))
     return {
-        "orders": len(records.orders),
-        "order_lines": len(records.order_lines),
-        "customers": len(records.customers),
+        "orders": engine.row_count(records.orders),
+        "order_lines": engine.row_count(records.order_lines),
+        "customers": engine.row_count(records.customers),
         "tickets": len(records.tickets),
-        "interactions": len(records.interactions),
+        "interactions": engine.row_count(records.interactions),
         "defects": len(defects.rows),
     }
 
@@ -220,9 +220,10 @@ def _write_static_truth(truth: Path, world) -> None:
     (truth / "churn_model.json").write_text(json.dumps(model, indent=1, sort_keys=True) + "\n")
 
 
-def expected_spend(state: engine.State, world, horizon: int) -> np.ndarray:
+def expected_spend(state: engine.State, world, horizons: list[int]) -> list[np.ndarray]:
     """Each customer's true expected spend (kept orders' net value) over the next `horizon`
-    days after the last simulated day, from the generating model."""
+    days after the last simulated day, from the generating model, for each of the ascending
+    `horizons` (one projection: a longer horizon carries on from the shorter one's sums)."""
     customers = state.customers
     last = state.days_done - 1
     value = engine.expected_order_value(world)
@@ -238,17 +239,20 @@ def expected_spend(state: engine.State, world, horizon: int) -> np.ndarray:
     # Whole blocks of days at once (a row per day), in blocks small enough to bound memory.
     # cumprod and cumsum accumulate row after row, so the sums round exactly as a day-by-day loop.
     block = max(1, _PROJECTION_CELLS // max(len(alive), 1))
-    for first in range(1, horizon + 1, block):
-        offsets = np.arange(first, min(first + block, horizon + 1))[:, None]
-        decay = np.array([np.exp(-offset / engine.BAD_SERVICE_MEMORY_DAYS) for offset in offsets[:, 0].tolist()])
-        projected["bad_service"] = bad_service * decay[:, None]
-        survivals = np.cumprod(np.vstack([survival, 1 - engine.churn_hazard(projected, last + offsets)]), axis=0)[1:]
-        terms = survivals * rate * engine.engagement(projected, last + offsets) * value[personas] * kept
-        total = np.cumsum(np.vstack([total, terms]), axis=0)[-1]
-        survival = survivals[-1]
-    spend = np.zeros(len(customers))
-    spend[alive] = total.round(2)
-    return spend
+    spends, first = [], 1
+    for horizon in horizons:
+        while first <= horizon:
+            offsets = np.arange(first, min(first + block, horizon + 1))[:, None]
+            decay = np.array([np.exp(-offset / engine.BAD_SERVICE_MEMORY_DAYS) for offset in offsets[:, 0].tolist()])
+            projected["bad_service"] = bad_service * decay[:, None]
+            survivals = np.cumprod(np.vstack([survival, 1 - engine.churn_hazard(projected, last + offsets)]), axis=0)[1:]
+            terms = survivals * rate * engine.engagement(projected, last + offsets) * value[personas] * kept
+            total = np.cumsum(np.vstack([total, terms]), axis=0)[-1]
+            survival = survivals[-1]
+            first += len(offsets)
+        spends.append(np.zeros(len(customers)))
+        spends[-1][alive] = total.round(2)
+    return spends
 
 
 def _write_final_truth(truth: Path, state: engine.State, world) -> None:
@@ -267,8 +271,7 @@ def _write_final_truth(truth: Path, state: engine.State, world) -> None:
             "referred_by": customers["referred_by"],
             "influence": customers["influence"].round(4),
             "as_of_date": as_of.isoformat(),
-            "expected_spend_90d": expected_spend(state, world, 90),
-            "expected_spend_365d": expected_spend(state, world, 365),
+            **dict(zip(["expected_spend_90d", "expected_spend_365d"], expected_spend(state, world, [90, 365]))),
         }
     )
     frame.to_csv(truth / "customers.csv", index=False, lineterminator="\n")

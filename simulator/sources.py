@@ -15,16 +15,16 @@ import datetime as dt
 import io
 import json
 import queue
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from simulator.engine import DayRecords
+from simulator.engine import DayRecords, concat_rows, row_count
 
 DEFECT_COLUMNS = ["date", "system", "entity", "record_key", "location", "defect", "handling"]
 
@@ -96,32 +96,47 @@ def pick_defects(
 class SalesDatabase:
     """The sales OLTP database; SQLite by default, PostgreSQL when given a postgresql:// URL.
 
-    One connection serves a whole run; it is opened on the thread that creates it and may then
-    be used by the `Writer`'s thread (one thread at a time)."""
+    Rows are handed over column-wise (name → array). One connection serves a whole run; it is
+    opened on the thread that creates it and may then be used by the `Writer`'s thread (one
+    thread at a time)."""
 
     # SQLite's default page cache (2 MB) is far smaller than the recent orders a day updates.
     SQLITE_CACHE_KIB = 256 * 1024
 
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite:///"):
-            self._con = sqlite3.connect(url[len("sqlite:///") :], check_same_thread=False)
+        if self.is_sqlite:
+            import adbc_driver_sqlite.dbapi
+
+            # Through ADBC, SQLite binds a whole Arrow table in C without the GIL, so the `Writer`
+            # inserts on the other core while the next day is computed. Python's sqlite3 takes the
+            # GIL back for every row, and waits for it while the simulation holds it: the two
+            # threads took turns. Transactions are begun and committed explicitly (autocommit),
+            # as pragmas must run outside one.
+            self._con = adbc_driver_sqlite.dbapi.connect(url[len("sqlite:///") :], autocommit=True)
+            self._cursor = self._con.cursor()
             # No waiting for the disk at each commit (it took a third of a simulated day), and the
             # rollback journal kept in memory rather than written to a file next to the database:
             # a new simulation is moved into place only once complete, and an --append-day cut
             # short leaves a half-written day whatever the database does. The file is the same.
-            self._con.execute("pragma synchronous = off")
-            self._con.execute("pragma journal_mode = memory")
-            self._con.execute(f"pragma cache_size = -{self.SQLITE_CACHE_KIB}")
+            for pragma in ("synchronous = off", "journal_mode = memory", f"cache_size = -{self.SQLITE_CACHE_KIB}"):
+                self._cursor.execute(f"pragma {pragma}")
+                self._cursor.fetchall()
+            self._cursor.execute("begin")
             self._mark = "?"
         else:
             import psycopg
 
             self._con = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+            self._cursor = self._con.cursor()
             self._mark = "%s"
 
     def close(self) -> None:
-        self._con.commit()
+        if self.is_sqlite:
+            self._cursor.execute("commit")
+            self._cursor.close()
+        else:
+            self._con.commit()
         self._con.close()
 
     def __enter__(self) -> "SalesDatabase":
@@ -141,25 +156,55 @@ class SalesDatabase:
         types = {"string": "text", "integer": "bigint", "decimal": "numeric(18,4)", "timestamp": "timestamp", "date": "date", "boolean": "boolean", "double": "double precision"}
         for table, (key, columns) in SALES_TABLES.items():
             body = ", ".join(f"{column} {types[contract[table][column]]}" for column in columns)
-            self._con.execute(f"drop table if exists {table}")
-            self._con.execute(f"create table {table} ({body}, primary key ({key}))")
-            self._con.execute(f"create index {table}_{cursors[table]} on {table} ({cursors[table]})")
-        self._con.commit()
+            definition = f"{body}, primary key ({key})"
+            if self.is_sqlite:
+                # In SQLite a table is a b-tree of rows by rowid, and a primary key is a second
+                # b-tree beside it, unless the key is the rowid (an `integer primary key`) or the
+                # table is stored by its key (`without rowid`): one b-tree less to keep up.
+                if contract[table].get(key) == "integer":
+                    definition = body.replace(f"{key} bigint", f"{key} integer primary key", 1)
+                    tail = ""
+                else:
+                    tail = " without rowid"
+            else:
+                tail = ""
+            self._cursor.execute(f"drop table if exists {table}")
+            self._cursor.execute(f"create table {table} ({definition}){tail}")
+            self._cursor.execute(f"create index {table}_{cursors[table]} on {table} ({cursors[table]})")
+        self.commit()
 
-    def insert(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
-        if not rows:
+    def insert(self, table: str, columns: dict[str, np.ndarray]) -> None:
+        """Insert rows given as one array per column (text columns: object arrays, None for missing)."""
+        names = SALES_TABLES[table][1]
+        if not len(columns[names[0]]):
             return
-        columns = SALES_TABLES[table][1]
-        sql = f"insert into {table} ({', '.join(columns)}) values ({', '.join(self._mark for _ in columns)})"
-        cursor = self._con.cursor()
-        cursor.executemany(sql, rows)
+        if self.is_sqlite:
+            self._cursor.adbc_ingest(table, pa.table({name: _arrow(columns[name]) for name in names}), mode="append")
+        else:
+            sql = f"insert into {table} ({', '.join(names)}) values ({', '.join(self._mark for _ in names)})"
+            self._cursor.executemany(sql, list(zip(*(np.asarray(columns[name]).tolist() for name in names))))
 
-    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self._con.cursor().executemany(sql.replace("?", self._mark), rows)
+    def execute_many(self, sql: str, parameters: list[np.ndarray]) -> None:
+        """Run `sql` once per row of `parameters` (one array per ? in `sql`)."""
+        if not len(parameters[0]):
+            return
+        if self.is_sqlite:
+            self._cursor.executemany(sql, pa.table({f"p{number}": _arrow(values) for number, values in enumerate(parameters)}))
+        else:
+            self._cursor.executemany(sql.replace("?", self._mark), list(zip(*(np.asarray(values).tolist() for values in parameters))))
 
     def commit(self) -> None:
-        self._con.commit()
+        if self.is_sqlite:
+            self._cursor.execute("commit")
+            self._cursor.execute("begin")
+        else:
+            self._con.commit()
+
+
+def _arrow(values: np.ndarray | list) -> pa.Array:
+    """A column for SQLite: text from object arrays (None → NULL), numbers as they are."""
+    values = np.asarray(values)
+    return pa.array(values, type=pa.string()) if values.dtype == object else pa.array(values)
 
 
 class Writer:
@@ -188,12 +233,14 @@ class Writer:
         self._queue.put((write, args))
 
     def write_file(self, path: Path, data: bytes) -> None:
-        self.submit(path.write_bytes, data)
+        """Write `data` to `path`, creating its folder if needed (on the writer's thread too:
+        creating a folder may wait for the disk)."""
+        self.submit(_write_file, path, data)
 
-    def append_csv(self, path: Path, header: list[str], rows: list[list]) -> None:
-        """Append `rows` to the CSV at `path`, starting it with `header` if it does not exist yet
-        (checked when the write is carried out: earlier queued writes may create it)."""
-        self.submit(_append_csv_text, path, _csv_text([header]), _csv_text(rows))
+    def append_csv(self, path: Path, header: list[str], body: str) -> None:
+        """Append the CSV text `body` to the CSV at `path`, starting it with `header` if it does
+        not exist yet (checked when the write is carried out: earlier queued writes may create it)."""
+        self.submit(_append_csv_text, path, csv_text([header]), body)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -225,6 +272,11 @@ class Writer:
                     self._failure = error
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 def _append_csv_text(path: Path, header: str, body: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
@@ -232,144 +284,134 @@ def _append_csv_text(path: Path, header: str, body: str) -> None:
         handle.write(header + body if new else body)
 
 
-def _rows(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
-    """Rows as tuples of plain Python values, None for missing ones."""
-    listed = []
-    for name in columns:
-        column = frame[name]
-        if column.dtype.kind in "iub":  # integers and booleans are never missing
-            listed.append(column.to_numpy().tolist())
-        elif column.dtype == np.float64:  # NaN for missing: found without boxing every number
-            values = column.to_numpy()
-            listed.append(values.tolist())
-            for position in np.flatnonzero(np.isnan(values)).tolist():
-                listed[-1][position] = None
-        else:
-            values = column.to_numpy(dtype=object)
-            missing = pd.isna(values)
-            if missing.any():
-                values = values.copy()
-                values[missing] = None
-            listed.append(values.tolist())
-    return list(zip(*listed))
+def _extended(columns: dict[str, np.ndarray], more: dict[str, Any]) -> dict[str, np.ndarray]:
+    """`columns` with the rows of `more` (arrays, or one value for every added row) after them."""
+    count = row_count(more)
+    return {
+        name: np.concatenate([columns[name], np.broadcast_to(np.asarray(more[name], dtype=columns[name].dtype), (count,))])
+        for name in columns
+    }
 
 
 def write_sales(
     db: SalesDatabase, records: DayRecords, rng: np.random.Generator, rate: float, defects: Defects, state, writer: Writer
-) -> list[list]:
+) -> str:
     """Insert the day's orders, lines and payments, apply due status changes, inject defects,
-    commit: all through `writer`. Returns identity rows (system, entity, key, person_id)."""
+    commit: all through `writer`. Returns the records' truth/identities.csv rows as CSV text."""
     date = records.date
-    orders, lines = records.orders.copy(), records.order_lines.copy()
-    identities = [["sales", "orders", o, p] for o, p in zip(orders["order_id"].tolist(), orders["_person_id"].tolist())]
+    order_ids = records.orders["order_id"]
+    identities = identity_text("sales", "orders", order_ids, records.orders["_person_id"])
+    orders = {name: records.orders[name] for name in SALES_TABLES["orders"][1]}
+    lines = dict(records.order_lines)
 
     # Order defects: a test order created now and hard-deleted later, or a row arriving late.
-    order_kinds = pick_defects(rng, len(orders), rate, ORDER_DEFECTS)
+    order_kinds = pick_defects(rng, len(order_ids), rate, ORDER_DEFECTS)
     late = order_kinds == "late_arriving"
-    earlier = (pd.Timestamp(date) - pd.to_timedelta(rng.integers(2, 10, int(late.sum())), unit="D")).strftime("%Y-%m-%d %H:%M:%S")
-    orders.loc[late, ["created_at", "updated_at"]] = np.column_stack([earlier, earlier])
-    for order_id in orders.loc[late, "order_id"]:
-        defects.add("sales", "orders", int(order_id), "orders", "late_arriving", "load")
+    created = orders["created_at"].copy()
+    created[late] = [f"{date - dt.timedelta(days=days)} 00:00:00" for days in rng.integers(2, 10, int(late.sum())).tolist()]
+    orders["created_at"] = orders["updated_at"] = created
+    for order_id in order_ids[late].tolist():
+        defects.add("sales", "orders", order_id, "orders", "late_arriving", "load")
     test_orders = int((order_kinds == "test_order_deleted").sum())
     ids = np.arange(state.next_order, state.next_order + test_orders)
     if test_orders:
         state.next_order += test_orders
         created = f"{date.isoformat()} 12:00:00"
-        test = pd.DataFrame(
-            {
-                "order_id": ids,
-                "customer_email": [f"qa+{i}@shop.test" for i in ids],
-                "crm_id": None,
-                "channel": "web",
-                "store_id": None,
-                "status": "placed",
-                "created_at": created,
-                "updated_at": created,
-            }
-        )
-        orders = pd.concat([orders, test], ignore_index=True)
-        lines = pd.concat(
-            [lines, pd.DataFrame({"order_id": ids, "line_number": 1, "sku": records.order_lines["sku"].iloc[0] if len(records.order_lines) else "SKU-01001", "quantity": 1, "unit_price": 1.0, "discount": 0.0, "updated_at": created})],
-            ignore_index=True,
-        )
-        deletes = pd.DataFrame({"order_id": ids, "day": state.days_done - 1 + rng.integers(1, 4, test_orders), "status": "__deleted__"})
-        state.status_events = pd.concat([state.status_events, deletes], ignore_index=True)
-        for order_id in ids:
-            defects.add("sales", "orders", int(order_id), "orders", "test_order_deleted", "delete")
+        orders = _extended(orders, {
+            "order_id": ids,
+            "customer_email": [f"qa+{i}@shop.test" for i in ids],
+            "crm_id": None,
+            "channel": "web",
+            "store_id": None,
+            "status": "placed",
+            "created_at": created,
+            "updated_at": created,
+        })
+        sku = lines["sku"][0] if len(lines["sku"]) else "SKU-01001"
+        lines = _extended(lines, {"order_id": ids, "line_number": 1, "sku": sku, "quantity": 1, "unit_price": 1.0, "discount": 0.0, "updated_at": created})
+        deletes = {"order_id": ids, "day": state.days_done - 1 + rng.integers(1, 4, test_orders), "status": np.full(test_orders, "__deleted__", dtype=object)}
+        state.status_events = concat_rows(state.status_events, deletes)
+        for order_id in ids.tolist():
+            defects.add("sales", "orders", order_id, "orders", "test_order_deleted", "delete")
 
     # Line defects: bad quantities and prices are loaded and flagged; text in a number column
     # breaks the contract; orphan lines point at orders that do not exist.
     kinds = LINE_DEFECTS if db.is_sqlite else {k: v for k, v in LINE_DEFECTS.items() if k != "wrong_type"}
     # Lines of test orders get none: they vanish with their order, and the truth must still hold.
-    real_line = ~lines["order_id"].isin(ids).to_numpy()
-    line_kinds = pick_defects(rng, len(lines), rate, kinds, eligible=real_line)
-    quantity = lines["quantity"].astype(object)
-    quantity[line_kinds == "nonpositive_quantity"] = rng.choice([0, -1, -2], int((line_kinds == "nonpositive_quantity").sum()))
-    quantity[line_kinds == "wrong_type"] = "two"
-    lines["quantity"] = quantity
-    lines.loc[line_kinds == "nonpositive_price", "unit_price"] = rng.choice([0.0, -4.99], int((line_kinds == "nonpositive_price").sum()))
-    # Defective lines are found in the two key columns alone: filtering the whole frame per kind
-    # cost more than listing them.
-    line_order_ids, line_numbers = lines["order_id"].to_numpy(), lines["line_number"].to_numpy()
+    real_line = ~np.isin(lines["order_id"], ids)
+    line_kinds = pick_defects(rng, len(real_line), rate, kinds, eligible=real_line)
+    hits = {kind: line_kinds == kind for kind in LINE_DEFECTS}
+    lines["quantity"] = lines["quantity"].copy()
+    lines["quantity"][hits["nonpositive_quantity"]] = rng.choice([0, -1, -2], int(hits["nonpositive_quantity"].sum()))
+    lines["unit_price"] = lines["unit_price"].copy()
+    lines["unit_price"][hits["nonpositive_price"]] = rng.choice([0.0, -4.99], int(hits["nonpositive_price"].sum()))
     for kind in ("nonpositive_quantity", "nonpositive_price", "wrong_type"):
-        hit = line_kinds == kind
-        for order_id, line_number in zip(line_order_ids[hit].tolist(), line_numbers[hit].tolist()):
+        for order_id, line_number in zip(lines["order_id"][hits[kind]].tolist(), lines["line_number"][hits[kind]].tolist()):
             defects.add("sales", "order_lines", f"{order_id}-{line_number}", "order_lines", kind, LINE_DEFECTS[kind])
-    orphaned = line_kinds == "orphan_line"
-    if orphaned.any():
-        orphans = lines[orphaned].copy()
+    wrong_type = [lines[name][hits["wrong_type"]] for name in ("order_id", "line_number")]
+    if hits["orphan_line"].any():
+        orphans = {name: values[hits["orphan_line"]] for name, values in lines.items()}
         orphans["order_id"] = 900_000_000 + orphans["order_id"]
         for order_id, line_number in zip(orphans["order_id"].tolist(), orphans["line_number"].tolist()):
             defects.add("sales", "order_lines", f"{order_id}-{line_number}", "order_lines", "orphan_line", "flag")
-        lines = pd.concat([lines, orphans], ignore_index=True)
+        lines = _extended(lines, orphans)
 
-    writer.submit(db.insert, "orders", _rows(orders, SALES_TABLES["orders"][1]))
-    writer.submit(db.insert, "order_lines", _rows(lines, SALES_TABLES["order_lines"][1]))
-    payments = records.payments.assign(payment_id=[f"P{i}" for i in records.payments["order_id"]])
-    writer.submit(db.insert, "payments", _rows(payments, SALES_TABLES["payments"][1]))
-    history = orders[["order_id", "status", "created_at"]].rename(columns={"created_at": "changed_at"})
-    _log_status(db, writer, state, history)
+    writer.submit(db.insert, "orders", orders)
+    writer.submit(db.insert, "order_lines", lines)
+    # Text where a number belongs: written over the inserted quantity, as Arrow columns hold one type.
+    writer.submit(db.execute_many, "update order_lines set quantity = 'two' where order_id = ? and line_number = ?", wrong_type)
+    writer.submit(db.insert, "payments", records.payments)
+    _log_status(db, writer, state, orders["order_id"], orders["status"], orders["created_at"])
 
     changes = records.status_changes
     deleted = changes["status"] == "__deleted__"
-    gone = [(int(order_id),) for order_id in changes.loc[deleted, "order_id"]]
-    writer.submit(db.execute_many, "delete from order_lines where order_id = ?", gone)
-    writer.submit(db.execute_many, "delete from orders where order_id = ?", gone)
-    writer.submit(db.execute_many, "delete from payments where payment_id = ?", [(f"P{order_id}",) for (order_id,) in gone])
-    changes = changes[~deleted]
-    ids, statuses, times = changes["order_id"].astype(int).tolist(), changes["status"].tolist(), changes["changed_at"].tolist()
-    writer.submit(db.execute_many, "update orders set status = ?, updated_at = ? where order_id = ?", list(zip(statuses, times, ids)))
+    gone = changes["order_id"][deleted]
+    writer.submit(db.execute_many, "delete from order_lines where order_id = ?", [gone])
+    writer.submit(db.execute_many, "delete from orders where order_id = ?", [gone])
+    writer.submit(db.execute_many, "delete from payments where payment_id = ?", [np.array([f"P{i}" for i in gone.tolist()], dtype=object)])
+    ids, statuses, times = (changes[name][~deleted] for name in ("order_id", "status", "changed_at"))
+    writer.submit(db.execute_many, "update orders set status = ?, updated_at = ? where order_id = ?", [statuses, times, ids])
+    returned = statuses == "returned"
     writer.submit(
         db.execute_many,
         "insert into payments (payment_id, order_id, method, amount, paid_at)"
         " select ?, order_id, method, -amount, ? from payments where payment_id = ?",
-        [(f"P{i}-R", t, f"P{i}") for i, s, t in zip(ids, statuses, times) if s == "returned"],
+        [
+            np.array([f"P{i}-R" for i in ids[returned].tolist()], dtype=object),
+            times[returned],
+            np.array([f"P{i}" for i in ids[returned].tolist()], dtype=object),
+        ],
     )
-    _log_status(db, writer, state, changes)
+    _log_status(db, writer, state, ids, statuses, times)
     writer.submit(db.commit)
     return identities
 
 
-def _log_status(db: SalesDatabase, writer: Writer, state, changes: pd.DataFrame) -> None:
-    count = len(changes)
+def _log_status(db: SalesDatabase, writer: Writer, state, order_ids: np.ndarray, statuses: np.ndarray, times: np.ndarray) -> None:
+    count = len(order_ids)
     if not count:
         return
-    ids = np.arange(state.next_history, state.next_history + count)
+    history_ids = np.arange(state.next_history, state.next_history + count)
     state.next_history += count
-    writer.submit(
-        db.insert,
-        "order_status_history",
-        list(zip(ids.tolist(), changes["order_id"].astype(int).tolist(), changes["status"].tolist(), changes["changed_at"].tolist())),
-    )
+    writer.submit(db.insert, "order_status_history", {"history_id": history_ids, "order_id": order_ids, "status": statuses, "changed_at": times})
 
 
 def write_products(db: SalesDatabase, products: pd.DataFrame, date: dt.date) -> None:
-    frame = products.assign(updated_at=f"{date.isoformat()} 00:00:00")
-    db.insert("products", _rows(frame, SALES_TABLES["products"][1]))
+    columns = {name: products[name].to_numpy() for name in SALES_TABLES["products"][1] if name != "updated_at"}
+    db.insert("products", columns | {"updated_at": np.full(len(products), f"{date.isoformat()} 00:00:00", dtype=object)})
     db.commit()
 
 
-def _csv_text(rows: list[list[Any]]) -> str:
+def identity_text(system: str, entity: str, keys: np.ndarray, person_ids: np.ndarray) -> str:
+    """truth/identities.csv rows (system, entity, record_key, person_id) for one entity's
+    records, printed in one go: keys and person ids are numbers or simulator-made ids, which
+    CSV never quotes."""
+    values: list = [None] * (2 * len(keys))
+    values[0::2], values[1::2] = np.asarray(keys).tolist(), np.asarray(person_ids).tolist()
+    return (f"{system},{entity},%s,%s\n" * len(keys)) % tuple(values)
+
+
+def csv_text(rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
@@ -385,29 +427,29 @@ def write_crm(
     state,
     extra_column: str | None,
     writer: Writer,
-) -> list[list]:
-    """Write the day's CRM drop through `writer`; returns identity rows."""
+) -> str:
+    """Write the day's CRM drop through `writer`; returns its truth/identities.csv rows as CSV text."""
     date = records.date
     drop = folder / "crm" / date.isoformat()
-    drop.mkdir(parents=True, exist_ok=True)
 
     customer_columns = list(columns["customers"]) + ([extra_column] if extra_column else [])
     customers = records.customers
-    # Printed column by column, straight from the day's records (no altered copy of the frame).
-    printed_columns = {name: _cells(customers, name) if name in _FLAGS else _printed(customers, name) for name in columns["customers"]}
+    count = row_count(customers)
+    # Printed column by column, straight from the day's records (no altered copy of them).
+    printed_columns = {name: _cells(customers, name) if name in _FLAGS else _printed(customers, name, count) for name in columns["customers"]}
     if extra_column:
-        printed_columns[extra_column] = rng.choice(np.array(["en", "pt", "de", "fr", "es"]), len(customers)).tolist()
-    kinds = pick_defects(rng, len(customers), rate, CUSTOMER_DEFECTS)
+        printed_columns[extra_column] = rng.choice(np.array(["en", "pt", "de", "fr", "es"]), count).tolist()
+    kinds = pick_defects(rng, count, rate, CUSTOMER_DEFECTS)
     printed = list(zip(*(printed_columns[name] for name in customer_columns)))
     clean_identities = [["crm", "customers", crm_id, person_id] for crm_id, person_id in zip(customers["crm_id"].tolist(), customers["person_id"].tolist())]
     identities, extra_rows = [], []
-    chunks: list[bytes] = [_csv_text([customer_columns]).encode()]
+    chunks: list[bytes] = [csv_text([customer_columns]).encode()]
     # Clean rows (nearly all) are printed in runs by one csv call each; a dirty row (drawing from
     # `rng` in row order) is printed alone, as its defect has it.
     done = 0
     for position in np.flatnonzero(kinds != "").tolist():
         kind = kinds[position]
-        chunks.append(_csv_text(printed[done:position]).encode("utf-8"))
+        chunks.append(csv_text(printed[done:position]).encode("utf-8"))
         identities += clean_identities[done : position + 1]
         done = position + 1
         row = dict(zip(customer_columns, printed[position]), person_id=clean_identities[position][3])
@@ -436,79 +478,115 @@ def write_crm(
         chunks.append(_customer_line(row, customer_columns, kind))
         if kind not in ("duplicate_person", "late_arriving"):  # for those, the added row below
             defects.add("crm", "customers", row["crm_id"], f"crm/{date}/customers.csv:{line}", kind, CUSTOMER_DEFECTS[kind])
-    chunks.append(_csv_text(printed[done:]).encode("utf-8"))
+    chunks.append(csv_text(printed[done:]).encode("utf-8"))
     identities += clean_identities[done:]
     for line, (row, kind) in enumerate(extra_rows, start=len(printed) + 2):
         chunks.append(_customer_line(row, customer_columns, ""))
         defects.add("crm", "customers", row["crm_id"], f"crm/{date}/customers.csv:{line}", kind, CUSTOMER_DEFECTS[kind])
     writer.write_file(drop / "customers.csv", b"".join(chunks))
 
-    for entity, frame in (
+    for entity, table in (
         ("interactions", records.interactions),
         ("campaigns", records.campaigns),
         ("campaign_members", records.campaign_members),
     ):
         names = columns[entity]
-        rows = list(zip(*(_cells(frame, name) for name in names))) if len(frame) else []
-        writer.write_file(drop / f"{entity}.csv", _csv_text([names, *rows]).encode("utf-8"))
-    return identities
+        rows = list(zip(*(_cells(table, name) for name in names))) if row_count(table) else []
+        writer.write_file(drop / f"{entity}.csv", csv_text([names, *rows]).encode("utf-8"))
+    return csv_text(identities)
 
 
 _FLAGS = ("marketing_opt_in", "sent", "opened", "clicked", "converted")  # CRM booleans, printed true/false
 
 
-def _cells(frame: pd.DataFrame, name: str) -> list:
-    """A column as the CRM export prints it: flags as true/false, '' for a missing value.
-    Worked column by column: pandas operations on a whole frame cost more than a day's rows."""
-    values = frame[name].to_numpy(dtype=object)
+def _cells(table: dict[str, np.ndarray], name: str) -> list:
+    """A column as the CRM export prints it: flags as true/false, '' for a missing value."""
+    values = np.asarray(table[name], dtype=object)
     if name in _FLAGS:
         return np.where(values.astype(bool), "true", "false").tolist()
     missing = pd.isna(values)
-    # A new array when something is missing: `values` may be the frame's own.
+    # A new array when something is missing: `values` may be the table's own.
     return (np.where(missing, "", values) if missing.any() else values).tolist()
 
 
-def _printed(frame: pd.DataFrame, name: str) -> list[str]:
+def _printed(table: dict[str, np.ndarray], name: str, count: int) -> list[str]:
     """A column as text the way the CSV prints it: '' for a missing value, or a missing column."""
-    if name not in frame:
-        return [""] * len(frame)
-    return ["" if value is None else str(value) for value in frame[name].to_numpy(dtype=object)]
+    if name not in table:
+        return [""] * count
+    return ["" if value is None else str(value) for value in table[name].tolist()]
 
 
 def _customer_line(row: dict, columns: list[str], kind: str) -> bytes:
     values = [row[name] for name in columns]
     if kind == "broken_column_count":
         values = values[:-2]
-    line = _csv_text([values]).encode("utf-8")
+    line = csv_text([values]).encode("utf-8")
     if kind == "bad_bytes":
         line = line.replace(values[2].encode(), values[2].encode()[:2] + b"\xff\xfe" + values[2].encode()[2:], 1)
     return line
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False)  # as json.dumps(..., ensure_ascii=False), built once
-
-
 def write_service(
     folder: Path, records: DayRecords, columns: list[str], rng: np.random.Generator, rate: float, defects: Defects, writer: Writer
-) -> list[list]:
-    """Write the day's service-desk export through `writer`; returns identity rows."""
+) -> str:
+    """Write the day's service-desk export through `writer`; returns its truth/identities.csv
+    rows as CSV text.
+
+    Lines are assembled column-wise from each field's JSON text, as json.dumps(record,
+    ensure_ascii=False) prints a record: a ticket at a time through the json module took the
+    better part of a simulated day."""
     date = records.date
     path = folder / "service" / date.isoformat() / "tickets.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kinds = pick_defects(rng, len(records.tickets), rate, TICKET_DEFECTS)
-    lines, identities = [], []
-    for number, (ticket, kind) in enumerate(zip(records.tickets, kinds), start=1):
-        identities.append(["service", "tickets", ticket["ticket_id"], ticket["_person_id"]])
-        record = {name: ticket.get(name) for name in columns}
-        if kind == "missing_key":
-            record["ticket_id"] = None
-        elif kind == "wrong_type":
-            record["ticket_id"] = f"T-{record['ticket_id']}"
-        text = _JSON.encode(record)
+    tickets = records.tickets
+    kinds = pick_defects(rng, len(tickets), rate, TICKET_DEFECTS)
+    if not len(tickets):
+        writer.write_file(path, b"")
+        return ""
+    ticket_ids = tickets.columns["ticket_id"].tolist()
+    fields = {}
+    for name in columns:
+        if name == "tags":
+            fields[name] = _json_arrays([_json_texts(tag, missing=None) for tag in tickets.tags])
+        elif name == "status_history":
+            items = []
+            for status, at in tickets.status_history:
+                head = f'{{"status": {_quoted(status)}, "at": '
+                items.append([None if text is None else f"{head}{text}}}" for text in _json_texts(at, missing=None)])
+            fields[name] = _json_arrays(items)
+        elif name in tickets.columns:
+            fields[name] = _json_texts(tickets.columns[name])
+        else:
+            fields[name] = ["null"] * len(tickets)
+    dirty = np.flatnonzero(kinds != "").tolist()
+    for position in dirty:
+        if kinds[position] == "missing_key":
+            fields["ticket_id"][position] = "null"
+        elif kinds[position] == "wrong_type":
+            fields["ticket_id"][position] = _quoted(f"T-{ticket_ids[position]}")
+    template = "{" + ", ".join(_quoted(name).replace("%", "%%") + ": %s" for name in columns) + "}"
+    lines = [template % values for values in zip(*(fields[name] for name in columns))]
+    for position in dirty:
+        kind = kinds[position]
         if kind == "invalid_json":
-            text = text[: len(text) // 2]
-        if kind:
-            defects.add("service", "tickets", ticket["ticket_id"], f"service/{date}/tickets.jsonl:{number}", kind, TICKET_DEFECTS[kind])
-        lines.append(text + "\n")
-    writer.write_file(path, "".join(lines).encode("utf-8"))
-    return identities
+            lines[position] = lines[position][: len(lines[position]) // 2]
+        defects.add("service", "tickets", ticket_ids[position], f"service/{date}/tickets.jsonl:{position + 1}", kind, TICKET_DEFECTS[kind])
+    writer.write_file(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return identity_text("service", "tickets", tickets.columns["ticket_id"], tickets.columns["_person_id"])
+
+
+_quoted = json.encoder.encode_basestring  # a JSON string as json.dumps(..., ensure_ascii=False) prints it
+
+
+def _json_texts(values: np.ndarray, missing: str | None = "null") -> list:
+    """Each value of a column as JSON text (text, or integers); `missing` for None. Each
+    distinct value is printed once: most columns hold a handful."""
+    if values.dtype.kind in "iu":
+        return values.astype(str).tolist()
+    codes, distinct = pd.factorize(values)  # None: code -1, the last text
+    texts = [_quoted(value) if isinstance(value, str) else str(value) for value in distinct.tolist()] + [missing]
+    return np.array(texts, dtype=object)[codes].tolist()
+
+
+def _json_arrays(items: list[list]) -> list[str]:
+    """JSON arrays, one per row, of the items' texts (one list per item position) that are not None."""
+    return ["[" + ", ".join(filter(None, row)) + "]" for row in zip(*items)]

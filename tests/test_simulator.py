@@ -289,6 +289,19 @@ def test_a_churned_customer_orders_nothing_from_the_churn_date_on(request, which
     assert after.empty, after.head()
 
 
+def test_loyalty_tiers_climb_with_spend_and_a_contact_is_exported_again_only_when_it_changed(clean_runs):
+    """Tiers follow spend (bronze, silver, gold, platinum), one threshold at a time over 120 days;
+    a contact is exported on signup and then only on the days it changes (a tier, a move, its
+    consent), so a handful of times at most."""
+    tiers = ["bronze", "silver", "gold", "platinum"]
+    drops = sorted((clean_runs[1] / "crm").glob("*/customers.csv"))
+    exports = pd.concat([pd.read_csv(path, dtype=str, keep_default_na=False) for path in drops], ignore_index=True)
+    climbs = exports.groupby("crm_id", sort=False)["loyalty_tier"].agg(lambda seen: [tiers.index(tier) for tier in dict.fromkeys(seen)])
+    assert climbs.map(lambda ranks: ranks == sorted(ranks)).all()
+    assert climbs.map(lambda ranks: ranks[-2:] == [1, 2]).sum() > 30  # silver, then gold (measured 97)
+    assert exports.groupby("crm_id").size().max() <= 6  # measured 4
+
+
 def campaign_members(root: Path) -> pd.DataFrame:
     """Every exported campaign member with its campaign's dates and its person."""
     crm = root / "crm"
@@ -709,6 +722,18 @@ def test_a_run_of_thirty_days_or_more_reports_progress_on_stderr_and_the_result_
     assert result.stdout.strip().splitlines() == [result.stdout.strip()]
     assert result.stdout.startswith(f"crmw: wrote sources to {out} (orders ")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["month"]
+
+
+def test_the_rows_a_run_reports_are_the_rows_it_wrote(tmp_path):
+    out = tmp_path / "sources"
+    counts = simulate(SimulationSettings(customers=300, start=START, days=4, seed=2, out=out, dirty_rate=0.0))
+    crm = out / "crm"
+    assert counts["orders"] == len(sql(out, "select order_id from orders"))
+    assert counts["order_lines"] == len(sql(out, "select order_id from order_lines"))
+    assert counts["customers"] == sum(len(pd.read_csv(path)) for path in crm.glob("*/customers.csv"))
+    assert counts["interactions"] == sum(len(pd.read_csv(path)) for path in crm.glob("*/interactions.csv"))
+    assert counts["tickets"] == sum(len(path.read_text().splitlines()) for path in (out / "service").glob("*/tickets.jsonl"))
+    assert min(counts.values()) == counts["defects"] == 0 < min(value for name, value in counts.items() if name != "defects")
 
 
 def test_simulation_errors_name_the_argument_when_called_from_python(tmp_path):
