@@ -417,7 +417,10 @@ class _PostgresWarehouse(Warehouse):
     def ensure_index(self, table: str, columns: Sequence[str]) -> None:
         schema, _, name = qualified(table).partition(".")
         index = f"{name}__{'__'.join(quote_identifier(column) for column in columns)}"[:63]
-        self.execute(f"create index if not exists {index} on {schema}.{name} ({', '.join(columns)})")
+        # Looked up first: `create index if not exists` locks the table even when the index exists,
+        # and waits a second (deadlock_timeout) for autovacuum to give way on a freshly loaded table.
+        if not self.fetchall("select 1 from pg_indexes where schemaname = ? and indexname = ?", (schema, index)):
+            self.execute(f"create index if not exists {index} on {schema}.{name} ({', '.join(columns)})")
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self._con.execute(self._bind(sql, params), list(params) or None).fetchall()
