@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.dbt_build --sources /path/to/simulated --engine duckdb --runs 3
     .venv/bin/python -m bench.dbt_build --sources /path/to/simulated --engine postgres --warehouse-url postgresql://...
 
-- The sources (a `crmw simulate` output) are copied, then raw is loaded up to their last day
-  (timed, not part of the figures).
+- The sources (a `crmw simulate` output) are copied (or, with --in-place, used as they are: at a
+  million customers a copy is 20 GB), then raw is loaded up to their last day (timed, not part of
+  the figures).
 - Full build: `dbt build --full-refresh` (models, seeds, data and unit tests), --runs times on the
   same raw; each run rebuilds every table from scratch.
 - Incremental day: the simulator appends the next day to the copy, raw takes that day's
@@ -37,7 +38,8 @@ SLOWEST_NODES = 8
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sources", type=Path, required=True, help="a simulator output (copied, never changed)")
+    parser.add_argument("--sources", type=Path, required=True, help="a simulator output (copied, never changed, unless --in-place)")
+    parser.add_argument("--in-place", action="store_true", help="use --sources without a copy: the next day is appended to them")
     parser.add_argument("--engine", choices=("duckdb", "postgres"), default="duckdb")
     parser.add_argument("--warehouse-url", help="PostgreSQL server URL for --engine postgres")
     parser.add_argument("--runs", type=int, default=3)
@@ -45,8 +47,10 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crmw-bench-dbt-"))
 
-    sources = workdir / "sources"
-    shutil.copytree(args.sources, sources)
+    sources = args.sources
+    if not args.in_place:
+        sources = workdir / "sources"
+        shutil.copytree(args.sources, sources)
     last_day = max(dt.date.fromisoformat(path.name) for path in (sources / "crm").iterdir())
     with ExitStack() as stack:
         url = _warehouse_factory(args, workdir, stack)()
