@@ -80,24 +80,13 @@ order_features as (
     group by 1, 2
 ),
 
-channel_orders as (
-    select
-        as_of_date,
-        customer_id,
-        channel,
-        count(*) as channel_order_count
-    from orders
+revenue_orders as (
+    select * from orders
     where is_revenue
-    group by 1, 2, 3
 ),
 
 favourite_channels as (
-    select distinct on (as_of_date, customer_id)
-        as_of_date,
-        customer_id,
-        channel as favourite_channel
-    from channel_orders
-    order by as_of_date, customer_id, channel_order_count desc, channel
+    {{ favourite('revenue_orders', ['as_of_date', 'customer_id'], 'channel') }}
 ),
 
 category_spend as (
@@ -120,26 +109,13 @@ category_mix as (
     select
         as_of_date,
         customer_id,
-        count(*) as distinct_categories,
-        sum(category_amount) as categorised_amount
+        count(*) as distinct_categories
     from category_spend
     group by 1, 2
 ),
 
 favourite_categories as (
-    select distinct on (category_spend.as_of_date, category_spend.customer_id)
-        category_spend.as_of_date,
-        category_spend.customer_id,
-        category_spend.category as favourite_category,
-        case when category_mix.categorised_amount > 0
-            then category_spend.category_amount / category_mix.categorised_amount
-        end as favourite_category_share
-    from category_spend
-    inner join category_mix
-        on category_spend.as_of_date = category_mix.as_of_date
-        and category_spend.customer_id = category_mix.customer_id
-    order by category_spend.as_of_date, category_spend.customer_id, category_spend.category_amount desc,
-        category_spend.category
+    {{ favourite('category_spend', ['as_of_date', 'customer_id'], 'category', weight='category_amount', with_share=true) }}
 ),
 
 -- A first reply is slow once it came after its SLA target, or once the target passed with no reply

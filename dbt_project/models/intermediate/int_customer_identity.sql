@@ -6,8 +6,10 @@
 -- found by a recursive walk over identifier-to-identifier links (two identifiers of one record are
 -- linked). It always ends: UNION keeps each (identifier, reached identifier) pair once, and there
 -- are finitely many. Its size is the sum over groups of (identifiers in the group) squared, a
--- handful per person; invalid emails ('n/a', '') never become identifiers, so placeholders can't
--- chain strangers into one giant group.
+-- handful per person; invalid emails ('n/a', '') never become identifiers, and neither does an
+-- email held by more CRM ids than the var identity_max_crm_ids_per_email (a shop's walk-in address,
+-- a family's or company's shared one), so neither placeholders nor shared addresses can chain
+-- strangers into one giant group.
 with recursive
 
 crm_contacts as (
@@ -16,9 +18,10 @@ crm_contacts as (
 
 -- Every valid email a contact ever had: orders placed under a former email still find them.
 crm_emails as (
-    select distinct crm_id, email
-    from {{ ref('stg_crm__customer_versions') }}
-    where is_email_valid
+    select distinct versions.crm_id, versions.email
+    from {{ ref('stg_crm__customer_versions') }} as versions
+    inner join crm_contacts on versions.crm_id = crm_contacts.crm_id
+    where versions.is_email_valid
 ),
 
 orders as (
@@ -37,16 +40,31 @@ source_records as (
     select 'service', 'tickets', cast(ticket_id as {{ dbt.type_string() }}) from tickets
 ),
 
+-- An email ties to a CRM id wherever a contact or an order holds both. Two CRM ids on one email
+-- are one person's duplicate signup; many are people sharing an address, which links no one.
+email_crm_ids as (
+    select email, crm_id from crm_emails
+    union all
+    select customer_email, crm_id from orders
+    where is_email_valid and crm_id is not null
+),
+
+over_shared_emails as (
+    select 'email:' || email as identifier
+    from email_crm_ids
+    group by email
+    having count(distinct crm_id) > {{ var('identity_max_crm_ids_per_email') }}
+),
+
 -- An identifier is written 'crm_id:<id>' or 'email:<email>': every CRM id sorts before every email,
 -- so a group's smallest identifier is its smallest CRM id when it has one.
-record_identifiers as (
+held_identifiers as (
     select 'crm' as source_system, 'customers' as source_table, crm_id as source_key,
         'crm_id' as identifier_type, 'crm_id:' || crm_id as identifier
     from crm_contacts
     union all
-    select 'crm', 'customers', crm_emails.crm_id, 'email', 'email:' || crm_emails.email
+    select 'crm', 'customers', crm_id, 'email', 'email:' || email
     from crm_emails
-    inner join crm_contacts on crm_emails.crm_id = crm_contacts.crm_id
     union all
     select 'sales', 'orders', cast(order_id as {{ dbt.type_string() }}), 'crm_id', 'crm_id:' || crm_id
     from orders
@@ -59,6 +77,20 @@ record_identifiers as (
     select 'service', 'tickets', cast(ticket_id as {{ dbt.type_string() }}), 'email', 'email:' || requester_email
     from tickets
     where is_email_valid
+),
+
+-- The identifiers that link records: all they hold but over-shared emails.
+record_identifiers as (
+    select held_identifiers.*
+    from held_identifiers
+    left join over_shared_emails on held_identifiers.identifier = over_shared_emails.identifier
+    where over_shared_emails.identifier is null
+),
+
+records_with_over_shared_email as (
+    select distinct held_identifiers.source_system, held_identifiers.source_table, held_identifiers.source_key
+    from held_identifiers
+    inner join over_shared_emails on held_identifiers.identifier = over_shared_emails.identifier
 ),
 
 identifier_links as (
@@ -125,6 +157,8 @@ final as (
             when record_groups.is_linked_by_crm_id = 1 and record_groups.is_linked_by_email = 1 then 'crm_id_and_email'
             when record_groups.is_linked_by_crm_id = 1 then 'crm_id'
             when record_groups.is_linked_by_email = 1 then 'email'
+            -- Linked by nothing because its email was ignored: a steward may want to look.
+            when records_with_over_shared_email.source_key is not null then 'over_shared_email'
             else 'unmatched'
         end as {{ dbt.type_string() }}) as match_method
     from source_records
@@ -132,6 +166,10 @@ final as (
         on source_records.source_system = record_groups.source_system
         and source_records.source_table = record_groups.source_table
         and source_records.source_key = record_groups.source_key
+    left join records_with_over_shared_email
+        on source_records.source_system = records_with_over_shared_email.source_system
+        and source_records.source_table = records_with_over_shared_email.source_table
+        and source_records.source_key = records_with_over_shared_email.source_key
 )
 
 select * from final

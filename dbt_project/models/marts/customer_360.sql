@@ -47,11 +47,12 @@ order_summary as (
     group by customer_id
 ),
 
-category_units as (
+-- Valid lines of revenue orders: a favourite category weighs its units.
+revenue_lines as (
     select
         orders.customer_id,
         products.category,
-        sum(order_lines.quantity) as units
+        order_lines.quantity
     from order_lines
     inner join orders
         on order_lines.order_id = orders.order_id
@@ -59,34 +60,19 @@ category_units as (
         on order_lines.sku = products.sku
     where orders.is_revenue
         and order_lines.is_valid
-    group by orders.customer_id, products.category
 ),
 
--- Ties go to the alphabetically first category or channel, so the choice is deterministic.
 favourite_categories as (
-    select distinct on (customer_id)
-        customer_id,
-        category as favourite_category
-    from category_units
-    order by customer_id, units desc, category
+    {{ favourite('revenue_lines', ['customer_id'], 'category', weight='quantity') }}
 ),
 
-channel_orders as (
-    select
-        customer_id,
-        channel,
-        count(*) as order_count
-    from orders
+revenue_orders as (
+    select * from orders
     where is_revenue
-    group by customer_id, channel
 ),
 
 favourite_channels as (
-    select distinct on (customer_id)
-        customer_id,
-        channel as favourite_channel
-    from channel_orders
-    order by customer_id, order_count desc, channel
+    {{ favourite('revenue_orders', ['customer_id'], 'channel') }}
 ),
 
 ticket_summary as (
