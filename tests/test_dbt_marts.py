@@ -121,6 +121,13 @@ LATER_DAYS = 2
 LATE_ORDER_ID = 990_000_001
 LATE_ORDER_AGE_DAYS = 12
 DELETED_ORDER_ID = 1  # the simulator's first order
+# An early store order, completed when placed: its header is never delivered again.
+LINE_DELETED_ORDER_ID = 2
+FIRST_MERGING_ORDER_ID = 990_000_100
+# 'crm_id:C00000001' sorts before every other identifier: the merged customer keeps this contact's
+# id, so the other merged records' rows are the ones that move.
+FIRST_CRM_ID = "C00000001"
+CUSTOMER_FACTS = ("fct_orders", "fct_tickets", "fct_interactions")
 
 
 def _last_day(offset: int) -> dt.date:
@@ -131,24 +138,35 @@ def _last_day(offset: int) -> dt.date:
 @pytest.fixture(scope="module")
 def daily_sources(tmp_path_factory) -> list[Path]:
     """A short simulation grown one day at a time, each day's state copied: sources as they stood
-    after FIRST_DAYS, FIRST_DAYS + 1, ... days. On the last day an order placed LATE_ORDER_AGE_DAYS
-    earlier (beyond the reprocessing window) arrives with a line and a payment, and the first order
-    is deleted."""
+    after FIRST_DAYS, FIRST_DAYS + 1, ... days. On the last day an order placed
+    LATE_ORDER_AGE_DAYS earlier (beyond the reprocessing window) arrives with a line and a payment,
+    the first order is deleted, one line of another early order is deleted on its own, and orders
+    link customers built on the first days into one. The first build's sales rows are all
+    delivered on its last day (the first extract), so only the last day's run has them outside
+    its window."""
     from simulator import SimulationSettings, append_day, simulate
 
     base = tmp_path_factory.mktemp("incremental-sources")
     growing = base / "growing"
+    sales_db = growing / "sales.sqlite"
     simulate(SimulationSettings(customers=1000, start=INCREMENTAL_START, days=FIRST_DAYS, seed=5, out=growing))
     states = []
     for offset in range(LATER_DAYS + 1):
+        day = _last_day(offset)
         if offset:
-            append_day(growing, _last_day(offset))
+            append_day(growing, day)
         if offset == LATER_DAYS:
-            _add_late_order_and_delete_the_first(growing / "sales.sqlite", _last_day(offset) - dt.timedelta(days=LATE_ORDER_AGE_DAYS))
+            _add_late_order_and_delete_the_first(sales_db, day - dt.timedelta(days=LATE_ORDER_AGE_DAYS))
+            _delete_a_line_alone(sales_db, day)
+            _link_early_customers(growing, day)
         state = base / f"day-{offset}"
         shutil.copytree(growing, state)
         states.append(state)
     return states
+
+
+def _insert_order(db: sqlite3.Connection, order_id: int, email: str, crm_id: str | None, at: str) -> None:
+    db.execute("insert into orders values (?, ?, ?, 'web', null, 'completed', ?, ?)", (order_id, email, crm_id, at, at))
 
 
 def _add_late_order_and_delete_the_first(sales_db: Path, placed: dt.date) -> None:
@@ -157,16 +175,61 @@ def _add_late_order_and_delete_the_first(sales_db: Path, placed: dt.date) -> Non
     at = f"{placed.isoformat()} 12:00:00"
     with sqlite3.connect(sales_db) as db:
         email, crm_id = db.execute("select customer_email, crm_id from orders where order_id = ?", (DELETED_ORDER_ID,)).fetchone()
-        db.execute("insert into orders values (?, ?, ?, 'web', null, 'completed', ?, ?)", (LATE_ORDER_ID, email, crm_id, at, at))
+        _insert_order(db, LATE_ORDER_ID, email, crm_id, at)
         db.execute("insert into order_lines values (?, 1, 'SKU-01001', 2, 10.5, 1.0, ?)", (LATE_ORDER_ID, at))
         db.execute("insert into payments values (?, ?, 'card', 20.0, ?)", (f"P{LATE_ORDER_ID}", LATE_ORDER_ID, at))
         for table in ("payments", "order_lines", "orders"):
             db.execute(f"delete from {table} where order_id = ?", (DELETED_ORDER_ID,))
 
 
+def _link_early_customers(source_dir: Path, day: dt.date) -> None:
+    """Orders placed on `day`, each under one CRM id and the email of the first ticket, that make
+    one customer of FIRST_CRM_ID, the ticket's requester, the contact of the first interaction and
+    the customer of the first order completed when placed (a store sale, not delivered again):
+    four CRM ids on the email, fewer than identity resolution ignores. Nothing redelivers those
+    early records, yet their rows move."""
+    exports = sorted((source_dir / "service").glob("*/tickets.jsonl"))
+    ticket_email = json.loads(next(line for export in exports for line in export.read_text().splitlines()))["requester_email"]
+    with open(source_dir / "crm" / INCREMENTAL_START.isoformat() / "interactions.csv", newline="") as handle:
+        contact = next(row["crm_id"] for row in csv.DictReader(handle) if row["crm_id"] != FIRST_CRM_ID)
+    at = f"{day.isoformat()} 12:00:00"
+    with sqlite3.connect(source_dir / "sales.sqlite") as db:
+        (buyer,) = db.execute(
+            "select crm_id from orders where status = 'completed' and updated_at = created_at"
+            " and crm_id not in (?, ?) and order_id not in (?, ?)"
+            " order by order_id limit 1", (FIRST_CRM_ID, contact, DELETED_ORDER_ID, LINE_DELETED_ORDER_ID)).fetchone()
+        for order_id, crm_id in enumerate((FIRST_CRM_ID, contact, buyer), start=FIRST_MERGING_ORDER_ID):
+            _insert_order(db, order_id, ticket_email, crm_id, at)
+
+
+def _delete_a_line_alone(sales_db: Path, day: dt.date) -> None:
+    """Hard-delete the last line of LINE_DELETED_ORDER_ID on `day`, its header and other lines
+    untouched by the deliveries the day's run redoes: the reconcile step writes the tombstone."""
+    with sqlite3.connect(sales_db) as db:
+        (last_change,) = db.execute(
+            "select max(updated_at) from (select updated_at from orders where order_id = ?"
+            " union all select updated_at from order_lines where order_id = ?)", (LINE_DELETED_ORDER_ID,) * 2).fetchone()
+        assert last_change < _last_day(LATER_DAYS - 1).isoformat(), f"order {LINE_DELETED_ORDER_ID} was delivered again"
+        db.execute("delete from order_lines where order_id = ? and line_number = (select max(line_number) from order_lines"
+                   " where order_id = ?)", (LINE_DELETED_ORDER_ID,) * 2)
+
+
 def _facts(url: str) -> dict[str, list[tuple]]:
     with connect(url) as warehouse:
         return {name: warehouse.fetchall(f"select * from marts.{name} order by {key}") for name, key in INCREMENTAL_FACTS.items()}
+
+
+def _customers(url: str) -> dict[str, dict[object, tuple[str, dt.date]]]:
+    """(customer_id, _delivery_date) by key, for each fact keyed to a customer."""
+    with connect(url) as warehouse:
+        return {name: {key: (customer, delivered) for key, customer, delivered in warehouse.fetchall(
+                    f"select {INCREMENTAL_FACTS[name]}, customer_id, _delivery_date from marts.{name}")}
+                for name in CUSTOMER_FACTS}
+
+
+def _line_count(url: str, order_id: int) -> int:
+    with connect(url) as warehouse:
+        return warehouse.fetchall(f"select line_count from marts.fct_orders where order_id = {order_id}")[0][0]
 
 
 def _dbt_in_process(url: str, *args: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,7 +247,8 @@ def _dbt_in_process(url: str, *args: str, tmp_path: Path, monkeypatch: pytest.Mo
     assert outcome.success, f"dbt {' '.join(args)} failed on {url.split('://')[0]}: {outcome.exception or failures}"
 
 
-def test_incremental_days_equal_a_full_refresh_with_a_row_later_than_the_window(warehouse_url, daily_sources, tmp_path, monkeypatch):
+def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_and_a_deleted_line(
+        warehouse_url, daily_sources, tmp_path, monkeypatch):
     # No window beyond the latest delivery already loaded: whatever lands must come from the
     # delivery dates, not from a window wide enough to redo everything. Every run passes the same
     # vars, so dbt reuses its parse.
@@ -193,10 +257,20 @@ def test_incremental_days_equal_a_full_refresh_with_a_row_later_than_the_window(
         load_raw(warehouse_url, sources, _last_day(offset))
         _dbt_in_process(warehouse_url, "build", "--resource-type", "model", "--resource-type", "seed", *dbt_args,
                         tmp_path=tmp_path, monkeypatch=monkeypatch)
+        if not offset:
+            first_build_customers = _customers(warehouse_url)
+            first_build_line_count = _line_count(warehouse_url, LINE_DELETED_ORDER_ID)
     incremental = _facts(warehouse_url)
     last_run = tmp_path / "dbt-target" / "run" / "crm_warehouse" / "models" / "marts"
     assert all((last_run / f"{name}.sql").read_text().lstrip().startswith("delete from") for name in INCREMENTAL_FACTS), (
         "the last daily run rebuilt a fact instead of merging its window")
+    # The merge must have moved rows outside the last run's window: only the identity check can.
+    last_window = _last_day(LATER_DAYS - 1)
+    moved = {name: sorted(key for key, (customer, delivered) in rows.items()
+                          if delivered < last_window and first_build_customers[name][key][0] != customer)
+             for name, rows in _customers(warehouse_url).items()}
+    assert all(moved.values()), f"the merge moved no early row of some fact (is the linking email ignored?): {moved}"
+    assert _line_count(warehouse_url, LINE_DELETED_ORDER_ID) == first_build_line_count - 1
     _dbt_in_process(warehouse_url, "run", "--full-refresh", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
     assert incremental == _facts(warehouse_url)
     with connect(warehouse_url) as warehouse:

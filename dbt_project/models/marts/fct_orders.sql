@@ -11,12 +11,28 @@ identity as (
 ),
 
 {% if is_incremental() -%}
--- An order is redone when its header or one of its lines was delivered in the window, or when
--- identity resolution moved it to another customer.
+-- A line hard-deleted in the source arrives as a tombstone, which staging and so fct_order_lines
+-- leave out: no row in the window names its order when the header is not redelivered. The order
+-- shows it by a line count that no longer matches the lines fct_order_lines (already rid of the
+-- line by its post-hook) holds.
+orders_with_stale_line_count as (
+    select built.order_id
+    from {{ this }} as built
+    left join (
+        select order_id, count(*) as line_count from order_lines group by order_id
+    ) as held_lines
+        on built.order_id = held_lines.order_id
+    where built.line_count <> coalesce(held_lines.line_count, 0)
+),
+
+-- An order is redone when its header or one of its lines was delivered in the window, when one
+-- of its lines was deleted, or when identity resolution moved it to another customer.
 orders_to_build as (
     select order_id from orders where {{ in_reprocessing_window('_delivery_date') }}
     union
     select order_id from order_lines where {{ in_reprocessing_window('_delivery_date') }}
+    union
+    select order_id from orders_with_stale_line_count
     union
     {{ keys_with_stale_customer('order_id', 'identity', 'orders') }}
 ),
