@@ -15,45 +15,62 @@ products as (
     select * from {{ ref('dim_products') }}
 ),
 
+baskets as (
+    select order_id, customer_id, order_date
+    from orders
+    where as_of_date = {{ as_of_date }}
+        and is_revenue
+),
+
 basket_lines as (
     select
-        orders.order_id,
-        orders.customer_id,
-        orders.order_date,
+        baskets.order_id,
         order_lines.sku,
         products.category,
         order_lines.quantity,
         order_lines.net_amount
-    from orders
+    from baskets
     inner join order_lines
-        on orders.order_id = order_lines.order_id
+        on baskets.order_id = order_lines.order_id
     inner join products
         on order_lines.sku = products.sku
-    where orders.as_of_date = {{ as_of_date }}
-        and orders.is_revenue
-        and order_lines.is_valid
+    where order_lines.is_valid
 ),
 
 items as (
-    select 'product' as item_level, order_id, customer_id, order_date, sku as item, quantity, net_amount
+    select 'product' as item_level, order_id, sku as item, quantity, net_amount
     from basket_lines
     union all
-    select 'category', order_id, customer_id, order_date, category, quantity, net_amount
+    select 'category', order_id, category, quantity, net_amount
     from basket_lines
+),
+
+-- Grouped by basket and item alone, the basket's customer and date joined after: a narrower
+-- grouping key (at a million customers the wider one ran DuckDB out of memory).
+basket_items as (
+    select
+        order_id,
+        item_level,
+        item,
+        sum(quantity) as quantity,
+        sum(net_amount) as net_amount
+    from items
+    group by order_id, item_level, item
 ),
 
 final as (
     select
-        order_id as basket_id,
-        cast(item_level as {{ dbt.type_string() }}) as item_level,
-        cast(item as {{ dbt.type_string() }}) as item,
-        customer_id,
-        order_date,
+        basket_items.order_id as basket_id,
+        cast(basket_items.item_level as {{ dbt.type_string() }}) as item_level,
+        cast(basket_items.item as {{ dbt.type_string() }}) as item,
+        baskets.customer_id,
+        baskets.order_date,
         {{ as_of_date }} as as_of_date,
-        cast(sum(quantity) as integer) as quantity,
-        cast(sum(net_amount) as numeric(18, 2)) as net_amount
-    from items
-    group by order_id, item_level, item, customer_id, order_date
+        cast(basket_items.quantity as integer) as quantity,
+        cast(basket_items.net_amount as numeric(18, 2)) as net_amount
+    from basket_items
+    inner join baskets
+        on basket_items.order_id = baskets.order_id
 )
 
 select * from final
