@@ -6,8 +6,10 @@ JSON lines) into its raw schema, one task per source table, grouped by source; e
 is then reconciled by key (hard deletes marked, rows the cursor missed loaded) → **dbt** builds
 staging, marts and feature tables in one `dbt build` (`dbt.dbt_producer_watcher`), each model and
 its tests shown by a task of its own (`dbt.<model>.run`, `dbt.<model>.test`); a failing test fails
-the build and stops ML and publish → **ml** scores RFM segments into `ml.customer_segments` →
-**publish** refreshes the `_latest` views BI tools read. One build instead of a dbt process per
+the build and stops ML and publish → **ml** runs each registered model (`ml_tasks/registry.py`),
+one task per model family, publishing its tables for the date and a row in `ml.model_runs` →
+**publish** refreshes the `_latest` views BI tools read. Model params (`<model>__<setting>`) are
+checked first, before anything is written. One build instead of a dbt process per
 model: with some forty models the per-task dbt start-up made a run several times slower.
 
 **Source freshness** (`dbt source freshness`) is checked after the extract on the current day's
@@ -43,6 +45,8 @@ from cosmos.constants import PRODUCER_WATCHER_TASK_ID
 from cosmos.operators.local import DbtSourceLocalOperator
 
 from extract_load.contract import load_contract
+from ml_tasks.contract import param_schemas
+from ml_tasks.registry import MODELS
 from warehouse import parse_warehouse_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -80,12 +84,35 @@ def reconcile_entity(system: str, entity: str, ds: str | None = None, run_id: st
 
 
 @task
-def score_segments(ds: str | None = None, run_id: str | None = None) -> dict:
+def check_model_params(params=None) -> dict:
+    """Fail the run before it writes anything when a model param is out of range (no retry)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ml_tasks.contract import BadParameter
+    from ml_tasks.tasks import check_params
+
+    try:
+        return check_params(params)
+    except BadParameter as error:
+        raise AirflowFailException(str(error)) from None
+
+
+@task
+def run_model(model: str, ds: str | None = None, run_id: str | None = None, params=None) -> dict:
+    """Fit and score one registered model for the run's date and publish its results. A quality
+    floor missed on held-out data fails the task without retrying: a retry cannot change it."""
     from datetime import date
 
-    from ml_tasks.tasks import run_segmentation
+    from airflow.sdk.exceptions import AirflowFailException
 
-    return run_segmentation(date.fromisoformat(ds), run_id)
+    from ml_tasks.contract import BadParameter, QualityBelowFloor
+    from ml_tasks.tasks import run_model as run_registered_model
+
+    try:
+        run = run_registered_model(model, date.fromisoformat(ds), run_id, params)
+    except (BadParameter, QualityBelowFloor) as error:
+        raise AirflowFailException(str(error)) from None
+    return {key: value for key, value in run.items() if key not in ("parameters", "as_of_date")}
 
 
 @task.short_circuit(ignore_downstream_trigger_rules=False)
@@ -113,6 +140,11 @@ def publish() -> None:
         "full_refresh": Param(
             False, type="boolean", description="Forget what raw holds and reload every source from scratch."
         ),
+        **{
+            name: Param(schema["default"], type=schema["type"], description=schema["description"])
+            for spec in MODELS
+            for name, schema in param_schemas(spec).items()
+        },
     },
     default_args={
         "owner": "data-platform",
@@ -123,6 +155,7 @@ def publish() -> None:
 )
 def crm_daily() -> None:
     contract = load_contract()
+    params_checked = check_model_params()
     extract_groups = []
     for system in contract.systems:
         with TaskGroup(group_id=f"extract_{system}", tooltip=contract.systems[system].description) as group:
@@ -169,9 +202,14 @@ def crm_daily() -> None:
         install_deps=False,
     )
 
+    with TaskGroup(group_id="ml", tooltip="One task per registered model (ml_tasks/registry.py)") as models:
+        for spec in MODELS:
+            run_model.override(task_id=spec.name, doc_md=spec.description)(spec.name)
+
+    params_checked >> extract_groups
     extract_groups >> dbt
     extract_groups >> is_current_day() >> freshness
-    [dbt >> score_segments(), freshness] >> publish()
+    [dbt >> models, freshness] >> publish()
 
 
 crm_daily()

@@ -1,40 +1,175 @@
-"""Entry points the DAG calls: one function per task, each reading, computing, publishing."""
+"""Entry points the DAG calls: run one registered model for an as-of date (read, fit and score,
+check the quality floors, publish, record), check every model's params, publish BI's views.
+
+How a run ends, as ml.model_runs records it:
+- `published`: results replace the date's rows of every output table;
+- `insufficient_data`: below the spec's minimum input (a new install, the first weeks): empty tables
+  with the declared columns are published for the date, quality floors are not checked;
+- `below_floor`: a held-out metric under its floor; nothing is published, the previous results stay,
+  and QualityBelowFloor is raised (the DAG fails the task without retrying);
+- `failed`: anything else went wrong; nothing is published and the error is raised.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import importlib
+import logging
 import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from ml_tasks import segmentation, warehouse_io
+from ml_tasks import registry, warehouse_io
+from ml_tasks.contract import InsufficientData, ModelSpec, QualityBelowFloor, build_settings
+from warehouse import connect
 
-CUSTOMER_SEGMENTS = "ml.customer_segments"
-RFM_FEATURES = "features.customer_rfm"
-PUBLISHED_TABLES = [CUSTOMER_SEGMENTS]
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
 BI_SCHEMAS = ["marts", "features", "ml"]
 
 
-def run_segmentation(as_of_date: dt.date, run_id: str, warehouse_url: str | None = None) -> dict:
-    features = warehouse_io.read_features(RFM_FEATURES, warehouse_url)
-    as_of = features[features["as_of_date"] == features["as_of_date"].max()] if not features.empty else features
-    if not as_of.empty and as_of["as_of_date"].iloc[0].date() != as_of_date:
-        raise ValueError(
-            f"{RFM_FEATURES} holds features as of {as_of['as_of_date'].iloc[0].date()}, expected {as_of_date}:"
-            " run the dbt step for this date first"
+def check_params(params: Mapping[str, Any] | None = None) -> dict[str, dict]:
+    """Every model's settings from `params`: a bad one raises BadParameter naming it, before the run
+    writes anything."""
+    import dataclasses
+
+    return {spec.name: dataclasses.asdict(build_settings(spec, params)) for spec in registry.MODELS}
+
+
+def run_model(
+    model: str | ModelSpec,
+    as_of_date: dt.date,
+    run_id: str,
+    params: Mapping[str, Any] | None = None,
+    warehouse_url: str | None = None,
+) -> dict:
+    """Run one model for `as_of_date`; returns its ml.model_runs row (metrics as a dict)."""
+    import dataclasses
+
+    spec = registry.model(model) if isinstance(model, str) else model
+    settings = build_settings(spec, params)
+    started = time.perf_counter()
+    run: dict[str, Any] = {
+        "model_name": spec.name,
+        "model_version": spec.version,
+        "run_id": run_id,
+        "as_of_date": as_of_date,
+        "parameters": dataclasses.asdict(settings),
+        "rows_in": 0,
+        "rows_out": 0,
+        "metrics": {},
+    }
+    with connect(warehouse_url) as warehouse, _peak_memory() as peak:
+        try:
+            inputs = _read_inputs(warehouse, spec, as_of_date, settings)
+            primary = inputs[spec.reads[0].name]
+            run["rows_in"] = len(primary)
+            run["training_fingerprint"] = fingerprint(inputs)
+            try:
+                if len(primary) < spec.minimum_input_rows:
+                    raise InsufficientData(
+                        f"{spec.reads[0].name} has {len(primary)} rows for {as_of_date}, fewer than the"
+                        f" {spec.minimum_input_rows} {spec.name} needs"
+                    )
+                results, metrics = importlib.import_module(spec.module).run(inputs, as_of_date, settings)
+                run["status"] = warehouse_io.PUBLISHED
+            except InsufficientData as reason:
+                results = {table.name: warehouse_io.empty_frame(table) for table in spec.writes}
+                metrics = {"insufficient_data": str(reason)}
+                run.update(status=warehouse_io.INSUFFICIENT_DATA, message=str(reason))
+            run["metrics"] = metrics
+            if run["status"] == warehouse_io.PUBLISHED:
+                _check_floors(spec, metrics)
+            run.update(seconds=round(time.perf_counter() - started, 3), peak_memory_mb=peak())
+            run["rows_out"] = warehouse_io.publish(warehouse, spec.writes, results, as_of_date, run_id, spec.version, run)
+        except QualityBelowFloor as error:
+            _record(warehouse, run, started, peak, warehouse_io.BELOW_FLOOR, str(error))
+            raise
+        except Exception as error:
+            _record(warehouse, run, started, peak, warehouse_io.FAILED, f"{type(error).__name__}: {error}"[:2000])
+            raise
+    log.info("%s for %s: %s, %s rows in, %s rows out", spec.name, as_of_date, run["status"], run["rows_in"], run["rows_out"])
+    return run
+
+
+def _read_inputs(warehouse, spec: ModelSpec, as_of_date: dt.date, settings: Any) -> dict[str, "pd.DataFrame"]:
+    inputs = {
+        table.name: warehouse_io.read_input(
+            warehouse, table, as_of_date, getattr(settings, table.window_setting) if table.window_setting else None
         )
-    results, metrics = segmentation.segment_customers(as_of, as_of_date, run_id)
-    warehouse_io.publish_results(
-        CUSTOMER_SEGMENTS,
-        results,
-        model_name=segmentation.MODEL_NAME,
-        model_version=segmentation.MODEL_VERSION,
-        as_of_date=as_of_date,
-        run_id=run_id,
-        metrics=metrics,
-        warehouse_url=warehouse_url,
-    )
-    return metrics
+        for table in spec.reads
+    }
+    outputs = {table.name: table for table in spec.writes}
+    for name in spec.reads_previous:
+        inputs[f"previous:{name}"] = warehouse_io.read_previous(warehouse, outputs[name], as_of_date)
+    return inputs
+
+
+def _check_floors(spec: ModelSpec, metrics: Mapping[str, Any]) -> None:
+    """Raise QualityBelowFloor for the first floor a metric misses. A metric the model reports as
+    None (too little held-out data to measure it) is not checked; the model says why in its metrics."""
+    for metric, floor in spec.quality_floors.items():
+        if metric not in metrics:
+            raise KeyError(f"{spec.name}: metrics lack {metric!r}, which has a quality floor")
+        value = metrics[metric]
+        if value is not None and value < floor:
+            raise QualityBelowFloor(
+                f"{spec.name} {spec.version}: {metric} = {value:.4g} on held-out data, below its floor {floor:g};"
+                " nothing published, the previous results stay"
+            )
+
+
+def _record(warehouse, run: dict, started: float, peak, status: str, message: str) -> None:
+    run.update(status=status, message=message, seconds=round(time.perf_counter() - started, 3), peak_memory_mb=peak())
+    try:
+        warehouse_io.record_run(warehouse, run)
+    except Exception:  # the run's own error is the one to raise
+        log.exception("could not record the %s run of %s in ml.model_runs", status, run["model_name"])
+
+
+def fingerprint(inputs: Mapping[str, "pd.DataFrame"]) -> str:
+    """A digest of the rows a model read, independent of their order: equal inputs, equal digest."""
+    import numpy as np
+    import pandas as pd
+
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        frame = inputs[name]
+        digest.update(f"{name}:{','.join(map(str, frame.columns))}:{len(frame)};".encode())
+        if len(frame):
+            digest.update(np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy()).tobytes())
+    return digest.hexdigest()[:32]
+
+
+@contextmanager
+def _peak_memory(interval: float = 0.05) -> Iterator[Any]:
+    """Yields a function giving the highest resident memory (MB) the process reached since entry,
+    sampled by a background thread."""
+    import psutil
+
+    process = psutil.Process(os.getpid())
+    highest = [process.memory_info().rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            highest[0] = max(highest[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield lambda: round(max(highest[0], process.memory_info().rss) / 2**20, 1)
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def publish(warehouse_url: str | None = None) -> None:
+    """Refresh the `_latest` view of every table a registered model writes, and BI's read grant."""
     bi_role = os.environ.get("CRMW_BI_ROLE", "crmw_bi_reader")
-    warehouse_io.publish_latest_views(PUBLISHED_TABLES, bi_role, BI_SCHEMAS, warehouse_url)
+    warehouse_io.publish_latest_views(registry.output_tables(), bi_role, BI_SCHEMAS, warehouse_url)

@@ -1,99 +1,215 @@
-"""The one place ML code touches the warehouse: read feature tables, publish results.
+"""The one place ML code touches the warehouse: read feature tables for an as-of date, publish
+results by their declared schema, record every run in ml.model_runs, refresh BI's `_latest` views.
 
-Results for an as-of date replace that date's earlier results in one transaction, together with
-the run's metrics in ml.model_runs, so a rerun of a day never duplicates and BI never sees half.
+A run's outputs for an as-of date replace that date's earlier rows of every table the model writes,
+together with its ml.model_runs row, in one transaction: a rerun never duplicates, earlier dates
+stay, and BI never sees half a run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from warehouse import ColumnType, connect
+from ml_tasks.contract import STAMP_COLUMNS, InputTable, OutputTable
+from warehouse import ColumnType, Warehouse, connect
+from warehouse.adapter import qualified, quote_identifier
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 ML_SCHEMA = "ml"
-MODEL_RUNS = f"{ML_SCHEMA}.model_runs"
-_MODEL_RUN_COLUMNS: dict[str, ColumnType] = {
-    "model_name": "string",
-    "model_version": "string",
-    "run_id": "string",
-    "as_of_date": "date",
-    "metrics": "string",
-    "published_at": "timestamp",
+MODEL_RUNS = OutputTable(
+    f"{ML_SCHEMA}.model_runs",
+    {
+        "model_name": "string",
+        "model_version": "string",
+        "run_id": "string",
+        "as_of_date": "date",
+        "status": "string",
+        "rows_in": "integer",
+        "rows_out": "integer",
+        "parameters": "string",
+        "metrics": "string",
+        "training_fingerprint": "string",
+        "seconds": "double",
+        "peak_memory_mb": "double",
+        "message": "string",
+        "finished_at": "timestamp",
+    },
+    "One row per model task run: what ran, on what, how it ended and what it measured.",
+)
+# Run statuses recorded in ml.model_runs.
+PUBLISHED, INSUFFICIENT_DATA, BELOW_FLOOR, FAILED = "published", "insufficient_data", "below_floor", "failed"
+
+
+class MissingFeatureDate(ValueError):
+    """A feature table holds rows, but none for the as-of date: dbt has not run for that date."""
+
+
+def read_input(warehouse: Warehouse, table: InputTable, as_of_date: dt.date, window_days: int | None = None) -> "pd.DataFrame":
+    """Rows of `table` for `as_of_date` (and, for a windowed input, whose window column falls in the
+    `window_days` days ending on it). An empty table gives no rows (a new install); a table holding
+    other dates only raises MissingFeatureDate naming the dates it holds."""
+    columns = ", ".join(quote_identifier(column) for column in table.columns) if table.columns else "*"
+    sql = f"select {columns} from {qualified(table.name)} where as_of_date = ?"
+    values: list[Any] = [as_of_date]
+    if table.window_column and window_days is not None:
+        sql += f" and {quote_identifier(table.window_column)} > ?"
+        values.append(as_of_date - dt.timedelta(days=window_days))
+    frame = warehouse.fetch_df(sql, values)
+    if frame.empty:
+        (first, last, dates) = warehouse.fetchall(
+            f"select min(as_of_date), max(as_of_date), count(distinct as_of_date) from {qualified(table.name)}"
+        )[0]
+        if dates and not _holds_date(warehouse, table.name, as_of_date):
+            held = f"{_day(first)}" if dates == 1 else f"{dates} dates from {_day(first)} to {_day(last)}"
+            raise MissingFeatureDate(
+                f"{table.name} holds features as of {held}, not {as_of_date}: run the dbt step for {as_of_date} first"
+            )
+    return frame
+
+
+def read_previous(warehouse: Warehouse, table: OutputTable, as_of_date: dt.date) -> "pd.DataFrame":
+    """The rows of the latest as-of date before `as_of_date` that the model published in `table`;
+    no rows (with the declared columns) when it never has."""
+    if not warehouse.table_columns(table.name):
+        import pandas as pd
+
+        return pd.DataFrame({column: pd.Series(dtype=_PANDAS_DTYPES[kind]) for column, kind in table.all_columns.items()})
+    columns = ", ".join(quote_identifier(column) for column in table.all_columns)
+    name = qualified(table.name)
+    return warehouse.fetch_df(
+        f"select {columns} from {name} where as_of_date = (select max(as_of_date) from {name} where as_of_date < ?)",
+        (as_of_date,),
+    )
+
+
+def _holds_date(warehouse: Warehouse, table: str, as_of_date: dt.date) -> bool:
+    return bool(warehouse.fetchall(f"select 1 from {qualified(table)} where as_of_date = ? limit 1", (as_of_date,)))
+
+
+def _day(value: Any) -> str:
+    return value.isoformat()[:10] if hasattr(value, "isoformat") else str(value)
+
+
+_PANDAS_DTYPES: dict[ColumnType, str] = {
+    "string": "str",
+    "integer": "Int64",
+    "decimal": "float64",
+    "double": "float64",
+    "boolean": "boolean",
+    "date": "datetime64[us]",
+    "timestamp": "datetime64[us]",
 }
 
 
-def read_features(table: str, warehouse_url: str | None = None) -> "pd.DataFrame":
-    with connect(warehouse_url) as warehouse:
-        return warehouse.fetch_df(f"select * from {table}")
-
-
-def _column_type(dtype: object) -> ColumnType:
+def empty_frame(table: OutputTable) -> "pd.DataFrame":
+    """No rows, the declared columns (stamps excluded): what a model without enough data publishes."""
     import pandas as pd
 
-    if pd.api.types.is_bool_dtype(dtype):
-        return "boolean"
-    if pd.api.types.is_integer_dtype(dtype):
-        return "integer"
-    if pd.api.types.is_float_dtype(dtype):
-        return "double"
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        return "date"
-    return "string"
+    return pd.DataFrame({column: pd.Series(dtype=_PANDAS_DTYPES[kind]) for column, kind in table.columns.items()})
 
 
-def publish_results(
-    table: str,
-    results: "pd.DataFrame",
-    *,
-    model_name: str,
-    model_version: str,
-    as_of_date: dt.date,
-    run_id: str,
-    metrics: dict,
-    warehouse_url: str | None = None,
-) -> int:
-    """Replace `table`'s rows for `as_of_date` by `results` and record the run's metrics."""
+def to_arrow(table: OutputTable, frame: "pd.DataFrame", stamps: Mapping[str, Any]) -> "pa.Table":
+    """`frame` as Arrow in the declared types, stamped; a missing or undeclared column raises,
+    naming the table and the column."""
     import pyarrow as pa
 
-    columns = {name: _column_type(dtype) for name, dtype in results.dtypes.items()}
-    frame = results.copy()
-    for name, column_type in columns.items():
-        if column_type == "date":
-            frame[name] = frame[name].dt.date
-    data = pa.Table.from_pandas(frame, preserve_index=False)
-    run = pa.Table.from_pylist(
-        [
-            {
-                "model_name": model_name,
-                "model_version": model_version,
-                "run_id": run_id,
-                "as_of_date": as_of_date,
-                "metrics": json.dumps(metrics, sort_keys=True),
-                "published_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
-            }
-        ]
-    )
-    with connect(warehouse_url) as warehouse:
-        warehouse.ensure_table(table, columns)
-        warehouse.ensure_table(MODEL_RUNS, _MODEL_RUN_COLUMNS)
-        with warehouse.transaction():
-            written = warehouse.replace_rows(table, {"as_of_date": as_of_date}, data)
-            warehouse.replace_rows(MODEL_RUNS, {"model_name": model_name, "as_of_date": as_of_date}, run)
+    missing = [column for column in table.columns if column not in frame.columns]
+    extra = [column for column in frame.columns if column not in table.columns]
+    if missing or extra:
+        problem = f"missing column {missing[0]!r}" if missing else f"undeclared column {extra[0]!r}"
+        raise ValueError(f"{table.name}: results have a {problem}; declared: {', '.join(table.columns)}")
+    arrays = {column: _arrow_array(table.name, column, frame[column], kind) for column, kind in table.columns.items()}
+    for column, kind in STAMP_COLUMNS.items():
+        if column not in arrays:
+            arrays[column] = _arrow_array(table.name, column, [stamps[column]] * len(frame), kind)
+    return pa.table(arrays)
+
+
+_ARROW_TYPES = {
+    "string": "string",
+    "integer": "int64",
+    "double": "float64",
+    "boolean": "bool",
+    "date": "date32",
+    "timestamp": "timestamp[us]",
+}
+
+
+def _arrow_array(table: str, column: str, values: Any, kind: ColumnType) -> "pa.Array":
+    import pandas as pd
+    import pyarrow as pa
+
+    series = pd.Series(values)
+    try:
+        if kind == "date":
+            series = pd.to_datetime(series).dt.date
+        elif kind == "timestamp":
+            series = pd.to_datetime(series)
+        elif kind == "decimal":
+            kind = "double"
+        return pa.array(series.astype(object).where(series.notna(), None), type=pa.type_for_alias(_ARROW_TYPES[kind]), from_pandas=True)
+    except (TypeError, ValueError, pa.ArrowException) as error:
+        raise ValueError(f"{table}.{column}: values do not fit the declared type {kind} ({error})") from error
+
+
+def record_run(warehouse: Warehouse, run: Mapping[str, Any]) -> None:
+    """Append one ml.model_runs row (`parameters` and `metrics` as JSON)."""
+    import pandas as pd
+
+    row = {
+        **{column: run.get(column) for column in MODEL_RUNS.columns},
+        "parameters": json.dumps(run.get("parameters", {}), sort_keys=True, default=str),
+        "metrics": json.dumps(run.get("metrics", {}), sort_keys=True, default=str),
+        "finished_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+    }
+    warehouse.ensure_table(MODEL_RUNS.name, MODEL_RUNS.columns)
+    warehouse.append_arrow(MODEL_RUNS.name, to_arrow(MODEL_RUNS, pd.DataFrame([row]), {}))
+
+
+def ensure_outputs(warehouse: Warehouse, tables: Sequence[OutputTable]) -> None:
+    """Create every output table with its declared columns (and add a newly declared column)."""
+    for table in tables:
+        warehouse.ensure_table(table.name, table.all_columns)
+
+
+def publish(
+    warehouse: Warehouse,
+    outputs: Sequence[OutputTable],
+    results: Mapping[str, "pd.DataFrame"],
+    as_of_date: dt.date,
+    run_id: str,
+    model_version: str,
+    run: Mapping[str, Any],
+) -> int:
+    """Replace each output's rows for `as_of_date` by `results` and record the run, in one
+    transaction. Returns the rows written."""
+    stamps = {"as_of_date": as_of_date, "run_id": run_id, "model_version": model_version}
+    data = {table.name: to_arrow(table, results[table.name], stamps) for table in outputs}
+    ensure_outputs(warehouse, outputs)
+    warehouse.ensure_table(MODEL_RUNS.name, MODEL_RUNS.columns)
+    written = 0
+    with warehouse.transaction():
+        for table in outputs:
+            written += warehouse.replace_rows(table.name, {"as_of_date": as_of_date}, data[table.name])
+        record_run(warehouse, {**run, "rows_out": written})
     return written
 
 
-def publish_latest_views(tables: list[str], bi_role: str, bi_schemas: list[str], warehouse_url: str | None = None) -> None:
-    """Create `<table>_latest` views (rows of the newest as-of date) and let BI's role read."""
+def publish_latest_views(tables: Sequence[OutputTable], bi_role: str, bi_schemas: Sequence[str], warehouse_url: str | None = None) -> None:
+    """`<table>_latest` views (the rows of each table's newest as-of date) for every output, and a
+    read-only grant on the BI schemas to `bi_role`."""
     with connect(warehouse_url) as warehouse:
+        ensure_outputs(warehouse, [*tables, MODEL_RUNS])
         with warehouse.transaction():
-            for table in tables:
+            for table in [*tables, MODEL_RUNS]:
+                name = qualified(table.name)
                 warehouse.execute(
-                    f"create or replace view {table}_latest as select * from {table}"
-                    f" where as_of_date = (select max(as_of_date) from {table})"
+                    f"create or replace view {name}_latest as select * from {name}"
+                    f" where as_of_date = (select max(as_of_date) from {name})"
                 )
         warehouse.grant_read_only(bi_role, bi_schemas)

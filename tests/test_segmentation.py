@@ -6,13 +6,9 @@ import datetime as dt
 import json
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 
-from ml_tasks import warehouse_io
-from ml_tasks.tasks import run_segmentation
 from ml_tasks.segmentation import MODEL_NAME, MODEL_VERSION, score_rfm, segment_customers
-from warehouse import connect
 
 # customer: recency_days, frequency, monetary, and the scores and segment worked out by hand
 # (quintiles of 10 customers: ranks 1-2 score 1, ..., ranks 9-10 score 5; low recency is good).
@@ -148,93 +144,3 @@ def test_segment_customers_of_no_customers_gives_no_rows_and_no_shares():
     assert len(result) == 0
     assert metrics == {"customers_scored": 0, "segment_share": {}}
     assert {c: str(t) for c, t in result.dtypes.items()} == {c: str(t) for c, t in full.dtypes.items()}
-
-
-# -- publishing -------------------------------------------------------------------------------------
-
-SEGMENTS = "ml.customer_segments"
-
-
-def _publish(warehouse_url: str, features: pd.DataFrame, as_of: dt.date, run_id: str) -> dict:
-    results, metrics = segment_customers(features, as_of, run_id)
-    written = warehouse_io.publish_results(
-        SEGMENTS,
-        results,
-        model_name=MODEL_NAME,
-        model_version=MODEL_VERSION,
-        as_of_date=as_of,
-        run_id=run_id,
-        metrics=metrics,
-        warehouse_url=warehouse_url,
-    )
-    assert written == len(results)
-    return metrics
-
-
-def test_publishing_twice_for_a_date_leaves_one_copy_and_one_model_run(warehouse_url):
-    _publish(warehouse_url, _features(), AS_OF, "first")
-    changed = {**{key: values[:3] for key, values in CUSTOMERS.items()}, "zoe": (7, 8, 900.0)}
-    metrics = _publish(warehouse_url, _features(changed), AS_OF, "second")
-    with connect(warehouse_url) as warehouse:
-        rows = warehouse.fetchall(f"select customer_id, run_id from {SEGMENTS} order by customer_id")
-        runs = warehouse.fetchall(
-            "select model_name, model_version, as_of_date, run_id, metrics from ml.model_runs"
-        )
-    assert rows == [(key, "second") for key in sorted(changed)]
-    assert [run[:4] for run in runs] == [(MODEL_NAME, MODEL_VERSION, AS_OF, "second")]
-    assert json.loads(runs[0][4]) == metrics
-
-
-def test_publishing_a_new_date_keeps_earlier_dates(warehouse_url):
-    next_day = AS_OF + dt.timedelta(days=1)
-    _publish(warehouse_url, _features(), AS_OF, "day-1")
-    _publish(warehouse_url, _features(), next_day, "day-2")
-    _publish(warehouse_url, _features(), next_day, "day-2-retry")
-    with connect(warehouse_url) as warehouse:
-        per_day = warehouse.fetchall(
-            f"select as_of_date, run_id, count(*) from {SEGMENTS} group by 1, 2 order by 1"
-        )
-        runs = warehouse.fetchall("select as_of_date, run_id from ml.model_runs order by 1")
-        frame = warehouse.fetch_df(f"select * from {SEGMENTS} where as_of_date = ? order by customer_id", (AS_OF,))
-    assert per_day == [(AS_OF, "day-1", len(CUSTOMERS)), (next_day, "day-2-retry", len(CUSTOMERS))]
-    assert runs == [(AS_OF, "day-1"), (next_day, "day-2-retry")]
-    expected, _ = segment_customers(_features(), AS_OF, "day-1")
-    assert list(frame["rfm_segment"]) == list(expected.sort_values("customer_id")["rfm_segment"])
-    assert list(frame["r_score"]) == list(expected.sort_values("customer_id")["r_score"])
-    assert (frame["as_of_date"] == pd.Timestamp(AS_OF)).all()
-
-
-def test_publishing_a_day_without_customers_then_a_day_with_customers(warehouse_url):
-    _publish(warehouse_url, _empty_features(), AS_OF, "empty-day")
-    _publish(warehouse_url, _features(), AS_OF + dt.timedelta(days=1), "full-day")
-    with connect(warehouse_url) as warehouse:
-        segments = warehouse.fetchall(f"select rfm_segment, count(*) from {SEGMENTS} group by 1 order by 1")
-        runs = warehouse.fetchall("select as_of_date, metrics from ml.model_runs order by 1")
-        types = warehouse.fetchall(
-            "select column_name, lower(data_type) from information_schema.columns"
-            " where table_schema = 'ml' and table_name = 'customer_segments' and column_name in ('r_score', 'rfm_segment')"
-            " order by 1"
-        )
-    # The empty first day decided the table's columns: they must be the ones a full day has.
-    assert types[0] == ("r_score", "bigint")
-    assert types[1][0] == "rfm_segment" and types[1][1] in ("varchar", "text")
-    assert dict(segments) == {"champions": 2, "hibernating": 2, "loyal": 2, "new_customers": 1, "promising": 3}
-    assert json.loads(runs[0][1]) == {"customers_scored": 0, "segment_share": {}}
-    assert len(runs) == 2
-
-
-def test_run_segmentation_reads_features_and_publishes_segments(warehouse_url):
-    features = _features().assign(as_of_date=pd.Timestamp(AS_OF))
-    with connect(warehouse_url) as warehouse:
-        warehouse.ensure_table(
-            "features.customer_rfm",
-            {"customer_id": "string", "as_of_date": "date", "recency_days": "integer", "frequency": "integer", "monetary": "decimal"},
-        )
-        warehouse.append_arrow("features.customer_rfm", pa.Table.from_pandas(features.assign(as_of_date=AS_OF), preserve_index=False))
-    metrics = run_segmentation(AS_OF, "dag-run", warehouse_url)
-    assert metrics["customers_scored"] == len(CUSTOMERS)
-    with connect(warehouse_url) as warehouse:
-        published = dict(warehouse.fetchall(f"select customer_id, rfm_segment from {SEGMENTS}"))
-    assert published == {customer: values[6] for customer, values in CUSTOMERS.items()}
-    with pytest.raises(ValueError, match="expected 2025-02-01"):
-        run_segmentation(AS_OF + dt.timedelta(days=1), "dag-run", warehouse_url)

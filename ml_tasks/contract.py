@@ -1,0 +1,151 @@
+"""What every model shares: its spec (what it reads, writes and must reach), its settings, and the
+three ways a run can stop short of publishing.
+
+A model family is one pure module with
+`run(inputs: dict[str, DataFrame], as_of_date: date, settings) -> (results, metrics)`: `inputs`
+maps each table the spec reads to its rows for the as-of date (and `previous:<table>` to the
+latest earlier as-of date's rows of a table the model wrote before); `results` maps each output
+table to its rows, with the declared columns but without the stamps every row gets on publishing
+(`as_of_date`, `run_id`, `model_version`); `metrics` is JSON-able and holds the numbers the
+quality floors name. Nothing here imports pandas or scikit-learn: the DAG parses this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from warehouse import ColumnType
+
+# Stamped on every output row by the publishing step, declared by no spec.
+STAMP_COLUMNS: dict[str, ColumnType] = {"as_of_date": "date", "run_id": "string", "model_version": "string"}
+
+
+class InsufficientData(Exception):
+    """Too little data to fit the model today (a new install, the first weeks of history): the run
+    is recorded as `insufficient_data` and publishes empty tables with the declared columns."""
+
+
+class BadParameter(ValueError):
+    """A model setting is out of range; the message names it, the value and what was expected."""
+
+
+class QualityBelowFloor(Exception):
+    """A quality metric measured on held-out data fell below the spec's floor: nothing is
+    published, the previous results stay, and retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class OutputTable:
+    name: str  # schema.table, in the ml schema
+    columns: Mapping[str, ColumnType]  # declared types, stamps excluded
+    description: str = ""
+
+    @property
+    def all_columns(self) -> dict[str, ColumnType]:
+        return {**self.columns, **STAMP_COLUMNS}
+
+
+@dataclass(frozen=True)
+class InputTable:
+    name: str  # schema.table with an as_of_date column
+    columns: tuple[str, ...] = ()  # empty: every column
+    # Rows of the as-of date whose `window_column` falls in the `window_days` (a settings field)
+    # days before it; for inputs such as baskets, whose history grows without end.
+    window_column: str | None = None
+    window_setting: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the DAG task id and ml.model_runs.model_name
+    version: str  # changes whenever the method or its outputs change
+    module: str  # the pure module with `run(...)`
+    settings: type  # frozen dataclass of the model's parameters, validated on construction
+    reads: tuple[InputTable, ...]
+    writes: tuple[OutputTable, ...]
+    # Rows of the first input needed before the model is fitted at all.
+    minimum_input_rows: int
+    # metric name -> lowest acceptable value, checked on held-out data when there is enough of it.
+    quality_floors: Mapping[str, float] = field(default_factory=dict)
+    # Outputs of earlier as-of dates the model reads back (stable ids, migrations).
+    reads_previous: tuple[str, ...] = ()
+    retraining: str = "refit on every run from the as-of date's features"
+    description: str = ""
+
+    def parameter_names(self) -> dict[str, str]:
+        """DAG param name -> settings field: `<model>__<field>`."""
+        return {f"{self.name}__{f.name}": f.name for f in dataclasses.fields(self.settings)}
+
+
+def param_schemas(spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    """DAG param name -> JSON-schema keywords (default, type, description) for a model's settings;
+    a field documents itself with `metadata={"doc": ...}`."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for param, name in spec.parameter_names().items():
+        setting = next(f for f in dataclasses.fields(spec.settings) if f.name == name)
+        default = setting.default
+        kind = ("boolean" if isinstance(default, bool) else "integer" if isinstance(default, int)
+                else "number" if isinstance(default, float) or default is None else "string")
+        schemas[param] = {
+            "default": default,
+            "type": ["null", "number"] if default is None else kind,
+            "description": setting.metadata.get("doc", f"{spec.name}: {name.replace('_', ' ')}"),
+        }
+    return schemas
+
+
+def build_settings(spec: ModelSpec, params: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Any:
+    """The model's settings from DAG params (`<model>__<field>`), then environment variables
+    (`CRMW_<MODEL>__<FIELD>`), then the dataclass defaults. Values that are not of the field's
+    type or out of range raise BadParameter naming the param."""
+    params = params or {}
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for param, name in spec.parameter_names().items():
+        if params.get(param) is not None:
+            values[name] = params[param]
+        elif environ.get(f"CRMW_{param.upper()}"):
+            values[name] = _from_text(spec, param, environ[f"CRMW_{param.upper()}"])
+    unknown = sorted(key for key in params if key.startswith(f"{spec.name}__") and key not in spec.parameter_names())
+    if unknown:
+        raise BadParameter(f"param {unknown[0]}: unknown; expected one of {', '.join(sorted(spec.parameter_names()))}")
+    try:
+        return spec.settings(**values)
+    except BadParameter as error:
+        raise BadParameter(f"param {spec.name}__{error}") from None
+
+
+def _from_text(spec: ModelSpec, param: str, text: str) -> Any:
+    default = dataclasses.fields(spec.settings)[list(spec.parameter_names()).index(param)].default
+    try:
+        if isinstance(default, bool):
+            return text.strip().lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float) or default is None:
+            return float(text)
+    except ValueError:
+        raise BadParameter(f"CRMW_{param.upper()}={text!r}: expected a number") from None
+    return text
+
+
+def check_range(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
+                kind: type | tuple[type, ...] = (int, float), allow_none: bool = False) -> None:
+    """For settings' __post_init__: raise BadParameter('<field>: got ..., expected ...')."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else "a number"
+        raise BadParameter(f"{name}: got {value!r}, expected {expected}")
+    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        bounds = f"between {minimum} and {maximum}" if minimum is not None and maximum is not None else (
+            f"at least {minimum}" if minimum is not None else f"at most {maximum}")
+        raise BadParameter(f"{name}: got {value!r}, expected {bounds}")
+
+
+def as_of(value: dt.date | str) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)

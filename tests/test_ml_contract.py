@@ -1,0 +1,217 @@
+"""The writing-back contract every model follows, on both engines: declared schemas, replace by
+date, ml.model_runs, insufficient data, quality floors, failures, `_latest` views and BI grants,
+as-of reads. A small contract-following model (tests/toy_model.py) stands in for a real one."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from ml_tasks import registry, tasks, warehouse_io
+from ml_tasks.contract import BadParameter, QualityBelowFloor, build_settings
+from tests import toy_model
+from tests.toy_model import SPEC
+from warehouse import connect
+
+DAY = dt.date(2025, 6, 30)
+NEXT_DAY = DAY + dt.timedelta(days=1)
+
+
+def _load_features(url: str, as_of: dt.date, spends: dict[str, float], last_order: dt.date | None = None) -> None:
+    frame = pd.DataFrame(
+        {
+            "customer_id": list(spends),
+            "as_of_date": [as_of] * len(spends),
+            "spend": list(spends.values()),
+            "last_order_date": [last_order or as_of] * len(spends),
+        }
+    )
+    with connect(url) as warehouse:
+        warehouse.ensure_table(
+            "features.toy_features", {"customer_id": "string", "as_of_date": "date", "spend": "double", "last_order_date": "date"}
+        )
+        warehouse.execute("delete from features.toy_features where as_of_date = ?", (as_of,))
+        warehouse.append_arrow("features.toy_features", pa.Table.from_pandas(frame, preserve_index=False))
+
+
+SPENDS = {"ann": 10.0, "ben": 30.0, "cat": 50.0, "dan": 70.0}
+
+
+def _rows(url: str, sql: str, params=()) -> list[tuple]:
+    with connect(url) as warehouse:
+        return warehouse.fetchall(sql, params)
+
+
+def _runs(url: str) -> list[dict]:
+    with connect(url) as warehouse:
+        frame = warehouse.fetch_df("select * from ml.model_runs order by finished_at")
+    return frame.to_dict("records")
+
+
+def test_results_are_written_in_their_declared_types_with_stamps(warehouse_url):
+    _load_features(warehouse_url, DAY, SPENDS)
+    run = tasks.run_model(SPEC, DAY, "run-1", warehouse_url=warehouse_url)
+    assert run["status"] == "published" and run["rows_in"] == 4 and run["rows_out"] == 5
+    types = dict(_rows(
+        warehouse_url,
+        "select column_name, lower(data_type) from information_schema.columns"
+        " where table_schema = 'ml' and table_name = 'toy_scores'",
+    ))
+    assert types["scored_at"].startswith("timestamp")  # a timestamp stays a timestamp
+    assert types["last_order_date"] == "date"
+    assert types["above_mean"] == "boolean"
+    assert types["as_of_date"] == "date"
+    assert types["spend"] in ("double", "double precision")
+    rows = _rows(warehouse_url, "select customer_id, above_mean, scored_at, run_id, model_version, as_of_date from ml.toy_scores order by 1")
+    assert rows[0] == ("ann", False, dt.datetime(2025, 6, 30, 6, 30, 15), "run-1", "toy-1", DAY)
+    assert [row[1] for row in rows] == [False, False, True, True]
+
+
+def test_a_rerun_replaces_the_date_keeps_earlier_dates_and_appends_a_model_run(warehouse_url):
+    _load_features(warehouse_url, DAY, SPENDS)
+    tasks.run_model(SPEC, DAY, "day-1", warehouse_url=warehouse_url)
+    _load_features(warehouse_url, NEXT_DAY, {**SPENDS, "eve": 90.0})
+    tasks.run_model(SPEC, NEXT_DAY, "day-2", warehouse_url=warehouse_url)
+    second = tasks.run_model(SPEC, NEXT_DAY, "day-2-rerun", warehouse_url=warehouse_url)
+    per_date = _rows(warehouse_url, "select as_of_date, run_id, count(*) from ml.toy_scores group by 1, 2 order by 1")
+    assert per_date == [(DAY, "day-1", 4), (NEXT_DAY, "day-2-rerun", 5)]
+    runs = _runs(warehouse_url)
+    assert [(r["run_id"], r["status"]) for r in runs] == [("day-1", "published"), ("day-2", "published"), ("day-2-rerun", "published")]
+    # The model read its own previous date's summary back.
+    assert second["metrics"]["previous_customers"] == 4
+    assert json.loads(runs[-1]["metrics"]) == {"heldout_quality": 0.9, "previous_customers": 4}
+    assert json.loads(runs[-1]["parameters"]) == {"fail": False, "reported_quality": 0.9, "window_days": 30}
+    assert runs[-1]["rows_in"] == 5 and runs[-1]["rows_out"] == 6
+    assert runs[-1]["seconds"] > 0 and runs[-1]["peak_memory_mb"] > 10
+    assert runs[1]["training_fingerprint"] == runs[2]["training_fingerprint"] != runs[0]["training_fingerprint"]
+
+
+def test_too_little_data_publishes_empty_tables_and_skips_the_floors(warehouse_url):
+    _load_features(warehouse_url, DAY, {"ann": 10.0, "ben": 20.0})  # the spec needs 3 rows
+    run = tasks.run_model(SPEC, DAY, "new-install", {"toy__reported_quality": 0.1}, warehouse_url=warehouse_url)
+    assert run["status"] == "insufficient_data"
+    assert "fewer than the 3 toy needs" in run["message"]
+    assert _rows(warehouse_url, "select count(*) from ml.toy_scores") == [(0,)]
+    columns = [row[0] for row in _rows(
+        warehouse_url,
+        "select column_name from information_schema.columns where table_schema = 'ml' and table_name = 'toy_scores' order by ordinal_position",
+    )]
+    assert columns == [*toy_model.SCORES.columns, "as_of_date", "run_id", "model_version"]
+    # The model may also say so itself.
+    _load_features(warehouse_url, NEXT_DAY, {"ann": 0.0, "ben": 0.0, "cat": 0.0})
+    assert tasks.run_model(SPEC, NEXT_DAY, "no-spend", warehouse_url=warehouse_url)["message"] == "no spend to score"
+    assert [r["status"] for r in _runs(warehouse_url)] == ["insufficient_data", "insufficient_data"]
+
+
+def test_a_metric_below_its_floor_fails_publishes_nothing_and_keeps_the_previous_results(warehouse_url):
+    _load_features(warehouse_url, DAY, SPENDS)
+    tasks.run_model(SPEC, DAY, "good", warehouse_url=warehouse_url)
+    _load_features(warehouse_url, DAY, {**SPENDS, "eve": 90.0})
+    with pytest.raises(QualityBelowFloor, match=r"^toy toy-1: heldout_quality = 0\.2 on held-out data, below its floor 0\.5"):
+        tasks.run_model(SPEC, DAY, "bad", {"toy__reported_quality": 0.2}, warehouse_url=warehouse_url)
+    assert _rows(warehouse_url, "select distinct run_id from ml.toy_scores") == [("good",)]
+    assert _rows(warehouse_url, "select count(*) from ml.toy_scores") == [(4,)]
+    runs = _runs(warehouse_url)
+    assert [(r["run_id"], r["status"]) for r in runs] == [("good", "published"), ("bad", "below_floor")]
+    assert "heldout_quality" in runs[1]["message"] and runs[1]["rows_out"] == 0
+
+
+def test_a_failing_model_is_recorded_as_failed_and_publishes_nothing(warehouse_url):
+    _load_features(warehouse_url, DAY, SPENDS)
+    with pytest.raises(RuntimeError, match="told to fail"):
+        tasks.run_model(SPEC, DAY, "broken", {"toy__fail": True}, warehouse_url=warehouse_url)
+    (run,) = _runs(warehouse_url)
+    assert run["status"] == "failed" and "told to fail" in run["message"]
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.table_columns("ml.toy_scores") == []
+
+
+def test_reads_take_the_as_of_date_and_the_window_and_name_a_missing_date(warehouse_url):
+    _load_features(warehouse_url, DAY, SPENDS, last_order=DAY - dt.timedelta(days=40))
+    _load_features(warehouse_url, NEXT_DAY, {"zed": 5.0})
+    with connect(warehouse_url) as warehouse:
+        table = SPEC.reads[0]
+        assert list(warehouse_io.read_input(warehouse, table, DAY)["customer_id"].sort_values()) == sorted(SPENDS)
+        assert warehouse_io.read_input(warehouse, table, DAY, window_days=30).empty  # orders 40 days back
+        assert len(warehouse_io.read_input(warehouse, table, DAY, window_days=41)) == 4
+        with pytest.raises(warehouse_io.MissingFeatureDate, match=(
+            r"^features.toy_features holds features as of 2 dates from 2025-06-30 to 2025-07-01, not 2025-07-02:"
+            r" run the dbt step for 2025-07-02 first$"
+        )):
+            warehouse_io.read_input(warehouse, table, NEXT_DAY + dt.timedelta(days=1))
+        warehouse.execute("delete from features.toy_features")
+        assert warehouse_io.read_input(warehouse, table, DAY).empty  # a new install: no error
+
+
+def test_latest_views_show_each_tables_newest_date_and_the_bi_role_reads_them(warehouse_url):
+    _load_features(warehouse_url, DAY, SPENDS)
+    tasks.run_model(SPEC, DAY, "day-1", warehouse_url=warehouse_url)
+    _load_features(warehouse_url, NEXT_DAY, {"ann": 1.0, "ben": 2.0, "cat": 3.0})
+    tasks.run_model(SPEC, NEXT_DAY, "day-2", warehouse_url=warehouse_url)
+    warehouse_io.publish_latest_views([*SPEC.writes], "crmw_bi_reader", ["marts", "features", "ml"], warehouse_url)
+    assert _rows(warehouse_url, "select count(*), min(as_of_date) from ml.toy_scores_latest") == [(3, NEXT_DAY)]
+    assert _rows(warehouse_url, "select customers from ml.toy_summary_latest") == [(3,)]
+    assert _rows(warehouse_url, "select count(*) from ml.model_runs_latest") == [(1,)]
+    if warehouse_url.startswith("postgres"):
+        with connect(warehouse_url) as warehouse:
+            with warehouse.transaction():
+                warehouse.execute("set local role crmw_bi_reader")
+                assert warehouse.fetchall("select count(*) from ml.toy_scores_latest") == [(3,)]
+                with pytest.raises(Exception, match="permission denied"):
+                    warehouse.execute("delete from ml.toy_scores")
+
+
+def test_undeclared_or_missing_result_columns_are_refused_by_name():
+    frame = pd.DataFrame({"customers": [1], "mean_spend": [2.0], "extra": [3]})
+    with pytest.raises(ValueError, match="ml.toy_summary: results have a undeclared column 'extra'"):
+        warehouse_io.to_arrow(toy_model.SUMMARY, frame, {"as_of_date": DAY, "run_id": "r", "model_version": "v"})
+    with pytest.raises(ValueError, match="missing column 'mean_spend'"):
+        warehouse_io.to_arrow(toy_model.SUMMARY, frame[["customers"]], {"as_of_date": DAY, "run_id": "r", "model_version": "v"})
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"toy__reported_quality": 1.5}, "param toy__reported_quality: got 1.5, expected between 0 and 1"),
+        ({"toy__window_days": 0}, "param toy__window_days: got 0, expected at least 1"),
+        ({"toy__window_days": "ten"}, "param toy__window_days: got 'ten', expected int"),
+        ({"toy__windows": 3}, "param toy__windows: unknown; expected one of toy__fail, toy__reported_quality, toy__window_days"),
+    ],
+)
+def test_a_bad_param_raises_one_line_naming_it(params, message):
+    with pytest.raises(BadParameter) as error:
+        build_settings(SPEC, params, environ={})
+    assert str(error.value) == message
+
+
+def test_settings_come_from_params_then_environment_then_defaults():
+    assert build_settings(SPEC, {}, environ={}).window_days == 30
+    assert build_settings(SPEC, {}, environ={"CRMW_TOY__WINDOW_DAYS": "12"}).window_days == 12
+    assert build_settings(SPEC, {"toy__window_days": 7}, environ={"CRMW_TOY__WINDOW_DAYS": "12"}).window_days == 7
+
+
+# -- the registry ------------------------------------------------------------------------------------
+
+def test_registered_models_write_distinct_ml_tables_with_default_settings_that_validate():
+    assert registry.MODELS, "no model registered"
+    tables = registry.output_tables()
+    assert len({table.name for table in tables}) == len(tables)
+    for spec in registry.MODELS:
+        build_settings(spec, {}, environ={})
+        assert all(table.name.startswith("ml.") for table in spec.writes), spec.name
+        assert all(not set(table.columns) & {"as_of_date", "run_id", "model_version"} for table in spec.writes)
+        assert set(spec.reads_previous) <= {table.name for table in spec.writes}
+        assert all(table.name.startswith("features.") for table in spec.reads), spec.name
+        assert callable(__import__(spec.module, fromlist=["run"]).run)
+
+
+def test_two_models_writing_one_table_are_refused(monkeypatch):
+    twin = dataclasses.replace(SPEC, name="toy_twin")
+    monkeypatch.setattr(registry, "MODELS", (SPEC, twin))
+    with pytest.raises(ValueError, match="ml.toy_scores is written by more than one model"):
+        registry.output_tables()
