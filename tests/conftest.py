@@ -178,3 +178,25 @@ def run_dbt(url: str, *args: str, tmp_path: Path, check: bool = True) -> subproc
     if check and result.returncode != 0:
         raise AssertionError(f"dbt {' '.join(args)} failed on {url.split('://')[0]}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}")
     return result
+
+
+# --- A year of history with its truth, for the models' checks against planted truth --------------
+TRUTH_START = dt.date(2024, 1, 1)
+TRUTH_DAYS = 395  # 13 months: a year of baskets and segments with a month to spare
+TRUTH_LAST_DAY = TRUTH_START + dt.timedelta(days=TRUTH_DAYS - 1)
+TRUTH_CUSTOMERS = 4000
+
+
+@pytest.fixture(scope="session")
+def truth_warehouse(tmp_path_factory) -> tuple[str, Path]:
+    """A DuckDB warehouse built by `dbt build` for the last of 13 months of 4,000 simulated
+    customers (clean sources), and the sources with their `truth/`; shared, never modified."""
+    from simulator import SimulationSettings, simulate
+
+    folder = tmp_path_factory.mktemp("truth")
+    sources = folder / "sources"
+    simulate(SimulationSettings(customers=TRUTH_CUSTOMERS, start=TRUTH_START, days=TRUTH_DAYS, seed=3, out=sources, dirty_rate=0.0))
+    url = f"duckdb:///{folder / 'warehouse.duckdb'}"
+    load_raw(url, sources, TRUTH_LAST_DAY)
+    run_dbt(url, "build", "--vars", f"{{as_of_date: '{TRUTH_LAST_DAY}'}}", tmp_path=folder)
+    return url, sources

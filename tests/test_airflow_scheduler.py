@@ -1,6 +1,6 @@
 """`crmw airflow` serves a working Airflow: a run of crm_daily triggered in it is picked up by the real
 scheduler, executed by the LocalExecutor (not `airflow dags test`), every task takes a slot of the
-warehouse_writer pool, and the run fills ml.customer_segments for its logical date.
+warehouse_writer pool, and the run records each model's run for its logical date.
 
 The API server listens on a free 127.0.0.1 port and is the only address contacted. The scheduler's and
 triggerer's log servers bind all interfaces whatever the configuration (Airflow's choice); they get free
@@ -28,6 +28,7 @@ import duckdb
 import pytest
 
 from crmw.airflow_runner import DAG_ID, WAREHOUSE_POOL, airflow_environment
+from ml_tasks.registry import MODELS
 
 pytestmark = pytest.mark.airflow
 
@@ -275,8 +276,14 @@ def test_triggered_run_succeeds_under_scheduler(tmp_path: Path) -> None:
         enqueued_local.update(re.findall(rf"<TaskInstance: {DAG_ID}\.(\S+) {RUN_ID} ", batch))
     assert enqueued_local == {task for task, *_ in executed}
 
+    # Ten days of history are too little to fit the models: each records so for the logical date and
+    # publishes its tables empty, with their columns.
     with closing(duckdb.connect(str(warehouse), read_only=True)) as db:
-        rows = db.execute(
-            "select count(*) from ml.customer_segments where as_of_date = ?", [LOGICAL_DATE]
+        runs = db.execute(
+            "select model_name, status from ml.model_runs where as_of_date = ? order by 1", [LOGICAL_DATE]
+        ).fetchall()
+        segment_columns = db.execute(
+            "select count(*) from information_schema.columns where table_schema = 'ml' and table_name = 'customer_segments'"
         ).fetchone()[0]
-    assert rows > 0
+    assert runs == sorted((spec.name, "insufficient_data") for spec in MODELS)
+    assert segment_columns > 3

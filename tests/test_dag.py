@@ -7,6 +7,7 @@ import time
 import pytest
 
 from extract_load.contract import load_contract
+from ml_tasks.registry import MODELS
 from tests.conftest import PROJECT_ROOT
 
 
@@ -68,11 +69,27 @@ def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish(dagbag) -> None
     ):
         assert {f"dbt.{model}.run", f"dbt.{model}.test"} <= ids, model
         assert "dbt.dbt_producer_watcher" in dag.get_task(f"dbt.{model}.run").upstream_task_ids, model
-    segments = dag.get_task("score_segments")
-    assert dag.get_task("publish").upstream_task_ids == {"score_segments", "source_freshness"}
-    upstream = segments.get_flat_relative_ids(upstream=True)
-    assert extract_tasks <= upstream
-    assert {"dbt.customer_rfm.test", "dbt.dbt_producer_watcher_done"} <= segments.upstream_task_ids
+    models = {f"ml.{spec.name}" for spec in MODELS}
+    assert models and models <= ids
+    assert dag.get_task("publish").upstream_task_ids == {*models, "source_freshness"}
+    for model in models:
+        task = dag.get_task(model)
+        assert extract_tasks <= task.get_flat_relative_ids(upstream=True)
+        assert {"dbt.customer_features.test", "dbt.basket_items.test"} <= task.get_flat_relative_ids(upstream=True)
+        assert "dbt.dbt_producer_watcher_done" in task.upstream_task_ids or any(
+            tid.startswith("dbt.") for tid in task.upstream_task_ids
+        )
+
+
+def test_model_params_are_checked_before_anything_runs_and_every_setting_is_a_param(dagbag) -> None:
+    dag = dagbag.dags["crm_daily"]
+    check = dag.get_task("check_model_params")
+    assert check.upstream_task_ids == set()
+    first_tasks = {task.task_id for task in dag.tasks if not task.upstream_task_ids}
+    assert first_tasks == {"check_model_params"}
+    for spec in MODELS:
+        for name in spec.parameter_names():
+            assert name in dag.params, name
 
 
 def test_extract_has_a_task_group_per_source_and_a_full_refresh_param(dagbag) -> None:

@@ -1,0 +1,118 @@
+"""Each registered model's task time and peak memory on a built warehouse: the DAG's own task code
+(read features for the date, fit and score, check floors, publish), run --runs times per model,
+each in a fresh process so its peak memory is its own.
+
+    .venv/bin/python -m bench.ml_models --warehouse-url duckdb:///path/warehouse.duckdb --date 2025-01-31 --runs 3
+
+The warehouse must hold the features dbt built for --date (for instance a `bench.dbt_build`
+workdir's, or any `crmw run` warehouse). A run replaces the date's ml rows, as a rerun of the day
+would. `--replicate K` (DuckDB) first copies the warehouse and makes every feature table the models
+read K times larger for the date, each copy with its own customer and basket ids: a million
+customers from a 100,000-customer build without simulating, loading and building a million (the
+copies share their distributions, so itemsets and clusters stay those of the original). Prints JSON lines: every run (status, seconds, peak MB, rows in and out, the model's metrics
+named in --metrics), then each model's medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ml_tasks.registry import MODELS
+from warehouse import connect, parse_warehouse_url
+
+
+_CHILD = """
+import datetime as dt, json, sys
+from ml_tasks.tasks import run_model
+run = run_model(sys.argv[1], dt.date.fromisoformat(sys.argv[2]), "bench", json.loads(sys.argv[3]), sys.argv[4])
+print("RESULT " + json.dumps(run, default=str))
+"""
+
+
+def run_once(model: str, as_of_date: dt.date, params: dict, warehouse_url: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, model, as_of_date.isoformat(), json.dumps(params), warehouse_url],
+        capture_output=True, text=True,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        return {"model": model, "status": "error", "error": result.stderr.strip().splitlines()[-1:] or ["?"]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Path) -> str:
+    """A copy of the DuckDB warehouse whose model inputs hold `copies` times the date's rows."""
+    source = parse_warehouse_url(warehouse_url).duckdb_path
+    if source is None:
+        raise SystemExit("--replicate needs a DuckDB warehouse")
+    target = workdir / "replicated.duckdb"
+    shutil.copyfile(source, target)
+    url = f"duckdb:///{target}"
+    tables = sorted({table.name for spec in MODELS for table in spec.reads})
+    with connect(url) as warehouse:
+        for table in tables:
+            columns = warehouse.table_columns(table)
+            offset = warehouse.fetchall(f"select coalesce(max(basket_id), 0) + 1 from {table}")[0][0] if "basket_id" in columns else 0
+            select = ", ".join(
+                f"customer_id || case when copy = 0 then '' else '~' || copy end as customer_id" if column == "customer_id"
+                else f"basket_id + copy * {offset} as basket_id" if column == "basket_id"
+                else column
+                for column in columns
+            )
+            warehouse.execute(
+                f"create or replace table {table} as select {select} from {table}, range(?) as copies(copy)"
+                " where as_of_date = ?",
+                (copies, as_of_date),
+            )
+            print(json.dumps({"replicated": table, "rows": warehouse.fetchall(f"select count(*) from {table}")[0][0]}), flush=True)
+    return url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warehouse-url", required=True)
+    parser.add_argument("--date", required=True, type=dt.date.fromisoformat, help="the as-of date dbt built the features for")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--models", nargs="*", default=[spec.name for spec in MODELS])
+    parser.add_argument("--params", default="{}", help="DAG params as JSON, e.g. '{\"association_rules__min_support\": 0.001}'")
+    parser.add_argument("--metrics", nargs="*", default=[], help="metric names to print from each run")
+    parser.add_argument("--replicate", type=int, default=1, help="make the models' inputs this many times larger (DuckDB)")
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    params = json.loads(args.params)
+    warehouse_url = args.warehouse_url
+    if args.replicate > 1:
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crmw-bench-ml-"))
+        warehouse_url = replicate(warehouse_url, args.date, args.replicate, workdir)
+    for model in args.models:
+        runs = []
+        for number in range(1, args.runs + 1):
+            run = run_once(model, args.date, params, warehouse_url)
+            metrics = run.get("metrics") or {}
+            line = {
+                "model": model, "run": number, "status": run.get("status"), "seconds": run.get("seconds"),
+                "peak_memory_mb": run.get("peak_memory_mb"), "rows_in": run.get("rows_in"), "rows_out": run.get("rows_out"),
+                **{name: metrics.get(name) for name in args.metrics if name in metrics},
+            }
+            if run.get("status") == "error":
+                line["error"] = run["error"]
+            print(json.dumps(line), flush=True)
+            runs.append(run)
+        timed = [run for run in runs if run.get("seconds") is not None]
+        if timed:
+            print(json.dumps({
+                "model": model, "median_seconds": statistics.median(run["seconds"] for run in timed),
+                "median_peak_memory_mb": statistics.median(run["peak_memory_mb"] for run in timed), "runs": len(timed),
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
