@@ -164,3 +164,134 @@ def test_training_labels_agree_with_the_churn_the_simulator_planted(warehouses, 
     assert gone_before > 0
     churn_rate = sum(row["is_churned"] for row in rows) / len(rows)
     assert 0 < churn_rate < 1
+
+
+def _by_customer(url: str, sql: str) -> dict[str, dict]:
+    return {row["customer_id"]: row for row in _rows(url, sql)}
+
+
+def _close(left, right) -> bool:
+    if left is None or right is None:
+        return left is None and right is None
+    return abs(float(left) - float(right)) <= 1e-9
+
+
+def test_order_mix_features_agree_with_the_order_marts(warehouses) -> None:
+    """On the last day everything delivered is known, so the marts give the same revenue orders:
+    discount share, units per order and channel shares recomputed from them, customer by customer."""
+    late = warehouses["late"]
+    features = _by_customer(late, "select customer_id, frequency, discount_share, items_per_order, web_share,"
+                                  " store_share, phone_share from features.customer_features")
+    lines = _by_customer(late, """
+        select
+            orders.customer_id,
+            sum(lines.gross_amount) as gross,
+            sum(lines.discount_amount) as discount,
+            sum(lines.quantity) as units
+        from marts.fct_orders as orders
+        inner join marts.fct_order_lines as lines
+            on orders.order_id = lines.order_id
+        where orders.is_revenue and lines.is_valid
+        group by orders.customer_id""")
+    channels = _by_customer(late, """
+        select
+            customer_id,
+            count(*) as orders,
+            sum(case when channel = 'web' then 1 else 0 end) as web,
+            sum(case when channel = 'store' then 1 else 0 end) as store,
+            sum(case when channel = 'phone' then 1 else 0 end) as phone
+        from marts.fct_orders
+        where is_revenue
+        group by customer_id""")
+    assert set(channels) <= set(features) and set(lines) <= set(channels)
+    discounted = 0
+    for customer, row in features.items():
+        bought, spent = channels.get(customer), lines.get(customer)
+        assert (row["frequency"] or 0) == (bought["orders"] if bought else 0), customer
+        if not bought:
+            assert [row[k] for k in ("items_per_order", "web_share", "store_share", "phone_share", "discount_share")] == [None] * 5
+            continue
+        for channel in ("web", "store", "phone"):
+            assert _close(row[f"{channel}_share"], bought[channel] / bought["orders"]), (customer, channel)
+        assert _close(row["web_share"] + row["store_share"] + row["phone_share"], 1.0), customer
+        assert _close(row["items_per_order"], (spent["units"] if spent else 0) / bought["orders"]), customer
+        expected_share = float(spent["discount"]) / float(spent["gross"]) if spent else None
+        assert _close(row["discount_share"], expected_share), customer
+        discounted += bool(expected_share)
+    assert discounted > 10
+
+
+def test_marketing_opt_in_is_that_of_each_customers_latest_crm_contact_versions(warehouses) -> None:
+    """On the last day every version is known: the opt-in of each CRM contact's latest version (by
+    modification time), true when any contact of the customer is; null without a CRM contact."""
+    late = warehouses["late"]
+    features = _by_customer(late, "select customer_id, is_crm_contact, marketing_opt_in from features.customer_features")
+    latest: dict[str, dict] = {}
+    for row in _rows(late, """
+        select identity.customer_id, versions.crm_id, versions.modified_at, versions._delivery_date as delivered,
+            versions._version_hash as version_hash, versions.is_marketing_opt_in as opted_in
+        from staging.stg_crm__customer_versions as versions
+        inner join intermediate.int_customer_identity as identity
+            on identity.source_table = 'customers' and identity.source_key = versions.crm_id
+        where not versions._is_deleted"""):
+        order = (row["modified_at"], row["delivered"], row["version_hash"])
+        if row["crm_id"] not in latest or order > latest[row["crm_id"]]["order"]:
+            latest[row["crm_id"]] = {**row, "order": order}
+    consent: dict[str, list] = {}
+    for row in latest.values():
+        consent.setdefault(row["customer_id"], []).append(row["opted_in"])
+    values = {True: 0, False: 0, None: 0}
+    for customer, row in features.items():
+        if not row["is_crm_contact"]:
+            assert row["marketing_opt_in"] is None, customer
+            continue
+        known = [value for value in consent[customer] if value is not None]
+        assert row["marketing_opt_in"] == (any(known) if known else None), customer
+        values[row["marketing_opt_in"]] += 1
+    assert values[True] and values[False]
+
+
+def test_category_mix_shares_sum_to_one_and_agree_with_the_line_marts(warehouses) -> None:
+    late = warehouses["late"]
+    mix = _rows(late, "select customer_id, cast(as_of_date as varchar) as d, category, net_amount, spend_share"
+                      " from features.customer_category_mix")
+    assert {row["d"] for row in mix} == {DBT_LAST_DAY.isoformat()}
+    expected = {(row["customer_id"], row["category"]): row["net_amount"] for row in _rows(late, """
+        select orders.customer_id, products.category, sum(lines.net_amount) as net_amount
+        from marts.fct_orders as orders
+        inner join marts.fct_order_lines as lines
+            on orders.order_id = lines.order_id
+        inner join marts.dim_products as products
+            on lines.sku = products.sku
+        where orders.is_revenue and lines.is_valid
+        group by orders.customer_id, products.category""")}
+    assert {(row["customer_id"], row["category"]): row["net_amount"] for row in mix} == expected
+    shares: dict[str, list[float]] = {}
+    for row in mix:
+        shares.setdefault(row["customer_id"], []).append(row["spend_share"])
+    assert all(_close(sum(values), 1.0) for values in shares.values())
+    # The same spend the customer features rank categories by: as many categories, the largest
+    # share the favourite's.
+    features = _by_customer(late, "select customer_id, distinct_categories, favourite_category_share"
+                                  " from features.customer_features where distinct_categories > 0")
+    assert set(features) == set(shares)
+    for customer, row in features.items():
+        assert len(shares[customer]) == row["distinct_categories"], customer
+        assert _close(max(shares[customer]), row["favourite_category_share"]), customer
+
+
+def test_basket_items_carry_the_category_of_their_product(warehouses) -> None:
+    late = warehouses["late"]
+    [counts] = _rows(late, """
+        select
+            sum(case when items.item_level = 'product' then 1 else 0 end) as product_rows,
+            sum(case when items.item_level = 'product' and items.category = products.category then 1 else 0 end)
+                as product_rows_matching,
+            sum(case when items.item_level = 'category' then 1 else 0 end) as category_rows,
+            sum(case when items.item_level = 'category' and items.category = items.item then 1 else 0 end)
+                as category_rows_matching
+        from features.basket_items as items
+        left join marts.dim_products as products
+            on items.item_level = 'product' and items.item = products.sku""")
+    assert counts["product_rows"] > 0 and counts["product_rows_matching"] == counts["product_rows"]
+    assert counts["category_rows"] > 0 and counts["category_rows_matching"] == counts["category_rows"]

@@ -1,6 +1,8 @@
 -- Items of every basket (a revenue order as known on the as-of date), once at product level
 -- (item = sku) and once at category level (item = category): the input of association mining.
 -- Only valid lines count: a line with a quantity or price that is not positive is not a purchase.
+-- Each row carries its item's category (the item itself at category level), so products can be
+-- ranked within a category without another join.
 {%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
 
 with orders as (
@@ -38,20 +40,22 @@ basket_lines as (
 ),
 
 items as (
-    select 'product' as item_level, order_id, sku as item, quantity, net_amount
+    select 'product' as item_level, order_id, sku as item, category, quantity, net_amount
     from basket_lines
     union all
-    select 'category', order_id, category, quantity, net_amount
+    select 'category', order_id, category, category, quantity, net_amount
     from basket_lines
 ),
 
 -- Grouped by basket and item alone, the basket's customer and date joined after: a narrower
--- grouping key (at a million customers the wider one ran DuckDB out of memory).
+-- grouping key (at a million customers the wider one ran DuckDB out of memory). An item has one
+-- category, so min() only carries it through without widening the key.
 basket_items as (
     select
         order_id,
         item_level,
         item,
+        min(category) as category,
         sum(quantity) as quantity,
         sum(net_amount) as net_amount
     from items
@@ -63,6 +67,7 @@ final as (
         basket_items.order_id as basket_id,
         cast(basket_items.item_level as {{ dbt.type_string() }}) as item_level,
         cast(basket_items.item as {{ dbt.type_string() }}) as item,
+        cast(basket_items.category as {{ dbt.type_string() }}) as category,
         baskets.customer_id,
         baskets.order_date,
         {{ as_of_date }} as as_of_date,

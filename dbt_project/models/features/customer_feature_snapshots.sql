@@ -58,6 +58,35 @@ known_contacts as (
     group by 1, 2
 ),
 
+-- The CRM contact versions current on each date (the latest by the CRM's modification time among
+-- those delivered by then); a customer with several CRM ids has one per id.
+contact_versions as (
+    select
+        crm_id,
+        is_marketing_opt_in,
+        modified_at,
+        _version_hash,
+        _is_deleted as is_deleted,
+        _delivery_date as known_from
+    from crm_versions
+),
+
+current_contact_versions as (
+    {{ versions_known_on('feature_dates', 'contact_versions', ['crm_id'], ['modified_at', 'is_deleted', 'known_from', '_version_hash']) }}
+),
+
+-- Opted in when any of the customer's current contacts is; null when none of them says.
+contact_consent as (
+    select
+        current_contact_versions.as_of_date,
+        crm_customers.customer_id,
+        max(cast(current_contact_versions.is_marketing_opt_in as integer)) as marketing_opt_in
+    from current_contact_versions
+    inner join crm_customers
+        on current_contact_versions.crm_id = crm_customers.crm_id
+    group by 1, 2
+),
+
 order_features as (
     select
         as_of_date,
@@ -65,6 +94,9 @@ order_features as (
         count(*) as order_count,
         sum(case when is_revenue then 1 else 0 end) as frequency,
         sum(case when is_revenue then net_amount else 0 end) as monetary,
+        sum(case when is_revenue and channel = 'web' then 1 else 0 end) as web_orders,
+        sum(case when is_revenue and channel = 'store' then 1 else 0 end) as store_orders,
+        sum(case when is_revenue and channel = 'phone' then 1 else 0 end) as phone_orders,
         sum(case when order_status = 'returned' then 1 else 0 end) as returned_orders,
         sum(case when order_status = 'cancelled' then 1 else 0 end) as cancelled_orders,
         sum(case when is_revenue and order_date > {{ dbt.dateadd('day', -30, 'as_of_date') }} then 1 else 0 end)
@@ -94,7 +126,10 @@ category_spend as (
         orders.as_of_date,
         orders.customer_id,
         products.category,
-        sum(order_lines.net_amount) as category_amount
+        sum(order_lines.net_amount) as category_amount,
+        sum(order_lines.gross_amount) as gross_amount,
+        sum(order_lines.discount_amount) as discount_amount,
+        sum(order_lines.quantity) as units
     from orders
     inner join order_lines
         on orders.order_id = order_lines.order_id
@@ -109,7 +144,10 @@ category_mix as (
     select
         as_of_date,
         customer_id,
-        count(*) as distinct_categories
+        count(*) as distinct_categories,
+        sum(gross_amount) as gross_amount,
+        sum(discount_amount) as discount_amount,
+        sum(units) as units
     from category_spend
     group by 1, 2
 ),
@@ -224,6 +262,22 @@ final as (
         favourite_categories.favourite_category,
         cast(favourite_categories.favourite_category_share as double precision) as favourite_category_share,
         cast(coalesce(category_mix.distinct_categories, 0) as integer) as distinct_categories,
+        cast(case when category_mix.gross_amount > 0
+            then category_mix.discount_amount / category_mix.gross_amount
+        end as double precision) as discount_share,
+        cast(case when order_features.frequency > 0
+            then 1.0 * coalesce(category_mix.units, 0) / order_features.frequency
+        end as double precision) as items_per_order,
+        cast(case when order_features.frequency > 0
+            then 1.0 * order_features.web_orders / order_features.frequency
+        end as double precision) as web_share,
+        cast(case when order_features.frequency > 0
+            then 1.0 * order_features.store_orders / order_features.frequency
+        end as double precision) as store_share,
+        cast(case when order_features.frequency > 0
+            then 1.0 * order_features.phone_orders / order_features.frequency
+        end as double precision) as phone_share,
+        cast(contact_consent.marketing_opt_in = 1 as boolean) as marketing_opt_in,
         cast(coalesce(ticket_features.tickets_opened, 0) as integer) as tickets_opened,
         cast(coalesce(ticket_features.tickets_opened_last_90_days, 0) as integer) as tickets_opened_last_90_days,
         cast(coalesce(ticket_features.open_tickets, 0) as integer) as open_tickets,
@@ -246,6 +300,9 @@ final as (
     left join known_contacts
         on known_customers.as_of_date = known_contacts.as_of_date
         and known_customers.customer_id = known_contacts.customer_id
+    left join contact_consent
+        on known_customers.as_of_date = contact_consent.as_of_date
+        and known_customers.customer_id = contact_consent.customer_id
     left join order_features
         on known_customers.as_of_date = order_features.as_of_date
         and known_customers.customer_id = order_features.customer_id

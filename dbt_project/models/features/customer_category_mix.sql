@@ -1,0 +1,32 @@
+-- Each customer's revenue spend by product category on the run's as-of date: the net amount of
+-- their valid lines of revenue orders as known then, and each category's share of it. Summed from
+-- basket_items' category rows, which hold exactly those lines, so the two never disagree.
+{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
+
+with basket_items as (
+    select * from {{ ref('basket_items') }}
+),
+
+category_spend as (
+    select
+        customer_id,
+        item as category,
+        sum(net_amount) as net_amount
+    from basket_items
+    where item_level = 'category'
+    group by customer_id, item
+),
+
+final as (
+    select
+        customer_id,
+        {{ as_of_date }} as as_of_date,
+        cast(category as {{ dbt.type_string() }}) as category,
+        cast(net_amount as numeric(18, 2)) as net_amount,
+        cast(case when sum(net_amount) over (partition by customer_id) > 0
+            then net_amount / sum(net_amount) over (partition by customer_id)
+        end as double precision) as spend_share
+    from category_spend
+)
+
+select * from final
