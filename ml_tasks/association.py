@@ -1,0 +1,785 @@
+"""Frequent itemsets, association rules and next-best offers from the baskets of the window.
+
+Mining (`frequent_itemsets`), exact and without densifying the baskets:
+- baskets become a sparse basket x item matrix (scipy CSR, one entry per basket and item);
+  1-itemsets are counted by `bincount`, items below the support threshold dropped;
+- frequent pairs come from one sparse product `X_f^T X_f` over the frequent items;
+- larger itemsets from a depth-first Eclat: frequent items are numbered from the rarest up, an
+  itemset is extended only by more frequent items that form a frequent pair with each of its
+  members, and its support is the length of the intersection of two sorted basket-id lists
+  (a binary search of the shorter list in the longer). Every list is a subset of the rarest
+  item's baskets, so lists stay short.
+  Measured at 1M baskets (bench/association.py): as fast as Borgelt's C FP-growth (pyfim), well
+  under its memory, same itemsets; mlxtend's fpgrowth and apriori are 10-25x slower and densify.
+- support threshold: `min_support` (a share of baskets) when set; by default it scales with the
+  number of baskets: max(`min_support_baskets` (20) baskets, `auto_support` (0.1%) of them), so a
+  small shop still needs 20 baskets to trust an itemset and a big one is not flooded by the long
+  tail. An itemset is frequent when it is in at least ceil(share x baskets) baskets (a tolerance of
+  1e-9 keeps 0.0003 x 1,000,000 at 300).
+- `max_itemsets` caps the work: when the itemsets of a level pass it, mining stops and restarts
+  with a threshold 1.5x higher, until they fit; metrics record the threshold actually used and how
+  often it was raised (a support too low for the data shows there, it does not run for hours).
+
+Rules (`association_rules`): every frequent itemset of two items or more gives one rule per item
+as consequent (single-item consequents: an offer is one product), kept when confidence >=
+`min_confidence` and lift >= `min_lift`. Every number comes from integer basket counts:
+support = n(A+C)/N, confidence = n(A+C)/n(A), lift = n(A+C) N / (n(A) n(C)),
+leverage = n(A+C)/N - n(A) n(C)/N^2, conviction = (N - n(C)) n(A) / (N (n(A) - n(A+C))), null
+when the consequent never misses (infinite: JSON and SQL hold no infinity). A rule A -> C is
+redundant, and dropped, when some rule A' -> C with A' a proper subset of A has a lift at least as
+high (same consequent: same comparison as confidence, made on integer cross products, no rounding).
+Antecedent text: the items sorted as text, joined by ' + '; the consequent is one item.
+Rules are mined at product level (item = sku) and category level separately, on the same baskets.
+
+Offers (`next_best_offers`), top `top_k_offers` skus per customer of customer_features:
+- product rules whose antecedent the customer bought in the window fire; each consequent the
+  customer has not bought scores the confidence of its best rule (ties: lift, then rule text) and
+  carries that rule's text, source 'rule';
+- remaining places, or all of them for customers no rule covers, go to the best sellers (baskets
+  in the window) of the customer's favourite category not bought yet, score = their share of
+  baskets, rule null, source 'category_best_seller'; a customer without a favourite category (no
+  purchase ever) gets no offers;
+- marketing_opt_in is carried from customer_features so a campaign filters on it.
+
+Quality on unseen data (the metrics, checked against the spec's floors): baskets of the last
+`holdout_fraction` (20%) of the days from the window's first basket to its last (split on a date,
+never inside a day) are held out; rules and offers are made again from the earlier baskets alone,
+with the same settings and favourite categories recomputed from those baskets, and
+- offers: for customers with purchases before the split who bought, after it, a product they had
+  not bought before (the only purchases an offer can hit), the hit rate (share with >= 1 offered
+  sku bought) and precision@K, against a baseline of the K overall best sellers not yet bought:
+  `offer_hit_rate_ratio` = our hit rate / the baseline's;
+- rules: the 20 training rules of highest lift at each level whose antecedent is in at least 10
+  held-out baskets: their held-out confidence and lift; `top_rules_median_holdout_lift` is the
+  median held-out lift (1 = no association left: the rules were noise).
+A metric is None when the held-out period is too small to measure it (fewer than 100 customers
+or no evaluable rule), with the reason in `holdout_note`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ml_tasks.contract import BadParameter, InsufficientData, check_range
+
+MODEL_NAME = "association_rules"
+MODEL_VERSION = "eclat-rules-offers-1"
+BASKETS_TABLE = "features.basket_items"
+CUSTOMERS_TABLE = "features.customer_features"
+RULES_TABLE = "ml.association_rules"
+OFFERS_TABLE = "ml.product_recommendations"
+LEVELS = ("product", "category")
+ITEM_SEPARATOR = " + "
+RULE_ARROW = " => "
+
+RULE_COLUMNS = (
+    "item_level", "antecedent", "consequent", "antecedent_size", "support", "confidence", "lift",
+    "leverage", "conviction", "antecedent_baskets", "consequent_baskets", "rule_baskets", "baskets",
+)
+OFFER_COLUMNS = ("customer_id", "rank", "sku", "score", "rule", "source", "marketing_opt_in")
+BASKET_COLUMNS = ("basket_id", "item_level", "item", "category", "customer_id", "order_date", "quantity", "net_amount")
+CUSTOMER_COLUMNS = ("customer_id", "favourite_category", "marketing_opt_in", "frequency")
+
+# Held-out evaluation: customers needed for the offer metrics, rules checked and the held-out
+# baskets a rule's antecedent needs to be checked at all.
+HOLDOUT_MIN_CUSTOMERS = 100
+HOLDOUT_TOP_RULES = 20
+HOLDOUT_MIN_ANTECEDENT_BASKETS = 10
+_SUPPORT_RAISE = 1.5
+
+
+@dataclass(frozen=True)
+class AssociationSettings:
+    basket_window_days: int = 365  # baskets of the days before the as-of date mined
+    min_support: float | None = None  # share of baskets; None: max(min_support_baskets, auto_support x baskets)
+    min_support_baskets: int = 20  # floor of the default threshold, in baskets
+    auto_support: float = 0.001  # share of baskets of the default threshold
+    min_confidence: float = 0.1
+    min_lift: float = 1.2
+    max_itemset_length: int = 4
+    max_itemsets: int = 200_000  # per level; above it the threshold is raised 1.5x until they fit
+    top_k_offers: int = 5
+    min_baskets: int = 200  # fewer baskets in the window: InsufficientData
+    holdout_fraction: float = 0.2  # last share of the window's days held out for the quality metrics
+
+    def __post_init__(self) -> None:
+        check_range("basket_window_days", self.basket_window_days, minimum=1, kind=int)
+        check_range("min_support", self.min_support, minimum=1e-9, maximum=1.0, allow_none=True)
+        check_range("min_support_baskets", self.min_support_baskets, minimum=1, kind=int)
+        check_range("auto_support", self.auto_support, minimum=0.0, maximum=1.0)
+        check_range("min_confidence", self.min_confidence, minimum=0.0, maximum=1.0)
+        check_range("min_lift", self.min_lift, minimum=0.0)
+        check_range("max_itemset_length", self.max_itemset_length, minimum=2, maximum=10, kind=int)
+        check_range("max_itemsets", self.max_itemsets, minimum=1, kind=int)
+        check_range("top_k_offers", self.top_k_offers, minimum=1, maximum=100, kind=int)
+        check_range("min_baskets", self.min_baskets, minimum=1, kind=int)
+        check_range("holdout_fraction", self.holdout_fraction, minimum=0.0, maximum=0.5)
+
+
+# ---- mining ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Itemsets:
+    """Frequent itemsets of one set of baskets: `itemsets[i]` (sorted item codes) is in `counts[i]`
+    of the `baskets` baskets; `labels[code]` names an item code."""
+
+    itemsets: list[tuple[int, ...]]
+    counts: np.ndarray
+    labels: np.ndarray
+    baskets: int
+    min_count: int
+    support_raised: int = 0
+
+    def by_size(self) -> dict[int, int]:
+        sizes = pd.Series([len(itemset) for itemset in self.itemsets], dtype="int64").value_counts()
+        return {int(size): int(count) for size, count in sorted(sizes.items())}
+
+    def as_dict(self) -> dict[frozenset, int]:
+        """{frozenset of labels: baskets}: the form to compare with other miners."""
+        return {frozenset(self.labels[list(itemset)].tolist()): int(count) for itemset, count in zip(self.itemsets, self.counts)}
+
+
+class _TooManyItemsets(Exception):
+    pass
+
+
+def min_count_for(share: float, baskets: int) -> int:
+    """Baskets an itemset must be in to reach `share` of `baskets` (at least 1)."""
+    return max(1, math.ceil(share * baskets - 1e-9))
+
+
+def support_threshold(settings: AssociationSettings, baskets: int) -> int:
+    """The settings' support threshold as a basket count for `baskets` baskets."""
+    if settings.min_support is not None:
+        return min_count_for(settings.min_support, baskets)
+    return max(settings.min_support_baskets, min_count_for(settings.auto_support, baskets))
+
+
+def frequent_itemsets(basket_ids: Sequence | np.ndarray, items: Sequence | np.ndarray, min_count: int,
+                      max_length: int = 4, max_itemsets: int | None = None) -> Itemsets:
+    """Itemsets in at least `min_count` baskets, up to `max_length` items, from parallel arrays of
+    basket ids and items (one entry per basket and item; duplicates count once). Above
+    `max_itemsets` itemsets the threshold is raised 1.5x until they fit (`support_raised` says how
+    often; `min_count` is the threshold used)."""
+    basket_codes, basket_labels = _codes(basket_ids, sort=False)  # any numbering of baskets will do
+    item_codes, labels = _codes(items)
+    matrix = _basket_matrix(basket_codes, item_codes, len(basket_labels), len(labels))
+    raised = 0
+    while True:
+        try:
+            itemsets, counts = _mine(matrix, min_count, max_length, max_itemsets)
+            return Itemsets(itemsets, counts, labels, len(basket_labels), min_count, raised)
+        except _TooManyItemsets:
+            min_count = math.ceil(min_count * _SUPPORT_RAISE)
+            raised += 1
+
+
+def _codes(values: Sequence | np.ndarray, sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Dense int codes of the values (numbered in sorted order, or in order of appearance), and the values."""
+    codes, uniques = pd.factorize(pd.Series(values), sort=sort)
+    return codes.astype(np.int64), np.asarray(uniques)
+
+
+def _basket_matrix(basket_codes: np.ndarray, item_codes: np.ndarray, baskets: int, items: int):
+    from scipy import sparse
+
+    matrix = sparse.csr_matrix(
+        (np.ones(len(basket_codes), dtype=np.int32), (basket_codes, item_codes)), shape=(baskets, items)
+    )
+    matrix.sum_duplicates()
+    matrix.data[:] = 1
+    return matrix
+
+
+def _mine(matrix, min_count: int, max_length: int, max_itemsets: int | None) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    from scipy import sparse
+
+    cap = math.inf if max_itemsets is None else max_itemsets
+    baskets, n_items = matrix.shape
+    item_counts = np.bincount(matrix.indices, minlength=n_items)
+    frequent = np.flatnonzero(item_counts >= min_count)
+    if len(frequent) > cap:
+        raise _TooManyItemsets
+    # Frequent items numbered from the rarest (ties by code): an itemset grows by more frequent items.
+    order = frequent[np.lexsort((frequent, item_counts[frequent]))]
+    n_frequent = len(order)
+    found: list[tuple[int, ...]] = [(int(code),) for code in order]
+    counts: list[int] = item_counts[order].tolist()
+    if n_frequent < 2 or max_length < 2:
+        return found, np.asarray(counts, dtype=np.int64)
+
+    recode = np.full(n_items, -1, dtype=np.int64)
+    recode[order] = np.arange(n_frequent)
+    columns = recode[matrix.indices]
+    kept = columns >= 0
+    rows = np.repeat(np.arange(baskets, dtype=np.int64), np.diff(matrix.indptr))[kept]
+    columns = columns[kept]
+    # Baskets with fewer than two frequent items hold no pair: left out of everything below.
+    row_length = np.bincount(rows, minlength=baskets)
+    useful = row_length[rows] >= 2
+    rows, columns = rows[useful], columns[useful]
+    compact = sparse.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, columns)), shape=(baskets, n_frequent))
+    by_item = compact.tocsc()
+    by_item.sort_indices()
+    code_of = order
+    state = {"count": len(found)}
+    # neighbours[a]: the more frequent items b with {a, b} frequent (sorted); filled from the most
+    # frequent item down, so every neighbour's own list is known when an itemset grows by it.
+    neighbours: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * n_frequent
+
+    def extend(prefix: tuple[int, ...], members: np.ndarray, lists: list[np.ndarray]) -> None:
+        # `prefix` + each member is frequent with basket list lists[i]; record prefix + two members.
+        size = len(prefix) + 2
+        for i in range(len(members) - 1):
+            head = members[i]
+            candidates = members[i + 1:]
+            linked = neighbours[head]
+            position = np.searchsorted(linked, candidates)
+            ok = position < len(linked)
+            ok[ok] = linked[position[ok]] == candidates[ok]
+            new_members, new_lists = [], []
+            for j in np.flatnonzero(ok) + i + 1:
+                common = _intersect(lists[i], lists[j])
+                if len(common) >= min_count:
+                    found.append(tuple(int(code_of[c]) for c in (*prefix, head, members[j])))
+                    counts.append(len(common))
+                    new_members.append(members[j])
+                    new_lists.append(common)
+            state["count"] += len(new_members)
+            if state["count"] > cap:
+                raise _TooManyItemsets
+            if size < max_length and len(new_members) >= 2:
+                extend((*prefix, head), np.asarray(new_members), new_lists)
+
+    for a in range(n_frequent - 2, -1, -1):
+        # The baskets of item a, their items more frequent than a: pair counts, and each pair's baskets.
+        holding = by_item.indices[by_item.indptr[a]:by_item.indptr[a + 1]]
+        starts = compact.indptr[holding]
+        lengths = compact.indptr[holding + 1] - starts
+        total = int(lengths.sum())
+        offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+        items = compact.indices[offsets]
+        later = items > a
+        items = items[later]
+        pair_counts = np.bincount(items, minlength=n_frequent)
+        members = np.flatnonzero(pair_counts >= min_count)
+        neighbours[a] = members
+        found.extend((int(code_of[a]), int(code_of[b])) for b in members.tolist())
+        counts.extend(pair_counts[members].tolist())
+        state["count"] += len(members)
+        if state["count"] > cap:
+            raise _TooManyItemsets
+        if max_length >= 3 and len(members) >= 2:
+            member_rows = np.repeat(holding, lengths)[later]
+            wanted = pair_counts[items] >= min_count
+            items, member_rows = items[wanted], member_rows[wanted]
+            arranged = np.argsort(items, kind="stable")  # rows stay sorted within an item
+            member_rows = member_rows[arranged]
+            ends = np.cumsum(pair_counts[members])
+            lists = np.split(member_rows, ends[:-1])
+            extend((a,), members, lists)
+    # Item codes within an itemset in label order (frequency order served the search only).
+    found = [tuple(sorted(itemset)) for itemset in found]
+    return found, np.asarray(counts, dtype=np.int64)
+
+
+def _intersect(short: np.ndarray, long: np.ndarray) -> np.ndarray:
+    """Common values of two sorted arrays of distinct values."""
+    if len(short) > len(long):
+        short, long = long, short
+    if not len(short):
+        return short
+    position = np.searchsorted(long, short)
+    position[position == len(long)] = len(long) - 1
+    return short[long[position] == short]
+
+
+# ---- rules ----------------------------------------------------------------------------------------
+
+
+def association_rules(itemsets: Itemsets, min_confidence: float = 0.0, min_lift: float = 0.0,
+                      prune: bool = True, item_level: str = "product") -> pd.DataFrame:
+    """Single-consequent rules of the itemsets with confidence and lift at least the minimums
+    (redundant ones pruned unless `prune` is False), columns RULE_COLUMNS, sorted by lift,
+    confidence, antecedent and consequent."""
+    count_of = {itemset: int(count) for itemset, count in zip(itemsets.itemsets, itemsets.counts)}
+    n = itemsets.baskets
+    antecedents, consequents, n_a, n_c, n_ac = [], [], [], [], []
+    for itemset, count in count_of.items():
+        if len(itemset) < 2:
+            continue
+        for position, consequent in enumerate(itemset):
+            antecedent = itemset[:position] + itemset[position + 1:]
+            antecedents.append(antecedent)
+            consequents.append(consequent)
+            n_a.append(count_of[antecedent])
+            n_c.append(count_of[(consequent,)])
+            n_ac.append(count)
+    a, c, ac = (np.asarray(values, dtype=np.int64) for values in (n_a, n_c, n_ac))
+    # Exact thresholds on counts where possible: confidence = ac/a, lift = ac n / (a c).
+    keep = (ac >= min_confidence * a - 1e-12 * a) & (ac * n >= min_lift * a * c * (1 - 1e-12))
+    index = np.flatnonzero(keep)
+    if prune:
+        index = index[_not_redundant([antecedents[i] for i in index], [consequents[i] for i in index],
+                                     a[index], ac[index], count_of)]
+    return _rules_frame(itemsets, item_level, [antecedents[i] for i in index], [consequents[i] for i in index],
+                        a[index], c[index], ac[index])
+
+
+def _not_redundant(antecedents: list[tuple[int, ...]], consequents: list[int], n_a: np.ndarray, n_ac: np.ndarray,
+                   count_of: Mapping[tuple[int, ...], int]) -> np.ndarray:
+    """Whether each rule A -> C beats every rule A' -> C with A' a proper subset of A on confidence
+    (lift, for the same consequent). best[(A, C)] is the best (ac, a) over A and its subsets."""
+    best: dict[tuple[tuple[int, ...], int], tuple[int, int]] = {}
+
+    def best_of(antecedent: tuple[int, ...], consequent: int) -> tuple[int, int]:
+        key = (antecedent, consequent)
+        if key not in best:
+            whole = tuple(sorted((*antecedent, consequent)))
+            top = (count_of[whole], count_of[antecedent])
+            if len(antecedent) > 1:
+                for drop in range(len(antecedent)):
+                    other = best_of(antecedent[:drop] + antecedent[drop + 1:], consequent)
+                    if other[0] * top[1] > top[0] * other[1]:
+                        top = other
+            best[key] = top
+        return best[key]
+
+    keep = np.ones(len(antecedents), dtype=bool)
+    for i, (antecedent, consequent) in enumerate(zip(antecedents, consequents)):
+        if len(antecedent) < 2:
+            continue
+        for drop in range(len(antecedent)):
+            ac, a = best_of(antecedent[:drop] + antecedent[drop + 1:], consequent)
+            if n_ac[i] * a <= ac * n_a[i]:  # confidence(A -> C) <= confidence(A' -> C)
+                keep[i] = False
+                break
+    return keep
+
+
+def _rules_frame(itemsets: Itemsets, item_level: str, antecedents: list[tuple[int, ...]], consequents: list[int],
+                 a: np.ndarray, c: np.ndarray, ac: np.ndarray) -> pd.DataFrame:
+    n = itemsets.baskets
+    labels = itemsets.labels
+    af, cf, acf = a.astype(float), c.astype(float), ac.astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conviction = np.where(a > ac, (n - cf) * af / (n * (af - acf)), np.nan)
+    frame = pd.DataFrame({
+        "item_level": pd.Series([item_level] * len(a), dtype=object),
+        "antecedent": pd.Series([item_text(labels[list(antecedent)]) for antecedent in antecedents], dtype=object),
+        "consequent": pd.Series([str(labels[consequent]) for consequent in consequents], dtype=object),
+        "antecedent_size": np.asarray([len(antecedent) for antecedent in antecedents], dtype=np.int64),
+        "support": acf / n,
+        "confidence": acf / af if len(a) else np.empty(0),
+        "lift": acf * n / (af * cf) if len(a) else np.empty(0),
+        "leverage": acf / n - (af / n) * (cf / n),
+        "conviction": conviction,
+        "antecedent_baskets": a.astype(np.int64),
+        "consequent_baskets": c.astype(np.int64),
+        "rule_baskets": ac.astype(np.int64),
+        "baskets": np.full(len(a), n, dtype=np.int64),
+    })
+    frame = frame.sort_values(["lift", "confidence", "antecedent", "consequent"], ascending=[False, False, True, True],
+                              kind="mergesort")
+    return frame.reset_index(drop=True)[list(RULE_COLUMNS)]
+
+
+def item_text(items: Iterable) -> str:
+    """An antecedent as text: its items sorted as text, joined by ' + '."""
+    return ITEM_SEPARATOR.join(sorted(str(item) for item in items))
+
+
+def rule_text(antecedent: str, consequent: str) -> str:
+    return f"{antecedent}{RULE_ARROW}{consequent}"
+
+
+def mine_rules(baskets: pd.DataFrame, settings: AssociationSettings, item_level: str = "product",
+               prune: bool = True) -> tuple[pd.DataFrame, Itemsets]:
+    """Rules of one level from rows with basket_id and item (one level's rows of basket_items):
+    the call for a check against known rules. Returns the rules and the itemsets they came from."""
+    total = baskets["basket_id"].nunique()
+    itemsets = frequent_itemsets(baskets["basket_id"].to_numpy(), baskets["item"].astype(str).to_numpy(),
+                                 support_threshold(settings, total), settings.max_itemset_length, settings.max_itemsets)
+    rules = association_rules(itemsets, settings.min_confidence, settings.min_lift, prune, item_level)
+    return rules, itemsets
+
+
+# ---- offers ---------------------------------------------------------------------------------------
+
+
+def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, customers: pd.DataFrame,
+                     best_sellers: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Top `k` skus per customer (OFFER_COLUMNS).
+
+    product_rules: RULE_COLUMNS at product level; purchases: customer_id, sku (bought in the window);
+    customers: customer_id, favourite_category, marketing_opt_in (one row each); best_sellers:
+    sku, category, baskets, share (the window's product baskets)."""
+    customers = customers.drop_duplicates("customer_id").sort_values("customer_id", kind="mergesort").reset_index(drop=True)
+    customer_codes = pd.Index(customers["customer_id"])
+    rule_items = {item for text in product_rules["antecedent"] for item in text.split(ITEM_SEPARATOR)}
+    skus = pd.Index(sorted(set(best_sellers["sku"].astype(str)) | set(purchases["sku"].astype(str))
+                           | set(product_rules["consequent"].astype(str)) | rule_items))
+    n_skus = max(len(skus), 1)
+    who = customer_codes.get_indexer(purchases["customer_id"])
+    what = skus.get_indexer(purchases["sku"].astype(str))
+    known = who >= 0
+    bought = np.unique(who[known].astype(np.int64) * n_skus + what[known])
+
+    rule_offers = _rule_offers(product_rules, bought, skus, n_skus, k)
+    # Fill with the favourite category's best sellers not bought and not offered yet.
+    taken = np.union1d(bought, rule_offers["key"].to_numpy(np.int64))
+    places = k - np.bincount(rule_offers["customer"].to_numpy(np.int64), minlength=len(customers))
+    fill = _best_seller_offers(customers, best_sellers, skus, n_skus, taken, places)
+    offers = pd.concat([rule_offers.assign(source="rule"), fill.assign(source="category_best_seller")], ignore_index=True)
+    offers["order"] = offers["source"].eq("category_best_seller").astype(np.int64)
+    offers = offers.sort_values(["customer", "order", "score", "tie", "sku_code"], ascending=[True, True, False, False, True],
+                                kind="mergesort").reset_index(drop=True)
+    offers["rank"] = offers.groupby("customer").cumcount().astype(np.int64) + 1
+    result = pd.DataFrame({
+        "customer_id": customers["customer_id"].to_numpy()[offers["customer"].to_numpy()],
+        "rank": offers["rank"].to_numpy(dtype=np.int64),
+        "sku": skus.to_numpy()[offers["sku_code"].to_numpy()].astype(object) if len(offers) else np.empty(0, dtype=object),
+        "score": offers["score"].to_numpy(dtype=float),
+        "rule": offers["rule"].to_numpy(dtype=object),
+        "source": offers["source"].to_numpy(dtype=object),
+        "marketing_opt_in": customers["marketing_opt_in"].astype("boolean").to_numpy()[offers["customer"].to_numpy()],
+    })
+    return result[list(OFFER_COLUMNS)]
+
+
+_OFFER_FIELDS = ["customer", "sku_code", "key", "score", "tie", "rule"]
+
+
+def _rule_offers(rules: pd.DataFrame, bought: np.ndarray, skus: pd.Index, n_skus: int, k: int) -> pd.DataFrame:
+    """Best rule per (customer, consequent) among rules firing on the customer's purchases, top k."""
+    if rules.empty or not len(bought):
+        return pd.DataFrame({name: pd.Series(dtype=object if name == "rule" else "float64" if name in ("score", "tie") else "int64")
+                             for name in _OFFER_FIELDS})
+    antecedent_items = [text.split(ITEM_SEPARATOR) for text in rules["antecedent"]]
+    width = max(len(items) for items in antecedent_items)
+    antecedent = np.full((len(rules), width), -1, dtype=np.int64)
+    for row, items in enumerate(antecedent_items):
+        antecedent[row, : len(items)] = skus.get_indexer(items)
+    consequent = skus.get_indexer(rules["consequent"])
+    # Rules by their first antecedent item: a purchase of that item is where a rule may fire.
+    first = antecedent[:, 0]
+    by_first = np.argsort(first, kind="stable")
+    starts = np.searchsorted(first[by_first], np.arange(n_skus))
+    ends = np.searchsorted(first[by_first], np.arange(n_skus), side="right")
+    customer, item = np.divmod(bought, n_skus)
+    fan = ends[item] - starts[item]
+    texts = np.asarray([rule_text(a, c) for a, c in zip(rules["antecedent"], rules["consequent"])], dtype=object)
+    text_rank = _text_rank(texts)
+    confidence, lift = rules["confidence"].to_numpy(float), rules["lift"].to_numpy(float)
+    parts = []
+    # Customers in chunks of about 4M fired rules at a time, so memory stays bounded.
+    bounds = _chunks(customer, fan, 4_000_000)
+    for low, high in bounds:
+        chunk_fan = fan[low:high]
+        owner = np.repeat(customer[low:high], chunk_fan)
+        offsets = np.arange(int(chunk_fan.sum())) - np.repeat(np.cumsum(chunk_fan) - chunk_fan, chunk_fan)
+        rule = by_first[np.repeat(starts[item[low:high]], chunk_fan) + offsets]
+        fires = np.ones(len(rule), dtype=bool)
+        for column in range(1, width):
+            needed = antecedent[rule, column]
+            fires &= (needed < 0) | _contains(bought, owner * n_skus + needed)
+        key = owner * n_skus + consequent[rule]
+        fires &= ~_contains(bought, key)
+        owner, rule, key = owner[fires], rule[fires], key[fires]
+        # Best rule per (customer, sku): confidence, then lift, then rule text (rules are sorted by text rank).
+        frame = pd.DataFrame({"customer": owner, "sku_code": consequent[rule], "key": key, "score": confidence[rule],
+                              "tie": lift[rule], "text_rank": text_rank[rule], "rule_index": rule})
+        frame = frame.sort_values(["key", "score", "tie", "text_rank"], ascending=[True, False, False, True], kind="mergesort")
+        frame = frame.drop_duplicates("key")
+        frame = frame.sort_values(["customer", "score", "tie", "sku_code"], ascending=[True, False, False, True], kind="mergesort")
+        frame = frame[frame.groupby("customer").cumcount() < k]
+        frame["rule"] = texts[frame["rule_index"].to_numpy()]
+        parts.append(frame[_OFFER_FIELDS])
+    return pd.concat(parts, ignore_index=True)
+
+
+def _text_rank(texts: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(texts), dtype=np.int64)
+    ranks[np.argsort(texts.astype(str), kind="stable")] = np.arange(len(texts))
+    return ranks
+
+
+def _chunks(customer: np.ndarray, fan: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Slices of the (customer-sorted) purchases, cut between customers, of about `size` fired rules."""
+    total = np.cumsum(fan)
+    bounds, low = [], 0
+    while low < len(fan):
+        before = total[low - 1] if low else 0
+        high = int(np.searchsorted(total, before + size, side="right"))
+        high = max(high, low + 1)
+        # Never split one customer's purchases.
+        high = int(np.searchsorted(customer, customer[high - 1], side="right"))
+        bounds.append((low, high))
+        low = high
+    return bounds
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=bool)
+    position = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[position] == keys
+
+
+def _best_seller_offers(customers: pd.DataFrame, best_sellers: pd.DataFrame, skus: pd.Index, n_skus: int,
+                        taken: np.ndarray, places: np.ndarray) -> pd.DataFrame:
+    """For each customer with places left, the best sellers of the favourite category not taken."""
+    ranked = best_sellers.sort_values(["category", "baskets", "sku"], ascending=[True, False, True], kind="mergesort")
+    categories = pd.Index(sorted(ranked["category"].dropna().astype(str).unique()))
+    favourite = categories.get_indexer(customers["favourite_category"].astype(object).where(customers["favourite_category"].notna(), None))
+    wanting = np.flatnonzero((favourite >= 0) & (places > 0))
+    if not len(wanting) or ranked.empty:
+        return pd.DataFrame({name: pd.Series(dtype=object if name == "rule" else "float64" if name in ("score", "tie") else "int64")
+                             for name in _OFFER_FIELDS})
+    category_code = categories.get_indexer(ranked["category"].astype(str))
+    seller = skus.get_indexer(ranked["sku"].astype(str))
+    share = ranked["share"].to_numpy(float)
+    starts = np.searchsorted(category_code, np.arange(len(categories)))
+    ends = np.searchsorted(category_code, np.arange(len(categories)), side="right")
+    # Each wanting customer considers the first (places + bought in category) sellers at most; a
+    # simple bound: places + the customer's purchases, capped by the category's size.
+    bought_count = np.bincount(taken // n_skus, minlength=len(customers))[: len(customers)]
+    depth = np.minimum(places[wanting] + bought_count[wanting], ends[favourite[wanting]] - starts[favourite[wanting]])
+    owner = np.repeat(wanting, depth)
+    offsets = np.arange(int(depth.sum())) - np.repeat(np.cumsum(depth) - depth, depth)
+    position = np.repeat(starts[favourite[wanting]], depth) + offsets
+    key = owner * n_skus + seller[position]
+    free = ~_contains(taken, key)
+    owner, position, key = owner[free], position[free], key[free]
+    frame = pd.DataFrame({"customer": owner, "sku_code": seller[position], "key": key, "score": share[position],
+                          "tie": share[position], "rule": None})
+    frame = frame[frame.groupby("customer").cumcount().to_numpy() < places[owner]]
+    return frame[_OFFER_FIELDS].reset_index(drop=True)
+
+
+def best_sellers(product_items: pd.DataFrame) -> pd.DataFrame:
+    """sku, category, baskets, share: product-level items ranked by the baskets holding them."""
+    total = max(product_items["basket_id"].nunique(), 1)
+    counts = (product_items.assign(item=product_items["item"].astype(str))
+              .groupby(["item", "category"], dropna=False)["basket_id"].nunique().rename("baskets").reset_index())
+    counts = counts.rename(columns={"item": "sku"})
+    counts["share"] = counts["baskets"] / total
+    return counts.sort_values(["baskets", "sku"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
+
+
+# ---- the model ------------------------------------------------------------------------------------
+
+
+def run(inputs: Mapping[str, pd.DataFrame], as_of_date: dt.date, settings: AssociationSettings) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Rules at both levels and offers for every customer for `as_of_date`, with their metrics."""
+    items = _checked(inputs, BASKETS_TABLE, ("basket_id", "item_level", "item", "category", "customer_id", "order_date"))
+    customers = _checked(inputs, CUSTOMERS_TABLE, ("customer_id", "favourite_category", "marketing_opt_in"))
+    unknown = sorted(set(items["item_level"].dropna().unique()) - set(LEVELS))
+    if unknown:
+        raise ValueError(f"{BASKETS_TABLE}: item_level {unknown[0]!r}; expected one of {', '.join(LEVELS)}")
+    baskets = int(items["basket_id"].nunique())
+    if baskets < settings.min_baskets:
+        raise InsufficientData(f"{BASKETS_TABLE}: {baskets} baskets in the {settings.basket_window_days} days to"
+                               f" {as_of_date}, fewer than min_baskets={settings.min_baskets}")
+
+    model = _fit(items, customers, settings)
+    metrics: dict[str, Any] = {
+        "baskets": baskets,
+        "customers": int(customers["customer_id"].nunique()),
+        **model.metrics,
+        **_holdout_metrics(items, customers, settings),
+    }
+    results = {RULES_TABLE: model.rules, OFFERS_TABLE: model.offers}
+    return results, metrics
+
+
+@dataclass(frozen=True)
+class _Model:
+    rules: pd.DataFrame
+    offers: pd.DataFrame
+    metrics: dict
+
+
+def _fit(items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSettings) -> _Model:
+    rules, metrics = [], {"min_count": {}, "min_support_used": {}, "support_raised": {}, "itemsets_by_size": {},
+                          "rules": {}, "rules_before_pruning": {}}
+    for level in LEVELS:
+        rows = items[items["item_level"] == level]
+        if rows.empty:
+            continue
+        level_rules, itemsets = mine_rules(rows, settings, level)
+        unpruned = association_rules(itemsets, settings.min_confidence, settings.min_lift, False, level)
+        rules.append(level_rules)
+        metrics["min_count"][level] = itemsets.min_count
+        metrics["min_support_used"][level] = itemsets.min_count / itemsets.baskets
+        metrics["support_raised"][level] = itemsets.support_raised
+        metrics["itemsets_by_size"][level] = {str(size): count for size, count in itemsets.by_size().items()}
+        metrics["rules"][level] = int(len(level_rules))
+        metrics["rules_before_pruning"][level] = int(len(unpruned))
+    all_rules = pd.concat(rules, ignore_index=True) if rules else _empty(RULE_COLUMNS)
+    products = items[items["item_level"] == "product"]
+    purchases = products[["customer_id", "item"]].rename(columns={"item": "sku"}).drop_duplicates()
+    offers = next_best_offers(all_rules[all_rules["item_level"] == "product"], purchases, customers,
+                              best_sellers(products), settings.top_k_offers)
+    metrics["offers"] = int(len(offers))
+    metrics["customers_with_offers"] = int(offers["customer_id"].nunique())
+    metrics["customers_with_rule_offers"] = int(offers.loc[offers["source"] == "rule", "customer_id"].nunique())
+    return _Model(all_rules, offers, metrics)
+
+
+def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSettings) -> dict:
+    none = {"holdout_customers": 0, "offer_hit_rate": None, "offer_precision_at_k": None, "baseline_hit_rate": None,
+            "baseline_precision_at_k": None, "offer_hit_rate_ratio": None, "rule_offer_precision": None,
+            "top_rules_evaluated": 0, "top_rules_median_holdout_lift": None,
+            "top_rules_median_confidence_ratio": None, "holdout_note": ""}
+    if settings.holdout_fraction == 0:
+        return {**none, "holdout_note": "holdout_fraction is 0: not measured"}
+    dates = pd.to_datetime(items.groupby("basket_id")["order_date"].first())
+    first, last = dates.min(), dates.max()
+    split = (first + (last - first) * (1 - settings.holdout_fraction)).normalize() + pd.Timedelta(days=1)
+    train_ids = dates.index[dates < split]
+    train = items[items["basket_id"].isin(train_ids)]
+    test = items[~items["basket_id"].isin(train_ids)]
+    n_train, n_test = train["basket_id"].nunique(), test["basket_id"].nunique()
+    result = {**none, "holdout_split_date": split.date().isoformat(), "train_baskets": int(n_train),
+              "holdout_baskets": int(n_test)}
+    if n_train < settings.min_baskets or n_test == 0:
+        return {**result, "holdout_note": f"{n_train} baskets before {split.date()} and {n_test} after: too few to measure"}
+    train_products = train[train["item_level"] == "product"]
+    # Favourite categories from the training baskets: the published ones saw the held-out period.
+    model = _fit(train, _training_favourites(customers, train_products), settings)
+    notes = []
+
+    # Offers: customers with training history who bought something new after the split.
+    test_products = test[test["item_level"] == "product"]
+    history = set(zip(train_products["customer_id"], train_products["item"].astype(str)))
+    later = test_products[["customer_id", "item"]].drop_duplicates()
+    new = later[[pair not in history for pair in zip(later["customer_id"], later["item"].astype(str))]]
+    evaluated = pd.Index(sorted(set(new["customer_id"]) & set(train_products["customer_id"])))
+    if len(evaluated) >= HOLDOUT_MIN_CUSTOMERS:
+        bought_later = set(zip(new["customer_id"], new["item"].astype(str)))
+        offers = model.offers[model.offers["customer_id"].isin(evaluated)]
+        hits = np.fromiter(((c, s) in bought_later for c, s in zip(offers["customer_id"], offers["sku"])), bool, len(offers))
+        rule_rows = offers["source"].to_numpy() == "rule"
+        ranked = best_sellers(train_products)
+        baseline = _baseline_offers(ranked["sku"].tolist(), evaluated, history, settings.top_k_offers)
+        base_hits = np.fromiter(((c, s) in bought_later for c, s in baseline), bool, len(baseline))
+        base_customers = {c for (c, _), hit in zip(baseline, base_hits) if hit}
+        offer_hit_rate = offers.loc[hits, "customer_id"].nunique() / len(evaluated)
+        baseline_hit_rate = len(base_customers) / len(evaluated)
+        result.update(
+            holdout_customers=int(len(evaluated)),
+            offer_hit_rate=float(offer_hit_rate),
+            offer_precision_at_k=float(hits.sum() / (len(evaluated) * settings.top_k_offers)),
+            baseline_hit_rate=float(baseline_hit_rate),
+            baseline_precision_at_k=float(base_hits.sum() / (len(evaluated) * settings.top_k_offers)),
+            offer_hit_rate_ratio=float(offer_hit_rate / baseline_hit_rate) if baseline_hit_rate else None,
+            rule_offer_precision=float(hits[rule_rows].mean()) if rule_rows.any() else None,
+        )
+    else:
+        result["holdout_customers"] = int(len(evaluated))
+        notes.append(f"{len(evaluated)} customers bought something new after the split, fewer than {HOLDOUT_MIN_CUSTOMERS}")
+
+    # Rules: the top training rules per level, counted again on the held-out baskets.
+    lifts, ratios, checked = [], [], []
+    for level in LEVELS:
+        level_rules = model.rules[model.rules["item_level"] == level]
+        held = test[test["item_level"] == level]
+        if level_rules.empty or held.empty:
+            continue
+        counted = count_rules(level_rules, held)
+        counted = counted[counted["holdout_antecedent_baskets"] >= HOLDOUT_MIN_ANTECEDENT_BASKETS].head(HOLDOUT_TOP_RULES)
+        lifts += counted["holdout_lift"].tolist()
+        ratios += (counted["holdout_confidence"] / counted["confidence"]).tolist()
+        checked += [rule_text(a, c) for a, c in zip(counted["antecedent"], counted["consequent"])]
+    result["top_rules_evaluated"] = len(lifts)
+    if lifts:
+        result["top_rules_median_holdout_lift"] = float(np.median(lifts))
+        result["top_rules_median_confidence_ratio"] = float(np.median(ratios))
+    else:
+        notes.append(f"no top rule's antecedent is in {HOLDOUT_MIN_ANTECEDENT_BASKETS} held-out baskets")
+    result["holdout_note"] = "; ".join(notes)
+    return result
+
+
+def _training_favourites(customers: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame:
+    """customers with favourite_category replaced, for those with product baskets in `products`,
+    by the category of most of their baskets (ties: the first by name)."""
+    per = products.groupby(["customer_id", "category"])["basket_id"].nunique().rename("baskets").reset_index()
+    per = per.sort_values(["customer_id", "baskets", "category"], ascending=[True, False, True], kind="mergesort")
+    favourite = per.drop_duplicates("customer_id").set_index("customer_id")["category"]
+    mapped = customers["customer_id"].map(favourite)
+    return customers.assign(favourite_category=mapped.where(mapped.notna(), customers["favourite_category"]))
+
+
+def _baseline_offers(ranked_skus: list[str], customers: Iterable, history: set, k: int) -> list[tuple[Any, str]]:
+    offers = []
+    for customer in customers:
+        taken = 0
+        for sku in ranked_skus:
+            if (customer, sku) not in history:
+                offers.append((customer, sku))
+                taken += 1
+                if taken == k:
+                    break
+    return offers
+
+
+def count_rules(rules: pd.DataFrame, baskets: pd.DataFrame) -> pd.DataFrame:
+    """`rules` (with antecedent and consequent as published) counted on other baskets (basket_id,
+    item): holdout_antecedent_baskets, holdout_consequent_baskets, holdout_rule_baskets,
+    holdout_baskets, holdout_confidence and holdout_lift (NaN where undefined)."""
+    basket_codes, basket_labels = _codes(baskets["basket_id"].to_numpy())
+    item_codes, labels = _codes(baskets["item"].astype(str).to_numpy())
+    by_item = _basket_matrix(basket_codes, item_codes, len(basket_labels), len(labels)).tocsc()
+    by_item.sort_indices()
+    position = {label: code for code, label in enumerate(labels.tolist())}
+    nothing = np.empty(0, dtype=by_item.indices.dtype)
+
+    def holders(item: str) -> np.ndarray:
+        code = position.get(item)
+        return nothing if code is None else by_item.indices[by_item.indptr[code]:by_item.indptr[code + 1]]
+
+    counts = []
+    for antecedent, consequent in zip(rules["antecedent"], rules["consequent"]):
+        parts = antecedent.split(ITEM_SEPARATOR)
+        has_a = holders(parts[0])
+        for part in parts[1:]:
+            has_a = _intersect(has_a, holders(part))
+        has_c = holders(consequent)
+        counts.append((len(has_a), len(has_c), len(_intersect(has_a, has_c))))
+    a, c, ac = (np.asarray(values, dtype=float).reshape(-1) for values in zip(*counts)) if counts else (np.empty(0),) * 3
+    n = len(basket_labels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        confidence = np.where(a > 0, ac / a, np.nan)
+        lift = np.where((a > 0) & (c > 0), ac * n / (a * c), np.nan)
+    return rules.assign(holdout_antecedent_baskets=a.astype(np.int64), holdout_consequent_baskets=c.astype(np.int64),
+                        holdout_rule_baskets=ac.astype(np.int64), holdout_baskets=n, holdout_confidence=confidence,
+                        holdout_lift=lift)
+
+
+def _checked(inputs: Mapping[str, pd.DataFrame], name: str, columns: Sequence[str]) -> pd.DataFrame:
+    if name not in inputs:
+        raise ValueError(f"inputs: no {name!r}; expected {BASKETS_TABLE} and {CUSTOMERS_TABLE}")
+    frame = inputs[name]
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column {missing[0]!r}; expected {', '.join(columns)}")
+    return frame
+
+
+def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({column: pd.Series(dtype=object) for column in columns})
+
+
+__all__ = [
+    "AssociationSettings", "BadParameter", "Itemsets", "association_rules", "best_sellers", "count_rules",
+    "frequent_itemsets", "item_text", "mine_rules", "min_count_for", "next_best_offers", "run", "support_threshold",
+]
