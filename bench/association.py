@@ -12,7 +12,8 @@ fpgrowth and apriori, on the same synthetic long-tail baskets.
   `seconds`), and reports its peak RSS (getrusage, input included; `rss_before_mib` is the peak
   before mining) and its itemsets by size and a digest of (itemset, count) pairs.
 - Inputs: ours takes the long (basket id, item) arrays as production does (coding them is timed);
-  pyfim a list of transactions; mlxtend the dense boolean basket x sku DataFrame its docs use.
+  pyfim a list of transactions; mlxtend the dense boolean basket x sku DataFrame its docs use
+  (apriori in its low_memory mode).
 - An itemset is frequent in at least ceil(min_support x baskets) baskets, passed to each tool so
   that all count alike (pyfim: an absolute count; mlxtend: a share half a basket below it).
 - Prints JSON lines: each run, then per tool the medians, whether its itemsets equal ours, and its
@@ -113,8 +114,11 @@ def _child(tool: str, data: Path, min_count: int, max_length: int) -> None:
     else:
         from mlxtend.frequent_patterns import apriori, fpgrowth
 
+        # apriori's low_memory mode: its default builds every candidate's columns at once and
+        # needs several more GB on top of the dense baskets at a million baskets.
+        options = {} if tool == "mlxtend_fpgrowth" else {"low_memory": True}
         miner = fpgrowth if tool == "mlxtend_fpgrowth" else apriori
-        frame = miner(prepared, min_support=(min_count - 0.5) / n_baskets, use_colnames=True, max_len=max_length)
+        frame = miner(prepared, min_support=(min_count - 0.5) / n_baskets, use_colnames=True, max_len=max_length, **options)
         pairs = [(tuple(itemset), round(support * n_baskets)) for itemset, support in zip(frame["itemsets"], frame["support"])]
     seconds = time.perf_counter() - started
     digest, sizes = _digest(pairs)

@@ -61,12 +61,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from ml_tasks.contract import BadParameter, InsufficientData, check_range
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the DAG parses the registry, which imports the settings
+    import pandas as pd
 
 MODEL_NAME = "association_rules"
 MODEL_VERSION = "eclat-rules-offers-1"
@@ -138,6 +140,7 @@ class Itemsets:
     support_raised: int = 0
 
     def by_size(self) -> dict[int, int]:
+        import pandas as pd
         sizes = pd.Series([len(itemset) for itemset in self.itemsets], dtype="int64").value_counts()
         return {int(size): int(count) for size, count in sorted(sizes.items())}
 
@@ -183,6 +186,7 @@ def frequent_itemsets(basket_ids: Sequence | np.ndarray, items: Sequence | np.nd
 
 def _codes(values: Sequence | np.ndarray, sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Dense int codes of the values (numbered in sorted order, or in order of appearance), and the values."""
+    import pandas as pd
     codes, uniques = pd.factorize(pd.Series(values), sort=sort)
     return codes.astype(np.int64), np.asarray(uniques)
 
@@ -366,6 +370,7 @@ def _not_redundant(antecedents: list[tuple[int, ...]], consequents: list[int], n
 
 def _rules_frame(itemsets: Itemsets, item_level: str, antecedents: list[tuple[int, ...]], consequents: list[int],
                  a: np.ndarray, c: np.ndarray, ac: np.ndarray) -> pd.DataFrame:
+    import pandas as pd
     n = itemsets.baskets
     labels = itemsets.labels
     af, cf, acf = a.astype(float), c.astype(float), ac.astype(float)
@@ -421,6 +426,7 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     product_rules: RULE_COLUMNS at product level; purchases: customer_id, sku (bought in the window);
     customers: customer_id, favourite_category, marketing_opt_in (one row each); best_sellers:
     sku, category, baskets, share (the window's product baskets)."""
+    import pandas as pd
     customers = customers.drop_duplicates("customer_id").sort_values("customer_id", kind="mergesort").reset_index(drop=True)
     customer_codes = pd.Index(customers["customer_id"])
     rule_items = {item for text in product_rules["antecedent"] for item in text.split(ITEM_SEPARATOR)}
@@ -459,6 +465,7 @@ _OFFER_FIELDS = ["customer", "sku_code", "key", "score", "tie", "rule"]
 
 def _rule_offers(rules: pd.DataFrame, bought: np.ndarray, skus: pd.Index, n_skus: int, k: int) -> pd.DataFrame:
     """Best rule per (customer, consequent) among rules firing on the customer's purchases, top k."""
+    import pandas as pd
     if rules.empty or not len(bought):
         return pd.DataFrame({name: pd.Series(dtype=object if name == "rule" else "float64" if name in ("score", "tie") else "int64")
                              for name in _OFFER_FIELDS})
@@ -536,6 +543,7 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 def _best_seller_offers(customers: pd.DataFrame, best_sellers: pd.DataFrame, skus: pd.Index, n_skus: int,
                         taken: np.ndarray, places: np.ndarray) -> pd.DataFrame:
     """For each customer with places left, the best sellers of the favourite category not taken."""
+    import pandas as pd
     ranked = best_sellers.sort_values(["category", "baskets", "sku"], ascending=[True, False, True], kind="mergesort")
     categories = pd.Index(sorted(ranked["category"].dropna().astype(str).unique()))
     favourite = categories.get_indexer(customers["favourite_category"].astype(object).where(customers["favourite_category"].notna(), None))
@@ -608,6 +616,7 @@ class _Model:
 
 
 def _fit(items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSettings) -> _Model:
+    import pandas as pd
     rules, metrics = [], {"min_count": {}, "min_support_used": {}, "support_raised": {}, "itemsets_by_size": {},
                           "rules": {}, "rules_before_pruning": {}}
     for level in LEVELS:
@@ -635,6 +644,7 @@ def _fit(items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSett
 
 
 def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSettings) -> dict:
+    import pandas as pd
     none = {"holdout_customers": 0, "offer_hit_rate": None, "offer_precision_at_k": None, "baseline_hit_rate": None,
             "baseline_precision_at_k": None, "offer_hit_rate_ratio": None, "rule_offer_precision": None,
             "top_rules_evaluated": 0, "top_rules_median_holdout_lift": None,
@@ -776,6 +786,7 @@ def _checked(inputs: Mapping[str, pd.DataFrame], name: str, columns: Sequence[st
 
 
 def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
     return pd.DataFrame({column: pd.Series(dtype=object) for column in columns})
 
 

@@ -14,8 +14,74 @@ from ml_tasks.contract import InputTable, ModelSpec, OutputTable
 
 # ---- association rules and next-best offers (ml_tasks/association.py) ---------------------------
 # ASSOCIATION_SPEC is defined by the association module's author below.
+from ml_tasks.association import MODEL_VERSION as ASSOCIATION_VERSION  # noqa: E402  (no pandas at import)
+from ml_tasks.association import AssociationSettings  # noqa: E402
 
-MODELS: tuple[ModelSpec, ...] = ()
+ASSOCIATION_SPEC = ModelSpec(
+    name="association_rules",
+    version=ASSOCIATION_VERSION,
+    module="ml_tasks.association",
+    settings=AssociationSettings,
+    reads=(
+        InputTable(
+            "features.basket_items",
+            columns=("basket_id", "item_level", "item", "category", "customer_id", "order_date"),
+            window_column="order_date",
+            window_setting="basket_window_days",
+        ),
+        InputTable("features.customer_features", columns=("customer_id", "favourite_category", "marketing_opt_in")),
+    ),
+    writes=(
+        OutputTable(
+            "ml.association_rules",
+            {
+                "item_level": "string",
+                "antecedent": "string",
+                "consequent": "string",
+                "antecedent_size": "integer",
+                "support": "double",
+                "confidence": "double",
+                "lift": "double",
+                "leverage": "double",
+                "conviction": "double",
+                "antecedent_baskets": "integer",
+                "consequent_baskets": "integer",
+                "rule_baskets": "integer",
+                "baskets": "integer",
+            },
+            "Rules A => C of the window's baskets at product (sku) and category level, one-item"
+            " consequents, redundant ones pruned; antecedent: items sorted, joined by ' + ';"
+            " conviction null when infinite (C never missing after A).",
+        ),
+        OutputTable(
+            "ml.product_recommendations",
+            {
+                "customer_id": "string",
+                "rank": "integer",
+                "sku": "string",
+                "score": "double",
+                "rule": "string",
+                "source": "string",
+                "marketing_opt_in": "boolean",
+            },
+            "Top-K skus per customer not bought in the window: from product rules firing on the"
+            " customer's purchases (source 'rule', score = confidence, rule = 'A => C'), else best"
+            " sellers of the favourite category (source 'category_best_seller', score = basket share).",
+        ),
+    ),
+    # Twenty baskets (the default support floor) at both levels: fewer cannot hold a frequent
+    # itemset; min_baskets (a setting, default 200) decides beyond that.
+    minimum_input_rows=40,
+    # Held out: the last 20% of the window's days. Offers must hit at least 90% as many customers
+    # as the K best sellers do (10% slack for sampling noise: a policy no better than a best-seller
+    # list is not worth a model, one clearly worse must not replace the previous offers); the top
+    # rules must keep a median lift >= 1 on baskets they were not mined from (below 1 they were noise).
+    quality_floors={"offer_hit_rate_ratio": 0.9, "top_rules_median_holdout_lift": 1.0},
+    retraining="mined afresh on every run from the window's baskets",
+    description="Frequent itemsets (exact, sparse Eclat), association rules and next-best offers.",
+)
+
+MODELS: tuple[ModelSpec, ...] = (ASSOCIATION_SPEC,)
 
 
 def model(name: str) -> ModelSpec:
