@@ -10,7 +10,47 @@ from __future__ import annotations
 from ml_tasks.contract import InputTable, ModelSpec, OutputTable
 
 # ---- customer segments and clusters (ml_tasks/clustering.py) ------------------------------------
-# SEGMENTS_SPEC is defined by the clustering module's author below.
+from ml_tasks import clustering  # noqa: E402  (no pandas or scikit-learn at import)
+
+SEGMENTS_SPEC = ModelSpec(
+    name="customer_segments",
+    version=clustering.MODEL_VERSION,
+    module="ml_tasks.clustering",
+    settings=clustering.SegmentSettings,
+    reads=(InputTable(clustering.FEATURES), InputTable(clustering.CATEGORY_MIX)),
+    reads_previous=(clustering.SEGMENTS, clustering.PROFILES),
+    writes=(
+        OutputTable(
+            clustering.SEGMENTS,
+            clustering.SEGMENT_COLUMNS,
+            "One row per customer with a revenue order: RFM scores (1-5 quintiles, 5 best) and segment,"
+            " behavioural cluster (id stable across as-of dates, readable label), distance to the"
+            " cluster's centroid (weighted standardised units) and the density-based outlier flag.",
+        ),
+        OutputTable(
+            clustering.PROFILES,
+            clustering.PROFILE_COLUMNS,
+            "One row per cluster (kind 'cluster', segment = cluster id) and per RFM segment present"
+            " (kind 'rfm'): size, share, outliers, feature means, top categories by spend, main channel;"
+            " clusters also carry their centroid (JSON, transformed unscaled features) for id matching.",
+        ),
+        OutputTable(
+            clustering.MIGRATION,
+            clustering.MIGRATION_COLUMNS,
+            "Customers per (kind 'rfm' | 'cluster', from, to) since previous_as_of_date, stayers"
+            " included; 'new_customer' = not scored then, 'gone' = not scored now. Empty on a first run.",
+        ),
+    ),
+    # As many customer rows as the default settings need buyers (10 x k_max): fewer cannot be clustered.
+    minimum_input_rows=80,
+    # On held-out customers. Measured at 4,000 simulated customers x 13 months: silhouette 0.15,
+    # inertia reduction 0.47; customers whose every feature is independent uniform noise (no cluster
+    # at all, tests/test_clustering.py) give 0.09 and 0.32. The floors sit between: a refit whose
+    # clusters separate no better than noise's is not published, and the previous run's stays.
+    quality_floors={"heldout_silhouette": 0.10, "heldout_inertia_reduction": 0.35},
+    retraining="refit on every run from the as-of date's features; ids matched to the previous run's centroids",
+    description="RFM segments by rule and k-means behavioural clusters with stable ids, labels and outliers.",
+)
 
 # ---- association rules and next-best offers (ml_tasks/association.py) ---------------------------
 # ASSOCIATION_SPEC is defined by the association module's author below.
@@ -81,7 +121,7 @@ ASSOCIATION_SPEC = ModelSpec(
     description="Frequent itemsets (exact, sparse Eclat), association rules and next-best offers.",
 )
 
-MODELS: tuple[ModelSpec, ...] = (ASSOCIATION_SPEC,)
+MODELS: tuple[ModelSpec, ...] = (SEGMENTS_SPEC, ASSOCIATION_SPEC)
 
 
 def model(name: str) -> ModelSpec:

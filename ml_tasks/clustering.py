@@ -1,0 +1,802 @@
+"""Customer segments and behavioural clusters: RFM segments by rule, k-means clusters with stable ids
+and readable labels, density-based outliers, and how customers moved since the previous as-of date.
+
+A pure module (`run(inputs, as_of_date, settings) -> (results, metrics)`, see ml_tasks.contract):
+no warehouse, no Airflow; seeded, so the same inputs give the same outputs whatever their row order.
+
+Who is scored: customers with at least one revenue order on the as-of date (`frequency >= 1`).
+Customers known without one (a CRM contact who never bought, a buyer whose only orders were
+returned) have no recency, basket or channel to cluster on: they are in no output table.
+
+RFM segments. Recency, frequency and monetary value are scored 1-5 by quintile of rank (5 = best:
+most recent, most orders, most spent; ties broken by customer_id, so scores do not depend on row
+order). With fm = (f_score + m_score) / 2, the first rule of SEGMENT_RULES that holds names the
+segment; every (r, f, m) lands in exactly one.
+
+Behavioural clusters. Each customer is a vector of the CLUSTER_FEATURES below, transformed
+(log1p for skewed counts and amounts, recency capped at `recency_cap_days`) and standardised
+(z-scores over the scored customers), then weighted so each feature *group* weighs in by its
+GROUP_WEIGHTS entry however many columns it has (a group of n columns is scaled by
+weight / sqrt(n)): eight category shares do not outvote recency. k-means (n_init starts: a single
+start lands in a worse optimum now and then) is fitted on a seeded training share of the customers
+(1 - holdout_share), outliers left out of the fit.
+- k: every k in [k_min, k_max] is fitted; the silhouette of each on a seeded sample of the training
+  customers is compared and the smallest k whose silhouette is within `silhouette_tolerance` of the
+  best is chosen (a simpler model unless a finer one separates clearly better).
+- Quality, on the held-out customers the fit never saw (metrics `heldout_silhouette`, and
+  `heldout_inertia_reduction`: 1 - their squared distance to their nearest centroid over their
+  squared distance to the training mean, i.e. the share of the held-out spread the clusters
+  explain; `heldout_inertia_reduction_vs_random` compares with centroids assigned at random).
+  The published model is that fitted model: every customer gets its nearest centroid.
+- Stable ids: each centroid is stored in the profiles in transformed, unscaled units (JSON), so
+  the next run can standardise the previous centroids with *its own* scaling and weights and match
+  them to its centroids by the Hungarian algorithm on Euclidean distance. A matched cluster keeps
+  its previous id unless the distance exceeds `id_match_max_distance`; any other cluster gets a new
+  id above the previous run's highest (first run: 1..k by decreasing size).
+- Labels: from the features whose cluster mean stands out (|z| >= 0.5 in the standardised units),
+  strongest first, at most `label_traits` of them, written in a fixed order, e.g. "lapsed
+  occasional buyers", "frequent store grocery buyers", "discount-driven web buyers"; a clash
+  within a run adds the next trait, and an id suffix as a last resort: labels are unique.
+
+Outliers. DBSCAN on a seeded sample (at most `outlier_sample_size` customers) of the weighted
+vectors, with min_samples = `outlier_min_samples` and eps the `outlier_density_quantile`
+quantile of the sample's distances to their min_samples-th nearest neighbour (itself included, as
+DBSCAN counts): so about that share of the sample are core points. Every customer farther than
+eps from every core point of the sample is an outlier (DBSCAN's noise rule, applied to all
+customers): at most about 1 - quantile of them. Outliers still get their nearest cluster.
+
+Migration. Customers are matched by customer_id with the previous as-of date's segments: per
+kind ('rfm': segment names; 'cluster': cluster ids as text), the count of customers for each
+(from, to) pair, staying ones included. A customer scored now but not then comes from
+'new_customer' (a first revenue order, or an identity newly resolved); one scored then but not now
+goes to 'gone' (merged into another customer, deleted, or every order returned). No previous run:
+no migration rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ml_tasks.contract import BadParameter, InsufficientData, check_range
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+MODEL_VERSION = "segments-2"
+FEATURES = "features.customer_features"
+CATEGORY_MIX = "features.customer_category_mix"
+SEGMENTS = "ml.customer_segments"
+PROFILES = "ml.segment_profiles"
+MIGRATION = "ml.segment_migration"
+NEW_CUSTOMER, GONE = "new_customer", "gone"
+
+# (segment, rule on r = r_score, f = f_score, m = m_score, fm = (f + m) / 2, what it means);
+# the first rule that holds names the segment, the last one catches the rest.
+SEGMENT_RULES: tuple[tuple[str, str, str], ...] = (
+    ("champions", "r >= 4 and fm >= 4", "bought recently, buy often and spend the most"),
+    ("loyal", "r >= 3 and fm >= 3", "buy often and much, and not long ago"),
+    ("cant_lose", "r == 1 and fm >= 4", "were among the best, have not bought for the longest"),
+    ("at_risk", "r <= 2 and fm >= 3", "bought often and much, but long ago"),
+    ("new", "r == 5 and f == 1", "first and only order very recently"),
+    ("potential_loyalist", "r >= 4 and fm >= 2", "recent, with average frequency and spend"),
+    ("promising", "r >= 4", "recent, with few orders and little spend"),
+    ("need_attention", "r == 3 and fm >= 2", "half-way on recency, average frequency and spend"),
+    ("about_to_sleep", "r == 3", "half-way on recency, few orders and little spend"),
+    ("hibernating", "r == 2", "long since the last order, few orders and little spend"),
+    ("lost", "r == 1", "the longest since the last order, few orders and little spend"),
+)
+SEGMENT_NAMES = tuple(rule[0] for rule in SEGMENT_RULES)
+
+# Cluster feature -> (group, how it is made from customer_features). "category:<name>" columns
+# (spend share per category, from customer_category_mix) join the "category" group.
+CLUSTER_FEATURES: dict[str, tuple[str, str]] = {
+    "recency": ("recency", "log1p(min(recency_days, recency_cap_days))"),
+    "frequency": ("frequency", "log1p(frequency)"),
+    "recent_frequency": ("frequency", "log1p(frequency_last_90_days)"),
+    "monetary": ("monetary", "log1p(monetary)"),
+    "average_order_value": ("basket", "log1p(average_order_value)"),
+    "items_per_order": ("basket", "log1p(items_per_order)"),
+    "tenure": ("tenure", "log1p(tenure_days)"),
+    "discount_share": ("price", "discount_share"),
+    "return_rate": ("service", "return_rate"),
+    "web_share": ("channel", "web_share"),
+    "store_share": ("channel", "store_share"),
+    "phone_share": ("channel", "phone_share"),
+    "tickets": ("service", "log1p(tickets_opened)"),
+    "bad_service": ("service", "log1p(dissatisfied_tickets + slow_reply_tickets + unresolved_tickets)"),
+    "complaints": ("service", "log1p(complaint_interactions)"),
+    "campaign_response": ("campaign", "campaign_response_rate (median when no campaign was received)"),
+}
+GROUP_WEIGHTS: dict[str, float] = {
+    # Recency, frequency and monetary value move together (one "how active" axis): at 0.7 each
+    # they weigh about as much as two of the independent groups below, not three.
+    "recency": 0.7,
+    "frequency": 0.7,
+    "monetary": 0.7,
+    "basket": 1.0,
+    "price": 1.0,
+    "channel": 1.0,
+    "category": 1.0,
+    # What happened to the customer more than how they buy: context, weighed in lightly.
+    "tenure": 0.25,
+    "service": 0.25,
+    "campaign": 0.25,
+}
+CHANNELS = ("web", "store", "phone")
+
+# Label traits: (feature, direction, word, slot); slots give the word order of a label.
+_TRAITS: tuple[tuple[str, int, str, str], ...] = (
+    ("recency", +1, "lapsed", "state"),
+    ("recency", -1, "active", "state"),
+    ("frequency", +1, "frequent", "frequency"),
+    ("frequency", -1, "occasional", "frequency"),
+    ("discount_share", +1, "discount-driven", "price"),
+    ("return_rate", +1, "returning", "price"),
+    ("average_order_value", +1, "big-basket", "value"),
+    ("monetary", +1, "high-spending", "value"),
+    ("bad_service", +1, "unhappy", "service"),
+    ("campaign_response", +1, "campaign-responsive", "campaign"),
+    ("web_share", +1, "web", "channel"),
+    ("store_share", +1, "store", "channel"),
+    ("phone_share", +1, "phone", "channel"),
+)
+_SLOTS = ("state", "frequency", "price", "value", "service", "campaign", "channel", "category")
+_TRAIT_THRESHOLD = 0.5
+
+_FEATURE_COLUMNS = (
+    "customer_id", "tenure_days", "frequency", "monetary", "average_order_value", "recency_days",
+    "frequency_last_90_days", "return_rate", "discount_share", "items_per_order", "web_share",
+    "store_share", "phone_share", "tickets_opened", "unresolved_tickets", "slow_reply_tickets",
+    "dissatisfied_tickets", "complaint_interactions", "campaigns_received", "campaign_response_rate",
+)
+
+SEGMENT_COLUMNS: dict[str, str] = {
+    "customer_id": "string",
+    "recency_days": "integer",
+    "frequency": "integer",
+    "monetary": "double",
+    "r_score": "integer",
+    "f_score": "integer",
+    "m_score": "integer",
+    "rfm_segment": "string",
+    "cluster_id": "integer",
+    "cluster_label": "string",
+    "distance_to_centroid": "double",
+    "is_outlier": "boolean",
+}
+PROFILE_COLUMNS: dict[str, str] = {
+    "kind": "string",
+    "segment": "string",
+    "cluster_id": "integer",
+    "label": "string",
+    "customers": "integer",
+    "share": "double",
+    "outliers": "integer",
+    "mean_recency_days": "double",
+    "mean_frequency": "double",
+    "mean_monetary": "double",
+    "mean_average_order_value": "double",
+    "mean_items_per_order": "double",
+    "mean_discount_share": "double",
+    "mean_return_rate": "double",
+    "mean_tenure_days": "double",
+    "mean_tickets_opened": "double",
+    "top_categories": "string",
+    "main_channel": "string",
+    "centroid": "string",
+}
+MIGRATION_COLUMNS: dict[str, str] = {
+    "kind": "string",
+    "previous_as_of_date": "date",
+    "from_segment": "string",
+    "to_segment": "string",
+    "customers": "integer",
+}
+_PANDAS_DTYPES = {"string": "str", "integer": "Int64", "double": "float64", "boolean": "boolean", "date": "datetime64[us]"}
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    k_min: int = 6
+    k_max: int = 8
+    n_init: int = 10
+    random_state: int = 0
+    # Fewer scored customers than max(min_customers, 10 * k_max): InsufficientData.
+    min_customers: int = 50
+    holdout_share: float = 0.2
+    silhouette_sample_size: int = 3000
+    silhouette_tolerance: float = 0.01
+    recency_cap_days: int = 365
+    outlier_sample_size: int = 5000
+    outlier_min_samples: int = 10
+    outlier_density_quantile: float = 0.99
+    id_match_max_distance: float = 3.0
+    label_traits: int = 3
+    # Shares (discount, returns, channels, categories, campaign response) are shrunk towards the
+    # scored customers' mean share as if this many more orders (campaigns) had shown that mean.
+    share_prior_orders: float = 4.0
+
+    def __post_init__(self) -> None:
+        check_range("k_min", self.k_min, minimum=2, maximum=50, kind=int)
+        check_range("k_max", self.k_max, minimum=2, maximum=50, kind=int)
+        if self.k_max < self.k_min:
+            raise BadParameter(f"k_max: got {self.k_max}, expected at least k_min ({self.k_min})")
+        check_range("n_init", self.n_init, minimum=1, maximum=100, kind=int)
+        check_range("random_state", self.random_state, minimum=0, maximum=2**32 - 1, kind=int)
+        check_range("min_customers", self.min_customers, minimum=10, kind=int)
+        check_range("holdout_share", self.holdout_share, minimum=0.05, maximum=0.5)
+        check_range("silhouette_sample_size", self.silhouette_sample_size, minimum=100, maximum=50_000, kind=int)
+        check_range("silhouette_tolerance", self.silhouette_tolerance, minimum=0.0, maximum=1.0)
+        check_range("recency_cap_days", self.recency_cap_days, minimum=1, kind=int)
+        check_range("outlier_sample_size", self.outlier_sample_size, minimum=100, maximum=50_000, kind=int)
+        check_range("outlier_min_samples", self.outlier_min_samples, minimum=2, maximum=100, kind=int)
+        check_range("outlier_density_quantile", self.outlier_density_quantile, minimum=0.5, maximum=1.0)
+        check_range("id_match_max_distance", self.id_match_max_distance, minimum=0.0)
+        check_range("label_traits", self.label_traits, minimum=1, maximum=len(_SLOTS), kind=int)
+        check_range("share_prior_orders", self.share_prior_orders, minimum=0.0, maximum=100.0)
+
+    @property
+    def minimum_customers(self) -> int:
+        return max(self.min_customers, 10 * self.k_max)
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: SegmentSettings) -> tuple[dict[str, "pd.DataFrame"], dict]:
+    """Segments, profiles and migrations of the customers with a revenue order on `as_of_date`."""
+    import numpy as np
+    import pandas as pd
+
+    features = inputs[FEATURES]
+    mix = inputs.get(CATEGORY_MIX)
+    buyers = _buyers(features)
+    if len(buyers) < settings.minimum_customers:
+        raise InsufficientData(
+            f"{len(buyers)} customers with a revenue order on {as_of_date}, expected at least "
+            f"{settings.minimum_customers} (max of min_customers and 10 x k_max) to cluster"
+        )
+    segments = score_rfm(buyers)
+    raw = feature_matrix(buyers, mix, settings)
+    space = FeatureSpace.fit(raw)
+    points = space.transform(raw)
+    outlier = flag_outliers(points, settings)
+    fit = fit_clusters(points, outlier, settings)
+    centroids_raw = space.inverse(fit.centroids)
+    previous_profiles = _previous(inputs, PROFILES)
+    sizes = np.bincount(fit.labels, minlength=len(fit.centroids))
+    ids, matched = stable_ids(fit.centroids, sizes, previous_profiles, space, settings)
+    cluster_ids = ids[fit.labels]
+    zscores = _cluster_zscores(raw, space, fit.labels, len(fit.centroids))
+    labels_by_cluster = cluster_labels(zscores, ids, buyers["frequency"].to_numpy(), fit.labels, settings)
+
+    segments["cluster_id"] = pd.array(cluster_ids, dtype="Int64")
+    segments["cluster_label"] = pd.array([labels_by_cluster[i] for i in cluster_ids], dtype="str")
+    segments["distance_to_centroid"] = np.round(fit.distances, 6)
+    segments["is_outlier"] = pd.array(outlier, dtype="boolean")
+    segments = _typed(segments[list(SEGMENT_COLUMNS)], SEGMENT_COLUMNS)
+
+    centroid_json = {
+        ids[index]: json.dumps({name: round(float(value), 6) for name, value in zip(raw.columns, centroids_raw[index])}, sort_keys=True)
+        for index in range(len(ids))
+    }
+    profiles = segment_profiles(segments, buyers, mix, labels_by_cluster, centroid_json)
+    previous_segments = _previous(inputs, SEGMENTS)
+    migration = segment_migration(segments, previous_segments)
+
+    shares = segments["rfm_segment"].value_counts(normalize=True)
+    cluster_sizes = segments["cluster_id"].value_counts().sort_index()
+    metrics: dict[str, Any] = {
+        "customers_known": int(len(features)),
+        "customers_scored": int(len(segments)),
+        "features": list(raw.columns),
+        "k": int(len(fit.centroids)),
+        "silhouette_by_k": {str(k): round(value, 6) for k, value in fit.silhouettes.items()},
+        "train_customers": fit.train_customers,
+        "heldout_customers": fit.heldout_customers,
+        "heldout_silhouette": round(fit.heldout_silhouette, 6),
+        "heldout_inertia_reduction": round(fit.heldout_inertia_reduction, 6),
+        "heldout_inertia_reduction_vs_random": round(fit.heldout_inertia_reduction_vs_random, 6),
+        "cluster_sizes": {str(int(key)): int(value) for key, value in cluster_sizes.items()},
+        "cluster_labels": {str(key): labels_by_cluster[key] for key in sorted(labels_by_cluster)},
+        "clusters_matched": matched,
+        "clusters_new": int(len(ids) - matched),
+        "segment_share": {name: round(float(shares.get(name, 0.0)), 6) for name in SEGMENT_NAMES if name in shares},
+        "outliers": int(outlier.sum()),
+        "outlier_share": round(float(outlier.mean()), 6),
+        "migration": _migration_summary(migration),
+    }
+    return {SEGMENTS: segments, PROFILES: profiles, MIGRATION: migration}, metrics
+
+
+def _previous(inputs: Mapping[str, "pd.DataFrame"], table: str) -> "pd.DataFrame | None":
+    frame = inputs.get(f"previous:{table}")
+    return None if frame is None or frame.empty else frame
+
+
+def _buyers(features: "pd.DataFrame") -> "pd.DataFrame":
+    """Customers with a revenue order, sorted by customer_id, with the numeric columns as floats."""
+    import pandas as pd
+
+    missing = [column for column in _FEATURE_COLUMNS if column not in features.columns]
+    if missing:
+        raise ValueError(f"{FEATURES}: missing column(s) {', '.join(missing)}")
+    frame = features.loc[:, list(_FEATURE_COLUMNS)].copy()
+    frame["customer_id"] = frame["customer_id"].astype("str")
+    if frame["customer_id"].duplicated().any():
+        duplicate = frame.loc[frame["customer_id"].duplicated(), "customer_id"].iloc[0]
+        raise ValueError(f"{FEATURES}: customer {duplicate!r} appears more than once; expected one row per customer")
+    for column in _FEATURE_COLUMNS[1:]:
+        frame[column] = pd.to_numeric(frame[column].astype("object"), errors="coerce").astype("float64")
+    frame = frame[frame["frequency"].fillna(0) >= 1]
+    return frame.sort_values("customer_id", kind="stable").reset_index(drop=True)
+
+
+# ---- RFM segments -----------------------------------------------------------------------------------
+
+def _quintile(values: "pd.Series", ascending: bool) -> "np.ndarray":
+    """Score 1-5 by rank; ties broken by row order (sorted by customer_id), so scores are stable."""
+    ranks = values.rank(method="first", ascending=ascending).to_numpy()
+    return (((ranks - 1) * 5) // len(values) + 1).astype("int64")
+
+
+def score_rfm(buyers: "pd.DataFrame") -> "pd.DataFrame":
+    """customer_id, recency_days, frequency, monetary, the 1-5 scores and rfm_segment, sorted by
+    customer_id; `buyers` holds one row per customer with a revenue order."""
+    import numpy as np
+    import pandas as pd
+
+    frame = buyers.sort_values("customer_id", kind="stable").reset_index(drop=True)
+    scored = pd.DataFrame({
+        "customer_id": frame["customer_id"].astype("str"),
+        "recency_days": frame["recency_days"].astype("float64"),
+        "frequency": frame["frequency"].astype("float64"),
+        "monetary": frame["monetary"].astype("float64"),
+    })
+    scored["r_score"] = _quintile(scored["recency_days"], ascending=False)
+    scored["f_score"] = _quintile(scored["frequency"], ascending=True)
+    scored["m_score"] = _quintile(scored["monetary"], ascending=True)
+    scored["rfm_segment"] = segment_of(scored["r_score"].to_numpy(), scored["f_score"].to_numpy(), scored["m_score"].to_numpy())
+    scored["rfm_segment"] = scored["rfm_segment"].astype("str")
+    assert not np.any(scored["rfm_segment"] == ""), "SEGMENT_RULES must cover every score"
+    return scored
+
+
+def segment_of(r: "np.ndarray", f: "np.ndarray", m: "np.ndarray") -> "np.ndarray":
+    """The segment of each (r, f, m) score triple by SEGMENT_RULES (first rule that holds)."""
+    import numpy as np
+    import pandas as pd
+
+    scores = pd.DataFrame({"r": r, "f": f, "m": m})
+    scores["fm"] = (scores["f"] + scores["m"]) / 2
+    segment = np.full(len(scores), "", dtype=object)
+    for name, rule, _ in SEGMENT_RULES:
+        hit = (segment == "") & scores.eval(rule).to_numpy(dtype=bool)
+        segment[hit] = name
+    return segment
+
+
+# ---- the feature space ------------------------------------------------------------------------------
+
+def feature_matrix(buyers: "pd.DataFrame", mix: "pd.DataFrame | None", settings: SegmentSettings) -> "pd.DataFrame":
+    """The transformed, unscaled cluster features (CLUSTER_FEATURES, then one "category:<name>" spend
+    share per category), one row per buyer in `buyers` order. A missing value (a share of a
+    customer without lines, a response rate without campaigns) takes the column's median."""
+    import numpy as np
+    import pandas as pd
+
+    def log1p(values: "pd.Series") -> "pd.Series":
+        return np.log1p(values.clip(lower=0))
+
+    b = buyers
+    columns = {
+        "recency": log1p(b["recency_days"].clip(upper=settings.recency_cap_days)),
+        "frequency": log1p(b["frequency"]),
+        "recent_frequency": log1p(b["frequency_last_90_days"]),
+        "monetary": log1p(b["monetary"]),
+        "average_order_value": log1p(b["average_order_value"]),
+        "items_per_order": log1p(b["items_per_order"]),
+        "tenure": log1p(b["tenure_days"]),
+        "discount_share": b["discount_share"],
+        "return_rate": b["return_rate"],
+        "web_share": b["web_share"],
+        "store_share": b["store_share"],
+        "phone_share": b["phone_share"],
+        "tickets": log1p(b["tickets_opened"]),
+        "bad_service": log1p(b["dissatisfied_tickets"].fillna(0) + b["slow_reply_tickets"].fillna(0) + b["unresolved_tickets"].fillna(0)),
+        "complaints": log1p(b["complaint_interactions"]),
+        "campaign_response": b["campaign_response_rate"],
+    }
+    matrix = pd.DataFrame({name: columns[name].to_numpy(dtype="float64") for name in CLUSTER_FEATURES})
+    shares = category_shares(mix, b["customer_id"])
+    matrix = pd.concat([matrix, shares.reset_index(drop=True)], axis=1)
+    prior = settings.share_prior_orders
+    orders = b["frequency"].fillna(0).to_numpy(dtype="float64")
+    campaigns = b["campaigns_received"].fillna(0).to_numpy(dtype="float64")
+    for name in matrix.columns:
+        if name in _SHARES or name.startswith("category:"):
+            evidence = campaigns if name == "campaign_response" else orders
+            values = matrix[name].to_numpy()
+            mean = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+            seen = np.where(np.isfinite(values), evidence, 0.0)
+            weight = seen + prior
+            shrunk = (seen * np.nan_to_num(values, nan=mean) + prior * mean) / np.where(weight > 0, weight, 1.0)
+            matrix[name] = np.where(weight > 0, shrunk, mean)
+    medians = matrix.median(skipna=True).fillna(0.0)
+    return matrix.fillna(medians)
+
+
+_SHARES = ("discount_share", "return_rate", "web_share", "store_share", "phone_share", "campaign_response")
+
+
+def category_shares(mix: "pd.DataFrame | None", customer_ids: "pd.Series") -> "pd.DataFrame":
+    """Spend share per category, wide ("category:<name>" columns, sorted), one row per customer of
+    `customer_ids` in order; 0 where a customer has no spend in a category."""
+    import pandas as pd
+
+    if mix is None or mix.empty:
+        return pd.DataFrame(index=range(len(customer_ids)))
+    frame = mix.loc[:, ["customer_id", "category", "spend_share"]].copy()
+    frame["customer_id"] = frame["customer_id"].astype("str")
+    frame["category"] = frame["category"].astype("str")
+    frame["spend_share"] = pd.to_numeric(frame["spend_share"].astype("object"), errors="coerce").astype("float64")
+    wide = frame.pivot_table(index="customer_id", columns="category", values="spend_share", aggfunc="sum", fill_value=0.0)
+    wide = wide.reindex(columns=sorted(wide.columns)).reindex(customer_ids.to_numpy(), fill_value=0.0)
+    wide.columns = [f"category:{name}" for name in wide.columns]
+    return wide.reset_index(drop=True).astype("float64")
+
+
+def _group(feature: str) -> str:
+    return "category" if feature.startswith("category:") else CLUSTER_FEATURES[feature][0]
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """Standardise (z-score) then weight by feature group: weight / sqrt(columns in the group)."""
+
+    columns: tuple[str, ...]
+    mean: "np.ndarray"
+    scale: "np.ndarray"
+    weight: "np.ndarray"
+
+    @classmethod
+    def fit(cls, raw: "pd.DataFrame") -> "FeatureSpace":
+        import numpy as np
+
+        values = raw.to_numpy(dtype="float64")
+        mean = values.mean(axis=0)
+        scale = values.std(axis=0)
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        groups = [_group(name) for name in raw.columns]
+        weight = np.array([GROUP_WEIGHTS[group] / math.sqrt(groups.count(group)) for group in groups])
+        return cls(tuple(raw.columns), mean, scale, weight)
+
+    def standardise(self, raw: "pd.DataFrame | np.ndarray") -> "np.ndarray":
+        import numpy as np
+
+        return (np.asarray(raw, dtype="float64") - self.mean) / self.scale
+
+    def transform(self, raw: "pd.DataFrame | np.ndarray") -> "np.ndarray":
+        return self.standardise(raw) * self.weight
+
+    def inverse(self, points: "np.ndarray") -> "np.ndarray":
+        return points / self.weight * self.scale + self.mean
+
+    def from_json(self, centroid: str) -> "np.ndarray":
+        """A stored centroid (transformed, unscaled) in this space; a feature it lacks takes this
+        space's mean (neutral: 0 after standardising)."""
+        import numpy as np
+
+        values = json.loads(centroid)
+        raw = np.array([float(values.get(name, mean)) for name, mean in zip(self.columns, self.mean)])
+        return self.transform(raw)
+
+
+# ---- outliers ---------------------------------------------------------------------------------------
+
+def _sample(count: int, size: int, random_state: int, salt: int) -> "np.ndarray":
+    """A seeded sample of row positions (sorted), all rows when there are no more than `size`."""
+    import numpy as np
+
+    if count <= size:
+        return np.arange(count)
+    return np.sort(np.random.default_rng([random_state, salt]).choice(count, size=size, replace=False))
+
+
+def flag_outliers(points: "np.ndarray", settings: SegmentSettings) -> "np.ndarray":
+    """True for customers farther than eps from every core point of a DBSCAN fit on a seeded sample."""
+    import numpy as np
+    from sklearn.cluster import DBSCAN
+    from sklearn.neighbors import NearestNeighbors
+
+    sample = points[_sample(len(points), settings.outlier_sample_size, settings.random_state, 1)]
+    neighbours = min(settings.outlier_min_samples, len(sample))
+    distances, _ = NearestNeighbors(n_neighbors=neighbours).fit(sample).kneighbors(sample)
+    eps = max(float(np.quantile(distances[:, -1], settings.outlier_density_quantile)), 1e-9)
+    density = DBSCAN(eps=eps, min_samples=neighbours).fit(sample)
+    core = sample[density.core_sample_indices_]
+    if len(core) == 0:
+        return np.zeros(len(points), dtype=bool)
+    nearest, _ = NearestNeighbors(n_neighbors=1).fit(core).kneighbors(points)
+    return nearest[:, 0] > eps
+
+
+# ---- k-means ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClusterFit:
+    centroids: "np.ndarray"  # in the weighted space
+    labels: "np.ndarray"  # nearest centroid of every customer
+    distances: "np.ndarray"
+    silhouettes: dict[int, float]
+    train_customers: int
+    heldout_customers: int
+    heldout_silhouette: float
+    heldout_inertia_reduction: float
+    heldout_inertia_reduction_vs_random: float
+
+
+def fit_clusters(points: "np.ndarray", outlier: "np.ndarray", settings: SegmentSettings) -> ClusterFit:
+    """k-means on the seeded training share (outliers left out) for every k; the k chosen by
+    silhouette (see the module docstring); quality of that fit on the held-out customers."""
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng([settings.random_state, 2])
+    heldout = np.zeros(len(points), dtype=bool)
+    heldout[rng.permutation(len(points))[: max(1, round(settings.holdout_share * len(points)))]] = True
+    train = points[~heldout & ~outlier]
+    if len(train) < 2 * settings.k_max:
+        train = points[~heldout]
+    silhouette_rows = _sample(len(train), settings.silhouette_sample_size, settings.random_state, 3)
+    models: dict[int, Any] = {}
+    silhouettes: dict[int, float] = {}
+    for k in range(settings.k_min, settings.k_max + 1):
+        model = KMeans(n_clusters=k, n_init=settings.n_init, random_state=settings.random_state).fit(train)
+        models[k] = model
+        labels = model.labels_[silhouette_rows]
+        silhouettes[k] = float(silhouette_score(train[silhouette_rows], labels)) if len(set(labels)) > 1 else -1.0
+    best = max(silhouettes.values())
+    k = min(k for k, value in silhouettes.items() if value >= best - settings.silhouette_tolerance)
+    centroids = models[k].cluster_centers_
+
+    squared = ((points[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    labels = squared.argmin(axis=1)
+    distances = np.sqrt(squared[np.arange(len(points)), labels])
+
+    test = points[heldout]
+    test_labels = labels[heldout]
+    test_rows = _sample(len(test), settings.silhouette_sample_size, settings.random_state, 4)
+    heldout_silhouette = (
+        float(silhouette_score(test[test_rows], test_labels[test_rows])) if len(set(test_labels[test_rows])) > 1 else -1.0
+    )
+    within = float(squared[heldout, :][np.arange(len(test)), test_labels].sum())
+    total = float(((test - train.mean(axis=0)) ** 2).sum())
+    random_labels = np.random.default_rng([settings.random_state, 5]).integers(0, k, size=len(test))
+    random_within = float(squared[heldout, :][np.arange(len(test)), random_labels].sum())
+    return ClusterFit(
+        centroids=centroids,
+        labels=labels,
+        distances=distances,
+        silhouettes=silhouettes,
+        train_customers=int(len(train)),
+        heldout_customers=int(heldout.sum()),
+        heldout_silhouette=heldout_silhouette,
+        heldout_inertia_reduction=1 - within / total if total > 0 else 0.0,
+        heldout_inertia_reduction_vs_random=1 - within / random_within if random_within > 0 else 0.0,
+    )
+
+
+# ---- stable ids and labels ----------------------------------------------------------------------------
+
+def stable_ids(centroids: "np.ndarray", sizes: "np.ndarray", previous_profiles: "pd.DataFrame | None",
+               space: FeatureSpace, settings: SegmentSettings) -> tuple["np.ndarray", int]:
+    """The id of each centroid (by position) and how many kept a previous id: the Hungarian match
+    of this run's centroids to the previous run's (both in this run's space) on Euclidean
+    distance, a match farther than id_match_max_distance refused; new ids above the previous
+    highest, by decreasing size (then centroid) so they do not depend on k-means' own order."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    ids = np.zeros(len(centroids), dtype="int64")
+    previous_ids: list[int] = []
+    if previous_profiles is not None:
+        clusters = previous_profiles[(previous_profiles["kind"] == "cluster") & previous_profiles["centroid"].notna()]
+        clusters = clusters.sort_values("cluster_id")
+        previous_ids = [int(value) for value in clusters["cluster_id"]]
+        if previous_ids:
+            previous = np.array([space.from_json(text) for text in clusters["centroid"]])
+            cost = np.sqrt(((centroids[:, None, :] - previous[None, :, :]) ** 2).sum(axis=2))
+            for row, column in zip(*linear_sum_assignment(cost)):
+                if cost[row, column] <= settings.id_match_max_distance:
+                    ids[row] = previous_ids[column]
+    matched = int((ids > 0).sum())
+    order = sorted(range(len(centroids)), key=lambda index: (-int(sizes[index]), tuple(np.round(centroids[index], 9))))
+    next_id = max(previous_ids, default=0) + 1
+    for index in order:
+        if ids[index] == 0:
+            ids[index] = next_id
+            next_id += 1
+    return ids, matched
+
+
+def _cluster_zscores(raw: "pd.DataFrame", space: FeatureSpace, labels: "np.ndarray", k: int) -> "pd.DataFrame":
+    """Mean standardised (unweighted) value of every feature per cluster position."""
+    import pandas as pd
+
+    z = pd.DataFrame(space.standardise(raw), columns=raw.columns)
+    return z.groupby(labels).mean().reindex(range(k))
+
+
+def cluster_labels(zscores: "pd.DataFrame", ids: "np.ndarray", frequency: "np.ndarray", labels: "np.ndarray",
+                   settings: SegmentSettings) -> dict[int, str]:
+    """A readable, unique label per cluster id from the traits its mean stands out on."""
+    import numpy as np
+
+    traits: dict[int, list[tuple[float, str, str]]] = {}
+    for position, cluster_id in enumerate(ids):
+        row = zscores.iloc[position]
+        found: list[tuple[float, str, str]] = []
+        for feature, direction, word, slot in _TRAITS:
+            value = direction * float(row.get(feature, 0.0))
+            if value >= _TRAIT_THRESHOLD:
+                if word == "occasional" and np.median(frequency[labels == position]) <= 1:
+                    word = "one-time"
+                found.append((value, word, slot))
+        for feature in zscores.columns:
+            if feature.startswith("category:") and float(row[feature]) >= _TRAIT_THRESHOLD:
+                found.append((float(row[feature]), feature.split(":", 1)[1], "category"))
+        best_per_slot: dict[str, tuple[float, str, str]] = {}
+        for trait in sorted(found, key=lambda item: (-item[0], item[1])):
+            best_per_slot.setdefault(trait[2], trait)
+        traits[int(cluster_id)] = sorted(best_per_slot.values(), key=lambda item: (-item[0], item[1]))
+
+    def label(cluster_id: int, count: int) -> str:
+        chosen = traits[cluster_id][:count]
+        words = [word for slot in _SLOTS for _, word, trait_slot in chosen if trait_slot == slot]
+        return " ".join([*words, "buyers"]) if words else "typical buyers"
+
+    result: dict[int, str] = {}
+    for cluster_id in sorted(traits):
+        result[cluster_id] = label(cluster_id, settings.label_traits)
+    for count in range(settings.label_traits + 1, len(_SLOTS) + 1):
+        clashing = [key for key, value in result.items() if list(result.values()).count(value) > 1]
+        if not clashing:
+            break
+        for cluster_id in clashing:
+            result[cluster_id] = label(cluster_id, count)
+    seen: set[str] = set()
+    for cluster_id in sorted(result):
+        if list(result.values()).count(result[cluster_id]) > 1 and result[cluster_id] in seen:
+            result[cluster_id] = f"{result[cluster_id]} #{cluster_id}"
+        seen.add(result[cluster_id])
+    return result
+
+
+# ---- profiles and migration ---------------------------------------------------------------------------
+
+def segment_profiles(segments: "pd.DataFrame", buyers: "pd.DataFrame", mix: "pd.DataFrame | None",
+                     labels: Mapping[int, str], centroids: Mapping[int, str]) -> "pd.DataFrame":
+    """One row per cluster (kind 'cluster', by id) and per RFM segment present (kind 'rfm', in
+    SEGMENT_RULES order): size, share, outliers, feature means, top categories, main channel and,
+    for clusters, the centroid JSON the next run matches ids on."""
+    import pandas as pd
+
+    frame = buyers.assign(cluster_id=segments["cluster_id"].to_numpy(), rfm_segment=segments["rfm_segment"].to_numpy(),
+                          is_outlier=segments["is_outlier"].to_numpy(dtype=bool))
+    categories = _category_spend(mix, frame)
+    rows: list[dict[str, Any]] = []
+    total = len(frame)
+    groups = [("cluster", key, frame[frame["cluster_id"] == key]) for key in sorted(labels)]
+    groups += [("rfm", name, frame[frame["rfm_segment"] == name]) for name in SEGMENT_NAMES if (frame["rfm_segment"] == name).any()]
+    for kind, key, members in groups:
+        means = members[["recency_days", "frequency", "monetary", "average_order_value", "items_per_order",
+                         "discount_share", "return_rate", "tenure_days", "tickets_opened"]].mean()
+        rows.append({
+            "kind": kind,
+            "segment": str(key),
+            "cluster_id": int(key) if kind == "cluster" else None,
+            "label": labels[key] if kind == "cluster" else str(key).replace("cant_", "can't ").replace("_", " "),
+            "customers": int(len(members)),
+            "share": round(len(members) / total, 6),
+            "outliers": int(members["is_outlier"].sum()),
+            **{f"mean_{name}": round(float(value), 4) for name, value in means.items()},
+            "top_categories": _top_categories(categories, members["customer_id"]),
+            "main_channel": _main_channel(members),
+            "centroid": centroids.get(key) if kind == "cluster" else None,
+        })
+    profiles = pd.DataFrame(rows, columns=list(PROFILE_COLUMNS))
+    return _typed(profiles, PROFILE_COLUMNS)
+
+
+def _category_spend(mix: "pd.DataFrame | None", frame: "pd.DataFrame") -> "pd.DataFrame | None":
+    import pandas as pd
+
+    if mix is None or mix.empty:
+        return None
+    spend = mix.loc[:, ["customer_id", "category", "net_amount"]].copy()
+    spend["customer_id"] = spend["customer_id"].astype("str")
+    spend["net_amount"] = pd.to_numeric(spend["net_amount"].astype("object"), errors="coerce").astype("float64").fillna(0.0)
+    return spend.sort_values(["customer_id", "category"], kind="stable")
+
+
+def _top_categories(spend: "pd.DataFrame | None", customers: "pd.Series", top: int = 3) -> str:
+    """E.g. 'grocery 41%, household 22%, beauty 9%': shares of the group's net spend."""
+    if spend is None:
+        return ""
+    amounts = spend[spend["customer_id"].isin(set(customers))].groupby("category")["net_amount"].sum()
+    amounts = amounts[amounts > 0]
+    if amounts.empty:
+        return ""
+    shares = (amounts / amounts.sum()).reset_index().sort_values(["net_amount", "category"], ascending=[False, True])
+    return ", ".join(f"{row.category} {row.net_amount:.0%}" for row in shares.head(top).itertuples())
+
+
+def _main_channel(members: "pd.DataFrame") -> str | None:
+    """The channel of most of the group's revenue orders."""
+    orders = {channel: float((members[f"{channel}_share"].fillna(0) * members["frequency"]).sum()) for channel in CHANNELS}
+    best = max(CHANNELS, key=lambda channel: orders[channel])
+    return best if orders[best] > 0 else None
+
+
+def segment_migration(segments: "pd.DataFrame", previous: "pd.DataFrame | None") -> "pd.DataFrame":
+    """Customers per (kind, from, to) since the previous as-of date (see the module docstring)."""
+    import pandas as pd
+
+    if previous is None:
+        return _typed(pd.DataFrame(columns=list(MIGRATION_COLUMNS)), MIGRATION_COLUMNS)
+    previous_date = None
+    if "as_of_date" in previous.columns and previous["as_of_date"].notna().any():
+        previous_date = pd.Timestamp(previous["as_of_date"].dropna().max())
+    before = previous.assign(customer_id=previous["customer_id"].astype("str"))
+    rows: list[dict[str, Any]] = []
+    for kind, column in (("rfm", "rfm_segment"), ("cluster", "cluster_id")):
+        now = segments.set_index("customer_id")[column].astype("str")
+        then = before.drop_duplicates("customer_id").set_index("customer_id")[column]
+        then = then[then.notna()].astype("object").map(lambda value: str(int(value)) if kind == "cluster" else str(value))
+        pairs = pd.DataFrame({"from_segment": then}).join(pd.DataFrame({"to_segment": now}), how="outer")
+        pairs["from_segment"] = pairs["from_segment"].fillna(NEW_CUSTOMER)
+        pairs["to_segment"] = pairs["to_segment"].fillna(GONE)
+        counts = pairs.groupby(["from_segment", "to_segment"]).size()
+        for (source, target), customers in counts.items():
+            rows.append({"kind": kind, "previous_as_of_date": previous_date, "from_segment": source,
+                         "to_segment": target, "customers": int(customers)})
+    frame = pd.DataFrame(rows, columns=list(MIGRATION_COLUMNS))
+    frame = frame.sort_values(["kind", "from_segment", "to_segment"], kind="stable").reset_index(drop=True)
+    return _typed(frame, MIGRATION_COLUMNS)
+
+
+def _migration_summary(migration: "pd.DataFrame") -> dict[str, dict[str, int]]:
+    summary: dict[str, dict[str, int]] = {}
+    for kind, rows in migration.groupby("kind"):
+        stayed = rows["from_segment"] == rows["to_segment"]
+        summary[str(kind)] = {
+            "stayed": int(rows.loc[stayed, "customers"].sum()),
+            "moved": int(rows.loc[~stayed & (rows["from_segment"] != NEW_CUSTOMER) & (rows["to_segment"] != GONE), "customers"].sum()),
+            NEW_CUSTOMER: int(rows.loc[rows["from_segment"] == NEW_CUSTOMER, "customers"].sum()),
+            GONE: int(rows.loc[rows["to_segment"] == GONE, "customers"].sum()),
+        }
+    return summary
+
+
+def _typed(frame: "pd.DataFrame", columns: Mapping[str, str]) -> "pd.DataFrame":
+    """`frame` with exactly `columns`, in order, in the dtypes the warehouse reads back."""
+    import pandas as pd
+
+    typed = pd.DataFrame(index=frame.index)
+    for column, kind in columns.items():
+        values = frame[column]
+        if kind == "integer":
+            typed[column] = pd.array(pd.to_numeric(values.astype("object")), dtype="Int64")
+        elif kind == "boolean":
+            typed[column] = values.astype("boolean")
+        elif kind == "date":
+            typed[column] = pd.to_datetime(values).astype("datetime64[us]")
+        else:
+            typed[column] = values.astype(_PANDAS_DTYPES[kind])
+    return typed.reset_index(drop=True)
