@@ -1,0 +1,96 @@
+"""Acceptance on simulator truth: the behavioural clusters rediscover the personas the simulator
+planted. 4,000 customers over 13 months are simulated, loaded and built by dbt on DuckDB for the
+last day; `clustering.run` reads the feature tables through warehouse_io as the DAG does. Each
+customer takes the persona of the majority of the people behind its records (truth/identities.csv
+joined to int_customer_identity; customers without a majority are dropped); among customers with
+at least 3 orders, the adjusted Rand index of clusters vs personas must reach 0.6. Beside it, the
+ceiling: a classifier trained on the personas with the same features, cross-validated."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import adjusted_rand_score
+from sklearn.model_selection import cross_val_predict
+
+from ml_tasks import clustering
+from ml_tasks.registry import model
+from ml_tasks.warehouse_io import read_input
+from tests.conftest import load_raw, run_dbt
+from warehouse import connect
+
+CUSTOMERS = 4000
+START = dt.date(2024, 1, 1)
+DAYS = 395
+LAST_DAY = START + dt.timedelta(days=DAYS - 1)
+MINIMUM_ARI = 0.6
+
+
+def _personas(url: str, truth: Path) -> pd.Series:
+    """customer_id -> persona of the majority of the people behind its records (ties dropped)."""
+    with connect(url) as warehouse:
+        identity = warehouse.fetch_df("select source_table, source_key, customer_id from intermediate.int_customer_identity")
+    identities = pd.read_csv(truth / "identities.csv", dtype=str)
+    people = pd.read_csv(truth / "customers.csv", dtype={"person_id": str}, usecols=["person_id", "persona"])
+    records = identity.merge(identities, left_on=["source_table", "source_key"], right_on=["entity", "record_key"])
+    records = records.merge(people, on="person_id")
+    votes = records.groupby(["customer_id", "persona"]).size().unstack(fill_value=0)
+    majority = votes.max(axis=1) > votes.sum(axis=1) / 2
+    return votes.idxmax(axis=1)[majority]
+
+
+def test_clusters_recover_the_simulated_personas(tmp_path: Path) -> None:
+    from simulator import SimulationSettings, simulate
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    sources = tmp_path / "sources"
+    simulate(SimulationSettings(customers=CUSTOMERS, start=START, days=DAYS, seed=7, out=sources, dirty_rate=0.01))
+    timings["simulate"] = time.perf_counter() - started
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    load_raw(url, sources, LAST_DAY)
+    timings["load"] = time.perf_counter() - started - sum(timings.values())
+    run_dbt(url, "build", "--select", "+path:models/features", "--exclude-resource-type", "test", "unit_test",
+            "--vars", json.dumps({"as_of_date": LAST_DAY.isoformat()}), tmp_path=tmp_path)
+    timings["dbt"] = time.perf_counter() - started - sum(timings.values())
+
+    spec = model("customer_segments")
+    with connect(url) as warehouse:
+        inputs = {table.name: read_input(warehouse, table, LAST_DAY) for table in spec.reads}
+    settings = spec.settings()
+    results, metrics = clustering.run(inputs, LAST_DAY, settings)
+    timings["clustering"] = time.perf_counter() - started - sum(timings.values())
+
+    personas = _personas(url, sources / "truth")
+    segments = results[clustering.SEGMENTS].set_index("customer_id")
+    judged = segments[(segments["frequency"] >= 3) & segments.index.isin(personas.index)]
+    truth = personas[judged.index].to_numpy()
+    ari = adjusted_rand_score(truth, judged["cluster_id"].to_numpy())
+
+    # The ceiling: the same features, standardised, with the personas as labels (5-fold CV).
+    buyers = clustering._buyers(inputs[clustering.FEATURES])
+    raw = clustering.feature_matrix(buyers, inputs[clustering.CATEGORY_MIX], settings)
+    points = clustering.FeatureSpace.fit(raw).standardise(raw)
+    rows = np.flatnonzero(buyers["customer_id"].isin(judged.index).to_numpy())
+    labels = personas[buyers["customer_id"].iloc[rows]].to_numpy()
+    predicted = cross_val_predict(LogisticRegression(max_iter=2000), points[rows], labels, cv=5)
+    ceiling = adjusted_rand_score(labels, predicted)
+    timings["ceiling"] = time.perf_counter() - started - sum(timings.values())
+
+    crosstab = pd.crosstab(judged["cluster_label"].to_numpy(), truth)
+    print(f"\nclusters vs personas, {len(judged)} customers with >= 3 orders: ARI {ari:.3f} (k = {metrics['k']}),"
+          f" supervised ceiling {ceiling:.3f}; held-out silhouette {metrics['heldout_silhouette']},"
+          f" inertia reduction {metrics['heldout_inertia_reduction']}; seconds {({k: round(v, 1) for k, v in timings.items()})}")
+    print(crosstab.to_string())
+    assert len(judged) >= 0.5 * CUSTOMERS
+    assert ari >= MINIMUM_ARI, crosstab.to_string()
+    assert ceiling >= ari  # sanity: the labels teach more than the clusters find
+    for name, floor in spec.quality_floors.items():
+        assert metrics[name] >= floor, name
