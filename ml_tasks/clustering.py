@@ -22,7 +22,12 @@ start lands in a worse optimum now and then) is fitted on a seeded training shar
 (1 - holdout_share), outliers left out of the fit.
 - k: every k in [k_min, k_max] is fitted; the silhouette of each on a seeded sample of the training
   customers is compared and the smallest k whose silhouette is within `silhouette_tolerance` of the
-  best is chosen (a simpler model unless a finer one separates clearly better).
+  best is chosen (a simpler model unless a finer one separates clearly better). On customer data
+  (a continuum more than blobs) the silhouette falls almost steadily with k (4,000 simulated
+  customers: 0.18 at k=4, 0.17 at 5, 0.15 at 6-8), so it would always pick k_min: k_min (default
+  6) is the business choice of the coarsest useful segmentation, and the silhouette decides only
+  when a larger k separates better. With k=4 the six simulated personas merge (ARI 0.46), k=5-7
+  give 0.60-0.64.
 - Quality, on the held-out customers the fit never saw (metrics `heldout_silhouette`, and
   `heldout_inertia_reduction`: 1 - their squared distance to their nearest centroid over their
   squared distance to the training mean, i.e. the share of the held-out spread the clusters
