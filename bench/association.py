@@ -183,7 +183,8 @@ def main() -> None:
     min_count = min_count_for(args.min_support, args.baskets)
     print(json.dumps({"baskets": args.baskets, "skus": args.skus, "basket_items": int(len(items)),
                       "mean_basket_size": round(len(items) / args.baskets, 3), "min_support": args.min_support,
-                      "min_count": min_count, "max_length": args.max_length, "generate_seconds": round(time.perf_counter() - started, 1)}),
+                      "min_count": min_count, "max_length": args.max_length,
+                      "generate_seconds": round(time.perf_counter() - started, 1)}),
           flush=True)
     tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
     runs: dict[str, list[dict]] = {tool: [] for tool in tools}

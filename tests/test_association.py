@@ -68,7 +68,8 @@ def one_hot(baskets: dict[int, list[str]]) -> pd.DataFrame:
 # ---- hand-made baskets -----------------------------------------------------------------------------
 
 # 8 baskets: A, B, C each in 5/5/4, all three together in 3 (b1-b3), D with each of them once.
-HAND = {1: ["A", "B", "C"], 2: ["A", "B", "C"], 3: ["A", "B", "C"], 4: ["A"], 5: ["B"], 6: ["A", "D"], 7: ["B", "D"], 8: ["C", "D"]}
+HAND = {1: ["A", "B", "C"], 2: ["A", "B", "C"], 3: ["A", "B", "C"], 4: ["A"], 5: ["B"],
+        6: ["A", "D"], 7: ["B", "D"], 8: ["C", "D"]}
 
 
 def test_hand_made_itemsets_and_rule_numbers_are_the_hand_counts():
