@@ -42,10 +42,16 @@ Offers (`next_best_offers`), top `top_k_offers` skus per customer of customer_fe
 - product rules whose antecedent the customer bought in the window fire; each consequent the
   customer has not bought scores the confidence of its best rule (ties: lift, then rule text) and
   carries that rule's text, source 'rule';
-- remaining places, or all of them for customers no rule covers, go to the best sellers (baskets
-  in the window) of the customer's favourite category not bought yet, score = their share of
-  baskets, rule null, source 'category_best_seller'; a customer without a favourite category (no
-  purchase ever) gets no offers;
+- remaining places, or all of them for customers no rule covers, go to the skus not bought yet
+  with the highest basket share (in the window) times the customer's affinity for the sku's
+  category (their share of purchases in it over the shop's, smoothed as if they had made
+  CATEGORY_PRIOR_PURCHASES more purchases in the shop's mix), rule null, source
+  'category_best_seller' when the sku is of the customer's favourite category, else
+  'best_seller'. A customer buying mostly one category gets its best sellers; a customer with no
+  purchase in the window gets the shop's best sellers. Measured on 13 months of 4,000 simulated
+  customers (held out as below): the favourite category's best sellers alone hit 0.41 of customers,
+  the shop's best sellers 0.60, affinity-weighted best sellers 0.59, and with rule offers first
+  (this policy) see `offer_hit_rate` in ml.model_runs;
 - marketing_opt_in is carried from customer_features so a campaign filters on it.
 
 Quality on unseen data (the metrics, checked against the spec's floors): baskets of the last
@@ -78,7 +84,12 @@ if TYPE_CHECKING:  # pandas is imported where it is used: the DAG parses the reg
     import pandas as pd
 
 MODEL_NAME = "association_rules"
-MODEL_VERSION = "eclat-rules-offers-1"
+MODEL_VERSION = "eclat-rules-offers-2"
+# Offers' fill: a customer's category affinity is smoothed as if they had made this many more
+# purchases in the shop's category mix; each category offers at most this many sellers beyond the
+# places left (the customer may have bought some).
+CATEGORY_PRIOR_PURCHASES = 5.0
+CATEGORY_CANDIDATE_MARGIN = 20
 BASKETS_TABLE = "features.basket_items"
 CUSTOMERS_TABLE = "features.customer_features"
 RULES_TABLE = "ml.association_rules"
@@ -445,13 +456,18 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     known = who >= 0
     bought = np.unique(who[known].astype(np.int64) * n_skus + what[known])
 
+    if "category" not in purchases.columns:
+        purchases = purchases.assign(category=purchases["sku"].astype(str).map(
+            best_sellers.assign(sku=best_sellers["sku"].astype(str)).set_index("sku")["category"]))
     rule_offers = _rule_offers(product_rules, bought, skus, n_skus, k)
-    # Fill with the favourite category's best sellers not bought and not offered yet.
+    # Fill with popular skus, weighted by the customer's taste for their categories, not bought or offered yet.
     taken = np.union1d(bought, rule_offers["key"].to_numpy(np.int64))
     places = k - np.bincount(rule_offers["customer"].to_numpy(np.int64), minlength=len(customers))
-    fill = _best_seller_offers(customers, best_sellers, skus, n_skus, taken, places)
-    offers = pd.concat([rule_offers.assign(source="rule"), fill.assign(source="category_best_seller")], ignore_index=True)
-    offers["order"] = offers["source"].eq("category_best_seller").astype(np.int64)
+    fill = _popular_offers(customers, purchases, best_sellers, skus, n_skus, taken, places)
+    fill_source = np.where(fill["favourite"].to_numpy(bool), "category_best_seller", "best_seller") if len(fill) else []
+    offers = pd.concat([rule_offers.assign(source="rule"), fill.drop(columns="favourite", errors="ignore").assign(source=fill_source)],
+                       ignore_index=True)
+    offers["order"] = offers["source"].ne("rule").astype(np.int64)
     offers = offers.sort_values(["customer", "order", "score", "tie", "sku_code"], ascending=[True, True, False, False, True],
                                 kind="mergesort").reset_index(drop=True)
     offers["rank"] = offers.groupby("customer").cumcount().astype(np.int64) + 1
@@ -554,36 +570,66 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return sorted_keys[position] == keys
 
 
-def _best_seller_offers(customers: pd.DataFrame, best_sellers: pd.DataFrame, skus: pd.Index, n_skus: int,
-                        taken: np.ndarray, places: np.ndarray) -> pd.DataFrame:
-    """For each customer with places left, the best sellers of the favourite category not taken."""
+def _popular_offers(customers: pd.DataFrame, purchases: pd.DataFrame, best_sellers: pd.DataFrame, skus: pd.Index,
+                    n_skus: int, taken: np.ndarray, places: np.ndarray) -> pd.DataFrame:
+    """For each customer with places left, the skus not taken with the highest basket share times the
+    customer's affinity for the sku's category: the customer's share of purchases in the category
+    over everyone's, smoothed towards 1 as if the customer had made CATEGORY_PRIOR_PURCHASES more
+    purchases in the shop's mix (one purchase of a category says little). A customer buying mostly
+    from one category gets its best sellers first; one with no purchase gets the shop's best sellers."""
     import pandas as pd
-    ranked = best_sellers.sort_values(["category", "baskets", "sku"], ascending=[True, False, True], kind="mergesort")
-    categories = pd.Index(sorted(ranked["category"].dropna().astype(str).unique()))
-    liked = customers["favourite_category"].astype(object)
-    favourite = categories.get_indexer(liked.where(liked.notna(), None))
-    wanting = np.flatnonzero((favourite >= 0) & (places > 0))
-    if not len(wanting) or ranked.empty:
+    wanting = np.flatnonzero(places > 0)
+    if not len(wanting) or best_sellers.empty:
         return _no_offers()
-    category_code = categories.get_indexer(ranked["category"].astype(str))
-    seller = skus.get_indexer(ranked["sku"].astype(str))
-    share = ranked["share"].to_numpy(float)
-    starts = np.searchsorted(category_code, np.arange(len(categories)))
-    ends = np.searchsorted(category_code, np.arange(len(categories)), side="right")
-    # Each wanting customer considers the first (places + bought in category) sellers at most; a
-    # simple bound: places + the customer's purchases, capped by the category's size.
-    bought_count = np.bincount(taken // n_skus, minlength=len(customers))[: len(customers)]
-    depth = np.minimum(places[wanting] + bought_count[wanting], ends[favourite[wanting]] - starts[favourite[wanting]])
-    owner = np.repeat(wanting, depth)
-    offsets = np.arange(int(depth.sum())) - np.repeat(np.cumsum(depth) - depth, depth)
-    position = np.repeat(starts[favourite[wanting]], depth) + offsets
-    key = owner * n_skus + seller[position]
-    free = ~_contains(taken, key)
-    owner, position, key = owner[free], position[free], key[free]
-    frame = pd.DataFrame({"customer": owner, "sku_code": seller[position], "key": key, "score": share[position],
-                          "tie": share[position], "rule": None})
-    frame = frame[frame.groupby("customer").cumcount().to_numpy() < places[owner]]
-    return frame[_OFFER_FIELDS].reset_index(drop=True)
+    ranked = best_sellers.assign(category=best_sellers["category"].astype(str))
+    ranked = ranked.sort_values(["category", "baskets", "sku"], ascending=[True, False, True], kind="mergesort")
+    categories = pd.Index(sorted(ranked["category"].unique()))
+    # The top sellers of each category, deep enough for a customer's places plus some already bought.
+    depth = int(places.max()) + CATEGORY_CANDIDATE_MARGIN
+    ranked = ranked[ranked.groupby("category").cumcount() < depth]
+    category_code = categories.get_indexer(ranked["category"])
+    slot = ranked.groupby("category").cumcount().to_numpy()
+    seller = np.full((len(categories), depth), -1, dtype=np.int64)
+    share = np.zeros((len(categories), depth))
+    seller[category_code, slot] = skus.get_indexer(ranked["sku"].astype(str))
+    share[category_code, slot] = ranked["share"].to_numpy(float)
+
+    customer_codes = pd.Index(customers["customer_id"])
+    who = customer_codes.get_indexer(purchases["customer_id"])
+    bought_in = categories.get_indexer(purchases["category"].astype(str))
+    known = (who >= 0) & (bought_in >= 0)
+    counts = np.zeros((len(customers), len(categories)))
+    np.add.at(counts, (who[known], bought_in[known]), 1.0)
+    # The shop's category mix, add-one smoothed so a category no one bought still has a share.
+    mix = (counts.sum(axis=0) + 1.0) / (counts.sum() + len(categories))
+    favourite = categories.get_indexer(customers["favourite_category"].astype(object).where(
+        customers["favourite_category"].notna(), None))
+
+    parts = []
+    width = len(categories) * depth
+    chunk = max(1, 20_000_000 // width)
+    for low in range(0, len(wanting), chunk):
+        owner = wanting[low: low + chunk]
+        affinity = (counts[owner] + CATEGORY_PRIOR_PURCHASES * mix) / (
+            (counts[owner].sum(axis=1, keepdims=True) + CATEGORY_PRIOR_PURCHASES) * mix)
+        score = (affinity[:, :, None] * share[None, :, :]).reshape(len(owner), width)
+        candidate = np.broadcast_to(seller.reshape(1, width), score.shape)
+        keys = owner[:, None] * n_skus + candidate
+        free = (candidate >= 0) & ~_contains(taken, keys.ravel()).reshape(score.shape)
+        score = np.where(free, score, -np.inf)
+        # Best first; ties by the sku's own share, then sku code, so the order is total.
+        order = np.lexsort((candidate, -np.broadcast_to(share.reshape(1, width), score.shape), -score), axis=1)
+        keep = np.arange(width)[None, :] < places[owner][:, None]
+        rows, columns = np.nonzero(keep & np.take_along_axis(free, order, axis=1))
+        position = order[rows, columns]
+        customer = owner[rows]
+        sku_code = candidate[rows, position]
+        parts.append(pd.DataFrame({
+            "customer": customer, "sku_code": sku_code, "key": customer * n_skus + sku_code,
+            "score": score[rows, position], "tie": share.reshape(width)[position], "rule": None,
+            "favourite": (position // depth) == favourite[customer],
+        }))
+    return pd.concat(parts, ignore_index=True) if parts else _no_offers()
 
 
 def best_sellers(product_items: pd.DataFrame) -> pd.DataFrame:
@@ -649,7 +695,7 @@ def _fit(items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSett
         metrics["rules_before_pruning"][level] = int(len(unpruned))
     all_rules = pd.concat(rules, ignore_index=True) if rules else _empty(RULE_COLUMNS)
     products = items[items["item_level"] == "product"]
-    purchases = products[["customer_id", "item"]].rename(columns={"item": "sku"}).drop_duplicates()
+    purchases = products[["customer_id", "item", "category"]].rename(columns={"item": "sku"}).drop_duplicates()
     offers = next_best_offers(all_rules[all_rules["item_level"] == "product"], purchases, customers,
                               best_sellers(products), settings.top_k_offers)
     metrics["offers"] = int(len(offers))

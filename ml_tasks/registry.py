@@ -7,10 +7,10 @@ Imports no pandas or scikit-learn: the DAG file parses this.
 
 from __future__ import annotations
 
+from ml_tasks import association, clustering  # neither imports pandas or scikit-learn at import
 from ml_tasks.contract import InputTable, ModelSpec, OutputTable
 
 # ---- customer segments and clusters (ml_tasks/clustering.py) ------------------------------------
-from ml_tasks import clustering  # noqa: E402  (no pandas or scikit-learn at import)
 
 SEGMENTS_SPEC = ModelSpec(
     name="customer_segments",
@@ -53,15 +53,12 @@ SEGMENTS_SPEC = ModelSpec(
 )
 
 # ---- association rules and next-best offers (ml_tasks/association.py) ---------------------------
-# ASSOCIATION_SPEC is defined by the association module's author below.
-from ml_tasks.association import MODEL_VERSION as ASSOCIATION_VERSION  # noqa: E402  (no pandas at import)
-from ml_tasks.association import AssociationSettings  # noqa: E402
 
 ASSOCIATION_SPEC = ModelSpec(
     name="association_rules",
-    version=ASSOCIATION_VERSION,
+    version=association.MODEL_VERSION,
     module="ml_tasks.association",
-    settings=AssociationSettings,
+    settings=association.AssociationSettings,
     reads=(
         InputTable(
             "features.basket_items",
@@ -105,8 +102,9 @@ ASSOCIATION_SPEC = ModelSpec(
                 "marketing_opt_in": "boolean",
             },
             "Top-K skus per customer not bought in the window: from product rules firing on the"
-            " customer's purchases (source 'rule', score = confidence, rule = 'A => C'), else best"
-            " sellers of the favourite category (source 'category_best_seller', score = basket share).",
+            " customer's purchases (source 'rule', score = confidence, rule = 'A => C'), then best"
+            " sellers weighted by the customer's affinity for their category (score = basket share x"
+            " affinity; source 'category_best_seller' in the favourite category, else 'best_seller').",
         ),
     ),
     # Twenty baskets (the default support floor) at both levels: fewer cannot hold a frequent

@@ -288,9 +288,10 @@ def test_bench_baskets_give_the_same_itemsets_as_mlxtend():
 
 
 def offer_inputs():
-    """Product rule pen -> ink (and pen + paper -> folder); customers:
-    c1 bought pen: offered ink (rule) then stationery best sellers; c2 bought pen and ink: no ink;
-    c3 bought nothing in the window, favourite toys: toy best sellers; c4 no favourite: nothing."""
+    """Product rule pen -> ink (and pen + paper -> folder); customers: c1 bought pen, c2 pen and
+    ink, c5 pen and paper (all stationery); c3 nothing in the window (favourite toys), c4 nothing
+    and no favourite. Sellers: stationery pen .40, ink .20, paper .18, folder .16, glue .14 of the
+    50 baskets; toys ball .24, doll .20, kite .20."""
     rules = pd.DataFrame([
         {"item_level": "product", "antecedent": "pen", "consequent": "ink", "antecedent_size": 1, "support": 0.2,
          "confidence": 0.6, "lift": 3.0, "leverage": 0.1, "conviction": 2.0, "antecedent_baskets": 10,
@@ -305,33 +306,40 @@ def offer_inputs():
                               "marketing_opt_in": [True, False, True, None, True]})
     sellers = pd.DataFrame({"sku": ["pen", "ink", "paper", "folder", "glue", "ball", "doll", "kite"],
                             "category": ["stationery"] * 5 + ["toys"] * 3,
-                            "baskets": [20, 10, 9, 8, 7, 30, 25, 25]})
+                            "baskets": [20, 10, 9, 8, 7, 12, 10, 10]})
     sellers["share"] = sellers["baskets"] / 50
     return rules, purchases, customers, sellers
 
 
-def test_offers_fire_rules_exclude_bought_items_and_fall_back_to_category_best_sellers():
+def test_offers_fire_rules_exclude_bought_items_and_fill_with_best_sellers_weighted_by_category_affinity():
     rules, purchases, customers, sellers = offer_inputs()
     offers = next_best_offers(rules, purchases, customers, sellers, k=3)
     rule = offers["rule"].astype(object).where(offers["rule"].notna(), None)  # null: pandas shows NaN
     by_customer = {c: list(zip(g["sku"], g["source"], rule[g.index], g["rank"])) for c, g in offers.groupby("customer_id")}
-    assert by_customer["c1"] == [("ink", "rule", "pen => ink", 1), ("paper", "category_best_seller", None, 2),
+    # Shop mix, add-one smoothed: stationery 6/7, toys 1/7. Affinity with 5 prior purchases:
+    # one stationery purchase: stationery (1 + 5 * 6/7) / (6 * 6/7) = 1.028, toys (5/7) / (6/7) = 0.833;
+    # two: 1.048 and 0.714; none: 1 everywhere (the shop's best sellers).
+    # c1: ink by rule, then ball .24 x .833 = .200, paper .18 x 1.028 = .185.
+    assert by_customer["c1"] == [("ink", "rule", "pen => ink", 1), ("ball", "best_seller", None, 2),
+                                 ("paper", "category_best_seller", None, 3)]
+    # c2 (no rule fires: ink bought, no paper): paper .189, ball .171, folder .168.
+    assert by_customer["c2"] == [("paper", "category_best_seller", None, 1), ("ball", "best_seller", None, 2),
                                  ("folder", "category_best_seller", None, 3)]
-    assert by_customer["c2"] == [("paper", "category_best_seller", None, 1), ("folder", "category_best_seller", None, 2),
-                                 ("glue", "category_best_seller", None, 3)]
-    # Two rules fire for c5 (pen; paper + pen): by confidence.
+    # Two rules fire for c5 (pen; paper + pen): by confidence; then ball .171 beats glue .147.
     assert by_customer["c5"] == [("ink", "rule", "pen => ink", 1), ("folder", "rule", "paper + pen => folder", 2),
-                                 ("glue", "category_best_seller", None, 3)]
-    # Toys best sellers by baskets, the tie (doll, kite) by sku.
-    assert by_customer["c3"] == [("ball", "category_best_seller", None, 1), ("doll", "category_best_seller", None, 2),
-                                 ("kite", "category_best_seller", None, 3)]
-    assert "c4" not in by_customer
+                                 ("ball", "best_seller", None, 3)]
+    # No purchase: the shop's best sellers; the tie at .20 (doll, ink, kite) by sku.
+    assert by_customer["c3"] == [("pen", "best_seller", None, 1), ("ball", "category_best_seller", None, 2),
+                                 ("doll", "category_best_seller", None, 3)]
+    assert by_customer["c4"] == [("pen", "best_seller", None, 1), ("ball", "best_seller", None, 2),
+                                 ("doll", "best_seller", None, 3)]
     bought = set(zip(purchases["customer_id"], purchases["sku"]))
     assert not any((c, s) in bought for c, s in zip(offers["customer_id"], offers["sku"]))
     opt_in = offers.drop_duplicates("customer_id").set_index("customer_id")["marketing_opt_in"]
     assert opt_in["c2"] == True and opt_in["c3"] == False and pd.isna(opt_in["c1"])  # noqa: E712
     assert offers.loc[offers["source"] == "rule", "score"].tolist() == [0.6, 0.6, 0.5]
-    assert offers.loc[(offers["customer_id"] == "c3"), "score"].tolist() == [0.6, 0.5, 0.5]
+    assert offers.loc[(offers["customer_id"] == "c3"), "score"].tolist() == pytest.approx([0.4, 0.24, 0.2])
+    assert offers.loc[(offers["customer_id"] == "c1"), "score"].tolist() == pytest.approx([0.6, 0.24 * 5 / 6, 0.18 * 37 / 36])
 
 
 def test_offers_are_at_most_k_and_deterministic_whatever_the_row_order():
@@ -397,8 +405,10 @@ def test_run_publishes_exactly_the_declared_columns_with_their_types():
     assert set(metrics["itemsets_by_size"]) == {"product", "category"}
     assert ("st3", "st9") in set(zip(rules["antecedent"], rules["consequent"]))
     offers = results["ml.product_recommendations"]
-    assert offers["rank"].max() <= 5 and "c9999" not in set(offers["customer_id"])
-    assert set(offers["source"]) == {"rule", "category_best_seller"}
+    assert offers["rank"].max() <= 5
+    # c9999 bought nothing and has no favourite category: the shop's best sellers.
+    assert set(offers.loc[offers["customer_id"] == "c9999", "source"]) == {"best_seller"}
+    assert set(offers["source"]) == {"rule", "category_best_seller", "best_seller"}
     for floor in spec.quality_floors:
         assert floor in metrics
     assert metrics["offer_hit_rate_ratio"] is not None and metrics["top_rules_median_holdout_lift"] is not None
