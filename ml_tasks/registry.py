@@ -43,11 +43,13 @@ SEGMENTS_SPEC = ModelSpec(
     ),
     # As many customer rows as the default settings need buyers (10 x k_max): fewer cannot be clustered.
     minimum_input_rows=80,
-    # On held-out customers. Measured at 4,000 simulated customers x 13 months: silhouette 0.15,
-    # inertia reduction 0.47; customers whose every feature is independent uniform noise (no cluster
-    # at all, tests/test_clustering.py) give 0.09 and 0.32. The floors sit between: a refit whose
-    # clusters separate no better than noise's is not published, and the previous run's stays.
-    quality_floors={"heldout_silhouette": 0.10, "heldout_inertia_reduction": 0.35},
+    # On held-out customers, for whichever k of the default 4-8 Davies-Bouldin picks (inertia
+    # reduction grows with k). 4,000 simulated customers x 13 months (seeds 3, 7, 11): silhouette
+    # 0.14-0.18 and inertia reduction 0.39-0.51 over k = 4-8 (0.17, 0.43-0.45 at the chosen 5);
+    # customers whose every feature is independent uniform noise (no cluster at all,
+    # tests/test_clustering.py): at most 0.11 and 0.37 over k = 4-8. The floors sit between: a refit
+    # whose clusters separate no better than noise's is not published, and the previous run's stays.
+    quality_floors={"heldout_silhouette": 0.12, "heldout_inertia_reduction": 0.38},
     retraining="refit on every run from the as-of date's features; ids matched to the previous run's centroids",
     description="RFM segments by rule and k-means behavioural clusters with stable ids, labels and outliers.",
 )

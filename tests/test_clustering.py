@@ -162,12 +162,25 @@ def test_score_rfm_does_not_depend_on_input_row_order_even_with_ties():
 
 # ---- clusters ---------------------------------------------------------------------------------------
 
-def test_kmeans_recovers_well_separated_planted_groups_and_silhouette_picks_their_number():
+def test_kmeans_recovers_well_separated_planted_groups_and_davies_bouldin_picks_their_number():
     features, mix, truth = _customers(BLOBS)
     results, metrics = run(_inputs(features, mix), AS_OF, SegmentSettings(k_min=2, k_max=7))
     segments = results[SEGMENTS].set_index("customer_id")
     assert metrics["k"] == 4
-    assert max(metrics["silhouette_by_k"], key=metrics["silhouette_by_k"].get) == "4"
+    assert min(metrics["davies_bouldin_by_k"], key=metrics["davies_bouldin_by_k"].get) == "4"
+    assert set(metrics["davies_bouldin_by_k"]) == set(metrics["silhouette_by_k"]) == {str(k) for k in range(2, 8)}
+    assert adjusted_rand_score(truth[segments.index], segments["cluster_id"]) >= 0.95
+
+
+def test_default_settings_try_k_4_to_8_and_take_the_lowest_davies_bouldin():
+    features, mix, truth = _customers(BLOBS)
+    settings = SegmentSettings()
+    assert (settings.k_min, settings.k_max) == (4, 8)
+    results, metrics = run(_inputs(features, mix), AS_OF, settings)
+    by_k = metrics["davies_bouldin_by_k"]
+    assert list(by_k) == ["4", "5", "6", "7", "8"]
+    assert metrics["k"] == int(min(by_k, key=by_k.get)) == 4
+    segments = results[SEGMENTS].set_index("customer_id")
     assert adjusted_rand_score(truth[segments.index], segments["cluster_id"]) >= 0.95
 
 
@@ -395,7 +408,8 @@ def test_metrics_are_json_and_hold_the_quality_floors_of_the_spec(blob_run):
 
 def test_quality_floors_reject_customers_without_any_cluster_structure():
     """Independent uniform noise in every feature: k-means still splits it, but its held-out metrics
-    stay under both of the spec's floors (about 0.09 and 0.32, as the registry's comment quotes)."""
+    stay under both of the spec's floors (0.098 and 0.373 at the k = 8 Davies-Bouldin picks), and the
+    silhouette's alone at every k of the default range (at most 0.11, as the registry's comment quotes)."""
     rng = np.random.default_rng(0)
     features, mix, _ = _customers({"store_grocery": 2000})
     count = len(features)
@@ -414,6 +428,9 @@ def test_quality_floors_reject_customers_without_any_cluster_structure():
     _, metrics = run(_inputs(features, mix), AS_OF, SegmentSettings())
     floors = model("customer_segments").quality_floors
     assert all(metrics[name] < floor for name, floor in floors.items()), metrics
+    for k in range(4, 9):
+        _, metrics = run(_inputs(features, mix), AS_OF, SegmentSettings(k_min=k, k_max=k))
+        assert metrics["heldout_silhouette"] < floors["heldout_silhouette"], (k, metrics["heldout_silhouette"])
 
 
 def test_the_registry_imports_neither_pandas_nor_scikit_learn():

@@ -1,6 +1,7 @@
 """Acceptance on simulator truth: the behavioural clusters rediscover the personas the simulator
-planted. 4,000 customers over 13 months are simulated, loaded and built by dbt on DuckDB for the
-last day; `clustering.run` reads the feature tables through warehouse_io as the DAG does. Each
+planted. The shared `truth_warehouse` (tests/conftest.py: 4,000 customers over 13 months, seed 3,
+built by dbt on DuckDB for the last day); `clustering.run` reads the feature tables through
+warehouse_io as the DAG does, with the default settings (k chosen in 4-8 by Davies-Bouldin). Each
 customer takes the persona of the majority of the people behind its records (truth/identities.csv
 joined to int_customer_identity; customers without a majority are dropped); among customers with
 at least 3 orders, the adjusted Rand index of clusters vs personas must reach 0.6. Beside it, the
@@ -8,8 +9,6 @@ ceiling: a classifier trained on the personas with the same features, cross-vali
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import time
 from pathlib import Path
 
@@ -22,13 +21,9 @@ from sklearn.model_selection import cross_val_predict
 from ml_tasks import clustering
 from ml_tasks.registry import model
 from ml_tasks.warehouse_io import read_input
-from tests.conftest import load_raw, run_dbt
+from tests.conftest import TRUTH_CUSTOMERS, TRUTH_LAST_DAY
 from warehouse import connect
 
-CUSTOMERS = 4000
-START = dt.date(2024, 1, 1)
-DAYS = 395
-LAST_DAY = START + dt.timedelta(days=DAYS - 1)
 MINIMUM_ARI = 0.6
 
 
@@ -45,27 +40,16 @@ def _personas(url: str, truth: Path) -> pd.Series:
     return votes.idxmax(axis=1)[majority]
 
 
-def test_clusters_recover_the_simulated_personas(tmp_path: Path) -> None:
-    from simulator import SimulationSettings, simulate
-
+def test_clusters_recover_the_simulated_personas(truth_warehouse: tuple[str, Path]) -> None:
+    url, sources = truth_warehouse
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    sources = tmp_path / "sources"
-    simulate(SimulationSettings(customers=CUSTOMERS, start=START, days=DAYS, seed=7, out=sources, dirty_rate=0.01))
-    timings["simulate"] = time.perf_counter() - started
-    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    load_raw(url, sources, LAST_DAY)
-    timings["load"] = time.perf_counter() - started - sum(timings.values())
-    run_dbt(url, "build", "--select", "+path:models/features", "--exclude-resource-type", "test", "unit_test",
-            "--vars", json.dumps({"as_of_date": LAST_DAY.isoformat()}), tmp_path=tmp_path)
-    timings["dbt"] = time.perf_counter() - started - sum(timings.values())
-
     spec = model("customer_segments")
     with connect(url) as warehouse:
-        inputs = {table.name: read_input(warehouse, table, LAST_DAY) for table in spec.reads}
+        inputs = {table.name: read_input(warehouse, table, TRUTH_LAST_DAY) for table in spec.reads}
     settings = spec.settings()
-    results, metrics = clustering.run(inputs, LAST_DAY, settings)
-    timings["clustering"] = time.perf_counter() - started - sum(timings.values())
+    results, metrics = clustering.run(inputs, TRUTH_LAST_DAY, settings)
+    timings["clustering"] = time.perf_counter() - started
 
     personas = _personas(url, sources / "truth")
     segments = results[clustering.SEGMENTS].set_index("customer_id")
@@ -88,7 +72,7 @@ def test_clusters_recover_the_simulated_personas(tmp_path: Path) -> None:
           f" supervised ceiling {ceiling:.3f}; held-out silhouette {metrics['heldout_silhouette']},"
           f" inertia reduction {metrics['heldout_inertia_reduction']}; seconds {({k: round(v, 1) for k, v in timings.items()})}")
     print(crosstab.to_string())
-    assert len(judged) >= 0.5 * CUSTOMERS
+    assert len(judged) >= 0.5 * TRUTH_CUSTOMERS
     assert ari >= MINIMUM_ARI, crosstab.to_string()
     assert ceiling >= ari  # sanity: the labels teach more than the clusters find
     for name, floor in spec.quality_floors.items():
