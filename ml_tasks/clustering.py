@@ -56,7 +56,12 @@ start lands in a worse optimum now and then) is fitted on a seeded training shar
 - Quality, on the held-out customers the fit never saw (metrics `heldout_silhouette`, and
   `heldout_inertia_reduction`: 1 - their squared distance to their nearest centroid over their
   squared distance to the training mean, i.e. the share of the held-out spread the clusters
-  explain; `heldout_inertia_reduction_vs_random` compares with centroids assigned at random).
+  explain; `heldout_inertia_reduction_vs_random` compares with centroids assigned at random),
+  each against a reference: the same k fitted and held out on customers drawn from one Gaussian
+  with the training customers' mean and covariance (spreads and correlations kept, clusters
+  gone): `null_heldout_silhouette`, `null_heldout_inertia_reduction`, and the gains over them,
+  `heldout_silhouette_gain` (the spec's floor) and `heldout_inertia_reduction_gain`. Absolute
+  silhouettes move with the data's size and age; the gain says whether there are clusters at all.
   The published model is that fitted model: every customer gets its nearest centroid.
 - Stable ids: each centroid is stored in the profiles in transformed, unscaled units (JSON), so
   the next run can standardise the previous centroids with *its own* scaling and weights and match
@@ -97,7 +102,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-MODEL_VERSION = "segments-3"  # 3: k in 4-8 by Davies-Bouldin (2: 6-8, smallest k near the best silhouette)
+MODEL_VERSION = "segments-4"  # 4: floor on the gain over a one-Gaussian reference; 3: k in 4-8 by Davies-Bouldin
 FEATURES = "features.customer_features"
 CATEGORY_MIX = "features.customer_category_mix"
 SEGMENTS = "ml.customer_segments"
@@ -330,6 +335,10 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: Seg
         "heldout_silhouette": round(fit.heldout_silhouette, 6),
         "heldout_inertia_reduction": round(fit.heldout_inertia_reduction, 6),
         "heldout_inertia_reduction_vs_random": round(fit.heldout_inertia_reduction_vs_random, 6),
+        "null_heldout_silhouette": round(fit.null_heldout_silhouette, 6),
+        "null_heldout_inertia_reduction": round(fit.null_heldout_inertia_reduction, 6),
+        "heldout_silhouette_gain": round(fit.heldout_silhouette - fit.null_heldout_silhouette, 6),
+        "heldout_inertia_reduction_gain": round(fit.heldout_inertia_reduction - fit.null_heldout_inertia_reduction, 6),
         "cluster_sizes": {str(int(key)): int(value) for key, value in cluster_sizes.items()},
         "cluster_labels": {str(key): labels_by_cluster[key] for key in sorted(labels_by_cluster)},
         "clusters_matched": matched,
@@ -568,6 +577,11 @@ class ClusterFit:
     heldout_silhouette: float
     heldout_inertia_reduction: float
     heldout_inertia_reduction_vs_random: float
+    # The same k fitted and held out on customers drawn from one Gaussian with the training
+    # customers' mean and covariance: spreads and correlations kept, clusters gone. What k-means
+    # finds in data without any cluster.
+    null_heldout_silhouette: float
+    null_heldout_inertia_reduction: float
 
 
 def fit_clusters(points: "np.ndarray", outlier: "np.ndarray", settings: SegmentSettings) -> ClusterFit:
@@ -605,13 +619,14 @@ def fit_clusters(points: "np.ndarray", outlier: "np.ndarray", settings: SegmentS
     test = points[heldout]
     test_labels = labels[heldout]
     test_rows = _sample(len(test), settings.silhouette_sample_size, settings.random_state, 4)
-    heldout_silhouette = (
-        float(silhouette_score(test[test_rows], test_labels[test_rows])) if len(set(test_labels[test_rows])) > 1 else -1.0
-    )
-    within = float(squared[heldout, :][np.arange(len(test)), test_labels].sum())
-    total = float(((test - train.mean(axis=0)) ** 2).sum())
+    heldout_silhouette, heldout_reduction = _heldout_quality(train, test, centroids, test_rows)
     random_labels = np.random.default_rng([settings.random_state, 5]).integers(0, k, size=len(test))
     random_within = float(squared[heldout, :][np.arange(len(test)), random_labels].sum())
+    reference = np.random.default_rng([settings.random_state, 6])
+    mean, covariance = train.mean(axis=0), np.cov(train, rowvar=False)
+    null_train, null_test = (reference.multivariate_normal(mean, covariance, size=len(part), method="eigh") for part in (train, test))
+    null_model = KMeans(n_clusters=k, n_init=settings.n_init, random_state=settings.random_state).fit(null_train)
+    null_silhouette, null_reduction = _heldout_quality(null_train, null_test, null_model.cluster_centers_, test_rows)
     return ClusterFit(
         centroids=centroids,
         labels=labels,
@@ -621,9 +636,26 @@ def fit_clusters(points: "np.ndarray", outlier: "np.ndarray", settings: SegmentS
         train_customers=int(len(train)),
         heldout_customers=int(heldout.sum()),
         heldout_silhouette=heldout_silhouette,
-        heldout_inertia_reduction=1 - within / total if total > 0 else 0.0,
-        heldout_inertia_reduction_vs_random=1 - within / random_within if random_within > 0 else 0.0,
+        heldout_inertia_reduction=heldout_reduction,
+        heldout_inertia_reduction_vs_random=1 - (1 - heldout_reduction) * float(((test - train.mean(axis=0)) ** 2).sum())
+        / random_within if random_within > 0 else 0.0,
+        null_heldout_silhouette=null_silhouette,
+        null_heldout_inertia_reduction=null_reduction,
     )
+
+
+def _heldout_quality(train: "np.ndarray", test: "np.ndarray", centroids: "np.ndarray", sample: "np.ndarray") -> tuple[float, float]:
+    """Silhouette of held-out customers (on a sample) labelled by their nearest centroid, and the
+    share of their spread around the training mean that the centroids explain."""
+    import numpy as np
+    from sklearn.metrics import silhouette_score
+
+    squared = ((test[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    labels = squared.argmin(axis=1)
+    silhouette = float(silhouette_score(test[sample], labels[sample])) if len(set(labels[sample])) > 1 else -1.0
+    within = float(squared[np.arange(len(test)), labels].sum())
+    total = float(((test - train.mean(axis=0)) ** 2).sum())
+    return silhouette, 1 - within / total if total > 0 else 0.0
 
 
 # ---- stable ids and labels ----------------------------------------------------------------------------

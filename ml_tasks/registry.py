@@ -43,13 +43,15 @@ SEGMENTS_SPEC = ModelSpec(
     ),
     # As many customer rows as the default settings need buyers (10 x k_max): fewer cannot be clustered.
     minimum_input_rows=80,
-    # On held-out customers, for whichever k of the default 4-8 Davies-Bouldin picks (inertia
-    # reduction grows with k). 4,000 simulated customers x 13 months (seeds 3, 7, 11): silhouette
-    # 0.14-0.18 and inertia reduction 0.39-0.51 over k = 4-8 (0.17, 0.43-0.45 at the chosen 5);
-    # customers whose every feature is independent uniform noise (no cluster at all,
-    # tests/test_clustering.py): at most 0.11 and 0.37 over k = 4-8. The floors sit between: a refit
-    # whose clusters separate no better than noise's is not published, and the previous run's stays.
-    quality_floors={"heldout_silhouette": 0.12, "heldout_inertia_reduction": 0.38},
+    # On held-out customers, against the same k fitted to customers drawn from one Gaussian with
+    # the training customers' mean and covariance (spreads and correlations kept, clusters gone):
+    # the clusters must separate customers better than k-means separates a single blob. Absolute
+    # values move with the data's age and size (60 days of 400 simulated customers: held-out
+    # silhouette 0.09; 13 months of 4,000: 0.17); the gain over the reference measured 0.072 and
+    # 0.071 on those, 0.027 on independent uniform noise (tests/test_clustering.py; at most 0.04 at
+    # any k of 4-8). The inertia reduction's gain (0.076, 0.109 vs 0.059 on noise) is recorded but
+    # separates too narrowly to be a floor.
+    quality_floors={"heldout_silhouette_gain": 0.05},
     retraining="refit on every run from the as-of date's features; ids matched to the previous run's centroids",
     description="RFM segments by rule and k-means behavioural clusters with stable ids, labels and outliers.",
 )

@@ -407,9 +407,9 @@ def test_metrics_are_json_and_hold_the_quality_floors_of_the_spec(blob_run):
 
 
 def test_quality_floors_reject_customers_without_any_cluster_structure():
-    """Independent uniform noise in every feature: k-means still splits it, but its held-out metrics
-    stay under both of the spec's floors (0.098 and 0.373 at the k = 8 Davies-Bouldin picks), and the
-    silhouette's alone at every k of the default range (at most 0.11, as the registry's comment quotes)."""
+    """Independent uniform noise in every feature: k-means still splits it, but its held-out
+    silhouette gains no more over one Gaussian with the same covariance than the spec's floor
+    allows (0.027 at the k = 8 Davies-Bouldin picks; 0.016-0.039 at each k of 4-8)."""
     rng = np.random.default_rng(0)
     features, mix, _ = _customers({"store_grocery": 2000})
     count = len(features)
@@ -430,7 +430,8 @@ def test_quality_floors_reject_customers_without_any_cluster_structure():
     assert all(metrics[name] < floor for name, floor in floors.items()), metrics
     for k in range(4, 9):
         _, metrics = run(_inputs(features, mix), AS_OF, SegmentSettings(k_min=k, k_max=k))
-        assert metrics["heldout_silhouette"] < floors["heldout_silhouette"], (k, metrics["heldout_silhouette"])
+        for name, floor in floors.items():
+            assert metrics[name] < floor, (k, name, metrics[name])
 
 
 def test_the_registry_imports_neither_pandas_nor_scikit_learn():
