@@ -62,8 +62,9 @@ with the same settings and favourite categories recomputed from those baskets, a
   not bought before (the only purchases an offer can hit), the hit rate (share with >= 1 offered
   sku bought) and precision@K, against a baseline of the K overall best sellers not yet bought:
   `offer_hit_rate_ratio` = our hit rate / the baseline's;
-- rules: the 20 training rules of highest lift at each level whose antecedent is in at least 10
-  held-out baskets: their held-out confidence and lift; `top_rules_median_holdout_lift` is the
+- rules: the 20 training rules of highest lift at each level whose training confidence predicts
+  at least 5 held-out baskets holding antecedent and consequent (fewer, and a held-out lift is
+  mostly chance): their held-out confidence and lift; `top_rules_median_holdout_lift` is the
   median held-out lift (1 = no association left: the rules were noise).
 A metric is None when the held-out period is too small to measure it (fewer than 100 customers
 or no evaluable rule), with the reason in `holdout_note`.
@@ -84,7 +85,7 @@ if TYPE_CHECKING:  # pandas is imported where it is used: the DAG parses the reg
     import pandas as pd
 
 MODEL_NAME = "association_rules"
-MODEL_VERSION = "eclat-rules-offers-2"
+MODEL_VERSION = "eclat-rules-offers-3"
 # Offers' fill: a customer's category affinity is smoothed as if they had made this many more
 # purchases in the shop's category mix; each category offers at most this many sellers beyond the
 # places left (the customer may have bought some).
@@ -110,7 +111,10 @@ CUSTOMER_COLUMNS = ("customer_id", "favourite_category", "marketing_opt_in", "fr
 # baskets a rule's antecedent needs to be checked at all.
 HOLDOUT_MIN_CUSTOMERS = 100
 HOLDOUT_TOP_RULES = 20
-HOLDOUT_MIN_ANTECEDENT_BASKETS = 10
+# A rule is checked on the held-out baskets when its training confidence predicts at least this
+# many baskets there holding antecedent and consequent: fewer, and its held-out lift is mostly
+# chance (10 baskets at confidence 0.2 predict 2: a lift of 0, 2.5 or 5 by luck).
+HOLDOUT_MIN_EXPECTED_RULE_BASKETS = 5
 _SUPPORT_RAISE = 1.5
 
 
@@ -766,7 +770,8 @@ def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: Ass
         if level_rules.empty or held.empty:
             continue
         counted = count_rules(level_rules, held)
-        counted = counted[counted["holdout_antecedent_baskets"] >= HOLDOUT_MIN_ANTECEDENT_BASKETS].head(HOLDOUT_TOP_RULES)
+        expected = counted["holdout_antecedent_baskets"] * counted["confidence"]
+        counted = counted[expected >= HOLDOUT_MIN_EXPECTED_RULE_BASKETS].head(HOLDOUT_TOP_RULES)
         lifts += counted["holdout_lift"].tolist()
         ratios += (counted["holdout_confidence"] / counted["confidence"]).tolist()
         checked += [rule_text(a, c) for a, c in zip(counted["antecedent"], counted["consequent"])]
@@ -775,7 +780,8 @@ def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: Ass
         result["top_rules_median_holdout_lift"] = float(np.median(lifts))
         result["top_rules_median_confidence_ratio"] = float(np.median(ratios))
     else:
-        notes.append(f"no top rule's antecedent is in {HOLDOUT_MIN_ANTECEDENT_BASKETS} held-out baskets")
+        notes.append(f"no rule's confidence predicts {HOLDOUT_MIN_EXPECTED_RULE_BASKETS} held-out baskets with its items:"
+                     " too few held-out baskets to check the rules")
     result["holdout_note"] = "; ".join(notes)
     return result
 
