@@ -393,7 +393,7 @@ def shop(seed: int = 0, customers: int = 400, days: int = 365) -> dict[str, pd.D
 
 def test_run_publishes_exactly_the_declared_columns_with_their_types():
     spec = registry.model("association_rules")
-    results, metrics = association.run(shop(), AS_OF, AssociationSettings())
+    results, metrics = association.run(shop(customers=1000), AS_OF, AssociationSettings())
     assert set(results) == {table.name for table in spec.writes}
     for table in spec.writes:
         frame = results[table.name]
