@@ -7,24 +7,26 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import math
 import os
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from ml_tasks.segmentation import MODEL_VERSION
+from ml_tasks import registry
 from simulator import SimulationSettings, simulate
 from tests.conftest import new_postgres_database
 from warehouse import connect
 
 pytestmark = pytest.mark.airflow
 
-START, DAYS = dt.date(2025, 1, 1), 21
+START, DAYS = dt.date(2025, 1, 1), 60  # enough baskets and buyers for every model to publish
 RUN_DATE = START + dt.timedelta(days=DAYS - 1)
 _runs: dict[str, str] = {}
 
@@ -32,7 +34,7 @@ _runs: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sources") / "sources"
-    simulate(SimulationSettings(customers=150, start=START, days=DAYS, seed=11, out=out, dirty_rate=0.0))
+    simulate(SimulationSettings(customers=400, start=START, days=DAYS, seed=11, out=out, dirty_rate=0.0))
     return out
 
 
@@ -108,18 +110,35 @@ def expected_from_sources(sources: Path) -> dict:
     }
 
 
+def _model_outputs(warehouse) -> dict[str, list[tuple]]:
+    """Every registered model's rows, without run ids, sorted; floats rounded (the engines sum in
+    different orders)."""
+    tables = {}
+    for table in registry.output_tables():
+        columns = [column for column in table.all_columns if column != "run_id"]
+        rows = warehouse.fetchall(f"select {', '.join(columns)} from {table.name}")
+        tables[table.name] = sorted(
+            (tuple(round(float(value), 6) if isinstance(value, (float, Decimal)) else value for value in row) for row in rows),
+            key=repr,
+        )
+    return tables
+
+
 def outputs(url: str) -> dict:
     with connect(url) as warehouse:
         segments = warehouse.fetchall(
-            "select customer_id, frequency, monetary, r_score, f_score, m_score, rfm_segment,"
-            " cast(as_of_date as varchar), model_version from ml.customer_segments order by customer_id"
+            "select customer_id, frequency, monetary, rfm_segment, cluster_id, cast(as_of_date as varchar), model_version"
+            " from ml.customer_segments order by customer_id"
         )
         return {
             "counts": dict(warehouse.row_counts(["raw_sales", "raw_crm", "raw_service", "staging", "marts", "features", "ml"])),
             "orders": warehouse.fetchall("select order_id, round(net_amount, 2), order_status from marts.fct_orders order by order_id"),
             "segments": [(row[0], row[1], round(float(row[2]), 2), *row[3:]) for row in segments],
+            "models": _model_outputs(warehouse),
             "run_ids": {row[0] for row in warehouse.fetchall("select distinct run_id from ml.customer_segments")},
-            "model_runs": warehouse.fetchall("select model_name, cast(as_of_date as varchar) from ml.model_runs"),
+            "model_runs": warehouse.fetchall(
+                "select model_name, cast(as_of_date as varchar), status, model_version from ml.model_runs order by 1"
+            ),
             "customer_of_order": dict(warehouse.fetchall(
                 "select cast(source_key as bigint), customer_id from intermediate.int_customer_identity"
                 " where source_table = 'orders'"
@@ -144,19 +163,35 @@ def test_dag_outputs_match_counts_and_sums_from_the_sources(engine: str, dag_run
     for customer, amounts in revenue_by_customer.items():
         assert segments[customer][1] == len(amounts), customer
         assert float(segments[customer][2]) == pytest.approx(sum(amounts), abs=0.005), customer
-    assert {row[7] for row in got["segments"]} == {RUN_DATE.isoformat()}
-    assert {row[8] for row in got["segments"]} == {MODEL_VERSION}
+    assert {row[5] for row in got["segments"]} == {RUN_DATE.isoformat()}
     assert len(got["run_ids"]) == 1 and next(iter(got["run_ids"]))
-    assert got["model_runs"] == [("rfm_segmentation", RUN_DATE.isoformat())]
+    # Every registered model published for the date, and every table it writes has a latest view.
+    assert got["model_runs"] == [(spec.name, RUN_DATE.isoformat(), "published", spec.version) for spec in sorted(registry.MODELS, key=lambda s: s.name)]
     assert got["counts"]["ml.customer_segments_latest"] == len(segments)
+    for table in registry.output_tables():
+        assert got["counts"][f"{table.name}_latest"] == got["counts"][table.name], table.name
+    assert got["counts"]["ml.association_rules"] > 0 and got["counts"]["ml.product_recommendations"] > 0
+    assert {row[4] for row in got["segments"]} >= {1, 2, 3, 4}  # customers spread over the clusters
 
 
 def test_both_engines_give_the_same_outputs(dag_run) -> None:
     duck, pg = outputs(dag_run("duckdb")), outputs(dag_run("postgres"))
     assert duck["counts"] == pg["counts"]
     assert [(i, float(a), s) for i, a, s in duck["orders"]] == [(i, float(a), s) for i, a, s in pg["orders"]]
-    normalise = lambda rows: [(*row[:2], float(row[2]), *row[3:]) for row in rows]  # noqa: E731
-    assert normalise(duck["segments"]) == normalise(pg["segments"])
+    assert duck["segments"] == pg["segments"]
+    assert duck["models"].keys() == pg["models"].keys()
+    # Equal up to floating-point noise: the engines compute the features' averages and ratios in
+    # different orders, which moves a distance to a centroid in its sixth decimal.
+    for table, rows in duck["models"].items():
+        differing = [(ours, theirs) for ours, theirs in zip(rows, pg["models"][table]) if not _close(ours, theirs)]
+        assert len(rows) == len(pg["models"][table]) and not differing, f"{table}: {differing[:2]}"
+
+
+def _close(ours: tuple, theirs: tuple) -> bool:
+    return len(ours) == len(theirs) and all(
+        math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) if isinstance(a, float) and isinstance(b, float) else a == b
+        for a, b in zip(ours, theirs)
+    )
 
 
 def test_rerunning_a_day_leaves_the_same_tables(dag_run, sources: Path, airflow_home: Path) -> None:
@@ -167,6 +202,7 @@ def test_rerunning_a_day_leaves_the_same_tables(dag_run, sources: Path, airflow_
     assert after["counts"] == before["counts"]
     assert after["orders"] == before["orders"]
     assert after["segments"] == before["segments"]
+    assert after["models"] == before["models"]  # deterministic: same warehouse and date, same outputs
     assert after["run_ids"] != before["run_ids"], "the rerun should have replaced the day's results"
 
 
@@ -193,10 +229,28 @@ def test_a_date_range_runs_each_logical_date_in_order(sources: Path, airflow_hom
     started = [line for line in result.stdout.splitlines() if line.startswith("crmw: running")]
     assert [line.split()[4] for line in started] == [first.isoformat(), RUN_DATE.isoformat()]
     with connect(url) as warehouse:
-        assert warehouse.fetchall("select cast(as_of_date as varchar) from ml.model_runs order by 1") == [
+        assert warehouse.fetchall("select distinct cast(as_of_date as varchar) from ml.model_runs order by 1") == [
             (first.isoformat(),),
             (RUN_DATE.isoformat(),),
         ]
+        # The second day's migration counts every customer of the first day's segments, by segment.
+        moved = warehouse.fetchall(
+            "select cast(previous_as_of_date as varchar), sum(customers) from ml.segment_migration"
+            " where as_of_date = ? and kind = 'rfm' and from_segment <> 'new_customer' group by 1",
+            (RUN_DATE,),
+        )
+        assert moved == warehouse.fetchall(
+            "select cast(as_of_date as varchar), count(*) from ml.customer_segments where as_of_date = ? group by 1", (first,)
+        )
+        # Cluster ids are matched to the previous day's centroids: a day later, customers keep theirs.
+        ((kept, both),) = warehouse.fetchall(
+            "select sum(case when today.cluster_id = yesterday.cluster_id then 1 else 0 end), count(*)"
+            " from ml.customer_segments today join ml.customer_segments yesterday"
+            " on today.customer_id = yesterday.customer_id and yesterday.as_of_date = ?"
+            " where today.as_of_date = ?",
+            (first, RUN_DATE),
+        )
+        assert both > 100 and kept / both >= 0.8, (kept, both)
         # Both days' segments are kept; the latest view shows the last day only.
         assert warehouse.fetchall("select count(distinct as_of_date) from ml.customer_segments") == [(2,)]
         assert warehouse.fetchall("select distinct cast(as_of_date as varchar) from ml.customer_segments_latest") == [
@@ -245,7 +299,8 @@ def test_a_failing_dbt_test_stops_the_ml_and_publish_steps(sources: Path, airflo
     assert states["extract_sales.orders"] == "success"
     assert states["dbt.dbt_producer_watcher"] == "failed"
     assert states["dbt.customer_rfm.run"] == "upstream_failed"
-    assert states["score_segments"] == "upstream_failed"
+    for spec in registry.MODELS:
+        assert states[f"ml.{spec.name}"] == "upstream_failed", spec.name
     assert states["publish"] == "upstream_failed"
     with connect(url) as warehouse:
         assert warehouse.fetchall(

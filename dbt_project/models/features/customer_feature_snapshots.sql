@@ -243,9 +243,9 @@ final as (
         cast(coalesce(order_features.order_count, 0) as integer) as order_count,
         cast(coalesce(order_features.frequency, 0) as integer) as frequency,
         cast(coalesce(order_features.monetary, 0) as numeric(18, 2)) as monetary,
-        cast(case when order_features.frequency > 0
-            then order_features.monetary / order_features.frequency
-        end as numeric(18, 2)) as average_order_value,
+        -- A double, unrounded (as in customer_360): rounded to cents, a quotient ending in a half cent
+        -- rounded up on PostgreSQL (exact numeric division) and down on DuckDB (division in double).
+        cast(order_features.monetary as double precision) / nullif(order_features.frequency, 0) as average_order_value,
         cast({{ dbt.datediff('order_features.last_revenue_order_date', 'known_customers.as_of_date', 'day') }} as integer)
             as recency_days,
         order_features.first_revenue_order_date as first_order_date,
