@@ -109,17 +109,19 @@ def prepare_airflow(env: Mapping[str, str]) -> None:
             raise RunError(f"'airflow {' '.join(args)}' failed (exit {result.returncode}):\n{tail}")
 
 
-def run_dag(env: Mapping[str, str], dates: Sequence[dt.date], full_refresh: bool = False) -> None:
+def run_dag(env: Mapping[str, str], dates: Sequence[dt.date], full_refresh: bool = False,
+            params: Mapping[str, object] | None = None) -> None:
     """Run crm_daily through Airflow for each logical date, in order; stop at the first failure.
     With `full_refresh` the first date reloads every source from scratch, the next ones load
-    their increments."""
+    their increments. `params` (DAG params such as model settings) apply to every date."""
     prepare_airflow(env)
     for position, logical_date in enumerate(dates):
         started = time.monotonic()
         log_path = Path(env["AIRFLOW_HOME"]) / "logs" / f"crmw-run-{DAG_ID}-{logical_date}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         print(f"crmw: running {DAG_ID} for {logical_date} (Airflow's output: {log_path}) ...", flush=True)
-        conf = ["--conf", json.dumps({"full_refresh": True})] if full_refresh and position == 0 else []
+        run_params = {**(params or {}), **({"full_refresh": True} if full_refresh and position == 0 else {})}
+        conf = ["--conf", json.dumps(run_params)] if run_params else []
         result = _airflow(env, "dags", "test", DAG_ID, logical_date.isoformat(), *conf, quiet=True)
         log_path.write_text(result.stdout)
         state = _run_state(env, logical_date)

@@ -42,6 +42,22 @@ def _dates(args: argparse.Namespace) -> list[dt.date]:
     return [first + dt.timedelta(days=offset) for offset in range((last - first).days + 1)]
 
 
+def _params(pairs: list[str]) -> dict[str, object]:
+    """--param NAME=VALUE pairs; a VALUE that reads as JSON (a number, true, null) is taken as such."""
+    import json
+
+    params: dict[str, object] = {}
+    for pair in pairs:
+        name, separator, text = pair.partition("=")
+        if not separator or not name:
+            raise UsageError(f"--param {pair!r}: expected NAME=VALUE, e.g. association_rules__top_k_offers=10")
+        try:
+            params[name] = json.loads(text)
+        except ValueError:
+            params[name] = text
+    return params
+
+
 def _command_run(args: argparse.Namespace) -> int:
     dates = _dates(args)
     env = airflow_environment(os.environ)
@@ -53,7 +69,7 @@ def _command_run(args: argparse.Namespace) -> int:
         )
     with connect(env["WAREHOUSE_URL"]):
         pass  # fail fast, before Airflow starts, on a warehouse that cannot be reached
-    run_dag(env, dates, full_refresh=args.full_refresh)
+    run_dag(env, dates, full_refresh=args.full_refresh, params=_params(args.param))
     with connect(env["WAREHOUSE_URL"]) as warehouse:
         counts = warehouse.row_counts(OUTPUT_SCHEMAS)
     print(f"\nOutput tables in {env['WAREHOUSE_URL'].split('@')[-1]}:")
@@ -102,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--date", help="one logical date, YYYY-MM-DD")
     run.add_argument("--from", dest="date_from", help="first logical date of a range")
     run.add_argument("--to", dest="date_to", help="last logical date of a range (inclusive)")
+    run.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="a DAG param for the run, e.g. a model setting: association_rules__top_k_offers=10 (repeatable)",
+    )
     run.add_argument(
         "--full-refresh", action="store_true", help="reload every source from scratch at the first date (DAG param full_refresh)"
     )

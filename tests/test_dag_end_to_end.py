@@ -199,7 +199,10 @@ def test_rerunning_a_day_leaves_the_same_tables(dag_run, sources: Path, airflow_
     before = outputs(url)
     crmw_run(url, sources, airflow_home, RUN_DATE)
     after = outputs(url)
-    assert after["counts"] == before["counts"]
+    # ml.model_runs keeps a row per run: the rerun adds its own.
+    runs = {"ml.model_runs", "ml.model_runs_latest"}
+    assert {k: v for k, v in after["counts"].items() if k not in runs} == {k: v for k, v in before["counts"].items() if k not in runs}
+    assert after["counts"]["ml.model_runs"] == 2 * before["counts"]["ml.model_runs"]
     assert after["orders"] == before["orders"]
     assert after["segments"] == before["segments"]
     assert after["models"] == before["models"]  # deterministic: same warehouse and date, same outputs
@@ -334,3 +337,17 @@ def test_source_freshness_task_fails_naming_a_source_loaded_days_ago(dag_run, so
     assert re.search(r"ERROR STALE freshness of raw_sales\.orders", output), output[-3000:]
     assert re.search(r"PASS freshness of raw_sales\.order_lines", output)
     assert "dbt invocation completed with errors" in output
+
+
+def test_a_bad_model_param_fails_the_run_before_anything_is_written(sources: Path, airflow_home: Path, tmp_path: Path) -> None:
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    run_date = START + dt.timedelta(days=10)  # a date no other test runs
+    result = crmw(url, sources, airflow_home, "run", "--date", run_date.isoformat(), "--param", "association_rules__top_k_offers=0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [message] = result.stderr.strip().splitlines()
+    assert "param association_rules__top_k_offers: got 0, expected between 1 and 100" in message, message
+    states = _task_states(airflow_home, run_date)
+    assert states["check_model_params"] == "failed"
+    assert states["extract_sales.orders"] == "upstream_failed"
+    with connect(url) as warehouse:
+        assert warehouse.fetchall("select count(*) from information_schema.tables where table_schema like 'raw%'") == [(0,)]
