@@ -62,7 +62,7 @@ def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Pat
             columns = warehouse.table_columns(table)
             offset = warehouse.fetchall(f"select coalesce(max(basket_id), 0) + 1 from {table}")[0][0] if "basket_id" in columns else 0
             select = ", ".join(
-                f"customer_id || case when copy = 0 then '' else '~' || copy end as customer_id" if column == "customer_id"
+                "customer_id || case when copy = 0 then '' else '~' || copy end as customer_id" if column == "customer_id"
                 else f"basket_id + copy * {offset} as basket_id" if column == "basket_id"
                 else column
                 for column in columns

@@ -632,7 +632,6 @@ def fit_clusters(points: "np.ndarray", outlier: "np.ndarray", settings: SegmentS
     distances = np.sqrt(squared[np.arange(len(points)), labels])
 
     test = points[heldout]
-    test_labels = labels[heldout]
     test_rows = _sample(len(test), settings.silhouette_sample_size, settings.random_state, 4)
     heldout_silhouette, heldout_reduction = _heldout_quality(train, test, centroids, test_rows)
     random_labels = np.random.default_rng([settings.random_state, 5]).integers(0, k, size=len(test))

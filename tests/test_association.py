@@ -17,7 +17,6 @@ from ml_tasks import association, registry, warehouse_io
 from ml_tasks.association import (
     RULE_COLUMNS,
     AssociationSettings,
-    association_rules,
     frequent_itemsets,
     mine_rules,
     next_best_offers,
