@@ -455,9 +455,9 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     import pandas as pd
     customers = customers.drop_duplicates("customer_id").sort_values("customer_id", kind="mergesort").reset_index(drop=True)
     customer_codes = pd.Index(customers["customer_id"])
-    rule_items = {item for text in product_rules["antecedent"] for item in text.split(ITEM_SEPARATOR)}
-    skus = pd.Index(sorted(set(best_sellers["sku"].astype(str)) | set(purchases["sku"].astype(str))
-                           | set(product_rules["consequent"].astype(str)) | rule_items))
+    rule_items = [item for text in product_rules["antecedent"] for item in text.split(ITEM_SEPARATOR)]
+    every_sku = pd.concat([best_sellers["sku"], purchases["sku"], product_rules["consequent"], pd.Series(rule_items, dtype=object)])
+    skus = pd.Index(np.sort(pd.unique(every_sku.astype(str).to_numpy(dtype=object))))
     n_skus = max(len(skus), 1)
     who = customer_codes.get_indexer(purchases["customer_id"])
     what = skus.get_indexer(purchases["sku"].astype(str))
@@ -738,27 +738,29 @@ def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: Ass
 
     # Offers: customers with training history who bought something new after the split.
     test_products = test[test["item_level"] == "product"]
-    history = set(zip(train_products["customer_id"], train_products["item"].astype(str)))
+    history = train_products[["customer_id", "item"]].drop_duplicates()
     later = test_products[["customer_id", "item"]].drop_duplicates()
-    new = later[[pair not in history for pair in zip(later["customer_id"], later["item"].astype(str))]]
-    evaluated = pd.Index(sorted(set(new["customer_id"]) & set(train_products["customer_id"])))
+    new = later.merge(history, on=["customer_id", "item"], how="left", indicator=True)
+    new = new.loc[new["_merge"] == "left_only", ["customer_id", "item"]]
+    evaluated = pd.Index(np.sort(np.intersect1d(new["customer_id"].to_numpy(dtype=object).astype(str),
+                                                history["customer_id"].to_numpy(dtype=object).astype(str))))
     if len(evaluated) >= HOLDOUT_MIN_CUSTOMERS:
-        bought_later = set(zip(new["customer_id"], new["item"].astype(str)))
         offers = model.offers[model.offers["customer_id"].isin(evaluated)]
-        hits = np.fromiter(((c, s) in bought_later for c, s in zip(offers["customer_id"], offers["sku"])), bool, len(offers))
+        hits = offers[["customer_id", "sku"]].merge(
+            new.rename(columns={"item": "sku"}).assign(hit=True), on=["customer_id", "sku"], how="left"
+        )["hit"].notna().to_numpy()
         rule_rows = offers["source"].to_numpy() == "rule"
         ranked = best_sellers(train_products)
-        baseline = _baseline_offers(ranked["sku"].tolist(), evaluated, history, settings.top_k_offers)
-        base_hits = np.fromiter(((c, s) in bought_later for c, s in baseline), bool, len(baseline))
-        base_customers = {c for (c, _), hit in zip(baseline, base_hits) if hit}
+        base_hit_customers, base_hits = _baseline_hits(ranked["sku"].astype(str).to_numpy(dtype=object), evaluated,
+                                                       history, new, settings.top_k_offers)
         offer_hit_rate = offers.loc[hits, "customer_id"].nunique() / len(evaluated)
-        baseline_hit_rate = len(base_customers) / len(evaluated)
+        baseline_hit_rate = base_hit_customers / len(evaluated)
         result.update(
             holdout_customers=int(len(evaluated)),
             offer_hit_rate=float(offer_hit_rate),
             offer_precision_at_k=float(hits.sum() / (len(evaluated) * settings.top_k_offers)),
             baseline_hit_rate=float(baseline_hit_rate),
-            baseline_precision_at_k=float(base_hits.sum() / (len(evaluated) * settings.top_k_offers)),
+            baseline_precision_at_k=float(base_hits / (len(evaluated) * settings.top_k_offers)),
             offer_hit_rate_ratio=float(offer_hit_rate / baseline_hit_rate) if baseline_hit_rate else None,
             rule_offer_precision=float(hits[rule_rows].mean()) if rule_rows.any() else None,
         )
@@ -802,17 +804,29 @@ def _training_favourites(customers: pd.DataFrame, products: pd.DataFrame) -> pd.
     return customers.assign(favourite_category=mapped.where(mapped.notna(), customers["favourite_category"]))
 
 
-def _baseline_offers(ranked_skus: list[str], customers: Iterable, history: set, k: int) -> list[tuple[Any, str]]:
-    offers = []
-    for customer in customers:
-        taken = 0
-        for sku in ranked_skus:
-            if (customer, sku) not in history:
-                offers.append((customer, sku))
-                taken += 1
-                if taken == k:
-                    break
-    return offers
+def _baseline_hits(ranked_skus: np.ndarray, customers: pd.Index, history: pd.DataFrame, bought_later: pd.DataFrame,
+                   k: int) -> tuple[int, int]:
+    """The baseline: each customer offered the k best sellers they had not bought. Returns the
+    customers with at least one of them bought later, and the offers bought later."""
+    import pandas as pd
+
+    # A customer's k offers come from the first k + (best sellers they bought) of the ranking.
+    depth = min(len(ranked_skus), k + int(history.groupby("customer_id").size().max() if len(history) else 0))
+    top = pd.Index(ranked_skus[:depth])
+
+    def positions(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        who = customers.get_indexer(frame["customer_id"].astype(str))
+        where = top.get_indexer(frame["item"].astype(str))
+        keep = (who >= 0) & (where >= 0)
+        return who[keep], where[keep]
+
+    bought = np.zeros((len(customers), depth), dtype=bool)
+    bought[positions(history)] = True
+    later = np.zeros((len(customers), depth), dtype=bool)
+    later[positions(bought_later)] = True
+    offered = ~bought & (np.cumsum(~bought, axis=1) <= k)
+    hits = offered & later
+    return int(hits.any(axis=1).sum()), int(hits.sum())
 
 
 def count_rules(rules: pd.DataFrame, baskets: pd.DataFrame) -> pd.DataFrame:
