@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ml_tasks.registry import MODELS
@@ -37,14 +38,32 @@ print("RESULT " + json.dumps(run, default=str))
 """
 
 
-def run_once(model: str, as_of_date: dt.date, params: dict, warehouse_url: str) -> dict:
-    result = subprocess.run(
+def run_once(model: str, as_of_date: dt.date, params: dict, warehouse_url: str, max_rss_gb: float, max_seconds: float) -> dict:
+    """One run in a child process, killed past the memory or time cap ("did not finish")."""
+    import psutil
+
+    child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, model, as_of_date.isoformat(), json.dumps(params), warehouse_url],
-        capture_output=True, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        return {"model": model, "status": "error", "error": result.stderr.strip().splitlines()[-1:] or ["?"]}
+    started, peak, stopped = time.monotonic(), 0, None
+    watched = psutil.Process(child.pid)
+    while child.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        if peak > max_rss_gb * 2**30 or time.monotonic() - started > max_seconds:
+            stopped = f"did not finish: over {max_rss_gb} GB" if peak > max_rss_gb * 2**30 else f"did not finish: over {max_seconds} s"
+            child.kill()
+            break
+        time.sleep(0.2)
+    stdout, stderr = child.communicate()
+    if stopped:
+        return {"model": model, "status": stopped, "seconds": round(time.monotonic() - started, 1), "peak_memory_mb": round(peak / 2**20, 1)}
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if child.returncode != 0 or not lines:
+        return {"model": model, "status": "error", "error": stderr.strip().splitlines()[-1:] or ["?"]}
     return json.loads(lines[-1][len("RESULT "):])
 
 
@@ -86,6 +105,8 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="*", default=[], help="metric names to print from each run")
     parser.add_argument("--replicate", type=int, default=1, help="make the models' inputs this many times larger (DuckDB)")
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--max-rss-gb", type=float, default=16.0, help="kill a run past this resident memory")
+    parser.add_argument("--max-seconds", type=float, default=1800.0, help="kill a run past this time")
     args = parser.parse_args()
     params = json.loads(args.params)
     warehouse_url = args.warehouse_url
@@ -95,7 +116,7 @@ def main() -> None:
     for model in args.models:
         runs = []
         for number in range(1, args.runs + 1):
-            run = run_once(model, args.date, params, warehouse_url)
+            run = run_once(model, args.date, params, warehouse_url, args.max_rss_gb, args.max_seconds)
             metrics = run.get("metrics") or {}
             line = {
                 "model": model, "run": number, "status": run.get("status"), "seconds": run.get("seconds"),
@@ -106,7 +127,7 @@ def main() -> None:
                 line["error"] = run["error"]
             print(json.dumps(line), flush=True)
             runs.append(run)
-        timed = [run for run in runs if run.get("seconds") is not None]
+        timed = [run for run in runs if run.get("status") in ("published", "insufficient_data")]
         if timed:
             print(json.dumps({
                 "model": model, "median_seconds": statistics.median(run["seconds"] for run in timed),
