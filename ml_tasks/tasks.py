@@ -64,9 +64,12 @@ def run_model(
         "rows_out": 0,
         "metrics": {},
     }
-    with connect(warehouse_url) as warehouse, _peak_memory() as peak:
+    # The warehouse connection is open to read and to publish, not while the model fits: DuckDB
+    # keeps the pages it read cached while a connection lives, and a PostgreSQL session would idle.
+    with _peak_memory() as peak:
         try:
-            inputs = _read_inputs(warehouse, spec, as_of_date, settings)
+            with connect(warehouse_url) as warehouse:
+                inputs = _read_inputs(warehouse, spec, as_of_date, settings)
             primary = inputs[spec.reads[0].name]
             run["rows_in"] = len(primary)
             run["training_fingerprint"] = fingerprint(inputs)
@@ -82,16 +85,18 @@ def run_model(
                 results = {table.name: warehouse_io.empty_frame(table) for table in spec.writes}
                 metrics = {"insufficient_data": str(reason)}
                 run.update(status=warehouse_io.INSUFFICIENT_DATA, message=str(reason))
+            del inputs, primary
             run["metrics"] = metrics
             if run["status"] == warehouse_io.PUBLISHED:
                 _check_floors(spec, metrics)
             run.update(seconds=round(time.perf_counter() - started, 3), peak_memory_mb=peak())
-            run["rows_out"] = warehouse_io.publish(warehouse, spec.writes, results, as_of_date, run_id, spec.version, run)
+            with connect(warehouse_url) as warehouse:
+                run["rows_out"] = warehouse_io.publish(warehouse, spec.writes, results, as_of_date, run_id, spec.version, run)
         except QualityBelowFloor as error:
-            _record(warehouse, run, started, peak, warehouse_io.BELOW_FLOOR, str(error))
+            _record(warehouse_url, run, started, peak, warehouse_io.BELOW_FLOOR, str(error))
             raise
         except Exception as error:
-            _record(warehouse, run, started, peak, warehouse_io.FAILED, f"{type(error).__name__}: {error}"[:2000])
+            _record(warehouse_url, run, started, peak, warehouse_io.FAILED, f"{type(error).__name__}: {error}"[:2000])
             raise
     log.info("%s for %s: %s, %s rows in, %s rows out", spec.name, as_of_date, run["status"], run["rows_in"], run["rows_out"])
     return run
@@ -124,10 +129,11 @@ def _check_floors(spec: ModelSpec, metrics: Mapping[str, Any]) -> None:
             )
 
 
-def _record(warehouse, run: dict, started: float, peak, status: str, message: str) -> None:
+def _record(warehouse_url: str | None, run: dict, started: float, peak, status: str, message: str) -> None:
     run.update(status=status, message=message, seconds=round(time.perf_counter() - started, 3), peak_memory_mb=peak())
     try:
-        warehouse_io.record_run(warehouse, run)
+        with connect(warehouse_url) as warehouse:
+            warehouse_io.record_run(warehouse, run)
     except Exception:  # the run's own error is the one to raise
         log.exception("could not record the %s run of %s in ml.model_runs", status, run["model_name"])
 
