@@ -98,7 +98,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ml_tasks.contract import BadParameter, InsufficientData, check_range
+from ml_tasks.contract import PANDAS_DTYPES, BadParameter, InsufficientData, check_range
 
 if TYPE_CHECKING:
     import numpy as np
@@ -238,7 +238,6 @@ MIGRATION_COLUMNS: dict[str, str] = {
     "to_segment": "string",
     "customers": "integer",
 }
-_PANDAS_DTYPES = {"string": "str", "integer": "Int64", "double": "float64", "boolean": "boolean", "date": "datetime64[us]"}
 
 
 @dataclass(frozen=True)
@@ -878,5 +877,5 @@ def _typed(frame: "pd.DataFrame", columns: Mapping[str, str]) -> "pd.DataFrame":
         elif kind == "date":
             typed[column] = pd.to_datetime(values).astype("datetime64[us]")
         else:
-            typed[column] = values.astype(_PANDAS_DTYPES[kind])
+            typed[column] = values.astype(PANDAS_DTYPES[kind])
     return typed.reset_index(drop=True)

@@ -13,7 +13,6 @@ quality floors name. Nothing here imports pandas or scikit-learn: the DAG parses
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -22,6 +21,16 @@ from warehouse import ColumnType
 
 # Stamped on every output row by the publishing step, declared by no spec.
 STAMP_COLUMNS: dict[str, ColumnType] = {"as_of_date": "date", "run_id": "string", "model_version": "string"}
+# The pandas dtype a declared column type has when the warehouse reads it back.
+PANDAS_DTYPES: dict[ColumnType, str] = {
+    "string": "str",
+    "integer": "Int64",
+    "decimal": "float64",
+    "double": "float64",
+    "boolean": "boolean",
+    "date": "datetime64[us]",
+    "timestamp": "datetime64[us]",
+}
 
 
 class InsufficientData(Exception):
@@ -145,7 +154,3 @@ def check_range(name: str, value: Any, *, minimum: float | None = None, maximum:
         bounds = f"between {minimum} and {maximum}" if minimum is not None and maximum is not None else (
             f"at least {minimum}" if minimum is not None else f"at most {maximum}")
         raise BadParameter(f"{name}: got {value!r}, expected {bounds}")
-
-
-def as_of(value: dt.date | str) -> dt.date:
-    return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)

@@ -82,7 +82,7 @@ def run_model(
                 results, metrics = importlib.import_module(spec.module).run(inputs, as_of_date, settings)
                 run["status"] = warehouse_io.PUBLISHED
             except InsufficientData as reason:
-                results = {table.name: warehouse_io.empty_frame(table) for table in spec.writes}
+                results = {table.name: warehouse_io.empty_frame(table.columns) for table in spec.writes}
                 metrics = {"insufficient_data": str(reason)}
                 run.update(status=warehouse_io.INSUFFICIENT_DATA, message=str(reason))
             del inputs, primary

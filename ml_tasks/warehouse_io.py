@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ml_tasks.contract import STAMP_COLUMNS, InputTable, OutputTable
+from ml_tasks.contract import PANDAS_DTYPES, STAMP_COLUMNS, InputTable, OutputTable
 from warehouse import ColumnType, Warehouse, connect
 from warehouse.adapter import qualified, quote_identifier
 
@@ -76,9 +76,7 @@ def read_previous(warehouse: Warehouse, table: OutputTable, as_of_date: dt.date)
     """The rows of the latest as-of date before `as_of_date` that the model published in `table`;
     no rows (with the declared columns) when it never has."""
     if not warehouse.table_columns(table.name):
-        import pandas as pd
-
-        return pd.DataFrame({column: pd.Series(dtype=_PANDAS_DTYPES[kind]) for column, kind in table.all_columns.items()})
+        return empty_frame(table.all_columns)
     columns = ", ".join(quote_identifier(column) for column in table.all_columns)
     name = qualified(table.name)
     return warehouse.fetch_df(
@@ -95,22 +93,11 @@ def _day(value: Any) -> str:
     return value.isoformat()[:10] if hasattr(value, "isoformat") else str(value)
 
 
-_PANDAS_DTYPES: dict[ColumnType, str] = {
-    "string": "str",
-    "integer": "Int64",
-    "decimal": "float64",
-    "double": "float64",
-    "boolean": "boolean",
-    "date": "datetime64[us]",
-    "timestamp": "datetime64[us]",
-}
-
-
-def empty_frame(table: OutputTable) -> "pd.DataFrame":
-    """No rows, the declared columns (stamps excluded): what a model without enough data publishes."""
+def empty_frame(columns: Mapping[str, ColumnType]) -> "pd.DataFrame":
+    """No rows, the given columns in the dtypes the warehouse reads them back in."""
     import pandas as pd
 
-    return pd.DataFrame({column: pd.Series(dtype=_PANDAS_DTYPES[kind]) for column, kind in table.columns.items()})
+    return pd.DataFrame({column: pd.Series(dtype=PANDAS_DTYPES[kind]) for column, kind in columns.items()})
 
 
 def to_arrow(table: OutputTable, frame: "pd.DataFrame", stamps: Mapping[str, Any]) -> "pa.Table":
@@ -191,7 +178,6 @@ def publish(
     stamps = {"as_of_date": as_of_date, "run_id": run_id, "model_version": model_version}
     data = {table.name: to_arrow(table, results[table.name], stamps) for table in outputs}
     ensure_outputs(warehouse, outputs)
-    warehouse.ensure_table(MODEL_RUNS.name, MODEL_RUNS.columns)
     written = 0
     with warehouse.transaction():
         for table in outputs:
