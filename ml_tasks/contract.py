@@ -8,6 +8,18 @@ latest earlier as-of date's rows of a table the model wrote before); `results` m
 table to its rows, with the declared columns but without the stamps every row gets on publishing
 (`as_of_date`, `run_id`, `model_version`); `metrics` is JSON-able and holds the numbers the
 quality floors name. Nothing here imports pandas or scikit-learn: the DAG parses this file.
+
+A *trained* model (a spec with `trains_on`) is fitted on history now and then and scores every
+day. Its module has, instead of `run`:
+- `fit(training: dict[str, DataFrame], as_of_date, settings) -> (fitted, metrics)`: `training`
+  maps each `trains_on` table to all its rows (every training snapshot); the model validates
+  itself in time (train on earlier snapshots, validate on a later one) and returns a picklable
+  `fitted` holding what scoring needs (and reference samples for drift) and the validation
+  metrics the quality floors name;
+- `score(fitted, inputs, as_of_date, settings) -> (results, metrics)`: as `run`, with the fitted
+  model; `metrics["drift_psi"]` maps the score and the top features to their population stability
+  against the training data (`ml_tasks.monitoring`).
+The runner stores each fit (`ml.trained_models`) and refits only when the spec's rule says so.
 """
 
 from __future__ import annotations
@@ -66,6 +78,10 @@ class InputTable:
     # days before it; for inputs such as baskets, whose history grows without end.
     window_column: str | None = None
     window_setting: str | None = None
+    # A training input too big to read whole: at most `sample_setting` (a settings field) rows,
+    # drawn as whole customers by a hash of customer_id (every snapshot of a drawn customer; the
+    # same customers every day, so the sample changes only when the data does).
+    sample_setting: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,10 +100,35 @@ class ModelSpec:
     reads_previous: tuple[str, ...] = ()
     retraining: str = "refit on every run from the as-of date's features"
     description: str = ""
+    # Trained models only (see the module docstring): the tables `fit` reads (all their rows).
+    trains_on: tuple[InputTable, ...] = ()
+    # SQL aggregates over a `trains_on` table, per as_of_date, that change when its training data
+    # does (rows, labels): their digest is the training fingerprint. A stored fit is reused while
+    # the fingerprint is unchanged and it is at most `retrain_max_age_days` old.
+    training_signature: tuple[str, ...] = ("count(*)",)
+    retrain_max_age_days: int | None = None
+    # Scores whose outcome later becomes known: ml.model_performance measures them then.
+    outcomes: tuple["OutcomeCheck", ...] = ()
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.trains_on)
 
     def parameter_names(self) -> dict[str, str]:
         """DAG param name -> settings field: `<model>__<field>`."""
         return {f"{self.name}__{f.name}": f.name for f in dataclasses.fields(self.settings)}
+
+
+@dataclass(frozen=True)
+class OutcomeCheck:
+    """How a published score is checked once its outcome is known: `kind` 'churn' (a probability
+    that the customer places no order in the `horizon_days` after the as-of date) or 'spend' (a
+    prediction of their net revenue in that window), read from `column` of `table`."""
+
+    table: str
+    column: str
+    kind: str
+    horizon_days: int
 
 
 def param_schemas(spec: ModelSpec) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from ml_tasks import registry, warehouse_io
+from ml_tasks import performance, registry, warehouse_io
 from ml_tasks.contract import InsufficientData, ModelSpec, QualityBelowFloor, build_settings
 from warehouse import connect
 
@@ -70,28 +70,39 @@ def run_model(
         try:
             with connect(warehouse_url) as warehouse:
                 inputs = _read_inputs(warehouse, spec, as_of_date, settings)
+                plan = _training_plan(warehouse, spec, settings, as_of_date) if spec.is_trained else None
             primary = inputs[spec.reads[0].name]
             run["rows_in"] = len(primary)
-            run["training_fingerprint"] = fingerprint(inputs)
+            run["training_fingerprint"] = plan["fingerprint"] if plan else fingerprint(inputs)
+            new_fit = None
             try:
                 if len(primary) < spec.minimum_input_rows:
                     raise InsufficientData(
                         f"{spec.reads[0].name} has {len(primary)} rows for {as_of_date}, fewer than the"
                         f" {spec.minimum_input_rows} {spec.name} needs"
                     )
-                results, metrics = importlib.import_module(spec.module).run(inputs, as_of_date, settings)
+                module = importlib.import_module(spec.module)
+                if plan is None:
+                    results, metrics = module.run(inputs, as_of_date, settings)
+                else:
+                    results, metrics, new_fit = _fit_and_score(module, spec, plan, inputs, as_of_date, settings)
                 run["status"] = warehouse_io.PUBLISHED
             except InsufficientData as reason:
                 results = {table.name: warehouse_io.empty_frame(table.columns) for table in spec.writes}
                 metrics = {"insufficient_data": str(reason)}
                 run.update(status=warehouse_io.INSUFFICIENT_DATA, message=str(reason))
             del inputs, primary
+            _warn_drift(spec, metrics)
             run["metrics"] = metrics
             if run["status"] == warehouse_io.PUBLISHED:
                 _check_floors(spec, metrics)
             run.update(seconds=round(time.perf_counter() - started, 3), peak_memory_mb=peak())
             with connect(warehouse_url) as warehouse:
-                run["rows_out"] = warehouse_io.publish(warehouse, spec.writes, results, as_of_date, run_id, spec.version, run)
+                run["rows_out"] = warehouse_io.publish(
+                    warehouse, spec.writes, results, as_of_date, run_id, spec.version, run, new_fit
+                )
+                if spec.outcomes:
+                    performance.measure(warehouse, spec.name, spec.outcomes, as_of_date, run_id)
         except QualityBelowFloor as error:
             _record(warehouse_url, run, started, peak, warehouse_io.BELOW_FLOOR, str(error))
             raise
@@ -113,6 +124,76 @@ def _read_inputs(warehouse, spec: ModelSpec, as_of_date: dt.date, settings: Any)
     for name in spec.reads_previous:
         inputs[f"previous:{name}"] = warehouse_io.read_previous(warehouse, outputs[name], as_of_date)
     return inputs
+
+
+def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.date) -> dict[str, Any]:
+    """Whether a trained model refits today: its training fingerprint now, the stored fit it would
+    reuse (None: refit) and, when refitting, the training rows."""
+    digest = settings_digest(settings)
+    current = warehouse_io.training_fingerprint(warehouse, spec.trains_on, spec.training_signature)
+    stored = warehouse_io.load_fit(warehouse, spec.name, spec.version, digest, as_of_date)
+    reason = None
+    if stored is None:
+        reason = "no stored fit of this version and settings"
+    elif stored["training_fingerprint"] != current:
+        reason = f"training data changed since the fit as of {stored['as_of_date']}"
+    elif spec.retrain_max_age_days is not None and (as_of_date - stored["as_of_date"]).days > spec.retrain_max_age_days:
+        reason = f"the fit as of {stored['as_of_date']} is older than {spec.retrain_max_age_days} days"
+    plan: dict[str, Any] = {"fingerprint": current, "settings_digest": digest, "stored": None if reason else stored, "reason": reason}
+    if reason:
+        plan["training"] = {
+            table.name: warehouse_io.read_training(
+                warehouse, table, getattr(settings, table.sample_setting) if table.sample_setting else None
+            )
+            for table in spec.trains_on
+        }
+    return plan
+
+
+def _fit_and_score(module, spec: ModelSpec, plan: dict[str, Any], inputs, as_of_date: dt.date, settings: Any):
+    """Score with the stored fit, or refit first; returns (results, metrics, new ml.trained_models row or None)."""
+    new_fit = None
+    if plan["stored"] is None:
+        log.info("%s: refitting (%s)", spec.name, plan["reason"])
+        training = plan.pop("training")
+        rows_read = {name: len(frame) for name, frame in training.items()}
+        fitted, fit_metrics = module.fit(training, as_of_date, settings)
+        del training
+        fit_metrics = {**fit_metrics, "training_rows_read": rows_read}
+        new_fit = warehouse_io.fit_row(spec.name, plan["settings_digest"], plan["fingerprint"], fit_metrics, fitted)
+        trained_as_of = as_of_date
+    else:
+        fitted, fit_metrics, trained_as_of = plan["stored"]["fitted"], plan["stored"]["metrics"], plan["stored"]["as_of_date"]
+        log.info("%s: scoring with the fit as of %s (training data unchanged)", spec.name, trained_as_of)
+    results, score_metrics = module.score(fitted, inputs, as_of_date, settings)
+    metrics = {
+        **fit_metrics,
+        **score_metrics,
+        "refitted": plan["stored"] is None,
+        "refit_reason": plan["reason"],
+        "trained_as_of": trained_as_of.isoformat(),
+        "model_age_days": (as_of_date - trained_as_of).days,
+    }
+    return results, metrics, new_fit
+
+
+def settings_digest(settings: Any) -> str:
+    import dataclasses
+    import json
+
+    return hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _warn_drift(spec: ModelSpec, metrics: dict) -> None:
+    """A warning in the task log, and `drift_warnings` in the metrics, for each population
+    stability index above the usual 'look at it' level."""
+    from ml_tasks.monitoring import DRIFT_WARNING
+
+    drifted = {name: value for name, value in (metrics.get("drift_psi") or {}).items() if value is not None and value > DRIFT_WARNING}
+    if drifted:
+        metrics["drift_warnings"] = sorted(drifted)
+        for name, value in sorted(drifted.items()):
+            log.warning("%s: %s drifted from the training data (population stability index %.3f > %.1f)", spec.name, name, value, DRIFT_WARNING)
 
 
 def _check_floors(spec: ModelSpec, metrics: Mapping[str, Any]) -> None:

@@ -41,6 +41,23 @@ MODEL_RUNS = OutputTable(
     },
     "One row per model task run: what ran, on what, how it ended and what it measured.",
 )
+# Fitted trained models, one row per fit: loaded for scoring until the spec's rule says refit.
+# `artifact` is the fitted object pickled, zlib-compressed, base64 text (portable across engines).
+# Unpickling runs code: only the pipeline's own role may write the ml schema (BI's reads it).
+TRAINED_MODELS = OutputTable(
+    f"{ML_SCHEMA}.trained_models",
+    {
+        "model_name": "string",
+        "settings_digest": "string",
+        "training_fingerprint": "string",
+        "metrics": "string",
+        "artifact": "string",
+        "artifact_bytes": "integer",
+        "trained_at": "timestamp",
+    },
+    "One row per fit of a trained model (as_of_date: the date it was trained as of): the fitted"
+    " model (pickled, compressed, base64), the fingerprint of its training data and its validation metrics.",
+)
 # Run statuses recorded in ml.model_runs.
 PUBLISHED, INSUFFICIENT_DATA, BELOW_FLOOR, FAILED = "published", "insufficient_data", "below_floor", "failed"
 
@@ -70,6 +87,94 @@ def read_input(warehouse: Warehouse, table: InputTable, as_of_date: dt.date, win
                 f"{table.name} holds features as of {held}, not {as_of_date}: run the dbt step for {as_of_date} first"
             )
     return frame
+
+
+def read_training(warehouse: Warehouse, table: InputTable, max_rows: int | None = None) -> "pd.DataFrame":
+    """Every row of a training input, or, past `max_rows`, the rows of a sample of customers drawn
+    by the first four hex digits of md5(customer_id) (the same customers every day, on both engines)."""
+    columns = ", ".join(quote_identifier(column) for column in table.columns) if table.columns else "*"
+    sql = f"select {columns} from {qualified(table.name)}"
+    if max_rows is not None:
+        (rows,) = warehouse.fetchall(f"select count(*) from {qualified(table.name)}")[0]
+        if rows > max_rows:
+            sql += f" where substr(md5(cast(customer_id as varchar)), 1, 4) < '{sample_threshold(max_rows / rows)}'"
+    return warehouse.fetch_df(sql)
+
+
+def sample_threshold(share: float) -> str:
+    """The four-hex-digit bound below which `share` of md5 prefixes fall."""
+    return f"{min(0xFFFF, max(1, round(share * 0x10000))):04x}"
+
+
+def training_fingerprint(warehouse: Warehouse, tables: Sequence[InputTable], signature: Sequence[str]) -> str:
+    """A digest of the `signature` aggregates of each training table per as_of_date: equal while
+    the training data is (no new snapshot, no label changed)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for table in tables:
+        rows = warehouse.fetchall(
+            f"select as_of_date, {', '.join(signature)} from {qualified(table.name)} group by as_of_date order by as_of_date"
+        )
+        digest.update(f"{table.name}:{_signature_text(rows)};".encode())
+    return digest.hexdigest()[:32]
+
+
+def _signature_text(rows: Sequence[tuple]) -> str:
+    # Numbers as floats rounded to cents: a sum is a Decimal on one engine and a float on another.
+    def text(value: Any) -> str:
+        if isinstance(value, (int, float)) or type(value).__name__ == "Decimal":
+            return f"{float(value):.2f}"
+        return _day(value) if hasattr(value, "isoformat") else str(value)
+
+    return "|".join(",".join(text(value) for value in row) for row in rows)
+
+
+def load_fit(warehouse: Warehouse, model_name: str, model_version: str, settings_digest: str, as_of_date: dt.date) -> dict | None:
+    """The latest fit of the model (this version and settings) trained as of `as_of_date` or
+    before, as {as_of_date, run_id, training_fingerprint, metrics, fitted}; None without one."""
+    import base64
+    import pickle
+    import zlib
+
+    if not warehouse.table_columns(TRAINED_MODELS.name):
+        return None
+    rows = warehouse.fetchall(
+        f"select as_of_date, run_id, training_fingerprint, metrics, artifact from {qualified(TRAINED_MODELS.name)}"
+        " where model_name = ? and model_version = ? and settings_digest = ? and as_of_date <= ?"
+        " order by as_of_date desc, trained_at desc limit 1",
+        (model_name, model_version, settings_digest, as_of_date),
+    )
+    if not rows:
+        return None
+    trained_as_of, run_id, fingerprint, metrics, artifact = rows[0]
+    return {
+        "as_of_date": trained_as_of if isinstance(trained_as_of, dt.date) else dt.date.fromisoformat(str(trained_as_of)[:10]),
+        "run_id": run_id,
+        "training_fingerprint": fingerprint,
+        "metrics": json.loads(metrics),
+        "fitted": pickle.loads(zlib.decompress(base64.b64decode(artifact))),
+    }
+
+
+def fit_row(model_name: str, settings_digest: str, fingerprint: str, metrics: Mapping[str, Any], fitted: Any) -> "pd.DataFrame":
+    """An ml.trained_models row (without stamps) for a new fit."""
+    import base64
+    import pickle
+    import zlib
+
+    import pandas as pd
+
+    artifact = base64.b64encode(zlib.compress(pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL), 6)).decode("ascii")
+    return pd.DataFrame([{
+        "model_name": model_name,
+        "settings_digest": settings_digest,
+        "training_fingerprint": fingerprint,
+        "metrics": json.dumps(metrics, sort_keys=True, default=str),
+        "artifact": artifact,
+        "artifact_bytes": len(artifact),
+        "trained_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+    }])
 
 
 def read_previous(warehouse: Warehouse, table: OutputTable, as_of_date: dt.date) -> "pd.DataFrame":
@@ -172,16 +277,25 @@ def publish(
     run_id: str,
     model_version: str,
     run: Mapping[str, Any],
+    new_fit: "pd.DataFrame | None" = None,
 ) -> int:
-    """Replace each output's rows for `as_of_date` by `results` and record the run, in one
-    transaction. Returns the rows written."""
+    """Replace each output's rows for `as_of_date` by `results` and record the run (and store a
+    new fit, replacing the model's fit of the same date), in one transaction. Returns the rows written."""
     stamps = {"as_of_date": as_of_date, "run_id": run_id, "model_version": model_version}
     data = {table.name: to_arrow(table, results[table.name], stamps) for table in outputs}
     ensure_outputs(warehouse, outputs)
+    if new_fit is not None:
+        ensure_outputs(warehouse, [TRAINED_MODELS])
     written = 0
     with warehouse.transaction():
         for table in outputs:
             written += warehouse.replace_rows(table.name, {"as_of_date": as_of_date}, data[table.name])
+        if new_fit is not None:
+            warehouse.replace_rows(
+                TRAINED_MODELS.name,
+                {"as_of_date": as_of_date, "model_name": new_fit["model_name"].iloc[0]},
+                to_arrow(TRAINED_MODELS, new_fit, stamps),
+            )
         record_run(warehouse, {**run, "rows_out": written})
     return written
 

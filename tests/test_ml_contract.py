@@ -215,3 +215,117 @@ def test_two_models_writing_one_table_are_refused(monkeypatch):
     monkeypatch.setattr(registry, "MODELS", (SPEC, twin))
     with pytest.raises(ValueError, match="ml.toy_scores is written by more than one model"):
         registry.output_tables()
+
+
+# ---- trained models: stored fits, refit rule, drift, realised performance -------------------------
+
+def _load_training(url: str, snapshots: dict[dt.date, dict[str, bool]]) -> None:
+    rows = [
+        {"customer_id": customer, "as_of_date": day, "spend": 10.0 * (index + 1), "churned": churned}
+        for day, labels in snapshots.items()
+        for index, (customer, churned) in enumerate(labels.items())
+    ]
+    with connect(url) as warehouse:
+        warehouse.ensure_table(
+            "features.toy_training", {"customer_id": "string", "as_of_date": "date", "spend": "double", "churned": "boolean"}
+        )
+        warehouse.execute("delete from features.toy_training")
+        warehouse.append_arrow("features.toy_training", pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
+
+
+MAY = dt.date(2025, 5, 31)
+APRIL = dt.date(2025, 4, 30)
+
+
+def test_a_trained_model_is_stored_reused_while_its_training_data_is_unchanged_and_refitted_when_it_changes(warehouse_url):
+    _load_features(warehouse_url, DAY, SPENDS)
+    _load_training(warehouse_url, {APRIL: {"ann": True, "ben": False, "cat": False, "dan": False}})
+    first = tasks.run_model(toy_model.TRAINED_SPEC, DAY, "day-1", warehouse_url=warehouse_url)
+    assert first["status"] == "published"
+    assert first["metrics"]["refitted"] and first["metrics"]["trained_as_of"] == DAY.isoformat()
+    assert first["metrics"]["training_rows_read"] == {"features.toy_training": 4}
+    _load_features(warehouse_url, NEXT_DAY, SPENDS)
+    second = tasks.run_model(toy_model.TRAINED_SPEC, NEXT_DAY, "day-2", warehouse_url=warehouse_url)
+    assert not second["metrics"]["refitted"] and second["metrics"]["model_age_days"] == 1
+    assert second["metrics"]["fitted_rows"] == 4  # the fit's own metrics travel with it
+    assert second["training_fingerprint"] == first["training_fingerprint"]
+    assert _rows(warehouse_url, "select distinct churn_probability from ml.toy_churn") == [(0.25,)]
+    # A new monthly snapshot changes the training data: refit (and the stored fit of that date replaced on a rerun).
+    _load_training(warehouse_url, {APRIL: {"ann": True, "ben": False, "cat": False, "dan": False},
+                                   MAY: {"ann": True, "ben": True, "cat": False, "dan": False}})
+    third = tasks.run_model(toy_model.TRAINED_SPEC, NEXT_DAY, "day-2-rerun", warehouse_url=warehouse_url)
+    assert third["metrics"]["refitted"] and "training data changed" in third["metrics"]["refit_reason"]
+    assert _rows(warehouse_url, "select churn_probability from ml.toy_churn where as_of_date = ? limit 1", (NEXT_DAY,)) == [(0.375,)]
+    assert _rows(warehouse_url, "select as_of_date, count(*) from ml.trained_models group by 1 order by 1") == [(DAY, 1), (NEXT_DAY, 1)]
+    # An earlier date never scores with a fit trained later (point in time): it uses its own.
+    again = tasks.run_model(toy_model.TRAINED_SPEC, DAY, "day-1-rerun", warehouse_url=warehouse_url)
+    assert again["metrics"]["trained_as_of"] == DAY.isoformat()
+
+
+def test_a_stored_fit_past_its_max_age_or_of_other_settings_is_refitted(warehouse_url):
+    _load_features(warehouse_url, DAY, SPENDS)
+    _load_training(warehouse_url, {APRIL: {"ann": True, "ben": False, "cat": False, "dan": False}})
+    tasks.run_model(toy_model.TRAINED_SPEC, DAY, "day-1", warehouse_url=warehouse_url)
+    later = DAY + dt.timedelta(days=31)
+    _load_features(warehouse_url, later, SPENDS)
+    aged = tasks.run_model(toy_model.TRAINED_SPEC, later, "day-31", warehouse_url=warehouse_url)
+    assert aged["metrics"]["refitted"] and "older than 30 days" in aged["metrics"]["refit_reason"]
+    other = tasks.run_model(toy_model.TRAINED_SPEC, later, "day-31-b", {"toy_trained__reported_quality": 0.8}, warehouse_url)
+    assert other["metrics"]["refitted"] and other["metrics"]["refit_reason"] == "no stored fit of this version and settings"
+
+
+def test_a_fit_below_its_floor_is_neither_stored_nor_published(warehouse_url):
+    _load_features(warehouse_url, DAY, SPENDS)
+    _load_training(warehouse_url, {APRIL: {"ann": True, "ben": False, "cat": False, "dan": False}})
+    with pytest.raises(QualityBelowFloor, match="heldout_quality = 0.1"):
+        tasks.run_model(toy_model.TRAINED_SPEC, DAY, "bad", {"toy_trained__reported_quality": 0.1}, warehouse_url)
+    with connect(warehouse_url) as warehouse:
+        assert not warehouse.table_columns("ml.trained_models") or not warehouse.fetchall("select * from ml.trained_models")
+    assert [run["status"] for run in _runs(warehouse_url)] == ["below_floor"]
+
+
+def test_training_reads_a_customer_sample_past_the_row_cap_the_same_customers_every_time(warehouse_url):
+    customers = {f"c{index:03d}": index % 3 == 0 for index in range(300)}
+    _load_training(warehouse_url, {APRIL: customers, MAY: customers})
+    table = toy_model.TRAINED_SPEC.trains_on[0]
+    with connect(warehouse_url) as warehouse:
+        whole = warehouse_io.read_training(warehouse, table, 600)
+        sample = warehouse_io.read_training(warehouse, table, 300)
+        again = warehouse_io.read_training(warehouse, table, 300)
+    assert len(whole) == 600
+    assert 200 < len(sample) < 400 and sorted(sample["customer_id"]) == sorted(again["customer_id"])
+    assert (sample.groupby("customer_id").size() == 2).all()  # whole customers: every snapshot of each
+
+
+def test_drift_above_the_warning_level_is_logged_and_listed(warehouse_url, caplog):
+    _load_training(warehouse_url, {APRIL: {f"c{index}": index % 2 == 0 for index in range(40)}})
+    _load_features(warehouse_url, DAY, {f"c{index}": 5000.0 + index for index in range(40)})
+    with caplog.at_level("WARNING", logger="ml_tasks.tasks"):
+        run = tasks.run_model(toy_model.TRAINED_SPEC, DAY, "drifted", warehouse_url=warehouse_url)
+    assert run["metrics"]["drift_psi"]["spend"] > 0.2 and run["metrics"]["drift_warnings"] == ["spend"]
+    assert "spend drifted from the training data" in caplog.text
+
+
+def test_realised_performance_is_measured_once_the_outcome_window_has_passed(warehouse_url):
+    _load_training(warehouse_url, {APRIL: {"ann": True, "ben": False, "cat": False, "dan": False}})
+    orders = pd.DataFrame({
+        "customer_id": ["ben", "cat", "dan", "ann"],
+        "order_date": [DAY + dt.timedelta(days=3), DAY + dt.timedelta(days=5), DAY + dt.timedelta(days=9), DAY + dt.timedelta(days=11)],
+        "is_revenue": [True, True, False, True],
+        "net_amount": [20.0, 30.0, 40.0, 50.0],
+    })
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_table("features.orders_as_known", {"customer_id": "string", "as_of_date": "date", "order_date": "date",
+                                                             "is_revenue": "boolean", "net_amount": "double"})
+    for day in (DAY, DAY + dt.timedelta(days=9), DAY + dt.timedelta(days=10)):
+        _load_features(warehouse_url, day, SPENDS)
+        known = orders[orders["order_date"] <= day].assign(as_of_date=day)
+        with connect(warehouse_url) as warehouse:
+            warehouse.append_arrow("features.orders_as_known", pa.Table.from_pandas(known, preserve_index=False))
+        tasks.run_model(toy_model.TRAINED_SPEC, day, f"run-{day}", warehouse_url=warehouse_url)
+    rows = _rows(warehouse_url, "select as_of_date, metric, value, customers, measured_as_of from ml.model_performance order by metric")
+    # Only the first date's 10-day window has closed (on its last day); ann's order came on day 11: churned.
+    assert {row[0] for row in rows} == {DAY} and {row[4] for row in rows} == {DAY + dt.timedelta(days=10)}
+    metrics = {row[1]: row[2] for row in rows}
+    assert metrics["realised_rate"] == 0.25 and metrics["predicted_rate"] == 0.25
+    assert metrics["brier"] == pytest.approx(0.1875) and rows[0][3] == 4

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ml_tasks.contract import InputTable, InsufficientData, ModelSpec, OutputTable, check_range
+from ml_tasks.contract import InputTable, InsufficientData, ModelSpec, OutcomeCheck, OutputTable, check_range
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,57 @@ def run(inputs: dict[str, pd.DataFrame], as_of_date: dt.date, settings: ToySetti
         "previous_customers": int(previous["customers"].iloc[0]) if len(previous) else None,
     }
     return {SCORES.name: scores, SUMMARY.name: summary}, metrics
+
+
+# ---- a trained toy: fitted on a training table now and then, scoring every day --------------------
+
+@dataclass(frozen=True)
+class TrainedToySettings:
+    reported_quality: float = 0.9
+    training_max_rows: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        check_range("reported_quality", self.reported_quality, minimum=0, maximum=1)
+        check_range("training_max_rows", self.training_max_rows, minimum=1, kind=int)
+
+
+CHURN = OutputTable("ml.toy_churn", {"customer_id": "string", "churn_probability": "double"})
+
+TRAINED_SPEC = ModelSpec(
+    name="toy_trained",
+    version="toy-trained-1",
+    module="tests.toy_model",
+    settings=TrainedToySettings,
+    reads=(InputTable("features.toy_features"),),
+    writes=(CHURN,),
+    minimum_input_rows=1,
+    quality_floors={"heldout_quality": 0.5},
+    trains_on=(InputTable("features.toy_training", sample_setting="training_max_rows"),),
+    training_signature=("count(*)", "sum(case when churned then 1 else 0 end)"),
+    retrain_max_age_days=30,
+    outcomes=(OutcomeCheck(CHURN.name, "churn_probability", "churn", 10),),
+)
+
+
+@dataclass(frozen=True)
+class ToyFit:
+    churn_rate: float
+    reference: dict
+
+
+def fit(training: dict[str, pd.DataFrame], as_of_date: dt.date, settings: TrainedToySettings) -> tuple[ToyFit, dict]:
+    rows = training["features.toy_training"]
+    if rows.empty:
+        raise InsufficientData("no training rows")
+    rate = float(rows["churned"].mean())
+    reference = {"spend": rows["spend"].to_numpy(dtype=float)}
+    return ToyFit(rate, reference), {"heldout_quality": settings.reported_quality, "fitted_rows": len(rows)}
+
+
+def score(fitted: ToyFit, inputs: dict[str, pd.DataFrame], as_of_date: dt.date, settings: TrainedToySettings) -> tuple[dict, dict]:
+    from ml_tasks.monitoring import drift_report
+
+    features = inputs["features.toy_features"].sort_values("customer_id").reset_index(drop=True)
+    churn = pd.DataFrame({"customer_id": features["customer_id"], "churn_probability": fitted.churn_rate})
+    drift = drift_report(fitted.reference, {"spend": features["spend"].to_numpy(dtype=float)})
+    return {CHURN.name: churn}, {"drift_psi": drift}
