@@ -11,6 +11,10 @@ read K times larger for the date, each copy with its own customer and basket ids
 customers from a 100,000-customer build without simulating, loading and building a million (the
 copies share their distributions, so itemsets and clusters stay those of the original). Prints JSON lines: every run (status, seconds, peak MB, rows in and out, the model's metrics
 named in --metrics), then each model's medians.
+
+A trained model (ml_tasks.contract: fitted now and then, scoring daily) is timed in two phases per
+run: `refit` (its stored fits deleted first, so the run reads the training data, fits, validates
+and scores: what a retraining day costs) and `score` (the fit just stored is loaded: every other day).
 """
 
 from __future__ import annotations
@@ -76,8 +80,9 @@ def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Pat
     shutil.copyfile(source, target)
     url = f"duckdb:///{target}"
     tables = sorted({table.name for spec in MODELS for table in spec.reads})
+    training = sorted({table.name for spec in MODELS for table in spec.trains_on})
     with connect(url) as warehouse:
-        for table in tables:
+        for table in [*tables, *training]:
             columns = warehouse.table_columns(table)
             offset = warehouse.fetchall(f"select coalesce(max(basket_id), 0) + 1 from {table}")[0][0] if "basket_id" in columns else 0
             select = ", ".join(
@@ -86,10 +91,12 @@ def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Pat
                 else column
                 for column in columns
             )
+            # Inputs keep the date's rows; training tables every snapshot.
+            dated = table not in training
             warehouse.execute(
                 f"create or replace table {table} as select {select} from {table}, range(?) as copies(copy)"
-                " where as_of_date = ?",
-                (copies, as_of_date),
+                + (" where as_of_date = ?" if dated else ""),
+                (copies, as_of_date) if dated else (copies,),
             )
             print(json.dumps({"replicated": table, "rows": warehouse.fetchall(f"select count(*) from {table}")[0][0]}), flush=True)
     return url
@@ -114,25 +121,40 @@ def main() -> None:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crmw-bench-ml-"))
         warehouse_url = replicate(warehouse_url, args.date, args.replicate, workdir)
     for model in args.models:
-        runs = []
-        for number in range(1, args.runs + 1):
-            run = run_once(model, args.date, params, warehouse_url, args.max_rss_gb, args.max_seconds)
-            metrics = run.get("metrics") or {}
-            line = {
-                "model": model, "run": number, "status": run.get("status"), "seconds": run.get("seconds"),
-                "peak_memory_mb": run.get("peak_memory_mb"), "rows_in": run.get("rows_in"), "rows_out": run.get("rows_out"),
-                **{name: metrics.get(name) for name in args.metrics if name in metrics},
-            }
-            if run.get("status") == "error":
-                line["error"] = run["error"]
-            print(json.dumps(line), flush=True)
-            runs.append(run)
-        timed = [run for run in runs if run.get("status") in ("published", "insufficient_data")]
-        if timed:
-            print(json.dumps({
-                "model": model, "median_seconds": statistics.median(run["seconds"] for run in timed),
-                "median_peak_memory_mb": statistics.median(run["peak_memory_mb"] for run in timed), "runs": len(timed),
-            }), flush=True)
+        trained = next(spec for spec in MODELS if spec.name == model).is_trained
+        for phase in ("refit", "score") if trained else ("run",):
+            bench_model(model, phase, args, params, warehouse_url)
+
+
+def forget_fits(warehouse_url: str, model: str) -> None:
+    with connect(warehouse_url) as warehouse:
+        if warehouse.table_columns("ml.trained_models"):
+            warehouse.execute("delete from ml.trained_models where model_name = ?", (model,))
+
+
+def bench_model(model: str, phase: str, args: argparse.Namespace, params: dict, warehouse_url: str) -> None:
+    """--runs runs of one model (in one phase), a JSON line each, then the medians."""
+    runs = []
+    for number in range(1, args.runs + 1):
+        if phase == "refit":
+            forget_fits(warehouse_url, model)
+        run = run_once(model, args.date, params, warehouse_url, args.max_rss_gb, args.max_seconds)
+        metrics = run.get("metrics") or {}
+        line = {
+            "model": model, "phase": phase, "run": number, "status": run.get("status"), "seconds": run.get("seconds"),
+            "peak_memory_mb": run.get("peak_memory_mb"), "rows_in": run.get("rows_in"), "rows_out": run.get("rows_out"),
+            **{name: metrics.get(name) for name in args.metrics if name in metrics},
+        }
+        if run.get("status") == "error":
+            line["error"] = run["error"]
+        print(json.dumps(line), flush=True)
+        runs.append(run)
+    timed = [run for run in runs if run.get("status") in ("published", "insufficient_data")]
+    if timed:
+        print(json.dumps({
+            "model": model, "phase": phase, "median_seconds": statistics.median(run["seconds"] for run in timed),
+            "median_peak_memory_mb": statistics.median(run["peak_memory_mb"] for run in timed), "runs": len(timed),
+        }), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Imports no pandas or scikit-learn: the DAG file parses this.
 
 from __future__ import annotations
 
-from ml_tasks import association, clustering  # neither imports pandas or scikit-learn at import
+from ml_tasks import association, clustering, influence  # none imports pandas or scikit-learn at import
 from ml_tasks.contract import InputTable, ModelSpec, OutputTable
 
 # ---- customer segments and clusters (ml_tasks/clustering.py) ------------------------------------
@@ -124,7 +124,34 @@ ASSOCIATION_SPEC = ModelSpec(
     description="Frequent itemsets (exact, sparse Eclat), association rules and next-best offers.",
 )
 
-MODELS: tuple[ModelSpec, ...] = (SEGMENTS_SPEC, ASSOCIATION_SPEC)
+# ---- referral influence (ml_tasks/influence.py) --------------------------------------------------
+
+INFLUENCE_SPEC = ModelSpec(
+    name="referral_influence",
+    version=influence.MODEL_VERSION,
+    module="ml_tasks.influence",
+    settings=influence.InfluenceSettings,
+    reads=(InputTable(influence.REFERRALS), InputTable(influence.FEATURES, columns=("customer_id", "monetary"))),
+    writes=(
+        OutputTable(
+            influence.INFLUENCE,
+            influence.INFLUENCE_COLUMNS,
+            "One row per customer in the CRM referral network (referred anyone or was referred):"
+            " direct referrals, size, depth and net revenue of their referral tree, PageRank (rank"
+            " flowing to the referrer), influence score and rank (1 = most influential), top-influencer flag.",
+        ),
+    ),
+    # Every figure is a count: one referral is a network (a new install has none: insufficient data).
+    minimum_input_rows=influence.MINIMUM_EDGES,
+    quality_floors=influence.QUALITY_FLOORS,
+    retraining="counted afresh on every run from the network known on the as-of date (nothing is fitted)",
+    description="Referral network: direct and indirect referrals, tree revenue, PageRank and top influencers.",
+)
+
+MODELS: tuple[ModelSpec, ...] = (SEGMENTS_SPEC, ASSOCIATION_SPEC, INFLUENCE_SPEC)
+
+# Views `publish` refreshes after the `_latest` ones, for BI.
+VIEWS: dict[str, str] = {}
 
 
 def model(name: str) -> ModelSpec:

@@ -259,4 +259,4 @@ def _peak_memory(interval: float = 0.05) -> Iterator[Any]:
 def publish(warehouse_url: str | None = None) -> None:
     """Refresh the `_latest` view of every table a registered model writes, and BI's read grant."""
     bi_role = os.environ.get("CRMW_BI_ROLE", "crmw_bi_reader")
-    warehouse_io.publish_latest_views(registry.output_tables(), bi_role, BI_SCHEMAS, warehouse_url)
+    warehouse_io.publish_latest_views(registry.output_tables(), bi_role, BI_SCHEMAS, warehouse_url, registry.VIEWS)

@@ -200,3 +200,47 @@ def truth_warehouse(tmp_path_factory) -> tuple[str, Path]:
     load_raw(url, sources, TRUTH_LAST_DAY)
     run_dbt(url, "build", "--vars", f"{{as_of_date: '{TRUTH_LAST_DAY}'}}", tmp_path=folder)
     return url, sources
+
+
+# --- Two years of history, for the trained models' checks against planted truth -----------------
+def load_raw_at_month_ends(url: str, source_dir: Path, first_day: dt.date, last_day: dt.date) -> None:
+    """Load raw at every month's end from `first_day` on, then on `last_day`: what the warehouse
+    knew on each training snapshot (orders_as_known reads raw's delivery dates) is what a daily
+    DAG would have known then, but for changes within the month, which arrive at its end."""
+    month = first_day.replace(day=1)
+    while True:
+        month = (month + dt.timedelta(days=32)).replace(day=1)
+        month_end = month - dt.timedelta(days=1)
+        if month_end >= last_day:
+            break
+        load_raw(url, source_dir, month_end)
+    load_raw(url, source_dir, last_day)
+
+
+HISTORY_START = dt.date(2024, 1, 1)
+# The validation snapshot S: a month's end after 13 months, so models scoring on S train on a year.
+HISTORY_SNAPSHOT = dt.date(2025, 1, 31)
+# S + 365 days: every label of S (churn over 90 days, spend over 365) has come in.
+HISTORY_OUTCOME_DAY = HISTORY_SNAPSHOT + dt.timedelta(days=365)
+
+
+@pytest.fixture(scope="session")
+def truth_history(tmp_path_factory) -> dict:
+    """4,000 simulated customers (clean sources, seed 13): a DuckDB warehouse built by `dbt build`
+    as of the snapshot S (`at_snapshot`; models run there) with the truth as the simulator held it
+    on S (`truth_at_snapshot`, the oracle's inputs), and one built from the same simulation run on
+    to S + 365 (`at_outcome`: its training_set rows at S hold S's realised labels). The simulator is
+    deterministic and appendable, so the longer run's first days are the shorter run's."""
+    from simulator import SimulationSettings, simulate
+
+    folder = tmp_path_factory.mktemp("history")
+    built = {}
+    for name, last_day in (("at_snapshot", HISTORY_SNAPSHOT), ("at_outcome", HISTORY_OUTCOME_DAY)):
+        sources = folder / f"sources_{name}"
+        days = (last_day - HISTORY_START).days + 1
+        simulate(SimulationSettings(customers=TRUTH_CUSTOMERS, start=HISTORY_START, days=days, seed=13, out=sources, dirty_rate=0.0))
+        url = f"duckdb:///{folder / name}.duckdb"
+        load_raw_at_month_ends(url, sources, HISTORY_START, last_day)
+        run_dbt(url, "build", "--vars", f"{{as_of_date: '{last_day}'}}", tmp_path=folder / f"dbt_{name}")
+        built[name], built[f"truth_{name}"] = url, sources / "truth"
+    return built

@@ -2,8 +2,8 @@
 planted. The shared `truth_warehouse` (tests/conftest.py: 4,000 customers over 13 months, seed 3,
 built by dbt on DuckDB for the last day); `clustering.run` reads the feature tables through
 warehouse_io as the DAG does, with the default settings (k chosen in 4-8 by Davies-Bouldin). Each
-customer takes the persona of the majority of the people behind its records (truth/identities.csv
-joined to int_customer_identity; customers without a majority are dropped); among customers with
+customer takes the persona of the majority of the people behind its records (tests/truth.py;
+customers without a majority are dropped); among customers with
 at least 3 orders, the adjusted Rand index of clusters vs personas must reach 0.6. Beside it, the
 ceiling: a classifier trained on the personas with the same features, cross-validated."""
 
@@ -22,22 +22,10 @@ from ml_tasks import clustering
 from ml_tasks.registry import model
 from ml_tasks.warehouse_io import read_input
 from tests.conftest import TRUTH_CUSTOMERS, TRUTH_LAST_DAY
+from tests.truth import person_of_customer
 from warehouse import connect
 
 MINIMUM_ARI = 0.6
-
-
-def _personas(url: str, truth: Path) -> pd.Series:
-    """customer_id -> persona of the majority of the people behind its records (ties dropped)."""
-    with connect(url) as warehouse:
-        identity = warehouse.fetch_df("select source_table, source_key, customer_id from intermediate.int_customer_identity")
-    identities = pd.read_csv(truth / "identities.csv", dtype=str)
-    people = pd.read_csv(truth / "customers.csv", dtype={"person_id": str}, usecols=["person_id", "persona"])
-    records = identity.merge(identities, left_on=["source_table", "source_key"], right_on=["entity", "record_key"])
-    records = records.merge(people, on="person_id")
-    votes = records.groupby(["customer_id", "persona"]).size().unstack(fill_value=0)
-    majority = votes.max(axis=1) > votes.sum(axis=1) / 2
-    return votes.idxmax(axis=1)[majority]
 
 
 def test_clusters_recover_the_simulated_personas(truth_warehouse: tuple[str, Path]) -> None:
@@ -51,7 +39,7 @@ def test_clusters_recover_the_simulated_personas(truth_warehouse: tuple[str, Pat
     results, metrics = clustering.run(inputs, TRUTH_LAST_DAY, settings)
     timings["clustering"] = time.perf_counter() - started
 
-    personas = _personas(url, sources / "truth")
+    personas = person_of_customer(url, sources / "truth")["persona"]
     segments = results[clustering.SEGMENTS].set_index("customer_id")
     judged = segments[(segments["frequency"] >= 3) & segments.index.isin(personas.index)]
     truth = personas[judged.index].to_numpy()

@@ -295,3 +295,153 @@ def test_basket_items_carry_the_category_of_their_product(warehouses) -> None:
             on items.item_level = 'product' and items.item = products.sku""")
     assert counts["product_rows"] > 0 and counts["product_rows_matching"] == counts["product_rows"]
     assert counts["category_rows"] > 0 and counts["category_rows_matching"] == counts["category_rows"]
+
+
+def _frame(url: str, sql: str):
+    with connect(url) as warehouse:
+        return warehouse.fetch_df(sql)
+
+
+def _cents(amounts):
+    """Money fetched as float64 (2-decimal numerics) as exact integer cents (null stays null)."""
+    return (amounts * 100).round().astype("Int64")
+
+
+def _purchase_summaries_from_orders(orders):
+    """The purchase summary recomputed in pandas from features.orders_as_known: a purchase is a
+    day with a revenue order; money in cents so sums are exact."""
+    import pandas as pd
+
+    revenue = orders[orders["is_revenue"]].assign(cents=lambda frame: _cents(frame["net_amount"]))
+    days = revenue.groupby(["as_of_date", "customer_id", "order_date"], as_index=False)["cents"].sum()
+    days["first_purchase_date"] = days.groupby(["as_of_date", "customer_id"])["order_date"].transform("min")
+    days["repeat_cents"] = days["cents"].where(days["order_date"] > days["first_purchase_date"], 0)
+    days["recent_cents"] = days["cents"].where(days["order_date"] > days["as_of_date"] - pd.Timedelta(days=365), 0)
+    summary = days.groupby(["as_of_date", "customer_id"]).agg(
+        purchase_days=("order_date", "size"),
+        first_purchase_date=("order_date", "min"),
+        last_purchase_date=("order_date", "max"),
+        repeat_cents=("repeat_cents", "sum"),
+        monetary_cents=("recent_cents", "sum"),
+    ).reset_index()
+    repeats = summary["purchase_days"] - 1
+    summary["repeat_purchases"] = repeats
+    summary["purchase_span_days"] = (summary["last_purchase_date"] - summary["first_purchase_date"]).dt.days
+    summary["purchase_age_days"] = (summary["as_of_date"] - summary["first_purchase_date"]).dt.days
+    # As the model divides: the exact amount as a double, by the count.
+    summary["mean_repeat_value"] = (summary["repeat_cents"] / 100 / repeats).where(repeats > 0)
+    return summary
+
+
+SUMMARY_KEY = ["as_of_date", "customer_id"]
+SUMMARY_COLUMNS = ["purchase_days", "repeat_purchases", "first_purchase_date", "last_purchase_date",
+                   "purchase_span_days", "purchase_age_days", "mean_repeat_value", "monetary_cents"]
+
+
+def _purchase_summaries(url: str, where: str = "true"):
+    summary = _frame(url, f"select * from features.customer_purchase_summary where {where}")
+    return summary.assign(monetary_cents=_cents(summary["monetary_last_365_days"]))
+
+
+def _records(frame, columns) -> dict:
+    """Rows by (as_of_date, customer_id), nulls as None so they compare equal."""
+    rows = frame.set_index(SUMMARY_KEY)[columns].astype(object)
+    return rows.where(rows.notna(), None).to_dict("index")
+
+
+def test_purchase_summary_agrees_with_the_orders_as_known_on_every_feature_date(warehouses) -> None:
+    late = warehouses["late"]
+    summary = _purchase_summaries(late)
+    expected = _purchase_summaries_from_orders(_frame(late, "select * from features.orders_as_known"))
+    # The as-of date and the training snapshots (those after the first load: before it, no order
+    # was known yet), with customers who bought more than once.
+    snapshots = _frame(late, "select as_of_date from features.feature_dates"
+                             f" where as_of_date >= cast('{FIRST_LOAD}' as date)")["as_of_date"]
+    assert set(summary["as_of_date"]) == set(snapshots) and len(snapshots) > 2
+    assert (summary["repeat_purchases"] > 0).sum() > 50
+    assert _records(summary, SUMMARY_COLUMNS) == _records(expected, SUMMARY_COLUMNS)
+
+
+def test_purchase_summary_holds_the_bg_nbd_invariants_and_agrees_with_the_features(warehouses) -> None:
+    late = warehouses["late"]
+    summary = _purchase_summaries(late)
+    assert (summary["repeat_purchases"] == summary["purchase_days"] - 1).all()
+    assert (summary["repeat_purchases"] >= 0).all()
+    assert (summary["purchase_span_days"] <= summary["purchase_age_days"]).all()
+    assert (summary["mean_repeat_value"].isna() == (summary["repeat_purchases"] == 0)).all()
+    # The same revenue orders as the features: a row for each buyer, the same first and last
+    # order day, never more purchase days than orders.
+    features = _frame(late, "select as_of_date, customer_id, frequency, first_order_date, last_order_date"
+                            " from features.customer_feature_snapshots where frequency > 0")
+    both = features.merge(summary, on=SUMMARY_KEY, how="outer", indicator=True)
+    assert (both["_merge"] == "both").all()
+    assert (both["first_purchase_date"] == both["first_order_date"]).all()
+    assert (both["last_purchase_date"] == both["last_order_date"]).all()
+    assert (both["purchase_days"] <= both["frequency"]).all()
+    # The training set carries each snapshot's summary.
+    training = _frame(late, "select * from features.training_set")
+    training = training.assign(monetary_cents=_cents(training["monetary_last_365_days"]))
+    at_snapshots = summary[summary["as_of_date"].isin(set(training["as_of_date"]))]
+    assert _records(training.dropna(subset=["purchase_days"]), SUMMARY_COLUMNS) == _records(at_snapshots, SUMMARY_COLUMNS)
+    assert (training["purchase_days"].isna() == (training["frequency"] == 0)).all()
+
+
+def test_purchase_summary_of_a_date_does_not_change_when_later_deliveries_arrive(warehouses) -> None:
+    on_cut_off = f"as_of_date = cast('{CUT_OFF}' as date)"
+    as_known_then = _purchase_summaries(warehouses["early"], on_cut_off)
+    seen_later = _purchase_summaries(warehouses["late"], on_cut_off)
+    assert len(as_known_then) > 100
+    assert _records(seen_later, SUMMARY_COLUMNS) == _records(as_known_then, SUMMARY_COLUMNS)
+
+
+def test_spend_labels_follow_the_spend_window_vars(warehouses, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Windows of 7 and 21 days: the training set's spend labels (named for 90 and 365 days) sum
+    the revenue orders known on the run's date in those days after each snapshot, and the long
+    one is complete only for snapshots at least 21 days before it."""
+    import pandas as pd
+
+    engine = warehouses["engine"]
+    server_url = request.getfixturevalue("postgres_server_url") if engine == "postgres" else None
+    url = _copy_warehouse(warehouses["late"], f"crmw_features_windows_{os.getpid()}", tmp_path, server_url)
+    windows = {"spend_window_short_days": 7, "spend_window_long_days": 21}
+    variables = json.dumps({"as_of_date": DBT_LAST_DAY.isoformat(), **FEATURE_VARS, **windows})
+    run_dbt(url, "run", "--select", "training_set", "--vars", variables, tmp_path=tmp_path)
+    training = _frame(url, "select customer_id, as_of_date, spend_next_90_days, spend_next_90_days_is_complete,"
+                           " spend_next_365_days, spend_next_365_days_is_complete from features.training_set")
+    orders = _frame(url, "select customer_id, order_date, net_amount from features.orders_as_known"
+                         f" where is_revenue and as_of_date = cast('{DBT_LAST_DAY}' as date)")
+    after = training[SUMMARY_KEY].merge(orders, on="customer_id")
+    days_after = (after["order_date"] - after["as_of_date"]).dt.days
+    after = after.assign(cents=_cents(after["net_amount"]))
+    last_day = pd.Timestamp(DBT_LAST_DAY)
+    for label, days in (("spend_next_90_days", 7), ("spend_next_365_days", 21)):
+        in_window = after[(days_after > 0) & (days_after <= days)].groupby(SUMMARY_KEY)["cents"].sum()
+        complete = training["as_of_date"] + pd.Timedelta(days=days) <= last_day
+        assert (training[f"{label}_is_complete"] == complete).all(), label
+        known = training[complete].set_index(SUMMARY_KEY)
+        assert len(known) > 100 and (known[label] > 0).sum() > 10, label
+        expected = in_window.reindex(known.index, fill_value=0)
+        assert (_cents(known[label]) == expected).all(), label
+        assert training.loc[~complete, label].isna().all(), label
+    assert not training["spend_next_365_days_is_complete"].all()
+
+
+def test_referral_edges_are_those_of_the_customer_dimension(warehouses) -> None:
+    """Raw holds nothing after the as-of date in either warehouse, so each contact's current
+    version is its latest, which dim_customers reads: the same edges, bar self-referrals, and the
+    referred contact's signup as the referral date (customers with one contact: dim_customers
+    keeps one contact's referrer)."""
+    for url, as_of in ((warehouses["early"], CUT_OFF), (warehouses["late"], DBT_LAST_DAY)):
+        referrals = _rows(url, "select customer_id, referred_by_customer_id, as_of_date, referral_date"
+                               " from features.customer_referrals")
+        customers = _by_customer(url, "select customer_id, crm_contact_count, referred_by_customer_id, signup_date"
+                                      " from marts.dim_customers")
+        assert referrals and {_comparable(row["as_of_date"]) for row in referrals} == {as_of}
+        edges = {(row["customer_id"], row["referred_by_customer_id"]): row for row in referrals}
+        expected = {(customer, row["referred_by_customer_id"]) for customer, row in customers.items()
+                    if row["referred_by_customer_id"] not in (None, customer)}
+        assert expected <= set(edges)
+        single = {edge for edge in edges if customers[edge[0]]["crm_contact_count"] == 1}
+        assert single == {edge for edge in expected if customers[edge[0]]["crm_contact_count"] == 1}
+        for edge in single:
+            assert _comparable(edges[edge]["referral_date"]) == _comparable(customers[edge[0]]["signup_date"]), edge

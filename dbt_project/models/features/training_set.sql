@@ -1,11 +1,20 @@
--- Features of each customer with an order known on a training snapshot date, as known then, and
--- labels from the orders known on the run's as-of date: churn (no order placed in the churn
--- window after the snapshot) and the net revenue of the next 90 and 365 days. A spend label
--- whose window runs past the as-of date is not known yet: null, with its _is_complete flag false.
+-- Features of each customer with an order known on a training snapshot date, as known then (the
+-- snapshot's features and purchase summary), and labels from the orders known on the run's as-of
+-- date: churn (no order placed in the churn window after the snapshot) and the net revenue of
+-- the short and long spend windows after it (vars spend_window_short_days and
+-- spend_window_long_days; the columns are named for their defaults, 90 and 365 days). A spend
+-- label whose window runs past the as-of date is not known yet: null, with its _is_complete flag
+-- false.
 {%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
+{%- set short_window_days = var('spend_window_short_days', 90) %}
+{%- set long_window_days = var('spend_window_long_days', 365) %}
 
 with snapshots as (
     select * from {{ ref('customer_feature_snapshots') }}
+),
+
+purchase_summaries as (
+    select * from {{ ref('customer_purchase_summary') }}
 ),
 
 feature_dates as (
@@ -27,8 +36,8 @@ training_rows as (
         snapshots.customer_id,
         snapshots.as_of_date,
         feature_dates.churn_window_end,
-        {{ dbt.dateadd('day', 90, 'snapshots.as_of_date') }} as spend_window_90_end,
-        {{ dbt.dateadd('day', 365, 'snapshots.as_of_date') }} as spend_window_365_end
+        {{ dbt.dateadd('day', short_window_days, 'snapshots.as_of_date') }} as spend_window_short_end,
+        {{ dbt.dateadd('day', long_window_days, 'snapshots.as_of_date') }} as spend_window_long_end
     from snapshots
     inner join feature_dates
         on snapshots.as_of_date = feature_dates.as_of_date
@@ -41,9 +50,9 @@ future_orders as (
         training_rows.customer_id,
         training_rows.as_of_date,
         sum(case when orders_now.order_date <= training_rows.churn_window_end then 1 else 0 end) as orders_in_churn_window,
-        sum(case when orders_now.is_revenue and orders_now.order_date <= training_rows.spend_window_90_end
+        sum(case when orders_now.is_revenue and orders_now.order_date <= training_rows.spend_window_short_end
             then orders_now.net_amount else 0 end) as spend_next_90_days,
-        sum(case when orders_now.is_revenue and orders_now.order_date <= training_rows.spend_window_365_end
+        sum(case when orders_now.is_revenue and orders_now.order_date <= training_rows.spend_window_long_end
             then orders_now.net_amount else 0 end) as spend_next_365_days
     from training_rows
     inner join orders_now
@@ -57,8 +66,8 @@ labels as (
         training_rows.customer_id,
         training_rows.as_of_date,
         coalesce(future_orders.orders_in_churn_window, 0) = 0 as is_churned,
-        cast(training_rows.spend_window_90_end as date) <= {{ as_of_date }} as spend_next_90_days_is_complete,
-        cast(training_rows.spend_window_365_end as date) <= {{ as_of_date }} as spend_next_365_days_is_complete,
+        cast(training_rows.spend_window_short_end as date) <= {{ as_of_date }} as spend_next_90_days_is_complete,
+        cast(training_rows.spend_window_long_end as date) <= {{ as_of_date }} as spend_next_365_days_is_complete,
         coalesce(future_orders.spend_next_90_days, 0) as spend_next_90_days,
         coalesce(future_orders.spend_next_365_days, 0) as spend_next_365_days
     from training_rows
@@ -70,6 +79,14 @@ labels as (
 final as (
     select
         snapshots.*,
+        purchase_summaries.purchase_days,
+        purchase_summaries.repeat_purchases,
+        purchase_summaries.first_purchase_date,
+        purchase_summaries.last_purchase_date,
+        purchase_summaries.purchase_span_days,
+        purchase_summaries.purchase_age_days,
+        purchase_summaries.mean_repeat_value,
+        purchase_summaries.monetary_last_365_days,
         labels.is_churned,
         cast(case when labels.spend_next_90_days_is_complete then labels.spend_next_90_days end as numeric(18, 2))
             as spend_next_90_days,
@@ -81,6 +98,9 @@ final as (
     inner join labels
         on snapshots.customer_id = labels.customer_id
         and snapshots.as_of_date = labels.as_of_date
+    left join purchase_summaries
+        on snapshots.customer_id = purchase_summaries.customer_id
+        and snapshots.as_of_date = purchase_summaries.as_of_date
 )
 
 select * from final
