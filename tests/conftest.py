@@ -203,20 +203,6 @@ def truth_warehouse(tmp_path_factory) -> tuple[str, Path]:
 
 
 # --- Two years of history, for the trained models' checks against planted truth -----------------
-def load_raw_at_month_ends(url: str, source_dir: Path, first_day: dt.date, last_day: dt.date) -> None:
-    """Load raw at every month's end from `first_day` on, then on `last_day`: what the warehouse
-    knew on each training snapshot (orders_as_known reads raw's delivery dates) is what a daily
-    DAG would have known then, but for changes within the month, which arrive at its end."""
-    month = first_day.replace(day=1)
-    while True:
-        month = (month + dt.timedelta(days=32)).replace(day=1)
-        month_end = month - dt.timedelta(days=1)
-        if month_end >= last_day:
-            break
-        load_raw(url, source_dir, month_end)
-    load_raw(url, source_dir, last_day)
-
-
 HISTORY_START = dt.date(2024, 1, 1)
 # The validation snapshot S: a month's end after 13 months, so models scoring on S train on a year.
 HISTORY_SNAPSHOT = dt.date(2025, 1, 31)
@@ -240,7 +226,7 @@ def truth_history(tmp_path_factory) -> dict:
         days = (last_day - HISTORY_START).days + 1
         simulate(SimulationSettings(customers=TRUTH_CUSTOMERS, start=HISTORY_START, days=days, seed=13, out=sources, dirty_rate=0.0))
         url = f"duckdb:///{folder / name}.duckdb"
-        load_raw_at_month_ends(url, sources, HISTORY_START, last_day)
+        load_raw(url, sources, last_day)  # history at once, as a new install loads it
         run_dbt(url, "build", "--vars", f"{{as_of_date: '{last_day}'}}", tmp_path=folder / f"dbt_{name}")
         built[name], built[f"truth_{name}"] = url, sources / "truth"
     return built

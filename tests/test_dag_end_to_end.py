@@ -26,7 +26,9 @@ from warehouse import connect
 
 pytestmark = pytest.mark.airflow
 
-START, DAYS = dt.date(2025, 1, 1), 60  # enough baskets and buyers for every model to publish
+# Six months: enough baskets and buyers for every model to publish, and three monthly training
+# snapshots whose 90-day churn labels are complete by the run date for the trained models.
+START, DAYS = dt.date(2025, 1, 1), 181
 RUN_DATE = START + dt.timedelta(days=DAYS - 1)
 _runs: dict[str, str] = {}
 

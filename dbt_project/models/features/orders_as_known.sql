@@ -1,6 +1,7 @@
 -- Every order as it was known on each feature date: the last version of its header the warehouse
 -- had by then (so an order delivered late is unknown until it arrives, and a later cancellation
--- or return does not show), with its status then. Staging keeps only the latest version: the
+-- or return does not show; the first delivery's history is known from when it changed, below),
+-- with its status then. Staging keeps only the latest version: the
 -- versions come from raw, which keeps each one with its delivery date. Amounts, channel and
 -- customer come from fct_orders: the shop never changes an order's lines, only its status. An
 -- order hard-deleted later is absent from fct_orders and so from every date: deletions in the
@@ -17,15 +18,29 @@ orders as (
     select * from {{ ref('fct_orders') }}
 ),
 
+-- The sales database is read by its change time: a daily run delivers each day's changes that
+-- day. The history a new install loads in its first delivery (years of orders at once) is taken
+-- as known from the day it changed, as daily runs would have delivered it; without that, every
+-- training snapshot before the install would know no order and models could not train for months.
+-- Anything delivered later is known from its delivery (a late order is unknown until it arrives).
+first_delivery as (
+    select min(_delivery_date) as first_delivery_date from header_versions
+),
+
 versions as (
     select
-        cast(order_id as bigint) as order_id,
-        lower(status) as order_status,
-        cast(updated_at as {{ dbt.type_timestamp() }}) as updated_at,
-        coalesce(_deleted, false) as is_deleted,
-        _delivery_date as known_from,
-        _loaded_at
+        cast(header_versions.order_id as bigint) as order_id,
+        lower(header_versions.status) as order_status,
+        cast(header_versions.updated_at as {{ dbt.type_timestamp() }}) as updated_at,
+        coalesce(header_versions._deleted, false) as is_deleted,
+        case
+            when header_versions._delivery_date = first_delivery.first_delivery_date
+                then least(header_versions._delivery_date, cast(cast(header_versions.updated_at as {{ dbt.type_timestamp() }}) as date))
+            else header_versions._delivery_date
+        end as known_from,
+        header_versions._loaded_at
     from header_versions
+    cross join first_delivery
 ),
 
 known_versions as (
