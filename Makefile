@@ -12,7 +12,7 @@ export CRMW_SOURCE_DIR ?= $(LOCAL)/sources
 
 DEMO_CUSTOMERS ?= 400
 DEMO_START ?= 2025-01-01
-DEMO_DAYS ?= 90
+DEMO_DAYS ?= 425
 DEMO_SEED ?= 7
 DEMO_DATE := $(shell date -d "$(DEMO_START) + $(DEMO_DAYS) days - 1 day" +%F)
 

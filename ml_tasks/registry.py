@@ -7,8 +7,8 @@ Imports no pandas or scikit-learn: the DAG file parses this.
 
 from __future__ import annotations
 
-from ml_tasks import association, clustering, influence  # none imports pandas or scikit-learn at import
-from ml_tasks.contract import InputTable, ModelSpec, OutputTable
+from ml_tasks import association, churn, clustering, influence, lifetime_value  # none imports pandas or scikit-learn at import
+from ml_tasks.contract import InputTable, ModelSpec, OutcomeCheck, OutputTable
 
 # ---- customer segments and clusters (ml_tasks/clustering.py) ------------------------------------
 
@@ -124,6 +124,74 @@ ASSOCIATION_SPEC = ModelSpec(
     description="Frequent itemsets (exact, sparse Eclat), association rules and next-best offers.",
 )
 
+# ---- churn propensity (ml_tasks/churn.py) -------------------------------------------------------
+
+# A monthly snapshot whose labels came in changes the training data: refit then. A fit lives at
+# most this long even when nothing changed (a late order changes a label, and the fingerprint with it).
+RETRAIN_MAX_AGE_DAYS = 35
+
+CHURN_SPEC = ModelSpec(
+    name="churn_propensity",
+    version=churn.MODEL_VERSION,
+    module="ml_tasks.churn",
+    settings=churn.ChurnSettings,
+    reads=(InputTable(churn.FEATURES),),
+    writes=(
+        OutputTable(
+            churn.SCORES,
+            churn.SCORE_COLUMNS,
+            "One row per customer with an order: calibrated probability of placing no order in the next"
+            " 90 days, risk band, and the three features raising it most, in words, each with the"
+            " probability it adds (the drop when that feature is set to its typical value).",
+        ),
+    ),
+    minimum_input_rows=1,
+    quality_floors=churn.QUALITY_FLOORS,
+    trains_on=(InputTable(churn.TRAINING, columns=churn.TRAINING_COLUMNS, sample_setting="training_max_rows"),),
+    training_signature=("count(*)", "sum(case when is_churned then 1 else 0 end)"),
+    retrain_max_age_days=RETRAIN_MAX_AGE_DAYS,
+    outcomes=(OutcomeCheck(churn.SCORES, "churn_probability", "churn", 90),),
+    retraining="refit when a new monthly snapshot's labels come in or a label changes, and at least every 35 days; scores daily",
+    description="Churn propensity: candidates chosen and calibrated out of time, probabilities with reasons.",
+)
+
+# ---- customer value (ml_tasks/lifetime_value.py) -------------------------------------------------
+
+VALUE_SPEC = ModelSpec(
+    name="customer_value",
+    version=lifetime_value.MODEL_VERSION,
+    module="ml_tasks.lifetime_value",
+    settings=lifetime_value.ValueSettings,
+    reads=(InputTable(lifetime_value.SUMMARY), InputTable(lifetime_value.FEATURES)),
+    writes=(
+        OutputTable(
+            lifetime_value.VALUE,
+            lifetime_value.VALUE_COLUMNS,
+            "One row per customer with a revenue order: BG/NBD probability of being alive and expected"
+            " purchases, Gamma-Gamma expected order value, predicted spend over the next 90 and 365 days"
+            " from the method that validated best (method), value tier and rank by the 365-day spend.",
+        ),
+    ),
+    minimum_input_rows=1,
+    quality_floors=lifetime_value.QUALITY_FLOORS,
+    trains_on=(
+        InputTable(lifetime_value.TRAINING, columns=lifetime_value.TRAINING_COLUMNS, sample_setting="training_max_rows"),
+    ),
+    training_signature=(
+        "count(*)",
+        "count(spend_next_90_days)",
+        "count(spend_next_365_days)",
+        "round(sum(coalesce(spend_next_365_days, spend_next_90_days, 0)), 2)",
+    ),
+    retrain_max_age_days=RETRAIN_MAX_AGE_DAYS,
+    outcomes=(
+        OutcomeCheck(lifetime_value.VALUE, "predicted_spend_90d", "spend", 90),
+        OutcomeCheck(lifetime_value.VALUE, "predicted_spend_365d", "spend", 365),
+    ),
+    retraining="refit when a snapshot's spend labels come in or change, and at least every 35 days; scores daily",
+    description="Customer value: BG/NBD + Gamma-Gamma vs gradient boosting vs last period's spend, best by validation; tiers.",
+)
+
 # ---- referral influence (ml_tasks/influence.py) --------------------------------------------------
 
 INFLUENCE_SPEC = ModelSpec(
@@ -148,10 +216,18 @@ INFLUENCE_SPEC = ModelSpec(
     description="Referral network: direct and indirect referrals, tree revenue, PageRank and top influencers.",
 )
 
-MODELS: tuple[ModelSpec, ...] = (SEGMENTS_SPEC, ASSOCIATION_SPEC, INFLUENCE_SPEC)
+MODELS: tuple[ModelSpec, ...] = (SEGMENTS_SPEC, ASSOCIATION_SPEC, CHURN_SPEC, VALUE_SPEC, INFLUENCE_SPEC)
 
 # Views `publish` refreshes after the `_latest` ones, for BI.
-VIEWS: dict[str, str] = {}
+VIEWS: dict[str, str] = {
+    # The day's value tiers beside the same day's segments: "high-value customers at risk of lapsing".
+    "ml.customer_value_segments_latest": (
+        "select customer_value.*, segments.rfm_segment, segments.cluster_id, segments.cluster_label"
+        " from ml.customer_value_latest as customer_value"
+        " left join ml.customer_segments as segments"
+        " on segments.customer_id = customer_value.customer_id and segments.as_of_date = customer_value.as_of_date"
+    ),
+}
 
 
 def model(name: str) -> ModelSpec:

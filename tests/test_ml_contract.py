@@ -206,8 +206,10 @@ def test_registered_models_write_distinct_ml_tables_with_default_settings_that_v
         assert all(table.name.startswith("ml.") for table in spec.writes), spec.name
         assert all(not set(table.columns) & {"as_of_date", "run_id", "model_version"} for table in spec.writes)
         assert set(spec.reads_previous) <= {table.name for table in spec.writes}
-        assert all(table.name.startswith("features.") for table in spec.reads), spec.name
-        assert callable(__import__(spec.module, fromlist=["run"]).run)
+        assert all(table.name.startswith("features.") for table in [*spec.reads, *spec.trains_on]), spec.name
+        module = __import__(spec.module, fromlist=["run"])
+        entry_points = ("fit", "score") if spec.is_trained else ("run",)
+        assert all(callable(getattr(module, name, None)) for name in entry_points), spec.name
 
 
 def test_two_models_writing_one_table_are_refused(monkeypatch):

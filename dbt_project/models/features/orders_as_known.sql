@@ -1,6 +1,6 @@
 -- Every order as it was known on each feature date: the last version of its header the warehouse
 -- had by then (so an order delivered late is unknown until it arrives, and a later cancellation
--- or return does not show; the first delivery's history is known from when it changed, below),
+-- or return does not show; the first delivery's history is replayed from the status log, below),
 -- with its status then. Staging keeps only the latest version: the
 -- versions come from raw, which keeps each one with its delivery date. Amounts, channel and
 -- customer come from fct_orders: the shop never changes an order's lines, only its status. An
@@ -18,29 +18,58 @@ orders as (
     select * from {{ ref('fct_orders') }}
 ),
 
+status_history as (
+    select * from {{ ref('stg_sales__order_status_history') }}
+),
+
 -- The sales database is read by its change time: a daily run delivers each day's changes that
--- day. The history a new install loads in its first delivery (years of orders at once) is taken
--- as known from the day it changed, as daily runs would have delivered it; without that, every
--- training snapshot before the install would know no order and models could not train for months.
--- Anything delivered later is known from its delivery (a late order is unknown until it arrives).
+-- day. The history a new install loads in its first delivery (years of orders at once, each in
+-- its final state) is replayed from the shop's status log instead: each status an order took
+-- before that delivery is a version known from the day it was entered, as daily runs would have
+-- delivered it. Without that, every training snapshot before the install would know no order
+-- (or would know today's returns), and models could not train for months. Anything delivered
+-- later is known from its delivery: a late order is unknown until it arrives.
 first_delivery as (
     select min(_delivery_date) as first_delivery_date from header_versions
 ),
 
-versions as (
+delivered_versions as (
     select
         cast(header_versions.order_id as bigint) as order_id,
         lower(header_versions.status) as order_status,
         cast(header_versions.updated_at as {{ dbt.type_timestamp() }}) as updated_at,
         coalesce(header_versions._deleted, false) as is_deleted,
+        -- The first delivery's final states: known from their last change (before that, the log's).
         case
             when header_versions._delivery_date = first_delivery.first_delivery_date
                 then least(header_versions._delivery_date, cast(cast(header_versions.updated_at as {{ dbt.type_timestamp() }}) as date))
             else header_versions._delivery_date
         end as known_from,
-        header_versions._loaded_at
+        header_versions._loaded_at,
+        header_versions._delivery_date = first_delivery.first_delivery_date as is_first_delivery
     from header_versions
     cross join first_delivery
+),
+
+replayed_versions as (
+    select
+        delivered_versions.order_id,
+        status_history.order_status,
+        status_history.changed_at as updated_at,
+        false as is_deleted,
+        cast(status_history.changed_at as date) as known_from,
+        delivered_versions._loaded_at
+    from delivered_versions
+    inner join status_history
+        on delivered_versions.order_id = status_history.order_id
+    where delivered_versions.is_first_delivery
+        and cast(status_history.changed_at as date) < delivered_versions.known_from
+),
+
+versions as (
+    select order_id, order_status, updated_at, is_deleted, known_from, _loaded_at from delivered_versions
+    union all
+    select order_id, order_status, updated_at, is_deleted, known_from, _loaded_at from replayed_versions
 ),
 
 known_versions as (
