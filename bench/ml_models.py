@@ -71,22 +71,27 @@ def run_once(model: str, as_of_date: dt.date, params: dict, warehouse_url: str, 
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Path) -> str:
-    """A copy of the DuckDB warehouse whose model inputs hold `copies` times the date's rows."""
+# Columns holding a customer id: each copy gets its own customers (and its own referral network).
+CUSTOMER_KEYS = ("customer_id", "referred_by_customer_id")
+
+
+def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Path, models: list[str]) -> str:
+    """A copy of the DuckDB warehouse whose inputs of `models` hold `copies` times the date's rows."""
     source = parse_warehouse_url(warehouse_url).duckdb_path
     if source is None:
         raise SystemExit("--replicate needs a DuckDB warehouse")
     target = workdir / "replicated.duckdb"
     shutil.copyfile(source, target)
     url = f"duckdb:///{target}"
-    tables = sorted({table.name for spec in MODELS for table in spec.reads})
-    training = sorted({table.name for spec in MODELS for table in spec.trains_on})
+    specs = [spec for spec in MODELS if spec.name in models]
+    tables = sorted({table.name for spec in specs for table in spec.reads})
+    training = sorted({table.name for spec in specs for table in spec.trains_on})
     with connect(url) as warehouse:
         for table in [*tables, *training]:
             columns = warehouse.table_columns(table)
             offset = warehouse.fetchall(f"select coalesce(max(basket_id), 0) + 1 from {table}")[0][0] if "basket_id" in columns else 0
             select = ", ".join(
-                "customer_id || case when copy = 0 then '' else '~' || copy end as customer_id" if column == "customer_id"
+                f"{column} || case when copy = 0 then '' else '~' || copy end as {column}" if column in CUSTOMER_KEYS
                 else f"basket_id + copy * {offset} as basket_id" if column == "basket_id"
                 else column
                 for column in columns
@@ -119,7 +124,7 @@ def main() -> None:
     warehouse_url = args.warehouse_url
     if args.replicate > 1:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crmw-bench-ml-"))
-        warehouse_url = replicate(warehouse_url, args.date, args.replicate, workdir)
+        warehouse_url = replicate(warehouse_url, args.date, args.replicate, workdir, args.models)
     for model in args.models:
         trained = next(spec for spec in MODELS if spec.name == model).is_trained
         for phase in ("refit", "score") if trained else ("run",):

@@ -262,8 +262,9 @@ class ValueSettings:
     boosting_max_rows: int = field(default=600_000, metadata={
         "doc": "customer_value: at most this many training rows for the regressor (whole customers, drawn by id)"})
     # Read by the task runner (the training input's sample_setting), not by fit.
-    training_max_rows: int = field(default=3_000_000, metadata={
-        "doc": "customer_value: at most this many training_set rows read (whole customers, drawn by id)"})
+    training_max_rows: int = field(default=1_000_000, metadata={
+        "doc": "customer_value: at most this many training_set rows read (whole customers, drawn by id;"
+               " at a million customers 3,000,000 peaked at 4.2 GB)"})
     score_chunk_rows: int = field(default=250_000, metadata={"doc": "customer_value: rows per chunk when scoring"})
     random_state: int = field(default=0, metadata={"doc": "customer_value: seed of the regressor"})
 
