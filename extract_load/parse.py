@@ -221,8 +221,13 @@ def csv_header(path: Path) -> list[str]:
         return _csv_header(handle.readline())
 
 
+# The byte order mark Excel's "CSV UTF-8" and other exports put before the first line: invisible in
+# an editor, it would make the first column's name differ from the contract's.
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _csv_header(payload: bytes) -> list[str]:
-    header = payload.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip().split(",")
+    header = payload.split(b"\n", 1)[0].removeprefix(UTF8_BOM).decode("utf-8", errors="replace").strip().split(",")
     return [name.strip().strip('"') for name in header if name.strip()]
 
 
@@ -297,8 +302,9 @@ def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelive
 
 
 def _utf8_lines(drop: FileDrop, rejects: list[Reject]) -> Iterator[tuple[int, str]]:
-    """The file's non-blank lines with their numbers; a line that is not UTF-8 goes to rejects."""
-    payload = drop.path.read_bytes()
+    """The file's non-blank lines with their numbers (a leading byte order mark dropped); a line that
+    is not UTF-8 goes to rejects."""
+    payload = drop.path.read_bytes().removeprefix(UTF8_BOM)
     try:
         lines = list(enumerate(payload.decode("utf-8").split("\n"), start=1))
     except UnicodeDecodeError:  # find the bad lines one by one

@@ -338,6 +338,21 @@ def test_new_csv_column_is_loaded_as_a_new_raw_column_and_reported(warehouse_url
     assert reported == [(DAYS[0], "vip_level"), (DAYS[1], "")]
 
 
+def test_a_utf8_byte_order_mark_is_dropped_from_csv_and_json_lines(warehouse_url, sources):
+    day = DAYS[0]
+    customers = sources / f"crm/{day}/customers.csv"
+    tickets = sources / f"service/{day}/tickets.jsonl"
+    expected = {"customers": len(customers.read_text().splitlines()) - 1, "tickets": len(tickets.read_text().splitlines())}
+    for path in (customers, tickets):  # as Excel's "CSV UTF-8" and many exports write them
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    _load(warehouse_url, day, _settings(sources), systems=("crm", "service"))
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.fetchall("select count(*) from raw_crm.customers") == [(expected["customers"],)]
+        assert warehouse.fetchall("select count(*) from raw_service.tickets") == [(expected["tickets"],)]
+        assert warehouse.fetchall("select count(*) from raw_meta.quarantine") == [(0,)]
+        assert warehouse.fetchall("select count(*) from raw_crm.customers where crm_id like 'C%'") == [(expected["customers"],)]
+
+
 def test_quarantine_above_the_allowed_ratio_fails_naming_the_source_and_ratio(warehouse_url, sources):
     customers = sources / f"crm/{DAYS[0]}/customers.csv"
     header, *rows = customers.read_text().splitlines()
