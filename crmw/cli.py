@@ -33,13 +33,24 @@ def _dates(args: argparse.Namespace) -> list[dt.date]:
     if args.date:
         if args.date_from or args.date_to:
             raise UsageError("--date: give either --date or --from/--to, not both")
-        return [_date("--date", args.date)]
+        return [_not_future("--date", _date("--date", args.date))]
     if not (args.date_from and args.date_to):
         raise UsageError("run: expected --date D, or --from D1 --to D2")
     first, last = _date("--from", args.date_from), _date("--to", args.date_to)
     if last < first:
         raise UsageError(f"--to {last}: expected a date on or after --from {first}")
+    _not_future("--to", last)
     return [first + dt.timedelta(days=offset) for offset in range((last - first).days + 1)]
+
+
+def _not_future(option: str, day: dt.date) -> dt.date:
+    """A run's logical date is a day whose data may have arrived: never after today (UTC). A typo
+    such as 2099 would otherwise publish features and segments as of that day, and BI's `_latest`
+    views would show them."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    if day > today:
+        raise UsageError(f"{option} {day}: a logical date after today ({today}, UTC) has no data yet; expected {today} or earlier")
+    return day
 
 
 def _params(pairs: list[str]) -> dict[str, object]:

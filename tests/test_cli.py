@@ -76,6 +76,13 @@ def test_run_with_a_range_that_ends_before_it_starts_fails(env):
     assert_airflow_not_started(env)
 
 
+@pytest.mark.parametrize("args", [["--date", "2099-01-01"], ["--from", "2025-01-01", "--to", "2099-01-01"]])
+def test_run_for_a_date_after_today_is_refused_before_anything_starts(env, args):
+    result = crmw(env, "run", *args)
+    assert_one_line_error(result, "2099-01-01", "after today", "UTC")
+    assert_airflow_not_started(env)
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
