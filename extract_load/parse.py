@@ -162,7 +162,18 @@ def parse_csv_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery
     import duckdb
     import pyarrow as pa
 
+    all_drops = list(drops)
     payloads = [drop.path.read_bytes() for drop in drops]
+    # An empty export (0 bytes, or nothing but a byte order mark or blank lines) is a delivery with
+    # no rows, as a header-only file is: tools write one on a day without changes. It is logged as
+    # loaded (its audit counts the file and no rows), never a missing-column failure.
+    if not all(payload.removeprefix(UTF8_BOM).strip() for payload in payloads):
+        empty = [drop.name for drop, payload in zip(drops, payloads) if not payload.removeprefix(UTF8_BOM).strip()]
+        log.info("%s: empty, a delivery with no rows", ", ".join(empty))
+        kept = [(drop, payload) for drop, payload in zip(drops, payloads) if payload.removeprefix(UTF8_BOM).strip()]
+        if not kept:
+            return _empty_delivery(all_drops, entity)
+        drops, payloads = [drop for drop, _ in kept], [payload for _, payload in kept]
     present = _csv_header(payloads[0])
     for drop, payload in zip(drops, payloads):
         _check_columns(drop.name, entity, _csv_header(payload))
@@ -210,6 +221,24 @@ def parse_csv_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery
             " from parsed join file_lines using (_record)"
         )
         delivery = _typed_split(con, "incoming", entity, present, rejects)
+        delivery.files = all_drops
+        return delivery
+    finally:
+        con.close()
+
+
+def _empty_delivery(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery:
+    """No rows, with the contract's columns: what a run of empty files delivers."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        columns = ", ".join(f"cast(null as varchar) as {name}" for name in entity.column_types)
+        con.execute(
+            "create temp table incoming as select cast(null as varchar) as _source_file, cast(null as date) as _delivery_date,"
+            f" cast(null as bigint) as _source_row, cast(null as varchar) as _raw_text, {columns} limit 0"
+        )
+        delivery = _typed_split(con, "incoming", entity, list(entity.column_types), [])
         delivery.files = list(drops)
         return delivery
     finally:

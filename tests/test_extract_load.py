@@ -353,6 +353,19 @@ def test_a_utf8_byte_order_mark_is_dropped_from_csv_and_json_lines(warehouse_url
         assert warehouse.fetchall("select count(*) from raw_crm.customers where crm_id like 'C%'") == [(expected["customers"],)]
 
 
+def test_an_empty_export_is_a_delivery_with_no_rows_and_the_next_file_still_loads(warehouse_url, sources):
+    first, second = DAYS[0], DAYS[1]
+    (sources / f"crm/{first}/customers.csv").write_bytes(b"")
+    (sources / f"service/{first}/tickets.jsonl").write_bytes(b"\xef\xbb\xbf\n")
+    audits = _load(warehouse_url, first, _settings(sources), systems=("crm", "service"))
+    for name in ("crm.customers", "service.tickets"):
+        audit = audits[name]
+        assert (audit.files_loaded, audit.rows_read, audit.rows_loaded, audit.rows_quarantined) == (1, 0, 0, 0), name
+    # Logged as loaded: not read again; the next day's file loads as usual.
+    audits = _load(warehouse_url, second, _settings(sources), systems=("crm",))
+    assert audits["crm.customers"].files_skipped == 1 and audits["crm.customers"].rows_loaded > 0
+
+
 def test_quarantine_above_the_allowed_ratio_fails_naming_the_source_and_ratio(warehouse_url, sources):
     customers = sources / f"crm/{DAYS[0]}/customers.csv"
     header, *rows = customers.read_text().splitlines()
