@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ml_tasks.contract import BadParameter, InsufficientData, check_range
+from ml_tasks.contract import BadParameter, InsufficientData, check_range, checked_input
 
 if TYPE_CHECKING:  # pandas is imported where it is used: the DAG parses the registry, which imports the settings
     import pandas as pd
@@ -659,8 +659,9 @@ def best_sellers(product_items: pd.DataFrame) -> pd.DataFrame:
 def run(inputs: Mapping[str, pd.DataFrame], as_of_date: dt.date,
         settings: AssociationSettings) -> tuple[dict[str, pd.DataFrame], dict]:
     """Rules at both levels and offers for every customer for `as_of_date`, with their metrics."""
-    items = _checked(inputs, BASKETS_TABLE, ("basket_id", "item_level", "item", "category", "customer_id", "order_date"))
-    customers = _checked(inputs, CUSTOMERS_TABLE, ("customer_id", "favourite_category", "marketing_opt_in"))
+    expected = (BASKETS_TABLE, CUSTOMERS_TABLE)
+    items = checked_input(inputs, BASKETS_TABLE, ("basket_id", "item_level", "item", "category", "customer_id", "order_date"), expected)
+    customers = checked_input(inputs, CUSTOMERS_TABLE, ("customer_id", "favourite_category", "marketing_opt_in"), expected)
     unknown = sorted(set(items["item_level"].dropna().unique()) - set(LEVELS))
     if unknown:
         raise ValueError(f"{BASKETS_TABLE}: item_level {unknown[0]!r}; expected one of {', '.join(LEVELS)}")
@@ -863,16 +864,6 @@ def count_rules(rules: pd.DataFrame, baskets: pd.DataFrame) -> pd.DataFrame:
     return rules.assign(holdout_antecedent_baskets=a.astype(np.int64), holdout_consequent_baskets=c.astype(np.int64),
                         holdout_rule_baskets=ac.astype(np.int64), holdout_baskets=n, holdout_confidence=confidence,
                         holdout_lift=lift)
-
-
-def _checked(inputs: Mapping[str, pd.DataFrame], name: str, columns: Sequence[str]) -> pd.DataFrame:
-    if name not in inputs:
-        raise ValueError(f"inputs: no {name!r}; expected {BASKETS_TABLE} and {CUSTOMERS_TABLE}")
-    frame = inputs[name]
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise ValueError(f"{name}: missing column {missing[0]!r}; expected {', '.join(columns)}")
-    return frame
 
 
 def _empty(columns: Sequence[str]) -> pd.DataFrame:

@@ -123,7 +123,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from ml_tasks.contract import PANDAS_DTYPES, BadParameter, InsufficientData, check_range
+from ml_tasks.contract import CUSTOMER_FEATURE_NUMBERS, PANDAS_DTYPES, BadParameter, InsufficientData, check_range
 
 if TYPE_CHECKING:
     import numpy as np
@@ -153,17 +153,7 @@ SCORE_COLUMNS: dict[str, str] = {
 RISK_BANDS = ("high", "medium", "low")
 
 # Numerical feature columns, as customer_features and training_set hold them.
-NUMERIC_FEATURES: tuple[str, ...] = (
-    "tenure_days", "is_crm_contact", "order_count", "frequency", "monetary", "average_order_value",
-    "recency_days", "frequency_last_30_days", "frequency_last_90_days", "monetary_last_90_days",
-    "returned_orders", "cancelled_orders", "return_rate", "favourite_category_share",
-    "distinct_categories", "discount_share", "items_per_order", "web_share", "store_share",
-    "phone_share", "marketing_opt_in", "tickets_opened", "tickets_opened_last_90_days",
-    "open_tickets", "unresolved_tickets", "slow_reply_tickets", "rated_tickets",
-    "average_satisfaction", "dissatisfied_tickets", "days_since_last_ticket", "interactions",
-    "interactions_last_90_days", "complaint_interactions", "campaigns_received",
-    "campaign_conversions", "campaign_response_rate",
-)
+NUMERIC_FEATURES: tuple[str, ...] = CUSTOMER_FEATURE_NUMBERS
 # Shares, rates, ratings and flags keep their scale in the logistic regression; every other
 # column is a count, an amount or a number of days, skewed to the right: it is log-scaled.
 _BOUNDED_FEATURES = frozenset({

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from warehouse import ColumnType
 
@@ -43,6 +43,20 @@ PANDAS_DTYPES: dict[ColumnType, str] = {
     "date": "datetime64[us]",
     "timestamp": "datetime64[us]",
 }
+
+# The numerical columns of features.customer_features (and of training_set's snapshots), booleans
+# among them: what a model reading a customer's features as numbers can take.
+CUSTOMER_FEATURE_NUMBERS: tuple[str, ...] = (
+    "tenure_days", "is_crm_contact", "order_count", "frequency", "monetary", "average_order_value",
+    "recency_days", "frequency_last_30_days", "frequency_last_90_days", "monetary_last_90_days",
+    "returned_orders", "cancelled_orders", "return_rate", "favourite_category_share",
+    "distinct_categories", "discount_share", "items_per_order", "web_share", "store_share",
+    "phone_share", "marketing_opt_in", "tickets_opened", "tickets_opened_last_90_days",
+    "open_tickets", "unresolved_tickets", "slow_reply_tickets", "rated_tickets",
+    "average_satisfaction", "dissatisfied_tickets", "days_since_last_ticket", "interactions",
+    "interactions_last_90_days", "complaint_interactions", "campaigns_received",
+    "campaign_conversions", "campaign_response_rate",
+)
 
 
 class InsufficientData(Exception):
@@ -195,3 +209,15 @@ def check_range(name: str, value: Any, *, minimum: float | None = None, maximum:
         bounds = f"between {minimum} and {maximum}" if minimum is not None and maximum is not None else (
             f"at least {minimum}" if minimum is not None else f"at most {maximum}")
         raise BadParameter(f"{name}: got {value!r}, expected {bounds}")
+
+
+def checked_input(inputs: Mapping[str, Any], name: str, columns: Sequence[str], expected_tables: Sequence[str]) -> Any:
+    """The frame `inputs[name]`, after checking it is there with `columns`; else ValueError naming
+    the table, or the first missing column, and what was expected."""
+    if name not in inputs:
+        raise ValueError(f"inputs: no {name!r}; expected {' and '.join(expected_tables)}")
+    frame = inputs[name]
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column {missing[0]!r}; expected {', '.join(columns)}")
+    return frame

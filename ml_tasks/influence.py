@@ -103,7 +103,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ml_tasks.contract import PANDAS_DTYPES, InsufficientData, check_range
+from ml_tasks.contract import PANDAS_DTYPES, InsufficientData, check_range, checked_input
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -171,8 +171,8 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date,
     import networkx as nx
     import pandas as pd
 
-    referrals = _checked(inputs, REFERRALS, _REFERRAL_COLUMNS)
-    features = _checked(inputs, FEATURES, _FEATURE_COLUMNS)
+    referrals = checked_input(inputs, REFERRALS, _REFERRAL_COLUMNS, (REFERRALS, FEATURES))
+    features = checked_input(inputs, FEATURES, _FEATURE_COLUMNS, (REFERRALS, FEATURES))
     edges, cleaning = referral_edges(referrals)
     if len(edges) < MINIMUM_EDGES:
         raise InsufficientData(
@@ -235,16 +235,6 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date,
         "quality_note": "no planted truth in production: the ranking was measured on simulations (see the module docstring)",
     }
     return {INFLUENCE: influence}, metrics
-
-
-def _checked(inputs: Mapping[str, "pd.DataFrame"], name: str, columns: tuple[str, ...]) -> "pd.DataFrame":
-    if name not in inputs:
-        raise ValueError(f"inputs: no {name!r}; expected {REFERRALS} and {FEATURES}")
-    frame = inputs[name]
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise ValueError(f"{name}: missing column {missing[0]!r}; expected {', '.join(columns)}")
-    return frame
 
 
 def _revenue(features: "pd.DataFrame", graph: "nx.DiGraph") -> dict[str, float]:

@@ -161,7 +161,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ml_tasks.contract import PANDAS_DTYPES, BadParameter, InsufficientData, check_range
+from ml_tasks.contract import CUSTOMER_FEATURE_NUMBERS, PANDAS_DTYPES, BadParameter, InsufficientData, check_range
 
 if TYPE_CHECKING:
     import numpy as np
@@ -225,17 +225,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 # The gradient-boosted regressor's inputs: customer_features' numerical columns (booleans as 0/1)
 # and the purchase summary's. Identifiers and dates are left out (their information is in tenure,
 # recency and the purchase ages; a date would let the trees learn the calendar).
-BOOSTING_NUMERIC: tuple[str, ...] = (
-    "tenure_days", "is_crm_contact", "order_count", "frequency", "monetary", "average_order_value",
-    "recency_days", "frequency_last_30_days", "frequency_last_90_days", "monetary_last_90_days",
-    "returned_orders", "cancelled_orders", "return_rate", "favourite_category_share",
-    "distinct_categories", "discount_share", "items_per_order", "web_share", "store_share",
-    "phone_share", "marketing_opt_in", "tickets_opened", "tickets_opened_last_90_days",
-    "open_tickets", "unresolved_tickets", "slow_reply_tickets", "rated_tickets",
-    "average_satisfaction", "dissatisfied_tickets", "days_since_last_ticket", "interactions",
-    "interactions_last_90_days", "complaint_interactions", "campaigns_received",
-    "campaign_conversions", "campaign_response_rate", "purchase_days", *SUMMARY_COLUMNS,
-)
+BOOSTING_NUMERIC: tuple[str, ...] = (*CUSTOMER_FEATURE_NUMBERS, "purchase_days", *SUMMARY_COLUMNS)
 BOOSTING_CATEGORICAL: tuple[str, ...] = ("favourite_channel", "favourite_category")
 # What fit reads of features.training_set (the registry's column list for the training input).
 TRAINING_COLUMNS: tuple[str, ...] = (

@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ml_tasks.contract import OutcomeCheck, OutputTable
-from ml_tasks.warehouse_io import ML_SCHEMA, ensure_outputs, to_arrow
+from ml_tasks.warehouse_io import ML_SCHEMA, as_date, ensure_outputs, to_arrow
 from warehouse import Warehouse
 from warehouse.adapter import qualified, quote_identifier
 
@@ -87,9 +87,9 @@ def measure(warehouse: Warehouse, model_name: str, checks: Sequence[OutcomeCheck
 
 def _dates_to_measure(warehouse: Warehouse, model_name: str, check: OutcomeCheck, as_of_date: dt.date) -> list[dt.date]:
     last_closed = as_of_date - dt.timedelta(days=check.horizon_days)
-    scored = [_date(row[0]) for row in warehouse.fetchall(
+    scored = [as_date(row[0]) for row in warehouse.fetchall(
         f"select distinct as_of_date from {qualified(check.table)} where as_of_date <= ? order by 1", (last_closed,))]
-    measured = {_date(row[0]) for row in warehouse.fetchall(
+    measured = {as_date(row[0]) for row in warehouse.fetchall(
         f"select distinct as_of_date from {qualified(MODEL_PERFORMANCE.name)}"
         " where model_name = ? and score_column = ? and horizon_days = ? and measured_as_of < ?",
         (model_name, check.column, check.horizon_days, as_of_date))}
@@ -158,6 +158,3 @@ def spend_metrics(frame: "pd.DataFrame") -> dict[str, Any]:
         "bias_share": round(float(error.sum() / realised.sum()), 6) if realised.sum() else None,
     }
 
-
-def _date(value: Any) -> dt.date:
-    return value if isinstance(value, dt.date) and not isinstance(value, dt.datetime) else dt.date.fromisoformat(str(value)[:10])

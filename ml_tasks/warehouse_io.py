@@ -149,7 +149,7 @@ def load_fit(warehouse: Warehouse, model_name: str, model_version: str, settings
         return None
     trained_as_of, run_id, fingerprint, metrics, artifact = rows[0]
     return {
-        "as_of_date": trained_as_of if isinstance(trained_as_of, dt.date) else dt.date.fromisoformat(str(trained_as_of)[:10]),
+        "as_of_date": as_date(trained_as_of),
         "run_id": run_id,
         "training_fingerprint": fingerprint,
         "metrics": json.loads(metrics),
@@ -192,6 +192,11 @@ def read_previous(warehouse: Warehouse, table: OutputTable, as_of_date: dt.date)
 
 def _holds_date(warehouse: Warehouse, table: str, as_of_date: dt.date) -> bool:
     return bool(warehouse.fetchall(f"select 1 from {qualified(table)} where as_of_date = ? limit 1", (as_of_date,)))
+
+
+def as_date(value: Any) -> dt.date:
+    """A date column's value as a date, whatever the engine's driver returned (date, timestamp, text)."""
+    return value if isinstance(value, dt.date) and not isinstance(value, dt.datetime) else dt.date.fromisoformat(str(value)[:10])
 
 
 def _day(value: Any) -> str:
