@@ -139,6 +139,8 @@ def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.dat
         reason = f"training data changed since the fit as of {stored['as_of_date']}"
     elif spec.retrain_max_age_days is not None and (as_of_date - stored["as_of_date"]).days > spec.retrain_max_age_days:
         reason = f"the fit as of {stored['as_of_date']} is older than {spec.retrain_max_age_days} days"
+    if not reason:
+        stored["fitted"] = warehouse_io.unpickle_fit(stored.pop("artifact"))
     plan: dict[str, Any] = {"fingerprint": current, "settings_digest": digest, "stored": None if reason else stored, "reason": reason}
     if reason:
         plan["training"] = {

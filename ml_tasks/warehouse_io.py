@@ -132,11 +132,8 @@ def _signature_text(rows: Sequence[tuple]) -> str:
 
 def load_fit(warehouse: Warehouse, model_name: str, model_version: str, settings_digest: str, as_of_date: dt.date) -> dict | None:
     """The latest fit of the model (this version and settings) trained as of `as_of_date` or
-    before, as {as_of_date, run_id, training_fingerprint, metrics, fitted}; None without one."""
-    import base64
-    import pickle
-    import zlib
-
+    before, as {as_of_date, run_id, training_fingerprint, metrics, artifact}; None without one.
+    The artifact stays text until `unpickle_fit`: a fit about to be replaced is never unpickled."""
     if not warehouse.table_columns(TRAINED_MODELS.name):
         return None
     rows = warehouse.fetchall(
@@ -153,8 +150,17 @@ def load_fit(warehouse: Warehouse, model_name: str, model_version: str, settings
         "run_id": run_id,
         "training_fingerprint": fingerprint,
         "metrics": json.loads(metrics),
-        "fitted": pickle.loads(zlib.decompress(base64.b64decode(artifact))),
+        "artifact": artifact,
     }
+
+
+def unpickle_fit(artifact: str) -> Any:
+    """The fitted object of an ml.trained_models artifact (base64 of zlib-compressed pickle)."""
+    import base64
+    import pickle
+    import zlib
+
+    return pickle.loads(zlib.decompress(base64.b64decode(artifact)))
 
 
 def fit_row(model_name: str, settings_digest: str, fingerprint: str, metrics: Mapping[str, Any], fitted: Any) -> "pd.DataFrame":
