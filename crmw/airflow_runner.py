@@ -37,11 +37,14 @@ class RunError(RuntimeError):
 def airflow_environment(base: Mapping[str, str]) -> dict[str, str]:
     """`base` plus this project's Airflow settings; settings already in `base` win.
 
-    WAREHOUSE_URL and CRMW_SOURCE_DIR are made absolute, since dbt runs in a copy of the project.
+    WAREHOUSE_URL, CRMW_SOURCE_DIR and CRMW_EXPORT_DIR are made absolute, since dbt runs in a copy
+    of the project and tasks in folders of their own.
     """
     env = dict(base)
     env["WAREHOUSE_URL"] = parse_warehouse_url(env.get("WAREHOUSE_URL")).url
     env["CRMW_SOURCE_DIR"] = str(Path(env.get("CRMW_SOURCE_DIR") or DEFAULT_SOURCE_DIR).resolve())
+    if env.get("CRMW_EXPORT_DIR"):
+        env["CRMW_EXPORT_DIR"] = str(Path(env["CRMW_EXPORT_DIR"]).resolve())
     home = Path(env.setdefault("AIRFLOW_HOME", str(PROJECT_ROOT / ".local" / "airflow"))).resolve()
     env["AIRFLOW_HOME"] = str(home)
     defaults = {

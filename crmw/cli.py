@@ -15,7 +15,7 @@ from pathlib import Path
 from crmw.airflow_runner import RunError, airflow_environment, run_dag, serve
 from warehouse import WarehouseUrlError, connect
 
-OUTPUT_SCHEMAS = ("staging", "marts", "features", "ml")
+OUTPUT_SCHEMAS = ("staging", "marts", "features", "ml", "activation")
 
 
 class UsageError(ValueError):
@@ -87,6 +87,14 @@ def _command_run(args: argparse.Namespace) -> int:
     width = max((len(name) for name, _ in counts), default=0)
     for name, rows in counts:
         print(f"  {name:<{width}}  {rows:>10,} rows")
+    from ml_tasks.tasks import export_dir
+
+    folder = export_dir(env)
+    exports = sorted(path for path in folder.glob("*/*.csv") if path.stem.endswith(dates[-1].isoformat()))
+    if exports:
+        print(f"\nFiles for other tools ({folder}):")
+        for path in exports:
+            print(f"  {path.relative_to(folder)}")
     return 0
 
 

@@ -7,7 +7,8 @@ is then reconciled by key (hard deletes marked, rows the cursor missed loaded) �
 staging, marts and feature tables in one `dbt build` (`dbt.dbt_producer_watcher`), each model and
 its tests shown by a task of its own (`dbt.<model>.run`, `dbt.<model>.test`); a failing test fails
 the build and stops ML and publish → **ml** runs each registered model (`ml_tasks/registry.py`),
-one task per model family, publishing its tables for the date and a row in `ml.model_runs` →
+one task per model family, publishing its tables for the date and a row in `ml.model_runs`; the
+activation list runs after the models it reads and also writes a dated CSV for the CRM tool →
 **publish** refreshes the `_latest` views BI tools read. Model params (`<model>__<setting>`) are
 checked first, before anything is written. One build instead of a dbt process per
 model: with some forty models the per-task dbt start-up made a run several times slower.
@@ -203,8 +204,10 @@ def crm_daily() -> None:
     )
 
     with TaskGroup(group_id="ml", tooltip="One task per registered model (ml_tasks/registry.py)") as models:
+        model_tasks = {spec.name: run_model.override(task_id=spec.name, doc_md=spec.description)(spec.name) for spec in MODELS}
         for spec in MODELS:
-            run_model.override(task_id=spec.name, doc_md=spec.description)(spec.name)
+            for upstream in spec.after:  # it reads their outputs of the same date
+                model_tasks[upstream] >> model_tasks[spec.name]
 
     params_checked >> extract_groups
     extract_groups >> dbt

@@ -75,7 +75,7 @@ class QualityBelowFloor(Exception):
 
 @dataclass(frozen=True)
 class OutputTable:
-    name: str  # schema.table, in the ml schema
+    name: str  # schema.table: the ml schema, or activation for what holds contact details
     columns: Mapping[str, ColumnType]  # declared types, stamps excluded
     description: str = ""
 
@@ -96,6 +96,17 @@ class InputTable:
     # drawn as whole customers by a hash of customer_id (every snapshot of a drawn customer; the
     # same customers every day, so the sample changes only when the data does).
     sample_setting: str | None = None
+    # Another model's output (a spec's `after`): on a date that model had too little data for it
+    # holds no rows, which is no error here.
+    may_lack_date: bool = False
+    # False for a mart (one current row per ticket, per day of sales: no as_of_date column): the
+    # rows whose `window_column` falls in the window ending on the as-of date. A daily run's marts
+    # hold what was known that day; a backfill of a past date sees later corrections of its rows.
+    dated: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.dated and not self.window_column:
+            raise ValueError(f"input {self.name}: an undated table needs a window_column to cut it at the as-of date")
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,11 @@ class ModelSpec:
     retrain_max_age_days: int | None = None
     # Scores whose outcome later becomes known: ml.model_performance measures them then.
     outcomes: tuple["OutcomeCheck", ...] = ()
+    # Models whose outputs of the same date this one reads: the DAG runs it after them.
+    after: tuple[str, ...] = ()
+    # Output tables also written, once published, as a dated CSV file for tools that import files
+    # (`<CRMW_EXPORT_DIR>/<schema>/<table>_<date>.csv`).
+    exports: tuple[str, ...] = ()
 
     @property
     def is_trained(self) -> bool:

@@ -7,7 +7,7 @@ Imports no pandas or scikit-learn: the DAG file parses this.
 
 from __future__ import annotations
 
-from ml_tasks import association, churn, clustering, influence, lifetime_value  # none imports pandas or scikit-learn at import
+from ml_tasks import activation, association, churn, clustering, influence, lifetime_value  # none imports pandas or scikit-learn at import
 from ml_tasks.contract import InputTable, ModelSpec, OutcomeCheck, OutputTable
 
 # ---- customer segments and clusters (ml_tasks/clustering.py) ------------------------------------
@@ -216,7 +216,40 @@ INFLUENCE_SPEC = ModelSpec(
     description="Referral network: direct and indirect referrals, tree revenue, PageRank and top influencers.",
 )
 
-MODELS: tuple[ModelSpec, ...] = (SEGMENTS_SPEC, ASSOCIATION_SPEC, CHURN_SPEC, VALUE_SPEC, INFLUENCE_SPEC)
+# ---- the activation list (ml_tasks/activation.py) -----------------------------------------------
+
+ACTIVATION_SPEC = ModelSpec(
+    name="activation_list",
+    version=activation.MODEL_VERSION,
+    module="ml_tasks.activation",
+    settings=activation.ActivationSettings,
+    reads=(
+        InputTable(activation.CONTACTS, columns=activation.CONTACT_COLUMNS),
+        *(InputTable(table, columns=columns, may_lack_date=True) for table, columns in (
+            (activation.CHURN, activation.CHURN_COLUMNS),
+            (activation.VALUE, activation.VALUE_COLUMNS),
+            (activation.UPLIFT, activation.UPLIFT_COLUMNS),
+            (activation.OFFERS, activation.OFFER_COLUMNS),
+        )),
+    ),
+    writes=(
+        OutputTable(
+            activation.CONTACT_LIST,
+            activation.CONTACT_LIST_COLUMNS,
+            "Whom the CRM contacts next, one row per customer (opted in to marketing on the date, no open"
+            " ticket by default): action (retain: high churn risk and top value; campaign: top predicted"
+            " uplift; cross_sell: a product rule offer), channel (phone or email), a one-line reason, contact"
+            " details, the scores behind it and the best next offer. Also a dated CSV in CRMW_EXPORT_DIR/activation.",
+        ),
+    ),
+    minimum_input_rows=1,
+    after=("churn_propensity", "customer_value", "association_rules"),  # TODO-integration: campaign_uplift
+    exports=(activation.CONTACT_LIST,),
+    retraining="built afresh on every run from the same day's model outputs and contacts (nothing is fitted)",
+    description="Activation list for the CRM tool: whom to contact, how and why; consent and open tickets respected.",
+)
+
+MODELS: tuple[ModelSpec, ...] = (SEGMENTS_SPEC, ASSOCIATION_SPEC, CHURN_SPEC, VALUE_SPEC, INFLUENCE_SPEC, ACTIVATION_SPEC)
 
 # Views `publish` refreshes after the `_latest` ones, for BI.
 VIEWS: dict[str, str] = {
@@ -235,6 +268,19 @@ def model(name: str) -> ModelSpec:
         if spec.name == name:
             return spec
     raise KeyError(f"model {name!r}: not in the registry; expected one of {', '.join(s.name for s in MODELS)}")
+
+
+def _check_order(models: tuple[ModelSpec, ...]) -> None:
+    """A model runs after the ones whose outputs it reads: they must be registered before it."""
+    seen: set[str] = set()
+    for spec in models:
+        for upstream in spec.after:
+            if upstream not in seen:
+                raise ValueError(f"registry: {spec.name} runs after {upstream!r}, which is not registered before it")
+        seen.add(spec.name)
+
+
+_check_order(MODELS)
 
 
 def output_tables() -> list[OutputTable]:

@@ -27,10 +27,14 @@ from ml_tasks.contract import InsufficientData, ModelSpec, QualityBelowFloor, bu
 from warehouse import connect
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pandas as pd
 
 log = logging.getLogger(__name__)
 BI_SCHEMAS = ["marts", "features", "ml"]
+# Contact details and consent: read by the CRM tool's role, never by BI's.
+ACTIVATION_SCHEMAS = ["activation"]
 
 
 def check_params(params: Mapping[str, Any] | None = None) -> dict[str, dict]:
@@ -103,6 +107,8 @@ def run_model(
                 )
                 if spec.outcomes:
                     performance.measure(warehouse, spec.name, spec.outcomes, as_of_date, run_id)
+            for table in spec.exports:
+                run.setdefault("exported", []).append(str(export_csv(table, results[table], as_of_date)))
         except QualityBelowFloor as error:
             _record(warehouse_url, run, started, peak, warehouse_io.BELOW_FLOOR, str(error))
             raise
@@ -259,6 +265,32 @@ def _peak_memory(interval: float = 0.05) -> Iterator[Any]:
 
 
 def publish(warehouse_url: str | None = None) -> None:
-    """Refresh the `_latest` view of every table a registered model writes, and BI's read grant."""
+    """Refresh the `_latest` view of every table a registered model writes, BI's read grant, and
+    the activation schema's own read grant (the role a CRM tool imports the contact list with)."""
     bi_role = os.environ.get("CRMW_BI_ROLE", "crmw_bi_reader")
     warehouse_io.publish_latest_views(registry.output_tables(), bi_role, BI_SCHEMAS, warehouse_url, registry.VIEWS)
+    with connect(warehouse_url) as warehouse:
+        warehouse.grant_read_only(os.environ.get("CRMW_ACTIVATION_ROLE", "crmw_activation_reader"), ACTIVATION_SCHEMAS)
+
+
+def export_dir(environ: Mapping[str, str] | None = None) -> "Path":
+    """Where files for other tools go: CRMW_EXPORT_DIR, by default .local/exports in the project."""
+    from pathlib import Path
+
+    from warehouse import PROJECT_ROOT
+
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("CRMW_EXPORT_DIR") or PROJECT_ROOT / ".local" / "exports").resolve()
+
+
+def export_csv(table: str, frame: "pd.DataFrame", as_of_date: dt.date) -> "Path":
+    """Write one date's published rows of `table` to `<export dir>/<schema>/<table>_<date>.csv`
+    (a rerun of the date replaces the file; a reader never sees half of one)."""
+    schema, _, name = table.partition(".")
+    folder = export_dir() / schema
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}_{as_of_date.isoformat()}.csv"
+    partial = path.with_suffix(".csv.partial")
+    frame.to_csv(partial, index=False, lineterminator="\n")
+    os.replace(partial, path)
+    return path

@@ -68,16 +68,19 @@ class MissingFeatureDate(ValueError):
 
 def read_input(warehouse: Warehouse, table: InputTable, as_of_date: dt.date, window_days: int | None = None) -> "pd.DataFrame":
     """Rows of `table` for `as_of_date` (and, for a windowed input, whose window column falls in the
-    `window_days` days ending on it). An empty table gives no rows (a new install); a table holding
+    `window_days` days ending on it; for an undated one, a mart, the window's rows up to the date). An empty table gives no rows (a new install); a table holding
     other dates only raises MissingFeatureDate naming the dates it holds."""
     columns = ", ".join(quote_identifier(column) for column in table.columns) if table.columns else "*"
-    sql = f"select {columns} from {qualified(table.name)} where as_of_date = ?"
+    if table.dated:
+        sql = f"select {columns} from {qualified(table.name)} where as_of_date = ?"
+    else:
+        sql = f"select {columns} from {qualified(table.name)} where {quote_identifier(table.window_column)} <= ?"
     values: list[Any] = [as_of_date]
     if table.window_column and window_days is not None:
         sql += f" and {quote_identifier(table.window_column)} > ?"
         values.append(as_of_date - dt.timedelta(days=window_days))
     frame = warehouse.fetch_df(sql, values)
-    if frame.empty:
+    if frame.empty and table.dated and not table.may_lack_date:
         (first, last, dates) = warehouse.fetchall(
             f"select min(as_of_date), max(as_of_date), count(distinct as_of_date) from {qualified(table.name)}"
         )[0]

@@ -25,7 +25,8 @@ AIRFLOW_COMMANDS = {
 }
 AIRFLOW_SERVICES = ("airflow-init", *AIRFLOW_COMMANDS)
 # The one bind mount whose host folder is not part of the repository: the source-system exports.
-SOURCES_VARIABLE = "CRMW_HOST_SOURCE_DIR"
+# Host folders a service may mount (a variable in the header) -> the variable naming the folder inside.
+HOST_FOLDERS = {"CRMW_HOST_SOURCE_DIR": "CRMW_SOURCE_DIR", "CRMW_HOST_EXPORT_DIR": "CRMW_EXPORT_DIR"}
 
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 SHORT_MOUNT = re.compile(r"^(\$\{[^}]*\}[^:]*|[^:]+):([^:]+)(?::(ro|rw))?$")
@@ -195,17 +196,18 @@ def test_dags_folder_is_the_repository_dags_directory_mounted_in_every_airflow_s
         assert (ROOT / "dags").is_dir()
 
 
-def test_bind_mounts_come_from_the_repository_or_the_documented_sources_folder(compose):
+def test_bind_mounts_come_from_the_repository_or_the_documented_host_folders(compose):
     header = COMPOSE_FILE.read_text().split("\n---", 1)[0]
     for name, service in _services(compose).items():
         for source, inside in _mounts(service):
             if not _is_bind(source):
                 assert source in compose["volumes"], f"{name}: volume {source} not declared"
             elif source.startswith("${"):
-                assert INTERPOLATION.fullmatch(source).group(1) == SOURCES_VARIABLE, f"{name}: {source}"
-                assert SOURCES_VARIABLE in header, "the sources folder variable is documented"
+                variable = INTERPOLATION.fullmatch(source).group(1)
+                assert variable in HOST_FOLDERS, f"{name}: {source}"
+                assert variable in header, f"the host folder variable {variable} is documented"
                 env = _env(service)
-                assert env["CRMW_SOURCE_DIR"] == inside, f"{name}: CRMW_SOURCE_DIR is the mounted folder"
+                assert env[HOST_FOLDERS[variable]] == inside, f"{name}: {HOST_FOLDERS[variable]} is the mounted folder"
             else:
                 assert (ROOT / source).exists(), f"{name}: {source} is not in the repository"
 

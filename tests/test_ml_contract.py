@@ -148,6 +148,23 @@ def test_reads_take_the_as_of_date_and_the_window_and_name_a_missing_date(wareho
         assert warehouse_io.read_input(warehouse, table, DAY).empty  # a new install: no error
 
 
+def test_a_mart_is_read_by_its_window_up_to_the_date_and_another_models_missing_date_is_no_error(warehouse_url):
+    from ml_tasks.contract import InputTable
+
+    days = [DAY - dt.timedelta(days=offset) for offset in range(-2, 10)]  # two days after the date too
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_table("marts.toy_daily", {"sales_date": "date", "revenue": "double"})
+        warehouse.append_arrow("marts.toy_daily", pa.table({"sales_date": days, "revenue": [1.0] * len(days)}))
+        mart = InputTable("marts.toy_daily", window_column="sales_date", window_setting="window_days", dated=False)
+        window = warehouse_io.read_input(warehouse, mart, DAY, window_days=7)
+        assert sorted(pd.to_datetime(window["sales_date"]).dt.date) == sorted(days[2:9])
+        warehouse.ensure_table("ml.toy_upstream", {"customer_id": "string", "as_of_date": "date"})
+        warehouse.append_arrow("ml.toy_upstream", pa.table({"customer_id": ["a"], "as_of_date": [NEXT_DAY]}))
+        assert warehouse_io.read_input(warehouse, InputTable("ml.toy_upstream", may_lack_date=True), DAY).empty
+    with pytest.raises(ValueError, match="marts.toy_daily: an undated table needs a window_column"):
+        InputTable("marts.toy_daily", dated=False)
+
+
 def test_latest_views_show_each_tables_newest_date_and_the_bi_role_reads_them(warehouse_url):
     _load_features(warehouse_url, DAY, SPENDS)
     tasks.run_model(SPEC, DAY, "day-1", warehouse_url=warehouse_url)
@@ -203,10 +220,16 @@ def test_registered_models_write_distinct_ml_tables_with_default_settings_that_v
     assert len({table.name for table in tables}) == len(tables)
     for spec in registry.MODELS:
         build_settings(spec, {}, environ={})
-        assert all(table.name.startswith("ml.") for table in spec.writes), spec.name
+        assert all(table.name.split(".")[0] in ("ml", "activation") for table in spec.writes), spec.name
         assert all(not set(table.columns) & {"as_of_date", "run_id", "model_version"} for table in spec.writes)
         assert set(spec.reads_previous) <= {table.name for table in spec.writes}
-        assert all(table.name.startswith("features.") for table in [*spec.reads, *spec.trains_on]), spec.name
+        upstream_outputs = {table.name for name in spec.after for table in registry.model(name).writes}
+        for table in [*spec.reads, *spec.trains_on]:
+            schema = table.name.split(".")[0]
+            # Features and the activation inputs dbt builds per date; marts cut by a window; the
+            # same date's outputs of the models it runs after.
+            assert (schema in ("features", "activation") and table.dated or schema == "marts" and not table.dated
+                    or table.name in upstream_outputs and table.may_lack_date), f"{spec.name} reads {table.name}"
         module = __import__(spec.module, fromlist=["run"])
         entry_points = ("fit", "score") if spec.is_trained else ("run",)
         assert all(callable(getattr(module, name, None)) for name in entry_points), spec.name
