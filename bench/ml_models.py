@@ -96,8 +96,8 @@ def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Pat
                 else column
                 for column in columns
             )
-            # Inputs keep the date's rows; training tables every snapshot.
-            dated = table not in training
+            # Inputs keep the date's rows; training tables every snapshot, marts (undated) every row.
+            dated = table not in training and "as_of_date" in columns
             warehouse.execute(
                 f"create or replace table {table} as select {select} from {table}, range(?) as copies(copy)"
                 + (" where as_of_date = ?" if dated else ""),

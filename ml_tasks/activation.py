@@ -23,7 +23,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
-from ml_tasks.contract import BadParameter, check_range, checked_input
+from ml_tasks.contract import BadParameter, check_range, checked_input, typed_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,10 +135,7 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: Act
     listed = listed.assign(priority=np.arange(1, len(listed) + 1), reason=[_reason(row) for row in listed.itertuples(index=False)])
     metrics["listed"] = {action: int((listed["action"] == action).sum()) for action in ACTIONS}
     metrics["listed_total"] = int(len(listed))
-    result = listed[list(CONTACT_LIST_COLUMNS)].reset_index(drop=True)
-    for column, kind in CONTACT_LIST_COLUMNS.items():
-        result[column] = result[column].astype({"string": "str", "integer": "Int64", "double": "float64"}[kind])
-    return {CONTACT_LIST: result}, metrics
+    return {CONTACT_LIST: typed_results(listed, CONTACT_LIST_COLUMNS)}, metrics
 
 
 def _candidates(customers: "pd.DataFrame", uplift: "pd.DataFrame", settings: ActivationSettings) -> dict[str, "pd.DataFrame"]:

@@ -227,6 +227,20 @@ def check_range(name: str, value: Any, *, minimum: float | None = None, maximum:
         raise BadParameter(f"{name}: got {value!r}, expected {bounds}")
 
 
+def typed_results(frame: Any, columns: Mapping[str, ColumnType]) -> Any:
+    """`frame` with exactly `columns`, in order, in the dtypes the warehouse reads them back in
+    (an integer column must hold no missing values)."""
+    import pandas as pd
+
+    typed = pd.DataFrame(index=frame.index)
+    for column, kind in columns.items():
+        if kind == "integer":
+            typed[column] = pd.array(frame[column].astype("int64"), dtype="Int64")
+        else:
+            typed[column] = frame[column].astype(PANDAS_DTYPES[kind])
+    return typed.reset_index(drop=True)
+
+
 def checked_input(inputs: Mapping[str, Any], name: str, columns: Sequence[str], expected_tables: Sequence[str]) -> Any:
     """The frame `inputs[name]`, after checking it is there with `columns`; else ValueError naming
     the table, or the first missing column, and what was expected."""

@@ -103,7 +103,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ml_tasks.contract import PANDAS_DTYPES, InsufficientData, check_range, checked_input
+from ml_tasks.contract import InsufficientData, check_range, checked_input, typed_results
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -211,7 +211,7 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date,
     frame["is_top_influencer"] = False
     frame.loc[order[:settings.top_count(referrers)], "is_top_influencer"] = True
     frame = frame.sort_values("customer_id", kind="stable")
-    influence = _typed(frame, INFLUENCE_COLUMNS)
+    influence = typed_results(frame, INFLUENCE_COLUMNS)
 
     top_rows = influence[influence["is_top_influencer"]]
     cycles = [component for component in components if len(component) > 1]
@@ -339,16 +339,3 @@ def _cycle_depths(hanging: list[int]) -> list[int]:
     for position in range(1, length):
         behind[position] = max(behind[position - 1], reach[position - 1] + length)
     return [max(ahead[position], behind[position]) - position for position in range(length)]
-
-
-def _typed(frame: "pd.DataFrame", columns: Mapping[str, str]) -> "pd.DataFrame":
-    """`frame` with exactly `columns`, in order, in the dtypes the warehouse reads back."""
-    import pandas as pd
-
-    typed = pd.DataFrame(index=frame.index)
-    for column, kind in columns.items():
-        if kind == "integer":
-            typed[column] = pd.array(frame[column].astype("int64"), dtype="Int64")
-        else:
-            typed[column] = frame[column].astype(PANDAS_DTYPES[kind])
-    return typed.reset_index(drop=True)

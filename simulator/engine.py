@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -589,6 +590,9 @@ class TicketSnapshots:
     columns: dict[str, np.ndarray]
     tags: list[np.ndarray]
     status_history: list[tuple[str, np.ndarray]]
+    # truth/ticket_comments.csv rows of the comments shown for the first time today:
+    # ticket_id, person_id, cause, comment_date.
+    comment_causes: list[list] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.columns["ticket_id"]) if self.columns else 0
@@ -620,6 +624,7 @@ def _ticket_snapshots(tickets: dict[str, np.ndarray], day: int, state: State) ->
         statuses_before = statuses_before + happened
     rated = (status == "solved") | (status == "closed")
     rating = tickets["rating"]
+    comments, causes = _ticket_comments(tickets, rated, replied, day, state)
     reopened = (tickets["reopen_day"] >= 0) & (tickets["reopen_day"] <= day)
     columns = {
         "ticket_id": tickets["ticket_id"],
@@ -633,11 +638,148 @@ def _ticket_snapshots(tickets: dict[str, np.ndarray], day: int, state: State) ->
         "first_reply_at": first_reply_at,
         "solved_at": np.where(rated, solved_at, None),
         "satisfaction_rating": np.where(rated, rating.astype(object), None),
-        "satisfaction_comment": np.where(rated, np.where(rating <= 2, "slow and unhelpful", "thanks, all good").astype(object), None),
+        "satisfaction_comment": comments,
         "_person_id": tickets["person_id"],
     }
     tags = [tickets["category"], tickets["priority"], np.where(reopened, "reopened", None)]
-    return TicketSnapshots(columns, tags, history)
+    return TicketSnapshots(columns, tags, history, causes)
+
+
+# ---- satisfaction comments ---------------------------------------------------------------------
+# A comment is written about one cause of the ticket's experience, in the customer's own words:
+# phrases of that cause (each `{a|b|c}` a choice of words), sometimes two of them, sometimes with
+# filler around them, with the occasional typo. Its words come from a generator of its own, seeded
+# by (seed, ticket): the main stream of the day is untouched (every other simulated value is what
+# it was before comments varied), and a ticket shows the same comment in every export.
+#
+# When it is shown. A rated ticket's comment comes with its last rating: from its solve, or from
+# its second solve when it was reopened (the customer comments once the ticket is done). An
+# unresolved ticket is never solved, so never rated: its customer answers the desk's first reply
+# (the last the desk does on it) with a comment and no rating, shown from that reply on.
+COMMENT_CAUSES = ("slow_reply", "unresolved", "reopened", "product_fault", "praise")
+_COMMENT_SHARE = {"slow_reply": 0.5, "unresolved": 0.7, "reopened": 0.7, "product_fault": 0.45, "praise": 0.2}
+# Each cause's phrases share a core of words (as complaints about one thing do) and overlap other
+# causes' words now and then ("still waiting", "problem", "days"), as real comments do.
+_CAUSE_PHRASES = {
+    "slow_reply": (
+        "{slow|late|sluggish} {reply|response|answer}",
+        "waited {two|three|four|several} days for {a reply|an answer|a response}",
+        "{the|your} {reply|response|answer} came {way too late|far too late|much too late}",
+        "{took|needed} {ages|forever} to {reply|answer|respond}",
+        "{very|really|so} slow to {reply|answer|respond}",
+        "nobody {replied|answered|responded} for days, too slow",
+        "{long|endless} wait for {a reply|an answer|a response}",
+    ),
+    "unresolved": (
+        "{problem|issue} still not {fixed|resolved|solved}",
+        "still {unresolved|unsolved|open}, {no|zero} {solution|fix}",
+        "nobody {fixed|resolved|solved} {it|my problem|the issue}",
+        "{your|the} {reply|answer} {fixed|solved|resolved} nothing",
+        "still open, {no|zero} {solution|fix} {yet|so far}",
+        "still waiting for a {solution|fix|resolution}",
+    ),
+    "reopened": (
+        "had to reopen the {ticket|case}",
+        "{problem|issue} came back {after|once} {they|you} closed {it|the ticket}",
+        "closed too {early|soon}, had to {write|call} again",
+        "{same|identical} {problem|issue} again, {ticket|case} reopened",
+        "{it|the problem} {happened|came back|returned} again {a few days|a week|two days} later",
+        "{second|third} time {reopening|opening} the same {ticket|case}",
+    ),
+    "product_fault": (
+        "{item|product|parcel} arrived {broken|damaged|defective|cracked}",
+        "{defective|faulty|broken} {item|product|device}, {want|need} a replacement",
+        "{poor|bad|cheap} quality {item|product}, {it|the product} {broke|fell apart|ripped}",
+        "{the|my} {item|product|device} {broke|stopped working} {within a week|on first use|after one wash}",
+        "{screen|zip|battery|motor|stitching} {broken|faulty|defective} {out of the box|from day one}",
+        "{faulty|defective|damaged} {product|item|goods}, {poor|bad} quality",
+    ),
+    "praise": (
+        "{thanks|thank you|many thanks|cheers}, {great|excellent|super} service",
+        "{quick|fast|speedy} and helpful, {thanks|thank you}",
+        "{the agent|the support team|the staff} {was|were} {very|really|so} helpful",
+        "great {support|help|service}, {thanks|thank you}",
+        "{very|really} {happy|pleased} with the {help|service}, {thanks|thank you}",
+        "{helpful|friendly} {agent|staff|team}, great service",
+    ),
+}
+_FILLER = (
+    "hi", "hello", "regards", "fyi", "anyway", "as i said on the phone", "see my previous email",
+    "ordered it for my {mum|dad|sister|partner}", "order number is in the ticket", "{second|third} order this year",
+    "{first time|not the first time} i {contact|write to} you", "please note", "ok",
+)
+_SLOT = re.compile(r"\{([^}]*)\}")
+_PRIORITY_INDEX = {name: index for index, name in enumerate(_PRIORITIES.tolist())}
+
+
+def _ticket_comments(tickets: dict[str, np.ndarray], rated: np.ndarray, replied: np.ndarray, day: int, state: State) -> tuple[np.ndarray, list[list]]:
+    """Each snapshot ticket's satisfaction_comment (None without one; see above for when it is
+    shown), and the truth rows of the comments shown for the first time on `day`."""
+    sla_seconds = 3_600 * _SLA_HOURS[[_PRIORITY_INDEX[priority] for priority in tickets["priority"].tolist()]]
+    causes = {
+        # Drawn at 1.2 to 4 times the first-reply target when slow, at most 0.9 times otherwise.
+        "slow_reply": tickets["reply_seconds"] - tickets["opened_seconds"] > sla_seconds,
+        "unresolved": tickets["solve_day"] < 0,
+        "reopened": tickets["reopen_day"] >= 0,
+        "product_fault": tickets["category"] == "product",
+    }
+    has_cause = np.any(np.vstack(list(causes.values())), axis=0)
+    causes["praise"] = ~has_cause & (tickets["rating"] >= 4)
+    comment_day = np.where(causes["unresolved"], tickets["open_day"] + tickets["reply_seconds"] // 86_400,
+                           np.where(causes["reopened"], tickets["resolve_again_day"], tickets["solve_day"]))
+    shown = np.where(causes["unresolved"], replied, rated & (comment_day <= day)) & (has_cause | causes["praise"])
+    comments = np.full(len(shown), None, dtype=object)
+    truth = []
+    for position in np.flatnonzero(shown).tolist():
+        ticket_id = int(tickets["ticket_id"][position])
+        own = [cause for cause in COMMENT_CAUSES if causes[cause][position]]
+        rng = np.random.default_rng([state.seed, 19, ticket_id])
+        cause = own[rng.integers(len(own))]
+        if rng.random() >= _COMMENT_SHARE[cause]:
+            continue
+        comments[position] = _compose_comment(rng, cause)
+        if comment_day[position] == day:
+            truth.append([ticket_id, int(tickets["person_id"][position]), cause, state.date_of(day).isoformat()])
+    return comments, truth
+
+
+
+def _compose_comment(rng: np.random.Generator, cause: str) -> str:
+    """A comment about `cause`: one or two of its phrases, maybe filler, maybe a typo."""
+    phrases = _CAUSE_PHRASES[cause]
+    picked = rng.choice(len(phrases), 1 + int(rng.random() < 0.3), replace=False)
+    parts = [_fill(rng, phrases[index]) for index in picked.tolist()]
+    for _ in range(rng.choice(3, p=[0.55, 0.35, 0.1])):
+        filler = _fill(rng, _FILLER[rng.integers(len(_FILLER))])
+        parts.insert(0 if rng.random() < 0.5 else len(parts), filler)
+    text = str(rng.choice([", ", ". ", " - ", " "])).join(parts)
+    for _ in range(rng.choice(3, p=[0.85, 0.12, 0.03])):
+        text = _typo(rng, text)
+    if rng.random() < 0.5:
+        text = text[:1].upper() + text[1:]
+    return text + str(rng.choice(["", ".", "!", "!!"]))
+
+
+def _fill(rng: np.random.Generator, template: str) -> str:
+    """`template` with each `{a|b|c}` replaced by one of its words (an empty choice drops it)."""
+    filled = _SLOT.sub(lambda slot: str(rng.choice(slot.group(1).split("|"))), template)
+    return " ".join(filled.split())
+
+
+def _typo(rng: np.random.Generator, text: str) -> str:
+    """`text` with one word of four letters or more misspelt: two letters swapped, one dropped or
+    one doubled."""
+    words = text.split(" ")
+    long_words = [position for position, word in enumerate(words) if len(word) >= 4 and word.isalpha()]
+    if not long_words:
+        return text
+    position = long_words[rng.integers(len(long_words))]
+    word = words[position]
+    at = int(rng.integers(1, len(word) - 1))
+    kind = rng.integers(3)
+    words[position] = (word[:at] + word[at + 1] + word[at] + word[at + 2:] if kind == 0
+                       else word[:at] + word[at + 1:] if kind == 1 else word[:at] + word[at] + word[at:])
+    return " ".join(words)
 
 
 def _interactions(rng, customers, index, day, date) -> dict[str, np.ndarray]:

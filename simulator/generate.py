@@ -6,6 +6,7 @@ Layout of the output folder (the same layout a team's own exports must meet):
     crm/<YYYY-MM-DD>/<entity>.csv        CRM drops: customers, interactions, campaigns, campaign_members
     service/<YYYY-MM-DD>/tickets.jsonl   service-desk export of the tickets that changed that day
     truth/                               what the pipeline must rediscover; never read by it
+                                         (ticket_comments.csv: the cause of each satisfaction comment)
     .simulator/                          the simulator's own state, for --append-day
 """
 
@@ -181,6 +182,9 @@ def _simulate_day(
     writer.append_csv(truth / "identities.csv", ["system", "entity", "record_key", "person_id"], identities)
     writer.append_csv(truth / "defects.csv", sources.DEFECT_COLUMNS, sources.csv_text(defects.rows))
     writer.append_csv(truth / "churn_events.csv", ["person_id", "churn_date"], sources.csv_text(records.churned))
+    # The cause each satisfaction comment was written about, on the day it was first shown.
+    writer.append_csv(truth / "ticket_comments.csv", ["ticket_id", "person_id", "cause", "comment_date"],
+                      sources.csv_text(records.tickets.comment_causes))
     return {
         "orders": engine.row_count(records.orders),
         "order_lines": engine.row_count(records.order_lines),

@@ -444,3 +444,45 @@ def test_referral_edges_are_those_of_the_customer_dimension(warehouses) -> None:
         assert single == {edge for edge in expected if customers[edge[0]]["crm_contact_count"] == 1}
         for edge in single:
             assert _comparable(edges[edge]["referral_date"]) == _comparable(customers[edge[0]]["signup_date"]), edge
+
+
+def test_feature_dates_hold_every_period_end_with_one_as_of_row(warehouses) -> None:
+    """Every weekly period end with orders up to the as-of date, the as-of date once; the training
+    snapshots are the ones whose churn window is over, and the feature tables read them as before."""
+    for url, as_of in ((warehouses["early"], CUT_OFF), (warehouses["late"], DBT_LAST_DAY)):
+        dates = _frame(url, "select * from features.feature_dates order by as_of_date")
+        days = [value.date() for value in dates["as_of_date"]]
+        assert len(set(days)) == len(days) and days[-1] == as_of and dates["is_as_of_date"].sum() == 1
+        assert bool(dates["is_as_of_date"].iloc[-1]) and not dates["is_training_snapshot"].iloc[-1]
+        assert all(day.weekday() == 6 for day in days[:-1])  # period ends: Sundays (CUT_OFF is one too)
+        window_over = [day + dt.timedelta(days=14) <= as_of for day in days]
+        assert dates["is_training_snapshot"].tolist() == [over and day < as_of for day, over in zip(days, window_over)]
+        assert not all(window_over[:-1])  # some period ends serve campaigns only
+        training = {value.date() for value in _frame(url, "select distinct as_of_date from features.training_set")["as_of_date"]}
+        assert training == {day for day, flag in zip(days, dates["is_training_snapshot"]) if flag}
+        current = _frame(url, "select distinct as_of_date from features.customer_features")["as_of_date"]
+        assert [value.date() for value in current] == [as_of]
+
+
+def test_campaign_members_carry_the_features_of_the_last_feature_date_before_their_campaign(warehouses) -> None:
+    late = warehouses["late"]
+    rows = _frame(late, "select * from features.campaign_training_set")
+    members = _frame(late, f"""
+        select campaign_id, customer_id, campaign_start_date, is_treatment, has_converted
+        from marts.fct_campaign_responses
+        where is_valid and customer_id is not null and campaign_end_date <= cast('{DBT_LAST_DAY}' as date)""")
+    dates = sorted(_frame(late, "select as_of_date from features.feature_dates")["as_of_date"])
+    assert rows["campaign_id"].nunique() >= 2 and len(rows) > 100
+    assert set(zip(rows["campaign_id"], rows["customer_id"])) <= set(zip(members["campaign_id"], members["customer_id"]))
+    for start, campaign in rows.groupby("campaign_start_date"):
+        assert set(campaign["as_of_date"]) == {max(day for day in dates if day < start)}
+    # Dropped only when the customer had no features then (unknown yet): a few per cent at most.
+    assert len(rows) >= 0.9 * len(members[members["campaign_start_date"] > dates[0]])
+    snapshots = _frame(late, "select * from features.customer_feature_snapshots")
+    joined = rows.merge(snapshots, on=["customer_id", "as_of_date"], suffixes=("", "_snapshot"))
+    assert len(joined) == len(rows)
+    for column in ("monetary", "recency_days", "marketing_opt_in", "campaigns_received"):
+        same = (joined[column] == joined[f"{column}_snapshot"]) | (joined[column].isna() & joined[f"{column}_snapshot"].isna())
+        assert same.all(), column
+    # Campaigns go to opted-in contacts, with a fifth held out as control.
+    assert 0.7 < rows["is_treatment"].mean() < 0.9

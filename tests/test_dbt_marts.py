@@ -103,6 +103,26 @@ def test_build_is_green_and_customer_360_purchases_equal_the_sales_source(engine
     assert sum(monetary for _, monetary in figures.values()) == sum(revenue.values())
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_resolution_sla_is_breached_by_a_late_solve_or_an_overdue_unsolved_ticket(engine, built_warehouses, request):
+    """Every ticket's verdict recomputed from its timestamps and the seed's target; solved tickets
+    both in and past their target, and unsolved ones, occur (the short simulation leaves none overdue)."""
+    targets = {row["priority"]: int(row["resolution_target_hours"])
+               for row in csv.DictReader((DBT_PROJECT / "seeds" / "service_sla_targets.csv").read_text().splitlines())}
+    with connect(built_warehouses(engine, request)) as warehouse:
+        tickets = warehouse.fetchall(
+            "select priority, ticket_status, created_at, solved_at, _delivery_date, resolution_target_hours,"
+            " resolution_due_at, is_resolution_sla_breached from marts.fct_tickets")
+    verdicts = defaultdict(int)
+    for priority, status, created_at, solved_at, delivered, target, due_at, breached in tickets:
+        assert (target, due_at) == (targets[priority], created_at + dt.timedelta(hours=targets[priority]))
+        solved = status in ("solved", "closed")
+        known_until = dt.datetime.combine(delivered + dt.timedelta(days=1), dt.time())
+        assert breached == (solved_at > due_at if solved else due_at < known_until)
+        verdicts[solved, breached] += 1
+    assert min(verdicts[True, True], verdicts[True, False], verdicts[False, False] + verdicts[False, True]) > 0, dict(verdicts)
+
+
 def test_docs_generate_catalogs_every_mart_with_its_descriptions_persisted(built_warehouses, request, tmp_path):
     """On PostgreSQL the descriptions are stored as comments (persist_docs), which the catalog reads back."""
     run_dbt(built_warehouses("postgres", request), "docs", "generate", tmp_path=tmp_path)

@@ -12,7 +12,7 @@ final as (
     from snapshots
     inner join feature_dates
         on snapshots.as_of_date = feature_dates.as_of_date
-    where not feature_dates.is_training_snapshot
+    where feature_dates.is_as_of_date
 )
 
 select * from final

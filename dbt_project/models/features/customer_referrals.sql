@@ -18,7 +18,7 @@ identity as (
 run_date as (
     select as_of_date
     from feature_dates
-    where not is_training_snapshot
+    where is_as_of_date
 ),
 
 crm_customers as (

@@ -26,6 +26,9 @@ timed as (
         sla_targets.first_reply_target_hours,
         cast({{ dbt.dateadd('hour', 'sla_targets.first_reply_target_hours', 'tickets.created_at') }} as {{ dbt.type_timestamp() }})
             as first_reply_due_at,
+        sla_targets.resolution_target_hours,
+        cast({{ dbt.dateadd('hour', 'sla_targets.resolution_target_hours', 'tickets.created_at') }} as {{ dbt.type_timestamp() }})
+            as resolution_due_at,
         -- What the desk knew of the ticket: its latest export, to the end of that day.
         cast({{ dbt.dateadd('day', 1, 'tickets._delivery_date') }} as {{ dbt.type_timestamp() }}) as known_until,
         {{ dbt.datediff('tickets.created_at', 'tickets.first_reply_at', 'second') }} as first_reply_seconds,
@@ -61,10 +64,20 @@ final as (
             when timed.first_reply_at is not null then timed.first_reply_at > timed.first_reply_due_at
             else timed.first_reply_due_at < timed.known_until
         end as is_sla_breached,
+        cast(timed.resolution_target_hours as integer) as resolution_target_hours,
+        timed.resolution_due_at,
+        -- A solved or closed ticket breaches when solved after it was due; any other (never solved,
+        -- or reopened: solved_at still holds the earlier solve) once its due time has passed by
+        -- its latest export.
+        case
+            when timed.ticket_status in ('solved', 'closed') then timed.solved_at > timed.resolution_due_at
+            else timed.resolution_due_at < timed.known_until
+        end as is_resolution_sla_breached,
         -- Reopened: the status history (chronological) holds a return to open after a solve.
         coalesce(timed.status_history like '%"solved"%"open"%', false) as is_reopened,
         timed.ticket_status in ('new', 'open', 'pending') as is_open,
         cast(timed.satisfaction_rating as integer) as satisfaction_rating,
+        timed.satisfaction_comment,
         timed._delivery_date
     from timed
     left join identity
