@@ -10,9 +10,11 @@ LOCAL := $(ROOT)/.local
 export WAREHOUSE_URL ?= duckdb:///$(LOCAL)/warehouse.duckdb
 export CRMW_SOURCE_DIR ?= $(LOCAL)/sources
 
-DEMO_CUSTOMERS ?= 400
-DEMO_START ?= 2025-01-01
-DEMO_DAYS ?= 425
+# Two years of 4,000 customers: enough ended campaigns (and controls) to validate the uplift model,
+# and a second year of labels for the trained models; about 3 minutes.
+DEMO_CUSTOMERS ?= 4000
+DEMO_START ?= 2024-01-01
+DEMO_DAYS ?= 730
 DEMO_SEED ?= 7
 DEMO_DATE := $(shell date -d "$(DEMO_START) + $(DEMO_DAYS) days - 1 day" +%F)
 

@@ -1,8 +1,9 @@
 """The activation list: whom a CRM tool contacts tomorrow morning, through which channel, and why.
 
 It turns the day's model outputs into actions, one per customer, the first that applies:
-- `retain`: a high churn probability and a top value tier (ml.churn_scores, ml.customer_value):
-  losing them costs most, so they are called where a phone number is known;
+- `retain`: a churn probability of at least the setting's and a value tier of at least the
+  setting's (ml.churn_scores, ml.customer_value), most value at risk first (churn probability x
+  predicted 365-day spend): losing them costs most, so they are called where a phone number is known;
 - `campaign`: the customers the next campaign moves most (ml.campaign_uplift_scores: the top share
   by predicted uplift, and only a positive one: a campaign sent to someone it does not move is
   cost, and to someone it puts off, a loss);
@@ -38,6 +39,7 @@ OFFERS = "ml.product_recommendations"
 CONTACT_LIST = "activation.contact_list"
 
 ACTIONS = ("retain", "campaign", "cross_sell")
+VALUE_TIERS = ("high", "medium", "low")  # ml.customer_value's tiers, best first
 
 CONTACT_COLUMNS = ("customer_id", "first_name", "last_name", "email", "phone", "is_marketing_opt_in", "open_tickets", "favourite_channel")
 CHURN_COLUMNS = ("customer_id", "churn_probability", "reason_1")
@@ -67,9 +69,9 @@ CONTACT_LIST_COLUMNS: dict[str, str] = {
 @dataclass(frozen=True)
 class ActivationSettings:
     retain_min_churn_probability: float = field(
-        default=0.5, metadata={"doc": "activation: 'retain' customers have at least this churn probability (0-1)..."})
-    retain_value_tier: str = field(
-        default="high", metadata={"doc": "activation: ...and this value tier (high, medium or low)"})
+        default=0.3, metadata={"doc": "activation: 'retain' customers have at least this churn probability (0-1)..."})
+    retain_min_value_tier: str = field(
+        default="medium", metadata={"doc": "activation: ...and at least this value tier (high, medium or low)"})
     campaign_top_share: float = field(
         default=0.1, metadata={"doc": "activation: 'campaign' customers are this top share of scored customers by predicted uplift"})
     cross_sell_min_confidence: float = field(
@@ -81,8 +83,8 @@ class ActivationSettings:
 
     def __post_init__(self) -> None:
         check_range("retain_min_churn_probability", self.retain_min_churn_probability, minimum=0.0, maximum=1.0)
-        if self.retain_value_tier not in ("high", "medium", "low"):
-            raise BadParameter(f"retain_value_tier: got {self.retain_value_tier!r}, expected high, medium or low")
+        if self.retain_min_value_tier not in VALUE_TIERS:
+            raise BadParameter(f"retain_min_value_tier: got {self.retain_min_value_tier!r}, expected high, medium or low")
         check_range("campaign_top_share", self.campaign_top_share, minimum=0.0, maximum=1.0)
         check_range("cross_sell_min_confidence", self.cross_sell_min_confidence, minimum=0.0, maximum=1.0)
         check_range("max_contacts_per_action", self.max_contacts_per_action, minimum=1, kind=int)
@@ -142,10 +144,12 @@ def _candidates(customers: "pd.DataFrame", uplift: "pd.DataFrame", settings: Act
     """Each action's customers, most urgent first (ties by customer_id)."""
     import math
 
+    tiers = list(VALUE_TIERS[: VALUE_TIERS.index(settings.retain_min_value_tier) + 1])
     retain = customers[
-        (customers["churn_probability"] >= settings.retain_min_churn_probability)
-        & (customers["value_tier"] == settings.retain_value_tier)
-    ].sort_values(["predicted_spend_365d", "customer_id"], ascending=[False, True])
+        (customers["churn_probability"] >= settings.retain_min_churn_probability) & customers["value_tier"].isin(tiers)
+    ]
+    value_at_risk = retain["churn_probability"] * retain["predicted_spend_365d"]
+    retain = retain.assign(value_at_risk=value_at_risk).sort_values(["value_at_risk", "customer_id"], ascending=[False, True])
     # The top share of every customer the uplift model scored, not of the contactable ones: the
     # share means the same whatever consent removes later.
     top_rank = math.ceil(settings.campaign_top_share * len(uplift))
@@ -173,7 +177,7 @@ def _reason(row) -> str:
     offer = f"; offer {row.offer_sku}" if isinstance(row.offer_sku, str) else ""
     if row.action == "retain":
         why = f" (top reason: {row.reason_1})" if isinstance(row.reason_1, str) else ""
-        return (f"Retain: {row.churn_probability:.0%} risk of no order in 90 days{why}, top value tier"
+        return (f"Retain: {row.churn_probability:.0%} risk of no order in 90 days{why}, {row.value_tier} value tier"
                 f" ({row.predicted_spend_365d:,.0f} expected next 12 months){offer}")
     if row.action == "campaign":
         return (f"Campaign: contact lifts conversion by {100 * row.predicted_uplift:.1f} pts"

@@ -111,8 +111,8 @@ def test_missing_model_outputs_and_bad_settings_are_named() -> None:
     del partial[activation.UPLIFT]
     with pytest.raises(ValueError, match="ml.campaign_uplift_scores"):
         activation.run(partial, AS_OF, activation.ActivationSettings())
-    with pytest.raises(BadParameter, match="retain_value_tier: got 'top'"):
-        activation.ActivationSettings(retain_value_tier="top")
+    with pytest.raises(BadParameter, match="retain_min_value_tier: got 'top'"):
+        activation.ActivationSettings(retain_min_value_tier="top")
     with pytest.raises(BadParameter, match="campaign_top_share"):
         activation.ActivationSettings(campaign_top_share=1.5)
 
@@ -175,3 +175,16 @@ def test_the_published_list_and_its_csv_hold_only_opted_in_customers_and_only_th
                 with pytest.raises(Exception, match="permission denied"), warehouse.transaction():
                     warehouse.execute(f"set local role {role}")
                     warehouse.fetchall(f"select count(*) from {refused}")
+
+
+def test_retention_takes_the_most_value_at_risk_first_from_the_tiers_the_setting_allows() -> None:
+    customers = [
+        {"customer_id": "big_spender_slightly_at_risk", "churn_probability": 0.35, "value_tier": "high", "predicted_spend_365d": 3000.0},
+        {"customer_id": "medium_and_likely_to_go", "churn_probability": 0.9, "value_tier": "medium", "predicted_spend_365d": 800.0},
+        {"customer_id": "low_value", "churn_probability": 0.9, "value_tier": "low", "predicted_spend_365d": 50.0},
+        {"customer_id": "staying", "churn_probability": 0.1, "value_tier": "high", "predicted_spend_365d": 5000.0},
+    ]
+    listed, _ = contact_list(customers)
+    assert listed["customer_id"].tolist() == ["big_spender_slightly_at_risk", "medium_and_likely_to_go"]  # 1,050 then 720 at risk
+    listed, _ = contact_list(customers, retain_min_value_tier="high")
+    assert listed["customer_id"].tolist() == ["big_spender_slightly_at_risk"]
