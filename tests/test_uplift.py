@@ -159,3 +159,39 @@ def test_qini_is_zero_for_a_constant_score_and_positive_for_a_perfect_one():
     perfect = (treated & converted).astype(float)
     assert uplift.qini_coefficient(perfect, treated, converted) > 0
     assert uplift.qini_coefficient(-perfect, treated, converted) < 0
+
+
+def _write(url: str, table: str, frame: pd.DataFrame) -> None:
+    """A frame as a warehouse table, as dbt would have built it."""
+    import pyarrow as pa
+
+    from warehouse import connect
+
+    kinds = {"b": "boolean", "f": "double", "i": "integer", "M": "date"}
+    columns = {column: kinds.get(frame[column].dtype.kind, "string") for column in frame.columns}
+    with connect(url) as warehouse:
+        warehouse.ensure_table(table, columns)
+        warehouse.append_arrow(table, pa.Table.from_pandas(frame, preserve_index=False))
+
+
+def test_the_dag_task_trains_stores_and_scores_on_both_engines(warehouse_url, planted):
+    """The task code on each engine: training rows read from the warehouse, the fit stored, every
+    current customer scored; the next day scores with the stored fit."""
+    from ml_tasks import registry, tasks
+    from warehouse import connect
+
+    _write(warehouse_url, uplift.TRAINING, planted["training"])
+    for day in (AS_OF, AS_OF + dt.timedelta(days=1)):
+        current = planted["current"].assign(as_of_date=pd.Timestamp(day))
+        _write(warehouse_url, uplift.FEATURES, current[["customer_id", "as_of_date", *uplift.SCORING_COLUMNS[1:]]])
+    params = {"campaign_uplift__min_holdout_controls": 500}
+    first = tasks.run_model(registry.model("campaign_uplift"), AS_OF, "day-1", params, warehouse_url)
+    second = tasks.run_model(registry.model("campaign_uplift"), AS_OF + dt.timedelta(days=1), "day-2", params, warehouse_url)
+    assert first["status"] == second["status"] == "published"
+    assert first["metrics"]["refitted"] and not second["metrics"]["refitted"]
+    assert first["metrics"]["holdout_qini_z"] == pytest.approx(planted["metrics"]["holdout_qini_z"], rel=1e-3)
+    with connect(warehouse_url) as warehouse:
+        scores = warehouse.fetch_df(f"select * from {uplift.SCORES} where as_of_date = ? order by customer_id", (AS_OF,))
+    expected = planted["scores"].sort_values("customer_id", ignore_index=True)
+    assert scores["customer_id"].tolist() == expected["customer_id"].tolist()
+    assert np.allclose(scores["predicted_uplift"], expected["predicted_uplift"], atol=1e-9)
