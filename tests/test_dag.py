@@ -71,14 +71,17 @@ def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish(dagbag) -> None
         assert "dbt.dbt_producer_watcher" in dag.get_task(f"dbt.{model}.run").upstream_task_ids, model
     models = {f"ml.{spec.name}" for spec in MODELS}
     assert models and models <= ids
-    assert dag.get_task("publish").upstream_task_ids == {*models, "source_freshness"}
-    for model in models:
-        task = dag.get_task(model)
+    # A model reading other models' outputs of the date runs after them; publish after the last ones.
+    read_by_others = {f"ml.{upstream}" for spec in MODELS for upstream in spec.after}
+    assert dag.get_task("publish").upstream_task_ids == {*(models - read_by_others), "source_freshness"}
+    for spec in MODELS:
+        task = dag.get_task(f"ml.{spec.name}")
         assert extract_tasks <= task.get_flat_relative_ids(upstream=True)
         assert {"dbt.customer_features.test", "dbt.basket_items.test"} <= task.get_flat_relative_ids(upstream=True)
-        assert "dbt.dbt_producer_watcher_done" in task.upstream_task_ids or any(
-            tid.startswith("dbt.") for tid in task.upstream_task_ids
-        )
+        if spec.after:
+            assert task.upstream_task_ids == {f"ml.{upstream}" for upstream in spec.after}, spec.name
+        else:
+            assert any(tid.startswith("dbt.") for tid in task.upstream_task_ids), spec.name
 
 
 def test_model_params_are_checked_before_anything_runs_and_every_setting_is_a_param(dagbag) -> None:
