@@ -73,6 +73,8 @@ def run_once(model: str, as_of_date: dt.date, params: dict, warehouse_url: str, 
 
 # Columns holding a customer id: each copy gets its own customers (and its own referral network).
 CUSTOMER_KEYS = ("customer_id", "referred_by_customer_id")
+# Numbered keys (baskets, tickets): each copy's are shifted past the original's.
+NUMBERED_KEYS = ("basket_id", "ticket_id")
 
 
 def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Path, models: list[str]) -> str:
@@ -89,10 +91,13 @@ def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Pat
     with connect(url) as warehouse:
         for table in [*tables, *training]:
             columns = warehouse.table_columns(table)
-            offset = warehouse.fetchall(f"select coalesce(max(basket_id), 0) + 1 from {table}")[0][0] if "basket_id" in columns else 0
+            offsets = {
+                column: warehouse.fetchall(f"select coalesce(max({column}), 0) + 1 from {table}")[0][0]
+                for column in NUMBERED_KEYS if column in columns
+            }
             select = ", ".join(
                 f"{column} || case when copy = 0 then '' else '~' || copy end as {column}" if column in CUSTOMER_KEYS
-                else f"basket_id + copy * {offset} as basket_id" if column == "basket_id"
+                else f"{column} + copy * {offsets[column]} as {column}" if column in offsets
                 else column
                 for column in columns
             )

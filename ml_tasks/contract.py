@@ -103,6 +103,9 @@ class InputTable:
     # rows whose `window_column` falls in the window ending on the as-of date. A daily run's marts
     # hold what was known that day; a backfill of a past date sees later corrections of its rows.
     dated: bool = True
+    # A SQL condition on the table's own columns: rows the model never uses are not read (another
+    # model's ten offers per customer, of which the first is used).
+    row_filter: str | None = None
 
     def __post_init__(self) -> None:
         if not self.dated and not self.window_column:

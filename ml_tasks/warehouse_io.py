@@ -79,6 +79,8 @@ def read_input(warehouse: Warehouse, table: InputTable, as_of_date: dt.date, win
     if table.window_column and window_days is not None:
         sql += f" and {quote_identifier(table.window_column)} > ?"
         values.append(as_of_date - dt.timedelta(days=window_days))
+    if table.row_filter:
+        sql += f" and ({table.row_filter})"
     frame = warehouse.fetch_df(sql, values)
     if frame.empty and table.dated and not table.may_lack_date:
         (first, last, dates) = warehouse.fetchall(

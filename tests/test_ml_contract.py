@@ -148,7 +148,7 @@ def test_reads_take_the_as_of_date_and_the_window_and_name_a_missing_date(wareho
         assert warehouse_io.read_input(warehouse, table, DAY).empty  # a new install: no error
 
 
-def test_a_mart_is_read_by_its_window_up_to_the_date_and_another_models_missing_date_is_no_error(warehouse_url):
+def test_a_mart_is_read_by_its_window_up_to_the_date_and_another_models_rows_by_their_filter(warehouse_url):
     from ml_tasks.contract import InputTable
 
     days = [DAY - dt.timedelta(days=offset) for offset in range(-2, 10)]  # two days after the date too
@@ -158,9 +158,11 @@ def test_a_mart_is_read_by_its_window_up_to_the_date_and_another_models_missing_
         mart = InputTable("marts.toy_daily", window_column="sales_date", window_setting="window_days", dated=False)
         window = warehouse_io.read_input(warehouse, mart, DAY, window_days=7)
         assert sorted(pd.to_datetime(window["sales_date"]).dt.date) == sorted(days[2:9])
-        warehouse.ensure_table("ml.toy_upstream", {"customer_id": "string", "as_of_date": "date"})
-        warehouse.append_arrow("ml.toy_upstream", pa.table({"customer_id": ["a"], "as_of_date": [NEXT_DAY]}))
+        warehouse.ensure_table("ml.toy_upstream", {"customer_id": "string", "as_of_date": "date", "rank": "integer"})
+        warehouse.append_arrow("ml.toy_upstream", pa.table({"customer_id": ["a", "a"], "as_of_date": [NEXT_DAY] * 2, "rank": [1, 2]}))
         assert warehouse_io.read_input(warehouse, InputTable("ml.toy_upstream", may_lack_date=True), DAY).empty
+        first = InputTable("ml.toy_upstream", may_lack_date=True, row_filter='"rank" = 1')
+        assert warehouse_io.read_input(warehouse, first, NEXT_DAY)["rank"].tolist() == [1]
     with pytest.raises(ValueError, match="marts.toy_daily: an undated table needs a window_column"):
         InputTable("marts.toy_daily", dated=False)
 
