@@ -34,9 +34,9 @@ Measured on the simulator (the demo: 4,000 customers x 730 days, seed 7, window 
 2025-12-30: 1,241 comments, 212 held out): explained share 0.201 against 0.129 for shuffled words
 (gain 0.072), concentration 0.887 against 0.617 (gain 0.270); at 100,000 customers (33,544
 comments) gains 0.077 and 0.113. The floors (0.02, 0.05) sit well under the gains and above what
-noise topics reach (gains 0). On the truth fixture (two years, 2,710 comments of five planted causes) each cause's comments fall 78-100% into one topic, a
-different topic for each, and monthly topic shares follow cause shares (correlation 0.86-0.98):
-tests/test_comment_topics_truth.py. topic_count defaults to 5; at 4 two complaint causes merge, at
+noise topics reach (gains 0). On the truth fixture (two years, 2,710 comments of five planted
+causes) each cause's comments fall 78-100% into one topic, a different topic for each, and monthly
+topic shares follow cause shares (correlation 0.86-0.98): tests/test_comment_topics_truth.py. topic_count defaults to 5; at 4 two complaint causes merge, at
 6 the largest (praise) splits in two.
 """
 
