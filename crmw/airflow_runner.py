@@ -14,8 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from hashlib import sha256
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from extract_load.load import DEFAULT_SOURCE_DIR
 from warehouse import PROJECT_ROOT, parse_warehouse_url
@@ -55,6 +57,9 @@ def airflow_environment(base: Mapping[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        # The UI and API on this machine only: its login is the simple auth manager's, meant for
+        # development. AIRFLOW__API__HOST=0.0.0.0 serves other machines.
+        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": "8080",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         # Cosmos reports usage to a web service by default; this machine has no network to spare.
@@ -87,16 +92,45 @@ def pool_slots(env: Mapping[str, str]) -> int:
     return int(text)
 
 
-def _airflow(env: Mapping[str, str], *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
+@contextmanager
+def warehouse_run_lock(env: Mapping[str, str], holder: str) -> Iterator[None]:
+    """Hold the warehouse for one `crmw run`: while held, another run on it is refused at once
+    with a RunError that names `holder` (what, which process, since when). Two runs at once would
+    otherwise fight over the DuckDB file or replace each other's DAG run in Airflow's metadata.
+
+    An OS lock (flock), so a run killed with kill -9 releases it. On DuckDB the lock file sits beside
+    the warehouse file, which catches runs from any Airflow home; on PostgreSQL it sits in
+    AIRFLOW_HOME, named for the server and database.
+    """
+    import fcntl
+
+    warehouse = parse_warehouse_url(env["WAREHOUSE_URL"])
+    if warehouse.duckdb_path is not None:
+        path = warehouse.duckdb_path.with_name(warehouse.duckdb_path.name + ".crmw-run.lock")
+    else:
+        _, _, location = warehouse.url.rpartition("@")  # server and database, never the password
+        path = Path(env["AIRFLOW_HOME"]) / f"crmw-run-{sha256(location.encode()).hexdigest()[:16]}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            running = lock.read().strip() or "another crmw run, starting"
+            raise RunError(
+                f"WAREHOUSE_URL={warehouse.redacted()!r} is in use by {running}; wait for it to end or stop it"
+            ) from None
+        lock.truncate(0)
+        lock.write(holder)
+        lock.flush()
+        yield
+
+
+def _airflow(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`airflow *args`, its output (stdout and stderr) captured."""
     command = [str(Path(sys.executable).parent / "airflow"), *args]
     return subprocess.run(
-        command,
-        env=dict(env),
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE if quiet else None,
-        stderr=subprocess.STDOUT if quiet else None,
-        text=True,
-        check=False,
+        command, env=dict(env), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
     )
 
 
@@ -106,41 +140,103 @@ def prepare_airflow(env: Mapping[str, str]) -> None:
         ("db", "migrate"),
         ("pools", "set", WAREHOUSE_POOL, str(pool_slots(env)), "Tasks that write the warehouse"),
     ):
-        result = _airflow(env, *args, quiet=True)
+        result = _airflow(env, *args)
         if result.returncode != 0:
             tail = "\n".join(result.stdout.strip().splitlines()[-15:])
             raise RunError(f"'airflow {' '.join(args)}' failed (exit {result.returncode}):\n{tail}")
 
 
 def run_dag(env: Mapping[str, str], dates: Sequence[dt.date], full_refresh: bool = False,
-            params: Mapping[str, object] | None = None) -> None:
+            params: Mapping[str, object] | None = None, retries: int = 0) -> None:
     """Run crm_daily through Airflow for each logical date, in order; stop at the first failure.
     With `full_refresh` the first date reloads every source from scratch, the next ones load
-    their increments. `params` (DAG params such as model settings) apply to every date."""
+    their increments. `params` (DAG params such as model settings) apply to every date.
+
+    Each task is retried `retries` times (the scheduled DAG keeps CRMW_TASK_RETRIES): someone at a
+    terminal would otherwise wait through minutes of retry delays before seeing a failure."""
     prepare_airflow(env)
+    run_env = {**env, "CRMW_TASK_RETRIES": str(retries)}
     for position, logical_date in enumerate(dates):
         started = time.monotonic()
-        log_path = Path(env["AIRFLOW_HOME"]) / "logs" / f"crmw-run-{DAG_ID}-{logical_date}.log"
+        # One log per run, never overwritten: a rerun of the date keeps the earlier run's log.
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        log_path = Path(env["AIRFLOW_HOME"]) / "logs" / f"crmw-run-{DAG_ID}-{logical_date}-{stamp}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         print(f"crmw: running {DAG_ID} for {logical_date} (Airflow's output: {log_path}) ...", flush=True)
         run_params = {**(params or {}), **({"full_refresh": True} if full_refresh and position == 0 else {})}
         conf = ["--conf", json.dumps(run_params)] if run_params else []
-        result = _airflow(env, "dags", "test", DAG_ID, logical_date.isoformat(), *conf, quiet=True)
-        log_path.write_text(result.stdout)
+        exit_code = _run_reporting_tasks(run_env, ["dags", "test", DAG_ID, logical_date.isoformat(), *conf], log_path)
         state = _run_state(env, logical_date)
-        if result.returncode != 0 or state != "success":
-            errors = [line.strip() for line in result.stdout.splitlines() if _EXCEPTION_LINE.match(line)]
+        if exit_code != 0 or state != "success":
+            output = log_path.read_text(encoding="utf-8", errors="replace")
+            errors = [line.strip() for line in output.splitlines() if _EXCEPTION_LINE.match(line)]
             cause = f"; last error: {errors[-1][:500]}" if errors else ""
             raise RunError(
-                f"{DAG_ID} for {logical_date} ended {state or 'without a run'} (exit {result.returncode}){cause};"
+                f"{DAG_ID} for {logical_date} ended {state or 'without a run'} (exit {exit_code}){cause};"
                 f" Airflow's output is in {log_path}"
             )
         print(f"crmw: {DAG_ID} for {logical_date} succeeded in {time.monotonic() - started:.1f} s", flush=True)
 
 
+# `airflow dags test` output: each task's start and end, and its state updates in between.
+_TASK_STARTED = re.compile(r"^(\S+) .*\[DAG TEST\] starting task_id=(\S+)")
+_TASK_ENDED = re.compile(r"^(\S+) .*\[DAG TEST\] end task task_id=(\S+)")
+_TASK_STATE = re.compile(r" new_state=(\w+)")
+
+
+def _run_reporting_tasks(env: Mapping[str, str], args: Sequence[str], log_path: Path) -> int:
+    """Run `airflow *args` with its output going straight to `log_path` (so the log survives a kill -9
+    of crmw), and print a line as each task starts and ends, with its state and duration."""
+    with log_path.open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), *args],
+            env=dict(env), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+    with log_path.open(encoding="utf-8", errors="replace") as output:
+        report = _TaskReport()
+        pending = ""
+        while True:
+            finished = process.poll() is not None
+            pending += output.read()
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                report.read(line)
+            if finished:
+                return process.returncode
+            time.sleep(0.5)
+
+
+class _TaskReport:
+    """Turns `airflow dags test` output, a line at a time, into a progress line per task start and end."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, dt.datetime] = {}
+        self.state = "ended"
+
+    def read(self, line: str) -> None:
+        if match := _TASK_STARTED.match(line):
+            self.started[match[2]] = _timestamp(match[1])
+            self.state = "ended"
+            print(f"crmw:   {self.started[match[2]]:%H:%M:%S} start {match[2]}", flush=True)
+        elif match := _TASK_STATE.search(line):
+            self.state = match[1]
+        elif (match := _TASK_ENDED.match(line)) and match[2] in self.started:
+            begun, ended = self.started.pop(match[2]), _timestamp(match[1])
+            print(
+                f"crmw:   {ended:%H:%M:%S} {self.state:<7} {match[2]} (started {begun:%H:%M:%S},"
+                f" {(ended - begun).total_seconds():.1f} s)",
+                flush=True,
+            )
+
+
+def _timestamp(text: str) -> dt.datetime:
+    """A log line's leading UTC timestamp, e.g. 2026-11-30T13:09:14.373173Z."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def _run_state(env: Mapping[str, str], logical_date: dt.date) -> str | None:
     """State of the newest run of the DAG at `logical_date`, read back from Airflow."""
-    result = _airflow(env, "dags", "list-runs", DAG_ID, "--output", "json", quiet=True)
+    result = _airflow(env, "dags", "list-runs", DAG_ID, "--output", "json")
     listing = [line for line in result.stdout.splitlines() if line.startswith("[{") or line == "[]"]
     if not listing:
         return None

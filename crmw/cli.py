@@ -12,10 +12,26 @@ import os
 import sys
 from pathlib import Path
 
-from crmw.airflow_runner import RunError, airflow_environment, run_dag, serve
+from crmw.airflow_runner import RunError, airflow_environment, run_dag, serve, warehouse_run_lock
 from warehouse import WarehouseUrlError, connect
 
 OUTPUT_SCHEMAS = ("staging", "marts", "features", "ml", "activation")
+
+
+# What `crmw run --help` says it reads: the settings a first run needs, and where the rest are.
+RUN_ENVIRONMENT = """\
+environment variables read (README "Configuration" lists every setting):
+  WAREHOUSE_URL            the warehouse: duckdb:///path/file.duckdb or
+                           postgresql://user:password@host:port/database
+                           (default duckdb:///<repo>/.local/warehouse.duckdb)
+  CRMW_SOURCE_DIR          folder of the source exports (default <repo>/.local/sources)
+  CRMW_SALES_DB_URL        the sales database (default sqlite:///$CRMW_SOURCE_DIR/sales.sqlite)
+  CRMW_SOURCE_CONTRACT     the source contract file (default extract_load/source_contract.yml)
+  CRMW_EXPORT_DIR          files written for other tools (default <repo>/.local/exports)
+  AIRFLOW_HOME             Airflow's metadata and run logs (default <repo>/.local/airflow)
+  CRMW_RETRY_DELAY_SECONDS the delay before a retry (--retries) (default 300)
+  CRMW_<MODEL>__<SETTING>  a model setting, e.g. CRMW_ASSOCIATION_RULES__TOP_K_OFFERS=10
+"""
 
 
 class UsageError(ValueError):
@@ -53,6 +69,12 @@ def _not_future(option: str, day: dt.date) -> dt.date:
     return day
 
 
+def _retries(text: str) -> int:
+    if not text.isdigit():
+        raise UsageError(f"--retries {text!r}: expected a whole number of retries, 0 or more")
+    return int(text)
+
+
 def _params(pairs: list[str]) -> dict[str, object]:
     """--param NAME=VALUE pairs; a VALUE that reads as JSON (a number, true, null) is taken as such."""
     import json
@@ -70,7 +92,10 @@ def _params(pairs: list[str]) -> dict[str, object]:
 
 
 def _command_run(args: argparse.Namespace) -> int:
+    from extract_load.load import stale_deliveries
+
     dates = _dates(args)
+    retries = _retries(args.retries)
     env = airflow_environment(os.environ)
     sources = Path(env["CRMW_SOURCE_DIR"])
     if not sources.is_dir():
@@ -78,15 +103,25 @@ def _command_run(args: argparse.Namespace) -> int:
             f"CRMW_SOURCE_DIR={str(sources)!r}: folder not found; expected the source exports"
             " (generate sample ones with 'crmw simulate')"
         )
-    with connect(env["WAREHOUSE_URL"]):
-        pass  # fail fast, before Airflow starts, on a warehouse that cannot be reached
-    run_dag(env, dates, full_refresh=args.full_refresh, params=_params(args.param))
-    with connect(env["WAREHOUSE_URL"]) as warehouse:
-        counts = warehouse.row_counts(OUTPUT_SCHEMAS)
+    params = _params(args.param)
+    span = f"{dates[0]}" if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    holder = f"crmw run for {span} (pid {os.getpid()}, since {started} UTC, logs in {Path(env['AIRFLOW_HOME']) / 'logs'})"
+    with warehouse_run_lock(env, holder):
+        with connect(env["WAREHOUSE_URL"]):
+            pass  # fail fast, before Airflow starts, on a warehouse that cannot be reached
+        run_dag(env, dates, full_refresh=args.full_refresh, params=params, retries=retries)
+        with connect(env["WAREHOUSE_URL"]) as warehouse:
+            counts = warehouse.row_counts(OUTPUT_SCHEMAS)
+            stale = [f"{day}: {line}" for day in dates for line in stale_deliveries(warehouse, day)]
     print(f"\nOutput tables in {env['WAREHOUSE_URL'].split('@')[-1]}:")
     width = max((len(name) for name, _ in counts), default=0)
     for name, rows in counts:
         print(f"  {name:<{width}}  {rows:>10,} rows")
+    if stale:
+        print("\nWarning: deliveries missing for the run's dates (the models used what had arrived):")
+        for line in stale:
+            print(f"  {line}")
     from ml_tasks.tasks import export_dir
 
     folder = export_dir(env)
@@ -133,13 +168,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crmw", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the crm_daily DAG through Airflow for logical dates, in order")
+    run = commands.add_parser(
+        "run",
+        help="run the crm_daily DAG through Airflow for logical dates, in order",
+        description="Run the crm_daily DAG through Airflow for logical dates, in order.",
+        epilog=RUN_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--date", help="one logical date, YYYY-MM-DD")
     run.add_argument("--from", dest="date_from", help="first logical date of a range")
     run.add_argument("--to", dest="date_to", help="last logical date of a range (inclusive)")
     run.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="a DAG param for the run, e.g. a model setting: association_rules__top_k_offers=10 (repeatable)",
+    )
+    run.add_argument(
+        "--retries", default="0", metavar="N",
+        help="retry a failed task N times (default 0: fail at once; the scheduled DAG uses CRMW_TASK_RETRIES)",
     )
     run.add_argument(
         "--full-refresh", action="store_true", help="reload every source from scratch at the first date (DAG param full_refresh)"

@@ -21,6 +21,11 @@ Every task that writes the warehouse takes a slot of the `warehouse_writer` pool
 DuckDB (one writer per file), more on PostgreSQL. Re-running a date replaces that date's rows.
 Retries and their delay come from `CRMW_TASK_RETRIES` and `CRMW_RETRY_DELAY_SECONDS`.
 Trigger with `{"full_refresh": true}` to reload every raw table from scratch.
+
+**Triggering by hand**: the form's Logical Date defaults to now, a day the sources may not have
+delivered yet. Set it (Advanced Options → Logical Date) to a day the exports cover — for `make
+demo`'s data any day from 2024-01-01 to 2025-12-30 — and untick "Unpause crm_daily on trigger"
+unless the daily schedule should start too.
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ def publish() -> None:
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=os.environ.get("CRMW_CATCHUP", "false").lower() == "true",
     max_active_runs=1,
+    description="Daily: extract CRM, sales and service exports → dbt marts and features → customer models → BI views",
     doc_md=__doc__,
     tags=["crm-warehouse"],
     params={

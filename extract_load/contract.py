@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -14,6 +15,12 @@ from warehouse import ColumnType
 
 DEFAULT_CONTRACT_PATH = Path(__file__).with_name("source_contract.yml")
 FORMATS = ("sql", "csv", "jsonl")
+# The keys each level of the contract may hold: any other is a typo or a cut-off value, and fails.
+DOCUMENT_KEYS = ("systems", "entities")
+SYSTEM_KEYS = ("description", "format", "raw_schema", "layout", "encoding")
+DEFAULT_ENCODING = "utf-8"
+ENTITY_KEYS = ("system", "description", "primary_key", "cursor", "columns")
+COLUMN_KEYS = ("type", "required", "description")
 
 
 class ContractError(ValueError):
@@ -35,6 +42,7 @@ class System:
     format: str
     raw_schema: str
     layout: str | None
+    encoding: str = DEFAULT_ENCODING  # of a file system's exports; Python's codec name, e.g. cp1252
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,9 @@ def _load(path: Path) -> SourceContract:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
         raise ContractError(f"source contract {path}: cannot be read ({error})") from error
+    _check_keys(path, "the document", document, DOCUMENT_KEYS)
+    for name, spec in document["systems"].items():
+        _check_keys(path, f"systems.{name}", spec, SYSTEM_KEYS)
     systems = {
         name: System(
             name=name,
@@ -86,12 +97,16 @@ def _load(path: Path) -> SourceContract:
             format=_one_of(path, f"systems.{name}.format", spec.get("format"), FORMATS),
             raw_schema=spec["raw_schema"],
             layout=spec.get("layout"),
+            encoding=_encoding(path, name, spec),
         )
         for name, spec in document["systems"].items()
     }
     entities = {}
     for name, spec in document["entities"].items():
         where = f"entities.{name}"
+        _check_keys(path, where, spec, ENTITY_KEYS)
+        for column_name, column in spec["columns"].items():
+            _check_keys(path, f"{where}.columns.{column_name}", column, COLUMN_KEYS)
         system_name = _one_of(path, f"{where}.system", spec.get("system"), tuple(systems))
         columns = tuple(
             Column(
@@ -122,6 +137,36 @@ def _load(path: Path) -> SourceContract:
             columns=columns,
         )
     return SourceContract(path=path, systems=systems, entities=entities)
+
+
+def _check_keys(path: Path, where: str, spec: object, allowed: tuple[str, ...]) -> None:
+    if not isinstance(spec, dict):
+        raise ContractError(f"source contract {path}: {where} is {spec!r}; expected a mapping of {', '.join(allowed)}")
+    for key, value in spec.items():
+        if key not in allowed:
+            # YAML ends an unquoted value inside {…} at a comma and reads the rest as a key.
+            hint = "; a value holding a comma inside {…} needs quotes" if value is None else ""
+            raise ContractError(
+                f"source contract {path}: {where} has an unknown key {key!r} (expected: {', '.join(allowed)}){hint}"
+            )
+
+
+def _encoding(path: Path, system: str, spec: dict) -> str:
+    """The system's declared file encoding by its codec's own name (`latin-1` → `iso8859-1`). Files
+    are split into lines as bytes, so the encoding must write ASCII as ASCII (not UTF-16)."""
+    where = f"source contract {path}: systems.{system}.encoding"
+    if "encoding" not in spec:
+        return DEFAULT_ENCODING
+    if spec.get("format") == "sql":
+        raise ContractError(f"{where}: a SQL source has no file encoding (its driver decodes the text)")
+    try:
+        name = codecs.lookup(str(spec["encoding"])).name
+        ascii_compatible = "\n,\"{}:".encode(name) == b'\n,"{}:'
+    except LookupError:
+        raise ContractError(f"{where} is {spec['encoding']!r}: not a known encoding (e.g. utf-8, cp1252, latin-1)") from None
+    if not ascii_compatible:
+        raise ContractError(f"{where} is {spec['encoding']!r}: expected an encoding that writes ASCII as ASCII (e.g. utf-8, cp1252, latin-1)")
+    return name
 
 
 def _one_of(path: Path, field: str, value: object, allowed: tuple[str, ...]) -> str:

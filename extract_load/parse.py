@@ -12,10 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from extract_load.contract import Entity
 from warehouse.adapter import quote_identifier, sql_type
@@ -31,8 +32,9 @@ log = logging.getLogger(__name__)
 class Reject:
     source_file: str
     source_row: int  # the line number for files, the row read for SQL
-    raw_text: str
+    raw_text: str  # decoded; a byte the encoding cannot read shows as U+FFFD
     reason: str
+    raw_bytes: bytes | None = None  # a file's record exactly as delivered (line end left out); None for SQL rows
 
 
 @dataclass(frozen=True)
@@ -159,11 +161,12 @@ def _version_hash(entity: Entity) -> str:
 
 def parse_csv_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery:
     """Parse CSV drops that share one header in a single read."""
-    import duckdb
-    import pyarrow as pa
-
     all_drops = list(drops)
     payloads = [drop.path.read_bytes() for drop in drops]
+    rejects: list[Reject] = []
+    encoding = entity.system.encoding
+    if encoding != "utf-8":  # DuckDB reads UTF-8: it is given the files re-encoded
+        payloads = [_as_utf8(drop, payload, encoding, rejects) for drop, payload in zip(drops, payloads)]
     # An empty export (0 bytes, or nothing but a byte order mark or blank lines) is a delivery with
     # no rows, as a header-only file is: tools write one on a day without changes. It is logged as
     # loaded (its audit counts the file and no rows), never a missing-column failure.
@@ -172,11 +175,34 @@ def parse_csv_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery
         log.info("%s: empty, a delivery with no rows", ", ".join(empty))
         kept = [(drop, payload) for drop, payload in zip(drops, payloads) if payload.removeprefix(UTF8_BOM).strip()]
         if not kept:
-            return _empty_delivery(all_drops, entity)
+            return _empty_delivery(all_drops, entity, rejects)
         drops, payloads = [drop for drop, _ in kept], [payload for _, payload in kept]
     present = _csv_header(payloads[0])
     for drop, payload in zip(drops, payloads):
         _check_columns(drop.name, entity, _csv_header(payload))
+    with tempfile.TemporaryDirectory(prefix="crmw-utf8-") as utf8_folder:
+        read_paths = [str(drop.path) for drop in drops]
+        if encoding != "utf-8":
+            read_paths = [str(Path(utf8_folder) / f"{number}.csv") for number in range(len(drops))]
+            for read_path, payload in zip(read_paths, payloads):
+                Path(read_path).write_bytes(payload)
+        delivery = _parse_csv(drops, payloads, read_paths, present, entity, rejects)
+    delivery.files = all_drops
+    return delivery
+
+
+def _parse_csv(
+    drops: Sequence[FileDrop],
+    payloads: Sequence[bytes],
+    read_paths: Sequence[str],
+    present: Sequence[str],
+    entity: Entity,
+    rejects: list[Reject],
+) -> ParsedDelivery:
+    """Read the CSV files at `read_paths` (UTF-8, one header) with DuckDB and split their rows."""
+    import duckdb
+    import pyarrow as pa
+
     con = duckdb.connect()
     try:
         spec = "{" + ", ".join(f"'{name}': 'VARCHAR'" for name in present) + "}"
@@ -185,7 +211,7 @@ def parse_csv_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery
             f"concat_ws(',', {', '.join(present)}) as _raw_text, {', '.join(present)} "
             f"from read_csv(?, header = true, auto_detect = false, columns = {spec}, "
             "store_rejects = true, parallel = false, filename = true)",
-            [[str(drop.path) for drop in drops]],
+            [list(read_paths)],
         )
         failed = con.execute(
             "select scans.file_path, errors.line, any_value(errors.csv_line), string_agg(distinct errors.error_type, ', '),"
@@ -196,21 +222,23 @@ def parse_csv_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery
         # DuckDB numbers the lines it reads (header, records, blank lines) and gives rejects that
         # number; rows read fine are told by their place among the file's lines DuckDB kept.
         columns: dict[str, list] = {"_line": [], "_text": [], "_source_file": [], "_delivery_date": []}
-        rejects = []
-        for drop, payload in zip(drops, payloads):
+        numbered_by_line = []  # the drops whose rows are told by their file line
+        for drop, payload, read_path in zip(drops, payloads, read_paths):
             lines = _csv_lines(payload)
-            rejected = {int(line) for path, line, *_ in failed if path == str(drop.path)}
+            rejected = {int(line) for path, line, *_ in failed if path == read_path}
             good = [n for n in range(2, len(lines) + 1) if lines[n - 1][1] and n not in rejected]
-            parsed = parsed_per_file.get(str(drop.path), 0)
+            parsed = parsed_per_file.get(read_path, 0)
             if len(good) != parsed:  # the reader and the scan disagree: keep DuckDB's numbers
                 log.warning("%s: cannot match rows to file lines; source_row counts rows read", drop.name)
                 good, lines = list(range(1, parsed + 1)), [(n, None) for n in range(1, parsed + 2)]
+            else:
+                numbered_by_line.append(drop)
             columns["_line"] += [lines[n - 1][0] for n in good]
             columns["_text"] += [lines[n - 1][1] for n in good]
             columns["_source_file"] += [drop.name] * len(good)
             columns["_delivery_date"] += [drop.drop_date] * len(good)
             for path, line, raw, kind, message in failed:
-                if path == str(drop.path):
+                if path == read_path:
                     number, text = lines[int(line) - 1] if 0 < int(line) <= len(lines) else (int(line), None)
                     rejects.append(Reject(drop.name, number, text or raw or "", f"unreadable line: {kind.lower()} ({message})"))
         numbers = pa.array(range(1, len(columns["_line"]) + 1), pa.int64())
@@ -221,14 +249,22 @@ def parse_csv_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery
             " from parsed join file_lines using (_record)"
         )
         delivery = _typed_split(con, "incoming", entity, present, rejects)
-        delivery.files = all_drops
+        delivery.rejects = _with_original_bytes(delivery.rejects, numbered_by_line, _csv_records)
         return delivery
     finally:
         con.close()
 
 
-def _empty_delivery(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery:
-    """No rows, with the contract's columns: what a run of empty files delivers."""
+def _as_utf8(drop: FileDrop, payload: bytes, encoding: str, rejects: list[Reject]) -> bytes:
+    """The file re-encoded as UTF-8, line for line: a line the encoding cannot read goes to rejects
+    and is left blank, so every other line keeps its number."""
+    lines = _decoded_lines(drop, payload, encoding, rejects)
+    return "\n".join("" if text is None else text for _, text in lines).encode("utf-8")
+
+
+def _empty_delivery(drops: Sequence[FileDrop], entity: Entity, rejects: list[Reject]) -> ParsedDelivery:
+    """No rows, with the contract's columns: what a run of empty files delivers (and `rejects`,
+    lines of them the encoding could not read)."""
     import duckdb
 
     con = duckdb.connect()
@@ -238,7 +274,7 @@ def _empty_delivery(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery
             "create temp table incoming as select cast(null as varchar) as _source_file, cast(null as date) as _delivery_date,"
             f" cast(null as bigint) as _source_row, cast(null as varchar) as _raw_text, {columns} limit 0"
         )
-        delivery = _typed_split(con, "incoming", entity, list(entity.column_types), [])
+        delivery = _typed_split(con, "incoming", entity, list(entity.column_types), rejects)
         delivery.files = list(drops)
         return delivery
     finally:
@@ -264,6 +300,20 @@ def _csv_lines(payload: bytes) -> list[tuple[int, str | None]]:
     """The lines as DuckDB's CSV reader counts them (the header, each record, each blank line;
     a record whose quoted field holds line breaks counts once): for each, the file line it
     starts on and its text, None for a blank line."""
+    result = []
+    for number, parts in _csv_record_lines(payload):
+        text = b"\n".join(part.removesuffix(b"\r") for part in parts)
+        result.append((number, text.decode("utf-8", errors="replace") if text.strip() else None))
+    return result
+
+
+def _csv_records(payload: bytes) -> list[tuple[int, bytes]]:
+    """Each CSV record with the file line it starts on, as the file's bytes."""
+    return [(number, b"\n".join(parts)) for number, parts in _csv_record_lines(payload)]
+
+
+def _csv_record_lines(payload: bytes) -> list[tuple[int, list[bytes]]]:
+    """Each CSV record's lines (a quoted field may hold line breaks), with the file line it starts on."""
     counted: list[tuple[int, list[bytes]]] = []
     in_quotes = False
     for number, text in enumerate(payload.split(b"\n"), start=1):
@@ -273,11 +323,26 @@ def _csv_lines(payload: bytes) -> list[tuple[int, str | None]]:
             counted.append((number, [text]))
         if text.count(b'"') % 2:
             in_quotes = not in_quotes
-    result = []
-    for number, parts in counted:
-        text = b"\n".join(part.removesuffix(b"\r") for part in parts)
-        result.append((number, text.decode("utf-8", errors="replace") if text.strip() else None))
-    return result
+    return counted
+
+
+def _jsonl_records(payload: bytes) -> list[tuple[int, bytes]]:
+    return list(enumerate(payload.removeprefix(UTF8_BOM).split(b"\n"), start=1))
+
+
+def _with_original_bytes(
+    rejects: list[Reject], drops: Sequence[FileDrop], records: Callable[[bytes], Iterable[tuple[int, bytes]]]
+) -> list[Reject]:
+    """The rejects, each with its record's bytes as the file holds them: quarantine keeps what was
+    delivered even where the decoded text lost it. Only files with rejects are read again."""
+    missing = {reject.source_file for reject in rejects if reject.raw_bytes is None}
+    by_line = {drop.name: dict(records(drop.path.read_bytes())) for drop in drops if drop.name in missing}
+    return [
+        replace(reject, raw_bytes=by_line[reject.source_file].get(reject.source_row))
+        if reject.raw_bytes is None and reject.source_file in by_line
+        else reject
+        for reject in rejects
+    ]
 
 
 def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery:
@@ -288,7 +353,8 @@ def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelive
     rejects: list[Reject] = []
     lines: dict[str, list] = {"_source_file": [], "_delivery_date": [], "_source_row": [], "_raw_text": []}
     for drop in drops:
-        numbered = list(_utf8_lines(drop, rejects))
+        decoded = _decoded_lines(drop, drop.path.read_bytes(), entity.system.encoding, rejects)
+        numbered = [(number, text) for number, text in decoded if text is not None and text.strip()]
         lines["_source_file"] += [drop.name] * len(numbered)
         lines["_delivery_date"] += [drop.drop_date] * len(numbered)
         lines["_source_row"] += [number for number, _ in numbered]
@@ -325,26 +391,28 @@ def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelive
         con.execute(f"create temp view incoming as select _source_file, _delivery_date, _source_row, _raw_text, {values} from fields")
         delivery = _typed_split(con, "incoming", entity, present, rejects)
         delivery.files = list(drops)
+        delivery.rejects = _with_original_bytes(delivery.rejects, drops, _jsonl_records)
         return delivery
     finally:
         con.close()
 
 
-def _utf8_lines(drop: FileDrop, rejects: list[Reject]) -> Iterator[tuple[int, str]]:
-    """The file's non-blank lines with their numbers (a leading byte order mark dropped); a line that
-    is not UTF-8 goes to rejects."""
-    payload = drop.path.read_bytes().removeprefix(UTF8_BOM)
+def _decoded_lines(drop: FileDrop, payload: bytes, encoding: str, rejects: list[Reject]) -> list[tuple[int, str | None]]:
+    """The file's lines with their numbers, decoded (a leading UTF-8 byte order mark dropped); a
+    line the encoding cannot read goes to rejects, with its bytes, and is None here."""
+    payload = payload.removeprefix(UTF8_BOM)
     try:
-        lines = list(enumerate(payload.decode("utf-8").split("\n"), start=1))
+        return list(enumerate(payload.decode(encoding).split("\n"), start=1))
     except UnicodeDecodeError:  # find the bad lines one by one
-        lines = []
+        lines: list[tuple[int, str | None]] = []
         for number, raw in enumerate(payload.split(b"\n"), start=1):
             try:
-                lines.append((number, raw.decode("utf-8")))
+                lines.append((number, raw.decode(encoding)))
             except UnicodeDecodeError as error:
-                reason = f"unreadable line: not UTF-8 ({error.reason} at byte {error.start})"
-                rejects.append(Reject(drop.name, number, raw.decode("utf-8", errors="replace"), reason))
-    return ((number, line) for number, line in lines if line.strip())
+                reason = f"unreadable line: not {encoding} ({error.reason} at byte {error.start})"
+                rejects.append(Reject(drop.name, number, raw.decode(encoding, errors="replace"), reason, raw))
+                lines.append((number, None))
+        return lines
 
 
 def _json_error(text: str) -> str:

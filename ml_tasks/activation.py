@@ -24,7 +24,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
-from ml_tasks.contract import BadParameter, check_range, checked_input, typed_results
+from ml_tasks.contract import BadParameter, InsufficientData, check_range, checked_input, typed_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,6 +103,10 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: Act
     value = checked_input(inputs, VALUE, VALUE_COLUMNS, expected)
     uplift = checked_input(inputs, UPLIFT, UPLIFT_COLUMNS, expected)
     offers = checked_input(inputs, OFFERS, OFFER_COLUMNS, expected)
+    if churn.empty and value.empty and uplift.empty and offers.empty:
+        raise InsufficientData(
+            f"no model output for {as_of_date}: {', '.join(expected[1:])} hold no rows (each model had too little data)"
+        )
 
     best_offer = (
         offers.sort_values(["customer_id", "rank"]).drop_duplicates("customer_id")

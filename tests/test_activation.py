@@ -106,6 +106,15 @@ def test_a_campaign_is_sent_only_where_it_moves_the_customer() -> None:
     assert list(listed.columns) == list(activation.CONTACT_LIST_COLUMNS)
 
 
+def test_a_day_without_any_model_output_is_insufficient_data() -> None:
+    from ml_tasks.contract import InsufficientData
+
+    empty = {name: frame.iloc[0:0] for name, frame in inputs([{"customer_id": "a"}]).items()}
+    empty[activation.CONTACTS] = inputs([{"customer_id": "a"}])[activation.CONTACTS]
+    with pytest.raises(InsufficientData, match=f"no model output for {AS_OF}: ml.churn_scores, "):
+        activation.run(empty, AS_OF, activation.ActivationSettings())
+
+
 def test_missing_model_outputs_and_bad_settings_are_named() -> None:
     partial = inputs([{"customer_id": "a"}])
     del partial[activation.UPLIFT]

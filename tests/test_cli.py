@@ -1,16 +1,20 @@
 """`crmw` fails on bad input with one line on stderr naming the input and what was expected, exit
-status 2, and no traceback, before it starts Airflow or writes anything."""
+status 2, and no traceback, before it starts Airflow or writes anything; it says what it reads, and
+serves the Airflow UI on this machine only unless told otherwise."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error
+from crmw.airflow_runner import RunError, airflow_environment, warehouse_run_lock
+from tests.conftest import PROJECT_ROOT, assert_one_line_error
 
 CRMW = Path(sys.executable).parent / "crmw"
 
@@ -34,6 +38,13 @@ def crmw(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(CRMW), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
+def assert_one_line_error_after_progress(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A run that started Airflow: progress lines on stdout, then the one-line error on stderr."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("crmw: error: ") and all(fragment in line for fragment in fragments), line
+    return line
 
 
 def assert_airflow_not_started(env: dict[str, str]) -> None:
@@ -136,3 +147,104 @@ def test_simulate_writes_the_sources_and_says_where(env, tmp_path):
         for day in ("2025-01-01", "2025-01-02")
         for entity in ("campaign_members", "campaigns", "customers", "interactions")
     ] + ["service/2025-01-01/tickets.jsonl", "service/2025-01-02/tickets.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "warehouse", ["duckdb", "postgresql://crmw:hunter2xyzzy@db.example.com:5432/crm"], ids=["duckdb", "postgres"]
+)
+def test_a_second_run_on_a_busy_warehouse_is_refused_naming_the_run_that_holds_it(env, warehouse):
+    if warehouse != "duckdb":
+        env["WAREHOUSE_URL"] = warehouse
+    held_by = "crmw run for 2025-01-30 (pid 4242, since 2026-01-01 06:00:00 UTC)"
+    with warehouse_run_lock(airflow_environment(env), held_by):
+        result = crmw(env, "run", "--date", "2025-01-31")
+    line = assert_one_line_error(result, "WAREHOUSE_URL=", "in use by " + held_by)
+    assert "hunter2xyzzy" not in line
+    assert_airflow_not_started(env)
+
+
+def test_the_run_lock_is_per_warehouse_and_released_when_the_run_ends(env, tmp_path):
+    first = airflow_environment(env)
+    other = airflow_environment({**env, "WAREHOUSE_URL": f"duckdb:///{tmp_path / 'other.duckdb'}"})
+    with warehouse_run_lock(first, "first run"), warehouse_run_lock(other, "a run on another warehouse"):
+        with pytest.raises(RunError, match="in use by first run"):
+            with warehouse_run_lock(first, "second run"):
+                pass
+    with warehouse_run_lock(first, "a later run"):
+        pass
+
+
+def test_run_help_names_the_environment_variables_it_reads(env):
+    result = crmw(env, "run", "--help")
+    assert result.returncode == 0, result.stderr
+    named = set(re.findall(r"\b(?:WAREHOUSE_URL|AIRFLOW_HOME|CRMW_[A-Z_<>]+)", result.stdout))
+    assert {"WAREHOUSE_URL", "CRMW_SOURCE_DIR", "CRMW_EXPORT_DIR", "AIRFLOW_HOME", "CRMW_TASK_RETRIES"} <= named
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    configuration = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    undocumented = {name for name in named if not re.search(f"`{re.escape(name)}[`=]", configuration)}
+    assert undocumented == set(), "named in --help but not in README's Configuration"
+
+
+def test_airflow_ui_listens_on_this_machine_only_unless_told_otherwise(env):
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+    local = airflow_environment(env)
+    assert local["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert local["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8080/execution/"
+    # Airflow warns that the set-up "looks like production" for a non-local host, among others.
+    assert not SimpleAuthManager._looks_like_production(
+        sql_conn=local["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+        api_host=local["AIRFLOW__API__HOST"],
+        executor=local["AIRFLOW__CORE__EXECUTOR"],
+    )
+    shared = airflow_environment({**env, "AIRFLOW__API__HOST": "0.0.0.0"})
+    assert shared["AIRFLOW__API__HOST"] == "0.0.0.0"
+
+
+def test_dag_list_describes_crm_daily_and_the_docs_say_which_dates_the_demo_can_trigger(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    makefile = (PROJECT_ROOT / "Makefile").read_text(encoding="utf-8")
+    first = dt.date.fromisoformat(re.search(r"^DEMO_START \?= (\S+)", makefile, re.M).group(1))
+    days = int(re.search(r"^DEMO_DAYS \?= (\d+)", makefile, re.M).group(1))
+    demo_dates = (str(first), str(first + dt.timedelta(days=days - 1)))
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["crm_daily"]
+    assert dag.description and "extract" in dag.description.lower()
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    ui_section = readme.split("### The Airflow UI", 1)[1].split("\n## ", 1)[0]
+    for text in (ui_section, dag.doc_md):
+        assert "Logical Date" in text and "Unpause" in text
+        assert all(day in text for day in demo_dates), demo_dates
+
+
+def test_task_progress_lines_give_each_task_its_start_end_state_and_duration(capsys):
+    from crmw.airflow_runner import _TaskReport
+
+    report = _TaskReport()
+    for line in [
+        "2026-11-30T13:09:14.578519Z [info     ] [DAG TEST] starting task_id=extract_sales.orders map_index=-1 [x] loc=dag.py:1501",
+        "2026-11-30T13:09:15.441629Z [info     ] Task instance state updated    [x] new_state=failed rows_affected=1 ti_id=1",
+        "2026-11-30T13:09:16.078519Z [info     ] [DAG TEST] end task task_id=extract_sales.orders map_index=-1 [x] loc=dag.py:1563",
+    ]:
+        report.read(line)
+    assert capsys.readouterr().out.splitlines() == [
+        "crmw:   13:09:14 start extract_sales.orders",
+        "crmw:   13:09:16 failed  extract_sales.orders (started 13:09:14, 1.5 s)",
+    ]
+
+
+def test_a_failing_run_reports_its_tasks_as_it_goes_fails_without_retrying_and_keeps_a_log_per_run(env):
+    # No sales database in the sources: the sales extract fails, a failure a retry could not fix.
+    started = time.monotonic()
+    result = crmw(env, "run", "--date", "2025-01-31")
+    line = assert_one_line_error_after_progress(result, "crm_daily for 2025-01-31 ended failed", "Airflow's output is in")
+    assert time.monotonic() - started < 110  # a retry waits CRMW_RETRY_DELAY_SECONDS, 300 s
+    assert "crmw:   " in result.stdout and " start check_model_params" in result.stdout
+    assert re.search(r"failed  extract_sales\.\w+ \(started \d\d:\d\d:\d\d, \d+\.\d s\)", result.stdout), result.stdout
+    (log,) = (Path(env["AIRFLOW_HOME"]) / "logs").glob("crmw-run-crm_daily-2025-01-31-*.log")
+    assert str(log) in line
+    output = log.read_text()
+    assert "[DAG TEST] starting task_id=check_model_params" in output and "up_for_retry" not in output

@@ -3,6 +3,7 @@ day-by-day loads leave raw as one clean run would, and bad rows are quarantined,
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import json
@@ -10,6 +11,7 @@ import os
 import shutil
 import sqlite3
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -388,6 +390,163 @@ def test_quarantine_above_the_allowed_ratio_fails_naming_the_source_and_ratio(wa
     assert (audit.rows_read, audit.rows_quarantined) == (len(rows), 2)
 
 
+def _write_customers(sources: Path, day: dt.date, keep_rows: int, empty_keys: int) -> int:
+    """Cut the day's customers.csv to `keep_rows` rows, the first `empty_keys` of them without
+    their key; returns the rows kept."""
+    customers = sources / f"crm/{day}/customers.csv"
+    header, *rows = customers.read_text().splitlines()
+    rows = rows[:keep_rows]
+    rows[:empty_keys] = ["," + row.split(",", 1)[1] for row in rows[:empty_keys]]
+    customers.write_text("\n".join([header, *rows]) + "\n")
+    return len(rows)
+
+
+def test_a_tiny_delivery_with_a_bad_row_loads_and_reports_it_below_the_minimum_rows(warehouse_url, sources, caplog):
+    _write_customers(sources, DAYS[0], keep_rows=2, empty_keys=1)
+    with caplog.at_level("WARNING", logger="extract_load.load"):
+        audit = _load(warehouse_url, DAYS[0], _settings(sources), systems=("crm",))["crm.customers"]
+
+    assert (audit.rows_read, audit.rows_loaded, audit.rows_quarantined) == (2, 1, 1)
+    assert [row[3] for row in _quarantine(warehouse_url) if row[1] == "customers"] == [2]
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.fetchall(
+            "select rows_read, rows_quarantined from raw_meta.load_audit where entity = 'customers'"
+        ) == [(2, 1)]
+    assert any(
+        "crm.customers: 1 of 2 rows quarantined (50.0%)" in message and "applies from 100 rows" in message
+        for message in caplog.messages
+    ), caplog.messages
+
+
+def test_the_quarantine_ratio_applies_from_the_minimum_rows_up(warehouse_url, sources):
+    _write_customers(sources, DAYS[0], keep_rows=3, empty_keys=1)
+    with pytest.raises(ExtractError, match="crm.customers: 1 of 3 rows quarantined"):
+        _load(warehouse_url, DAYS[0], replace(_settings(sources), quarantine_min_rows=3), systems=("crm",))
+    assert len(_quarantine(warehouse_url)) == 1  # kept for inspection
+
+
+def test_bad_quarantine_min_rows_setting_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRMW_SOURCE_DIR", str(tmp_path))
+    assert ExtractSettings.from_env().quarantine_min_rows == 100
+    monkeypatch.setenv("CRMW_QUARANTINE_MIN_ROWS", "2.5")
+    with pytest.raises(ExtractError, match="CRMW_QUARANTINE_MIN_ROWS='2.5': expected a whole number of rows"):
+        ExtractSettings.from_env()
+    monkeypatch.setenv("CRMW_QUARANTINE_MIN_ROWS", "0")
+    assert ExtractSettings.from_env().quarantine_min_rows == 0
+
+
+def _unexpected_files(url: str) -> list[tuple]:
+    with connect(url) as warehouse:
+        return warehouse.fetchall(
+            "select system, file_name, reason, _batch_date from raw_meta.unexpected_files order by file_name"
+        )
+
+
+def test_files_the_layout_does_not_name_are_reported_once_and_the_expected_files_load(warehouse_url, sources, caplog):
+    first, second = DAYS[0], DAYS[1]
+    strays = {
+        f"crm/{first}/customers copy é.csv": "no file of the layout crm/{date}/{entity}.csv for customers, interactions",
+        f"crm/{first}/notes/readme.txt": "no file of the layout",
+        "crm/latest/customers.csv": "'latest' in the {date} place of crm/{date}/{entity}.csv is not a YYYY-MM-DD date",
+        f"crm/{second}/customers (1).csv": "no file of the layout",  # reported on its own date
+    }
+    for name in strays:
+        (sources / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sources / f"crm/{first}/customers.csv", sources / name)
+    settings = _settings(sources)
+    with caplog.at_level("WARNING", logger="extract_load.load"):
+        audits = _load(warehouse_url, first, settings, systems=("crm",))
+        _load(warehouse_url, first, settings, systems=("crm",))  # a rerun reports them again, once
+
+    reported = _unexpected_files(warehouse_url)
+    assert [row[1] for row in reported] == sorted(name for name in strays if str(second) not in name)
+    for system, name, reason, batch_date in reported:
+        assert (system, batch_date) == ("crm", first) and strays[name] in reason, (name, reason)
+    assert f"source crm: not loaded: crm/{first}/customers copy é.csv" in caplog.text
+    expected_rows = _source_count(sources, "crm/{date}/customers.csv", first)
+    assert audits["crm.customers"].rows_loaded == expected_rows
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.fetchall("select count(*) from raw_crm.customers") == [(expected_rows,)]
+
+    _load(warehouse_url, second, settings, systems=("crm",))
+    assert [(name, day) for _, name, _, day in _unexpected_files(warehouse_url) if day == second] == [
+        (f"crm/{second}/customers (1).csv", second)
+    ]
+
+
+def _with_first_names(sources: Path, day: dt.date, names: list[bytes]) -> list[bytes]:
+    """The day's customers.csv cut to one row per name, each row's first_name set to those bytes;
+    returns the file's lines."""
+    customers = sources / f"crm/{day}/customers.csv"
+    header, *rows = customers.read_bytes().splitlines()
+    lines = [header]
+    for name, row in zip(names, rows):
+        crm_id, _, rest = row.split(b",", 2)
+        lines.append(b",".join([crm_id, name, rest]))
+    customers.write_bytes(b"\n".join(lines) + b"\n")
+    return lines
+
+
+def _quarantined_bytes(url: str) -> dict[tuple[str, int], tuple[str, bytes]]:
+    with connect(url) as warehouse:
+        rows = warehouse.fetchall("select source_file, source_row, raw_text, raw_bytes_base64, reason from raw_meta.quarantine")
+    return {(name, row): (reason, base64.b64decode(encoded)) for name, row, _, encoded, reason in rows}
+
+
+def test_quarantine_keeps_the_original_bytes_of_a_line_the_encoding_cannot_read(warehouse_url, sources):
+    day = DAYS[0]
+    lines = _with_first_names(sources, day, [b"Jos\xe9", b"Ana"])  # Latin-1 in a UTF-8 export
+    tickets = sources / f"service/{day}/tickets.jsonl"
+    latin1_ticket = json.dumps({**TICKET, "category": "r\u00e9clamation"}, ensure_ascii=False).encode("latin-1")
+    tickets.write_bytes(latin1_ticket + b"\r\n" + json.dumps({**TICKET, "ticket_id": 2, "satisfaction_rating": "x"}).encode() + b"\n")
+
+    _load(warehouse_url, day, _settings(sources, max_quarantine_ratio=1.0), systems=("crm", "service"))
+
+    quarantined = _quarantined_bytes(warehouse_url)
+    csv_reason, csv_bytes = quarantined[(f"crm/{day}/customers.csv", 2)]
+    assert "encoding" in csv_reason and csv_bytes == lines[1]
+    jsonl_reason, jsonl_bytes = quarantined[(f"service/{day}/tickets.jsonl", 1)]
+    assert "not utf-8" in jsonl_reason and jsonl_bytes == latin1_ticket + b"\r"
+    reason, contract_breaker = quarantined[(f"service/{day}/tickets.jsonl", 2)]
+    assert "satisfaction_rating: expected integer" in reason and json.loads(contract_breaker)["ticket_id"] == 2
+
+
+def test_a_system_declaring_cp1252_loads_its_accented_rows(warehouse_url, sources, tmp_path, monkeypatch):
+    from extract_load.contract import DEFAULT_CONTRACT_PATH
+
+    contract = tmp_path / "contract.yml"
+    contract.write_text(DEFAULT_CONTRACT_PATH.read_text().replace("    raw_schema: raw_crm\n", "    raw_schema: raw_crm\n    encoding: cp1252\n"))
+    monkeypatch.setenv("CRMW_SOURCE_CONTRACT", str(contract))
+    day = DAYS[0]
+    # \x80 is the euro sign in CP1252 (a control character in Latin-1); \x81 is no CP1252 character.
+    lines = _with_first_names(sources, day, ["José".encode("cp1252"), "Zoë \x80".encode("latin-1"), b"Bad\x81"])
+
+    audit = _load(warehouse_url, day, _settings(sources, max_quarantine_ratio=1.0), systems=("crm",))["crm.customers"]
+
+    assert (audit.rows_read, audit.rows_loaded, audit.rows_quarantined) == (3, 2, 1)
+    with connect(warehouse_url) as warehouse:
+        names = warehouse.fetchall("select first_name from raw_crm.customers order by _source_row")
+    assert names == [("José",), ("Zoë €",)]
+    reason, original = _quarantined_bytes(warehouse_url)[(f"crm/{day}/customers.csv", 4)]
+    assert "not cp1252" in reason and original == lines[3]
+
+
+def test_contract_encoding_must_be_a_known_ascii_compatible_file_encoding(tmp_path):
+    from extract_load.contract import DEFAULT_CONTRACT_PATH, ContractError
+
+    assert CONTRACT.systems["crm"].encoding == "utf-8"
+    contract = tmp_path / "contract.yml"
+    for system, encoding, message in [
+        ("crm", "klingon", "systems.crm.encoding is 'klingon': not a known encoding"),
+        ("crm", "utf-16", "systems.crm.encoding is 'utf-16': expected an encoding that writes ASCII as ASCII"),
+        ("sales", "latin-1", "systems.sales.encoding: a SQL source has no file encoding"),
+    ]:
+        schema = f"    raw_schema: raw_{system}\n"
+        contract.write_text(DEFAULT_CONTRACT_PATH.read_text().replace(schema, f"{schema}    encoding: {encoding}\n"))
+        with pytest.raises(ContractError, match=message):
+            load_contract(contract)
+
+
 def test_missing_source_folder_fails_naming_crmw_source_dir(warehouse_url, tmp_path):
     with pytest.raises(ExtractError, match="CRMW_SOURCE_DIR=.*folder not found"):
         _load(warehouse_url, DAYS[0], _settings(tmp_path / "nowhere"), systems=("crm",))
@@ -650,6 +809,25 @@ def test_contract_cursor_must_be_a_timestamp_column_and_sql_tables_need_one(tmp_
         load_contract(broken)
 
 
+def test_the_contract_loads_strictly_and_an_unknown_key_fails_naming_file_place_and_key(tmp_path):
+    from extract_load.contract import DEFAULT_CONTRACT_PATH, ContractError
+
+    descriptions = {(entity.name, column.name): column.description for entity in CONTRACT.entities.values() for column in entity.columns}
+    assert descriptions[("order_lines", "unit_price")] == "Price per unit charged, before discount."
+    assert descriptions[("tickets", "satisfaction_rating")] == "Customer satisfaction, 1 (bad) to 5 (good)."
+
+    cut = DEFAULT_CONTRACT_PATH.read_text().replace('"Discount on the line, in currency."', "Discount on the line, in currency.")
+    broken = tmp_path / "contract.yml"
+    broken.write_text(cut)
+    with pytest.raises(ContractError) as caught:
+        load_contract(broken)
+    assert str(caught.value).startswith(f"source contract {broken.resolve()}: entities.order_lines.columns.discount has an unknown key 'in currency.'")
+    assert "needs quotes" in str(caught.value)
+    broken.write_text(DEFAULT_CONTRACT_PATH.read_text().replace("    raw_schema: raw_crm\n", "    raw_schema: raw_crm\n    delimiter: ';'\n"))
+    with pytest.raises(ContractError, match=r"systems.crm has an unknown key 'delimiter' \(expected: description, format"):
+        load_contract(broken)
+
+
 def test_a_deleted_record_that_comes_back_is_live_again(warehouse_url, sources):
     settings = _settings(sources)
     _load(warehouse_url, DAYS[0], settings, systems=("sales",))
@@ -665,3 +843,17 @@ def test_a_deleted_record_that_comes_back_is_live_again(warehouse_url, sources):
     orders = CONTRACT.entities["orders"]
     live = {values[0] for values in _live_versions(warehouse_url, orders)}
     assert order_id in live
+
+
+def test_a_date_without_a_delivery_within_the_freshness_window_is_named_for_the_run_summary(warehouse_url, simulated):
+    from extract_load.load import stale_deliveries
+
+    _load(warehouse_url, DAYS[-1], _settings(simulated))
+    with connect(warehouse_url) as warehouse:
+        on_time = stale_deliveries(warehouse, DAYS[-1])
+        three_days_on = stale_deliveries(warehouse, DAYS[-1] + dt.timedelta(days=3))
+        before_any = stale_deliveries(warehouse, START - dt.timedelta(days=1))
+    assert on_time == []  # a backfill of a delivered date is not stale
+    assert f"raw_crm.customers: no delivery within 26 hours of {DAYS[-1] + dt.timedelta(days=3)} (the latest is dated {DAYS[-1]})" in three_days_on
+    assert any(line.startswith("raw_service.tickets: ") for line in three_days_on)
+    assert f"raw_crm.customers: no delivery within 26 hours of {START - dt.timedelta(days=1)} (none has arrived yet)" in before_any
