@@ -1,5 +1,6 @@
 """The marts: `dbt build` green on both engines, customer_360's purchase figures equal to the sales
-source's, incremental facts equal to a full refresh, and the docs generated."""
+source's, incremental facts equal to a full refresh (flags that depend on another record included),
+the docs generated, and a build that stays green with values no record can hold, flagged."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import datetime as dt
 import json
 import shutil
 import sqlite3
+import subprocess
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DBT_PROJECT, ENGINES, load_raw, run_dbt
+from tests.conftest import DBT_LAST_DAY, DBT_PROJECT, ENGINES, copy_raw_warehouse, load_raw, run_dbt
 from warehouse.adapter import connect
 
 MARTS = [
@@ -298,3 +300,122 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
         deleted = warehouse.fetchall(f"select count(*) from marts.fct_orders where order_id = {DELETED_ORDER_ID}")
     assert late == [(Decimal("20.00"), 1)]
     assert deleted == [(0,)]
+
+
+def _deliver_changed_copy(warehouse, table: str, where: str, changes: str) -> None:
+    """Append to raw `table` a copy of its rows matching `where`, changed by the `changes` of an
+    update's set clause: a new version or a new record, delivered as the extract would."""
+    with warehouse.transaction():
+        warehouse.execute(f"create table raw_meta.changed_copy as select * from {table} where {where}")
+        warehouse.execute(f"update raw_meta.changed_copy set {changes}")
+        warehouse.execute(f"insert into {table} select * from raw_meta.changed_copy")
+        warehouse.execute("drop table raw_meta.changed_copy")
+
+
+def test_a_payment_delivered_before_its_order_by_more_than_the_window_is_valid_once_the_order_arrives(
+        raw_warehouse_url, tmp_path, monkeypatch):
+    # The first build holds the first payment as an orphan (its order held back) and, through
+    # another payment's new version, deliveries up to a later day. The order arrives on that day,
+    # when the reprocessing window is already past the payment; nothing redelivers the payment.
+    window_days = 3
+    late_day = DBT_LAST_DAY + dt.timedelta(days=window_days + 2)
+    dbt_args = ["--select", "+fct_payments", "--vars", f"{{reprocessing_window_days: {window_days}}}"]
+    with connect(raw_warehouse_url) as warehouse:
+        (payment_id, order_id), (other_payment_id, _) = warehouse.fetchall(
+            "select payment_id, order_id from raw_sales.payments order by payment_id limit 2")
+        with warehouse.transaction():
+            warehouse.execute("create table raw_meta.held_back_order as select * from raw_sales.orders where order_id = ?", (order_id,))
+            warehouse.execute("delete from raw_sales.orders where order_id = ?", (order_id,))
+            _deliver_changed_copy(warehouse, "raw_sales.payments", f"payment_id = '{other_payment_id}'",
+                                  f"_delivery_date = cast('{late_day}' as date), amount = amount + 1")
+    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    flag = f"select is_valid, invalid_reason from marts.fct_payments where payment_id = '{payment_id}'"
+    with connect(raw_warehouse_url) as warehouse:
+        assert warehouse.fetchall(flag) == [(False, "orphan_payment")]
+        with warehouse.transaction():
+            warehouse.execute(f"update raw_meta.held_back_order set _delivery_date = cast('{late_day}' as date)")
+            warehouse.execute("insert into raw_sales.orders select * from raw_meta.held_back_order")
+    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with connect(raw_warehouse_url) as warehouse:
+        assert warehouse.fetchall(flag) == [(True, None)]
+
+
+# --- Values no record can hold --------------------------------------------------------------------
+TYPED_SIGNUP_CRM_ID = "C00000002"
+LONG_NAME_CRM_ID = "C00000003"
+LONG_NAME = "x" * 1_000_000
+FAR_FUTURE_ORDER_ID = 1
+NEGATIVE_ORDER_ID = -2
+FAR_FUTURE_PAYMENT_ID = "P1"
+SENT_CONTROL_MEMBER = ("K0001", "C00000007")
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def warehouse_with_impossible_values(request, raw_templates, tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
+    """Per engine, the dbt sources' raw with a CRM signup typed as 1025, a 1 MB first name, an order
+    created in 9999 (updated in 2025), a copy of an order under a negative id, a payment made in
+    9999 and a control-group member sent the campaign, after a whole `dbt build`; the build's
+    outcome is checked by the tests."""
+    folder = tmp_path_factory.mktemp(f"impossible-{request.param}")
+    url = copy_raw_warehouse(request.param, request, raw_templates, folder)
+    with connect(url) as warehouse, warehouse.transaction():
+        warehouse.execute("update raw_crm.customers set signup_date = cast('1025-02-10' as date) where crm_id = ?", (TYPED_SIGNUP_CRM_ID,))
+        warehouse.execute("update raw_crm.customers set first_name = ? where crm_id = ?", (LONG_NAME, LONG_NAME_CRM_ID))
+        warehouse.execute("update raw_sales.orders set created_at = cast('9999-12-31 10:00:00' as timestamp)"
+                          " where order_id = ?", (FAR_FUTURE_ORDER_ID,))
+        _deliver_changed_copy(warehouse, "raw_sales.orders", f"order_id = {-NEGATIVE_ORDER_ID}", "order_id = -order_id")
+        warehouse.execute("update raw_sales.payments set paid_at = cast('9999-12-31 10:00:00' as timestamp)"
+                          " where payment_id = ?", (FAR_FUTURE_PAYMENT_ID,))
+        warehouse.execute("update raw_crm.campaign_members set member_group = 'control', sent = true"
+                          " where campaign_id = ? and crm_id = ?", SENT_CONTROL_MEMBER)
+    return url, run_dbt(url, "build", tmp_path=folder, check=False)
+
+
+def _green(built: tuple[str, subprocess.CompletedProcess]) -> str:
+    """The warehouse of a build that must have succeeded, bad values and all."""
+    url, build = built
+    assert build.returncode == 0, f"dbt build failed:\n{build.stdout[-6000:]}"
+    return url
+
+
+def _flags(url: str, relation: str, key: str, value) -> list[tuple]:
+    with connect(url) as warehouse:
+        return warehouse.fetchall(f"select is_valid, invalid_reason from {relation} where {key} = ?", (value,))
+
+
+def test_dates_outside_the_plausible_range_are_flagged_by_field_and_kept_out_of_dim_date_so_the_day_builds(
+        warehouse_with_impossible_values):
+    url = _green(warehouse_with_impossible_values)
+    (signup_flags,) = _flags(url, "staging.stg_crm__customers", "crm_id", TYPED_SIGNUP_CRM_ID)
+    assert signup_flags[0] is False and "implausible_signup_date" in signup_flags[1]
+    assert "impossible_birth_date" not in signup_flags[1]
+    assert _flags(url, "staging.stg_sales__orders", "order_id", FAR_FUTURE_ORDER_ID) == [
+        (False, "implausible_ordered_at, created_after_updated")]
+    with connect(url) as warehouse:
+        span = warehouse.fetchall("select min(date_day), max(date_day) from marts.dim_date")
+        revenue = warehouse.fetchall(f"select is_revenue from marts.fct_orders where order_id = {FAR_FUTURE_ORDER_ID}")
+        reference = warehouse.fetchall("select max(reference_date) from marts.customer_360")
+    assert span == [(dt.date(2023, 1, 1), dt.date(2025, 12, 31))]
+    assert revenue == [(False,)]
+    assert reference == [(DBT_LAST_DAY,)]
+
+
+def test_a_negative_order_id_and_text_over_its_length_limit_are_flagged_not_valid(warehouse_with_impossible_values):
+    url = _green(warehouse_with_impossible_values)
+    assert _flags(url, "staging.stg_sales__orders", "order_id", NEGATIVE_ORDER_ID) == [(False, "nonpositive_order_id")]
+    with connect(url) as warehouse:
+        revenue = warehouse.fetchall(f"select is_revenue from marts.fct_orders where order_id = {NEGATIVE_ORDER_ID}")
+        customer = warehouse.fetchall(
+            "select is_valid, invalid_reason, length(first_name) from marts.dim_customers where crm_id = ?", (LONG_NAME_CRM_ID,))
+    assert revenue == [(False,)]
+    # Flagged, not cut short: the text is kept as delivered.
+    ((is_valid, reason, name_length),) = customer
+    assert is_valid is False and "first_name_too_long" in reason and name_length == len(LONG_NAME)
+
+
+def test_payments_and_campaign_responses_carry_the_reasons_staging_flagged(warehouse_with_impossible_values):
+    url = _green(warehouse_with_impossible_values)
+    assert _flags(url, "marts.fct_payments", "payment_id", FAR_FUTURE_PAYMENT_ID) == [(False, "implausible_paid_at")]
+    campaign_member_key = "|".join(SENT_CONTROL_MEMBER)
+    assert _flags(url, "marts.fct_campaign_responses", "campaign_member_key", campaign_member_key) == [
+        (False, "control_member_sent")]

@@ -26,11 +26,12 @@ campaign_responses as (
     select * from {{ ref('fct_campaign_responses') }}
 ),
 
--- Recency and tenure are counted to the latest order date the warehouse holds: the day its data
--- describes, the same on every engine and rerun.
+-- Recency and tenure are counted to the latest plausible order date the warehouse holds: the day
+-- its data describes, the same on every engine and rerun (a typed year 9999 describes no day).
 reference as (
     select max(order_date) as reference_date
     from orders
+    where {{ is_plausible_date('order_date') }}
 ),
 
 order_summary as (

@@ -22,19 +22,27 @@ tickets as (
     select * from {{ ref('stg_service__tickets') }}
 ),
 
+-- Implausible dates (flagged in staging) are left out: one typed year 9999 would stretch the
+-- calendar past its 100,000 days.
 known_dates as (
-    select cast(min(ordered_at) as date) as first_date, cast(max(ordered_at) as date) as last_date from orders
+{%- for column, relation in [
+    ('ordered_at', 'orders'),
+    ('paid_at', 'payments'),
+    ('signup_date', 'customers'),
+    ('occurred_at', 'interactions'),
+    ('created_at', 'tickets'),
+    ('solved_at', 'tickets'),
+] %}
+    select cast(min({{ column }}) as date) as first_date, cast(max({{ column }}) as date) as last_date
+    from {{ relation }}
+    where {{ is_plausible_date(column) }}
+    {%- if not loop.last %}
     union all
-    select cast(min(paid_at) as date), cast(max(paid_at) as date) from payments
-    union all
-    select min(signup_date), max(signup_date) from customers
-    union all
-    select cast(min(occurred_at) as date), cast(max(occurred_at) as date) from interactions
-    union all
-    select cast(min(created_at) as date), cast(max(coalesce(solved_at, created_at)) as date) from tickets
+    {%- endif %}
+{%- endfor %}
 ),
 
--- Whole years around every date the facts and customers carry, so each of them finds its day.
+-- Whole years around every plausible date the facts and customers carry, so each finds its day.
 spine_bounds as (
     select
         cast({{ dbt.date_trunc('year', 'min(first_date)') }} as date) as first_day,

@@ -74,7 +74,11 @@ final as (
         cast(coalesce(line_totals.discount_amount, 0) as numeric(18, 2)) as discount_amount,
         cast(coalesce(line_totals.gross_amount, 0) - coalesce(line_totals.discount_amount, 0) as numeric(18, 2))
             as net_amount,
-        orders.order_status not in ('cancelled', 'returned') as is_revenue,
+        -- An order under a non-positive id or placed on an implausible day (flagged in staging) is
+        -- a broken record, not a sale: no revenue figure counts it.
+        orders.order_status not in ('cancelled', 'returned')
+            and orders.order_id > 0
+            and coalesce({{ is_plausible_date('orders.ordered_at') }}, true) as is_revenue,
         case
             when line_totals.last_line_delivery_date > orders._delivery_date then line_totals.last_line_delivery_date
             else orders._delivery_date

@@ -2,6 +2,16 @@ with payments as (
     select * from {{ ref('stg_sales__payments') }}
 ),
 
+{% if is_incremental() -%}
+-- Redone when delivered in the window, or when its flags changed without a delivery of its own:
+-- an orphan payment's order arriving after the window clears its orphan_payment flag.
+payments_to_build as (
+    select payment_id from payments where {{ in_reprocessing_window('_delivery_date') }}
+    union
+    {{ keys_with_stale_flags('payment_id', 'payments') }}
+),
+
+{% endif -%}
 final as (
     select
         payment_id,
@@ -16,7 +26,7 @@ final as (
         _delivery_date
     from payments
     {%- if is_incremental() %}
-    where {{ in_reprocessing_window('_delivery_date') }}
+    where payment_id in (select payment_id from payments_to_build)
     {%- endif %}
 )
 

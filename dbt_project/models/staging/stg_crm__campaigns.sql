@@ -21,6 +21,14 @@ latest as (
     {{ latest_version('renamed', ['campaign_id'], []) }}
 )
 
+{%- set checks = {
+    'end_before_start': 'end_date < start_date',
+    'negative_cost': 'cost < 0',
+    'implausible_start_date': 'not ' ~ is_plausible_date('start_date'),
+    'implausible_end_date': 'not ' ~ is_plausible_date('end_date'),
+} -%}
+{%- do checks.update(text_length_checks(['campaign_name'])) %}
+
 select
     campaign_id,
     campaign_name,
@@ -28,10 +36,7 @@ select
     start_date,
     end_date,
     cost,
-    {{ quality_flags({
-        'end_before_start': 'end_date < start_date',
-        'negative_cost': 'cost < 0',
-    }) }},
+    {{ quality_flags(checks) }},
     _delivery_date,
     _loaded_at
 from latest

@@ -30,15 +30,24 @@ cleaned as (
     from source
 ),
 
+{#- A birth after signup is impossible only when the signup date itself is plausible: a typed
+    signup year (1025) is the signup's fault, not the birth date's. Birth dates have their own
+    floor: the plausible range is for the business's own dates, which a birth may well precede. -#}
+{%- set checks = {
+    'invalid_email': 'not is_email_valid',
+    'invalid_phone': 'phone_as_entered is not null and phone is null',
+    'missing_birth_date': 'birth_date is null',
+    'impossible_birth_date': "birth_date < cast('1900-01-01' as date)"
+        ~ ' or (birth_date > signup_date and ' ~ is_plausible_date('signup_date') ~ ')',
+    'implausible_signup_date': 'not ' ~ is_plausible_date('signup_date'),
+    'implausible_modified_at': 'not ' ~ is_plausible_date('modified_at'),
+} -%}
+{%- do checks.update(text_length_checks(['first_name', 'last_name', 'email', 'phone_as_entered', 'city'])) -%}
+
 flagged as (
     select
         *,
-        {{ quality_flags({
-            'invalid_email': 'not is_email_valid',
-            'invalid_phone': 'phone_as_entered is not null and phone is null',
-            'missing_birth_date': 'birth_date is null',
-            'impossible_birth_date': "birth_date < cast('1900-01-01' as date) or birth_date > signup_date",
-        }) }}
+        {{ quality_flags(checks) }}
     from cleaned
 )
 

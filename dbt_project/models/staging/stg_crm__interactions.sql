@@ -25,6 +25,7 @@ select
     interaction_type,
     outcome,
     occurred_at,
+    {{ quality_flags({'implausible_occurred_at': 'not ' ~ is_plausible_date('occurred_at')}) }},
     _delivery_date,
     _loaded_at
 from latest

@@ -23,6 +23,15 @@ latest as (
     {{ latest_version('renamed', ['order_id'], ['updated_at desc']) }}
 )
 
+{%- set checks = {
+    'invalid_email': 'not is_email_valid',
+    'nonpositive_order_id': 'order_id <= 0',
+    'implausible_ordered_at': 'not ' ~ is_plausible_date('ordered_at'),
+    'implausible_updated_at': 'not ' ~ is_plausible_date('updated_at'),
+    'created_after_updated': 'ordered_at > updated_at',
+} -%}
+{%- do checks.update(text_length_checks(['customer_email'])) %}
+
 -- A record hard-deleted in the source has a tombstone as its latest raw version: left out.
 select
     order_id,
@@ -34,7 +43,7 @@ select
     order_status,
     ordered_at,
     updated_at,
-    {{ quality_flags({'invalid_email': 'not is_email_valid'}) }},
+    {{ quality_flags(checks) }},
     _delivery_date,
     _loaded_at
 from latest

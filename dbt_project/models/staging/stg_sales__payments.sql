@@ -34,6 +34,7 @@ select
     {{ quality_flags({
         'zero_amount': 'latest.amount = 0',
         'orphan_payment': 'orders.order_id is null',
+        'implausible_paid_at': 'not ' ~ is_plausible_date('latest.paid_at'),
     }) }},
     latest._delivery_date,
     latest._loaded_at

@@ -29,6 +29,19 @@ latest as (
     {{ latest_version('renamed', ['ticket_id'], ['updated_at desc']) }}
 )
 
+{%- set checks = {
+    'invalid_email': 'not is_email_valid',
+    'satisfaction_out_of_range': 'satisfaction_rating not between 1 and 5',
+    'solved_before_created': 'solved_at < created_at',
+    'created_after_updated': 'created_at > updated_at',
+    'implausible_created_at': 'not ' ~ is_plausible_date('created_at'),
+    'implausible_updated_at': 'not ' ~ is_plausible_date('updated_at'),
+    'implausible_first_reply_at': 'not ' ~ is_plausible_date('first_reply_at'),
+    'implausible_solved_at': 'not ' ~ is_plausible_date('solved_at'),
+} -%}
+{%- do checks.update(text_length_checks(['requester_email'])) -%}
+{%- do checks.update(text_length_checks(['satisfaction_comment'], var('max_comment_length'))) %}
+
 select
     ticket_id,
     requester_email,
@@ -45,11 +58,7 @@ select
     satisfaction_comment,
     tags,
     status_history,
-    {{ quality_flags({
-        'invalid_email': 'not is_email_valid',
-        'satisfaction_out_of_range': 'satisfaction_rating not between 1 and 5',
-        'solved_before_created': 'solved_at < created_at',
-    }) }},
+    {{ quality_flags(checks) }},
     _delivery_date,
     _loaded_at
 from latest
