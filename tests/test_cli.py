@@ -4,6 +4,7 @@ serves the Airflow UI on this machine only unless told otherwise."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -248,3 +249,8 @@ def test_a_failing_run_reports_its_tasks_as_it_goes_fails_without_retrying_and_k
     assert str(log) in line
     output = log.read_text()
     assert "[DAG TEST] starting task_id=check_model_params" in output and "up_for_retry" not in output
+    # The UI shows the run's real start and duration, not a start on its logical date.
+    listing = subprocess.run([str(Path(sys.executable).parent / "airflow"), "dags", "list-runs", "crm_daily", "--output", "json"],
+                             env=airflow_environment(env), capture_output=True, text=True).stdout
+    (run,) = [run for run in json.loads(listing[listing.index("[{"):].splitlines()[0]) if str(run["logical_date"]).startswith("2025-01-31")]
+    assert str(run["start_date"])[:10] == time.strftime("%Y-%m-%d", time.gmtime())
