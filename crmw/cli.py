@@ -113,7 +113,7 @@ def _command_run(args: argparse.Namespace) -> int:
         run_dag(env, dates, full_refresh=args.full_refresh, params=params, retries=retries)
         with connect(env["WAREHOUSE_URL"]) as warehouse:
             counts = warehouse.row_counts(OUTPUT_SCHEMAS)
-            stale = [f"{day}: {line}" for day in dates for line in stale_deliveries(warehouse, day)]
+            stale = [f"{day}: {line}" for day, lines in stale_deliveries(warehouse, dates).items() for line in lines]
     print(f"\nOutput tables in {env['WAREHOUSE_URL'].split('@')[-1]}:")
     width = max((len(name) for name, _ in counts), default=0)
     for name, rows in counts:

@@ -870,33 +870,35 @@ def freshness_windows(path: Path = SOURCES_YAML) -> dict[str, float]:
     return windows
 
 
-def stale_deliveries(warehouse: Warehouse, logical_date: dt.date, contract: SourceContract | None = None) -> list[str]:
-    """One line per file-delivered table whose latest drop dated on or before `logical_date` is
-    older than its freshness window (or that has none): what a run for that date was missing. Drops
-    are read from the load log by the date in their place in the layout, so a backfill is judged by
-    the deliveries of its own date, and a delivery whose rows were all unchanged still counts. SQL
-    sources are read on every run: their freshness is the extract's own."""
+def stale_deliveries(warehouse: Warehouse, logical_dates: Sequence[dt.date], contract: SourceContract | None = None) -> dict[dt.date, list[str]]:
+    """Per logical date, one line per file-delivered table whose latest drop dated on or before it
+    is older than its freshness window (or that has none): what a run for that date was missing.
+    Drops are read from the load log by the date in their place in the layout, so a backfill is
+    judged by the deliveries of its own date, and a delivery whose rows were all unchanged still
+    counts. SQL sources are read on every run: their freshness is the extract's own. The log is read
+    once for every date (a year's range would otherwise read it 365 times)."""
     contract = contract or load_contract()
     windows = freshness_windows()
     if not warehouse.table_columns(LOAD_LOG):
-        return []
-    logged = warehouse.fetchall(f"select distinct system, entity, file_name from {LOAD_LOG}")
-    latest: dict[tuple[str, str], dt.date] = {}
-    for system, entity_name, file_name in logged:
+        return {day: [] for day in logical_dates}
+    drops: dict[tuple[str, str], list[dt.date]] = {}
+    for system, entity_name, file_name in warehouse.fetchall(f"select distinct system, entity, file_name from {LOAD_LOG}"):
         entity = contract.entities.get(entity_name)
         if entity is None or entity.system.name != system or entity.system.layout is None:
             continue
         dropped = _drop_date(entity.system.layout, file_name, entity)
-        if dropped is not None and dropped <= logical_date:
-            latest[system, entity_name] = max(dropped, latest.get((system, entity_name), dropped))
-    lines = []
-    for entity in contract.entities.values():
-        hours = windows.get(entity.raw_table)
-        if entity.system.layout is None or hours is None:
-            continue
-        last = latest.get((entity.system.name, entity.name))
-        # A drop dated D holds the source's state at the end of D: its age on D is a day.
-        if last is None or ((logical_date - last).days + 1) * 24 > hours:
-            since = f"the latest is dated {last}" if last else "none has arrived yet"
-            lines.append(f"{entity.raw_table}: no delivery within {hours:g} hours of {logical_date} ({since})")
-    return lines
+        if dropped is not None:
+            drops.setdefault((system, entity_name), []).append(dropped)
+    stale: dict[dt.date, list[str]] = {}
+    for logical_date in logical_dates:
+        lines = stale[logical_date] = []
+        for entity in contract.entities.values():
+            hours = windows.get(entity.raw_table)
+            if entity.system.layout is None or hours is None:
+                continue
+            last = max((day for day in drops.get((entity.system.name, entity.name), ()) if day <= logical_date), default=None)
+            # A drop dated D holds the source's state at the end of D: its age on D is a day.
+            if last is None or ((logical_date - last).days + 1) * 24 > hours:
+                since = f"the latest is dated {last}" if last else "none has arrived yet"
+                lines.append(f"{entity.raw_table}: no delivery within {hours:g} hours of {logical_date} ({since})")
+    return stale

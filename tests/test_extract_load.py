@@ -849,10 +849,10 @@ def test_a_date_without_a_delivery_within_the_freshness_window_is_named_for_the_
     from extract_load.load import stale_deliveries
 
     _load(warehouse_url, DAYS[-1], _settings(simulated))
+    later, earlier = DAYS[-1] + dt.timedelta(days=3), START - dt.timedelta(days=1)
     with connect(warehouse_url) as warehouse:
-        on_time = stale_deliveries(warehouse, DAYS[-1])
-        three_days_on = stale_deliveries(warehouse, DAYS[-1] + dt.timedelta(days=3))
-        before_any = stale_deliveries(warehouse, START - dt.timedelta(days=1))
+        stale = stale_deliveries(warehouse, [DAYS[-1], later, earlier])
+    on_time, three_days_on, before_any = stale[DAYS[-1]], stale[later], stale[earlier]
     assert on_time == []  # a backfill of a delivered date is not stale
     assert f"raw_crm.customers: no delivery within 26 hours of {DAYS[-1] + dt.timedelta(days=3)} (the latest is dated {DAYS[-1]})" in three_days_on
     assert any(line.startswith("raw_service.tickets: ") for line in three_days_on)
