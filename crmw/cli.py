@@ -15,7 +15,7 @@ from pathlib import Path
 from crmw.airflow_runner import RunError, airflow_environment, run_dag, serve, warehouse_run_lock
 from warehouse import WarehouseUrlError, connect
 
-OUTPUT_SCHEMAS = ("staging", "marts", "features", "ml", "activation")
+OUTPUT_SCHEMAS = ("staging", "marts", "published", "features", "ml", "activation")
 
 
 # What `crmw run --help` says it reads: the settings a first run needs, and where the rest are.

@@ -9,7 +9,9 @@ its tests shown by a task of its own (`dbt.<model>.run`, `dbt.<model>.test`); a 
 the build and stops ML and publish → **ml** runs each registered model (`ml_tasks/registry.py`),
 one task per model family, publishing its tables for the date and a row in `ml.model_runs`; the
 activation list runs after the models it reads and also writes a dated CSV for the CRM tool →
-**publish** refreshes the `_latest` views BI tools read. Model params (`<model>__<setting>`) are
+**publish** brings the `published` marts BI reads level with the build just tested, in one
+transaction (write-audit-publish: a build whose tests fail never reaches BI), and refreshes the
+models' `_latest` views. Model params (`<model>__<setting>`) are
 checked first, before anything is written. One build instead of a dbt process per
 model: with some forty models the per-task dbt start-up made a run several times slower.
 
@@ -20,7 +22,8 @@ fail the run and hold back publish.
 Every task that writes the warehouse takes a slot of the `warehouse_writer` pool: one slot on
 DuckDB (one writer per file), more on PostgreSQL. Re-running a date replaces that date's rows.
 Retries and their delay come from `CRMW_TASK_RETRIES` and `CRMW_RETRY_DELAY_SECONDS`.
-Trigger with `{"full_refresh": true}` to reload every raw table from scratch.
+Trigger with `{"full_refresh": true}` to reload every raw table from scratch. The incremental
+facts' tests read the rows the run wrote, and every row on Sundays or with `{"test_whole_tables": true}`.
 
 **Triggering by hand**: the form's Logical Date defaults to now, a day the sources may not have
 delivered yet. Set it (Advanced Options → Logical Date) to a day the exports cover — for `make
@@ -128,10 +131,14 @@ def is_current_day(logical_date=None) -> bool:
 
 
 @task(trigger_rule="none_failed")
-def publish() -> None:
-    from ml_tasks.tasks import publish as publish_views
+def publish(ds: str | None = None, run_id: str | None = None) -> dict:
+    """Only after a build whose tests passed: BI's `published` marts catch up with it in one
+    transaction (rows written per mart returned), and the `_latest` views are refreshed."""
+    from datetime import date
 
-    publish_views()
+    from ml_tasks.tasks import publish as publish_build
+
+    return publish_build(date.fromisoformat(ds), run_id)
 
 
 @dag(
@@ -146,6 +153,10 @@ def publish() -> None:
     params={
         "full_refresh": Param(
             False, type="boolean", description="Forget what raw holds and reload every source from scratch."
+        ),
+        "test_whole_tables": Param(
+            False, type="boolean",
+            description="Test every row of the incremental facts, not only those the run wrote (done on Sundays anyway).",
         ),
         **{
             name: Param(schema["default"], type=schema["type"], description=schema["description"])
@@ -189,7 +200,12 @@ def crm_daily() -> None:
             load_method=LoadMode.DBT_MANIFEST,
             test_behavior=TestBehavior.AFTER_EACH,
         ),
-        operator_args={"vars": {"as_of_date": "{{ ds }}"}},
+        # Tests of the incremental facts read the rows the day wrote, and whole tables on Sundays
+        # (or when asked): two years of rows re-tested every day cost more than the day's build.
+        operator_args={"vars": {
+            "as_of_date": "{{ ds }}",
+            "test_scope": "{{ 'all' if params.test_whole_tables or logical_date.isoweekday() == 7 else 'written' }}",
+        }},
     )
     # Watcher mode: one `dbt build` of the whole project (the producer; a failing test fails it,
     # and dbt skips what depends on the failure) and a task per model and per model's tests that

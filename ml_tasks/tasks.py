@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-BI_SCHEMAS = ["marts", "features", "ml"]
+# BI reads the marts as of the last build whose tests passed (warehouse/publish.py) and the models'
+# dated results; the marts and features dbt is building are the pipeline's own.
+BI_SCHEMAS = ["published", "ml"]
+NOT_BI_SCHEMAS = ["marts", "features"]
 # Contact details and consent: read by the CRM tool's role, never by BI's.
 ACTIVATION_SCHEMAS = ["activation"]
 
@@ -264,13 +267,21 @@ def _peak_memory(interval: float = 0.05) -> Iterator[Any]:
         sampler.join()
 
 
-def publish(warehouse_url: str | None = None) -> None:
-    """Refresh the `_latest` view of every table a registered model writes, BI's read grant, and
-    the activation schema's own read grant (the role a CRM tool imports the contact list with)."""
+def publish(as_of_date: dt.date, run_id: str, warehouse_url: str | None = None) -> dict[str, int]:
+    """Bring the `published` marts level with the build just tested (rows written per mart are
+    returned), refresh the `_latest` view of every table a registered model writes, BI's read
+    grant, and the activation schema's own (the role a CRM tool imports the contact list with)."""
+    from warehouse.publish import publish_marts
+
     bi_role = os.environ.get("CRMW_BI_ROLE", "crmw_bi_reader")
+    with connect(warehouse_url) as warehouse:
+        written = publish_marts(warehouse, as_of_date, run_id)
+        # Installs from before write-audit-publish granted BI the schemas dbt builds in.
+        warehouse.revoke_read_only(bi_role, NOT_BI_SCHEMAS)
     warehouse_io.publish_latest_views(registry.output_tables(), bi_role, BI_SCHEMAS, warehouse_url, registry.VIEWS)
     with connect(warehouse_url) as warehouse:
         warehouse.grant_read_only(os.environ.get("CRMW_ACTIVATION_ROLE", "crmw_activation_reader"), ACTIVATION_SCHEMAS)
+    return written
 
 
 def export_dir(environ: Mapping[str, str] | None = None) -> "Path":

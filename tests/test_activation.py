@@ -171,7 +171,7 @@ def test_the_published_list_and_its_csv_hold_only_opted_in_customers_and_only_th
     exported = pd.read_csv(tmp_path / "exports" / "activation" / f"contact_list_{AS_OF}.csv", dtype=str)
     assert exported["customer_id"].tolist() == listed["customer_id"].tolist()
     assert run["exported"] == [str(tmp_path / "exports" / "activation" / f"contact_list_{AS_OF}.csv")]
-    tasks.publish(warehouse_url)
+    tasks.publish(AS_OF, "day-1", warehouse_url)
     if warehouse_url.startswith("postgres"):
         with connect(warehouse_url) as warehouse:
             for role, readable, refused in (

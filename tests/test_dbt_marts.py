@@ -237,8 +237,12 @@ def _delete_a_line_alone(sales_db: Path, day: dt.date) -> None:
 
 
 def _facts(url: str) -> dict[str, list[tuple]]:
+    """Every fact's rows, without the time dbt wrote them (`_built_at`)."""
     with connect(url) as warehouse:
-        return {name: warehouse.fetchall(f"select * from marts.{name} order by {key}") for name, key in INCREMENTAL_FACTS.items()}
+        return {name: warehouse.fetchall(
+                    f"select {', '.join(c for c in warehouse.table_columns(f'marts.{name}') if c != '_built_at')}"
+                    f" from marts.{name} order by {key}")
+                for name, key in INCREMENTAL_FACTS.items()}
 
 
 def _customers(url: str) -> dict[str, dict[object, tuple[str, dt.date]]]:
@@ -300,6 +304,81 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
         deleted = warehouse.fetchall(f"select count(*) from marts.fct_orders where order_id = {DELETED_ORDER_ID}")
     assert late == [(Decimal("20.00"), 1)]
     assert deleted == [(0,)]
+
+
+def _rows_of(url: str, schema: str, tables: list[str]) -> dict[str, list[tuple]]:
+    with connect(url) as warehouse:
+        return {name: warehouse.fetchall(
+                    f"select * from {schema}.{name} order by"
+                    f" {', '.join(str(position + 1) for position in range(len(warehouse.table_columns(f'marts.{name}'))))}")
+                for name in tables}
+
+
+def test_bi_reads_the_marts_of_the_last_build_whose_tests_passed_and_catches_up_after_a_failed_one(
+        warehouse_url, daily_sources, tmp_path, monkeypatch):
+    from ml_tasks import tasks
+    from warehouse.publish import marts_of
+
+    # The facts (merged by key and by the time dbt wrote each row) and a mart rebuilt whole.
+    marts = [*INCREMENTAL_FACTS, "kpi_daily_sales"]
+    dbt_args = ["--select", *(f"+{name}" for name in marts), "--vars", "{reprocessing_window_days: 0}"]
+    with connect(warehouse_url) as warehouse:  # as an install from before publish granted BI
+        warehouse.grant_read_only("crmw_bi_reader", ["marts", "features"])
+    first_published = None
+    for offset, sources in enumerate(daily_sources):
+        load_raw(warehouse_url, sources, _last_day(offset))
+        if offset == 1:
+            # A build that wrote its marts and then failed a test: the DAG does not publish it.
+            _dbt_in_process(warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+            assert _rows_of(warehouse_url, "published", marts) == first_published
+            assert _rows_of(warehouse_url, "marts", marts) != first_published
+            continue
+        _dbt_in_process(warehouse_url, "build", "--resource-type", "model", "--resource-type", "seed", *dbt_args,
+                        tmp_path=tmp_path, monkeypatch=monkeypatch)
+        written = tasks.publish(_last_day(offset), f"day-{offset}", warehouse_url)
+        if not offset:
+            first_published = _rows_of(warehouse_url, "published", marts)
+    # The last day: the late order, the deleted order and line, customers merged, and the failed
+    # day's rows all reach the published copies.
+    assert _rows_of(warehouse_url, "published", marts) == _rows_of(warehouse_url, "marts", marts)
+    with connect(warehouse_url) as warehouse:
+        held = {name for (name,) in warehouse.fetchall("select table_name from information_schema.tables where table_schema = 'marts'")}
+        assert warehouse.fetchall(f"select count(*) from published.fct_orders where order_id = {DELETED_ORDER_ID}") == [(0,)]
+        assert warehouse.fetchall(f"select count(*) from published.fct_orders where order_id = {LATE_ORDER_ID}") == [(1,)]
+        assert [day for (day,) in warehouse.fetchall("select as_of_date from published.publish_log order by published_at")] == [
+            _last_day(0), _last_day(LATER_DAYS)]
+        if warehouse_url.startswith("postgres"):
+            with warehouse.transaction():
+                warehouse.execute("set local role crmw_bi_reader")
+                warehouse.fetchall("select count(*) from published.fct_orders")
+            for building in ("marts.fct_orders", "features.orders_as_known"):
+                with pytest.raises(Exception, match="permission denied"), warehouse.transaction():
+                    warehouse.execute("set local role crmw_bi_reader")
+                    warehouse.fetchall(f"select count(*) from {building}")
+    assert set(written) == held & {mart.name for mart in marts_of()}  # seeds in marts are not marts
+
+
+def test_a_steady_days_fact_tests_read_the_rows_it_wrote_and_the_whole_table_pass_reads_every_row(
+        warehouse_url, daily_sources, tmp_path, monkeypatch):
+    dbt_args = ["--select", "+fct_orders", "--vars", "{reprocessing_window_days: 0}"]
+    for offset, sources in enumerate(daily_sources):
+        load_raw(warehouse_url, sources, _last_day(offset))
+        _dbt_in_process(warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with connect(warehouse_url) as warehouse:
+        # An order an earlier run wrote gets a status the shop does not have.
+        (earlier,) = warehouse.fetchall(
+            "select min(order_id) from marts.fct_orders where _built_at < (select max(_built_at) from marts.fct_orders)")[0]
+        warehouse.execute(f"update marts.fct_orders set order_status = 'lost' where order_id = {earlier}")
+    tests = ["test", "--select", "fct_orders,test_name:accepted_values"]
+    _dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0}", tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with pytest.raises(AssertionError, match="accepted_values_fct_orders"):
+        _dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0, test_scope: all}",
+                        tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with connect(warehouse_url) as warehouse:  # the same row written by the latest run fails the day's tests
+        warehouse.execute(f"update marts.fct_orders set _built_at = (select max(_built_at) from marts.fct_orders)"
+                          f" where order_id = {earlier}")
+    with pytest.raises(AssertionError, match="accepted_values_fct_orders"):
+        _dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0}", tmp_path=tmp_path, monkeypatch=monkeypatch)
 
 
 def _deliver_changed_copy(warehouse, table: str, where: str, changes: str) -> None:

@@ -15,6 +15,7 @@ FLOAT_TOLERANCE = 1e-9
 
 def column_profiles(url: str) -> dict[str, dict[str, dict]]:
     """Per mart and column: row count, non-null count, distinct count, min, max and (numbers) sum.
+    When dbt wrote a row (`_built_at`) differs from build to build and is left out.
 
     Computed in Python over the fetched rows rather than in SQL: text min and max then follow one
     ordering instead of each server's collation, and the sums add exact Decimals."""
@@ -25,7 +26,8 @@ def column_profiles(url: str) -> dict[str, dict[str, dict]]:
         for mart in marts:
             columns = [name for (name,) in warehouse.fetchall(
                 "select column_name from information_schema.columns"
-                f" where table_schema = 'marts' and table_name = '{mart}' order by ordinal_position")]
+                f" where table_schema = 'marts' and table_name = '{mart}' and column_name <> '_built_at'"
+                " order by ordinal_position")]
             rows = warehouse.fetchall(f"select {', '.join(columns)} from marts.{mart}")
             profiles[mart] = {column: _profile([row[i] for row in rows]) for i, column in enumerate(columns)}
     return profiles

@@ -172,7 +172,7 @@ def test_latest_views_show_each_tables_newest_date_and_the_bi_role_reads_them(wa
     tasks.run_model(SPEC, DAY, "day-1", warehouse_url=warehouse_url)
     _load_features(warehouse_url, NEXT_DAY, {"ann": 1.0, "ben": 2.0, "cat": 3.0})
     tasks.run_model(SPEC, NEXT_DAY, "day-2", warehouse_url=warehouse_url)
-    warehouse_io.publish_latest_views([*SPEC.writes], "crmw_bi_reader", ["marts", "features", "ml"], warehouse_url)
+    warehouse_io.publish_latest_views([*SPEC.writes], "crmw_bi_reader", tasks.BI_SCHEMAS, warehouse_url)
     assert _rows(warehouse_url, "select count(*), min(as_of_date) from ml.toy_scores_latest") == [(3, NEXT_DAY)]
     assert _rows(warehouse_url, "select customers from ml.toy_summary_latest") == [(3,)]
     assert _rows(warehouse_url, "select count(*) from ml.model_runs_latest") == [(1,)]

@@ -256,6 +256,10 @@ class Warehouse:
         """Let `role` (BI tools) read every current and future table of `schemas`."""
         raise NotImplementedError
 
+    def revoke_read_only(self, role: str, schemas: Sequence[str]) -> None:
+        """Undo `grant_read_only` of `schemas` for `role`, where the role and schemas exist."""
+        raise NotImplementedError
+
     # -- engine hooks --------------------------------------------------------------------------
     def _begin(self) -> None:
         raise NotImplementedError
@@ -331,6 +335,9 @@ class _DuckDBWarehouse(Warehouse):
 
     def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
         """A DuckDB file has no roles: BI tools open it read-only (access_mode=read_only)."""
+
+    def revoke_read_only(self, role: str, schemas: Sequence[str]) -> None:
+        """A DuckDB file has no roles."""
 
     def _begin(self) -> None:
         self._con.begin()
@@ -469,6 +476,19 @@ class _PostgresWarehouse(Warehouse):
                 self.execute(f"grant usage on schema {schema} to {role}")
                 self.execute(f"grant select on all tables in schema {schema} to {role}")
                 self.execute(f"alter default privileges in schema {schema} grant select on tables to {role}")
+
+    def revoke_read_only(self, role: str, schemas: Sequence[str]) -> None:
+        if not self.fetchall("select 1 from pg_roles where rolname = ?", (role,)):
+            return
+        role = quote_identifier(role)
+        with self.transaction():
+            for (schema,) in self.fetchall(
+                "select nspname from pg_namespace where nspname in (" + ", ".join("?" for _ in schemas) + ")", tuple(schemas)
+            ):
+                schema = quote_identifier(schema)
+                self.execute(f"alter default privileges in schema {schema} revoke select on tables from {role}")
+                self.execute(f"revoke select on all tables in schema {schema} from {role}")
+                self.execute(f"revoke usage on schema {schema} from {role}")
 
     def _begin(self) -> None:
         self._transaction = self._con.transaction()

@@ -35,4 +35,4 @@ final as (
     {%- endif %}
 )
 
-select * from final
+select final.*, {{ built_at() }} as _built_at from final

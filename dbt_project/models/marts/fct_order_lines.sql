@@ -37,4 +37,4 @@ final as (
     from lines_to_build
 )
 
-select * from final
+select final.*, {{ built_at() }} as _built_at from final

@@ -85,4 +85,4 @@ final as (
         and identity.source_key = cast(timed.ticket_id as {{ dbt.type_string() }})
 )
 
-select * from final
+select final.*, {{ built_at() }} as _built_at from final

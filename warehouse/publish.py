@@ -1,0 +1,97 @@
+"""Write-audit-publish for the marts: BI reads `published`, which changes only when publish runs.
+
+dbt writes and tests the marts in place (schema `marts`); a test that fails stops the run after some
+marts were already replaced. The DAG runs publish only after a build whose tests all passed, and
+publish brings `published` level with `marts` in one transaction, so BI sees the previous green
+build's tables or the new one's, never a mix.
+
+Cost: a mart rebuilt whole each day (dimensions, KPIs, cohorts) is copied whole, as cheap as dbt's
+own rebuild of it. An incremental fact (two years of orders) is not: only the rows dbt wrote since
+the last publish (its `_built_at` column, stamped by every dbt run) are replaced, and rows gone from
+the mart (a hard delete in the source) are removed by a key anti-join. A build that failed its
+tests is not lost: the next green build's publish carries its rows too. Storage: `published` holds
+a second copy of the marts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from warehouse.adapter import PROJECT_ROOT, Warehouse, qualified, quote_identifier
+
+BUILT = "marts"
+PUBLISHED = "published"
+PUBLISH_LOG = f"{PUBLISHED}.publish_log"
+BUILT_AT = "_built_at"
+MANIFEST = PROJECT_ROOT / "dbt_project" / "target" / "manifest.json"
+
+
+@dataclass(frozen=True)
+class Mart:
+    name: str
+    unique_key: tuple[str, ...]  # set for incremental marts: the rows publish replaces by key
+
+
+def marts_of(manifest: Path = MANIFEST) -> list[Mart]:
+    """The dbt models in schema `marts`, from the manifest the DAG renders from."""
+    nodes = json.loads(manifest.read_text())["nodes"].values()
+    marts = []
+    for node in nodes:
+        if node["resource_type"] != "model" or node["config"].get("schema") != BUILT:
+            continue
+        key = node["config"].get("unique_key") if node["config"]["materialized"] == "incremental" else None
+        marts.append(Mart(node["name"], tuple([key] if isinstance(key, str) else key or ())))
+    return sorted(marts, key=lambda mart: mart.name)
+
+
+def publish_marts(warehouse: Warehouse, as_of_date: dt.date, run_id: str, manifest: Path = MANIFEST) -> dict[str, int]:
+    """Bring `published` level with the marts dbt last built, in one transaction; returns the rows
+    written per mart. Marts the warehouse does not hold (a partial build) are left as published."""
+    marts = marts_of(manifest)
+    written = {}
+    warehouse.ensure_schema(PUBLISHED)
+    with warehouse.transaction():
+        for mart in marts:
+            columns = warehouse.table_columns(f"{BUILT}.{mart.name}")
+            if columns:
+                written[mart.name] = _publish(warehouse, mart, columns)
+        held = {mart.name for mart in marts}
+        for (name,) in warehouse.fetchall(
+            "select table_name from information_schema.tables where table_schema = ? and table_name <> 'publish_log'",
+            (PUBLISHED,),
+        ):
+            if name not in held:  # a mart the project no longer has
+                warehouse.execute(f"drop table {PUBLISHED}.{quote_identifier(name)}")
+        warehouse.execute(
+            f"create table if not exists {PUBLISH_LOG}"
+            " (as_of_date date, run_id varchar, published_at timestamp, marts integer, rows_written bigint)"
+        )
+        warehouse.execute(
+            f"insert into {PUBLISH_LOG} values (?, ?, ?, ?, ?)",
+            (as_of_date, run_id, dt.datetime.now(dt.UTC).replace(tzinfo=None), len(written), sum(written.values())),
+        )
+    return written
+
+
+def _publish(warehouse: Warehouse, mart: Mart, columns: list[str]) -> int:
+    built, published = qualified(f"{BUILT}.{mart.name}"), qualified(f"{PUBLISHED}.{mart.name}")
+    if warehouse.table_columns(published) != columns:
+        # New, or its columns changed with the project: made in the mart's own shape, filled whole.
+        warehouse.execute(f"drop table if exists {published}")
+        warehouse.execute(f"create table {published} as select * from {built} limit 0")
+    last_published = None
+    if mart.unique_key and BUILT_AT in columns:
+        (last_published,) = warehouse.fetchall(f"select max({BUILT_AT}) from {published}")[0]
+    if last_published is None:
+        warehouse.execute(f"delete from {published}")
+        return warehouse.execute_count(f"insert into {published} select * from {built}")
+    same_key = " and ".join(f"rebuilt.{key} = kept.{key}" for key in mart.unique_key)
+    warehouse.execute(
+        f"delete from {published} as kept where exists"
+        f" (select 1 from {built} as rebuilt where rebuilt.{BUILT_AT} > ? and {same_key})",
+        (last_published,),
+    )
+    warehouse.execute(f"delete from {published} as kept where not exists (select 1 from {built} as rebuilt where {same_key})")
+    return warehouse.execute_count(f"insert into {published} select * from {built} where {BUILT_AT} > ?", (last_published,))
