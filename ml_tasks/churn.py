@@ -123,7 +123,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from ml_tasks.contract import CUSTOMER_FEATURE_NUMBERS, PANDAS_DTYPES, BadParameter, InsufficientData, check_range
+from ml_tasks.contract import (CUSTOMER_FEATURE_NUMBERS, BadParameter, InsufficientData, check_range, iso_day,
+                               rounded_for_json, typed_results)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -497,9 +498,9 @@ def _fit(training: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: 
     metrics: dict[str, Any] = {
         "rows_read": rows_read,
         "snapshots": len(snapshots),
-        "train_window": f"{_day(snapshots[0])}..{_day(snapshots[-3])}",
-        "selection_window": _day(snapshots[-2]),
-        "test_window": _day(snapshots[-1]),
+        "train_window": f"{iso_day(snapshots[0])}..{iso_day(snapshots[-3])}",
+        "selection_window": iso_day(snapshots[-2]),
+        "test_window": iso_day(snapshots[-1]),
         "train_rows": len(train),
         "selection_rows": len(selection),
         "test_rows": len(test),
@@ -534,8 +535,8 @@ def _fit(training: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: 
         columns=MATRIX_COLUMNS,
         typical={column: float(value) for column, value in zip(MATRIX_COLUMNS, typical)},
         reference=_drift_reference(latest_scores, latest, top_columns),
-        trained_through=_day(snapshots[-2]),
-        calibrated_on=_day(snapshots[-1]),
+        trained_through=iso_day(snapshots[-2]),
+        calibrated_on=iso_day(snapshots[-1]),
     )
     metrics.update({
         "published_fit_rows": len(refit),
@@ -544,7 +545,7 @@ def _fit(training: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: 
         "published_calibration_cv_brier": refit_brier,
         "top_features": {column: importance[column] for column in top_columns},
     })
-    return fitted, _rounded(metrics)
+    return fitted, rounded_for_json(metrics)
 
 
 def _labelled_rows(frame: "pd.DataFrame", as_of_date: dt.date) -> "pd.DataFrame":
@@ -563,7 +564,7 @@ def _labelled_rows(frame: "pd.DataFrame", as_of_date: dt.date) -> "pd.DataFrame"
 
 def _check_history(rows: "pd.DataFrame", snapshots: "np.ndarray", settings: ChurnSettings) -> None:
     if len(snapshots) < MIN_SNAPSHOTS:
-        held = ", ".join(_day(s) for s in snapshots) or "none"
+        held = ", ".join(iso_day(s) for s in snapshots) or "none"
         raise InsufficientData(
             f"{TRAINING} has {len(snapshots)} labelled snapshots ({held}); churn needs at least {MIN_SNAPSHOTS}:"
             " earlier ones to train on, one to choose and calibrate the model, the last to test it"
@@ -867,7 +868,7 @@ def _score(fitted: ChurnModel, inputs: Mapping[str, "pd.DataFrame"], settings: C
     band = risk_bands(probability, settings)
     scores = pd.DataFrame({"customer_id": customers["customer_id"].astype("str"), "churn_probability": np.round(probability, 6),
                            "risk_band": band, **reasons, **{k: np.round(v, 6) for k, v in amounts.items()}})
-    scores = _typed(scores[list(SCORE_COLUMNS)], SCORE_COLUMNS)
+    scores = typed_results(scores, SCORE_COLUMNS)
     current["churn_probability"] = probability
     counts = scores["risk_band"].value_counts()
     top_reasons = pd.Series(first_groups, dtype="str").dropna().value_counts()
@@ -909,24 +910,3 @@ def _name_reasons(matrix: "np.ndarray", effects: "np.ndarray", typical: "np.ndar
             amounts[f"contribution_{rank + 1}"][offset + rows] = effect[rows]
             if rank == 0:
                 first_groups[offset + rows] = names[index]
-
-
-def _typed(frame: "pd.DataFrame", columns: Mapping[str, str]) -> "pd.DataFrame":
-    return frame.astype({column: PANDAS_DTYPES[kind] for column, kind in columns.items()})
-
-
-def _day(value: Any) -> str:
-    return str(value)[:10]
-
-
-def _rounded(value: Any) -> Any:
-    """Floats rounded to 6 digits, through dicts and lists: metrics are JSON."""
-    if isinstance(value, dict):
-        return {key: _rounded(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_rounded(item) for item in value]
-    if isinstance(value, float):
-        return round(value, 6) if math.isfinite(value) else None
-    if hasattr(value, "item"):  # numpy scalars
-        return _rounded(value.item())
-    return value

@@ -98,7 +98,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ml_tasks.contract import PANDAS_DTYPES, BadParameter, InsufficientData, check_range
+from ml_tasks.contract import BadParameter, InsufficientData, check_range, typed_results
 
 if TYPE_CHECKING:
     import numpy as np
@@ -316,7 +316,7 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: Seg
     segments["cluster_label"] = pd.array([labels_by_cluster[i] for i in cluster_ids], dtype="str")
     segments["distance_to_centroid"] = np.round(fit.distances, 6)
     segments["is_outlier"] = pd.array(outlier, dtype="boolean")
-    segments = _typed(segments[list(SEGMENT_COLUMNS)], SEGMENT_COLUMNS)
+    segments = typed_results(segments, SEGMENT_COLUMNS)
 
     centroid_json = {
         ids[index]: json.dumps({name: round(float(value), 6) for name, value in zip(raw.columns, centroids_raw[index])}, sort_keys=True)
@@ -790,7 +790,7 @@ def segment_profiles(segments: "pd.DataFrame", buyers: "pd.DataFrame", mix: "pd.
             "centroid": centroids.get(key) if kind == "cluster" else None,
         })
     profiles = pd.DataFrame(rows, columns=list(PROFILE_COLUMNS))
-    return _typed(profiles, PROFILE_COLUMNS)
+    return typed_results(profiles, PROFILE_COLUMNS)
 
 
 def _category_spend(mix: "pd.DataFrame | None", frame: "pd.DataFrame") -> "pd.DataFrame | None":
@@ -828,7 +828,7 @@ def segment_migration(segments: "pd.DataFrame", previous: "pd.DataFrame | None")
     import pandas as pd
 
     if previous is None:
-        return _typed(pd.DataFrame(columns=list(MIGRATION_COLUMNS)), MIGRATION_COLUMNS)
+        return typed_results(pd.DataFrame(columns=list(MIGRATION_COLUMNS)), MIGRATION_COLUMNS)
     previous_date = None
     if "as_of_date" in previous.columns and previous["as_of_date"].notna().any():
         previous_date = pd.Timestamp(previous["as_of_date"].dropna().max())
@@ -847,7 +847,7 @@ def segment_migration(segments: "pd.DataFrame", previous: "pd.DataFrame | None")
                          "to_segment": target, "customers": int(customers)})
     frame = pd.DataFrame(rows, columns=list(MIGRATION_COLUMNS))
     frame = frame.sort_values(["kind", "from_segment", "to_segment"], kind="stable").reset_index(drop=True)
-    return _typed(frame, MIGRATION_COLUMNS)
+    return typed_results(frame, MIGRATION_COLUMNS)
 
 
 def _migration_summary(migration: "pd.DataFrame") -> dict[str, dict[str, int]]:
@@ -861,21 +861,3 @@ def _migration_summary(migration: "pd.DataFrame") -> dict[str, dict[str, int]]:
             GONE: int(rows.loc[rows["to_segment"] == GONE, "customers"].sum()),
         }
     return summary
-
-
-def _typed(frame: "pd.DataFrame", columns: Mapping[str, str]) -> "pd.DataFrame":
-    """`frame` with exactly `columns`, in order, in the dtypes the warehouse reads back."""
-    import pandas as pd
-
-    typed = pd.DataFrame(index=frame.index)
-    for column, kind in columns.items():
-        values = frame[column]
-        if kind == "integer":
-            typed[column] = pd.array(pd.to_numeric(values.astype("object")), dtype="Int64")
-        elif kind == "boolean":
-            typed[column] = values.astype("boolean")
-        elif kind == "date":
-            typed[column] = pd.to_datetime(values).astype("datetime64[us]")
-        else:
-            typed[column] = values.astype(PANDAS_DTYPES[kind])
-    return typed.reset_index(drop=True)

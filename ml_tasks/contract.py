@@ -25,6 +25,7 @@ The runner stores each fit (`ml.trained_models`) and refits only when the spec's
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -231,17 +232,41 @@ def check_range(name: str, value: Any, *, minimum: float | None = None, maximum:
 
 
 def typed_results(frame: Any, columns: Mapping[str, ColumnType]) -> Any:
-    """`frame` with exactly `columns`, in order, in the dtypes the warehouse reads them back in
-    (an integer column must hold no missing values)."""
+    """`frame` with exactly `columns`, in order, in the dtypes the warehouse reads them back in;
+    an integer column may hold missing values, and its numbers are rounded to whole ones."""
     import pandas as pd
 
     typed = pd.DataFrame(index=frame.index)
     for column, kind in columns.items():
         if kind == "integer":
-            typed[column] = pd.array(frame[column].astype("int64"), dtype="Int64")
+            # Through object: Int64 with missing values, Python ints, numpy ints and floats alike.
+            numbers = pd.to_numeric(frame[column].astype("object")).round()
+            typed[column] = pd.array(numbers, dtype="Int64")
         else:
             typed[column] = frame[column].astype(PANDAS_DTYPES[kind])
     return typed.reset_index(drop=True)
+
+
+def rounded_for_json(value: Any, *, significant_digits: bool = False) -> Any:
+    """Metrics made JSON-able, through dicts (keys as text) and lists: floats rounded to 6 decimals
+    (to 6 significant digits with `significant_digits`), NaN and infinities as None, numpy scalars
+    as Python's."""
+    if isinstance(value, dict):
+        return {str(key): rounded_for_json(item, significant_digits=significant_digits) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded_for_json(item, significant_digits=significant_digits) for item in value]
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.6g}") if significant_digits else round(value, 6)
+    return value
+
+
+def iso_day(value: Any) -> str:
+    """'YYYY-MM-DD' of a date, a datetime, a pandas or numpy timestamp, or ISO text."""
+    return str(value)[:10]
 
 
 def checked_input(inputs: Mapping[str, Any], name: str, columns: Sequence[str], expected_tables: Sequence[str]) -> Any:

@@ -94,7 +94,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ml_tasks.contract import InsufficientData, check_range, checked_input, typed_results
+from ml_tasks.contract import InsufficientData, check_range, checked_input, rounded_for_json, typed_results
 
 if TYPE_CHECKING:
     import numpy as np
@@ -218,7 +218,7 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date,
     calibrated = int(scores[MODEL_METHOD, TOTAL]["calibrated_origins"])
     judged = calibrated >= settings.minimum_judged_origins
     model, naive = summary[MODEL_METHOD], summary[NAIVE_METHOD]
-    metrics: dict[str, Any] = {
+    metrics: dict[str, Any] = rounded_for_json({
         "input_rows": int(len(sales)),
         "history_days": int(len(series)),
         "first_sales_date": series.index[0].date().isoformat(),
@@ -226,23 +226,23 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date,
         "zero_revenue_days": int((series[categories].to_numpy() == 0).sum()),
         "backtest_origins": len(origins),
         "calibrated_origins": calibrated,
-        "smape_model": _rounded(model["smape"]),
-        "smape_naive": _rounded(naive["smape"]),
-        "mae_model": _rounded(model["mae"]),
-        "mae_naive": _rounded(naive["mae"]),
-        "coverage_model": _rounded(model["coverage"]),
-        "coverage_naive": _rounded(naive["coverage"]),
-        "total_smape_model": _rounded(totals[MODEL_METHOD]["smape"]),
-        "total_smape_naive": _rounded(totals[NAIVE_METHOD]["smape"]),
-        "total_mae_model": _rounded(totals[MODEL_METHOD]["mae"]),
-        "total_mae_naive": _rounded(totals[NAIVE_METHOD]["mae"]),
-        "total_coverage_model": _rounded(totals[MODEL_METHOD]["coverage"]),
-        "total_coverage_naive": _rounded(totals[NAIVE_METHOD]["coverage"]),
+        "smape_model": model["smape"],
+        "smape_naive": naive["smape"],
+        "mae_model": model["mae"],
+        "mae_naive": naive["mae"],
+        "coverage_model": model["coverage"],
+        "coverage_naive": naive["coverage"],
+        "total_smape_model": totals[MODEL_METHOD]["smape"],
+        "total_smape_naive": totals[NAIVE_METHOD]["smape"],
+        "total_mae_model": totals[MODEL_METHOD]["mae"],
+        "total_mae_naive": totals[NAIVE_METHOD]["mae"],
+        "total_coverage_model": totals[MODEL_METHOD]["coverage"],
+        "total_coverage_naive": totals[NAIVE_METHOD]["coverage"],
         # The floors' metrics, None (not judged) until enough origins have a calibrated interval.
-        "smape_gain_over_naive": _rounded(1 - model["smape"] / naive["smape"]) if judged and naive["smape"] > 0 else None,
-        "interval_coverage": _rounded(model["coverage"]) if judged else None,
+        "smape_gain_over_naive": 1 - model["smape"] / naive["smape"] if judged and naive["smape"] > 0 else None,
+        "interval_coverage": model["coverage"] if judged else None,
         "predicted_total_revenue": round(float(forecast.loc[forecast["category"] == TOTAL, "predicted_revenue"].sum()), 2),
-    }
+    })
     backtest_table = _backtest_table(scores, categories)
     return {FORECAST: typed_results(forecast, FORECAST_COLUMNS), BACKTEST: typed_results(backtest_table, BACKTEST_COLUMNS)}, metrics
 
@@ -424,11 +424,5 @@ def _backtest_table(scores: Mapping[tuple[str, str], dict[str, Any]], categories
             origins = len(results[0]["smape"])
             for metric, value in (("smape", summary["smape"]), ("mae", summary["mae"]),
                                   ("coverage_80", summary["coverage"]), ("origins", float(origins))):
-                rows.append({"method": method, "category": name, "metric": metric, "value": _rounded(value)})
+                rows.append({"method": method, "category": name, "metric": metric, "value": rounded_for_json(value)})
     return pd.DataFrame(rows, columns=list(BACKTEST_COLUMNS))
-
-
-def _rounded(value: float) -> float | None:
-    import math
-
-    return None if value is None or math.isnan(value) else round(float(value), 6)

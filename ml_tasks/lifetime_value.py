@@ -157,11 +157,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ml_tasks.contract import CUSTOMER_FEATURE_NUMBERS, PANDAS_DTYPES, BadParameter, InsufficientData, check_range
+from ml_tasks.contract import (CUSTOMER_FEATURE_NUMBERS, BadParameter, InsufficientData, check_range, iso_day,
+                               rounded_for_json, typed_results)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -749,7 +749,7 @@ def fit_boosting(rows: "pd.DataFrame", snapshots: Sequence[dt.date], horizon: in
     )
     with _one_thread():
         estimator.fit(matrix, target)
-    learnt_from = tuple(sorted({_day(value) for value in rows[SNAPSHOT]}))
+    learnt_from = tuple(sorted({iso_day(value) for value in rows[SNAPSHOT]}))
     return BoostedSpend(estimator, horizon, categories, learnt_from, len(rows))
 
 
@@ -783,7 +783,7 @@ def fit(training: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: V
     rows = _training_rows(training[TRAINING], as_of_date)
     complete = {horizon: _complete_snapshots(rows, horizon, as_of_date) for horizon in HORIZONS}
     if not complete[SHORT_HORIZON]:
-        snapshots = sorted({_day(value) for value in rows[SNAPSHOT]})
+        snapshots = sorted({iso_day(value) for value in rows[SNAPSHOT]})
         raise InsufficientData(
             f"{TRAINING}: no snapshot has a complete {SHORT_HORIZON}-day spend label by {as_of_date}"
             f" ({len(snapshots)} snapshot(s), latest {snapshots[-1]}); a label completes {SHORT_HORIZON} days after its snapshot"
@@ -838,13 +838,13 @@ def fit(training: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: V
             str(spend_horizon): {"snapshots": list(regressor.snapshots), "rows": regressor.rows}
             for spend_horizon, regressor in boosting.items()
         },
-        "reference_snapshot": _day(latest_date),
+        "reference_snapshot": iso_day(latest_date),
         "reference_bgnbd": _bgnbd_metrics(latest_models),
         "reference_gamma_gamma": _gamma_gamma_metrics(latest_models),
         "training_rows": len(rows),
         "training_snapshots": len(set(rows[SNAPSHOT])),
     }
-    return model, _rounded(metrics)
+    return model, rounded_for_json(metrics, significant_digits=True)
 
 
 def validate(rows: "pd.DataFrame", complete: Sequence[dt.date], horizon: int, settings: ValueSettings) -> dict[str, Any]:
@@ -870,12 +870,12 @@ def validate(rows: "pd.DataFrame", complete: Sequence[dt.date], horizon: int, se
     # Ties go to BG/NBD: fewer moving parts.
     chosen = max(candidates, key=lambda method: (figures[method]["spearman"], method == BGNBD))
     return {
-        "snapshot": _day(validation_date),
+        "snapshot": iso_day(validation_date),
         "customers": len(validation),
         "median_purchase_age_days": float(np.median(_floats(validation["purchase_age_days"]))),
         "bgnbd": _bgnbd_metrics(models),
         "gamma_gamma": _gamma_gamma_metrics(models),
-        "boosting_training_snapshots": [_day(snapshot) for snapshot in training_dates],
+        "boosting_training_snapshots": [iso_day(snapshot) for snapshot in training_dates],
         "predictors": {method: figures.get(method) for method in (BGNBD, BOOSTING, NAIVE)},
         "chosen_method": chosen,
         "spearman_gain_vs_naive": figures[chosen]["spearman"] - figures[NAIVE]["spearman"],
@@ -920,7 +920,7 @@ def _training_rows(frame: "pd.DataFrame", as_of_date: dt.date) -> "pd.DataFrame"
     if keys.duplicated(["snapshot", "customer_id"]).any():
         duplicate = keys.loc[keys.duplicated(["snapshot", "customer_id"])].iloc[0]
         raise ValueError(f"{TRAINING}: customer {duplicate['customer_id']!r} appears twice on"
-                         f" {_day(pd.Timestamp(duplicate['snapshot']).date())}; expected one row per snapshot")
+                         f" {iso_day(pd.Timestamp(duplicate['snapshot']).date())}; expected one row per snapshot")
     positions = keys["position"].to_numpy()
     rows = frame[list(TRAINING_COLUMNS)].take(positions).reset_index(drop=True)
     dates = {value: pd.Timestamp(value).date() for value in np.unique(snapshot[keep])}
@@ -985,7 +985,7 @@ def score(fitted: CustomerValueModel, inputs: Mapping[str, "pd.DataFrame"], as_o
         "value_rank": rank,
         "method": method,
     })
-    frame = _typed(frame, VALUE_COLUMNS)
+    frame = typed_results(frame, VALUE_COLUMNS)
     counts = frame["value_tier"].value_counts()
     metrics = {
         "customers_scored": len(frame),
@@ -1000,7 +1000,7 @@ def score(fitted: CustomerValueModel, inputs: Mapping[str, "pd.DataFrame"], as_o
         "gamma_gamma": _gamma_gamma_metrics(value_models),
         "drift_psi": drift_report(fitted.reference, {column: values[column] for column in DRIFT_COLUMNS}),
     }
-    return {VALUE: frame}, _rounded(metrics)
+    return {VALUE: frame}, rounded_for_json(metrics, significant_digits=True)
 
 
 def _method_label(spend_methods: Mapping[int, str]) -> str:
@@ -1065,7 +1065,7 @@ def _scoring_rows(inputs: Mapping[str, "pd.DataFrame"], needs_features: bool) ->
 def _bgnbd_metrics(models: ValueModels) -> dict[str, Any]:
     fit, parameters = models.bgnbd, models.bgnbd.parameters
     return {
-        "fitted_on": _day(models.fitted_on), "r": parameters.r, "alpha_weeks": parameters.alpha, "a": parameters.a,
+        "fitted_on": iso_day(models.fitted_on), "r": parameters.r, "alpha_weeks": parameters.alpha, "a": parameters.a,
         "b": parameters.b, "log_likelihood": fit.log_likelihood, "customers": fit.customers,
         "distinct_rows": fit.distinct_rows, "iterations": fit.iterations, "converged": fit.converged,
     }
@@ -1095,37 +1095,3 @@ def _reference(values: "np.ndarray") -> "np.ndarray":
     from ml_tasks.monitoring import reference_sample
 
     return reference_sample(values)
-
-
-def _day(value: Any) -> str:
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
-def _rounded(value: Any) -> Any:
-    """JSON-able metrics: floats to 6 significant digits, NaN as None."""
-    if isinstance(value, dict):
-        return {str(key): _rounded(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_rounded(item) for item in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    number = float(value)
-    if not math.isfinite(number):
-        return None
-    return float(f"{number:.6g}")
-
-
-def _typed(frame: "pd.DataFrame", columns: Mapping[str, str]) -> "pd.DataFrame":
-    """`frame` with exactly `columns`, in order, in the dtypes the warehouse reads back."""
-    import pandas as pd
-
-    typed = pd.DataFrame(index=frame.index)
-    for column, kind in columns.items():
-        values = frame[column]
-        if kind == "integer":
-            typed[column] = pd.array(pd.to_numeric(values.astype("object")).round(), dtype="Int64")
-        else:
-            typed[column] = values.astype(PANDAS_DTYPES[kind])
-    return typed.reset_index(drop=True)

@@ -94,8 +94,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ml_tasks import churn  # imports no pandas or scikit-learn at import
-from ml_tasks.churn import _day, _rounded  # the house's JSON-able metrics and dates, one definition
-from ml_tasks.contract import PANDAS_DTYPES, BadParameter, InsufficientData, check_range, checked_input
+from ml_tasks.contract import (BadParameter, InsufficientData, check_range, checked_input, iso_day, rounded_for_json,
+                               typed_results)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -248,7 +248,7 @@ def fit(training: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: U
         "training_controls": int((~treated[~held_out]).sum()),
         "training_conversions": int(converted[~held_out].sum()),
         "holdout_campaigns": len(held_out_campaigns),
-        "holdout_window": f"{_day(starts.iloc[-len(held_out_campaigns)])}..{_day(starts.iloc[-1])}",
+        "holdout_window": f"{iso_day(starts.iloc[-len(held_out_campaigns)])}..{iso_day(starts.iloc[-1])}",
         "holdout_members": int(held_out.sum()),
         "holdout_controls": int((~test_treated).sum()),
         "holdout_conversions": int(test_converted.sum()),
@@ -277,10 +277,10 @@ def fit(training: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: U
     published.reference = {"predicted_uplift": reference_sample(uplift)}
     for column in drift_columns:
         published.reference[column] = reference_sample(matrix[:, churn.MATRIX_COLUMNS.index(column)])
-    published.trained_through = _day(starts.iloc[-1])
+    published.trained_through = iso_day(starts.iloc[-1])
     published.campaigns = len(starts)
     metrics.update({"published_fit_members": len(rows), "drift_features": list(drift_columns)})
-    return published, _rounded(metrics)
+    return published, rounded_for_json(metrics)
 
 
 def _member_rows(training: Mapping[str, "pd.DataFrame"], as_of_date: dt.date) -> "pd.DataFrame":
@@ -442,7 +442,7 @@ def score(fitted: UpliftModel, inputs: Mapping[str, "pd.DataFrame"], as_of_date:
         "uplift_band": uplift_bands(rank, settings),
         "marketing_opt_in": customers["marketing_opt_in"].astype("boolean"),
     })
-    scores = scores.astype({column: PANDAS_DTYPES[kind] for column, kind in SCORE_COLUMNS.items()})
+    scores = typed_results(scores, SCORE_COLUMNS)
     # Drift among the opted-in customers: campaigns go to them, so the members trained on are them.
     opted_in = scores["marketing_opt_in"].fillna(False).to_numpy(dtype=bool)
     current = {"predicted_uplift": uplift[opted_in]}
@@ -460,7 +460,7 @@ def score(fitted: UpliftModel, inputs: Mapping[str, "pd.DataFrame"], as_of_date:
         "uplift_bands": {band: int(counts.get(band, 0)) for band in UPLIFT_BANDS},
         "drift_psi": drift_report(fitted.reference, current),
     }
-    return {SCORES: scores}, _rounded(metrics)
+    return {SCORES: scores}, rounded_for_json(metrics)
 
 
 def uplift_bands(rank: "np.ndarray", settings: UpliftSettings) -> "np.ndarray":

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ml_tasks.contract import PANDAS_DTYPES, STAMP_COLUMNS, InputTable, OutputTable
+from ml_tasks.contract import PANDAS_DTYPES, STAMP_COLUMNS, InputTable, OutputTable, iso_day
 from warehouse import ColumnType, Warehouse, connect
 from warehouse.adapter import qualified, quote_identifier
 
@@ -87,7 +87,7 @@ def read_input(warehouse: Warehouse, table: InputTable, as_of_date: dt.date, win
             f"select min(as_of_date), max(as_of_date), count(distinct as_of_date) from {qualified(table.name)}"
         )[0]
         if dates and not _holds_date(warehouse, table.name, as_of_date):
-            held = f"{_day(first)}" if dates == 1 else f"{dates} dates from {_day(first)} to {_day(last)}"
+            held = f"{iso_day(first)}" if dates == 1 else f"{dates} dates from {iso_day(first)} to {iso_day(last)}"
             raise MissingFeatureDate(
                 f"{table.name} holds features as of {held}, not {as_of_date}: run the dbt step for {as_of_date} first"
             )
@@ -130,7 +130,7 @@ def _signature_text(rows: Sequence[tuple]) -> str:
     def text(value: Any) -> str:
         if isinstance(value, (int, float)) or type(value).__name__ == "Decimal":
             return f"{float(value):.2f}"
-        return _day(value) if hasattr(value, "isoformat") else str(value)
+        return iso_day(value) if hasattr(value, "isoformat") else str(value)
 
     return "|".join(",".join(text(value) for value in row) for row in rows)
 
@@ -208,10 +208,6 @@ def _holds_date(warehouse: Warehouse, table: str, as_of_date: dt.date) -> bool:
 def as_date(value: Any) -> dt.date:
     """A date column's value as a date, whatever the engine's driver returned (date, timestamp, text)."""
     return value if isinstance(value, dt.date) and not isinstance(value, dt.datetime) else dt.date.fromisoformat(str(value)[:10])
-
-
-def _day(value: Any) -> str:
-    return value.isoformat()[:10] if hasattr(value, "isoformat") else str(value)
 
 
 def empty_frame(columns: Mapping[str, ColumnType]) -> "pd.DataFrame":

@@ -60,19 +60,8 @@ known_contacts as (
 
 -- The CRM contact versions current on each date (the latest by the CRM's modification time among
 -- those delivered by then); a customer with several CRM ids has one per id.
-contact_versions as (
-    select
-        crm_id,
-        is_marketing_opt_in,
-        modified_at,
-        _version_hash,
-        _is_deleted as is_deleted,
-        _delivery_date as known_from
-    from crm_versions
-),
-
 current_contact_versions as (
-    {{ versions_known_on('feature_dates', 'contact_versions', ['crm_id'], ['modified_at', 'is_deleted', 'known_from', '_version_hash']) }}
+    {{ current_crm_contacts('feature_dates', 'crm_versions', ['is_marketing_opt_in']) }}
 ),
 
 -- Opted in when any of the customer's current contacts is; null when none of them says.

@@ -27,21 +27,9 @@ crm_customers as (
     where source_table = 'customers'
 ),
 
-contact_versions as (
-    select
-        crm_id,
-        referred_by_crm_id,
-        signup_date,
-        modified_at,
-        _version_hash,
-        _is_deleted as is_deleted,
-        _delivery_date as known_from
-    from crm_versions
-),
-
 -- The latest version (by the CRM's modification time) of each contact delivered by the date.
 current_contacts as (
-    {{ versions_known_on('run_date', 'contact_versions', ['crm_id'], ['modified_at', 'is_deleted', 'known_from', '_version_hash']) }}
+    {{ current_crm_contacts('run_date', 'crm_versions', ['referred_by_crm_id', 'signup_date']) }}
 ),
 
 referrals as (
