@@ -17,10 +17,13 @@ import time
 from contextlib import contextmanager
 from hashlib import sha256
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from extract_load.load import DEFAULT_SOURCE_DIR
 from warehouse import PROJECT_ROOT, parse_warehouse_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 DAG_ID = "crm_daily"
 WAREHOUSE_POOL = "warehouse_writer"
@@ -180,55 +183,113 @@ def run_dag(env: Mapping[str, str], dates: Sequence[dt.date], full_refresh: bool
         print(f"crmw: {DAG_ID} for {logical_date} succeeded in {time.monotonic() - started:.1f} s", flush=True)
 
 
-# `airflow dags test` output: each task's start and end, and its state updates in between.
+# `airflow dags test` output: the run's id, each task's start and end, and its state updates in between.
+_RUN_CREATED = re.compile(r"Created dag run\..* dagrun=<DagRun \S+ @ .*?: (\S+), state:")
 _TASK_STARTED = re.compile(r"^(\S+) .*\[DAG TEST\] starting task_id=(\S+)")
 _TASK_ENDED = re.compile(r"^(\S+) .*\[DAG TEST\] end task task_id=(\S+)")
 _TASK_STATE = re.compile(r" new_state=(\w+)")
+# (task id, state or None, when it got that state or None, whether it was ever run), per task of a DAG run.
+_TaskStates = Sequence[tuple[str, str | None, dt.datetime | None, bool]]
+# Airflow's task states that no longer change within a run.
+_FINAL_STATES = {"success", "failed", "skipped", "upstream_failed", "removed"}
 
 
 def _run_reporting_tasks(env: Mapping[str, str], args: Sequence[str], log_path: Path) -> int:
     """Run `airflow *args` with its output going straight to `log_path` (so the log survives a kill -9
     of crmw), and print a line as each task starts and ends, with its state and duration."""
+    from sqlalchemy import create_engine
+
     with log_path.open("w", encoding="utf-8") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "airflow"), *args],
             env=dict(env), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
-    with log_path.open(encoding="utf-8", errors="replace") as output:
-        report = _TaskReport()
-        pending = ""
-        while True:
-            finished = process.poll() is not None
-            pending += output.read()
-            *lines, pending = pending.split("\n")
-            for line in lines:
-                report.read(line)
-            if finished:
-                return process.returncode
-            time.sleep(0.5)
+    metadata = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    try:
+        with log_path.open(encoding="utf-8", errors="replace") as output:
+            report = _TaskReport(lambda run_id: _task_states(metadata, run_id))
+            pending = ""
+            while True:
+                finished = process.poll() is not None
+                pending += output.read()
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    report.read(line)
+                if finished:
+                    report.finish()
+                    return process.returncode
+                time.sleep(0.5)
+    finally:
+        metadata.dispose()
+
+
+def _task_states(metadata: Engine, run_id: str) -> _TaskStates:
+    """Each task of DAG run `run_id` with its state, read from Airflow's metadata DB; nothing when
+    the DB cannot be read just now (busy): the next read catches up."""
+    from sqlalchemy import DateTime, String, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    query = text(
+        "select task_id, state, end_date, try_number > 0 from task_instance where dag_id = :dag_id and run_id = :run_id"
+    ).columns(task_id=String, state=String, end_date=DateTime)
+    try:
+        with metadata.connect() as connection:
+            rows = connection.execute(query, {"dag_id": DAG_ID, "run_id": run_id}).all()
+    except SQLAlchemyError:
+        return []
+    return [
+        (task, state, ended and ended.replace(tzinfo=ended.tzinfo or dt.timezone.utc), bool(ran))
+        for task, state, ended, ran in rows
+    ]
 
 
 class _TaskReport:
-    """Turns `airflow dags test` output, a line at a time, into a progress line per task start and end."""
+    """Turns `airflow dags test` output, a line at a time, into a progress line per task start and end.
 
-    def __init__(self) -> None:
+    Tasks that are never run (skipped, or upstream_failed after a failure) leave no output there: their
+    final state is read from Airflow's metadata (`task_states`, for a run id) whenever a task starts,
+    and for all that are left once the run is over, so every task ends with one line."""
+
+    def __init__(self, task_states: Callable[[str], _TaskStates]) -> None:
+        self.task_states = task_states
+        self.run_id: str | None = None
         self.started: dict[str, dt.datetime] = {}
+        self.ended: set[str] = set()
         self.state = "ended"
 
     def read(self, line: str) -> None:
-        if match := _TASK_STARTED.match(line):
+        if match := _RUN_CREATED.search(line):
+            self.run_id = match[1]
+        elif match := _TASK_STARTED.match(line):
+            self._report_not_run(over=False)
             self.started[match[2]] = _timestamp(match[1])
             self.state = "ended"
             print(f"crmw:   {self.started[match[2]]:%H:%M:%S} start {match[2]}", flush=True)
         elif match := _TASK_STATE.search(line):
             self.state = match[1]
         elif (match := _TASK_ENDED.match(line)) and match[2] in self.started:
-            begun, ended = self.started.pop(match[2]), _timestamp(match[1])
-            print(
-                f"crmw:   {ended:%H:%M:%S} {self.state:<7} {match[2]} (started {begun:%H:%M:%S},"
-                f" {(ended - begun).total_seconds():.1f} s)",
-                flush=True,
-            )
+            self._print_end(match[2], self.state, _timestamp(match[1]))
+
+    def finish(self) -> None:
+        """The run is over: a line for each task that has none yet, in the order they ended."""
+        self._report_not_run(over=True)
+
+    def _report_not_run(self, over: bool) -> None:
+        """A line for each task that has ended without being run; once the run is `over`, for each task
+        still without an end line too (one cut short, or one never reached: "not run"). A task that
+        was run is left to its own end line, which the output may not have reached yet."""
+        if self.run_id is None:
+            return
+        never = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+        for task, state, ended, ran in sorted(self.task_states(self.run_id), key=lambda row: (row[2] or never, row[0])):
+            if task not in self.ended and (over or (not ran and state in _FINAL_STATES)):
+                self._print_end(task, state or "not run", ended or dt.datetime.now(dt.timezone.utc))
+
+    def _print_end(self, task: str, state: str, ended: dt.datetime) -> None:
+        self.ended.add(task)
+        begun = self.started.pop(task, None)
+        ran = f" (started {begun:%H:%M:%S}, {(ended - begun).total_seconds():.1f} s)" if begun else ""
+        print(f"crmw:   {ended:%H:%M:%S} {state:<7} {task}{ran}", flush=True)
 
 
 def _timestamp(text: str) -> dt.datetime:

@@ -7,8 +7,9 @@ The outcome is read from the orders the warehouse knows on the measuring date
 the scored date (the training label's definition); spend = net revenue of revenue orders in that
 window. Each scored date is measured once, on the first run whose date closes its window, so a
 backfill (or the first run after an outage) fills every date it can; a rerun of that run measures
-them again and replaces its rows. A customer whose id identity resolution later merged into
-another is measured under the surviving id (their orders follow it) or, gone, as having no orders.
+them again and replaces its rows. A customer whose key identity resolution later retired (merged
+into another customer, `marts.customer_key_aliases`) is measured by the orders of the customer who
+took over the key's records.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ORDERS = "features.orders_as_known"
+KEY_ALIASES = "marts.customer_key_aliases"
 MODEL_PERFORMANCE = OutputTable(
     f"{ML_SCHEMA}.model_performance",
     {
@@ -99,6 +101,11 @@ def _dates_to_measure(warehouse: Warehouse, model_name: str, check: OutcomeCheck
 def _scores_and_outcomes(warehouse: Warehouse, check: OutcomeCheck, scored_on: dt.date, as_of_date: dt.date) -> "pd.DataFrame":
     """customer_id, model_version, score, orders and spend in the window, as known on `as_of_date`."""
     window_end = scored_on + dt.timedelta(days=check.horizon_days)
+    current_key = "scores.customer_id"
+    aliases = ""
+    if warehouse.table_columns(KEY_ALIASES):
+        current_key = "coalesce(aliases.customer_id, scores.customer_id)"
+        aliases = f"left join {qualified(KEY_ALIASES)} as aliases on scores.customer_id = aliases.retired_customer_id"
     return warehouse.fetch_df(
         f"""
         with outcomes as (
@@ -117,7 +124,8 @@ def _scores_and_outcomes(warehouse: Warehouse, check: OutcomeCheck, scored_on: d
             coalesce(outcomes.orders, 0) as orders,
             cast(coalesce(outcomes.spend, 0) as double precision) as spend
         from {qualified(check.table)} as scores
-        left join outcomes on scores.customer_id = outcomes.customer_id
+        {aliases}
+        left join outcomes on {current_key} = outcomes.customer_id
         where scores.as_of_date = ? and scores.{quote_identifier(check.column)} is not null
         order by scores.customer_id
         """,

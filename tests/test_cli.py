@@ -4,9 +4,11 @@ serves the Airflow UI on this machine only unless told otherwise."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -203,8 +205,6 @@ def test_airflow_ui_listens_on_this_machine_only_unless_told_otherwise(env):
 
 
 def test_dag_list_describes_crm_daily_and_the_docs_say_which_dates_the_demo_can_trigger(tmp_path, monkeypatch):
-    import datetime as dt
-
     from airflow.dag_processing.dagbag import DagBag
 
     makefile = (PROJECT_ROOT / "Makefile").read_text(encoding="utf-8")
@@ -224,7 +224,7 @@ def test_dag_list_describes_crm_daily_and_the_docs_say_which_dates_the_demo_can_
 def test_task_progress_lines_give_each_task_its_start_end_state_and_duration(capsys):
     from crmw.airflow_runner import _TaskReport
 
-    report = _TaskReport()
+    report = _TaskReport(lambda run_id: [])
     for line in [
         "2026-11-30T13:09:14.578519Z [info     ] [DAG TEST] starting task_id=extract_sales.orders map_index=-1 [x] loc=dag.py:1501",
         "2026-11-30T13:09:15.441629Z [info     ] Task instance state updated    [x] new_state=failed rows_affected=1 ti_id=1",
@@ -237,6 +237,49 @@ def test_task_progress_lines_give_each_task_its_start_end_state_and_duration(cap
     ]
 
 
+def test_tasks_that_are_never_run_get_one_line_naming_their_state_as_soon_as_airflow_settles_it(capsys):
+    from crmw.airflow_runner import _TaskReport
+
+    def at(clock: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(f"2026-11-30T{clock}+00:00")
+
+    # What Airflow's metadata says of run "manual__1" at each read: (task, state, ended, ever run).
+    metadata = {"manual__1": []}
+    report = _TaskReport(lambda run_id: metadata[run_id])
+    report.read("2026-11-30T13:09:10.1Z [info     ] Created dag run.  [x] dagrun=<DagRun crm_daily @ 2025-01-31 00:00:00+00:00:"
+                " manual__1, state:running, queued_at: None. run_type: manual> loc=dagrun.py:2464")
+    for line in [
+        "2026-11-30T13:09:14.0Z [info     ] [DAG TEST] starting task_id=is_current_day map_index=-1 [x]",
+        "2026-11-30T13:09:15.0Z [info     ] Task instance state updated    [x] new_state=success rows_affected=1",
+        "2026-11-30T13:09:15.5Z [info     ] [DAG TEST] end task task_id=is_current_day map_index=-1 [x]",
+    ]:
+        report.read(line)
+    # Read before the next task's start line: the short-circuit has skipped source_freshness; the
+    # extract already ran (its own lines are still to come) and publish has no state yet.
+    metadata["manual__1"] = [
+        ("is_current_day", "success", at("13:09:15"), True),
+        ("source_freshness", "skipped", at("13:09:15"), False),
+        ("extract_sales.orders", "failed", at("13:09:17"), True),
+        ("publish", None, None, False),
+    ]
+    for line in [
+        "2026-11-30T13:09:16.0Z [info     ] [DAG TEST] starting task_id=extract_sales.orders map_index=-1 [x]",
+        "2026-11-30T13:09:17.0Z [info     ] Task instance state updated    [x] new_state=failed rows_affected=1",
+        "2026-11-30T13:09:17.5Z [info     ] [DAG TEST] end task task_id=extract_sales.orders map_index=-1 [x]",
+    ]:
+        report.read(line)
+    metadata["manual__1"][3] = ("publish", "upstream_failed", at("13:09:18"), False)
+    report.finish()
+    assert capsys.readouterr().out.splitlines() == [
+        "crmw:   13:09:14 start is_current_day",
+        "crmw:   13:09:15 success is_current_day (started 13:09:14, 1.5 s)",
+        "crmw:   13:09:15 skipped source_freshness",
+        "crmw:   13:09:16 start extract_sales.orders",
+        "crmw:   13:09:17 failed  extract_sales.orders (started 13:09:16, 1.5 s)",
+        "crmw:   13:09:18 upstream_failed publish",
+    ]
+
+
 def test_a_failing_run_reports_its_tasks_as_it_goes_fails_without_retrying_and_keeps_a_log_per_run(env):
     # No sales database in the sources: the sales extract fails, a failure a retry could not fix.
     started = time.monotonic()
@@ -245,6 +288,9 @@ def test_a_failing_run_reports_its_tasks_as_it_goes_fails_without_retrying_and_k
     assert time.monotonic() - started < 110  # a retry waits CRMW_RETRY_DELAY_SECONDS, 300 s
     assert "crmw:   " in result.stdout and " start check_model_params" in result.stdout
     assert re.search(r"failed  extract_sales\.\w+ \(started \d\d:\d\d:\d\d, \d+\.\d s\)", result.stdout), result.stdout
+    # Every task of the run ends with one line naming its state, those never run too, before the error.
+    ended = [task for state, task in re.findall(r"^crmw:   \d\d:\d\d:\d\d (\w+) +(\S+)", result.stdout, re.M) if state != "start"]
+    assert re.search(r"^crmw:   \d\d:\d\d:\d\d upstream_failed publish$", result.stdout, re.M), result.stdout
     (log,) = (Path(env["AIRFLOW_HOME"]) / "logs").glob("crmw-run-crm_daily-2025-01-31-*.log")
     assert str(log) in line
     output = log.read_text()
@@ -254,3 +300,6 @@ def test_a_failing_run_reports_its_tasks_as_it_goes_fails_without_retrying_and_k
                              env=airflow_environment(env), capture_output=True, text=True).stdout
     (run,) = [run for run in json.loads(listing[listing.index("[{"):].splitlines()[0]) if str(run["logical_date"]).startswith("2025-01-31")]
     assert str(run["start_date"])[:10] == time.strftime("%Y-%m-%d", time.gmtime())
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as metadata:
+        tasks = [task for (task,) in metadata.execute("select task_id from task_instance where run_id = ?", [run["run_id"]])]
+    assert sorted(ended) == sorted(tasks) and len(tasks) > 50

@@ -61,4 +61,6 @@ def test_every_mart_column_profiles_the_same_on_duckdb_and_postgres(built_wareho
         if not _same(value, postgres[mart][column].get(measure))
     ]
     assert not differences, "\n".join(differences)
-    assert all(profile["count"] for columns in duckdb.values() for profile in columns.values()), "a mart is empty"
+    # Keys retire only when a later build merges customers: one build has none.
+    assert all(profile["count"] for mart, columns in duckdb.items() if mart != "customer_key_aliases"
+               for profile in columns.values()), "a mart is empty"

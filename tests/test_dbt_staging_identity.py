@@ -105,3 +105,35 @@ def test_customer_history_loaded_day_by_day_equals_history_loaded_at_once(
 
     assert (~daily["is_current"]).any(), "the days chosen hold no change of a contact: the test proves nothing"
     pd.testing.assert_frame_equal(daily, backfilled)
+
+
+def _identity(url: str) -> pd.DataFrame:
+    with connect(url) as warehouse:
+        return warehouse.fetch_df("select source_system, source_table, source_key, customer_id from intermediate.int_customer_identity")
+
+
+def test_a_split_customer_keeps_its_key_where_most_of_its_records_stay_and_no_key_joins_two_people(
+    raw_warehouse_url: str, tmp_path: Path
+) -> None:
+    # Emails shared by CRM contacts stop linking them (no email may join two CRM ids): groups split.
+    split = ["--vars", "{identity_max_crm_ids_per_email: 0}"]
+    run_dbt(raw_warehouse_url, "run", "--select", "+int_customer_identity", tmp_path=tmp_path)
+    before = _identity(raw_warehouse_url)
+    run_dbt(raw_warehouse_url, "run", "--select", "int_customer_identity", *split, tmp_path=tmp_path)
+    kept = _identity(raw_warehouse_url)
+    with connect(raw_warehouse_url) as warehouse:  # the same groups found from nothing
+        warehouse.execute("drop table intermediate.int_customer_identity")
+    run_dbt(raw_warehouse_url, "run", "--select", "int_customer_identity", *split, tmp_path=tmp_path)
+    fresh = _identity(raw_warehouse_url)
+
+    keys = ["source_system", "source_table", "source_key"]
+    records = before.merge(kept, on=keys, suffixes=("_before", "")).merge(fresh, on=keys, suffixes=("", "_fresh"))
+    assert records["customer_id"].nunique() > records["customer_id_before"].nunique(), "no customer split"
+    # The same partition of the records as a fresh resolution: kept keys glue no two groups.
+    pairs = records[["customer_id", "customer_id_fresh"]].drop_duplicates()
+    assert len(pairs) == records["customer_id"].nunique() == records["customer_id_fresh"].nunique()
+    # Each former key still in use is held by the part with most of its records.
+    for old_key, parts in records.groupby("customer_id_before")["customer_id"]:
+        sizes = parts.value_counts()
+        if old_key in set(records["customer_id"]):
+            assert sizes.get(old_key, 0) == sizes.max(), old_key

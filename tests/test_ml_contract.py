@@ -333,10 +333,13 @@ def test_drift_above_the_warning_level_is_logged_and_listed(warehouse_url, caplo
     assert "spend drifted from the training data" in caplog.text
 
 
-def test_realised_performance_is_measured_once_the_outcome_window_has_passed(warehouse_url):
+@pytest.mark.parametrize("cat_merged_into_ann", [False, True])
+def test_realised_performance_is_measured_once_the_outcome_window_has_passed(warehouse_url, cat_merged_into_ann):
     _load_training(warehouse_url, {APRIL: {"ann": True, "ben": False, "cat": False, "dan": False}})
+    # Merged after the scoring, cat's key retires: its order now counts for ann, under whom cat's
+    # score is measured.
     orders = pd.DataFrame({
-        "customer_id": ["ben", "cat", "dan", "ann"],
+        "customer_id": ["ben", "ann" if cat_merged_into_ann else "cat", "dan", "ann"],
         "order_date": [DAY + dt.timedelta(days=3), DAY + dt.timedelta(days=5), DAY + dt.timedelta(days=9), DAY + dt.timedelta(days=11)],
         "is_revenue": [True, True, False, True],
         "net_amount": [20.0, 30.0, 40.0, 50.0],
@@ -344,6 +347,9 @@ def test_realised_performance_is_measured_once_the_outcome_window_has_passed(war
     with connect(warehouse_url) as warehouse:
         warehouse.ensure_table("features.orders_as_known", {"customer_id": "string", "as_of_date": "date", "order_date": "date",
                                                              "is_revenue": "boolean", "net_amount": "double"})
+        if cat_merged_into_ann:
+            warehouse.ensure_table("marts.customer_key_aliases", {"retired_customer_id": "string", "customer_id": "string"})
+            warehouse.execute("insert into marts.customer_key_aliases values ('cat', 'ann')")
     for day in (DAY, DAY + dt.timedelta(days=9), DAY + dt.timedelta(days=10)):
         _load_features(warehouse_url, day, SPENDS)
         known = orders[orders["order_date"] <= day].assign(as_of_date=day)
@@ -354,5 +360,8 @@ def test_realised_performance_is_measured_once_the_outcome_window_has_passed(war
     # Only the first date's 10-day window has closed (on its last day); ann's order came on day 11: churned.
     assert {row[0] for row in rows} == {DAY} and {row[4] for row in rows} == {DAY + dt.timedelta(days=10)}
     metrics = {row[1]: row[2] for row in rows}
-    assert metrics["realised_rate"] == 0.25 and metrics["predicted_rate"] == 0.25
-    assert metrics["brier"] == pytest.approx(0.1875) and rows[0][3] == 4
+    assert metrics["predicted_rate"] == 0.25 and rows[0][3] == 4
+    if cat_merged_into_ann:  # ann's own order fell after the window, cat's (now ann's) within it
+        assert metrics["realised_rate"] == 0.0
+    else:
+        assert metrics["realised_rate"] == 0.25 and metrics["brier"] == pytest.approx(0.1875)

@@ -10,6 +10,14 @@
 -- email held by more CRM ids than the var identity_max_crm_ids_per_email (a shop's walk-in address,
 -- a family's or company's shared one), so neither placeholders nor shared addresses can chain
 -- strangers into one giant group.
+--
+-- The customer key is kept for life. A new group is keyed by the md5 of its smallest identifier; on
+-- later builds (this table reads its own previous state, so a --full-refresh keeps keys too) a group
+-- keeps the key most of its records already had: when two customers merge, the one with more
+-- records keeps its key and the other's becomes an alias (customer_key_aliases); when a group splits,
+-- the part with more of the key's records keeps it and the other part gets a key of its own.
+{#- Unit tests have no `this`: they start from nothing. #}
+{%- set previous_identity = load_relation(this) if this is not none else none %}
 with recursive
 
 crm_contacts as (
@@ -143,24 +151,24 @@ record_groups as (
     group by 1, 2, 3
 ),
 
-final as (
+grouped_records as (
     select
-        cast(source_records.source_system as {{ dbt.type_string() }}) as source_system,
-        cast(source_records.source_table as {{ dbt.type_string() }}) as source_table,
-        cast(source_records.source_key as {{ dbt.type_string() }}) as source_key,
+        source_records.source_system,
+        source_records.source_table,
+        source_records.source_key,
         -- A record without any identifier is a customer of its own.
-        cast(md5(coalesce(
+        coalesce(
             record_groups.group_identifier,
             'record:' || source_records.source_system || ':' || source_records.source_table || ':' || source_records.source_key
-        )) as {{ dbt.type_string() }}) as customer_id,
-        cast(case
+        ) as identity_group,
+        case
             when record_groups.is_linked_by_crm_id = 1 and record_groups.is_linked_by_email = 1 then 'crm_id_and_email'
             when record_groups.is_linked_by_crm_id = 1 then 'crm_id'
             when record_groups.is_linked_by_email = 1 then 'email'
             -- Linked by nothing because its email was ignored: a steward may want to look.
             when records_with_over_shared_email.source_key is not null then 'over_shared_email'
             else 'unmatched'
-        end as {{ dbt.type_string() }}) as match_method
+        end as match_method
     from source_records
     left join record_groups
         on source_records.source_system = record_groups.source_system
@@ -170,6 +178,75 @@ final as (
         on source_records.source_system = records_with_over_shared_email.source_system
         and source_records.source_table = records_with_over_shared_email.source_table
         and source_records.source_key = records_with_over_shared_email.source_key
+),
+
+{% if previous_identity is not none -%}
+previous_records as (
+    select grouped_records.identity_group, previous.customer_id as previous_customer_id
+    from grouped_records
+    inner join {{ previous_identity }} as previous
+        on grouped_records.source_system = previous.source_system
+        and grouped_records.source_table = previous.source_table
+        and grouped_records.source_key = previous.source_key
+),
+
+previous_keys_by_group as (
+    select identity_group, previous_customer_id, count(*) as records
+    from previous_records
+    group by identity_group, previous_customer_id
+),
+
+-- A previous key stays with the group holding most of its records (ties: the smallest group).
+key_holders as (
+    {{ favourite('previous_keys_by_group', ['previous_customer_id'], 'identity_group', weight='records') }}
+),
+
+held_keys as (
+    select previous_keys_by_group.*
+    from previous_keys_by_group
+    inner join key_holders
+        on previous_keys_by_group.previous_customer_id = key_holders.previous_customer_id
+        and previous_keys_by_group.identity_group = key_holders.favourite_identity_group
+),
+
+-- Of the keys a group holds, it keeps the one most of its records had (ties: the smallest key).
+kept_keys as (
+    {{ favourite('held_keys', ['identity_group'], 'previous_customer_id', weight='records') }}
+),
+
+-- A group split from a customer that kept the key: its records' own smallest former key marks it.
+split_from as (
+    select identity_group, min(previous_customer_id) as previous_customer_id
+    from previous_records
+    group by identity_group
+),
+
+{% endif -%}
+final as (
+    select
+        cast(grouped_records.source_system as {{ dbt.type_string() }}) as source_system,
+        cast(grouped_records.source_table as {{ dbt.type_string() }}) as source_table,
+        cast(grouped_records.source_key as {{ dbt.type_string() }}) as source_key,
+        {%- if previous_identity is not none %}
+        cast(coalesce(
+            kept_keys.favourite_previous_customer_id,
+            md5(grouped_records.identity_group || coalesce(' split from ' || split_from.previous_customer_id, ''))
+        ) as {{ dbt.type_string() }}) as customer_id,
+        cast(previous.customer_id as {{ dbt.type_string() }}) as previous_customer_id,
+        {%- else %}
+        cast(md5(grouped_records.identity_group) as {{ dbt.type_string() }}) as customer_id,
+        cast(null as {{ dbt.type_string() }}) as previous_customer_id,
+        {%- endif %}
+        cast(grouped_records.match_method as {{ dbt.type_string() }}) as match_method
+    from grouped_records
+    {%- if previous_identity is not none %}
+    left join kept_keys on grouped_records.identity_group = kept_keys.identity_group
+    left join split_from on grouped_records.identity_group = split_from.identity_group
+    left join {{ previous_identity }} as previous
+        on grouped_records.source_system = previous.source_system
+        and grouped_records.source_table = previous.source_table
+        and grouped_records.source_key = previous.source_key
+    {%- endif %}
 )
 
 select * from final
