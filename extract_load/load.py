@@ -47,6 +47,7 @@ from extract_load.parse import (
     parse_jsonl_files,
     parse_table,
 )
+from extract_load.key_state import KEY_BUCKETS, LATEST_VERSION_FIRST, live_key_state, source_bucket_filter
 from extract_load.sql_source import SourceReadError, SqlSource
 from warehouse import PROJECT_ROOT, Warehouse, connect
 from warehouse.adapter import redact_url, sql_type
@@ -483,9 +484,9 @@ def _load_delivery(
     rejects = delivery.rejects
     if entity.system.format == "sql" and rejects:
         # The look-back and the reconciliation read a broken source row again every day until
-        # it is fixed: quarantine holds it once, later reads count it unchanged.
-        held_rejects = _quarantined_sql_rows(warehouse, entity)
-        rejects = [reject for reject in rejects if reject.raw_text not in held_rejects]
+        # it is fixed: quarantine holds it once (by its exact values), later reads count it unchanged.
+        held_rejects = _quarantined_sql_rows(warehouse, entity, "raw_bytes_base64")
+        rejects = [reject for reject in rejects if _base64(reject.raw_bytes) not in held_rejects]
         audit.rows_unchanged += len(delivery.rejects) - len(rejects)
     audit.rows_quarantined += _quarantine(warehouse, entity, rejects, stamp)
     audit.rows_read += delivery.rows_read
@@ -694,24 +695,36 @@ def _read_sql_delta(
 def _reconcile_keys(
     warehouse: Warehouse, source: SqlSource, entity: Entity, logical_date: dt.date, stamp: dict, audit: LoadAudit
 ):
-    """Every source key against raw's live keys: tombstones for keys the source lost, and the
-    rows of keys raw lacks (loaded by the caller, as recovered)."""
+    """Source keys against raw's live keys: tombstones for keys the source lost, and the rows of
+    keys raw lacks (loaded by the caller, as recovered). Only the keys of the buckets whose
+    digests differ are compared (extract_load/key_state.py), or every key where there is no key
+    state to compare with."""
     import duckdb
 
     cursor_column = entity.cursor
     window_end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time())
+    is_visible, window_params = f"{cursor_column} < {source.timestamp_bound}", [_source_timestamp(window_end)]
+    state = live_key_state(warehouse, entity, logical_date, LOAD_AUDIT)
+    source_where = ""
+    if state is not None:
+        with _source_errors(source, entity):
+            buckets = state.differing_buckets(source, is_visible, window_params)
+        source_where = source_bucket_filter(source, entity, buckets)
     keys = f"{META_SCHEMA}.source_keys__{entity.system.name}__{entity.name}"
     key_types = {name: entity.column_types[name] for name in entity.primary_key}
     warehouse.ensure_table(keys, {**key_types, "_visible": "integer"})
     warehouse.empty_table(keys)
     typed = ", ".join(f"try_cast({name} as {sql_type('duckdb', kind)}) as {name}" for name, kind in key_types.items())
-    visible = f"case when {cursor_column} < {source.timestamp_bound} then 1 else 0 end as _visible"
+    visible = f"case when {is_visible} then 1 else 0 end as _visible"
+    keys_read = 0
     with _source_errors(source, entity), duckdb.connect() as con:
-        for table in source.read_text(entity.name, [*key_types, visible], params=[_source_timestamp(window_end)]):
+        for table in source.read_text(entity.name, [*key_types, visible], source_where, window_params):
             con.register("source_keys", table)
             typed_keys = con.sql(f"select {typed}, cast(_visible as bigint) as _visible from source_keys").to_arrow_table()
-            warehouse.append_arrow(keys, typed_keys)
+            keys_read += warehouse.append_arrow(keys, typed_keys)
     warehouse.refresh_statistics(keys)
+    compared = "every key" if state is None else f"the keys of {len(buckets)} of {KEY_BUCKETS} buckets whose digests differ"
+    log.info("reconciliation of %s.%s: compared %s, %d source keys read", entity.system.name, entity.name, compared, keys_read)
 
     # Hash anti-joins over the whole tables, and latest-version windows over the few candidates
     # they leave: a window over every version of every key was most of the reconciliation's time.
@@ -724,12 +737,16 @@ def _reconcile_keys(
     def latest_versions_where(condition: str) -> str:
         """The latest version of each key whose versions meet `condition` (one ? for the date)."""
         return (
-            f"(select *, row_number() over (partition by {key} order by _delivery_date desc,"
-            f" coalesce(_deleted, false) desc, _batch_date desc) as _recency"
+            f"(select *, row_number() over (partition by {key} order by {LATEST_VERSION_FIRST}) as _recency"
             f" from {entity.raw_table} as versions where versions._batch_date <= ? and {condition}) as latest"
         )
 
-    gone_from_source = f"not exists (select 1 from {keys} as source where {same_key('source', 'versions')})"
+    # With a key state, only the keys of the differing buckets: raw's live ones, and the source's.
+    among_live_keys = among_source_keys = ""
+    if state is not None:
+        among_live_keys = f" and exists (select 1 from {state.live_keys} as live where {same_key('live', 'versions')})"
+        among_source_keys = f" and exists (select 1 from {keys} as source where {same_key('source', 'versions')})"
+    gone_from_source = f"not exists (select 1 from {keys} as source where {same_key('source', 'versions')}){among_live_keys}"
     contract_columns = ", ".join(entity.column_types)
     audit.rows_deleted = warehouse.execute_count(
         f"insert into {entity.raw_table} ({contract_columns}, _batch_date, _run_id, _delivery_date, _source_file,"
@@ -746,7 +763,7 @@ def _reconcile_keys(
     # Missing from raw: keys it never held, and keys whose latest version is a tombstone.
     has_tombstone = (
         f"exists (select 1 from {entity.raw_table} as tombstone"
-        f" where tombstone._deleted and {same_key('tombstone', 'versions')})"
+        f" where tombstone._deleted and {same_key('tombstone', 'versions')}){among_source_keys}"
     )
     missing = warehouse.fetchall(
         f"select {source_key} from {keys} as source where source._visible = 1"
@@ -759,6 +776,8 @@ def _reconcile_keys(
         (logical_date, logical_date),
     )
     warehouse.empty_table(keys)
+    if state is not None:
+        warehouse.empty_table(state.live_keys)
     # A key whose only source row is quarantined stays missing from raw: it is not missed.
     quarantined = {
         tuple(str(values.get(name)) for name in entity.primary_key)
@@ -795,10 +814,10 @@ def _source_timestamp(moment: dt.datetime) -> str:
     return moment.isoformat(sep=" ")
 
 
-def _quarantined_sql_rows(warehouse: Warehouse, entity: Entity) -> set[str]:
-    """The raw text (values as JSON) of every row of a SQL entity that quarantine holds."""
+def _quarantined_sql_rows(warehouse: Warehouse, entity: Entity, column: str = "raw_text") -> set[str]:
+    """The raw text (values as JSON), or another `column`, of every row of a SQL entity that quarantine holds."""
     rows = warehouse.fetchall(
-        f"select distinct raw_text from {QUARANTINE} where system = ? and entity = ?", (entity.system.name, entity.name)
+        f"select distinct {column} from {QUARANTINE} where system = ? and entity = ?", (entity.system.name, entity.name)
     )
     return {text for (text,) in rows}
 
@@ -811,7 +830,7 @@ def _quarantine(warehouse: Warehouse, entity: Entity, rejects: list[Reject], sta
             "source_file": reject.source_file,
             "source_row": reject.source_row,
             "raw_text": reject.raw_text,
-            "raw_bytes_base64": None if reject.raw_bytes is None else base64.b64encode(reject.raw_bytes).decode("ascii"),
+            "raw_bytes_base64": _base64(reject.raw_bytes),
             "reason": reject.reason,
             **stamp,
         }
@@ -819,6 +838,10 @@ def _quarantine(warehouse: Warehouse, entity: Entity, rejects: list[Reject], sta
     ]
     _append_records(warehouse, QUARANTINE, records)
     return len(records)
+
+
+def _base64(raw_bytes: bytes | None) -> str | None:
+    return None if raw_bytes is None else base64.b64encode(raw_bytes).decode("ascii")
 
 
 def _log_files(warehouse: Warehouse, entity: Entity, delivery: ParsedDelivery, stamp: dict) -> None:

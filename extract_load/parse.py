@@ -9,6 +9,7 @@ Many files are parsed in one pass: a daily drop is small, and a first load reads
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -16,7 +17,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from extract_load.contract import Entity
 from warehouse.adapter import quote_identifier, sql_type
@@ -34,7 +35,9 @@ class Reject:
     source_row: int  # the line number for files, the row read for SQL
     raw_text: str  # decoded; a byte the encoding cannot read shows as U+FFFD
     reason: str
-    raw_bytes: bytes | None = None  # a file's record exactly as delivered (line end left out); None for SQL rows
+    # A file's record exactly as delivered (line end left out); a SQL row's values as the source
+    # gave them, in one byte string (encode_sql_row).
+    raw_bytes: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -427,7 +430,9 @@ def parse_table(
     table: "pa.Table", source: str, delivery_date: dt.date, entity: Entity, first_row: int = 1
 ) -> ParsedDelivery:
     """Rows read from a SQL source as text columns, numbered from `first_row`; checked like file
-    rows, the raw text of a rejected row being its values as JSON."""
+    rows. A rejected row keeps its values as JSON (raw text) and, losslessly, each value's bytes as
+    the source gave them (raw bytes, encode_sql_row): a row holding text that is not UTF-8 (e.g.
+    Latin-1 bytes in a SQLite TEXT value, a binary BLOB) is rejected: neither engine stores it as text."""
     import duckdb
     import numpy as np
     import pyarrow as pa
@@ -435,16 +440,70 @@ def parse_table(
     names = table.column_names
     _check_columns(source, entity, names)
     rows = table.num_rows
+    # The text as bytes, Arrow not checking that a driver's text is UTF-8 (a driver types a column
+    # of nulls only as it likes, e.g. SQLite's as integers).
+    values = pa.table({name: table.column(name).cast(pa.string()).cast(pa.binary()) for name in names})
+    rejects = _rows_not_utf8(values, source, first_row)
     table = table.add_column(0, "_source_row", pa.array(np.arange(first_row, first_row + rows, dtype=np.int64)))
     table = table.add_column(0, "_delivery_date", pa.repeat(pa.scalar(delivery_date, pa.date32()), rows))
     table = table.add_column(0, "_source_file", pa.repeat(pa.scalar(source, pa.string()), rows))
+    if rejects:
+        unreadable = np.zeros(rows, dtype=bool)
+        unreadable[[reject.source_row - first_row for reject in rejects]] = True
+        table = table.filter(pa.array(~unreadable))
     con = duckdb.connect()
     try:
         con.register("incoming", table)
         raw_text = f"to_json(struct_pack({', '.join(f'{name} := incoming.{name}' for name in names)}))"
-        return _typed_split(con, "incoming", entity, names, [], raw_text)
+        delivery = _typed_split(con, "incoming", entity, names, rejects, raw_text)
     finally:
         con.close()
+    delivery.rejects = [
+        reject if reject.raw_bytes is not None
+        else replace(reject, raw_bytes=encode_sql_row(values.slice(reject.source_row - first_row, 1).to_pylist()[0]))
+        for reject in delivery.rejects
+    ]
+    return delivery
+
+
+def _rows_not_utf8(values: "pa.Table", source: str, first_row: int) -> list[Reject]:
+    """A reject for each row (numbered from `first_row`) with a value that is not UTF-8 text; its raw
+    text shows each byte UTF-8 cannot read as U+FFFD."""
+    rejects: dict[int, Reject] = {}
+    for name in values.column_names:
+        try:
+            values.column(name).cast("string").validate(full=True)
+        except ValueError:  # pyarrow's ArrowInvalid: find its rows one by one
+            for index, value in enumerate(values.column(name).to_pylist()):
+                if index in rejects or value is None:
+                    continue
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    row = values.slice(index, 1).to_pylist()[0]
+                    text = {column: None if raw is None else raw.decode("utf-8", errors="replace") for column, raw in row.items()}
+                    rejects[index] = Reject(
+                        source,
+                        first_row + index,
+                        json.dumps(text, ensure_ascii=False, separators=(",", ":")),
+                        f"unreadable value: {name} is not utf-8 text ({error.reason} at byte {error.start})",
+                        encode_sql_row(row),
+                    )
+    return [rejects[index] for index in sorted(rejects)]
+
+
+def encode_sql_row(values: Mapping[str, bytes | None]) -> bytes:
+    """A row read from a SQL source as one byte string that keeps it exactly: a JSON object of
+    column -> base64 of the value's bytes as the source gave them (text as stored, a BLOB's bytes),
+    or null for NULL. decode_sql_row turns it back."""
+    encoded = {name: None if value is None else base64.b64encode(value).decode("ascii") for name, value in values.items()}
+    return json.dumps(encoded, separators=(",", ":")).encode("ascii")
+
+
+def decode_sql_row(row_bytes: bytes) -> dict[str, bytes | None]:
+    """The values of a SQL row kept by encode_sql_row: column -> the value's bytes, or None for NULL.
+    For a quarantined row: decode_sql_row(base64.b64decode(raw_bytes_base64))."""
+    return {name: None if value is None else base64.b64decode(value) for name, value in json.loads(row_bytes).items()}
 
 
 def text_array(values: list[Any]) -> "pa.Array":

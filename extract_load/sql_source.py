@@ -112,6 +112,30 @@ class SqlSource:
                 where = f"({', '.join(key_text)}) in (values {', '.join(row for _ in chunk)})"
             yield from self.read_text(table, columns, where, [str(value) for row in chunk for value in row])
 
+    def exact_integer(self, column: str) -> str:
+        """SQL for `column`'s value as an integer where it is one exactly (as the warehouse reads
+        its text), else null: SQLite's cast turns '12abc' into 12, PostgreSQL's fails on it. (No `?` in
+        the pattern: `_read` takes every `?` for a placeholder.)"""
+        if self.is_postgres:
+            text = f"cast({column} as text)"
+            in_range = f"cast({text} as numeric) between {-(2**63)} and {2**63 - 1}"
+            return f"case when {text} ~ '^-{{0,1}}[0-9]{{1,19}}$' then case when {in_range} then cast({text} as bigint) end end"
+        return f"case when typeof({column}) = 'integer' then {column} end"
+
+    def bucket_digests(self, table: str, key_hash: str, digest_columns: str, where: str, params: Sequence) -> list[tuple]:
+        """`digest_columns` of the rows of `table` that meet `where`, grouped by their first column,
+        over their `key_hash` (as _hash; rows without one left out): a few per bucket of keys,
+        computed by the source so that only they cross the network."""
+        cursor, reader = self._read(
+            f"select {digest_columns} from (select {key_hash} as _hash from {table} where {where}) as hashed"
+            " where _hash is not null group by 1",
+            params,
+        )
+        try:
+            return list(zip(*(column.to_pylist() for column in reader.read_all().columns)))
+        finally:
+            cursor.close()
+
     def _read(self, sql: str, params: Sequence) -> tuple[object, "pa.RecordBatchReader"]:
         if self.is_postgres:
             numbers = iter(range(1, len(params) + 1))

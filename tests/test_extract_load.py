@@ -8,6 +8,7 @@ import csv
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import sqlite3
 import uuid
@@ -547,6 +548,43 @@ def test_contract_encoding_must_be_a_known_ascii_compatible_file_encoding(tmp_pa
             load_contract(contract)
 
 
+def test_a_quarantined_sql_row_gives_back_the_exact_values_the_source_held(warehouse_url, sources):
+    from extract_load.parse import decode_sql_row
+
+    day = DAYS[0]
+    stamp = f"{day} 10:00:00"
+    with sqlite3.connect(sources / "sales.sqlite") as db:
+        # Latin-1 bytes in a TEXT value (a good row otherwise), a BLOB, a NUL, empty text beside NULL,
+        # and a REAL whose short form (0.3) would be another number.
+        db.execute(
+            "insert into products (sku, name, category, subcategory, list_price, unit_cost, updated_at) values"
+            " ('LATIN1', cast(X'4a6f73e9' as text), 'c', 's', 1.5, 1, ?),"
+            " ('BLOB', X'00ff10', 'c', 's', 'abc', 2, ?),"
+            " ('NUL', 'a' || char(0) || 'b', '', null, 'x', 0.1 + 0.2, ?)",
+            (stamp, stamp, stamp),
+        )
+
+    audits = _load(warehouse_url, day, _settings(sources, max_quarantine_ratio=1.0), systems=("sales",))
+
+    assert audits["sales.products"].rows_quarantined == 3
+    with connect(warehouse_url) as warehouse:
+        rows = warehouse.fetchall(
+            "select raw_text, raw_bytes_base64, reason from raw_meta.quarantine where entity = 'products'"
+        )
+    quarantined = {json.loads(text)["sku"]: (decode_sql_row(base64.b64decode(kept)), reason) for text, kept, reason in rows}
+    values, reason = quarantined["LATIN1"]
+    assert values["name"] == b"Jos\xe9" and "name is not utf-8 text" in reason
+    assert quarantined["BLOB"][0]["name"] == b"\x00\xff\x10"
+    values, _ = quarantined["NUL"]
+    assert float(values.pop("unit_cost")) == 0.1 + 0.2
+    assert values == {
+        "sku": b"NUL", "name": b"a\x00b", "category": b"", "subcategory": None, "list_price": b"x", "updated_at": stamp.encode()
+    }
+    # Read again by the next day's look-back, they are known by their exact values: held once.
+    next_day = _load(warehouse_url, DAYS[1], _settings(sources, max_quarantine_ratio=1.0), systems=("sales",))
+    assert next_day["sales.products"].rows_quarantined == 0
+
+
 def test_missing_source_folder_fails_naming_crmw_source_dir(warehouse_url, tmp_path):
     with pytest.raises(ExtractError, match="CRMW_SOURCE_DIR=.*folder not found"):
         _load(warehouse_url, DAYS[0], _settings(tmp_path / "nowhere"), systems=("crm",))
@@ -843,6 +881,92 @@ def test_a_deleted_record_that_comes_back_is_live_again(warehouse_url, sources):
     orders = CONTRACT.entities["orders"]
     live = {values[0] for values in _live_versions(warehouse_url, orders)}
     assert order_id in live
+
+
+def _reconciled_keys(messages: list[str], entity: str) -> tuple[str, int]:
+    """What the reconciliation of sales.`entity` compared, and how many source keys it read."""
+    for message in messages:
+        found = re.match(rf"reconciliation of sales\.{entity}: compared (.*), (\d+) source keys read", message)
+        if found:
+            return found.group(1), int(found.group(2))
+    raise AssertionError(messages)
+
+
+def _delete_order(source_dir: Path, before: dt.date) -> int:
+    with sqlite3.connect(source_dir / "sales.sqlite") as db:
+        (order_id,) = db.execute("select order_id from orders where updated_at < ? order by order_id limit 1", (str(before),)).fetchone()
+        db.execute("delete from orders where order_id = ?", (order_id,))
+    return order_id
+
+
+def test_the_key_reconciliation_reads_only_the_keys_of_buckets_whose_digests_differ(warehouse_url, tmp_path, caplog):
+    settings = _settings(tmp_path / "sources")
+    days = INCREMENT_DAYS
+    _simulate_days(settings.source_dir, days[:2], 400, 0.0, lambda day: _load(warehouse_url, day, settings, systems=("sales",)))
+    append_day(settings.source_dir, days[2])
+    deleted = _delete_order(settings.source_dir, days[2])
+    caplog.clear()  # the earlier days' messages, when another test left the level at INFO
+    with caplog.at_level("INFO", logger="extract_load.load"):
+        audit = _load(warehouse_url, days[2], settings, systems=("sales",))["sales.orders:reconcile"]
+
+    assert audit.rows_deleted == 1
+    with connect(warehouse_url) as warehouse:
+        assert warehouse.fetchall(f"select count(*) from raw_sales.orders where order_id = {deleted} and _deleted") == [(1,)]
+        (orders,) = warehouse.fetchall("select count(distinct order_id) from raw_sales.orders")[0]
+    assert _reconciled_keys(caplog.messages, "orders")[0] == "the keys of 1 of 1024 buckets whose digests differ"
+    assert _reconciled_keys(caplog.messages, "orders")[1] < orders / 20
+    assert _reconciled_keys(caplog.messages, "order_lines") == ("the keys of 0 of 1024 buckets whose digests differ", 0)
+    assert _reconciled_keys(caplog.messages, "products")[0] == "every key"  # keyed by text: no hash for it
+
+
+def test_reconciling_a_past_date_again_after_later_ones_leaves_raw_as_it_was_and_the_next_day_compares_no_key(warehouse_url, tmp_path, caplog):
+    settings = _settings(tmp_path / "sources")
+    days = [START + dt.timedelta(days=offset) for offset in range(4)]
+
+    def load_deleting_an_order_before(day: dt.date) -> None:
+        if day == days[2]:
+            _delete_order(settings.source_dir, day)
+        _load(warehouse_url, day, settings, systems=("sales",))
+
+    _simulate_days(settings.source_dir, days, 300, 0.0, load_deleting_an_order_before)
+    tables = [entity.raw_table for entity in SQL_ENTITIES]
+    before = {table: _snapshot(warehouse_url, table) for table in tables}
+    rerun = {audit.entity: audit for audit in reconcile_system("sales", days[2], "rerun", settings=settings, warehouse_url=warehouse_url)}
+    assert rerun["orders"].rows_deleted == 1
+    assert {table: _snapshot(warehouse_url, table) for table in tables} == before
+    caplog.clear()
+    with caplog.at_level("INFO", logger="extract_load.load"):
+        again = _load(warehouse_url, days[3], settings, systems=("sales",))["sales.orders:reconcile"]
+    assert (again.rows_deleted, again.rows_recovered) == (0, 0)
+    assert _reconciled_keys(caplog.messages, "orders") == ("the keys of 0 of 1024 buckets whose digests differ", 0)
+    assert {table: _snapshot(warehouse_url, table) for table in tables} == before
+
+
+def test_key_bucket_digests_are_the_same_from_sqlite_postgresql_and_the_warehouse(warehouse_url, postgres_url, tmp_path):
+    import psycopg
+
+    from extract_load.key_state import digest_columns_sql, key_hash_sql, source_digests
+    from extract_load.sql_source import SqlSource
+
+    lines = CONTRACT.entities["order_lines"]
+    keys = [(1, 1), (2, 7), (-5, 3), (2**40 + 3, 2), (2**63 - 1, 1), (123456, 4)]
+    irregular = [("12abc", "1"), ("7", "1.5"), (str(2**63), "1")]  # no exact integer: read key by key, not digested
+    with sqlite3.connect(tmp_path / "sales.sqlite") as db:
+        db.execute("create table order_lines (order_id integer, line_number integer)")
+        db.executemany("insert into order_lines values (?, ?)", [*keys, *irregular])
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("create table order_lines (order_id text, line_number text)")
+        for row in [*keys, *irregular]:
+            db.execute("insert into order_lines values (%s, %s)", tuple(map(str, row)))
+    with connect(warehouse_url) as warehouse:
+        warehouse.execute("create table raw_keys (order_id bigint, line_number bigint)")  # beside the PostgreSQL source's
+        for row in keys:
+            warehouse.execute("insert into raw_keys values (?, ?)", row)
+        hashed = key_hash_sql(["cast(order_id as bigint)", "cast(line_number as bigint)"])
+        in_warehouse = {row[0]: tuple(map(int, row[1:])) for row in warehouse.fetchall(f"select {digest_columns_sql(hashed)} from raw_keys group by 1")}
+    for url in (f"sqlite:///{tmp_path / 'sales.sqlite'}", postgres_url):
+        with SqlSource(url) as source:
+            assert source_digests(source, lines, "1 = 1", []) == in_warehouse, url
 
 
 def test_a_date_without_a_delivery_within_the_freshness_window_is_named_for_the_run_summary(warehouse_url, simulated):

@@ -1,0 +1,215 @@
+"""Which keys of a SQL table the daily key reconciliation must compare: those of the buckets whose
+digests differ between the source and raw.
+
+Comparing every source key with every version in raw each day cost with the history (31 s a day
+on PostgreSQL at 100k customers). Instead both sides summarise the keys in KEY_BUCKETS buckets: a
+key's hash is exact integer arithmetic that SQLite, PostgreSQL and DuckDB all compute alike, its
+bucket is the hash modulo KEY_BUCKETS, and a bucket's digest is the count of its keys and two sums
+over their hashes (no order changes them). The source computes the digests of the keys visible at
+the window's end itself and sends KEY_BUCKETS rows. The warehouse keeps a key state: the keys whose
+latest version in raw is not a tombstone (live), with their hashes, as of the raw rows loaded
+before a date (`covers_before`); each reconciliation adds the rows loaded since then, so it reads a
+day or two of raw, not its history. Equal digests mean the source's visible keys are raw's live
+keys: nothing to tombstone or recover there. Only the keys of differing buckets go through the
+comparison key by key, which therefore gives what comparing every key gives.
+
+The key state is rebuilt from raw (once, costing the history as every day did before) when
+none exists, or when raw's rows below the date it covers changed since it was kept: a rerun of
+an earlier date rewrites that date's load audit row, a full refresh removes them, so the audit
+rows below the date tell. A date before the one the state covers whose audit rows did not change
+(reconciled for the first time after later dates) is compared whole: the state holds later rows,
+and undoing them would cost the history again. The hash is integer arithmetic, so only tables
+keyed by integers are bucketed; others (the product catalog, keyed by SKU text) are compared whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Sequence
+
+from extract_load.contract import Entity
+
+if TYPE_CHECKING:
+    from extract_load.sql_source import SqlSource
+    from warehouse import Warehouse
+
+KEY_BUCKETS = 1024
+# A prime below 2**31 and a multiplier below it: (hash + value) * multiplier stays below 2**63,
+# so no engine overflows or turns to floating point.
+HASH_MODULUS = 2_147_483_647
+HASH_MULTIPLIER = 1_103_515_245
+KEY_STATE_SYNC = "raw_meta.key_state_sync"
+# A key's versions, latest first: by delivery, a tombstone before the version it deletes.
+LATEST_VERSION_FIRST = "_delivery_date desc, coalesce(_deleted, false) desc, _batch_date desc"
+_SYNC_COLUMNS = {"system": "string", "entity": "string", "covers_before": "date", "audit_fingerprint": "string"}
+
+Digests = dict[int, tuple[int, int, int]]
+
+
+def key_hash_sql(integer_values: Sequence[str]) -> str:
+    """The hash of a key as SQL, from SQL expressions giving each key column's exact integer (or
+    null: the hash is then null)."""
+    hashed = "0"
+    for value in integer_values:
+        residue = f"((({value}) % {HASH_MODULUS}) + {HASH_MODULUS}) % {HASH_MODULUS}"
+        hashed = f"((({hashed}) + {residue}) * {HASH_MULTIPLIER}) % {HASH_MODULUS}"
+    return hashed
+
+
+def digest_columns_sql(hashed: str) -> str:
+    """bucket, key count and the two hash sums of the rows of a query grouped by its first column."""
+    return (
+        f"({hashed}) % {KEY_BUCKETS} as bucket, count(*) as keys, sum({hashed}) as hash_sum,"
+        f" sum((({hashed}) * ({hashed})) % {HASH_MODULUS}) as square_sum"
+    )
+
+
+def is_bucketed(entity: Entity) -> bool:
+    return all(entity.column_types[name] == "integer" for name in entity.primary_key)
+
+
+def source_key_hash(source: "SqlSource", entity: Entity) -> str:
+    return key_hash_sql([source.exact_integer(name) for name in entity.primary_key])
+
+
+def source_bucket_filter(source: "SqlSource", entity: Entity, buckets: Sequence[int]) -> str:
+    """The source rows of `buckets`, and every row whose key is no exact integer there: those have
+    no bucket, and are few (a dirty source's), so they are always compared key by key."""
+    hashed = source_key_hash(source, entity)
+    chosen = f"({hashed}) % {KEY_BUCKETS} in ({', '.join(map(str, buckets))}) or " if buckets else ""
+    return f"{chosen}({hashed}) is null"
+
+
+class KeyState:
+    """The live keys of one table's raw as of a reconciliation's date: the key state, less the keys
+    of the raw rows loaded since it was kept (`changed_keys`), plus those of them still live. The
+    compared keys (`live_keys`: raw's live keys of the buckets whose digests differ) and the changed
+    ones are scratch tables of the reconciliation's transaction."""
+
+    def __init__(self, warehouse: "Warehouse", entity: Entity, audit_table: str) -> None:
+        self.warehouse = warehouse
+        self.entity = entity
+        self.audit_table = audit_table
+        suffix = f"{entity.system.name}__{entity.name}"
+        self.state_table = f"raw_meta.key_state__{suffix}"
+        self.changed_keys = f"raw_meta.changed_keys__{suffix}"
+        self.live_keys = f"raw_meta.live_keys__{suffix}"
+        self._key = ", ".join(entity.primary_key)
+        self._hash = key_hash_sql([f"cast({name} as bigint)" for name in entity.primary_key])
+
+    def load_changes(self, logical_date: dt.date) -> bool:
+        """Fill `changed_keys` with the keys of the raw rows loaded since the state was kept, up to
+        `logical_date`, each with its hash while it is live (else null); then keep the state up to
+        the day before. False (nothing filled) for a date before the one the state covers."""
+        columns = {name: "integer" for name in self.entity.primary_key}
+        for table in (self.state_table, self.changed_keys, self.live_keys):
+            self.warehouse.ensure_table(table, {**columns, "_hash": "integer"})
+        self.warehouse.ensure_index(self.state_table, self.entity.primary_key)
+        self.warehouse.ensure_table(KEY_STATE_SYNC, _SYNC_COLUMNS)
+        where = "system = ? and entity = ?"
+        names = (self.entity.system.name, self.entity.name)
+        kept = self.warehouse.fetchall(f"select covers_before, audit_fingerprint from {KEY_STATE_SYNC} where {where}", names)
+        covers_before = kept[0][0] if kept else None
+        if covers_before is None or kept[0][1] != self._audit_fingerprint(covers_before):
+            # First run, or raw changed below the state since (a rerun of an earlier date, a full
+            # refresh): built from raw once.
+            self.warehouse.empty_table(self.state_table)
+            self._insert_live(self.state_table, None, logical_date, live_only=True)
+            covers_before = logical_date
+        elif covers_before > logical_date:
+            return False
+        self.warehouse.empty_table(self.changed_keys)
+        self._insert_live(self.changed_keys, covers_before, logical_date + dt.timedelta(days=1), live_only=False)
+        self.warehouse.refresh_statistics(self.changed_keys)
+        self._keep_until(covers_before, logical_date)
+        self.warehouse.execute(f"delete from {KEY_STATE_SYNC} where {where}", names)
+        self.warehouse.execute(
+            f"insert into {KEY_STATE_SYNC} values (?, ?, ?, ?)", (*names, logical_date, self._audit_fingerprint(logical_date))
+        )
+        return True
+
+    def differing_buckets(self, source: "SqlSource", visible: str, params: Sequence) -> list[int]:
+        """The buckets whose digests differ between the source's keys that meet `visible` and raw's
+        live keys; fills `live_keys` with raw's live keys of those buckets, to compare one by one."""
+        at_source = source_digests(source, self.entity, visible, params)
+        in_raw = _as_digests(self.warehouse.fetchall(f"select {digest_columns_sql('_hash')} from {self._live('')} group by 1"))
+        buckets = sorted(bucket for bucket in {*at_source, *in_raw} if at_source.get(bucket) != in_raw.get(bucket))
+        self.warehouse.empty_table(self.live_keys)
+        if buckets:
+            chosen = f" and _hash % {KEY_BUCKETS} in ({', '.join(map(str, buckets))})"
+            self.warehouse.execute(f"insert into {self.live_keys} ({self._key}, _hash) select {self._key}, _hash from {self._live(chosen)}")
+        self.warehouse.refresh_statistics(self.live_keys)
+        self.warehouse.empty_table(self.changed_keys)
+        return buckets
+
+    def _live(self, condition: str) -> str:
+        """raw's live keys (that meet `condition`, on _hash) as a subquery."""
+        return (
+            f"(select {self._key}, _hash from {self.state_table} as kept where not exists (select 1 from"
+            f" {self.changed_keys} as changed where {_same_key(self.entity, 'changed', 'kept')}){condition}"
+            f" union all select {self._key}, _hash from {self.changed_keys} where _hash is not null{condition}) as live"
+        )
+
+    def _keep_until(self, covers_before: dt.date, logical_date: dt.date) -> None:
+        """Fold the raw rows loaded from `covers_before` to the day before `logical_date` into the
+        state: rows of the reconciliation's own date are left out, as a rerun of it replaces them."""
+        if covers_before >= logical_date:
+            return
+        self.warehouse.execute(
+            f"delete from {self.state_table} as kept where exists (select 1 from {self.entity.raw_table} as changed"
+            f" where changed._batch_date >= ? and changed._batch_date < ? and {_same_key(self.entity, 'changed', 'kept')})",
+            (covers_before, logical_date),
+        )
+        self._insert_live(self.state_table, covers_before, logical_date, live_only=True)
+
+    def _insert_live(self, table: str, since: dt.date | None, before: dt.date, *, live_only: bool) -> None:
+        """Insert into `table` the keys of the raw rows loaded from `since` (or ever) until before
+        `before`, with their hash when their latest version is live, else (unless `live_only`) a
+        null hash. Raw versions of a SQL table are delivered on their load's date, so a key's latest
+        version among later loads is its latest of all."""
+        entity = self.entity
+        condition, params = "_batch_date < ?", [before]
+        if since is not None:
+            condition += " and _batch_date >= ?"
+            params.append(since)
+        live = f"case when not coalesce(_deleted, false) then {self._hash} end"
+        self.warehouse.execute(
+            f"insert into {table} ({self._key}, _hash) select {self._key}, _hash from ("
+            f"select {self._key}, {live} as _hash, row_number() over (partition by {self._key}"
+            f" order by {LATEST_VERSION_FIRST}) as _recency"
+            f" from {entity.raw_table} where {condition}) as latest"
+            f" where _recency = 1{' and _hash is not null' if live_only else ''}",
+            params,
+        )
+
+    def _audit_fingerprint(self, before: dt.date) -> str:
+        """What changes when raw's rows loaded before `before` change: every load and
+        reconciliation of a date writes its audit row anew, and a full refresh removes them."""
+        rows, last = self.warehouse.fetchall(
+            f"select count(*), max(_loaded_at) from {self.audit_table} where system = ? and entity = ? and _batch_date < ?",
+            (self.entity.system.name, self.entity.name, before),
+        )[0]
+        return f"{rows}:{last}"
+
+
+def live_key_state(warehouse: "Warehouse", entity: Entity, logical_date: dt.date, audit_table: str) -> KeyState | None:
+    """The key state of `entity` filled for `logical_date`; None when the table is compared whole
+    (a key that is not all integers, or a date before the one the state covers)."""
+    if not is_bucketed(entity):
+        return None
+    state = KeyState(warehouse, entity, audit_table)
+    return state if state.load_changes(logical_date) else None
+
+
+def _as_digests(rows: Sequence[tuple]) -> Digests:
+    return {int(bucket): (int(count), int(first), int(second)) for bucket, count, first, second in rows}
+
+
+def source_digests(source: "SqlSource", entity: Entity, visible: str, params: Sequence) -> Digests:
+    """The bucket digests of the source's keys that meet `visible`, computed by the source."""
+    return _as_digests(source.bucket_digests(entity.name, source_key_hash(source, entity), digest_columns_sql("_hash"), visible, params))
+
+
+def _same_key(entity: Entity, left: str, right: str) -> str:
+    return " and ".join(f"{left}.{name} = {right}.{name}" for name in entity.primary_key)
+
