@@ -1,8 +1,8 @@
 -- Every order as it was known on each feature date: the last version of its header the warehouse
 -- had by then (so an order delivered late is unknown until it arrives, and a later cancellation
 -- or return does not show; the first delivery's history is replayed from the status log, below),
--- with its status then. Staging keeps only the latest version: the
--- versions come from raw, which keeps each one with its delivery date. Amounts, channel and
+-- with its status then, from every version staging has of it (raw keeps each one with its
+-- delivery date; stg_sales__orders keeps only the latest). Amounts, channel and
 -- customer come from fct_orders: the shop never changes an order's lines, only its status. An
 -- order hard-deleted later is absent from fct_orders and so from every date: deletions in the
 -- sales system remove test orders, which were never sales.
@@ -11,7 +11,7 @@ with feature_dates as (
 ),
 
 header_versions as (
-    select * from {{ source('raw_sales', 'orders') }}
+    select * from {{ ref('stg_sales__order_versions') }}
 ),
 
 orders as (
@@ -35,14 +35,14 @@ first_delivery as (
 
 delivered_versions as (
     select
-        cast(header_versions.order_id as bigint) as order_id,
-        lower(header_versions.status) as order_status,
-        cast(header_versions.updated_at as {{ dbt.type_timestamp() }}) as updated_at,
-        coalesce(header_versions._deleted, false) as is_deleted,
+        header_versions.order_id,
+        header_versions.order_status,
+        header_versions.updated_at,
+        header_versions._is_deleted as is_deleted,
         -- The first delivery's final states: known from their last change (before that, the log's).
         case
             when header_versions._delivery_date = first_delivery.first_delivery_date
-                then least(header_versions._delivery_date, cast(cast(header_versions.updated_at as {{ dbt.type_timestamp() }}) as date))
+                then least(header_versions._delivery_date, cast(header_versions.updated_at as date))
             else header_versions._delivery_date
         end as known_from,
         header_versions._loaded_at,

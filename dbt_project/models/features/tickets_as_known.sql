@@ -1,13 +1,13 @@
 -- Every ticket as it was known on each feature date: the last version of it delivered by then
 -- (its status, first reply and rating then), with the customer identity resolution gives it.
--- Staging keeps only a ticket's latest version, which may have been reopened or rated since:
--- the versions are read from raw, which keeps each one with its delivery date.
+-- stg_service__tickets keeps only a ticket's latest version, which may have been reopened or rated
+-- since: the versions are read from stg_service__ticket_versions (each with its delivery date).
 with feature_dates as (
     select as_of_date from {{ ref('feature_dates') }}
 ),
 
 ticket_versions as (
-    select * from {{ source('raw_service', 'tickets') }}
+    select * from {{ ref('stg_service__ticket_versions') }}
 ),
 
 identity as (
@@ -20,14 +20,14 @@ sla_targets as (
 
 versions as (
     select
-        cast(ticket_id as bigint) as ticket_id,
-        lower(priority) as priority,
-        lower(status) as ticket_status,
-        cast(created_at as {{ dbt.type_timestamp() }}) as created_at,
-        cast(updated_at as {{ dbt.type_timestamp() }}) as updated_at,
-        cast(first_reply_at as {{ dbt.type_timestamp() }}) as first_reply_at,
+        ticket_id,
+        priority,
+        ticket_status,
+        created_at,
+        updated_at,
+        first_reply_at,
         cast(satisfaction_rating as integer) as satisfaction_rating,
-        coalesce(_deleted, false) as is_deleted,
+        _is_deleted as is_deleted,
         _delivery_date as known_from,
         _loaded_at
     from ticket_versions

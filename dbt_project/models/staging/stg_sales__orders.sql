@@ -1,26 +1,9 @@
-with source as (
-    select * from {{ source('raw_sales', 'orders') }}
-),
-
-renamed as (
-    select
-        cast(order_id as bigint) as order_id,
-        {{ normalize_email('customer_email') }} as customer_email,
-        {{ is_valid_email('customer_email') }} as is_email_valid,
-        nullif(trim(crm_id), '') as crm_id,
-        lower(channel) as channel,
-        cast(store_id as {{ dbt.type_string() }}) as store_id,
-        lower(status) as order_status,
-        cast(created_at as {{ dbt.type_timestamp() }}) as ordered_at,
-        cast(updated_at as {{ dbt.type_timestamp() }}) as updated_at,
-        coalesce(_deleted, false) as _is_deleted,
-        _delivery_date,
-        _loaded_at
-    from source
+with versions as (
+    select * from {{ ref('stg_sales__order_versions') }}
 ),
 
 latest as (
-    {{ latest_version('renamed', ['order_id'], ['updated_at desc']) }}
+    {{ latest_version('versions', ['order_id'], ['updated_at desc']) }}
 )
 
 {%- set checks = {
