@@ -12,9 +12,10 @@ by one or all at once gives the same versions, and re-delivered rows never dupli
   not hold with the same checksum is loaded; a changed file is loaded again.
 - SQL sources: rows whose cursor lies after the last cursor loaded before D minus a look-back
   window (late updates), up to the end of D. Then the key reconciliation (`reconcile_system`, a
-  step of its own since it reads every key) compares every source key with raw: a key the source
-  no longer has gets a tombstone version (`_deleted`), a key raw lacks (written too late even for
-  the look-back) is read and loaded.
+  step of its own: the source sums every key into bucket digests) compares the source's keys with
+  raw's, bucket by bucket (extract_load/key_state.py): a key the source no longer has gets a
+  tombstone version (`_deleted`), a key raw lacks (written too late even for the look-back) is
+  read and loaded.
 
 Every source row ends up loaded, unchanged or quarantined with a reason (and, for a file row,
 its bytes as delivered); the load audit counts them, with deletes, recovered rows and the cursor
@@ -251,7 +252,8 @@ def reconcile_system(
 ) -> list[LoadAudit]:
     """Compare every key of the SQL tables of `system` (or the named `entities`) with raw, after
     their extract for `logical_date`: keys the source lost get a tombstone, rows the cursor
-    missed are loaded. A step of its own: it reads every key, so it costs with the history."""
+    missed are loaded. A step of its own: the source digests every key, and the keys of buckets
+    whose digests differ are compared one by one."""
 
     def reconcile(warehouse: Warehouse, _: SourceContract, entity: Entity, settings: ExtractSettings) -> LoadAudit:
         if entity.system.format != "sql":

@@ -1,7 +1,7 @@
 """Read a SQL source system (a SQLite file or a PostgreSQL database) as Arrow.
 
 The ADBC drivers hand over Arrow batches from C: reading through Python DB-API rows capped the
-extract near 1M rows/s, and a daily key reconciliation reads every key of every table. Every
+extract near 1M rows/s, and the daily key reconciliation digests every key of every table. Every
 column is read as text (the contract's types are applied afterwards, by the same check as for
 files): a dirty source may hold text in a number column, and a driver infers one type per column.
 """
