@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bench.extract_load_throughput import _warehouse_factory
 from simulator import append_day
-from tests.conftest import load_raw, run_dbt
+from crmw.scratch import load_raw, run_dbt
 
 SLOWEST_NODES = 8
 

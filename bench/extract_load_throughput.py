@@ -106,8 +106,7 @@ def _warehouse_factory(args: argparse.Namespace, workdir: Path, stack: ExitStack
     """A function giving a new empty warehouse URL on the chosen engine each call."""
     if args.engine == "duckdb":
         return lambda: f"duckdb:///{workdir / f'warehouse-{uuid.uuid4().hex[:8]}.duckdb'}"
-    from tests.conftest import new_postgres_database
-    from tests.postgres_server import throwaway_postgres
+    from crmw.scratch import new_postgres_database, throwaway_postgres
 
     server = args.warehouse_url or stack.enter_context(throwaway_postgres())
     return lambda: new_postgres_database(server, f"crmw_bench_{uuid.uuid4().hex[:8]}")

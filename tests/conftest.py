@@ -7,7 +7,6 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.postgres_server import throwaway_postgres
+from crmw.scratch import load_raw, new_postgres_database, run_dbt, throwaway_postgres
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,17 +36,6 @@ def postgres_server_url() -> Iterator[str]:
         return
     with throwaway_postgres() as url:
         yield url
-
-
-def new_postgres_database(server_url: str, name: str) -> str:
-    """Create an empty database `name` on the server and return its URL."""
-    import psycopg
-
-    with psycopg.connect(server_url, autocommit=True) as con:
-        con.execute(f"drop database if exists {name} with (force)")
-        con.execute(f"create database {name}")
-    parts = urlsplit(server_url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture
@@ -78,7 +66,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 
 # --- A simulated warehouse with raw loaded, for the dbt tests --------------------------------------
-DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 DBT_START = dt.date(2025, 1, 1)
 DBT_DAYS = 60  # long enough for campaigns to end and customers to churn
 DBT_LAST_DAY = DBT_START + dt.timedelta(days=DBT_DAYS - 1)
@@ -93,18 +80,6 @@ def dbt_sources(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dbt-sources") / "sources"
     simulate(SimulationSettings(customers=500, start=DBT_START, days=DBT_DAYS, seed=11, out=out, dirty_rate=0.01))
     return out
-
-
-def load_raw(url: str, source_dir: Path, day: dt.date) -> None:
-    """Extract every source up to `day` and reconcile the SQL ones, as the DAG's extract groups do."""
-    from extract_load.contract import load_contract
-    from extract_load.load import ExtractSettings, extract_system, reconcile_system
-
-    settings = ExtractSettings(source_dir=source_dir, sales_db_url=f"sqlite:///{source_dir / 'sales.sqlite'}")
-    for system, spec in load_contract().systems.items():
-        extract_system(system, day, f"test-{day}", settings=settings, warehouse_url=url)
-        if spec.format == "sql":
-            reconcile_system(system, day, f"test-{day}", settings=settings, warehouse_url=url)
 
 
 @pytest.fixture(scope="session")
@@ -165,19 +140,6 @@ def built_warehouses(raw_templates, tmp_path_factory) -> Callable[[str, pytest.F
         return url
 
     return warehouse
-
-
-def run_dbt(url: str, *args: str, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the dbt CLI on the project against `url`; target and logs go to `tmp_path` so a test
-    never touches the manifest the DAG renders from."""
-    dbt = Path(sys.executable).parent / "dbt"
-    command = [str(dbt), *args, "--profiles-dir", ".", "--project-dir", ".",
-               "--target-path", str(tmp_path / "dbt-target"), "--log-path", str(tmp_path / "dbt-logs")]
-    result = subprocess.run(command, cwd=DBT_PROJECT, env={**os.environ, "WAREHOUSE_URL": url},
-                            capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"dbt {' '.join(args)} failed on {url.split('://')[0]}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}")
-    return result
 
 
 # --- A year of history with its truth, for the models' checks against planted truth --------------

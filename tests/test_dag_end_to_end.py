@@ -21,7 +21,7 @@ import pytest
 
 from ml_tasks import registry
 from simulator import SimulationSettings, simulate
-from tests.conftest import new_postgres_database
+from crmw.scratch import new_postgres_database
 from warehouse import connect
 
 pytestmark = pytest.mark.airflow

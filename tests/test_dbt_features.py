@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import DBT_LAST_DAY, DBT_START, ENGINES, load_raw, new_postgres_database, run_dbt
+from crmw.scratch import load_raw, new_postgres_database, run_dbt
+from tests.conftest import DBT_LAST_DAY, DBT_START, ENGINES
 from warehouse import connect
 
 # Sundays: weekly training snapshots of the later build fall on them.

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DBT_LAST_DAY, DBT_PROJECT, ENGINES, copy_raw_warehouse, load_raw, run_dbt
+from crmw.scratch import DBT_PROJECT, load_raw, run_dbt
+from tests.conftest import DBT_LAST_DAY, ENGINES, copy_raw_warehouse
 from warehouse.adapter import connect
 
 MARTS = [

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import DBT_START, load_raw, new_postgres_database, run_dbt
+from crmw.scratch import load_raw, new_postgres_database, run_dbt
+from tests.conftest import DBT_START
 from warehouse.adapter import connect
 
 CUSTOMER_MODELS = ["staging", "intermediate", "dim_customers", "dim_customers_history"]

@@ -21,7 +21,7 @@ from extract_load.contract import load_contract
 from extract_load.load import ExtractError, ExtractSettings, extract_system, reconcile_system
 from extract_load.parse import DeliveryError
 from simulator import SimulationSettings, append_day, simulate
-from tests.conftest import new_postgres_database
+from crmw.scratch import new_postgres_database
 from warehouse import connect
 
 START = dt.date(2025, 1, 1)

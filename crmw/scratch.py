@@ -1,16 +1,25 @@
-"""A throwaway PostgreSQL server for tests and benchmarks, from the machine's server binaries."""
+"""Scratch warehouses for tests and benchmarks: a throwaway PostgreSQL server from the machine's
+binaries, a fresh database on it, raw loaded from sources as the DAG's extract groups load it, and
+the dbt CLI run against a warehouse URL without touching the manifest the DAG renders from."""
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from warehouse import PROJECT_ROOT
+
+DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 
 
 def _bin_dir() -> Path:
@@ -63,3 +72,39 @@ def throwaway_postgres() -> Iterator[str]:
         if (data / "postmaster.pid").exists():
             subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def new_postgres_database(server_url: str, name: str) -> str:
+    """Create an empty database `name` on the server and return its URL."""
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as con:
+        con.execute(f"drop database if exists {name} with (force)")
+        con.execute(f"create database {name}")
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def load_raw(url: str, source_dir: Path, day: dt.date) -> None:
+    """Extract every source up to `day` and reconcile the SQL ones, as the DAG's extract groups do."""
+    from extract_load.contract import load_contract
+    from extract_load.load import ExtractSettings, extract_system, reconcile_system
+
+    settings = ExtractSettings(source_dir=source_dir, sales_db_url=f"sqlite:///{source_dir / 'sales.sqlite'}")
+    for system, spec in load_contract().systems.items():
+        extract_system(system, day, f"test-{day}", settings=settings, warehouse_url=url)
+        if spec.format == "sql":
+            reconcile_system(system, day, f"test-{day}", settings=settings, warehouse_url=url)
+
+
+def run_dbt(url: str, *args: str, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the dbt CLI on the project against `url`; target and logs go to `tmp_path` so a test
+    never touches the manifest the DAG renders from."""
+    dbt = Path(sys.executable).parent / "dbt"
+    command = [str(dbt), *args, "--profiles-dir", ".", "--project-dir", ".",
+               "--target-path", str(tmp_path / "dbt-target"), "--log-path", str(tmp_path / "dbt-logs")]
+    result = subprocess.run(command, cwd=DBT_PROJECT, env={**os.environ, "WAREHOUSE_URL": url},
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dbt {' '.join(args)} failed on {url.split('://')[0]}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}")
+    return result
