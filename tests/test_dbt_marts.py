@@ -512,3 +512,12 @@ def test_payments_and_campaign_responses_carry_the_reasons_staging_flagged(wareh
     campaign_member_key = "|".join(SENT_CONTROL_MEMBER)
     assert _flags(url, "marts.fct_campaign_responses", "campaign_member_key", campaign_member_key) == [
         (False, "control_member_sent")]
+
+
+def test_a_seed_that_gained_a_column_loads_into_a_warehouse_an_older_version_built(warehouse_url, tmp_path):
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_schema("marts")
+        warehouse.execute("create table marts.service_sla_targets (priority varchar, first_reply_target_hours integer)")
+    run_dbt(warehouse_url, "seed", tmp_path=tmp_path)
+    with connect(warehouse_url) as warehouse:
+        assert "resolution_target_hours" in warehouse.table_columns("marts.service_sla_targets")
