@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from crmw.scratch import DBT_PROJECT, load_raw, run_dbt
-from tests.conftest import DBT_LAST_DAY, ENGINES, copy_raw_warehouse
+from tests.conftest import DBT_LAST_DAY, DBT_START, ENGINES, copy_raw_warehouse
 from warehouse.adapter import connect
 
 MARTS = [
@@ -431,6 +431,23 @@ def test_a_payment_delivered_before_its_order_by_more_than_the_window_is_valid_o
     _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
     with connect(raw_warehouse_url) as warehouse:
         assert warehouse.fetchall(flag) == [(True, None)]
+
+
+def test_a_missed_day_loaded_after_later_days_reaches_the_facts_though_older_than_the_window(
+        raw_warehouse_url, tmp_path, monkeypatch):
+    dbt_args = ["--select", "+fct_payments", "--vars", "{reprocessing_window_days: 3}"]
+    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    loaded_now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+    with connect(raw_warehouse_url) as warehouse:
+        (payment_id,) = warehouse.fetchall("select min(payment_id) from raw_sales.payments")[0]
+        # A payment of the first day, whose export was missed and is loaded only now.
+        _deliver_changed_copy(warehouse, "raw_sales.payments", f"payment_id = '{payment_id}'",
+                              f"payment_id = 'P-missed-day', _delivery_date = cast('{DBT_START}' as date),"
+                              f" _loaded_at = cast('{loaded_now}' as timestamp)")
+    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with connect(raw_warehouse_url) as warehouse:
+        assert warehouse.fetchall("select _delivery_date from marts.fct_payments where payment_id = 'P-missed-day'") == [
+            (DBT_START,)]
 
 
 # --- Values no record can hold --------------------------------------------------------------------

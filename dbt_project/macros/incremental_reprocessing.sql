@@ -1,15 +1,23 @@
-{#- Incremental facts are rebuilt by delivery date: a run redoes every row delivered within the
+{#- Incremental facts are rebuilt by delivery: a run redoes every row delivered within the
     reprocessing window (var reprocessing_window_days, default 3) of the latest delivery the table
-    already holds, so a rerun of a recent day, or a row delivered today for an old event, lands.
-    An empty table counts as holding nothing: everything is in the window. -#}
-{% macro in_reprocessing_window(delivery_date_column) -%}
-    {{ delivery_date_column }} >= (
+    already holds, so a rerun of a recent day, or a row delivered today for an old event, lands;
+    and every row loaded since the table was last built (`loaded_at`, raw's `_loaded_at`, or
+    `_built_at` of a fact read as input, after this table's newest `_built_at`), so a backfill of a
+    day older than the window (a missed day run late, a corrected export reloaded) lands too. An
+    empty table counts as holding nothing: everything is in the window. -#}
+{% macro in_reprocessing_window(relation_alias=none, loaded_at='_loaded_at') -%}
+    {%- set prefix = relation_alias ~ '.' if relation_alias else '' -%}
+    ({{ prefix }}_delivery_date >= (
         select coalesce(
             cast({{ dbt.dateadd('day', -var('reprocessing_window_days', 3), 'max(_delivery_date)') }} as date),
             cast('1900-01-01' as date)
         )
         from {{ this }}
     )
+    {#- Rows built before `_built_at` existed: no later load is known, the window decides. #}
+    or {{ prefix }}{{ loaded_at }} > (
+        select coalesce(max(_built_at), cast('9999-12-31' as {{ dbt.type_timestamp() }})) from {{ this }}
+    ))
 {%- endmacro %}
 
 {#- Keys of rows already built whose customer_id no longer matches identity resolution: a new

@@ -10,7 +10,7 @@ identity as (
 -- Redone when delivered in the window, or when identity resolution moved its contact to another
 -- customer.
 interactions_to_build as (
-    select interaction_id from interactions where {{ in_reprocessing_window('_delivery_date') }}
+    select interaction_id from interactions where {{ in_reprocessing_window() }}
     union
     {{ keys_with_stale_customer('interaction_id', 'identity', 'customers', 'crm_id') }}
 ),

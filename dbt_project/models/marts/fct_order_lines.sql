@@ -14,8 +14,8 @@ lines_to_build as (
     inner join orders
         on order_lines.order_id = orders.order_id
     {%- if is_incremental() %}
-    where {{ in_reprocessing_window('order_lines._delivery_date') }}
-        or {{ in_reprocessing_window('orders._delivery_date') }}
+    where {{ in_reprocessing_window('order_lines') }}
+        or {{ in_reprocessing_window('orders') }}
     {%- endif %}
 ),
 

@@ -28,9 +28,9 @@ orders_with_stale_line_count as (
 -- An order is redone when its header or one of its lines was delivered in the window, when one
 -- of its lines was deleted, or when identity resolution moved it to another customer.
 orders_to_build as (
-    select order_id from orders where {{ in_reprocessing_window('_delivery_date') }}
+    select order_id from orders where {{ in_reprocessing_window() }}
     union
-    select order_id from order_lines where {{ in_reprocessing_window('_delivery_date') }}
+    select order_id from order_lines where {{ in_reprocessing_window(loaded_at='_built_at') }}
     union
     select order_id from orders_with_stale_line_count
     union

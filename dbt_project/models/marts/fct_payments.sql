@@ -6,7 +6,7 @@ with payments as (
 -- Redone when delivered in the window, or when its flags changed without a delivery of its own:
 -- an orphan payment's order arriving after the window clears its orphan_payment flag.
 payments_to_build as (
-    select payment_id from payments where {{ in_reprocessing_window('_delivery_date') }}
+    select payment_id from payments where {{ in_reprocessing_window() }}
     union
     {{ keys_with_stale_flags('payment_id', 'payments') }}
 ),

@@ -14,7 +14,7 @@ identity as (
 -- Redone when delivered in the window, or when identity resolution moved its requester to
 -- another customer.
 tickets_to_build as (
-    select ticket_id from tickets where {{ in_reprocessing_window('_delivery_date') }}
+    select ticket_id from tickets where {{ in_reprocessing_window() }}
     union
     {{ keys_with_stale_customer('ticket_id', 'identity', 'tickets') }}
 ),
