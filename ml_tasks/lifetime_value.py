@@ -719,6 +719,10 @@ def boosting_matrix(frame: "pd.DataFrame", categories: Mapping[str, Sequence[str
     return np.column_stack(numeric + coded) if len(frame) else np.zeros((0, len(numeric) + len(coded)))
 
 
+# Ten of the regressor's smallest leaves (min_samples_leaf): fewer training rows grow no useful tree.
+MIN_BOOSTING_TRAINING_ROWS = 400
+
+
 def fit_boosting(rows: "pd.DataFrame", snapshots: Sequence[dt.date], horizon: int, settings: ValueSettings) -> BoostedSpend:
     """The regressor of `LABELS[horizon]` on the rows of `snapshots` (with that label complete), at
     most about settings.boosting_max_rows of them (whole customers, drawn by a hash of customer_id)."""
@@ -861,7 +865,9 @@ def validate(rows: "pd.DataFrame", complete: Sequence[dt.date], horizon: int, se
     models = fit_value_models(validation, validation_date, settings)
     predictions = {BGNBD: value_predictions(models, validation)[f"spend_{horizon}d"]}
     training_dates = [snapshot for snapshot in complete if snapshot + dt.timedelta(days=horizon) <= validation_date]
-    if training_dates:
+    # A shop's first snapshots can hold a handful of customers: too few rows for the regressor's
+    # leaves (it failed on 7), so until it has enough it is not a candidate.
+    if rows[SNAPSHOT].isin(training_dates).sum() >= MIN_BOOSTING_TRAINING_ROWS:
         regressor = fit_boosting(rows, training_dates, horizon, settings)
         predictions[BOOSTING] = regressor.predict(validation, settings.score_chunk_rows)
     predictions[NAIVE] = np.nan_to_num(_floats(validation[NAIVE_COLUMNS[horizon]]), nan=0.0)

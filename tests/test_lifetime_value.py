@@ -377,6 +377,18 @@ def test_too_few_repeat_buyers_for_the_365_day_validation_leave_it_to_90_days(sh
     assert "expected at least" in metrics["validation_skipped"]["365"] and metrics["spend_365d_method"] == lv.BGNBD
 
 
+def test_a_365_day_regressor_with_a_handful_of_training_rows_is_left_out_not_fitted(shop):
+    # On 2024-01-31 the year-long regressor would learn from the first snapshot alone (2022-01-31),
+    # which here holds 7 customers: it failed to fit (a new install's second year, found by the bench).
+    rows = shop["training"]
+    first = rows["as_of_date"] == pd.Timestamp(2022, 1, 31)
+    handful = rows[~first | rows["customer_id"].isin(sorted(rows.loc[first, "customer_id"])[:7])]
+    fitted, metrics = lv.fit({lv.TRAINING: handful}, dt.date(2024, 1, 31), FAST)
+    long = metrics["validation"]["365"]
+    assert long["boosting_training_snapshots"] == ["2022-01-31"] and long["predictors"][lv.BOOSTING] is None
+    assert metrics["spend_365d_method"] == lv.BGNBD
+
+
 def test_no_complete_label_is_insufficient_data(shop):
     training = shop["training"].assign(spend_next_90_days_is_complete=False, spend_next_365_days_is_complete=False)
     with pytest.raises(InsufficientData, match=r"no snapshot has a complete 90-day spend label .*\(34 snapshot"):
