@@ -21,7 +21,7 @@ DEMO_DATE := $(shell date -d "$(DEMO_START) + $(DEMO_DAYS) days - 1 day" +%F)
 DBT_SOURCES := $(shell find dbt_project -path dbt_project/target -prune -o -path dbt_project/logs -prune -o -type f \( -name '*.sql' -o -name '*.yml' \) -print)
 MANIFEST := dbt_project/target/manifest.json
 
-.PHONY: demo test airflow install install-test manifest requirements clean
+.PHONY: demo test bench airflow install install-test manifest requirements clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; this project needs Python 3.11 (set PYTHON=/path/to/python3.11)"; exit 1; }
@@ -58,6 +58,13 @@ airflow: $(VENV)/.runtime $(MANIFEST)
 
 test: $(VENV)/.test $(MANIFEST)
 	$(BIN)/pytest
+
+# The end-to-end benchmark's quick tier (README "Speed"); e.g. make bench BENCH_ENGINE=postgres BENCH_RUNS=3.
+BENCH_TIER ?= small
+BENCH_ENGINE ?= duckdb
+BENCH_RUNS ?= 1
+bench: $(VENV)/.runtime
+	$(BIN)/crmw bench --tier $(BENCH_TIER) --engine $(BENCH_ENGINE) --runs $(BENCH_RUNS)
 
 # Recompile the pins from the direct dependencies in a scratch venv (needs the package index).
 requirements:

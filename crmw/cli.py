@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from crmw.airflow_runner import RunError, airflow_environment, run_dag, serve, warehouse_run_lock
+from crmw.bench import TIERS
 from warehouse import WarehouseUrlError, connect
 
 OUTPUT_SCHEMAS = ("staging", "marts", "published", "features", "ml", "activation")
@@ -160,6 +161,16 @@ def _command_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_bench(args: argparse.Namespace) -> int:
+    from crmw.bench import run_benchmark
+
+    if args.runs < 1:
+        raise UsageError(f"--runs {args.runs}: expected 1 or more runs")
+    path = run_benchmark(args.tier, args.engine, args.runs)
+    print(f"crmw: wrote {path} and {path.with_suffix('.md').name}")
+    return 0
+
+
 def _command_airflow(_args: argparse.Namespace) -> int:
     return serve(airflow_environment(os.environ))
 
@@ -202,6 +213,19 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--new-column-day", help="from this day on, customers.csv carries an extra column")
     simulate.add_argument("--append-day", help="add this day (the day after the last one written) to --out")
     simulate.set_defaults(handler=_command_simulate)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time every stage of the pipeline on simulated sources, then a steady day",
+        description="Time every stage of the pipeline on simulated sources of a tier (customers × days),"
+        " then a steady incremental day; results go to bench/results/ as JSON and a markdown table.",
+    )
+    bench.add_argument("--tier", choices=tuple(TIERS), default="small",
+                       help="tiny 200 × 60 days, small 10,000, medium 100,000, large 1,000,000 customers × 730 days (default small)")
+    bench.add_argument("--engine", choices=("duckdb", "postgres"), default="duckdb",
+                       help="the warehouse: a scratch DuckDB file or a throwaway PostgreSQL server (default duckdb)")
+    bench.add_argument("--runs", type=int, default=1, help="runs of the whole tier; medians are reported (default 1)")
+    bench.set_defaults(handler=_command_bench)
 
     airflow = commands.add_parser("airflow", help="serve the Airflow UI and scheduler for this project")
     airflow.set_defaults(handler=_command_airflow)

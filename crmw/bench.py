@@ -1,0 +1,364 @@
+"""End-to-end benchmark (`crmw bench`): the whole daily pipeline on simulated sources, stage by stage.
+
+A run simulates a tier's sources into a scratch folder and, on a fresh warehouse, times: simulate,
+extract-load, reconcile, `dbt build` (full refresh), each registered model in registry order,
+publish; then `catch_up_days` more days are appended, loaded and built untimed (the first load
+delivers every SQL row on its last day, so the facts' reprocessing window holds all history until
+a build has seen deliveries that many days later), and a steady day is timed end to end: the
+simulator appends it, then extract-load, reconcile, `dbt build`, the models and publish for it.
+
+Per stage: wall and CPU seconds (this process and the children it waited for, dbt included; a
+PostgreSQL server's own CPU is not counted), rows and rows/s where a row count is natural, and the
+peak resident memory of this process and its children, sampled. Several runs give medians.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from warehouse import PROJECT_ROOT, connect
+
+log = logging.getLogger(__name__)
+RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+START = dt.date(2024, 1, 1)
+SEED = 11
+
+
+@dataclasses.dataclass(frozen=True)
+class Tier:
+    customers: int
+    days: int
+    # Days loaded and built, untimed, between the full run and the steady day (see the docstring);
+    # the tiny tier, there to exercise the harness, skips them.
+    catch_up_days: int = 4
+
+
+TIERS = {
+    "tiny": Tier(customers=200, days=60, catch_up_days=0),
+    "small": Tier(customers=10_000, days=730),
+    "medium": Tier(customers=100_000, days=730),
+    "large": Tier(customers=1_000_000, days=730),
+}
+FIELDS = ("wall_seconds", "cpu_seconds", "rows", "rows_per_second", "peak_rss_mb")
+FULL_RUN, STEADY_DAY = "full run (after simulating)", "steady day (after simulating)"
+
+
+@dataclasses.dataclass
+class Measure:
+    """What a timed stage reports: its rows (None where no count is natural) and any notes."""
+
+    rows: int | None = None
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@contextmanager
+def _peak_tree_memory(interval: float = 0.05) -> Iterator[Callable[[], float]]:
+    """Yields a function giving the highest resident memory (MB) of this process plus its children
+    (dbt runs as one) since entry, sampled by a background thread."""
+    import psutil
+
+    process = psutil.Process(os.getpid())
+
+    def tree_rss() -> int:
+        total = process.memory_info().rss
+        for child in process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:  # it ended between the listing and the reading
+                pass
+        return total
+
+    highest = [tree_rss()]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            highest[0] = max(highest[0], tree_rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield lambda: round(max(highest[0], tree_rss()) / 2**20, 1)
+    finally:
+        stop.set()
+        sampler.join()
+
+
+class _Run:
+    """One run's stage records, printed as JSON lines as they complete."""
+
+    def __init__(self, tier: str, engine: str, number: int, emit: Callable[[str], None]) -> None:
+        self.header = {"tier": tier, "engine": engine, "run": number}
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.emit = emit
+
+    def timed(self, stage: str, work: Callable[[], Measure]) -> Measure:
+        cpu, started = _cpu_seconds(), time.perf_counter()
+        with _peak_tree_memory() as peak:
+            measure = work()
+            peak_mb = peak()
+        wall = time.perf_counter() - started
+        self.add(stage, wall, _cpu_seconds() - cpu, measure.rows, peak_mb, measure.notes)
+        return measure
+
+    def add(self, stage: str, wall: float, cpu: float, rows: int | None, peak_mb: float, notes: dict | None = None) -> None:
+        record = {
+            "stage": stage,
+            "wall_seconds": round(wall, 3),
+            "cpu_seconds": round(cpu, 3),
+            "rows": rows,
+            "rows_per_second": round(rows / wall) if rows is not None and wall > 0 else None,
+            "peak_rss_mb": peak_mb,
+            **(notes or {}),
+        }
+        self.stages[stage] = record
+        self.emit(json.dumps({**self.header, **record}))
+
+    def total(self, stage: str, parts: list[str]) -> None:
+        records = [self.stages[part] for part in parts]
+        self.add(
+            stage,
+            sum(record["wall_seconds"] for record in records),
+            sum(record["cpu_seconds"] for record in records),
+            None,
+            max(record["peak_rss_mb"] for record in records),
+        )
+
+
+def run_benchmark(
+    tier: str,
+    engine: str,
+    runs: int,
+    results_dir: Path = RESULTS_DIR,
+    emit: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> Path:
+    """Run the tier `runs` times on `engine` ("duckdb" or "postgres"); write the results as JSON
+    and a markdown table in `results_dir` and return the JSON file's path."""
+    from unittest import mock
+
+    spec = TIERS[tier]
+    started = dt.datetime.now(dt.timezone.utc)
+    records = []
+    with ExitStack() as stack:
+        server = None
+        if engine == "postgres":
+            from crmw.scratch import throwaway_postgres
+
+            server = stack.enter_context(throwaway_postgres())
+        for number in range(runs):
+            run = _Run(tier, engine, number, emit)
+            # A run's sources, warehouse file and exports go before the next run: a large tier's
+            # are tens of GB.
+            with tempfile.TemporaryDirectory(prefix=f"crmw-bench-{tier}-") as folder:
+                workdir = Path(folder)
+                with mock.patch.dict(os.environ, {"CRMW_EXPORT_DIR": str(workdir / "exports")}):
+                    _one_run(run, spec, _new_warehouse(engine, server, workdir, number), workdir)
+            records.append(run.stages)
+
+    result = {
+        "tier": tier,
+        "engine": engine,
+        "customers": spec.customers,
+        "days": spec.days,
+        "catch_up_days": spec.catch_up_days,
+        "runs": runs,
+        "started": started.isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "stages": _medians(records),
+        "each_run": records,
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{tier}-{engine}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown_table(result)
+    path.with_suffix(".md").write_text(table)
+    emit(table)
+    return path
+
+
+def _new_warehouse(engine: str, server: str | None, workdir: Path, number: int) -> str:
+    if engine == "duckdb":
+        return f"duckdb:///{workdir / 'warehouse.duckdb'}"
+    from crmw.scratch import new_postgres_database
+
+    return new_postgres_database(server, f"crmw_bench_{os.getpid()}_{number}")
+
+
+def _one_run(run: _Run, spec: Tier, url: str, workdir: Path) -> None:
+    from simulator import SimulationSettings, append_day, simulate
+
+    sources = workdir / "sources"
+    last_day = START + dt.timedelta(days=spec.days - 1)
+    run.timed("simulate", lambda: Measure(sum(simulate(
+        SimulationSettings(customers=spec.customers, start=START, days=spec.days, seed=SEED, out=sources)
+    ).values())))
+    full_stages = _pipeline_day(run, url, sources, last_day, workdir, prefix="", full_refresh=True)
+    run.total(FULL_RUN, full_stages)
+
+    day = last_day
+    for _ in range(spec.catch_up_days):
+        day += dt.timedelta(days=1)
+        append_day(sources, day)
+        _extract(url, sources, day)
+        _reconcile(url, sources, day)
+    if spec.catch_up_days:
+        _dbt_build(url, day, workdir, full_refresh=False)
+
+    day += dt.timedelta(days=1)
+    run.timed("steady day: simulate", lambda: Measure(sum(append_day(sources, day).values())))
+    steady_stages = _pipeline_day(run, url, sources, day, workdir, prefix="steady day: ", full_refresh=False)
+    run.total(STEADY_DAY, steady_stages)
+
+
+def _pipeline_day(run: _Run, url: str, sources: Path, day: dt.date, workdir: Path, prefix: str, full_refresh: bool) -> list[str]:
+    """Time one day of the pipeline after the simulator; returns the stage names it recorded."""
+    from ml_tasks import registry
+
+    stages = [f"{prefix}extract-load", f"{prefix}reconcile", f"{prefix}dbt build"]
+    run.timed(stages[0], lambda: _extract(url, sources, day))
+    run.timed(stages[1], lambda: _reconcile(url, sources, day))
+    run.timed(stages[2], lambda: _dbt_build(url, day, workdir, full_refresh))
+    for spec in registry.MODELS:
+        stages.append(f"{prefix}ml: {spec.name}")
+        run.timed(stages[-1], lambda: _model(spec, day, url))
+    stages.append(f"{prefix}publish")
+    run.timed(stages[-1], lambda: _publish(day, url))
+    return stages
+
+
+def _extract_settings(sources: Path):
+    from extract_load.load import ExtractSettings
+
+    return ExtractSettings(source_dir=sources, sales_db_url=f"sqlite:///{sources / 'sales.sqlite'}")
+
+
+def _extract(url: str, sources: Path, day: dt.date) -> Measure:
+    from extract_load.contract import load_contract
+    from extract_load.load import extract_system
+
+    settings = _extract_settings(sources)
+    audits = [
+        audit
+        for system in load_contract().systems
+        for audit in extract_system(system, day, f"bench-{day}", settings=settings, warehouse_url=url)
+    ]
+    return Measure(sum(audit.rows_read for audit in audits), {"rows_loaded": sum(audit.rows_loaded for audit in audits)})
+
+
+def _reconcile(url: str, sources: Path, day: dt.date) -> Measure:
+    from extract_load.contract import load_contract
+    from extract_load.load import reconcile_system
+
+    settings = _extract_settings(sources)
+    audits = [
+        audit
+        for system, spec in load_contract().systems.items()
+        if spec.format == "sql"
+        for audit in reconcile_system(system, day, f"bench-{day}", settings=settings, warehouse_url=url)
+    ]
+    return Measure(notes={
+        "rows_deleted": sum(audit.rows_deleted for audit in audits),
+        "rows_recovered": sum(audit.rows_recovered for audit in audits),
+    })
+
+
+def _dbt_build(url: str, day: dt.date, workdir: Path, full_refresh: bool) -> Measure:
+    """`dbt build` as the DAG runs it for `day`: a full refresh tests whole tables; a daily build
+    tests what the incremental facts wrote, as on the schedule's weekdays. Rows: the marts' rows."""
+    from crmw.scratch import run_dbt
+
+    scope = "all" if full_refresh else "written"
+    flags = ["--full-refresh"] if full_refresh else []
+    run_dbt(url, "build", *flags, "--vars", f"{{as_of_date: '{day}', test_scope: '{scope}'}}", tmp_path=workdir)
+    with connect(url) as warehouse:
+        return Measure(sum(rows for _, rows in warehouse.row_counts(["marts"])))
+
+
+def _model(spec, day: dt.date, url: str) -> Measure:
+    """One registered model as its DAG task runs it. A quality floor missed (small tiers give models
+    little to learn from) or a model's failure is reported, not fatal, as in the DAG, where the
+    other models still run: the time spent counts all the same."""
+    from ml_tasks.contract import QualityBelowFloor
+    from ml_tasks.tasks import run_model
+
+    try:
+        run = run_model(spec, day, f"bench-{day}", warehouse_url=url)
+    except QualityBelowFloor as error:
+        return Measure(notes={"status": "below_floor", "message": str(error)})
+    except Exception as error:  # recorded in ml.model_runs by run_model; the traceback goes to the log
+        log.exception("%s failed for %s", spec.name, day)
+        return Measure(notes={"status": "failed", "message": f"{type(error).__name__}: {error}"})
+    return Measure(run["rows_in"], {"status": run["status"], "rows_out": run["rows_out"]})
+
+
+def _publish(day: dt.date, url: str) -> Measure:
+    from ml_tasks.tasks import publish
+
+    return Measure(sum(publish(day, f"bench-{day}", url).values()))
+
+
+def _medians(records: list[dict[str, dict]]) -> list[dict[str, Any]]:
+    """Per stage, in the first run's order: the median of each measured field over the runs."""
+    medians = []
+    for stage in records[0]:
+        row: dict[str, Any] = {"stage": stage}
+        for field in FIELDS:
+            values = [run[stage][field] for run in records if run[stage][field] is not None]
+            row[field] = statistics.median(values) if values else None
+        if "status" in records[0][stage]:
+            row["status"] = sorted({run[stage]["status"] for run in records})
+        medians.append(row)
+    return medians
+
+
+def _machine() -> dict[str, Any]:
+    import psutil
+
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    machine = result["machine"]
+    lines = [
+        f"{result['tier']} tier ({result['customers']:,} customers × {result['days']} days) on {result['engine']},"
+        f" median of {result['runs']} run(s), {result['started']}; {machine['cpus']} CPUs,"
+        f" {machine['memory_gb']} GB, load {machine['load_average'][0]} at the end",
+        "",
+        "| stage | wall s | CPU s | rows | rows/s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["stages"]:
+        cells = [_cell(row[field]) for field in FIELDS]
+        status = f" ({', '.join(row['status'])})" if row.get("status") and row["status"] != ["published"] else ""
+        lines.append(f"| {row['stage']}{status} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if isinstance(value, int) or abs(value) >= 100 else f"{value:,.2f}"

@@ -1,0 +1,43 @@
+"""`crmw bench`: the end-to-end harness runs every stage on the tiny tier and records its fields.
+No time is asserted: the figures belong to the machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crmw import cli
+from crmw.bench import FIELDS, FULL_RUN, STEADY_DAY, run_benchmark
+from ml_tasks.registry import MODELS
+
+PIPELINE_STAGES = ["extract-load", "reconcile", "dbt build", *(f"ml: {spec.name}" for spec in MODELS), "publish"]
+
+
+def test_bench_tiny_tier_times_every_stage_then_a_steady_day(tmp_path: Path) -> None:
+    lines: list[str] = []
+    path = run_benchmark("tiny", "duckdb", runs=1, results_dir=tmp_path, emit=lines.append)
+
+    result = json.loads(path.read_text())
+    expected = ["simulate", *PIPELINE_STAGES, FULL_RUN,
+                "steady day: simulate", *(f"steady day: {stage}" for stage in PIPELINE_STAGES), STEADY_DAY]
+    assert [row["stage"] for row in result["stages"]] == expected
+    assert (result["tier"], result["engine"], result["runs"], result["customers"]) == ("tiny", "duckdb", 1, 200)
+    for row in result["stages"]:
+        assert set(FIELDS) <= set(row), row
+        assert row["wall_seconds"] > 0 and row["cpu_seconds"] >= 0 and row["peak_rss_mb"] > 0, row
+    by_stage = {row["stage"]: row for row in result["stages"]}
+    for stage in ("simulate", "extract-load", "dbt build", "publish", "steady day: extract-load", "steady day: dbt build"):
+        assert by_stage[stage]["rows"] > 0 and by_stage[stage]["rows_per_second"] > 0, stage
+    assert {status for spec in MODELS for status in by_stage[f"ml: {spec.name}"]["status"]} <= {"published", "insufficient_data", "below_floor"}
+
+    # Each stage is a JSON line as it completes; the table is printed last and written beside the JSON.
+    streamed = [json.loads(line) for line in lines[:-1]]
+    assert [record["stage"] for record in streamed] == expected
+    table = path.with_suffix(".md").read_text()
+    assert lines[-1] == table
+    assert table.count("\n| ") == len(expected) + 1  # the header row and one row per stage
+
+
+def test_bench_rejects_fewer_than_one_run(capsys) -> None:
+    assert cli.main(["bench", "--tier", "tiny", "--runs", "0"]) == 2
+    assert capsys.readouterr().err == "crmw: error: --runs 0: expected 1 or more runs\n"
