@@ -19,11 +19,15 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
 from warehouse.adapter import PROJECT_ROOT, Warehouse, qualified, quote_identifier
 
 BUILT = "marts"
 PUBLISHED = "published"
 PUBLISH_LOG = f"{PUBLISHED}.publish_log"
+PUBLISH_LOG_COLUMNS = {
+    "as_of_date": "date", "run_id": "string", "published_at": "timestamp", "marts": "integer", "rows_written": "integer",
+}
 BUILT_AT = "_built_at"
 MANIFEST = PROJECT_ROOT / "dbt_project" / "target" / "manifest.json"
 
@@ -59,15 +63,12 @@ def publish_marts(warehouse: Warehouse, as_of_date: dt.date, run_id: str, manife
                 written[mart.name] = _publish(warehouse, mart, columns)
         held = {mart.name for mart in marts}
         for (name,) in warehouse.fetchall(
-            "select table_name from information_schema.tables where table_schema = ? and table_name <> 'publish_log'",
-            (PUBLISHED,),
+            "select table_name from information_schema.tables where table_schema = ? and table_name <> ?",
+            (PUBLISHED, PUBLISH_LOG.partition(".")[2]),
         ):
             if name not in held:  # a mart the project no longer has
                 warehouse.execute(f"drop table {PUBLISHED}.{quote_identifier(name)}")
-        warehouse.execute(
-            f"create table if not exists {PUBLISH_LOG}"
-            " (as_of_date date, run_id varchar, published_at timestamp, marts integer, rows_written bigint)"
-        )
+        warehouse.ensure_table(PUBLISH_LOG, PUBLISH_LOG_COLUMNS)
         warehouse.execute(
             f"insert into {PUBLISH_LOG} values (?, ?, ?, ?, ?)",
             (as_of_date, run_id, dt.datetime.now(dt.UTC).replace(tzinfo=None), len(written), sum(written.values())),
