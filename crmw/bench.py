@@ -23,11 +23,10 @@ import platform
 import resource
 import statistics
 import tempfile
-import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from warehouse import PROJECT_ROOT, connect
 
@@ -69,39 +68,6 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-@contextmanager
-def _peak_tree_memory(interval: float = 0.05) -> Iterator[Callable[[], float]]:
-    """Yields a function giving the highest resident memory (MB) of this process plus its children
-    (dbt runs as one) since entry, sampled by a background thread."""
-    import psutil
-
-    process = psutil.Process(os.getpid())
-
-    def tree_rss() -> int:
-        total = process.memory_info().rss
-        for child in process.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:  # it ended between the listing and the reading
-                pass
-        return total
-
-    highest = [tree_rss()]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(interval):
-            highest[0] = max(highest[0], tree_rss())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield lambda: round(max(highest[0], tree_rss()) / 2**20, 1)
-    finally:
-        stop.set()
-        sampler.join()
-
-
 class _Run:
     """One run's stage records, printed as JSON lines as they complete."""
 
@@ -111,8 +77,10 @@ class _Run:
         self.emit = emit
 
     def timed(self, stage: str, work: Callable[[], Measure]) -> Measure:
+        from ml_tasks.tasks import peak_memory
+
         cpu, started = _cpu_seconds(), time.perf_counter()
-        with _peak_tree_memory() as peak:
+        with peak_memory(include_children=True) as peak:
             measure = work()
             peak_mb = peak()
         wall = time.perf_counter() - started

@@ -73,7 +73,7 @@ def run_model(
     }
     # The warehouse connection is open to read and to publish, not while the model fits: DuckDB
     # keeps the pages it read cached while a connection lives, and a PostgreSQL session would idle.
-    with _peak_memory() as peak:
+    with peak_memory() as peak:
         try:
             with connect(warehouse_url) as warehouse:
                 inputs = _read_inputs(warehouse, spec, as_of_date, settings)
@@ -245,23 +245,34 @@ def fingerprint(inputs: Mapping[str, "pd.DataFrame"]) -> str:
 
 
 @contextmanager
-def _peak_memory(interval: float = 0.05) -> Iterator[Any]:
-    """Yields a function giving the highest resident memory (MB) the process reached since entry,
-    sampled by a background thread."""
+def peak_memory(include_children: bool = False, interval: float = 0.05) -> Iterator[Any]:
+    """Yields a function giving the highest resident memory (MB) the process (plus, with
+    `include_children`, the processes it started: dbt runs as one) reached since entry, sampled by
+    a background thread."""
     import psutil
 
     process = psutil.Process(os.getpid())
-    highest = [process.memory_info().rss]
+
+    def resident() -> int:
+        total = process.memory_info().rss
+        for child in process.children(recursive=True) if include_children else ():
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:  # it ended between the listing and the reading
+                pass
+        return total
+
+    highest = [resident()]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(interval):
-            highest[0] = max(highest[0], process.memory_info().rss)
+            highest[0] = max(highest[0], resident())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        yield lambda: round(max(highest[0], process.memory_info().rss) / 2**20, 1)
+        yield lambda: round(max(highest[0], resident()) / 2**20, 1)
     finally:
         stop.set()
         sampler.join()
