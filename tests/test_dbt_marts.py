@@ -13,6 +13,7 @@ import subprocess
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -32,6 +33,9 @@ INCREMENTAL_FACTS = {
     "fct_tickets": "ticket_id",
     "fct_interactions": "interaction_id",
 }
+# Incremental aggregates over the facts, by key.
+INCREMENTAL_AGGREGATES = {"kpi_daily_sales": "kpi_key", "kpi_daily_service": "service_date", "cohort_retention": "cohort_month_key"}
+INCREMENTAL_MARTS = {**INCREMENTAL_FACTS, **INCREMENTAL_AGGREGATES}
 NOT_REVENUE = ("cancelled", "returned")
 
 
@@ -165,22 +169,33 @@ def daily_sources(tmp_path_factory) -> list[Path]:
     link customers built on the first days into one. The first build's sales rows are all
     delivered on its last day (the first extract), so only the last day's run has them outside
     its window."""
-    from simulator import SimulationSettings, append_day, simulate
+    from simulator import SimulationSettings, simulate
 
     base = tmp_path_factory.mktemp("incremental-sources")
     growing = base / "growing"
     sales_db = growing / "sales.sqlite"
     simulate(SimulationSettings(customers=1000, start=INCREMENTAL_START, days=FIRST_DAYS, seed=5, out=growing))
-    states = []
-    for offset in range(LATER_DAYS + 1):
-        day = _last_day(offset)
-        if offset:
-            append_day(growing, day)
-        if offset == LATER_DAYS:
+
+    def change(day: dt.date) -> None:
+        if day == _last_day(LATER_DAYS):
             _add_late_order_and_delete_the_first(sales_db, day - dt.timedelta(days=LATE_ORDER_AGE_DAYS))
             _delete_a_line_alone(sales_db, day)
             _link_early_customers(growing, day)
-        state = base / f"day-{offset}"
+
+    return grown_day_by_day(growing, [_last_day(offset) for offset in range(LATER_DAYS + 1)], change)
+
+
+def grown_day_by_day(growing: Path, days: list[dt.date], change: Callable[[dt.date], None]) -> list[Path]:
+    """The simulation in `growing` (written up to days[0]) appended one day at a time, `change`d
+    after each day is written, and each day's state copied beside it."""
+    from simulator import append_day
+
+    states = []
+    for offset, day in enumerate(days):
+        if offset:
+            append_day(growing, day)
+        change(day)
+        state = growing.parent / f"day-{offset}"
         shutil.copytree(growing, state)
         states.append(state)
     return states
@@ -230,18 +245,18 @@ def _delete_a_line_alone(sales_db: Path, day: dt.date) -> None:
         (last_change,) = db.execute(
             "select max(updated_at) from (select updated_at from orders where order_id = ?"
             " union all select updated_at from order_lines where order_id = ?)", (LINE_DELETED_ORDER_ID,) * 2).fetchone()
-        assert last_change < _last_day(LATER_DAYS - 1).isoformat(), f"order {LINE_DELETED_ORDER_ID} was delivered again"
+        assert last_change < (day - dt.timedelta(days=1)).isoformat(), f"order {LINE_DELETED_ORDER_ID} was delivered again"
         db.execute("delete from order_lines where order_id = ? and line_number = (select max(line_number) from order_lines"
                    " where order_id = ?)", (LINE_DELETED_ORDER_ID,) * 2)
 
 
 def _facts(url: str) -> dict[str, list[tuple]]:
-    """Every fact's rows, without the time dbt wrote them (`_built_at`)."""
+    """Every incremental mart's rows, without the time dbt wrote them (`_built_at`)."""
     with connect(url) as warehouse:
         return {name: warehouse.fetchall(
                     f"select {', '.join(c for c in warehouse.table_columns(f'marts.{name}') if c != '_built_at')}"
                     f" from marts.{name} order by {key}")
-                for name, key in INCREMENTAL_FACTS.items()}
+                for name, key in INCREMENTAL_MARTS.items()}
 
 
 def _customers(url: str) -> dict[str, dict[object, tuple[str, dt.date]]]:
@@ -282,7 +297,7 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
     # No window beyond the latest delivery already loaded: whatever lands must come from the
     # delivery dates, not from a window wide enough to redo everything. Every run passes the same
     # vars, so dbt reuses its parse.
-    dbt_args = ["--select", *(f"+{name}" for name in [*INCREMENTAL_FACTS, "customer_key_aliases"]),
+    dbt_args = ["--select", *(f"+{name}" for name in [*INCREMENTAL_MARTS, "customer_key_aliases"]),
                 "--vars", "{reprocessing_window_days: 0}"]
     for offset, sources in enumerate(daily_sources):
         load_raw(warehouse_url, sources, _last_day(offset))
@@ -293,8 +308,8 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
             first_build_line_count = _line_count(warehouse_url, LINE_DELETED_ORDER_ID)
     incremental = _facts(warehouse_url)
     last_run = tmp_path / "dbt-target" / "run" / "crm_warehouse" / "models" / "marts"
-    assert all((last_run / f"{name}.sql").read_text().lstrip().startswith("delete from") for name in INCREMENTAL_FACTS), (
-        "the last daily run rebuilt a fact instead of merging its window")
+    assert all((last_run / f"{name}.sql").read_text().lstrip().startswith("delete from") for name in INCREMENTAL_MARTS), (
+        "the last daily run rebuilt a mart instead of merging what changed")
     # The merge must have moved rows outside the last run's window (only the identity check can) to
     # a key the merged customers already had: the one with most records keeps its key for life, the
     # others' keys retire to it.
@@ -318,6 +333,64 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
         deleted = warehouse.fetchall(f"select count(*) from marts.fct_orders where order_id = {DELETED_ORDER_ID}")
     assert late == [(Decimal("20.00"), 1)]
     assert deleted == [(0,)]
+    order_id, day = _latest_order_of_a_returning_customer(warehouse_url)
+    assert _sales_days_redone_once_the_facts_rewrite(order_id, warehouse_url, dbt_args, tmp_path, monkeypatch) == {day}
+    # A customer's first order deleted in the source: its day loses it, and the customer is new on
+    # their next day, where none of their orders changed.
+    order_id, *days = _first_order_of_a_returning_customer(warehouse_url)
+    with connect(warehouse_url) as warehouse:
+        _deliver_changed_copy(warehouse, "raw_sales.orders", f"order_id = {order_id}",
+                              "_deleted = true, _loaded_at = (select max(_built_at) + interval '1 second' from marts.kpi_daily_sales)")
+        for fact in ("fct_order_lines", "fct_orders"):  # as the facts' post-hooks do
+            warehouse.execute(f"delete from marts.{fact} where order_id = {order_id}")
+    aggregates = ["--select", *INCREMENTAL_AGGREGATES, *dbt_args[-2:]]
+    _dbt_in_process(warehouse_url, "run", *aggregates, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with connect(warehouse_url) as warehouse:
+        redone = {day for (day,) in warehouse.fetchall(
+            "select distinct sales_date from marts.kpi_daily_sales where _built_at = (select max(_built_at) from marts.kpi_daily_sales)")}
+    assert set(days) <= redone
+    incremental = _facts(warehouse_url)
+    _dbt_in_process(warehouse_url, "run", "--full-refresh", *aggregates, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    assert incremental == _facts(warehouse_url)
+
+
+def _latest_order_of_a_returning_customer(url: str) -> tuple[int, dt.date]:
+    """The latest revenue order of a customer with revenue orders on an earlier day, and its day:
+    when only it changes, kpi_daily_sales redoes that day alone (the customer's first stays first)."""
+    with connect(url) as warehouse:
+        return warehouse.fetchall(
+            "select order_id, order_date from (select order_id, order_date,"
+            " min(order_date) over (partition by customer_id) as first_day from marts.fct_orders where is_revenue) as days"
+            " where order_date > first_day order by order_date desc, order_id limit 1")[0]
+
+
+def _first_order_of_a_returning_customer(url: str) -> tuple[int, dt.date, dt.date]:
+    """The only revenue order on a customer's first day, when they have revenue orders on a later
+    day: its id, its day and the customer's next day."""
+    with connect(url) as warehouse:
+        return warehouse.fetchall(
+            "with revenue as (select order_id, customer_id, order_date,"
+            " min(order_date) over (partition by customer_id) as first_day from marts.fct_orders where is_revenue),"
+            " first_orders as (select customer_id, min(order_id) as order_id, first_day from revenue"
+            " where order_date = first_day group by customer_id, first_day having count(*) = 1),"
+            " next_days as (select customer_id, min(order_date) as next_day from revenue where order_date > first_day group by customer_id)"
+            " select order_id, first_day, next_day from first_orders inner join next_days using (customer_id)"
+            " order by first_day, order_id limit 1")[0]
+
+
+def _sales_days_redone_once_the_facts_rewrite(order_id: int, url: str, dbt_args: list[str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> set[dt.date]:
+    """The facts rewrite one order and nothing else; the aggregates' next run writes no service day
+    or cohort cell (none moved) and the days of kpi_daily_sales it redid."""
+    with connect(url) as warehouse:
+        warehouse.execute("update marts.fct_orders set _built_at = (select max(_built_at) + interval '1 second'"
+                          f" from marts.kpi_daily_sales) where order_id = {order_id}")
+    _dbt_in_process(url, "run", "--select", *INCREMENTAL_AGGREGATES, *dbt_args[-2:], tmp_path=tmp_path, monkeypatch=monkeypatch)
+    written = "where _built_at > (select max(_built_at) from marts.fct_orders)"
+    with connect(url) as warehouse:
+        assert warehouse.fetchall(f"select count(*) from marts.kpi_daily_service {written}") == [(0,)]
+        assert warehouse.fetchall(f"select count(*) from marts.cohort_retention {written}") == [(0,)]
+        return {day for (day,) in warehouse.fetchall(f"select distinct sales_date from marts.kpi_daily_sales {written}")}
 
 
 def _rows_of(url: str, schema: str, tables: list[str]) -> dict[str, list[tuple]]:
@@ -333,8 +406,8 @@ def test_bi_reads_the_marts_of_the_last_build_whose_tests_passed_and_catches_up_
     from ml_tasks import tasks
     from warehouse.publish import marts_of
 
-    # The facts (merged by key and by the time dbt wrote each row) and a mart rebuilt whole.
-    marts = [*INCREMENTAL_FACTS, "kpi_daily_sales"]
+    # The incremental marts (merged by key and by the time dbt wrote each row) and a mart rebuilt whole.
+    marts = [*INCREMENTAL_MARTS, "dim_products"]
     dbt_args = ["--select", *(f"+{name}" for name in marts), "--vars", "{reprocessing_window_days: 0}"]
     with connect(warehouse_url) as warehouse:  # as an install from before publish granted BI
         warehouse.grant_read_only("crmw_bi_reader", ["marts", "features"])

@@ -72,7 +72,7 @@ final as (
         campaign_members.is_treatment,
         campaign_members.has_converted,
         training_set.is_churned,
-        snapshots.*
+        {{ feature_columns_of('customer_feature_snapshots', 'snapshots') }}
     from campaign_members
     inner join campaign_feature_dates
         on campaign_members.campaign_id = campaign_feature_dates.campaign_id

@@ -1,17 +1,22 @@
 -- Customer features on every feature date (the run's as-of date and each training snapshot), each
 -- date seeing only what the warehouse knew then: orders and tickets as known on that date,
 -- interactions and campaign results delivered by then. The one place features are computed:
--- customer_features and training_set both read it.
+-- customer_features and training_set both read it. Incremental: see macros/incremental_features.sql.
+-- depends_on: {{ ref('changed_customers') }}
 with feature_dates as (
     select as_of_date from {{ ref('feature_dates') }}
 ),
 
+{{ feature_work_ctes('feature_dates') }}
+
 orders as (
     select * from {{ ref('orders_as_known') }}
+    where {{ in_feature_work('as_of_date', 'customer_id') }}
 ),
 
 tickets as (
     select * from {{ ref('tickets_as_known') }}
+    where {{ in_feature_work('as_of_date', 'customer_id') }}
 ),
 
 order_lines as (
@@ -55,6 +60,7 @@ known_contacts as (
         on crm_versions._delivery_date <= feature_dates.as_of_date
     inner join crm_customers
         on crm_versions.crm_id = crm_customers.crm_id
+    where {{ in_feature_work('feature_dates.as_of_date', 'crm_customers.customer_id') }}
     group by 1, 2
 ),
 
@@ -73,6 +79,7 @@ contact_consent as (
     from current_contact_versions
     inner join crm_customers
         on current_contact_versions.crm_id = crm_customers.crm_id
+    where {{ in_feature_work('current_contact_versions.as_of_date', 'crm_customers.customer_id') }}
     group by 1, 2
 ),
 
@@ -81,8 +88,7 @@ order_features as (
         as_of_date,
         customer_id,
         count(*) as order_count,
-        sum(case when is_revenue then 1 else 0 end) as frequency,
-        sum(case when is_revenue then net_amount else 0 end) as monetary,
+        {{ rfm_measures('as_of_date') }},
         sum(case when is_revenue and channel = 'web' then 1 else 0 end) as web_orders,
         sum(case when is_revenue and channel = 'store' then 1 else 0 end) as store_orders,
         sum(case when is_revenue and channel = 'phone' then 1 else 0 end) as phone_orders,
@@ -94,9 +100,7 @@ order_features as (
             as frequency_last_90_days,
         sum(case when is_revenue and order_date > {{ dbt.dateadd('day', -90, 'as_of_date') }} then net_amount else 0 end)
             as monetary_last_90_days,
-        min(order_date) as first_order_date,
-        min(case when is_revenue then order_date end) as first_revenue_order_date,
-        max(case when is_revenue then order_date end) as last_revenue_order_date
+        min(order_date) as first_order_date
     from orders
     group by 1, 2
 ),
@@ -111,22 +115,7 @@ favourite_channels as (
 ),
 
 category_spend as (
-    select
-        orders.as_of_date,
-        orders.customer_id,
-        products.category,
-        sum(order_lines.net_amount) as category_amount,
-        sum(order_lines.gross_amount) as gross_amount,
-        sum(order_lines.discount_amount) as discount_amount,
-        sum(order_lines.quantity) as units
-    from orders
-    inner join order_lines
-        on orders.order_id = order_lines.order_id
-    inner join products
-        on order_lines.sku = products.sku
-    where orders.is_revenue
-        and order_lines.is_valid
-    group by 1, 2, 3
+    {{ revenue_category_spend('orders', 'order_lines', 'products', ['as_of_date', 'customer_id']) }}
 ),
 
 category_mix as (
@@ -142,7 +131,7 @@ category_mix as (
 ),
 
 favourite_categories as (
-    {{ favourite('category_spend', ['as_of_date', 'customer_id'], 'category', weight='category_amount', with_share=true) }}
+    {{ favourite_category('category_spend', ['as_of_date', 'customer_id']) }}
 ),
 
 -- A first reply is slow once it came after its SLA target, or once the target passed with no reply
@@ -184,6 +173,7 @@ interaction_features as (
         and cast(interactions.occurred_at as date) <= feature_dates.as_of_date
     inner join crm_customers
         on interactions.crm_id = crm_customers.crm_id
+    where {{ in_feature_work('feature_dates.as_of_date', 'crm_customers.customer_id') }}
     group by 1, 2
 ),
 
@@ -199,6 +189,7 @@ campaign_features as (
         on campaign_members._delivery_date <= feature_dates.as_of_date
     inner join crm_customers
         on campaign_members.crm_id = crm_customers.crm_id
+    where {{ in_feature_work('feature_dates.as_of_date', 'crm_customers.customer_id') }}
     group by 1, 2
 ),
 
@@ -235,8 +226,7 @@ final as (
         -- A double, unrounded (as in customer_360): rounded to cents, a quotient ending in a half cent
         -- rounded up on PostgreSQL (exact numeric division) and down on DuckDB (division in double).
         cast(order_features.monetary as double precision) / nullif(order_features.frequency, 0) as average_order_value,
-        cast({{ dbt.datediff('order_features.last_revenue_order_date', 'known_customers.as_of_date', 'day') }} as integer)
-            as recency_days,
+        order_features.recency_days,
         order_features.first_revenue_order_date as first_order_date,
         order_features.last_revenue_order_date as last_order_date,
         cast(coalesce(order_features.frequency_last_30_days, 0) as integer) as frequency_last_30_days,
@@ -284,7 +274,8 @@ final as (
         cast(coalesce(campaign_features.campaign_conversions, 0) as integer) as campaign_conversions,
         cast(case when campaign_features.campaigns_received > 0
             then 1.0 * campaign_features.campaign_conversions / campaign_features.campaigns_received
-        end as double precision) as campaign_response_rate
+        end as double precision) as campaign_response_rate,
+        {{ built_at() }} as _built_at
     from known_customers
     left join known_contacts
         on known_customers.as_of_date = known_contacts.as_of_date

@@ -8,7 +8,7 @@ feature_dates as (
 ),
 
 final as (
-    select snapshots.*
+    select {{ feature_columns_of('customer_feature_snapshots', 'snapshots') }}
     from snapshots
     inner join feature_dates
         on snapshots.as_of_date = feature_dates.as_of_date

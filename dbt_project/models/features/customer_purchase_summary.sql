@@ -3,10 +3,19 @@
 -- the BG/NBD and Gamma-Gamma models read it: a purchase is a day with a revenue order (two orders
 -- on one day are one purchase), the first purchase starts the customer's history and every later
 -- one is a repeat.
+-- Incremental: see macros/incremental_features.sql.
+-- depends_on: {{ ref('changed_customers') }}
 {%- set long_window_days = var('spend_window_long_days', 365) %}
 
-with orders as (
+with feature_dates as (
+    select as_of_date from {{ ref('feature_dates') }}
+),
+
+{{ feature_work_ctes('feature_dates') }}
+
+orders as (
     select * from {{ ref('orders_as_known') }}
+    where {{ in_feature_work('as_of_date', 'customer_id') }}
 ),
 
 purchase_days as (
@@ -54,7 +63,8 @@ final as (
         -- The exact sum divided in double, as average_order_value: an average taken in numeric on
         -- PostgreSQL and in double on DuckDB could differ in the last digit.
         cast(repeat_amount as double precision) / nullif(purchase_days - 1, 0) as mean_repeat_value,
-        cast(monetary_last_long_window as numeric(18, 2)) as monetary_last_365_days
+        cast(monetary_last_long_window as numeric(18, 2)) as monetary_last_365_days,
+        {{ built_at() }} as _built_at
     from customer_purchases
 )
 

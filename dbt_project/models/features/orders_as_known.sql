@@ -6,6 +6,11 @@
 -- customer come from fct_orders: the shop never changes an order's lines, only its status. An
 -- order hard-deleted later is absent from fct_orders and so from every date: deletions in the
 -- sales system remove test orders, which were never sales.
+--
+-- Incremental: a run adds the feature dates not built yet (every order known then) and redoes
+-- every date of the orders written or delivered since the last run (a new status, a line, a move
+-- to another customer, a late version); an order deleted since, or a date that is no longer a
+-- feature date, leaves (post-hooks).
 with feature_dates as (
     select as_of_date from {{ ref('feature_dates') }}
 ),
@@ -72,9 +77,46 @@ versions as (
     select order_id, order_status, updated_at, is_deleted, known_from, _loaded_at from replayed_versions
 ),
 
-known_versions as (
-    {{ versions_known_on('feature_dates', 'versions', ['order_id'], ['updated_at', 'is_deleted', 'known_from', '_loaded_at']) }}
+{% set oldest_first = ['updated_at', 'is_deleted', 'known_from', '_loaded_at'] -%}
+{#- A table built before it was incremental has no _built_at: redone whole once. #}
+{% if builds_on_this() and this_has_built_at() -%}
+last_built as (
+    select max(_built_at) as built_at from {{ this }}
 ),
+
+built_dates as (
+    select as_of_date from feature_dates
+    where as_of_date in (select as_of_date from {{ this }})
+),
+
+dates_to_build as (
+    select as_of_date from feature_dates
+    where as_of_date not in (select as_of_date from built_dates)
+),
+
+orders_to_build as (
+    select order_id from orders where _built_at > (select built_at from last_built)
+    union
+    select order_id from header_versions where _loaded_at > (select built_at from last_built)
+    union
+    select order_id from status_history where _loaded_at > (select built_at from last_built)
+),
+
+versions_of_orders_to_build as (
+    select * from versions
+    where order_id in (select order_id from orders_to_build)
+),
+
+known_versions as (
+    {{ versions_known_on('dates_to_build', 'versions', ['order_id'], oldest_first) }}
+    union all
+    {{ versions_known_on('built_dates', 'versions_of_orders_to_build', ['order_id'], oldest_first) }}
+),
+{%- else -%}
+known_versions as (
+    {{ versions_known_on('feature_dates', 'versions', ['order_id'], oldest_first) }}
+),
+{%- endif %}
 
 final as (
     select
@@ -85,7 +127,8 @@ final as (
         orders.order_date,
         orders.net_amount,
         known_versions.order_status,
-        known_versions.order_status not in ('cancelled', 'returned') as is_revenue
+        known_versions.order_status not in ('cancelled', 'returned') as is_revenue,
+        {{ built_at() }} as _built_at
     from known_versions
     inner join orders
         on known_versions.order_id = orders.order_id

@@ -8,6 +8,10 @@
 {%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
 {%- set short_window_days = var('spend_window_short_days', 90) %}
 {%- set long_window_days = var('spend_window_long_days', 365) %}
+{#- Incremental (macros/incremental_features.sql): a snapshot date is redone whole when it becomes a
+    training snapshot or when one of its spend windows closes (its _is_complete flag turns true);
+    a changed customer on every date. -#}
+-- depends_on: {{ ref('changed_customers') }}
 
 with snapshots as (
     select * from {{ ref('customer_feature_snapshots') }}
@@ -20,6 +24,15 @@ purchase_summaries as (
 feature_dates as (
     select * from {{ ref('feature_dates') }}
 ),
+
+{% set dates_with_a_closing_window -%}
+    select as_of_date from {{ this }}
+    where spend_next_90_days_is_complete
+            <> (cast({{ dbt.dateadd('day', short_window_days, 'as_of_date') }} as date) <= {{ as_of_date }})
+        or spend_next_365_days_is_complete
+            <> (cast({{ dbt.dateadd('day', long_window_days, 'as_of_date') }} as date) <= {{ as_of_date }})
+{%- endset %}
+{{ feature_work_ctes('feature_dates', 'is_training_snapshot', dates_with_a_closing_window) }}
 
 orders as (
     select * from {{ ref('orders_as_known') }}
@@ -43,6 +56,7 @@ training_rows as (
         on snapshots.as_of_date = feature_dates.as_of_date
     where feature_dates.is_training_snapshot
         and snapshots.order_count > 0
+        and {{ in_feature_work('snapshots.as_of_date', 'snapshots.customer_id') }}
 ),
 
 future_orders as (
@@ -78,7 +92,7 @@ labels as (
 
 final as (
     select
-        snapshots.*,
+        {{ feature_columns_of('customer_feature_snapshots', 'snapshots') }},
         purchase_summaries.purchase_days,
         purchase_summaries.repeat_purchases,
         purchase_summaries.first_purchase_date,
@@ -93,7 +107,8 @@ final as (
         labels.spend_next_90_days_is_complete,
         cast(case when labels.spend_next_365_days_is_complete then labels.spend_next_365_days end as numeric(18, 2))
             as spend_next_365_days,
-        labels.spend_next_365_days_is_complete
+        labels.spend_next_365_days_is_complete,
+        {{ built_at() }} as _built_at
     from snapshots
     inner join labels
         on snapshots.customer_id = labels.customer_id

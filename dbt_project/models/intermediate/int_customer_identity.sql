@@ -18,6 +18,10 @@
 -- the part with more of the key's records keeps it and the other part gets a key of its own.
 {#- Unit tests have no `this`: they start from nothing. #}
 {%- set previous_identity = load_relation(this) if this is not none else none %}
+{#- Installs from before key_changed_at: every record counts as moved once, so the feature models
+    redo every customer on their next run. -#}
+{%- set previous_knows_key_changes = previous_identity is not none
+    and 'key_changed_at' in adapter.get_columns_in_relation(previous_identity) | map(attribute='name') | map('lower') | list %}
 with recursive
 
 crm_contacts as (
@@ -222,7 +226,7 @@ split_from as (
 ),
 
 {% endif -%}
-final as (
+keyed_records as (
     select
         cast(grouped_records.source_system as {{ dbt.type_string() }}) as source_system,
         cast(grouped_records.source_table as {{ dbt.type_string() }}) as source_table,
@@ -238,6 +242,9 @@ final as (
         cast(null as {{ dbt.type_string() }}) as previous_customer_id,
         {%- endif %}
         cast(grouped_records.match_method as {{ dbt.type_string() }}) as match_method
+        {%- if previous_knows_key_changes %},
+        previous.key_changed_at as previous_key_changed_at
+        {%- endif %}
     from grouped_records
     {%- if previous_identity is not none %}
     left join kept_keys on grouped_records.identity_group = kept_keys.identity_group
@@ -247,6 +254,27 @@ final as (
         and grouped_records.source_table = previous.source_table
         and grouped_records.source_key = previous.source_key
     {%- endif %}
+),
+
+-- When the record last changed customer (a new record, a merge, a split): the feature models redo
+-- the customers whose records moved since they last ran, in whichever later run that is.
+final as (
+    select
+        source_system,
+        source_table,
+        source_key,
+        customer_id,
+        previous_customer_id,
+        match_method,
+        {%- if previous_knows_key_changes %}
+        case
+            when customer_id = previous_customer_id then previous_key_changed_at
+            else {{ built_at() }}
+        end as key_changed_at
+        {%- else %}
+        {{ built_at() }} as key_changed_at
+        {%- endif %}
+    from keyed_records
 )
 
 select * from final

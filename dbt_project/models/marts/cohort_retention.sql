@@ -1,3 +1,9 @@
+-- Recomputed whole, written where it moved: a cohort's size and rates depend on every customer's
+-- first revenue order, which a late, cancelled, returned or deleted order or an identity merge can
+-- move to another month, and a rewritten order's previous state is gone from the fact. The whole
+-- recompute is one pass over a few columns of fct_orders for a few hundred rows; only the cells
+-- whose figures moved are written (and stamped with _built_at). Cells no longer in the grid (a
+-- cohort left empty, months after the latest with orders) go in the post-hook.
 with orders as (
     select * from {{ ref('fct_orders') }}
 ),
@@ -89,6 +95,13 @@ final as (
     left join revenue
         on grid.cohort_month = revenue.cohort_month
         and grid.activity_month = revenue.activity_month
+),
+
+changed as (
+    {{ rows_changed_from_this('final', [
+        'cohort_month_key', 'cohort_month', 'activity_month', 'months_since_acquisition', 'cohort_customers',
+        'active_customers', 'retention_rate', 'revenue',
+    ]) }}
 )
 
-select * from final
+select changed.*, {{ built_at() }} as _built_at from changed

@@ -26,49 +26,52 @@ campaign_responses as (
     select * from {{ ref('fct_campaign_responses') }}
 ),
 
--- Recency and tenure are counted to the latest plausible order date the warehouse holds: the day
--- its data describes, the same on every engine and rerun (a typed year 9999 describes no day).
+-- Recency and tenure are counted to the run's as-of date (var as_of_date; the DAG passes the day
+-- it runs for), so that on a daily run this mart and customer_features agree, but never past the
+-- latest plausible order date the warehouse holds: by hand, with the default far-future as-of
+-- date, that is the day the data describes (a typed year 9999 describes no day). Orders placed
+-- after the reference date (a rerun for a past day, a future date typed within the plausible
+-- range) do not count, as the features do not count them on their as-of date.
 reference as (
-    select max(order_date) as reference_date
+    select
+        least(
+            cast('{{ var("as_of_date") }}' as date),
+            max(case when {{ is_plausible_date('order_date') }} then order_date end)
+        ) as reference_date
     from orders
-    where {{ is_plausible_date('order_date') }}
 ),
 
+placed_orders as (
+    select
+        orders.*,
+        reference.reference_date
+    from orders
+    cross join reference
+    where orders.order_date <= reference.reference_date
+),
+
+-- Recency, frequency, monetary and favourite category as the features define them (macros/customer_rfm.sql).
 order_summary as (
     select
         customer_id,
         count(*) as orders_placed,
-        sum(case when is_revenue then 1 else 0 end) as frequency,
-        sum(case when is_revenue then net_amount else 0 end) as monetary,
-        min(case when is_revenue then order_date end) as first_order_date,
-        max(case when is_revenue then order_date end) as last_order_date,
+        {{ rfm_measures('reference_date') }},
         sum(case when order_status = 'returned' then 1 else 0 end) as returned_orders,
         sum(case when order_status = 'returned' then net_amount else 0 end) as returned_amount
-    from orders
-    group by customer_id
+    from placed_orders
+    group by customer_id, reference_date
 ),
 
--- Valid lines of revenue orders: a favourite category weighs its units.
-revenue_lines as (
-    select
-        orders.customer_id,
-        products.category,
-        order_lines.quantity
-    from order_lines
-    inner join orders
-        on order_lines.order_id = orders.order_id
-    inner join products
-        on order_lines.sku = products.sku
-    where orders.is_revenue
-        and order_lines.is_valid
+category_spend as (
+    {{ revenue_category_spend('placed_orders', 'order_lines', 'products', ['customer_id']) }}
 ),
 
 favourite_categories as (
-    {{ favourite('revenue_lines', ['customer_id'], 'category', weight='quantity') }}
+    {{ favourite_category('category_spend', ['customer_id']) }}
 ),
 
 revenue_orders as (
-    select * from orders
+    select * from placed_orders
     where is_revenue
 ),
 
@@ -117,11 +120,11 @@ final as (
         customers.customer_id,
         reference.reference_date,
         customers.signup_date,
-        cast({{ dbt.datediff('coalesce(customers.signup_date, order_summary.first_order_date)', 'reference.reference_date', 'day') }} as integer)
+        cast({{ dbt.datediff('coalesce(customers.signup_date, order_summary.first_revenue_order_date)', 'reference.reference_date', 'day') }} as integer)
             as tenure_days,
-        order_summary.first_order_date,
-        order_summary.last_order_date,
-        cast({{ dbt.datediff('order_summary.last_order_date', 'reference.reference_date', 'day') }} as integer) as recency_days,
+        order_summary.first_revenue_order_date as first_order_date,
+        order_summary.last_revenue_order_date as last_order_date,
+        order_summary.recency_days,
         cast(coalesce(order_summary.frequency, 0) as integer) as frequency,
         cast(coalesce(order_summary.monetary, 0) as numeric(18, 2)) as monetary,
         -- A ratio in double precision: a decimal quotient rounds differently on the two engines.

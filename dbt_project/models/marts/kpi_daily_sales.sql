@@ -10,10 +10,152 @@ products as (
     select * from {{ ref('dim_products') }}
 ),
 
+order_versions as (
+    select * from {{ ref('stg_sales__order_versions') }}
+),
+
+identity as (
+    select * from {{ ref('int_customer_identity') }}
+),
+
+crm_email_versions as (
+    select * from {{ ref('stg_crm__customer_versions') }}
+),
+
 revenue_orders as (
     select *
     from orders
     where is_revenue
+),
+
+{% if is_incremental() -%}
+-- A day is redone whole (a day's rows depend on its orders together). Changed since this table was
+-- last built: orders the facts rewrote (new, changed, moved to another customer by identity, a line
+-- delivered or deleted), and orders with a raw version loaded since, on the day of every version
+-- they have, so the day an order left (a hard delete's tombstone copies the last version's day, or
+-- a version moving it to another day) loses it.
+rewritten_orders as (
+    select
+        order_id,
+        customer_id,
+        order_date
+    from orders
+    where {{ changed_since_this_was_built('_built_at') }}
+),
+
+orders_with_new_versions as (
+    select order_id
+    from order_versions
+    where {{ changed_since_this_was_built('_loaded_at') }}
+),
+
+deleted_orders as (
+    select
+        customer_email,
+        crm_id
+    from order_versions
+    where _is_deleted
+        and {{ changed_since_this_was_built('_loaded_at') }}
+),
+
+-- A hard-deleted order leaves the facts with its customer key. Its customer is whoever holds one of
+-- its identifiers (email, CRM id) now: an order, or a CRM contact by id or by any email it had (a
+-- ticket holds only an email, so it links nothing an order or contact with that email does not).
+customers_of_deleted_orders as (
+    select orders.customer_id
+    from orders
+    inner join deleted_orders
+        on orders.customer_email = deleted_orders.customer_email
+    union
+    select orders.customer_id
+    from orders
+    inner join deleted_orders
+        on orders.crm_id = deleted_orders.crm_id
+    union
+    select identity.customer_id
+    from identity
+    inner join crm_email_versions
+        on identity.source_table = 'customers'
+        and identity.source_key = crm_email_versions.crm_id
+    inner join deleted_orders
+        on crm_email_versions.email = deleted_orders.customer_email
+        or crm_email_versions.crm_id = deleted_orders.crm_id
+),
+
+-- Every day a changed order stood on, before or after the change, with its customer now.
+changed_order_days as (
+    select
+        customer_id,
+        order_date as sales_date
+    from rewritten_orders
+    union
+    select
+        orders.customer_id,
+        cast(versions.ordered_at as date)
+    from order_versions as versions
+    inner join orders
+        on versions.order_id = orders.order_id
+    where versions.order_id in (select order_id from orders_with_new_versions)
+),
+
+-- Customers who lost orders they may have had first: to another customer (identity holds the key
+-- the record had in its previous build, the one before this run's) or to a hard delete.
+customers_losing_orders as (
+    select previous_customer_id as customer_id
+    from identity
+    where previous_customer_id <> customer_id
+    union
+    select customer_id from customers_of_deleted_orders
+),
+
+-- A customer is new on their first revenue order's day. Whatever changed, the customer's first day
+-- before and after is either a changed order's day (redone anyway) or the earliest day among the
+-- orders not rewritten, which is redone too when the change reached it: a changed order on or
+-- before it, or an order lost. A change after it (an order placed today, a late return) leaves it
+-- first both times, so a busy day does not redo every returning customer's first day.
+first_unchanged_days as (
+    select
+        customer_id,
+        min(order_date) as first_unchanged_day
+    from revenue_orders
+    where customer_id in (
+            select customer_id from changed_order_days
+            union
+            select customer_id from customers_losing_orders
+        )
+        and not {{ changed_since_this_was_built('_built_at') }}
+    group by customer_id
+),
+
+moved_first_days as (
+    select first_unchanged_days.first_unchanged_day as sales_date
+    from first_unchanged_days
+    left join (
+        select customer_id, min(sales_date) as earliest_changed_day from changed_order_days group by customer_id
+    ) as changes
+        on first_unchanged_days.customer_id = changes.customer_id
+    where changes.earliest_changed_day <= first_unchanged_days.first_unchanged_day
+        or first_unchanged_days.customer_id in (select customer_id from customers_losing_orders)
+),
+
+days_to_redo as (
+    select sales_date from changed_order_days
+    union
+    -- a deleted order's days: it is gone from fct_orders
+    select cast(ordered_at as date)
+    from order_versions
+    where order_id in (select order_id from orders_with_new_versions)
+    union
+    select sales_date from moved_first_days
+),
+
+{% endif -%}
+counted_orders as (
+    select *
+    from revenue_orders
+    {%- if is_incremental() %}
+    where order_date in (select sales_date from days_to_redo)
+    {%- endif %}
 ),
 
 -- A customer is new on the day of their first revenue order, returning on every later one.
@@ -22,25 +164,28 @@ first_order_dates as (
         customer_id,
         min(order_date) as first_order_date
     from revenue_orders
+    {%- if is_incremental() %}
+    where customer_id in (select customer_id from counted_orders)
+    {%- endif %}
     group by customer_id
 ),
 
 category_lines as (
     select
-        revenue_orders.order_date,
-        revenue_orders.channel,
+        counted_orders.order_date,
+        counted_orders.channel,
         products.category,
-        revenue_orders.order_id,
-        revenue_orders.customer_id,
-        revenue_orders.order_date = first_order_dates.first_order_date as is_new_customer,
+        counted_orders.order_id,
+        counted_orders.customer_id,
+        counted_orders.order_date = first_order_dates.first_order_date as is_new_customer,
         order_lines.net_amount
     from order_lines
-    inner join revenue_orders
-        on order_lines.order_id = revenue_orders.order_id
+    inner join counted_orders
+        on order_lines.order_id = counted_orders.order_id
     inner join products
         on order_lines.sku = products.sku
     inner join first_order_dates
-        on revenue_orders.customer_id = first_order_dates.customer_id
+        on counted_orders.customer_id = first_order_dates.customer_id
     where order_lines.is_valid
 ),
 
@@ -60,4 +205,4 @@ final as (
     group by order_date, channel, category
 )
 
-select * from final
+select final.*, {{ built_at() }} as _built_at from final

@@ -1,3 +1,9 @@
+-- Recomputed whole, written where it moved: the backlog is a running count over every earlier day,
+-- and a rewritten ticket's previous solve day (a reopened ticket solved again) is gone from the
+-- fact, so the days a change touched cannot be told from the facts alone. The whole recompute is
+-- one pass over a few columns of fct_tickets for a few hundred rows; only the days whose figures
+-- moved are written (and stamped with _built_at). Days now outside the tickets' span go in the
+-- post-hook.
 with tickets as (
     select * from {{ ref('fct_tickets') }}
 ),
@@ -77,6 +83,13 @@ final as (
         cast(coalesce(csat_responses, 0) as integer) as csat_responses,
         cast(csat as double precision) as csat
     from daily
+),
+
+changed as (
+    {{ rows_changed_from_this('final', [
+        'service_date', 'opened_tickets', 'solved_tickets', 'backlog_tickets', 'median_first_reply_minutes',
+        'sla_breach_rate', 'csat_responses', 'csat',
+    ]) }}
 )
 
-select * from final
+select changed.*, {{ built_at() }} as _built_at from changed

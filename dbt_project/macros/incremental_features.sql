@@ -1,0 +1,73 @@
+{#- The incremental feature models (customer_feature_snapshots, customer_purchase_summary,
+    training_set) keep one row per customer and feature date. A run builds the dates they do not
+    hold yet for every customer, and every date of the customers changed_customers names; the rest
+    stay as built. Dates that are no longer feature dates (the previous run's as-of date, unless a
+    period end) and rows of changed customers that this run did not write again leave after the
+    insert (delete_stale_feature_rows). -#}
+
+{#- The CTEs an incremental feature model reads its work from: `dates_to_build` (dates of
+    `dates_relation` matching `dates_condition` that the model does not hold, plus any dates the
+    model adds in `stale_dates`, a query on {{ this }}) and `customers_to_build`. Renders nothing
+    on a full build. -#}
+{% macro feature_work_ctes(dates_relation, dates_condition='true', stale_dates=none) -%}
+    {%- if builds_on_this() %}
+dates_to_build as (
+    select as_of_date from {{ dates_relation }}
+    where {{ dates_condition }}
+        and as_of_date not in (select as_of_date from {{ this }})
+    {%- if stale_dates %}
+    union
+    {{ stale_dates }}
+    {%- endif %}
+),
+
+customers_to_build as (
+    select customer_id from {{ ref('changed_customers') }}
+),
+    {%- endif %}
+{%- endmacro %}
+
+{#- Whether a (date, customer) row is part of this run's work: always on a full build. -#}
+{% macro in_feature_work(date_column, customer_column) -%}
+    {%- if builds_on_this() -%}
+    ({{ date_column }} in (select as_of_date from dates_to_build)
+        or {{ customer_column }} in (select customer_id from customers_to_build))
+    {%- else -%}
+    true
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Post-hook: rows on dates the model no longer keeps (`dates_condition` on feature_dates) and,
+    for a model of customers, rows of changed customers this run did not write again (a date where
+    they are no longer known, a key identity retired). Nothing after a full build. -#}
+{% macro delete_stale_feature_rows(dates_condition='true', of_customers=true) -%}
+    {%- if builds_on_this() %}
+    delete from {{ this }}
+    where as_of_date not in (select as_of_date from {{ ref('feature_dates') }} where {{ dates_condition }})
+    {%- if of_customers %}
+        or (_built_at < {{ built_at() }} and customer_id in (select customer_id from {{ ref('changed_customers') }}))
+    {%- endif %}
+    {%- endif %}
+{%- endmacro %}
+
+{#- The documented columns of model `model_name` (its YAML, in order) but `_built_at`, each prefixed
+    by `alias`: a model reading an incremental feature table leaves out its bookkeeping. From the
+    project's graph, not the database, so it renders the same in a unit test; while parsing it is
+    `alias.*`, and so in a unit test, whose context has no graph (its inputs lack `_built_at`). -#}
+{% macro feature_columns_of(model_name, alias) -%}
+    {%- set nodes = graph.get('nodes', {}).values() if execute else [] -%}
+    {%- set node = nodes | selectattr('resource_type', 'equalto', 'model') | selectattr('name', 'equalto', model_name) | first -%}
+    {%- if node is not defined or node is none -%}
+    {{ alias }}.*
+    {%- else -%}
+    {%- for column in node.columns if column != '_built_at' -%}
+    {{ alias }}.{{ column }}{% if not loop.last %},
+        {% endif %}
+    {%- endfor -%}
+    {%- endif -%}
+{%- endmacro %}
+
+{#- An incremental run on a table already built; false in a unit test, which has no `this`. -#}
+{% macro builds_on_this() -%}
+    {%- do return(this is not none and is_incremental()) -%}
+{%- endmacro %}

@@ -1,0 +1,197 @@
+{#- The customers whose features on earlier feature dates may have changed since the incremental
+    feature models (incremental_feature_models below) last ran: those models redo every date of
+    these customers, and every customer of a date they have not built yet, instead of two years of
+    snapshots. One row per customer, with the first reason found.
+
+    A snapshot of date D reads what was delivered by D, so a day's new deliveries change D only
+    through what the models join as it is now: the customer a record belongs to (identity moved
+    it), an order's amounts and lines (fct_orders rewrote it), a product's category, a record
+    deleted since (it disappears from every date), a version delivered late for an earlier date
+    (a backfill: loaded since, delivered before), and the latest version staging keeps of an
+    interaction or campaign member. Each of those names its customers here; labels of the
+    training set also change with today's orders, which fct_orders rewrote.
+
+    "Since" is the oldest of the models' latest writes (`_built_at`), so a model that failed or
+    was skipped on a day catches up on the next. Read without ref(): this model runs before them
+    and reads what they held before this run. On a first build everyone has changed. -#}
+{%- set incremental_feature_models = ['customer_feature_snapshots', 'customer_purchase_summary', 'training_set'] %}
+{%- set built = [] %}
+{%- if execute %}
+    {%- for name in incremental_feature_models %}
+        {%- set relation = adapter.get_relation(this.database, this.schema, name) %}
+        {%- if relation is not none and '_built_at' in adapter.get_columns_in_relation(relation) | map(attribute='name') | map('lower') | list %}
+            {%- do built.append(relation) %}
+        {%- endif %}
+    {%- endfor %}
+{%- endif %}
+{#- While parsing (no execute) the whole SQL renders, so dbt sees every ref. #}
+{%- set everyone_changed = execute and built | length < incremental_feature_models | length %}
+
+with identity as (
+    select * from {{ ref('int_customer_identity') }}
+),
+
+{% if everyone_changed -%}
+final as (
+    select distinct customer_id, cast('first build of the feature models' as {{ dbt.type_string() }}) as reason
+    from identity
+)
+{%- else -%}
+crm_customers as (
+    select source_key as crm_id, customer_id
+    from identity
+    where source_table = 'customers'
+),
+
+last_built as (
+    select min(built_at) as built_at
+    from (
+        {%- for relation in built %}
+        select max(_built_at) as built_at from {{ relation }}
+        {%- if not loop.last %}
+        union all
+        {%- endif %}
+        {%- endfor %}
+    ) as latest_writes
+),
+
+orders as (
+    select * from {{ ref('fct_orders') }}
+),
+
+tickets as (
+    select * from {{ ref('fct_tickets') }}
+),
+
+order_versions as (
+    select * from {{ ref('stg_sales__order_versions') }}
+),
+
+ticket_versions as (
+    select * from {{ ref('stg_service__ticket_versions') }}
+),
+
+crm_versions as (
+    select * from {{ ref('stg_crm__customer_versions') }}
+),
+
+-- The identifiers (crm_id, email) of records deleted since: the customers still holding one of
+-- them are the ones the record belonged to (a record joins a customer through an identifier it
+-- shares); a customer left with no record is gone from identity ("no longer a customer" below).
+deleted_orders as (
+    select order_id from order_versions
+    where _is_deleted and _loaded_at > (select built_at from last_built)
+),
+
+deleted_tickets as (
+    select ticket_id from ticket_versions
+    where _is_deleted and _loaded_at > (select built_at from last_built)
+),
+
+deleted_contacts as (
+    select crm_id from crm_versions
+    where _is_deleted and _loaded_at > (select built_at from last_built)
+),
+
+deleted_identifiers as (
+    select 'crm_id' as kind, crm_id as identifier from order_versions
+    where order_id in (select order_id from deleted_orders) and crm_id is not null
+    union
+    select 'email', customer_email from order_versions
+    where order_id in (select order_id from deleted_orders) and is_email_valid
+    union
+    select 'email', requester_email from ticket_versions
+    where ticket_id in (select ticket_id from deleted_tickets) and is_email_valid
+    union
+    select 'crm_id', crm_id from deleted_contacts
+    union
+    select 'email', email from crm_versions
+    where crm_id in (select crm_id from deleted_contacts) and is_email_valid
+),
+
+identifier_holders as (
+    select 'crm_id' as kind, crm_id as identifier, customer_id from orders where crm_id is not null
+    union all
+    select 'email', customer_email, customer_id from orders
+    union all
+    select 'email', requester_email, customer_id from tickets
+    union all
+    select 'crm_id', crm_id, customer_id from crm_customers
+    union all
+    select 'email', crm_versions.email, crm_customers.customer_id
+    from crm_versions
+    inner join crm_customers on crm_versions.crm_id = crm_customers.crm_id
+),
+
+-- Customers present in a feature table that identity no longer knows (merged away, or left with
+-- no record): their rows go.
+built_customers as (
+    {%- for relation in built %}
+    select distinct customer_id from {{ relation }}
+    {%- if not loop.last %}
+    union
+    {%- endif %}
+    {%- endfor %}
+),
+
+changes as (
+    select customer_id, 'identity moved a record to it' as reason
+    from identity
+    where key_changed_at > (select built_at from last_built)
+    union all
+    select previous_customer_id, 'identity moved a record from it'
+    from identity
+    where key_changed_at > (select built_at from last_built)
+        and previous_customer_id is not null
+    union all
+    select customer_id, 'order written'
+    from orders
+    where _built_at > (select built_at from last_built)
+    union all
+    select identity.customer_id, 'ticket version loaded'
+    from ticket_versions
+    inner join identity
+        on identity.source_table = 'tickets'
+        and identity.source_key = cast(ticket_versions.ticket_id as {{ dbt.type_string() }})
+    where ticket_versions._loaded_at > (select built_at from last_built)
+    union all
+    select crm_customers.customer_id, 'CRM contact version loaded'
+    from crm_versions
+    inner join crm_customers on crm_versions.crm_id = crm_customers.crm_id
+    where crm_versions._loaded_at > (select built_at from last_built)
+    union all
+    select crm_customers.customer_id, 'interaction loaded'
+    from {{ ref('stg_crm__interactions') }} as interactions
+    inner join crm_customers on interactions.crm_id = crm_customers.crm_id
+    where interactions._loaded_at > (select built_at from last_built)
+    union all
+    select crm_customers.customer_id, 'campaign member loaded'
+    from {{ ref('stg_crm__campaign_members') }} as campaign_members
+    inner join crm_customers on campaign_members.crm_id = crm_customers.crm_id
+    where campaign_members._loaded_at > (select built_at from last_built)
+    union all
+    select orders.customer_id, 'product loaded'
+    from {{ ref('stg_sales__products') }} as products
+    inner join {{ ref('fct_order_lines') }} as order_lines on products.sku = order_lines.sku
+    inner join orders on order_lines.order_id = orders.order_id
+    where products._loaded_at > (select built_at from last_built)
+    union all
+    select identifier_holders.customer_id, 'a record of it deleted'
+    from deleted_identifiers
+    inner join identifier_holders
+        on deleted_identifiers.kind = identifier_holders.kind
+        and deleted_identifiers.identifier = identifier_holders.identifier
+    union all
+    select built_customers.customer_id, 'no longer a customer'
+    from built_customers
+    where not exists (select 1 from identity where identity.customer_id = built_customers.customer_id)
+),
+
+final as (
+    select customer_id, cast(min(reason) as {{ dbt.type_string() }}) as reason
+    from changes
+    group by customer_id
+)
+{%- endif %}
+
+select * from final
