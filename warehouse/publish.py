@@ -6,9 +6,9 @@ publish brings `published` level with `marts` in one transaction, so BI sees the
 build's tables or the new one's, never a mix.
 
 Cost: a mart rebuilt whole each day (dimensions, customer_360) is copied whole, as cheap as dbt's
-own rebuild of it. An incremental mart (the facts, the daily KPIs, the cohorts) is not: only the rows dbt wrote since
-the last publish (its `_built_at` column, stamped by every dbt run) are replaced, and rows gone from
-the mart (a hard delete in the source) are removed by a key anti-join. A build that failed its
+own rebuild of it. An incremental mart (the facts, the daily KPIs, the cohorts) is not: only the
+rows dbt wrote since the last publish (its `_built_at` column, stamped by every dbt run) are
+replaced, and rows gone from the mart (a hard delete in the source) are removed by a key anti-join. A build that failed its
 tests is not lost: the next green build's publish carries its rows too. Storage: `published` holds
 a second copy of the marts.
 """
