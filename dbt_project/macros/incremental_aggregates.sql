@@ -3,7 +3,7 @@
     this table's newest `_built_at`. An empty table counts as built never, and so does a table built
     before the aggregate was incremental (no `_built_at` column): everything changed. -#}
 {% macro changed_since_this_was_built(column) -%}
-    {%- if this_has_built_at() -%}
+    {%- if has_column(this, '_built_at') -%}
     {{ column }} > (
         select coalesce(max(_built_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }}
     )
@@ -19,12 +19,14 @@
     count as not held: the first incremental run stamps them all. -#}
 {% macro rows_changed_from_this(relation, columns) -%}
     select {{ columns | join(', ') }} from {{ relation }}
-    {%- if is_incremental() and this_has_built_at() %}
+    {%- if is_incremental() and has_column(this, '_built_at') %}
     except
     select {{ columns | join(', ') }} from {{ this }} where _built_at is not null
     {%- endif %}
 {%- endmacro %}
 
-{% macro this_has_built_at() -%}
-    {{ return('_built_at' in adapter.get_columns_in_relation(this) | map(attribute='name') | map('lower') | list) }}
+{#- Whether `relation` (an existing table) has `column`: a table an older version built may lack the
+    bookkeeping columns a newer one reads. -#}
+{% macro has_column(relation, column) -%}
+    {{ return(column in adapter.get_columns_in_relation(relation) | map(attribute='name') | map('lower') | list) }}
 {%- endmacro %}

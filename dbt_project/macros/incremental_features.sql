@@ -52,8 +52,9 @@ customers_to_build as (
 
 {#- The documented columns of model `model_name` (its YAML, in order) but `_built_at`, each prefixed
     by `alias`: a model reading an incremental feature table leaves out its bookkeeping. From the
-    project's graph, not the database, so it renders the same in a unit test; while parsing it is
-    `alias.*`, and so in a unit test, whose context has no graph (its inputs lack `_built_at`). -#}
+    project's graph, not the database. While parsing, and in a unit test (its context has no graph),
+    it is `alias.*`: a unit test whose model adds its own `_built_at` overrides this macro with the
+    columns it reads (see training_set's). -#}
 {% macro feature_columns_of(model_name, alias) -%}
     {%- set nodes = graph.get('nodes', {}).values() if execute else [] -%}
     {%- set node = nodes | selectattr('resource_type', 'equalto', 'model') | selectattr('name', 'equalto', model_name) | first -%}

@@ -79,7 +79,7 @@ versions as (
 
 {% set oldest_first = ['updated_at', 'is_deleted', 'known_from', '_loaded_at'] -%}
 {#- A table built before it was incremental has no _built_at: redone whole once. #}
-{% if builds_on_this() and this_has_built_at() -%}
+{% if builds_on_this() and has_column(this, '_built_at') -%}
 last_built as (
     select max(_built_at) as built_at from {{ this }}
 ),

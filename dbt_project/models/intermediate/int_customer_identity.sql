@@ -21,7 +21,7 @@
 {#- Installs from before key_changed_at: every record counts as moved once, so the feature models
     redo every customer on their next run. -#}
 {%- set previous_knows_key_changes = previous_identity is not none
-    and 'key_changed_at' in adapter.get_columns_in_relation(previous_identity) | map(attribute='name') | map('lower') | list %}
+    and has_column(previous_identity, 'key_changed_at') %}
 with recursive
 
 crm_contacts as (
