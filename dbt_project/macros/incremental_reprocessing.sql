@@ -63,3 +63,49 @@
 {% macro built_at() -%}
     cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S.%f") }}' as {{ dbt.type_timestamp() }})
 {%- endmacro %}
+
+{#- The customers holding an identifier (CRM id, email) of an order, ticket or CRM contact deleted in
+    the source, its tombstone loaded when `loaded_since` (a condition on `_loaded_at`) holds. A
+    record belongs to a customer through an identifier it shares, so whoever holds one now is the
+    customer it was taken from; a customer left with no record is gone from identity altogether.
+    The deleted record's identifiers come from its earlier versions. -#}
+{% macro customers_sharing_identifiers_with_deleted_records(loaded_since) -%}
+    select holders.customer_id
+    from (
+        select 'crm_id' as kind, crm_id as identifier from {{ ref('stg_sales__order_versions') }}
+        where crm_id is not null and order_id in (
+            select order_id from {{ ref('stg_sales__order_versions') }} where _is_deleted and {{ loaded_since }})
+        union
+        select 'email', customer_email from {{ ref('stg_sales__order_versions') }}
+        where is_email_valid and order_id in (
+            select order_id from {{ ref('stg_sales__order_versions') }} where _is_deleted and {{ loaded_since }})
+        union
+        select 'email', requester_email from {{ ref('stg_service__ticket_versions') }}
+        where is_email_valid and ticket_id in (
+            select ticket_id from {{ ref('stg_service__ticket_versions') }} where _is_deleted and {{ loaded_since }})
+        union
+        select 'crm_id', crm_id from {{ ref('stg_crm__customer_versions') }}
+        where _is_deleted and {{ loaded_since }}
+        union
+        select 'email', email from {{ ref('stg_crm__customer_versions') }}
+        where is_email_valid and crm_id in (
+            select crm_id from {{ ref('stg_crm__customer_versions') }} where _is_deleted and {{ loaded_since }})
+    ) as deleted
+    inner join (
+        select 'crm_id' as kind, crm_id as identifier, customer_id from {{ ref('fct_orders') }} where crm_id is not null
+        union all
+        select 'email', customer_email, customer_id from {{ ref('fct_orders') }}
+        union all
+        select 'email', requester_email, customer_id from {{ ref('fct_tickets') }}
+        union all
+        select 'crm_id', source_key, customer_id from {{ ref('int_customer_identity') }} where source_table = 'customers'
+        union all
+        select 'email', versions.email, identity.customer_id
+        from {{ ref('stg_crm__customer_versions') }} as versions
+        inner join {{ ref('int_customer_identity') }} as identity
+            on identity.source_table = 'customers'
+            and identity.source_key = versions.crm_id
+    ) as holders
+        on deleted.kind = holders.kind
+        and deleted.identifier = holders.identifier
+{%- endmacro %}

@@ -19,7 +19,7 @@
 {%- if execute %}
     {%- for name in incremental_feature_models %}
         {%- set relation = adapter.get_relation(this.database, this.schema, name) %}
-        {%- if relation is not none and '_built_at' in adapter.get_columns_in_relation(relation) | map(attribute='name') | map('lower') | list %}
+        {%- if relation is not none and has_column(relation, '_built_at') %}
             {%- do built.append(relation) %}
         {%- endif %}
     {%- endfor %}
@@ -59,68 +59,12 @@ orders as (
     select * from {{ ref('fct_orders') }}
 ),
 
-tickets as (
-    select * from {{ ref('fct_tickets') }}
-),
-
-order_versions as (
-    select * from {{ ref('stg_sales__order_versions') }}
-),
-
 ticket_versions as (
     select * from {{ ref('stg_service__ticket_versions') }}
 ),
 
 crm_versions as (
     select * from {{ ref('stg_crm__customer_versions') }}
-),
-
--- The identifiers (crm_id, email) of records deleted since: the customers still holding one of
--- them are the ones the record belonged to (a record joins a customer through an identifier it
--- shares); a customer left with no record is gone from identity ("no longer a customer" below).
-deleted_orders as (
-    select order_id from order_versions
-    where _is_deleted and _loaded_at > (select built_at from last_built)
-),
-
-deleted_tickets as (
-    select ticket_id from ticket_versions
-    where _is_deleted and _loaded_at > (select built_at from last_built)
-),
-
-deleted_contacts as (
-    select crm_id from crm_versions
-    where _is_deleted and _loaded_at > (select built_at from last_built)
-),
-
-deleted_identifiers as (
-    select 'crm_id' as kind, crm_id as identifier from order_versions
-    where order_id in (select order_id from deleted_orders) and crm_id is not null
-    union
-    select 'email', customer_email from order_versions
-    where order_id in (select order_id from deleted_orders) and is_email_valid
-    union
-    select 'email', requester_email from ticket_versions
-    where ticket_id in (select ticket_id from deleted_tickets) and is_email_valid
-    union
-    select 'crm_id', crm_id from deleted_contacts
-    union
-    select 'email', email from crm_versions
-    where crm_id in (select crm_id from deleted_contacts) and is_email_valid
-),
-
-identifier_holders as (
-    select 'crm_id' as kind, crm_id as identifier, customer_id from orders where crm_id is not null
-    union all
-    select 'email', customer_email, customer_id from orders
-    union all
-    select 'email', requester_email, customer_id from tickets
-    union all
-    select 'crm_id', crm_id, customer_id from crm_customers
-    union all
-    select 'email', crm_versions.email, crm_customers.customer_id
-    from crm_versions
-    inner join crm_customers on crm_versions.crm_id = crm_customers.crm_id
 ),
 
 -- Customers present in a feature table that identity no longer knows (merged away, or left with
@@ -176,11 +120,8 @@ changes as (
     inner join orders on order_lines.order_id = orders.order_id
     where products._loaded_at > (select built_at from last_built)
     union all
-    select identifier_holders.customer_id, 'a record of it deleted'
-    from deleted_identifiers
-    inner join identifier_holders
-        on deleted_identifiers.kind = identifier_holders.kind
-        and deleted_identifiers.identifier = identifier_holders.identifier
+    select customer_id, 'a record of it deleted'
+    from ({{ customers_sharing_identifiers_with_deleted_records('_loaded_at > (select built_at from last_built)') }}) as holders
     union all
     select built_customers.customer_id, 'no longer a customer'
     from built_customers

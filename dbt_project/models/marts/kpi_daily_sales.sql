@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('fct_tickets') }}, {{ ref('stg_service__ticket_versions') }}, {{ ref('stg_crm__customer_versions') }}
 with orders as (
     select * from {{ ref('fct_orders') }}
 ),
@@ -16,10 +17,6 @@ order_versions as (
 
 identity as (
     select * from {{ ref('int_customer_identity') }}
-),
-
-crm_email_versions as (
-    select * from {{ ref('stg_crm__customer_versions') }}
 ),
 
 revenue_orders as (
@@ -49,39 +46,6 @@ orders_with_new_versions as (
     where {{ changed_since_this_was_built('_loaded_at') }}
 ),
 
-deleted_orders as (
-    select
-        customer_email,
-        crm_id
-    from order_versions
-    where _is_deleted
-        and {{ changed_since_this_was_built('_loaded_at') }}
-),
-
--- A hard-deleted order leaves the facts with its customer key. Its customer is whoever holds one of
--- its identifiers (email, CRM id) now: an order, or a CRM contact by id or by any email it had (a
--- ticket holds only an email, so it links nothing an order or contact with that email does not).
-customers_of_deleted_orders as (
-    select orders.customer_id
-    from orders
-    inner join deleted_orders
-        on orders.customer_email = deleted_orders.customer_email
-    union
-    select orders.customer_id
-    from orders
-    inner join deleted_orders
-        on orders.crm_id = deleted_orders.crm_id
-    union
-    select identity.customer_id
-    from identity
-    inner join crm_email_versions
-        on identity.source_table = 'customers'
-        and identity.source_key = crm_email_versions.crm_id
-    inner join deleted_orders
-        on crm_email_versions.email = deleted_orders.customer_email
-        or crm_email_versions.crm_id = deleted_orders.crm_id
-),
-
 -- Every day a changed order stood on, before or after the change, with its customer now.
 changed_order_days as (
     select
@@ -105,7 +69,7 @@ customers_losing_orders as (
     from identity
     where previous_customer_id <> customer_id
     union
-    select customer_id from customers_of_deleted_orders
+    select customer_id from ({{ customers_sharing_identifiers_with_deleted_records(changed_since_this_was_built('_loaded_at')) }}) as holders
 ),
 
 -- A customer is new on their first revenue order's day. Whatever changed, the customer's first day
