@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from warehouse import PROJECT_ROOT, connect
+from warehouse.adapter import duckdb_settings
 
 log = logging.getLogger(__name__)
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
@@ -150,6 +151,7 @@ def run_benchmark(
         "runs": runs,
         "started": started.isoformat(timespec="seconds"),
         "machine": _machine(),
+        "duckdb_settings": duckdb_settings(),
         "stages": _medians(records),
         "each_run": records,
     }
@@ -314,7 +316,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['tier']} tier ({result['customers']:,} customers × {result['days']} days) on {result['engine']},"
         f" median of {result['runs']} run(s), {result['started']}; {machine['cpus']} CPUs,"
-        f" {machine['memory_gb']} GB, load {machine['load_average'][0]} at the end",
+        f" {machine['memory_gb']} GB, load {machine['load_average'][0]} at the end"
+        + (f"; DuckDB {', '.join(f'{name} {value}' for name, value in result.get('duckdb_settings', {}).items())}"
+           if result["engine"] == "duckdb" else ""),
         "",
         "| stage | wall s | CPU s | rows | rows/s | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from crmw.airflow_runner import RunError, airflow_environment, run_dag, serve, warehouse_run_lock
 from crmw.bench import TIERS
-from warehouse import WarehouseUrlError, connect
+from warehouse import WarehouseSettingsError, WarehouseUrlError, connect
 
 OUTPUT_SCHEMAS = ("staging", "marts", "published", "features", "ml", "activation")
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (UsageError, WarehouseUrlError, RunError, SimulationError, ContractError) as error:
+    except (UsageError, WarehouseUrlError, WarehouseSettingsError, RunError, SimulationError, ContractError) as error:
         print(f"crmw: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,7 +51,7 @@ from extract_load.parse import (
 from extract_load.key_state import KEY_BUCKETS, LATEST_VERSION_FIRST, live_key_state, source_bucket_filter
 from extract_load.sql_source import SourceReadError, SqlSource
 from warehouse import PROJECT_ROOT, Warehouse, connect
-from warehouse.adapter import redact_url, sql_type
+from warehouse.adapter import duckdb_connection, redact_url, sql_type
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -701,8 +701,6 @@ def _reconcile_keys(
     keys raw lacks (loaded by the caller, as recovered). Only the keys of the buckets whose
     digests differ are compared (extract_load/key_state.py), or every key where there is no key
     state to compare with."""
-    import duckdb
-
     cursor_column = entity.cursor
     window_end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time())
     is_visible, window_params = f"{cursor_column} < {source.timestamp_bound}", [_source_timestamp(window_end)]
@@ -719,7 +717,7 @@ def _reconcile_keys(
     typed = ", ".join(f"try_cast({name} as {sql_type('duckdb', kind)}) as {name}" for name, kind in key_types.items())
     visible = f"case when {is_visible} then 1 else 0 end as _visible"
     keys_read = 0
-    with _source_errors(source, entity), duckdb.connect() as con:
+    with _source_errors(source, entity), duckdb_connection() as con:
         for table in source.read_text(entity.name, [*key_types, visible], source_where, window_params):
             con.register("source_keys", table)
             typed_keys = con.sql(f"select {typed}, cast(_visible as bigint) as _visible from source_keys").to_arrow_table()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from extract_load.contract import Entity
-from warehouse.adapter import quote_identifier, sql_type
+from warehouse.adapter import duckdb_connection, quote_identifier, sql_type
 
 if TYPE_CHECKING:
     import duckdb
@@ -203,10 +203,9 @@ def _parse_csv(
     rejects: list[Reject],
 ) -> ParsedDelivery:
     """Read the CSV files at `read_paths` (UTF-8, one header) with DuckDB and split their rows."""
-    import duckdb
     import pyarrow as pa
 
-    con = duckdb.connect()
+    con = duckdb_connection()
     try:
         spec = "{" + ", ".join(f"'{name}': 'VARCHAR'" for name in present) + "}"
         con.execute(
@@ -268,9 +267,7 @@ def _as_utf8(drop: FileDrop, payload: bytes, encoding: str, rejects: list[Reject
 def _empty_delivery(drops: Sequence[FileDrop], entity: Entity, rejects: list[Reject]) -> ParsedDelivery:
     """No rows, with the contract's columns: what a run of empty files delivers (and `rejects`,
     lines of them the encoding could not read)."""
-    import duckdb
-
-    con = duckdb.connect()
+    con = duckdb_connection()
     try:
         columns = ", ".join(f"cast(null as varchar) as {name}" for name in entity.column_types)
         con.execute(
@@ -350,7 +347,6 @@ def _with_original_bytes(
 
 def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelivery:
     """Parse JSON-lines drops in one pass; DuckDB's JSON functions take each line apart."""
-    import duckdb
     import pyarrow as pa
 
     rejects: list[Reject] = []
@@ -362,7 +358,7 @@ def parse_jsonl_files(drops: Sequence[FileDrop], entity: Entity) -> ParsedDelive
         lines["_delivery_date"] += [drop.drop_date] * len(numbered)
         lines["_source_row"] += [number for number, _ in numbered]
         lines["_raw_text"] += [text for _, text in numbered]
-    con = duckdb.connect()
+    con = duckdb_connection()
     try:
         types = {"_source_file": pa.string(), "_delivery_date": pa.date32(), "_source_row": pa.int64(), "_raw_text": pa.string()}
         con.register("file_lines", pa.table({name: pa.array(lines[name], types[name]) for name in lines}))
@@ -433,7 +429,6 @@ def parse_table(
     rows. A rejected row keeps its values as JSON (raw text) and, losslessly, each value's bytes as
     the source gave them (raw bytes, encode_sql_row): a row holding text that is not UTF-8 (e.g.
     Latin-1 bytes in a SQLite TEXT value, a binary BLOB) is rejected: neither engine stores it as text."""
-    import duckdb
     import numpy as np
     import pyarrow as pa
 
@@ -451,7 +446,7 @@ def parse_table(
         unreadable = np.zeros(rows, dtype=bool)
         unreadable[[reject.source_row - first_row for reject in rejects]] = True
         table = table.filter(pa.array(~unreadable))
-    con = duckdb.connect()
+    con = duckdb_connection()
     try:
         con.register("incoming", table)
         raw_text = f"to_json(struct_pack({', '.join(f'{name} := incoming.{name}' for name in names)}))"

@@ -22,6 +22,7 @@ def test_bench_tiny_tier_times_every_stage_then_a_steady_day(tmp_path: Path) -> 
                 "steady day: simulate", *(f"steady day: {stage}" for stage in PIPELINE_STAGES), STEADY_DAY]
     assert [row["stage"] for row in result["stages"]] == expected
     assert (result["tier"], result["engine"], result["runs"], result["customers"]) == ("tiny", "duckdb", 1, 200)
+    assert result["duckdb_settings"]["memory_limit"]  # what DuckDB could hold, beside the peaks it reached
     for row in result["stages"]:
         assert set(FIELDS) <= set(row), row
         assert row["wall_seconds"] > 0 and row["cpu_seconds"] >= 0 and row["peak_rss_mb"] > 0, row

@@ -12,7 +12,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from warehouse import WarehouseUrlError, connect, parse_warehouse_url
+from tests.conftest import PROJECT_ROOT
+from warehouse import WarehouseSettingsError, WarehouseUrlError, connect, parse_warehouse_url
+from warehouse.adapter import DEFAULT_DUCKDB_MEMORY_LIMIT, duckdb_connection
 
 CONTRACT_COLUMNS = {
     "id": "integer",
@@ -324,3 +326,58 @@ def test_row_counts_lists_tables_and_views_of_the_given_schemas_with_counts(ware
         ("marts.orders", 3),
         ("ml.scores", 1),
     ]
+
+
+DUCKDB_SETTINGS_QUERY = "select current_setting('memory_limit') as memory_limit, current_setting('threads') as threads"
+
+
+def _duckdb_settings_seen_by_dbt(url: str, tmp_path: Path) -> dict:
+    from dbt.cli.main import dbtRunner
+
+    dbt_project = str(PROJECT_ROOT / "dbt_project")
+    outcome = dbtRunner().invoke([
+        "show", "--inline", DUCKDB_SETTINGS_QUERY, "--quiet", "--profiles-dir", dbt_project, "--project-dir", dbt_project,
+        "--target-path", str(tmp_path / "dbt-target"), "--log-path", str(tmp_path / "dbt-logs"),
+    ])
+    assert outcome.success, outcome.exception
+    table = outcome.result.results[0].agate_table
+    return dict(zip(table.column_names, table.rows[0].values()))
+
+
+def _duckdb_settings_seen_by(connection) -> dict:
+    memory_limit, threads = connection.execute(DUCKDB_SETTINGS_QUERY).fetchone()
+    return {"memory_limit": memory_limit, "threads": threads}
+
+
+def test_duckdb_memory_limit_and_threads_come_from_the_settings_for_dbt_the_warehouse_and_the_extract(tmp_path, monkeypatch):
+    monkeypatch.delenv("CRMW_DUCKDB_MEMORY_LIMIT", raising=False)
+    monkeypatch.delenv("CRMW_DUCKDB_THREADS", raising=False)
+    with duckdb_connection() as scratch:
+        defaults = _duckdb_settings_seen_by(scratch)
+        scratch.execute(f"set memory_limit = '{DEFAULT_DUCKDB_MEMORY_LIMIT}'")
+        assert defaults == _duckdb_settings_seen_by(scratch)
+        scratch.execute("reset threads")
+        assert defaults == _duckdb_settings_seen_by(scratch)
+    chosen = {"memory_limit": "953.6 MiB", "threads": 1}
+    for name, settings in [("defaults", {}), ("chosen", {"CRMW_DUCKDB_MEMORY_LIMIT": "1GB", "CRMW_DUCKDB_THREADS": "1"})]:
+        for variable, value in settings.items():
+            monkeypatch.setenv(variable, value)
+        url = f"duckdb:///{tmp_path / f'{name}.duckdb'}"
+        monkeypatch.setenv("WAREHOUSE_URL", url)
+        expected = defaults if not settings else chosen
+        assert _duckdb_settings_seen_by_dbt(url, tmp_path) == expected
+        # dbt's connection stays open in this process: DuckDB lets the warehouse open the same file
+        # only with the same options.
+        with connect(url) as warehouse:
+            assert dict(zip(expected, warehouse.fetchall(DUCKDB_SETTINGS_QUERY)[0])) == expected
+        with duckdb_connection() as scratch:
+            assert _duckdb_settings_seen_by(scratch) == expected
+
+
+@pytest.mark.parametrize("variable, value", [("CRMW_DUCKDB_MEMORY_LIMIT", "lots"), ("CRMW_DUCKDB_THREADS", "many")])
+def test_a_duckdb_setting_duckdb_refuses_is_named_with_its_variable(variable, value, tmp_path, monkeypatch):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(WarehouseSettingsError) as caught:
+        connect(f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    message = str(caught.value)
+    assert f"{variable}={value!r}" in message and "expected a memory limit such as 4GB" in message

@@ -54,6 +54,10 @@ class WarehouseUrlError(ValueError):
     """WAREHOUSE_URL cannot be used; the message names the value and what was expected."""
 
 
+class WarehouseSettingsError(ValueError):
+    """DuckDB refused CRMW_DUCKDB_MEMORY_LIMIT or CRMW_DUCKDB_THREADS; the message names both."""
+
+
 @dataclass(frozen=True)
 class WarehouseUrl:
     engine: Literal["duckdb", "postgres"]
@@ -106,6 +110,39 @@ def connect(url: str | None = None) -> "Warehouse":
     if target.engine == "duckdb":
         return _DuckDBWarehouse(target)
     return _PostgresWarehouse(target)
+
+
+# DuckDB holds at most this much in memory and spills the rest of a large join, sort or window to
+# disk; its own default, 80% of the machine, let one 100,000-customer build reach 15 GB (see the
+# README's Speed section). dbt_project/profiles.yml spells the same default.
+DEFAULT_DUCKDB_MEMORY_LIMIT = "4GB"
+
+
+def duckdb_settings() -> dict[str, str]:
+    """DuckDB's memory limit and threads from CRMW_DUCKDB_MEMORY_LIMIT and CRMW_DUCKDB_THREADS
+    (DuckDB's default threads, one per core, when unset), for every DuckDB connection the project
+    opens; dbt's profile reads the same two variables."""
+    settings = {"memory_limit": os.environ.get("CRMW_DUCKDB_MEMORY_LIMIT") or DEFAULT_DUCKDB_MEMORY_LIMIT}
+    if threads := os.environ.get("CRMW_DUCKDB_THREADS"):
+        settings["threads"] = threads
+    return settings
+
+
+def duckdb_connection(path: str = ":memory:") -> Any:
+    """A DuckDB connection to `path` (a scratch in-memory database by default) under
+    `duckdb_settings()`; a value DuckDB cannot take is named with its variable."""
+    import duckdb
+
+    settings = duckdb_settings()
+    try:
+        return duckdb.connect(path, config=settings)
+    except duckdb.ProgrammingError as error:  # how DuckDB refuses a value it cannot parse
+        variables = {"memory_limit": "CRMW_DUCKDB_MEMORY_LIMIT", "threads": "CRMW_DUCKDB_THREADS"}
+        given = ", ".join(f"{variables[name]}={value!r}" for name, value in settings.items())
+        raise WarehouseSettingsError(
+            f"DuckDB refused its settings ({given}): {error}; expected a memory limit such as 4GB or 512MB "
+            "and a whole number of threads of at least 1"
+        ) from None
 
 
 def sql_type(engine: str, column_type: ColumnType) -> str:
@@ -297,12 +334,10 @@ class _DuckDBWarehouse(Warehouse):
     engine = "duckdb"
 
     def __init__(self, target: WarehouseUrl) -> None:
-        import duckdb
-
         super().__init__(target)
         assert target.duckdb_path is not None
         target.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(target.duckdb_path))
+        self._con = duckdb_connection(str(target.duckdb_path))
 
     def close(self) -> None:
         self._con.close()
