@@ -75,6 +75,7 @@ class _Run:
     def __init__(self, tier: str, engine: str, number: int, emit: Callable[[str], None]) -> None:
         self.header = {"tier": tier, "engine": engine, "run": number}
         self.stages: dict[str, dict[str, Any]] = {}
+        self.storage_mb: dict[str, dict[str, float]] = {}
         self.emit = emit
 
     def timed(self, stage: str, work: Callable[[], Measure]) -> Measure:
@@ -125,7 +126,7 @@ def run_benchmark(
 
     spec = TIERS[tier]
     started = dt.datetime.now(dt.timezone.utc)
-    records = []
+    records, storage = [], []
     with ExitStack() as stack:
         server = None
         if engine == "postgres":
@@ -141,6 +142,7 @@ def run_benchmark(
                 with mock.patch.dict(os.environ, {"CRMW_EXPORT_DIR": str(workdir / "exports")}):
                     _one_run(run, spec, _new_warehouse(engine, server, workdir, number), workdir)
             records.append(run.stages)
+            storage.append(run.storage_mb)
 
     result = {
         "tier": tier,
@@ -153,6 +155,9 @@ def run_benchmark(
         "machine": _machine(),
         "duckdb_settings": duckdb_settings(),
         "stages": _medians(records),
+        # Megabytes per schema after the full run and after the steady day; every run holds the
+        # same data (one seed), so the first run's.
+        "storage_mb": storage[0],
         "each_run": records,
     }
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +187,7 @@ def _one_run(run: _Run, spec: Tier, url: str, workdir: Path) -> None:
     ).values())))
     full_stages = _pipeline_day(run, url, sources, last_day, workdir, prefix="", full_refresh=True)
     run.total(FULL_RUN, full_stages)
+    run.storage_mb["full run"] = _storage_mb(url)
 
     day = last_day
     for _ in range(spec.catch_up_days):
@@ -196,6 +202,13 @@ def _one_run(run: _Run, spec: Tier, url: str, workdir: Path) -> None:
     run.timed("steady day: simulate", lambda: Measure(sum(append_day(sources, day).values())))
     steady_stages = _pipeline_day(run, url, sources, day, workdir, prefix="steady day: ", full_refresh=False)
     run.total(STEADY_DAY, steady_stages)
+    run.storage_mb["steady day"] = _storage_mb(url)
+
+
+def _storage_mb(url: str) -> dict[str, float]:
+    """The warehouse's megabytes on disk per schema and in total (the storage budget)."""
+    with connect(url) as warehouse:
+        return {schema: round(size / 2**20, 1) for schema, size in warehouse.storage_bytes().items()}
 
 
 def _pipeline_day(run: _Run, url: str, sources: Path, day: dt.date, workdir: Path, prefix: str, full_refresh: bool) -> list[str]:
@@ -252,12 +265,13 @@ def _reconcile(url: str, sources: Path, day: dt.date) -> Measure:
 
 def _dbt_build(url: str, day: dt.date, workdir: Path, full_refresh: bool) -> Measure:
     """`dbt build` as the DAG runs it for `day`: a full refresh tests whole tables; a daily build
-    tests what the incremental facts wrote, as on the schedule's weekdays. Rows: the marts' rows."""
+    tests what the incremental facts wrote, as on the schedule's weekdays, and leaves the unit tests
+    to `make test`. Rows: the marts' rows."""
     from crmw.scratch import run_dbt
 
     scope = "all" if full_refresh else "written"
     flags = ["--full-refresh"] if full_refresh else []
-    run_dbt(url, "build", *flags, "--vars", f"{{as_of_date: '{day}', test_scope: '{scope}'}}", tmp_path=workdir)
+    run_dbt(url, "build", *flags, "--exclude-resource-type", "unit_test", "--vars", f"{{as_of_date: '{day}', test_scope: '{scope}'}}", tmp_path=workdir)
     with connect(url) as warehouse:
         return Measure(sum(rows for _, rows in warehouse.row_counts(["marts"])))
 
@@ -276,7 +290,8 @@ def _model(spec, day: dt.date, url: str) -> Measure:
     except Exception as error:  # recorded in ml.model_runs by run_model; the traceback goes to the log
         log.exception("%s failed for %s", spec.name, day)
         return Measure(notes={"status": "failed", "message": f"{type(error).__name__}: {error}"})
-    return Measure(run["rows_in"], {"status": run["status"], "rows_out": run["rows_out"]})
+    return Measure(run["rows_in"], {"status": run["status"], "rows_out": run["rows_out"], "phase_seconds": run["phase_seconds"],
+                                    "refitted": run["metrics"].get("refitted")})
 
 
 def _publish(day: dt.date, url: str) -> Measure:
@@ -295,6 +310,10 @@ def _medians(records: list[dict[str, dict]]) -> list[dict[str, Any]]:
             row[field] = statistics.median(values) if values else None
         if "status" in records[0][stage]:
             row["status"] = sorted({run[stage]["status"] for run in records})
+        phases = [run[stage].get("phase_seconds") or {} for run in records]
+        if any(phases):
+            row["phase_seconds"] = {name: statistics.median(run.get(name, 0.0) for run in phases) for name in phases[0]}
+            row["refitted"] = any(run[stage].get("refitted") for run in records)
         medians.append(row)
     return medians
 
@@ -325,8 +344,20 @@ def markdown_table(result: dict[str, Any]) -> str:
     ]
     for row in result["stages"]:
         cells = [_cell(row[field]) for field in FIELDS]
-        status = f" ({', '.join(row['status'])})" if row.get("status") and row["status"] != ["published"] else ""
-        lines.append(f"| {row['stage']}{status} | {' | '.join(cells)} |")
+        notes = [*row["status"]] if row.get("status") and row["status"] != ["published"] else []
+        if row.get("phase_seconds"):
+            # Where a model's time went; "refitted" when its training data changed (else a stored fit scored).
+            notes.append(("refitted: " if row["refitted"] else "") + ", ".join(
+                f"{name} {_cell(seconds)} s" for name, seconds in row["phase_seconds"].items()))
+        label = f"{row['stage']} ({'; '.join(notes)})" if notes else row["stage"]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    storage = result.get("storage_mb") or {}
+    if storage:
+        moments = list(storage)
+        lines += ["", f"| schema | {' | '.join(f'MB after the {moment}' for moment in moments)} |",
+                  f"|---|{'---:|' * len(moments)}"]
+        for schema in dict.fromkeys(name for sizes in storage.values() for name in sizes):
+            lines.append(f"| {schema} | {' | '.join(_cell(storage[moment].get(schema)) for moment in moments)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -70,12 +70,14 @@ def run_model(
         "rows_in": 0,
         "rows_out": 0,
         "metrics": {},
+        "phase_seconds": {},
     }
+    phases = run["phase_seconds"]
     # The warehouse connection is open to read and to publish, not while the model fits: DuckDB
     # keeps the pages it read cached while a connection lives, and a PostgreSQL session would idle.
     with peak_memory() as peak:
         try:
-            with connect(warehouse_url) as warehouse:
+            with _timed(phases, "read"), connect(warehouse_url) as warehouse:
                 inputs = _read_inputs(warehouse, spec, as_of_date, settings)
                 plan = _training_plan(warehouse, spec, settings, as_of_date) if spec.is_trained else None
             primary = inputs[spec.reads[0].name]
@@ -90,9 +92,10 @@ def run_model(
                     )
                 module = importlib.import_module(spec.module)
                 if plan is None:
-                    results, metrics = module.run(inputs, as_of_date, settings)
+                    with _timed(phases, "score"):
+                        results, metrics = module.run(inputs, as_of_date, settings)
                 else:
-                    results, metrics, new_fit = _fit_and_score(module, spec, plan, inputs, as_of_date, settings)
+                    results, metrics, new_fit = _fit_and_score(module, spec, plan, inputs, as_of_date, settings, phases)
                 run["status"] = warehouse_io.PUBLISHED
             except InsufficientData as reason:
                 results = {table.name: warehouse_io.empty_frame(table.columns) for table in spec.writes}
@@ -161,14 +164,17 @@ def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.dat
     return plan
 
 
-def _fit_and_score(module, spec: ModelSpec, plan: dict[str, Any], inputs, as_of_date: dt.date, settings: Any):
-    """Score with the stored fit, or refit first; returns (results, metrics, new ml.trained_models row or None)."""
+def _fit_and_score(module, spec: ModelSpec, plan: dict[str, Any], inputs, as_of_date: dt.date, settings: Any,
+                   phases: dict[str, float]):
+    """Score with the stored fit, or refit first; returns (results, metrics, new ml.trained_models row
+    or None). The seconds each took go to `phases`."""
     new_fit = None
     if plan["stored"] is None:
         log.info("%s: refitting (%s)", spec.name, plan["reason"])
         training = plan.pop("training")
         rows_read = {name: len(frame) for name, frame in training.items()}
-        fitted, fit_metrics = module.fit(training, as_of_date, settings)
+        with _timed(phases, "fit"):
+            fitted, fit_metrics = module.fit(training, as_of_date, settings)
         del training
         fit_metrics = {**fit_metrics, "training_rows_read": rows_read}
         new_fit = warehouse_io.fit_row(spec.name, plan["settings_digest"], plan["fingerprint"], fit_metrics, fitted)
@@ -176,7 +182,8 @@ def _fit_and_score(module, spec: ModelSpec, plan: dict[str, Any], inputs, as_of_
     else:
         fitted, fit_metrics, trained_as_of = plan["stored"]["fitted"], plan["stored"]["metrics"], plan["stored"]["as_of_date"]
         log.info("%s: scoring with the fit as of %s (training data unchanged)", spec.name, trained_as_of)
-    results, score_metrics = module.score(fitted, inputs, as_of_date, settings)
+    with _timed(phases, "score"):
+        results, score_metrics = module.score(fitted, inputs, as_of_date, settings)
     metrics = {
         **fit_metrics,
         **score_metrics,
@@ -186,6 +193,17 @@ def _fit_and_score(module, spec: ModelSpec, plan: dict[str, Any], inputs, as_of_
         "model_age_days": (as_of_date - trained_as_of).days,
     }
     return results, metrics, new_fit
+
+
+@contextmanager
+def _timed(phases: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the wall seconds of the block to `phases[phase]`: where a model's time goes (reading,
+    fitting, scoring), recorded with its run for the benchmark and anyone tuning it."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[phase] = round(phases.get(phase, 0.0) + time.perf_counter() - started, 3)
 
 
 def settings_digest(settings: Any) -> str:

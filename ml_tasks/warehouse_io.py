@@ -35,6 +35,7 @@ MODEL_RUNS = OutputTable(
         "metrics": "string",
         "training_fingerprint": "string",
         "seconds": "double",
+        "phase_seconds": "string",
         "peak_memory_mb": "double",
         "message": "string",
         "finished_at": "timestamp",
@@ -262,13 +263,14 @@ def _arrow_array(table: str, column: str, values: Any, kind: ColumnType) -> "pa.
 
 
 def record_run(warehouse: Warehouse, run: Mapping[str, Any]) -> None:
-    """Append one ml.model_runs row (`parameters` and `metrics` as JSON)."""
+    """Append one ml.model_runs row (`parameters`, `metrics` and `phase_seconds` as JSON)."""
     import pandas as pd
 
     row = {
         **{column: run.get(column) for column in MODEL_RUNS.columns},
         "parameters": json.dumps(run.get("parameters", {}), sort_keys=True, default=str),
         "metrics": json.dumps(run.get("metrics", {}), sort_keys=True, default=str),
+        "phase_seconds": json.dumps(run.get("phase_seconds", {})),
         "finished_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
     }
     warehouse.ensure_table(MODEL_RUNS.name, MODEL_RUNS.columns)

@@ -36,7 +36,12 @@ def test_bench_tiny_tier_times_every_stage_then_a_steady_day(tmp_path: Path) -> 
     assert [record["stage"] for record in streamed] == expected
     table = path.with_suffix(".md").read_text()
     assert lines[-1] == table
-    assert table.count("\n| ") == len(expected) + 1  # the header row and one row per stage
+    # The header row and one row per stage, then the storage table: a header and a row per schema.
+    storage = result["storage_mb"]
+    assert list(storage) == ["full run", "steady day"]
+    assert {"raw_sales", "marts", "features", "ml", "total"} <= set(storage["steady day"])
+    assert storage["steady day"]["total"] >= storage["steady day"]["marts"] > 0
+    assert table.count("\n| ") == len(expected) + 1 + 1 + len(storage["steady day"])
 
 
 def test_bench_rejects_fewer_than_one_run(capsys) -> None:

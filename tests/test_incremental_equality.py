@@ -36,7 +36,7 @@ BUILT_SCHEMAS = ("marts", "features", "intermediate", "activation")
 # clock and memory. A fitted model's pickle is left out: its training data's fingerprint and its
 # metrics stand for it, and a diff of base64 text reads as noise.
 RUN_RECORD_COLUMNS = {
-    "_built_at", "key_changed_at", "previous_customer_id", "run_id", "seconds", "peak_memory_mb", "finished_at",
+    "_built_at", "key_changed_at", "previous_customer_id", "run_id", "seconds", "phase_seconds", "peak_memory_mb", "finished_at",
     "trained_at", "artifact",
 }
 # The incremental feature models' list of what changed since they last ran: about a run, not data.

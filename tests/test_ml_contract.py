@@ -88,6 +88,7 @@ def test_a_rerun_replaces_the_date_keeps_earlier_dates_and_appends_a_model_run(w
     assert json.loads(runs[-1]["parameters"]) == {"fail": False, "reported_quality": 0.9, "window_days": 30}
     assert runs[-1]["rows_in"] == 5 and runs[-1]["rows_out"] == 6
     assert runs[-1]["seconds"] > 0 and runs[-1]["peak_memory_mb"] > 10
+    assert set(json.loads(runs[-1]["phase_seconds"])) == {"read", "score"}  # the toy model is not trained
     assert runs[1]["training_fingerprint"] == runs[2]["training_fingerprint"] != runs[0]["training_fingerprint"]
 
 

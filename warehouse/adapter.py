@@ -289,6 +289,11 @@ class Warehouse:
         )
         return [(name, self.fetchall(f"select count(*) from {qualified(name)}")[0][0]) for (name,) in names]
 
+    def storage_bytes(self) -> dict[str, int]:
+        """Bytes on disk per schema (tables with their indexes), and the whole database under
+        "total": where a warehouse's disk goes, for the benchmark's storage budget."""
+        raise NotImplementedError
+
     def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
         """Let `role` (BI tools) read every current and future table of `schemas`."""
         raise NotImplementedError
@@ -367,6 +372,25 @@ class _DuckDBWarehouse(Warehouse):
         finally:
             self._con.unregister("crmw_incoming_batch")
         return data.num_rows
+
+    def storage_bytes(self) -> dict[str, int]:
+        """A schema's bytes are the blocks its tables' column segments use (DuckDB has no per-table
+        size); "total" is the file's used blocks. Checkpointed first, so the blocks are on disk."""
+        self._con.execute("checkpoint")
+        (block_size,) = self._con.execute("select block_size from pragma_database_size()").fetchone()
+        (used_blocks,) = self._con.execute("select used_blocks from pragma_database_size()").fetchone()
+        blocks: dict[str, set[int]] = {}
+        for schema, table in self.fetchall(
+            "select schema_name, table_name from duckdb_tables() where database_name = current_database() order by 1, 2"
+        ):
+            name = f"{schema}.{table}"
+            rows = self._con.execute(
+                "select distinct unnest(list_append(additional_block_ids, block_id)) from pragma_storage_info(?)"
+                " where block_id >= 0",
+                [name],
+            ).fetchall()
+            blocks.setdefault(schema, set()).update(block for (block,) in rows)
+        return {**{schema: len(ids) * block_size for schema, ids in sorted(blocks.items())}, "total": used_blocks * block_size}
 
     def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
         """A DuckDB file has no roles: BI tools open it read-only (access_mode=read_only)."""
@@ -499,6 +523,17 @@ class _PostgresWarehouse(Warehouse):
                     pacsv.write_csv(batch, buffer, write_options=options)
                     copy.write(buffer.getvalue())
         return data.num_rows
+
+    def storage_bytes(self) -> dict[str, int]:
+        """Tables, materialized views and their indexes and TOAST per schema; "total" is the database."""
+        sizes = self.fetchall(
+            "select namespace.nspname, sum(pg_total_relation_size(relation.oid)) from pg_class as relation"
+            " join pg_namespace as namespace on namespace.oid = relation.relnamespace"
+            " where relation.relkind in ('r', 'm', 'p') and namespace.nspname not in ('pg_catalog', 'information_schema')"
+            " and namespace.nspname not like 'pg_toast%' group by 1 order by 1"
+        )
+        (total,) = self.fetchall("select pg_database_size(current_database())")[0]
+        return {**{schema: int(size) for schema, size in sizes}, "total": int(total)}
 
     def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
         role = quote_identifier(role)
