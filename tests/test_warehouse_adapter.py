@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -114,6 +115,12 @@ def test_fetch_df_gives_the_same_dtypes_and_values_on_both_engines(tmp_path, pos
     # Integers beyond float precision survive a NULL in the same column.
     assert list(with_nulls["i"].dropna()) == [0, -1, 2**62, 2**53 + 1]
     assert with_nulls.loc[0, "ts"] == pd.Timestamp("2025-01-31 12:34:56.123456")
+
+
+def test_fetch_df_on_postgresql_reads_a_type_arrow_cannot_parse_row_by_row(postgres_url):
+    with connect(postgres_url) as warehouse:
+        frame = warehouse.fetch_df("select ? as n, cast(? as uuid) as id, 'it''s' as s", (7, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"))
+    assert frame.to_dict("records") == [{"n": 7, "id": uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), "s": "it's"}]
 
 
 def test_fetch_df_binds_question_mark_parameters(warehouse_url):
