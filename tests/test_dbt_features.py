@@ -489,3 +489,23 @@ def test_campaign_members_carry_the_features_of_the_last_feature_date_before_the
         assert same.all(), column
     # Campaigns go to opted-in contacts, with a fifth held out as control.
     assert 0.7 < rows["is_treatment"].mean() < 0.9
+
+
+def test_a_days_key_test_of_the_feature_snapshots_reads_the_rows_it_wrote_and_the_whole_table_pass_every_row(
+        warehouses, tmp_path, request) -> None:
+    # A duplicate of a snapshot row left by an earlier run (an older _built_at): the day's key test
+    # reads what the latest run wrote (delete+insert on that key replaced the rest); the weekly
+    # whole-table pass finds it.
+    server_url = request.getfixturevalue("postgres_server_url") if warehouses["engine"] == "postgres" else None
+    url = _copy_warehouse(warehouses["late"], f"crmw_features_key_{os.getpid()}", tmp_path, server_url)
+    with connect(url) as warehouse, warehouse.transaction():
+        warehouse.execute("create table features.earlier_copy as select * from features.customer_feature_snapshots"
+                          " where customer_id = (select min(customer_id) from features.customer_feature_snapshots)")
+        warehouse.execute("update features.earlier_copy set _built_at = _built_at - interval '1 day'")
+        warehouse.execute("insert into features.customer_feature_snapshots select * from features.earlier_copy")
+        warehouse.execute("drop table features.earlier_copy")
+    key_test = ["test", "--select", "customer_feature_snapshots,test_name:unique_key"]
+    variables = {"as_of_date": DBT_LAST_DAY.isoformat(), **FEATURE_VARS}
+    run_dbt(url, *key_test, "--vars", json.dumps(variables), tmp_path=tmp_path)
+    whole_table = run_dbt(url, *key_test, "--vars", json.dumps({**variables, "test_scope": "all"}), tmp_path=tmp_path, check=False)
+    assert whole_table.returncode == 1 and "FAIL 9 unique_key_customer_feature_snapshots" in whole_table.stdout, whole_table.stdout

@@ -6,6 +6,7 @@ order, a month's end and a training snapshot whose labels came in."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import sqlite3
 from collections import Counter
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from crmw.scratch import load_raw
+from tests.conftest import PROJECT_ROOT
 from tests.test_dbt_marts import (
     INCREMENTAL_START, _add_late_order_and_delete_the_first, _dbt_in_process, _delete_a_line_alone, _link_early_customers,
     grown_day_by_day,
@@ -115,6 +117,12 @@ def _built_tables(url: str) -> dict[str, list[tuple]]:
         return {name: _rows(warehouse, name) for (name,) in names if name not in model_outputs | RUN_RECORD_TABLES}
 
 
+def _incremental_models() -> list[dict]:
+    manifest = json.loads((PROJECT_ROOT / "dbt_project" / "target" / "manifest.json").read_text())
+    return [node for node in manifest["nodes"].values()
+            if node["resource_type"] == "model" and node["config"]["materialized"] == "incremental"]
+
+
 def _run_the_models(url: str, run_id: str) -> dict[str, list[tuple]]:
     """Every registered model for LAST_DAY on a warehouse without ML history, as a new install's
     first run (a rerun would reuse the first run's fits and record that it did); their published
@@ -169,6 +177,11 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     assert training_snapshots[0] != training_snapshots[-1], "no training snapshot's labels came in over the days run"
     with connect(url) as warehouse:
         assert warehouse.fetchall(f"select is_valid from marts.fct_payments where payment_id = '{HELD_BACK_PAYMENT_ID}'") == [(True,)]
+    # Every incremental model stamps what a run wrote: a day's tests read those rows (macros/test_scope.sql).
+    with connect(url) as warehouse:
+        unstamped = [f"{node['schema']}.{node['alias']}" for node in _incremental_models()
+                     if "_built_at" not in warehouse.table_columns(f"{node['schema']}.{node['alias']}")]
+    assert not unstamped, f"incremental models without _built_at: {unstamped}"
     incremental, incremental_ml = _built_tables(url), _run_the_models(url, "daily")
     _dbt_in_process(url, "run", "--full-refresh", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
     full_refresh, full_refresh_ml = _built_tables(url), _run_the_models(url, "full-refresh")
