@@ -133,9 +133,13 @@ class ModelSpec:
     trains_on: tuple[InputTable, ...] = ()
     # SQL aggregates over a `trains_on` table, per as_of_date, that change when its training data
     # does (rows, labels): their digest is the training fingerprint. A stored fit is reused while
-    # the fingerprint is unchanged and it is at most `retrain_max_age_days` old.
+    # the fingerprint is unchanged and it is at most `retrain_max_age_days` old, or while no
+    # aggregate of any snapshot moved by more than `training_change_tolerance` (a share of its
+    # value at the fit) and no snapshot came or went: at scale a late order or return changes
+    # some label every day, and a refit on 0.01% different rows only moves scores for no reason.
     training_signature: tuple[str, ...] = ("count(*)",)
     retrain_max_age_days: int | None = None
+    training_change_tolerance: float = 0.0
     # Scores whose outcome later becomes known: ml.model_performance measures them then.
     outcomes: tuple["OutcomeCheck", ...] = ()
     # Models whose outputs of the same date this one reads: the DAG runs it after them.

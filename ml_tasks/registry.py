@@ -128,9 +128,12 @@ ASSOCIATION_SPEC = ModelSpec(
 
 # ---- churn propensity (ml_tasks/churn.py) -------------------------------------------------------
 
-# A monthly snapshot whose labels came in changes the training data: refit then. A fit lives at
-# most this long even when nothing changed (a late order changes a label, and the fingerprint with it).
+# A monthly snapshot whose labels came in changes the training data: refit then, or when any
+# snapshot's row count or label aggregate moved by more than TRAINING_CHANGE_TOLERANCE since the
+# fit (at scale a late order or return can change some label on any day: refitting on each would
+# move scores for no reason). A fit lives at most RETRAIN_MAX_AGE_DAYS even so.
 RETRAIN_MAX_AGE_DAYS = 35
+TRAINING_CHANGE_TOLERANCE = 0.01
 
 CHURN_SPEC = ModelSpec(
     name="churn_propensity",
@@ -152,8 +155,9 @@ CHURN_SPEC = ModelSpec(
     trains_on=(InputTable(churn.TRAINING, columns=churn.TRAINING_COLUMNS, sample_setting="training_max_rows"),),
     training_signature=("count(*)", "sum(case when is_churned then 1 else 0 end)"),
     retrain_max_age_days=RETRAIN_MAX_AGE_DAYS,
+    training_change_tolerance=TRAINING_CHANGE_TOLERANCE,
     outcomes=(OutcomeCheck(churn.SCORES, "churn_probability", "churn", 90),),
-    retraining="refit when a new monthly snapshot's labels come in or a label changes, and at least every 35 days; scores daily",
+    retraining="refit when a new monthly snapshot's labels come in or the labels move by more than 1%, and at least every 35 days; scores daily",
     description="Churn propensity: candidates chosen and calibrated out of time, probabilities with reasons.",
 )
 
@@ -186,11 +190,12 @@ VALUE_SPEC = ModelSpec(
         "round(sum(coalesce(spend_next_365_days, spend_next_90_days, 0)), 2)",
     ),
     retrain_max_age_days=RETRAIN_MAX_AGE_DAYS,
+    training_change_tolerance=TRAINING_CHANGE_TOLERANCE,
     outcomes=(
         OutcomeCheck(lifetime_value.VALUE, "predicted_spend_90d", "spend", 90),
         OutcomeCheck(lifetime_value.VALUE, "predicted_spend_365d", "spend", 365),
     ),
-    retraining="refit when a snapshot's spend labels come in or change, and at least every 35 days; scores daily",
+    retraining="refit when a snapshot's spend labels come in or move by more than 1%, and at least every 35 days; scores daily",
     description="Customer value: BG/NBD + Gamma-Gamma vs gradient boosting vs last period's spend, best by validation; tiers.",
 )
 
@@ -247,7 +252,8 @@ UPLIFT_SPEC = ModelSpec(
         "sum(case when is_treatment then 1 else 0 end)",
     ),
     retrain_max_age_days=RETRAIN_MAX_AGE_DAYS,
-    retraining="refit when a campaign ends (its members arrive) or a conversion changes, and at least every 35 days; scores daily",
+    training_change_tolerance=TRAINING_CHANGE_TOLERANCE,
+    retraining="refit when a campaign ends (its members arrive) or the conversions move by more than 1%, and at least every 35 days; scores daily",
     description="Campaign uplift per customer: T-learner validated on the latest campaigns, against random and churn-risk targeting.",
 )
 

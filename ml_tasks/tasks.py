@@ -142,18 +142,23 @@ def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.dat
     """Whether a trained model refits today: its training fingerprint now, the stored fit it would
     reuse (None: refit) and, when refitting, the training rows."""
     digest = settings_digest(settings)
-    current = warehouse_io.training_fingerprint(warehouse, spec.trains_on, spec.training_signature)
+    signature = warehouse_io.training_signature(warehouse, spec.trains_on, spec.training_signature)
+    current = warehouse_io.training_fingerprint(signature)
     stored = warehouse_io.load_fit(warehouse, spec.name, spec.version, digest, as_of_date)
-    reason = None
+    reason, change = None, None
     if stored is None:
         reason = "no stored fit of this version and settings"
-    elif stored["training_fingerprint"] != current:
-        reason = f"training data changed since the fit as of {stored['as_of_date']}"
     elif spec.retrain_max_age_days is not None and (as_of_date - stored["as_of_date"]).days > spec.retrain_max_age_days:
         reason = f"the fit as of {stored['as_of_date']} is older than {spec.retrain_max_age_days} days"
+    elif stored["training_fingerprint"] != current:
+        change = warehouse_io.training_change(stored["metrics"].get("training_signature"), signature)
+        if change is None or change > spec.training_change_tolerance:
+            moved = "a snapshot came or went" if change is None else f"an aggregate moved {change:.2%}"
+            reason = f"training data changed since the fit as of {stored['as_of_date']} ({moved})"
     if not reason:
         stored["fitted"] = warehouse_io.unpickle_fit(stored.pop("artifact"))
-    plan: dict[str, Any] = {"fingerprint": current, "settings_digest": digest, "stored": None if reason else stored, "reason": reason}
+    plan: dict[str, Any] = {"fingerprint": current, "signature": signature, "settings_digest": digest,
+                            "stored": None if reason else stored, "reason": reason, "training_change": change}
     if reason:
         plan["training"] = {
             table.name: warehouse_io.read_training(
@@ -176,7 +181,7 @@ def _fit_and_score(module, spec: ModelSpec, plan: dict[str, Any], inputs, as_of_
         with _timed(phases, "fit"):
             fitted, fit_metrics = module.fit(training, as_of_date, settings)
         del training
-        fit_metrics = {**fit_metrics, "training_rows_read": rows_read}
+        fit_metrics = {**fit_metrics, "training_rows_read": rows_read, "training_signature": plan["signature"]}
         new_fit = warehouse_io.fit_row(spec.name, plan["settings_digest"], plan["fingerprint"], fit_metrics, fitted)
         trained_as_of = as_of_date
     else:
@@ -191,6 +196,8 @@ def _fit_and_score(module, spec: ModelSpec, plan: dict[str, Any], inputs, as_of_
         "refit_reason": plan["reason"],
         "trained_as_of": trained_as_of.isoformat(),
         "model_age_days": (as_of_date - trained_as_of).days,
+        # How far the training data moved since the stored fit, within the spec's tolerance.
+        "training_change_since_fit": plan["training_change"],
     }
     return results, metrics, new_fit
 

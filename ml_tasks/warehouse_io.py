@@ -112,18 +112,48 @@ def sample_threshold(share: float) -> str:
     return f"{min(0xFFFF, max(1, round(share * 0x10000))):04x}"
 
 
-def training_fingerprint(warehouse: Warehouse, tables: Sequence[InputTable], signature: Sequence[str]) -> str:
-    """A digest of the `signature` aggregates of each training table per as_of_date: equal while
-    the training data is (no new snapshot, no label changed)."""
+def training_signature(warehouse: Warehouse, tables: Sequence[InputTable], signature: Sequence[str]) -> dict[str, list[list]]:
+    """The `signature` aggregates of each training table per as_of_date, as JSON-ready rows
+    [date, value, ...]: what the fingerprint digests, kept with a fit to measure later changes."""
+    return {
+        table.name: [
+            [iso_day(row[0]), *(None if value is None else float(value) for value in row[1:])]
+            for row in warehouse.fetchall(
+                f"select as_of_date, {', '.join(signature)} from {qualified(table.name)} group by as_of_date order by as_of_date"
+            )
+        ]
+        for table in tables
+    }
+
+
+def training_fingerprint(signature: Mapping[str, Sequence[Sequence]]) -> str:
+    """A digest of a training signature: equal while the training data is (no new snapshot, no
+    label changed)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for table in tables:
-        rows = warehouse.fetchall(
-            f"select as_of_date, {', '.join(signature)} from {qualified(table.name)} group by as_of_date order by as_of_date"
-        )
-        digest.update(f"{table.name}:{_signature_text(rows)};".encode())
+    for name, rows in signature.items():
+        digest.update(f"{name}:{_signature_text(rows)};".encode())
     return digest.hexdigest()[:32]
+
+
+def training_change(fitted_on: Mapping[str, Sequence[Sequence]] | None, now: Mapping[str, Sequence[Sequence]]) -> float | None:
+    """The largest relative change of any aggregate of any snapshot since a fit (|now - then| /
+    max(|then|, 1)); None when the fit recorded no signature, or a table or snapshot came or went."""
+    if not fitted_on or list(fitted_on) != list(now):
+        return None
+    largest = 0.0
+    for name, rows in now.items():
+        then = fitted_on[name]
+        if [row[0] for row in then] != [row[0] for row in rows]:
+            return None
+        for old_row, new_row in zip(then, rows):
+            for old, new in zip(old_row[1:], new_row[1:]):
+                if (old is None) != (new is None):
+                    return None
+                if old is not None:
+                    largest = max(largest, abs(new - old) / max(abs(old), 1.0))
+    return largest
 
 
 def _signature_text(rows: Sequence[tuple]) -> str:

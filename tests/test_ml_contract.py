@@ -290,6 +290,27 @@ def test_a_trained_model_is_stored_reused_while_its_training_data_is_unchanged_a
     assert again["metrics"]["trained_as_of"] == DAY.isoformat()
 
 
+def test_a_stored_fit_is_reused_while_its_training_data_moved_within_the_tolerance_and_refitted_past_it(warehouse_url):
+    spec = dataclasses.replace(toy_model.TRAINED_SPEC, training_change_tolerance=0.3)
+    snapshot = {"ann": True, "ben": False, "cat": False, "dan": False}
+    _load_features(warehouse_url, DAY, SPENDS)
+    _load_training(warehouse_url, {APRIL: snapshot})
+    tasks.run_model(spec, DAY, "day-1", warehouse_url=warehouse_url)
+    _load_features(warehouse_url, NEXT_DAY, SPENDS)
+    # One more row of four (25%), its label unchanged: within 30%, the fit of the first day scores.
+    _load_training(warehouse_url, {APRIL: {**snapshot, "eve": False}})
+    moved = tasks.run_model(spec, NEXT_DAY, "day-2", warehouse_url=warehouse_url)
+    assert not moved["metrics"]["refitted"] and moved["metrics"]["training_change_since_fit"] == 0.25
+    # Two more of four (50%) measured against the fit, not against the day before: refit.
+    _load_training(warehouse_url, {APRIL: {**snapshot, "eve": False, "fay": True}})
+    refit = tasks.run_model(spec, NEXT_DAY, "day-2-rerun", warehouse_url=warehouse_url)
+    assert refit["metrics"]["refitted"] and "an aggregate moved 100.00%" in refit["metrics"]["refit_reason"]
+    # A new snapshot always refits, however small.
+    _load_training(warehouse_url, {APRIL: {**snapshot, "eve": False, "fay": True}, MAY: {"ann": True}})
+    tasks.run_model(spec, NEXT_DAY, "day-2-new-snapshot", warehouse_url=warehouse_url)
+    assert "a snapshot came or went" in _runs(warehouse_url)[-1]["metrics"]
+
+
 def test_a_stored_fit_past_its_max_age_or_of_other_settings_is_refitted(warehouse_url):
     _load_features(warehouse_url, DAY, SPENDS)
     _load_training(warehouse_url, {APRIL: {"ann": True, "ben": False, "cat": False, "dan": False}})
