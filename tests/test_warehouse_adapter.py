@@ -123,6 +123,18 @@ def test_fetch_df_on_postgresql_reads_a_type_arrow_cannot_parse_row_by_row(postg
     assert frame.to_dict("records") == [{"n": 7, "id": uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), "s": "it's"}]
 
 
+def test_fetch_df_keeps_line_breaks_inside_text_across_a_large_result(warehouse_url):
+    # Several megabytes: PostgreSQL's COPY text reaches Arrow's parallel CSV reader in many blocks.
+    rows = 60_000
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_table("t.comments", {"id": "integer", "body": "string"})
+        warehouse.append_arrow("t.comments", pa.table({
+            "id": range(rows), "body": [f"line one of {n}\nline two, \"quoted\"\n\nlast" for n in range(rows)]}))
+        frame = warehouse.fetch_df("select id, body from t.comments order by id")
+    assert len(frame) == rows and list(frame["id"][:2]) == [0, 1]
+    assert (frame["body"] == [f"line one of {n}\nline two, \"quoted\"\n\nlast" for n in range(rows)]).all()
+
+
 def test_fetch_df_binds_question_mark_parameters(warehouse_url):
     _load_all_types(warehouse_url)
     with connect(warehouse_url) as warehouse:

@@ -447,6 +447,9 @@ def _frame_from_csv(text: bytes, names: list[str], arrow_types: list[Any]) -> "p
         table = pacsv.read_csv(
             io.BytesIO(text),
             read_options=pacsv.ReadOptions(column_names=names),
+            # Text may hold line breaks (comments): without this, Arrow's parallel reader may cut
+            # a large input inside a quoted value.
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict(zip(names, arrow_types)), true_values=["t"], false_values=["f"],
                 null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
