@@ -156,12 +156,11 @@ def training_change(fitted_on: Mapping[str, Sequence[Sequence]] | None, now: Map
     return largest
 
 
-def _signature_text(rows: Sequence[tuple]) -> str:
-    # Numbers as floats rounded to cents: a sum is a Decimal on one engine and a float on another.
+def _signature_text(rows: Sequence[Sequence]) -> str:
+    # training_signature already made the dates ISO text and the numbers floats (a sum is a Decimal
+    # on one engine and a float on another); floats are rounded to cents.
     def text(value: Any) -> str:
-        if isinstance(value, (int, float)) or type(value).__name__ == "Decimal":
-            return f"{float(value):.2f}"
-        return iso_day(value) if hasattr(value, "isoformat") else str(value)
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
 
     return "|".join(",".join(text(value) for value in row) for row in rows)
 

@@ -2,8 +2,9 @@
     also narrows a row-by-row test (unique, not_null, accepted_values, relationships,
     expression_is_true, and unique_key on the model's own key) of an incremental model to the rows
     its latest run wrote (`_built_at`) when var('test_scope') is 'written', the default: a steady
-    day then tests its own rows, not two years. A key cannot be duplicated across runs (each run replaces its keys), and the DAG runs a
-    whole-table pass weekly with test_scope 'all'. A full refresh writes every row, so tests all. -#}
+    day then tests its own rows, not two years. A key cannot be duplicated across runs (each run
+    replaces its keys), and the DAG runs a whole-table pass weekly with test_scope 'all'. A full
+    refresh writes every row, so tests all. -#}
 {% macro get_where_subquery(relation) -%}
     {%- set where = config.get('where', '') -%}
     {%- set written_only = var('test_scope', 'written') == 'written' and _tests_rows_of_incremental_model() -%}
