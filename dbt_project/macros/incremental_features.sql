@@ -27,11 +27,25 @@ customers_to_build as (
     {%- endif %}
 {%- endmacro %}
 
-{#- Whether a (date, customer) row is part of this run's work: always on a full build. -#}
-{% macro in_feature_work(date_column, customer_column) -%}
+{#- The joins `in_feature_work` tests, on the (date, customer) of the rows a query reads: placed
+    after its FROM and other joins. Joins, not `in (subquery) or in (subquery)`: PostgreSQL cannot
+    turn an OR of subqueries into joins, and evaluates a subquery whose result would not fit in
+    work_mem (a catch-up day's tens of thousands of changed customers) by scanning it again for
+    every row read. Nothing on a full build. -#}
+{% macro feature_work_joins(date_column, customer_column) -%}
+    {%- if builds_on_this() %}
+    left join dates_to_build as new_feature_dates
+        on {{ date_column }} = new_feature_dates.as_of_date
+    left join customers_to_build as changed_feature_customers
+        on {{ customer_column }} = changed_feature_customers.customer_id
+    {%- endif %}
+{%- endmacro %}
+
+{#- Whether a row of a query with `feature_work_joins` is part of this run's work: a date not built
+    yet, or a changed customer. Always on a full build. -#}
+{% macro in_feature_work() -%}
     {%- if builds_on_this() -%}
-    ({{ date_column }} in (select as_of_date from dates_to_build)
-        or {{ customer_column }} in (select customer_id from customers_to_build))
+    (new_feature_dates.as_of_date is not null or changed_feature_customers.customer_id is not null)
     {%- else -%}
     true
     {%- endif -%}

@@ -10,13 +10,17 @@ with feature_dates as (
 {{ feature_work_ctes('feature_dates') }}
 
 orders as (
-    select * from {{ ref('orders_as_known') }}
-    where {{ in_feature_work('as_of_date', 'customer_id') }}
+    select known.*
+    from {{ ref('orders_as_known') }} as known
+    {{- feature_work_joins('known.as_of_date', 'known.customer_id') }}
+    where {{ in_feature_work() }}
 ),
 
 tickets as (
-    select * from {{ ref('tickets_as_known') }}
-    where {{ in_feature_work('as_of_date', 'customer_id') }}
+    select known.*
+    from {{ ref('tickets_as_known') }} as known
+    {{- feature_work_joins('known.as_of_date', 'known.customer_id') }}
+    where {{ in_feature_work() }}
 ),
 
 order_lines as (
@@ -60,7 +64,8 @@ known_contacts as (
         on crm_versions._delivery_date <= feature_dates.as_of_date
     inner join crm_customers
         on crm_versions.crm_id = crm_customers.crm_id
-    where {{ in_feature_work('feature_dates.as_of_date', 'crm_customers.customer_id') }}
+    {{- feature_work_joins('feature_dates.as_of_date', 'crm_customers.customer_id') }}
+    where {{ in_feature_work() }}
     group by 1, 2
 ),
 
@@ -79,7 +84,8 @@ contact_consent as (
     from current_contact_versions
     inner join crm_customers
         on current_contact_versions.crm_id = crm_customers.crm_id
-    where {{ in_feature_work('current_contact_versions.as_of_date', 'crm_customers.customer_id') }}
+    {{- feature_work_joins('current_contact_versions.as_of_date', 'crm_customers.customer_id') }}
+    where {{ in_feature_work() }}
     group by 1, 2
 ),
 
@@ -173,7 +179,8 @@ interaction_features as (
         and cast(interactions.occurred_at as date) <= feature_dates.as_of_date
     inner join crm_customers
         on interactions.crm_id = crm_customers.crm_id
-    where {{ in_feature_work('feature_dates.as_of_date', 'crm_customers.customer_id') }}
+    {{- feature_work_joins('feature_dates.as_of_date', 'crm_customers.customer_id') }}
+    where {{ in_feature_work() }}
     group by 1, 2
 ),
 
@@ -189,7 +196,8 @@ campaign_features as (
         on campaign_members._delivery_date <= feature_dates.as_of_date
     inner join crm_customers
         on campaign_members.crm_id = crm_customers.crm_id
-    where {{ in_feature_work('feature_dates.as_of_date', 'crm_customers.customer_id') }}
+    {{- feature_work_joins('feature_dates.as_of_date', 'crm_customers.customer_id') }}
+    where {{ in_feature_work() }}
     group by 1, 2
 ),
 

@@ -14,8 +14,10 @@ with feature_dates as (
 {{ feature_work_ctes('feature_dates') }}
 
 orders as (
-    select * from {{ ref('orders_as_known') }}
-    where {{ in_feature_work('as_of_date', 'customer_id') }}
+    select known.*
+    from {{ ref('orders_as_known') }} as known
+    {{- feature_work_joins('known.as_of_date', 'known.customer_id') }}
+    where {{ in_feature_work() }}
 ),
 
 purchase_days as (

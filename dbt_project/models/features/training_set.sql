@@ -54,9 +54,10 @@ training_rows as (
     from snapshots
     inner join feature_dates
         on snapshots.as_of_date = feature_dates.as_of_date
+    {{- feature_work_joins('snapshots.as_of_date', 'snapshots.customer_id') }}
     where feature_dates.is_training_snapshot
         and snapshots.order_count > 0
-        and {{ in_feature_work('snapshots.as_of_date', 'snapshots.customer_id') }}
+        and {{ in_feature_work() }}
 ),
 
 future_orders as (
