@@ -741,12 +741,14 @@ def _reconcile_keys(
             f" from {entity.raw_table} as versions where versions._batch_date <= ? and {condition}) as latest"
         )
 
-    # With a key state, only the keys of the differing buckets: raw's live ones, and the source's.
-    among_live_keys = among_source_keys = ""
+    # With a key state, only the keys of the differing buckets: raw's live ones the source lost,
+    # and the source's.
+    gone_from_source = f"not exists (select 1 from {keys} as source where {same_key('source', 'versions')})"
+    among_source_keys = ""
     if state is not None:
-        among_live_keys = f" and exists (select 1 from {state.live_keys} as live where {same_key('live', 'versions')})"
+        state.fill_gone_keys(keys)
+        gone_from_source = f"exists (select 1 from {state.gone_keys} as gone where {same_key('gone', 'versions')})"
         among_source_keys = f" and exists (select 1 from {keys} as source where {same_key('source', 'versions')})"
-    gone_from_source = f"not exists (select 1 from {keys} as source where {same_key('source', 'versions')}){among_live_keys}"
     contract_columns = ", ".join(entity.column_types)
     audit.rows_deleted = warehouse.execute_count(
         f"insert into {entity.raw_table} ({contract_columns}, _batch_date, _run_id, _delivery_date, _source_file,"
@@ -778,6 +780,7 @@ def _reconcile_keys(
     warehouse.empty_table(keys)
     if state is not None:
         warehouse.empty_table(state.live_keys)
+        warehouse.empty_table(state.gone_keys)
     # A key whose only source row is quarantined stays missing from raw: it is not missed.
     quarantined = {
         tuple(str(values.get(name)) for name in entity.primary_key)
