@@ -3,7 +3,7 @@
     hold yet for every customer, and every date of the customers changed_customers names; the rest
     stay as built. Dates that are no longer feature dates (the previous run's as-of date, unless a
     period end) and rows of changed customers that this run did not write again leave after the
-    insert (delete_stale_feature_rows). -#}
+    insert (delete_stale_feature_dates, delete_unwritten_rows_of_changed_customers). -#}
 
 {#- The CTEs an incremental feature model reads its work from: `dates_to_build` (dates of
     `dates_relation` matching `dates_condition` that the model does not hold, plus any dates the
@@ -51,16 +51,24 @@ customers_to_build as (
     {%- endif -%}
 {%- endmacro %}
 
-{#- Post-hook: rows on dates the model no longer keeps (`dates_condition` on feature_dates) and,
-    for a model of customers, rows of changed customers this run did not write again (a date where
-    they are no longer known, a key identity retired). Nothing after a full build. -#}
-{% macro delete_stale_feature_rows(dates_condition='true', of_customers=true) -%}
+{#- Post-hook: rows on dates the model no longer keeps (`dates_condition` on feature_dates).
+    Nothing after a full build. -#}
+{% macro delete_stale_feature_dates(dates_condition='true') -%}
     {%- if builds_on_this() %}
     delete from {{ this }}
     where as_of_date not in (select as_of_date from {{ ref('feature_dates') }} where {{ dates_condition }})
-    {%- if of_customers %}
-        or (_built_at < {{ built_at() }} and customer_id in (select customer_id from {{ ref('changed_customers') }}))
     {%- endif %}
+{%- endmacro %}
+
+{#- Post-hook of a model of customers: rows of changed customers this run did not write again (a
+    date where they are no longer known, a key identity retired). A statement of its own, not an OR
+    beside the dates': PostgreSQL turns `in (subquery)` into a join only when it stands alone, and
+    rescans the subquery for every row once a catch-up day's changed customers outgrow work_mem. -#}
+{% macro delete_unwritten_rows_of_changed_customers() -%}
+    {%- if builds_on_this() %}
+    delete from {{ this }}
+    where _built_at < {{ built_at() }}
+        and customer_id in (select customer_id from {{ ref('changed_customers') }})
     {%- endif %}
 {%- endmacro %}
 
