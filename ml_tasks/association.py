@@ -465,14 +465,14 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     who = customer_codes.get_indexer(purchases["customer_id"])
     what = skus.get_indexer(purchases["sku"].astype(str))
     known = who >= 0
-    bought = np.unique(who[known].astype(np.int64) * n_skus + what[known])
+    bought = _sorted_distinct(who[known].astype(np.int64) * n_skus + what[known])
 
     if "category" not in purchases.columns:
         purchases = purchases.assign(category=purchases["sku"].astype(str).map(
             best_sellers.assign(sku=best_sellers["sku"].astype(str)).set_index("sku")["category"]))
     rule_offers = _rule_offers(product_rules, bought, skus, n_skus, k)
     # Fill with popular skus, weighted by the customer's taste for their categories, not bought or offered yet.
-    taken = np.union1d(bought, rule_offers["key"].to_numpy(np.int64))
+    taken = _sorted_distinct(np.concatenate([bought, rule_offers["key"].to_numpy(np.int64)]))
     places = k - np.bincount(rule_offers["customer"].to_numpy(np.int64), minlength=len(customers))
     fill = _popular_offers(customers, purchases, best_sellers, skus, n_skus, taken, places)
     fill_source = np.where(fill["favourite"].to_numpy(bool), "category_best_seller", "best_seller") if len(fill) else []
@@ -574,6 +574,13 @@ def _chunks(customer: np.ndarray, fan: np.ndarray, size: int) -> list[tuple[int,
     return bounds
 
 
+def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
+    """The distinct integer keys, sorted: np.unique's result, which under numpy 2.4 takes a hash
+    path 20x slower than sorting (2.0 s against 0.1 s on 1.8M keys)."""
+    keys = np.sort(keys)
+    return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
+
+
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     if not len(sorted_keys):
         return np.zeros(len(keys), dtype=bool)
@@ -618,26 +625,48 @@ def _popular_offers(customers: pd.DataFrame, purchases: pd.DataFrame, best_selle
 
     parts = []
     width = len(categories) * depth
+    seller_flat, share_flat = seller.reshape(width), share.reshape(width)
+    # Candidate positions by their sku, to find the taken (customer, sku) pairs among the candidates
+    # by a search of the taken keys (one per pair) instead of one per customer and candidate.
+    slots = np.flatnonzero(seller_flat >= 0)
+    slots = slots[np.argsort(seller_flat[slots], kind="stable")]
+    slot_skus = seller_flat[slots]
+    taken_customer, taken_sku = np.divmod(taken, n_skus)
     chunk = max(1, 20_000_000 // width)
     for low in range(0, len(wanting), chunk):
         owner = wanting[low: low + chunk]
         affinity = (counts[owner] + CATEGORY_PRIOR_PURCHASES * mix) / (
             (counts[owner].sum(axis=1, keepdims=True) + CATEGORY_PRIOR_PURCHASES) * mix)
         score = (affinity[:, :, None] * share[None, :, :]).reshape(len(owner), width)
-        candidate = np.broadcast_to(seller.reshape(1, width), score.shape)
-        keys = owner[:, None] * n_skus + candidate
-        free = (candidate >= 0) & ~_contains(taken, keys.ravel()).reshape(score.shape)
+        free = np.broadcast_to(seller_flat >= 0, score.shape).copy()
+        first = np.searchsorted(taken_customer, owner[0], side="left")
+        last = np.searchsorted(taken_customer, owner[-1], side="right")
+        row = np.searchsorted(owner, taken_customer[first:last])
+        held = owner[np.minimum(row, len(owner) - 1)] == taken_customer[first:last]
+        row, sku = row[held], taken_sku[first:last][held]
+        start, stop = np.searchsorted(slot_skus, sku, side="left"), np.searchsorted(slot_skus, sku, side="right")
+        many = stop - start
+        free[np.repeat(row, many), slots[np.repeat(start, many) + np.arange(many.sum()) - np.repeat(np.cumsum(many) - many, many)]] = False
         score = np.where(free, score, -np.inf)
+        # Only a row's `places` best free candidates are offered: keep those scoring at least its
+        # places-th best (ties too) before ordering them exactly, instead of sorting every row whole.
+        most = int(places[owner].max())
+        if most < width:
+            cut = -np.partition(-score, most - 1, axis=1)[:, most - 1]
+            rows, position = np.nonzero(free & (score >= cut[:, None]))
+        else:
+            rows, position = np.nonzero(free)
         # Best first; ties by the sku's own share, then sku code, so the order is total.
-        order = np.lexsort((candidate, -np.broadcast_to(share.reshape(1, width), score.shape), -score), axis=1)
-        keep = np.arange(width)[None, :] < places[owner][:, None]
-        rows, columns = np.nonzero(keep & np.take_along_axis(free, order, axis=1))
-        position = order[rows, columns]
+        order = np.lexsort((seller_flat[position], -share_flat[position], -score[rows, position], rows))
+        rows, position = rows[order], position[order]
+        within = np.arange(len(rows)) - np.searchsorted(rows, rows)
+        keep = within < places[owner][rows]
+        rows, position = rows[keep], position[keep]
         customer = owner[rows]
-        sku_code = candidate[rows, position]
+        sku_code = seller_flat[position]
         parts.append(pd.DataFrame({
             "customer": customer, "sku_code": sku_code, "key": customer * n_skus + sku_code,
-            "score": score[rows, position], "tie": share.reshape(width)[position], "rule": None,
+            "score": score[rows, position], "tie": share_flat[position], "rule": None,
             "favourite": (position // depth) == favourite[customer],
         }))
     return pd.concat(parts, ignore_index=True) if parts else _no_offers()
