@@ -19,7 +19,13 @@ Behavioural clusters. Each customer is a vector of the CLUSTER_FEATURES below, t
 GROUP_WEIGHTS entry however many columns it has (a group of n columns is scaled by
 weight / sqrt(n)): eight category shares do not outvote recency. k-means (n_init starts: a single
 start lands in a worse optimum now and then) is fitted on a seeded training share of the customers
-(1 - holdout_share), outliers left out of the fit.
+(1 - holdout_share), outliers left out of the fit, at most `fit_sample_size` (20,000) of them drawn
+by a seeded sample: centroids of five to eight clusters in 25 dimensions are pinned down long
+before that, and the six fits of ten starts otherwise grow with the shop. Measured on 30,000
+simulated customers x 730 days (38,946 training customers; one run, another job on the cores):
+every k's Davies-Bouldin index within 0.02 of the whole set's, the same k (5), held-out inertia
+reduction 0.4505 against 0.4506 and silhouette gain 0.073 against 0.073, cluster assignments
+agreeing at ARI 0.98, and the run 17.9 s against 27.8 s (10,000: same k, ARI 0.98, 13.9 s).
 - k: every k in [k_min, k_max] (default 4-8: fewer than four segments is too coarse for a
   marketing team to act on, more than eight too many to name, staff and track) is fitted, and the
   k with the lowest Davies-Bouldin index of its training fit is chosen (ties: the smaller k). The
@@ -108,7 +114,7 @@ if TYPE_CHECKING:
 # fewer it swings with the sample (56 held-out of 90 days of 400 simulated customers: 0.039; 60
 # days of 1,000: 0.047; 13 months of 4,000, 957 held out: 0.071).
 HOLDOUT_MIN_FOR_FLOOR = 500
-MODEL_VERSION = "segments-4"  # 4: floor on the gain over a one-Gaussian reference; 3: k in 4-8 by Davies-Bouldin
+MODEL_VERSION = "segments-5"  # 5: k-means fitted on at most fit_sample_size customers; 4: floor on the gain over a one-Gaussian reference; 3: k in 4-8 by Davies-Bouldin
 FEATURES = "features.customer_features"
 CATEGORY_MIX = "features.customer_category_mix"
 SEGMENTS = "ml.customer_segments"
@@ -250,6 +256,9 @@ class SegmentSettings:
     min_customers: int = 50
     holdout_share: float = 0.2
     silhouette_sample_size: int = 3000
+    # The k-means fits see a seeded sample of at most this many training customers (see the
+    # module docstring).
+    fit_sample_size: int = 20_000
     recency_cap_days: int = 365
     outlier_sample_size: int = 5000
     outlier_min_samples: int = 10
@@ -270,6 +279,7 @@ class SegmentSettings:
         check_range("min_customers", self.min_customers, minimum=10, kind=int)
         check_range("holdout_share", self.holdout_share, minimum=0.05, maximum=0.5)
         check_range("silhouette_sample_size", self.silhouette_sample_size, minimum=100, maximum=50_000, kind=int)
+        check_range("fit_sample_size", self.fit_sample_size, minimum=1_000, maximum=10_000_000, kind=int)
         check_range("recency_cap_days", self.recency_cap_days, minimum=1, kind=int)
         check_range("outlier_sample_size", self.outlier_sample_size, minimum=100, maximum=50_000, kind=int)
         check_range("outlier_min_samples", self.outlier_min_samples, minimum=2, maximum=100, kind=int)
@@ -611,6 +621,7 @@ def fit_clusters(points: "np.ndarray", outlier: "np.ndarray", settings: SegmentS
     train = points[~heldout & ~outlier]
     if len(train) < 2 * settings.k_max:
         train = points[~heldout]
+    train = train[_sample(len(train), settings.fit_sample_size, settings.random_state, 7)]
     silhouette_rows = _sample(len(train), settings.silhouette_sample_size, settings.random_state, 3)
     models: dict[int, Any] = {}
     silhouettes: dict[int, float] = {}

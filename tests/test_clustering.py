@@ -172,6 +172,16 @@ def test_kmeans_recovers_well_separated_planted_groups_and_davies_bouldin_picks_
     assert adjusted_rand_score(truth[segments.index], segments["cluster_id"]) >= 0.95
 
 
+def test_kmeans_on_a_sample_of_the_training_customers_still_finds_the_planted_groups_for_everyone():
+    sizes = {group: count * 5 for group, count in BLOBS.items()}  # 1,700 customers, 1,360 training ones
+    features, mix, truth = _customers(sizes)
+    results, metrics = run(_inputs(features, mix), AS_OF, SegmentSettings(k_min=4, k_max=4, fit_sample_size=1_000))
+    segments = results[SEGMENTS].set_index("customer_id")
+    assert metrics["train_customers"] == 1_000
+    assert len(segments) == len(features) and segments["cluster_id"].notna().all()
+    assert adjusted_rand_score(truth[segments.index], segments["cluster_id"]) >= 0.95
+
+
 def test_default_settings_try_k_4_to_8_and_take_the_lowest_davies_bouldin():
     features, mix, truth = _customers(BLOBS)
     settings = SegmentSettings()
