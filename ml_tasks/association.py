@@ -474,7 +474,7 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     # Fill with popular skus, weighted by the customer's taste for their categories, not bought or offered yet.
     taken = _sorted_distinct(np.concatenate([bought, rule_offers["key"].to_numpy(np.int64)]))
     places = k - np.bincount(rule_offers["customer"].to_numpy(np.int64), minlength=len(customers))
-    fill = _popular_offers(customers, purchases, best_sellers, skus, n_skus, taken, places)
+    fill = _popular_offers(customers, who, purchases, best_sellers, skus, n_skus, taken, places)
     fill_source = np.where(fill["favourite"].to_numpy(bool), "category_best_seller", "best_seller") if len(fill) else []
     offers = pd.concat([rule_offers.assign(source="rule"), fill.drop(columns="favourite", errors="ignore").assign(source=fill_source)],
                        ignore_index=True)
@@ -588,13 +588,14 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return sorted_keys[position] == keys
 
 
-def _popular_offers(customers: pd.DataFrame, purchases: pd.DataFrame, best_sellers: pd.DataFrame, skus: pd.Index,
+def _popular_offers(customers: pd.DataFrame, who: np.ndarray, purchases: pd.DataFrame, best_sellers: pd.DataFrame, skus: pd.Index,
                     n_skus: int, taken: np.ndarray, places: np.ndarray) -> pd.DataFrame:
     """For each customer with places left, the skus not taken with the highest basket share times the
     customer's affinity for the sku's category: the customer's share of purchases in the category
     over everyone's, smoothed towards 1 as if the customer had made CATEGORY_PRIOR_PURCHASES more
     purchases in the shop's mix (one purchase of a category says little). A customer buying mostly
-    from one category gets its best sellers first; one with no purchase gets the shop's best sellers."""
+    from one category gets its best sellers first; one with no purchase gets the shop's best sellers.
+    `who`: each purchase's row in `customers` (-1 for none)."""
     import pandas as pd
     wanting = np.flatnonzero(places > 0)
     if not len(wanting) or best_sellers.empty:
@@ -612,8 +613,6 @@ def _popular_offers(customers: pd.DataFrame, purchases: pd.DataFrame, best_selle
     seller[category_code, slot] = skus.get_indexer(ranked["sku"].astype(str))
     share[category_code, slot] = ranked["share"].to_numpy(float)
 
-    customer_codes = pd.Index(customers["customer_id"])
-    who = customer_codes.get_indexer(purchases["customer_id"])
     bought_in = categories.get_indexer(purchases["category"].astype(str))
     known = (who >= 0) & (bought_in >= 0)
     counts = np.zeros((len(customers), len(categories)))
