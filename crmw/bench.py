@@ -298,7 +298,7 @@ def _model(spec, day: dt.date, url: str) -> Measure:
         log.exception("%s failed for %s", spec.name, day)
         return Measure(notes={"status": "failed", "message": f"{type(error).__name__}: {error}"})
     return Measure(run["rows_in"], {"status": run["status"], "rows_out": run["rows_out"], "phase_seconds": run["phase_seconds"],
-                                    "refitted": run["metrics"].get("refitted")})
+                                    "refitted": run["metrics"].get("refitted"), "refit_reason": run["metrics"].get("refit_reason")})
 
 
 def _publish(day: dt.date, url: str) -> Measure:
@@ -321,6 +321,9 @@ def _medians(records: list[dict[str, dict]]) -> list[dict[str, Any]]:
         if any(phases):
             row["phase_seconds"] = {name: statistics.median(run.get(name, 0.0) for run in phases) for name in phases[0]}
             row["refitted"] = any(run[stage].get("refitted") for run in records)
+            reasons = sorted({run[stage]["refit_reason"] for run in records if run[stage].get("refit_reason")})
+            if reasons:
+                row["refit_reasons"] = reasons
         medians.append(row)
     return medians
 
@@ -354,7 +357,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         notes = [*row["status"]] if row.get("status") and row["status"] != ["published"] else []
         if row.get("phase_seconds"):
             # Where a model's time went; "refitted" when its training data changed (else a stored fit scored).
-            notes.append(("refitted: " if row["refitted"] else "") + ", ".join(
+            refitted = f"refitted ({'; '.join(row['refit_reasons'])}): " if row.get("refit_reasons") else "refitted: "
+            notes.append((refitted if row["refitted"] else "") + ", ".join(
                 f"{name} {_cell(seconds)} s" for name, seconds in row["phase_seconds"].items()))
         label = f"{row['stage']} ({'; '.join(notes)})" if notes else row["stage"]
         lines.append(f"| {label} | {' | '.join(cells)} |")

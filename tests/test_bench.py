@@ -30,6 +30,8 @@ def test_bench_tiny_tier_times_every_stage_then_a_steady_day(tmp_path: Path) -> 
     for stage in ("simulate", "extract-load", "dbt build", "publish", "steady day: extract-load", "steady day: dbt build"):
         assert by_stage[stage]["rows"] > 0 and by_stage[stage]["rows_per_second"] > 0, stage
     assert {status for spec in MODELS for status in by_stage[f"ml: {spec.name}"]["status"]} <= {"published", "insufficient_data", "below_floor"}
+    # A model that refitted says why (the first run's: no stored fit).
+    assert all(row["refit_reasons"] for row in result["stages"] if row.get("refitted"))
 
     # Each stage is a JSON line as it completes; the table is printed last and written beside the JSON.
     streamed = [json.loads(line) for line in lines[:-1]]
