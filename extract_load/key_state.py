@@ -25,7 +25,7 @@ keyed by integers are bucketed; others (the product catalog, keyed by SKU text) 
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from extract_load.contract import Entity
 
@@ -53,6 +53,14 @@ def key_hash_sql(integer_values: Sequence[str]) -> str:
     for value in integer_values:
         residue = f"((({value}) % {HASH_MODULUS}) + {HASH_MODULUS}) % {HASH_MODULUS}"
         hashed = f"((({hashed}) + {residue}) * {HASH_MULTIPLIER}) % {HASH_MODULUS}"
+    return hashed
+
+
+def key_hash(values: Sequence[int]) -> int:
+    """key_hash_sql's hash, in Python, of a key's integers."""
+    hashed = 0
+    for value in values:
+        hashed = ((hashed + value % HASH_MODULUS) * HASH_MULTIPLIER) % HASH_MODULUS
     return hashed
 
 
@@ -84,8 +92,8 @@ class KeyState:
     """The live keys of one table's raw as of a reconciliation's date: the key state, less the keys
     of the raw rows loaded since it was kept (`changed_keys`), plus those of them still live. The
     compared keys (`live_keys`: raw's live keys of the buckets whose digests differ), the changed
-    ones and those the source lost (`gone_keys`) are scratch tables of the reconciliation's
-    transaction."""
+    ones, those the source lost (`gone_keys`) and those quarantine holds back (`held_keys`) are
+    scratch tables of the reconciliation's transaction."""
 
     def __init__(self, warehouse: "Warehouse", entity: Entity, audit_table: str) -> None:
         self.warehouse = warehouse
@@ -96,6 +104,7 @@ class KeyState:
         self.changed_keys = f"raw_meta.changed_keys__{suffix}"
         self.live_keys = f"raw_meta.live_keys__{suffix}"
         self.gone_keys = f"raw_meta.gone_keys__{suffix}"
+        self.held_keys = f"raw_meta.held_keys__{suffix}"
         self._key = ", ".join(entity.primary_key)
         self._hash = key_hash_sql([f"cast({name} as bigint)" for name in entity.primary_key])
 
@@ -104,7 +113,7 @@ class KeyState:
         `logical_date`, each with its hash while it is live (else null); then keep the state up to
         the day before. False (nothing filled) for a date before the one the state covers."""
         columns = {name: "integer" for name in self.entity.primary_key}
-        for table in (self.state_table, self.changed_keys, self.live_keys, self.gone_keys):
+        for table in (self.state_table, self.changed_keys, self.live_keys, self.gone_keys, self.held_keys):
             self.warehouse.ensure_table(table, {**columns, "_hash": "integer"})
         self.warehouse.ensure_index(self.state_table, self.entity.primary_key)
         self.warehouse.ensure_table(KEY_STATE_SYNC, _SYNC_COLUMNS)
@@ -130,11 +139,29 @@ class KeyState:
         )
         return True
 
-    def differing_buckets(self, source: "SqlSource", visible: str, params: Sequence) -> list[int]:
+    def differing_buckets(self, source: "SqlSource", visible: str, params: Sequence,
+                          quarantined: Iterable[Sequence[int]] = ()) -> list[int]:
         """The buckets whose digests differ between the source's keys that meet `visible` and raw's
-        live keys; fills `live_keys` with raw's live keys of those buckets, to compare one by one."""
+        live keys; fills `live_keys` with raw's live keys of those buckets, to compare one by one.
+        `quarantined`: the integer keys of source rows quarantine holds. Those raw lacks count on
+        its side too: the source keeps a row that failed the contract, and its bucket would
+        otherwise differ every day (at 100,000 customers, 0.2% of order lines quarantined made all
+        1,024 buckets differ and the whole table, 7M keys, was compared daily). Only which buckets
+        are compared depends on it: the key-by-key comparison is the same."""
         at_source = source_digests(source, self.entity, visible, params)
-        in_raw = _as_digests(self.warehouse.fetchall(f"select {digest_columns_sql('_hash')} from {self._live('')} group by 1"))
+        self.warehouse.empty_table(self.held_keys)
+        held = sorted({tuple(key) for key in quarantined})
+        if held:
+            import pyarrow as pa
+
+            columns = {name: pa.array([key[position] for key in held], pa.int64()) for position, name in enumerate(self.entity.primary_key)}
+            self.warehouse.append_arrow(self.held_keys, pa.table({**columns, "_hash": pa.array([key_hash(key) for key in held], pa.int64())}))
+        raw_keys = (
+            f"select _hash from {self._live('')} union all select held._hash from {self.held_keys} as held"
+            f" where not exists (select 1 from {self._live('')} where {_same_key(self.entity, 'live', 'held')})"
+        )
+        in_raw = _as_digests(self.warehouse.fetchall(f"select {digest_columns_sql('_hash')} from ({raw_keys}) as raw_keys group by 1"))
+        self.warehouse.empty_table(self.held_keys)
         buckets = sorted(bucket for bucket in {*at_source, *in_raw} if at_source.get(bucket) != in_raw.get(bucket))
         self.warehouse.empty_table(self.live_keys)
         if buckets:

@@ -31,11 +31,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 from urllib.parse import unquote
 
 from extract_load.contract import Entity, SourceContract, load_contract
@@ -705,10 +706,15 @@ def _reconcile_keys(
     window_end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time())
     is_visible, window_params = f"{cursor_column} < {source.timestamp_bound}", [_source_timestamp(window_end)]
     state = live_key_state(warehouse, entity, logical_date, LOAD_AUDIT)
+    # The keys of source rows quarantine holds, as text (how the source's rows are read).
+    quarantined = {
+        tuple(str(values.get(name)) for name in entity.primary_key)
+        for values in map(json.loads, _quarantined_sql_rows(warehouse, entity))
+    }
     source_where = ""
     if state is not None:
         with _source_errors(source, entity):
-            buckets = state.differing_buckets(source, is_visible, window_params)
+            buckets = state.differing_buckets(source, is_visible, window_params, _integer_keys(quarantined))
         source_where = source_bucket_filter(source, entity, buckets)
     keys = f"{META_SCHEMA}.source_keys__{entity.system.name}__{entity.name}"
     key_types = {name: entity.column_types[name] for name in entity.primary_key}
@@ -782,10 +788,6 @@ def _reconcile_keys(
         warehouse.empty_table(state.live_keys)
         warehouse.empty_table(state.gone_keys)
     # A key whose only source row is quarantined stays missing from raw: it is not missed.
-    quarantined = {
-        tuple(str(values.get(name)) for name in entity.primary_key)
-        for values in map(json.loads, _quarantined_sql_rows(warehouse, entity))
-    }
     missing = [key for key in missing if tuple(map(str, key)) not in quarantined]
     first_row = 1
     with _source_errors(source, entity):
@@ -793,6 +795,13 @@ def _reconcile_keys(
         for table in source.read_keys(entity.name, entity.primary_key, missing, columns):
             yield parse_table(table, _reconciliation_source_name(entity), logical_date, entity, first_row)
             first_row += table.num_rows
+
+
+def _integer_keys(keys: Iterable[tuple[str, ...]]) -> list[tuple[int, ...]]:
+    """The keys whose every value is an integer written exactly (as the source's text gives it) and
+    fits 64 bits with room to spare."""
+    exact = re.compile(r"-?[0-9]{1,18}")
+    return [tuple(int(value) for value in key) for key in keys if all(exact.fullmatch(value) for value in key)]
 
 
 @contextmanager
