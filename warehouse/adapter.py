@@ -446,7 +446,6 @@ def _postgres_arrow_types() -> dict[int, Any]:
 def _frame_from_csv(text: bytes, names: list[str], arrow_types: list[Any]) -> "pd.DataFrame":
     """COPY's CSV (NULL an unquoted empty field, an empty string "") as a DataFrame with the dtypes
     DuckDB's frames have: str, int64 / Int64 (with NULLs), float64, bool / boolean, datetime64[us]."""
-    import pandas as pd
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
