@@ -628,8 +628,11 @@ def _popular_offers(customers: pd.DataFrame, who: np.ndarray, purchases: pd.Data
     known = (who >= 0) & (bought_in >= 0)
     counts = np.zeros((len(customers), len(categories)))
     np.add.at(counts, (who[known], bought_in[known]), 1.0)
-    # The shop's category mix, add-one smoothed so a category no one bought still has a share.
-    mix = (counts.sum(axis=0) + 1.0) / (counts.sum() + len(categories))
+    # The shop's category mix over every purchase (not only those of the customers offered to, so
+    # a customer's offers do not depend on who else is offered to), add-one smoothed so a category
+    # no one bought still has a share.
+    shop = np.bincount(bought_in[bought_in >= 0], minlength=len(categories)).astype(float)
+    mix = (shop + 1.0) / (shop.sum() + len(categories))
     favourite = categories.get_indexer(customers["favourite_category"].astype(object).where(
         customers["favourite_category"].notna(), None))
 
@@ -778,8 +781,6 @@ def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: Ass
     if n_train < settings.min_baskets or n_test == 0:
         return {**result, "holdout_note": f"{n_train} baskets before {split.date()} and {n_test} after: too few to measure"}
     train_products = train[train["item_level"] == "product"]
-    # Favourite categories from the training baskets: the published ones saw the held-out period.
-    model = _fit(train, _training_favourites(customers, train_products), settings)
     notes = []
 
     # Offers: customers with training history who bought something new after the split.
@@ -790,6 +791,11 @@ def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: Ass
     new = new.loc[new["_merge"] == "left_only", ["customer_id", "item"]]
     evaluated = pd.Index(np.sort(np.intersect1d(new["customer_id"].to_numpy(dtype=object).astype(str),
                                                 history["customer_id"].to_numpy(dtype=object).astype(str))))
+    # Offers made for the judged customers alone (a customer's offers do not depend on whom else
+    # they are made for), with favourite categories from the training baskets: the published ones
+    # saw the held-out period.
+    judged = customers[customers["customer_id"].isin(evaluated)] if len(evaluated) >= HOLDOUT_MIN_CUSTOMERS else customers.iloc[:0]
+    model = _fit(train, _training_favourites(judged, train_products), settings)
     if len(evaluated) >= HOLDOUT_MIN_CUSTOMERS:
         offers = model.offers[model.offers["customer_id"].isin(evaluated)]
         hits = offers[["customer_id", "sku"]].merge(
