@@ -117,6 +117,22 @@ def test_fetch_df_gives_the_same_dtypes_and_values_on_both_engines(tmp_path, pos
     assert with_nulls.loc[0, "ts"] == pd.Timestamp("2025-01-31 12:34:56.123456")
 
 
+def test_fetch_df_on_duckdb_gives_duckdbs_own_frames_through_arrow(tmp_path):
+    url = _other_duckdb_url(tmp_path)
+    _load_all_types(url)
+    queries = [
+        "select * from t.all_types order by id",
+        "select * from t.all_types where id < 0",
+        "select count(*) as n, sum(i) as total, sum(d) as money, cast(null as varchar) as nothing from t.all_types",
+        # Types Arrow hands over otherwise: DuckDB's own frame.
+        "select interval 1 day as gap, null as untyped, timestamptz '2025-01-01 00:00:00+00' as at",
+    ]
+    with connect(url) as warehouse:
+        for sql in queries:
+            # A decimal sum as a double: Arrow rounds it correctly, DuckDB can be one ulp off.
+            pd.testing.assert_frame_equal(warehouse.fetch_df(sql), warehouse._own_frame(sql), check_exact=False, rtol=1e-15, obj=sql)
+
+
 def test_fetch_df_on_postgresql_reads_a_type_arrow_cannot_parse_row_by_row(postgres_url):
     with connect(postgres_url) as warehouse:
         frame = warehouse.fetch_df("select ? as n, cast(? as uuid) as id, 'it''s' as s", (7, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"))

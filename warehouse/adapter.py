@@ -366,6 +366,10 @@ class _DuckDBWarehouse(Warehouse):
         if _arrow_converts_alike(table.schema):
             return _frame_from_arrow(table)
         del table  # a type Arrow gives otherwise (an interval, a time zone): DuckDB's own frame
+        return self._own_frame(sql, params)
+
+    def _own_frame(self, sql: str, params: Sequence[Any] = ()) -> "pd.DataFrame":
+        """DuckDB's own DataFrame of a query, dates and timestamps as datetime64[us]."""
         frame = _normalise_frame(self._con.execute(sql, list(params)).df())
         dates = frame.select_dtypes(include="datetime64").columns
         return frame.astype({column: "datetime64[us]" for column in dates})
@@ -485,7 +489,7 @@ def _frame_from_arrow(table: "pa.Table") -> "pd.DataFrame":
             series = column.to_pandas(types_mapper={kind: nullable}.get)
             columns[name] = series if column.null_count else series.astype(nullable.numpy_dtype)
         elif pa.types.is_string(kind) and column.null_count == len(column):
-            columns[name] = column.to_pandas().astype(object)  # DuckDB's dtype for text with no value
+            columns[name] = pd.Series([None] * len(column), dtype=object)  # DuckDB's frame for text with no value
         else:
             columns[name] = column.to_pandas()
     return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows))
