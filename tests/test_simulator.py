@@ -27,7 +27,6 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
