@@ -307,9 +307,7 @@ def _mine(matrix, min_count: int, max_length: int, max_itemsets: int | None) -> 
         holding = by_item.indices[by_item.indptr[a]:by_item.indptr[a + 1]]
         starts = compact.indptr[holding]
         lengths = compact.indptr[holding + 1] - starts
-        total = int(lengths.sum())
-        offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
-        items = compact.indices[offsets]
+        items = compact.indices[_ranges(starts, lengths)]
         later = items > a
         items = items[later]
         pair_counts = np.bincount(items, minlength=n_frequent)
@@ -542,8 +540,7 @@ def _rule_offers(rules: pd.DataFrame, bought: np.ndarray, skus: pd.Index, n_skus
     for low, high in bounds:
         chunk_fan = fan[low:high]
         owner = np.repeat(customer[low:high], chunk_fan)
-        offsets = np.arange(int(chunk_fan.sum())) - np.repeat(np.cumsum(chunk_fan) - chunk_fan, chunk_fan)
-        rule = by_first[np.repeat(starts[item[low:high]], chunk_fan) + offsets]
+        rule = by_first[_ranges(starts[item[low:high]], chunk_fan)]
         fires = np.ones(len(rule), dtype=bool)
         for column in range(1, width):
             needed = antecedent[rule, column]
@@ -583,6 +580,12 @@ def _chunks(customer: np.ndarray, fan: np.ndarray, size: int) -> list[tuple[int,
         bounds.append((low, high))
         low = high
     return bounds
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions starts[i], starts[i] + 1, ..., starts[i] + lengths[i] - 1 of every i, one
+    after another: many slices of one array gathered at once."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
 
 
 def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
@@ -659,7 +662,7 @@ def _popular_offers(customers: pd.DataFrame, who: np.ndarray, purchases: pd.Data
         row, sku = row[held], taken_sku[first:last][held]
         start, stop = np.searchsorted(slot_skus, sku, side="left"), np.searchsorted(slot_skus, sku, side="right")
         many = stop - start
-        free[np.repeat(row, many), slots[np.repeat(start, many) + np.arange(many.sum()) - np.repeat(np.cumsum(many) - many, many)]] = False
+        free[np.repeat(row, many), slots[_ranges(start, many)]] = False
         score = np.where(free, score, -np.inf)
         # Only a row's `places` best free candidates are offered: keep those scoring at least its
         # places-th best (ties too) before ordering them exactly, instead of sorting every row whole.
