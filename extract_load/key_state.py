@@ -149,17 +149,18 @@ class KeyState:
         1,024 buckets differ and the whole table, 7M keys, was compared daily). Only which buckets
         are compared depends on it: the key-by-key comparison is the same."""
         at_source = source_digests(source, self.entity, visible, params)
+        raw_keys = f"select _hash from {self._live('')}"
         self.warehouse.empty_table(self.held_keys)
         held = sorted({tuple(key) for key in quarantined})
-        if held:
+        if held:  # most tables have none: raw's live keys alone, as before
             import pyarrow as pa
 
             columns = {name: pa.array([key[position] for key in held], pa.int64()) for position, name in enumerate(self.entity.primary_key)}
             self.warehouse.append_arrow(self.held_keys, pa.table({**columns, "_hash": pa.array([key_hash(key) for key in held], pa.int64())}))
-        raw_keys = (
-            f"select _hash from {self._live('')} union all select held._hash from {self.held_keys} as held"
-            f" where not exists (select 1 from {self._live('')} where {_same_key(self.entity, 'live', 'held')})"
-        )
+            raw_keys += (
+                f" union all select held._hash from {self.held_keys} as held"
+                f" where not exists (select 1 from {self._live('')} where {_same_key(self.entity, 'live', 'held')})"
+            )
         in_raw = _as_digests(self.warehouse.fetchall(f"select {digest_columns_sql('_hash')} from ({raw_keys}) as raw_keys group by 1"))
         self.warehouse.empty_table(self.held_keys)
         buckets = sorted(bucket for bucket in {*at_source, *in_raw} if at_source.get(bucket) != in_raw.get(bucket))
