@@ -3,15 +3,15 @@
 -- schema has its own read role; BI's role does not read it.
 {%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
 
-with crm_versions as (
+with crm_versions as not materialized (
     select * from {{ ref('stg_crm__customer_versions') }}
 ),
 
-identity as (
+identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 
-features as (
+features as not materialized (
     select * from {{ ref('customer_features') }}
 ),
 

@@ -5,15 +5,15 @@
 -- ranked within a category without another join.
 {%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
 
-with orders as (
+with orders as not materialized (
     select * from {{ ref('orders_as_known') }}
 ),
 
-order_lines as (
+order_lines as not materialized (
     select * from {{ ref('fct_order_lines') }}
 ),
 
-products as (
+products as not materialized (
     select * from {{ ref('dim_products') }}
 ),
 

@@ -14,19 +14,19 @@
 -- date, else null; the baseline "target the highest churn risk" learns from it.
 {%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
 
-with campaign_responses as (
+with campaign_responses as not materialized (
     select * from {{ ref('fct_campaign_responses') }}
 ),
 
-feature_dates as (
+feature_dates as not materialized (
     select * from {{ ref('feature_dates') }}
 ),
 
-snapshots as (
+snapshots as not materialized (
     select * from {{ ref('customer_feature_snapshots') }}
 ),
 
-training_set as (
+training_set as not materialized (
     select * from {{ ref('training_set') }}
 ),
 

@@ -27,7 +27,7 @@
 {#- While parsing (no execute) the whole SQL renders, so dbt sees every ref. #}
 {%- set everyone_changed = execute and built | length < incremental_feature_models | length %}
 
-with identity as (
+with identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 
@@ -55,15 +55,15 @@ last_built as (
     ) as latest_writes
 ),
 
-orders as (
+orders as not materialized (
     select * from {{ ref('fct_orders') }}
 ),
 
-ticket_versions as (
+ticket_versions as not materialized (
     select * from {{ ref('stg_service__ticket_versions') }}
 ),
 
-crm_versions as (
+crm_versions as not materialized (
     select * from {{ ref('stg_crm__customer_versions') }}
 ),
 

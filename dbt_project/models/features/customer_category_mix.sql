@@ -3,7 +3,7 @@
 -- basket_items' category rows, which hold exactly those lines, so the two never disagree.
 {%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
 
-with basket_items as (
+with basket_items as not materialized (
     select * from {{ ref('basket_items') }}
 ),
 

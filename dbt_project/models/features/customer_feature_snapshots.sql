@@ -23,27 +23,27 @@ tickets as (
     where {{ in_feature_work() }}
 ),
 
-order_lines as (
+order_lines as not materialized (
     select * from {{ ref('fct_order_lines') }}
 ),
 
-products as (
+products as not materialized (
     select * from {{ ref('dim_products') }}
 ),
 
-crm_versions as (
+crm_versions as not materialized (
     select * from {{ ref('stg_crm__customer_versions') }}
 ),
 
-interactions as (
+interactions as not materialized (
     select * from {{ ref('stg_crm__interactions') }}
 ),
 
-campaign_members as (
+campaign_members as not materialized (
     select * from {{ ref('stg_crm__campaign_members') }}
 ),
 
-identity as (
+identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 

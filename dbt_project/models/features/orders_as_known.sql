@@ -15,15 +15,15 @@ with feature_dates as (
     select as_of_date from {{ ref('feature_dates') }}
 ),
 
-header_versions as (
+header_versions as not materialized (
     select * from {{ ref('stg_sales__order_versions') }}
 ),
 
-orders as (
+orders as not materialized (
     select * from {{ ref('fct_orders') }}
 ),
 
-status_history as (
+status_history as not materialized (
     select * from {{ ref('stg_sales__order_status_history') }}
 ),
 

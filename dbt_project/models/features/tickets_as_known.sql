@@ -6,15 +6,15 @@ with feature_dates as (
     select as_of_date from {{ ref('feature_dates') }}
 ),
 
-ticket_versions as (
+ticket_versions as not materialized (
     select * from {{ ref('stg_service__ticket_versions') }}
 ),
 
-identity as (
+identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 
-sla_targets as (
+sla_targets as not materialized (
     select * from {{ ref('service_sla_targets') }}
 ),
 

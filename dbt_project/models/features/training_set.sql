@@ -13,15 +13,15 @@
     a changed customer on every date. -#}
 -- depends_on: {{ ref('changed_customers') }}
 
-with snapshots as (
+with snapshots as not materialized (
     select * from {{ ref('customer_feature_snapshots') }}
 ),
 
-purchase_summaries as (
+purchase_summaries as not materialized (
     select * from {{ ref('customer_purchase_summary') }}
 ),
 
-feature_dates as (
+feature_dates as not materialized (
     select * from {{ ref('feature_dates') }}
 ),
 
@@ -34,7 +34,7 @@ feature_dates as (
 {%- endset %}
 {{ feature_work_ctes('feature_dates', 'is_training_snapshot', dates_with_a_closing_window) }}
 
-orders as (
+orders as not materialized (
     select * from {{ ref('orders_as_known') }}
 ),
 

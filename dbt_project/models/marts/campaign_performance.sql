@@ -1,11 +1,11 @@
 {#- z for a two-sided 95% interval under the normal approximation. -#}
 {%- set z_95 = 1.959963984540054 -%}
 
-with responses as (
+with responses as not materialized (
     select * from {{ ref('fct_campaign_responses') }}
 ),
 
-campaigns as (
+campaigns as not materialized (
     select * from {{ ref('stg_crm__campaigns') }}
 ),
 

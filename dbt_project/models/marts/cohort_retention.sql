@@ -4,11 +4,11 @@
 -- recompute is one pass over a few columns of fct_orders for a few hundred rows; only the cells
 -- whose figures moved are written (and stamped with _built_at). Cells no longer in the grid (a
 -- cohort left empty, months after the latest with orders) go in the post-hook.
-with orders as (
+with orders as not materialized (
     select * from {{ ref('fct_orders') }}
 ),
 
-dates as (
+dates as not materialized (
     select * from {{ ref('dim_date') }}
 ),
 

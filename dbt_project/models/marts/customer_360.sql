@@ -1,28 +1,28 @@
-with customers as (
+with customers as not materialized (
     select * from {{ ref('dim_customers') }}
 ),
 
-orders as (
+orders as not materialized (
     select * from {{ ref('fct_orders') }}
 ),
 
-order_lines as (
+order_lines as not materialized (
     select * from {{ ref('fct_order_lines') }}
 ),
 
-products as (
+products as not materialized (
     select * from {{ ref('dim_products') }}
 ),
 
-tickets as (
+tickets as not materialized (
     select * from {{ ref('fct_tickets') }}
 ),
 
-interactions as (
+interactions as not materialized (
     select * from {{ ref('fct_interactions') }}
 ),
 
-campaign_responses as (
+campaign_responses as not materialized (
     select * from {{ ref('fct_campaign_responses') }}
 ),
 

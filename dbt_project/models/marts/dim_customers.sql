@@ -1,8 +1,8 @@
-with identities as (
+with identities as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 
-crm_contacts as (
+crm_contacts as not materialized (
     select * from {{ ref('stg_crm__customers') }}
 ),
 

@@ -2,23 +2,23 @@
     generate_series is not. -#}
 {%- set digit_values = range(10) | join('), (') -%}
 
-with orders as (
+with orders as not materialized (
     select * from {{ ref('stg_sales__orders') }}
 ),
 
-payments as (
+payments as not materialized (
     select * from {{ ref('stg_sales__payments') }}
 ),
 
-customers as (
+customers as not materialized (
     select * from {{ ref('stg_crm__customers') }}
 ),
 
-interactions as (
+interactions as not materialized (
     select * from {{ ref('stg_crm__interactions') }}
 ),
 
-tickets as (
+tickets as not materialized (
     select * from {{ ref('stg_service__tickets') }}
 ),
 

@@ -1,4 +1,4 @@
-with products as (
+with products as not materialized (
     select * from {{ ref('stg_sales__products') }}
 ),
 

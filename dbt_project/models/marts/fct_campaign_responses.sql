@@ -1,12 +1,12 @@
-with members as (
+with members as not materialized (
     select * from {{ ref('stg_crm__campaign_members') }}
 ),
 
-campaigns as (
+campaigns as not materialized (
     select * from {{ ref('stg_crm__campaigns') }}
 ),
 
-identity as (
+identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 

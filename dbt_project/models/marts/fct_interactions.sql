@@ -1,8 +1,8 @@
-with interactions as (
+with interactions as not materialized (
     select * from {{ ref('stg_crm__interactions') }}
 ),
 
-identity as (
+identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 

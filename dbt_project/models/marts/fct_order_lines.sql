@@ -1,8 +1,8 @@
-with order_lines as (
+with order_lines as not materialized (
     select * from {{ ref('stg_sales__order_lines') }}
 ),
 
-orders as (
+orders as not materialized (
     select * from {{ ref('stg_sales__orders') }}
 ),
 

@@ -1,12 +1,12 @@
-with orders as (
+with orders as not materialized (
     select * from {{ ref('stg_sales__orders') }}
 ),
 
-order_lines as (
+order_lines as not materialized (
     select * from {{ ref('fct_order_lines') }}
 ),
 
-identity as (
+identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 

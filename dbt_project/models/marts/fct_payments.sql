@@ -1,4 +1,4 @@
-with payments as (
+with payments as not materialized (
     select * from {{ ref('stg_sales__payments') }}
 ),
 

@@ -1,12 +1,12 @@
-with tickets as (
+with tickets as not materialized (
     select * from {{ ref('stg_service__tickets') }}
 ),
 
-sla_targets as (
+sla_targets as not materialized (
     select * from {{ ref('service_sla_targets') }}
 ),
 
-identity as (
+identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 

@@ -1,21 +1,21 @@
 -- depends_on: {{ ref('fct_tickets') }}, {{ ref('stg_service__ticket_versions') }}, {{ ref('stg_crm__customer_versions') }}
-with orders as (
+with orders as not materialized (
     select * from {{ ref('fct_orders') }}
 ),
 
-order_lines as (
+order_lines as not materialized (
     select * from {{ ref('fct_order_lines') }}
 ),
 
-products as (
+products as not materialized (
     select * from {{ ref('dim_products') }}
 ),
 
-order_versions as (
+order_versions as not materialized (
     select * from {{ ref('stg_sales__order_versions') }}
 ),
 
-identity as (
+identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 

@@ -4,11 +4,11 @@
 -- one pass over a few columns of fct_tickets for a few hundred rows; only the days whose figures
 -- moved are written (and stamped with _built_at). Days now outside the tickets' span go in the
 -- post-hook.
-with tickets as (
+with tickets as not materialized (
     select * from {{ ref('fct_tickets') }}
 ),
 
-dates as (
+dates as not materialized (
     select * from {{ ref('dim_date') }}
 ),
 

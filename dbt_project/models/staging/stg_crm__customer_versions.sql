@@ -1,6 +1,6 @@
 -- Every version of every CRM contact raw holds, cleaned and flagged but not deduplicated: the
 -- input of the customers' SCD2 history, which must come from the versions, not from the latest.
-with source as (
+with source as not materialized (
     select * from {{ source('raw_crm', 'customers') }}
 ),
 

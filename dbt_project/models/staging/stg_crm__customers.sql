@@ -1,4 +1,4 @@
-with versions as (
+with versions as not materialized (
     select * from {{ ref('stg_crm__customer_versions') }}
 ),
 

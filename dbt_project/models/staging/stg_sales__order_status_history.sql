@@ -1,4 +1,4 @@
-with source as (
+with source as not materialized (
     select * from {{ source('raw_sales', 'order_status_history') }}
 ),
 

@@ -1,4 +1,4 @@
-with versions as (
+with versions as not materialized (
     select * from {{ ref('stg_sales__order_versions') }}
 ),
 
