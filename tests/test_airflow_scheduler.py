@@ -38,7 +38,9 @@ LOGICAL_DATE = dt.date(2025, 1, 10)
 RUN_ID = f"test_scheduler__{LOGICAL_DATE.isoformat()}"
 STARTUP_TIMEOUT = 180
 PARSE_TIMEOUT = 120
-RUN_TIMEOUT = 420
+# A guard against a hung run, not a speed check: quiet, the run takes about 340 s (122 tasks one at
+# a time in DuckDB's one-slot pool); with other work on the two cores, twice that.
+RUN_TIMEOUT = 720
 STOP_TIMEOUT = 90  # crmw airflow bounds its own stop at about a minute
 LOGIN_LINE = re.compile(r"crmw: Airflow UI at http://localhost:(\d+) \S+ user admin / password (\S+)")
 
