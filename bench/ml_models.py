@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--date", required=True, type=dt.date.fromisoformat, help="the as-of date dbt built the features for")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--models", nargs="*", default=[spec.name for spec in MODELS])
-    parser.add_argument("--params", default="{}", help="DAG params as JSON, e.g. '{\"association_rules__min_support\": 0.001}'")
+    parser.add_argument("--params", default="{}", help="DAG params as JSON, e.g. '{\"association_rules\": {\"min_support\": 0.001}}'")
     parser.add_argument("--metrics", nargs="*", default=[], help="metric names to print from each run")
     parser.add_argument("--replicate", type=int, default=1, help="make the models' inputs this many times larger (DuckDB)")
     parser.add_argument("--workdir", type=Path)

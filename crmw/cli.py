@@ -77,7 +77,8 @@ def _retries(text: str) -> int:
 
 
 def _params(pairs: list[str]) -> dict[str, object]:
-    """--param NAME=VALUE pairs; a VALUE that reads as JSON (a number, true, null) is taken as such."""
+    """--param NAME=VALUE pairs as DAG params; a VALUE that reads as JSON (a number, true, null) is
+    taken as such. A model setting, `<model>__<setting>=VALUE`, goes into its model's param."""
     import json
 
     params: dict[str, object] = {}
@@ -86,9 +87,14 @@ def _params(pairs: list[str]) -> dict[str, object]:
         if not separator or not name:
             raise UsageError(f"--param {pair!r}: expected NAME=VALUE, e.g. association_rules__top_k_offers=10")
         try:
-            params[name] = json.loads(text)
+            value = json.loads(text)
         except ValueError:
-            params[name] = text
+            value = text
+        model, nested, setting = name.partition("__")
+        if nested:
+            params.setdefault(model, {})[setting] = value
+        else:
+            params[name] = value
     return params
 
 

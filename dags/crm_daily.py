@@ -11,9 +11,10 @@ one task per model family, publishing its tables for the date and a row in `ml.m
 activation list runs after the models it reads and also writes a dated CSV for the CRM tool →
 **publish** brings the `published` marts BI reads level with the build just tested, in one
 transaction (write-audit-publish: a build whose tests fail never reaches BI), and refreshes the
-models' `_latest` views. Model params (`<model>__<setting>`) are
-checked first, before anything is written. One build instead of a dbt process per
-model: with some forty models the per-task dbt start-up made a run several times slower.
+models' `_latest` views. Model settings (a param per model, e.g. `{"association_rules":
+{"top_k_offers": 10}}`) are checked first, before anything is written. One build instead of a
+dbt process per model: with some forty models the per-task dbt start-up made a run several times
+slower.
 
 **Source freshness** (`dbt source freshness`) is checked after the extract on the current day's
 run only: a backfill of past dates is not stale, so there the check is skipped. Stale sources
@@ -54,7 +55,7 @@ from cosmos.constants import PRODUCER_WATCHER_TASK_ID
 from cosmos.operators.local import DbtSourceLocalOperator
 
 from extract_load.contract import load_contract
-from ml_tasks.contract import param_schemas
+from ml_tasks.contract import param_schema
 from ml_tasks.registry import MODELS
 from warehouse import parse_warehouse_url
 
@@ -158,11 +159,7 @@ def publish(ds: str | None = None, run_id: str | None = None) -> dict:
             False, type="boolean",
             description="Test every row of the incremental facts, not only those the run wrote (done on Sundays anyway).",
         ),
-        **{
-            name: Param(schema["default"], type=schema["type"], description=schema["description"])
-            for spec in MODELS
-            for name, schema in param_schemas(spec).items()
-        },
+        **{spec.name: Param(**param_schema(spec)) for spec in MODELS},
     },
     default_args={
         "owner": "data-platform",

@@ -25,6 +25,7 @@ The runner stores each fit (`ml.trained_models`) and refits only when the spec's
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -169,36 +170,52 @@ class OutcomeCheck:
     horizon_days: int
 
 
-def param_schemas(spec: ModelSpec) -> dict[str, dict[str, Any]]:
-    """DAG param name -> JSON-schema keywords (default, type, description) for a model's settings;
-    a field documents itself with `metadata={"doc": ...}`."""
-    schemas: dict[str, dict[str, Any]] = {}
-    for param, name in spec.parameter_names().items():
-        setting = next(f for f in dataclasses.fields(spec.settings) if f.name == name)
-        default = setting.default
-        kind = ("boolean" if isinstance(default, bool) else "integer" if isinstance(default, int)
-                else "number" if isinstance(default, float) or default is None else "string")
-        schemas[param] = {
-            "default": default,
-            "type": ["null", "number"] if default is None else kind,
-            "description": setting.metadata.get("doc", f"{spec.name}: {name.replace('_', ' ')}"),
-        }
-    return schemas
+def param_schema(spec: ModelSpec) -> dict[str, Any]:
+    """The model's DAG param, one per model: an object of its settings by field name, empty by
+    default (each setting then comes from its environment variable or its default). The
+    description lists the settings; a field documents itself with `metadata={"doc": ...}`.
+
+    One object per model rather than a param per setting: Airflow copies, validates and serializes
+    every DAG param once per task, and with a param per setting (95) that cost more than most
+    tasks' work."""
+    settings = [
+        f"{setting.name} (default {json.dumps(setting.default)}): {setting.metadata.get('doc', setting.name.replace('_', ' '))}"
+        for setting in dataclasses.fields(spec.settings)
+    ]
+    example = dataclasses.fields(spec.settings)[0]
+    return {
+        "default": {},
+        "type": "object",
+        "description": (
+            f"Settings of {spec.name}, e.g. {json.dumps({example.name: example.default})}; a setting left out comes from "
+            f"CRMW_{spec.name.upper()}__<SETTING> or its default. " + "; ".join(settings)
+        ),
+    }
 
 
 def build_settings(spec: ModelSpec, params: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Any:
-    """The model's settings from DAG params (`<model>__<field>`), then environment variables
-    (`CRMW_<MODEL>__<FIELD>`), then the dataclass defaults. Values that are not of the field's
-    type or out of range raise BadParameter naming the param."""
+    """The model's settings from its DAG param (`{"<model>": {"<field>": value}}`), then
+    environment variables (`CRMW_<MODEL>__<FIELD>`), then the dataclass defaults. Values that are
+    not of the field's type or out of range raise BadParameter naming the setting as
+    `<model>__<field>` (the name `crmw run --param` and the environment use)."""
     params = params or {}
     environ = os.environ if environ is None else environ
+    flat = sorted(key for key in params if key.startswith(f"{spec.name}__"))
+    if flat:
+        field_name = flat[0].removeprefix(f"{spec.name}__")
+        raise BadParameter(
+            f"param {flat[0]}: a model's settings go in its own param, e.g. {json.dumps({spec.name: {field_name: params[flat[0]]}})}"
+        )
+    given = params.get(spec.name) or {}
+    if not isinstance(given, Mapping):
+        raise BadParameter(f"param {spec.name}: got {given!r}, expected an object of its settings by name")
     values: dict[str, Any] = {}
     for param, name in spec.parameter_names().items():
-        if params.get(param) is not None:
-            values[name] = params[param]
+        if given.get(name) is not None:
+            values[name] = given[name]
         elif environ.get(f"CRMW_{param.upper()}"):
             values[name] = _from_text(spec, param, environ[f"CRMW_{param.upper()}"])
-    unknown = sorted(key for key in params if key.startswith(f"{spec.name}__") and key not in spec.parameter_names())
+    unknown = sorted(f"{spec.name}__{name}" for name in given if f"{spec.name}__{name}" not in spec.parameter_names())
     if unknown:
         raise BadParameter(f"param {unknown[0]}: unknown; expected one of {', '.join(sorted(spec.parameter_names()))}")
     try:

@@ -451,10 +451,10 @@ def test_a_setting_out_of_range_names_the_field(field, value, expected):
 
 def test_params_and_environment_build_the_settings():
     spec = registry.model("association_rules")
-    settings = build_settings(spec, {"association_rules__top_k_offers": 3}, {"CRMW_ASSOCIATION_RULES__MIN_SUPPORT": "0.01"})
+    settings = build_settings(spec, {"association_rules": {"top_k_offers": 3}}, {"CRMW_ASSOCIATION_RULES__MIN_SUPPORT": "0.01"})
     assert (settings.top_k_offers, settings.min_support) == (3, 0.01)
     with pytest.raises(BadParameter, match="param association_rules__min_lift: got -1"):
-        build_settings(spec, {"association_rules__min_lift": -1}, {})
+        build_settings(spec, {"association_rules": {"min_lift": -1}}, {})
     assert {f.name for f in dataclasses.fields(AssociationSettings)} == set(spec.parameter_names().values())
 
 

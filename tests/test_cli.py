@@ -111,6 +111,15 @@ def test_run_with_other_bad_date_arguments_fails_naming_them(env, args, fragment
     assert_airflow_not_started(env)
 
 
+def test_a_model_setting_given_to_run_goes_into_its_models_param():
+    from crmw.cli import _params
+
+    assert _params(["association_rules__top_k_offers=10", "full_refresh=true", "association_rules__min_lift=1.5"]) == {
+        "association_rules": {"top_k_offers": 10, "min_lift": 1.5},
+        "full_refresh": True,
+    }
+
+
 def test_simulate_with_no_customers_names_customers(env, tmp_path):
     out = tmp_path / "generated"
     result = crmw(env, "simulate", "--customers", "0", "--start", "2025-01-01", "--days", "2", "--out", str(out))

@@ -85,15 +85,19 @@ def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish(dagbag) -> None
             assert any(tid.startswith("dbt.") for tid in task.upstream_task_ids), spec.name
 
 
-def test_model_params_are_checked_before_anything_runs_and_every_setting_is_a_param(dagbag) -> None:
+def test_model_params_are_checked_before_anything_runs_and_each_model_has_a_param_naming_its_settings(dagbag) -> None:
     dag = dagbag.dags["crm_daily"]
     check = dag.get_task("check_model_params")
     assert check.upstream_task_ids == set()
     first_tasks = {task.task_id for task in dag.tasks if not task.upstream_task_ids}
     assert first_tasks == {"check_model_params"}
+    # A param per model, not per setting: Airflow copies and serializes every param once per task.
+    assert set(dag.params) == {"full_refresh", "test_whole_tables", *(spec.name for spec in MODELS)}
     for spec in MODELS:
-        for name in spec.parameter_names():
-            assert name in dag.params, name
+        param = dag.params.get_param(spec.name)
+        assert param.value == {} and param.schema == {"type": "object"}, spec.name
+        for setting in spec.parameter_names().values():
+            assert f"{setting} (default " in param.description, (spec.name, setting)
 
 
 def test_extract_has_a_task_group_per_source_and_a_full_refresh_param(dagbag) -> None:

@@ -94,7 +94,7 @@ def test_a_rerun_replaces_the_date_keeps_earlier_dates_and_appends_a_model_run(w
 
 def test_too_little_data_publishes_empty_tables_and_skips_the_floors(warehouse_url):
     _load_features(warehouse_url, DAY, {"ann": 10.0, "ben": 20.0})  # the spec needs 3 rows
-    run = tasks.run_model(SPEC, DAY, "new-install", {"toy__reported_quality": 0.1}, warehouse_url=warehouse_url)
+    run = tasks.run_model(SPEC, DAY, "new-install", {"toy": {"reported_quality": 0.1}}, warehouse_url=warehouse_url)
     assert run["status"] == "insufficient_data"
     assert "fewer than the 3 toy needs" in run["message"]
     assert _rows(warehouse_url, "select count(*) from ml.toy_scores") == [(0,)]
@@ -114,7 +114,7 @@ def test_a_metric_below_its_floor_fails_publishes_nothing_and_keeps_the_previous
     tasks.run_model(SPEC, DAY, "good", warehouse_url=warehouse_url)
     _load_features(warehouse_url, DAY, {**SPENDS, "eve": 90.0})
     with pytest.raises(QualityBelowFloor, match=r"^toy toy-1: heldout_quality = 0\.2 on held-out data, below its floor 0\.5"):
-        tasks.run_model(SPEC, DAY, "bad", {"toy__reported_quality": 0.2}, warehouse_url=warehouse_url)
+        tasks.run_model(SPEC, DAY, "bad", {"toy": {"reported_quality": 0.2}}, warehouse_url=warehouse_url)
     assert _rows(warehouse_url, "select distinct run_id from ml.toy_scores") == [("good",)]
     assert _rows(warehouse_url, "select count(*) from ml.toy_scores") == [(4,)]
     runs = _runs(warehouse_url)
@@ -125,7 +125,7 @@ def test_a_metric_below_its_floor_fails_publishes_nothing_and_keeps_the_previous
 def test_a_failing_model_is_recorded_as_failed_and_publishes_nothing(warehouse_url):
     _load_features(warehouse_url, DAY, SPENDS)
     with pytest.raises(RuntimeError, match="told to fail"):
-        tasks.run_model(SPEC, DAY, "broken", {"toy__fail": True}, warehouse_url=warehouse_url)
+        tasks.run_model(SPEC, DAY, "broken", {"toy": {"fail": True}}, warehouse_url=warehouse_url)
     (run,) = _runs(warehouse_url)
     assert run["status"] == "failed" and "told to fail" in run["message"]
     with connect(warehouse_url) as warehouse:
@@ -197,10 +197,13 @@ def test_undeclared_or_missing_result_columns_are_refused_by_name():
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"toy__reported_quality": 1.5}, "param toy__reported_quality: got 1.5, expected between 0 and 1"),
-        ({"toy__window_days": 0}, "param toy__window_days: got 0, expected at least 1"),
-        ({"toy__window_days": "ten"}, "param toy__window_days: got 'ten', expected int"),
-        ({"toy__windows": 3}, "param toy__windows: unknown; expected one of toy__fail, toy__reported_quality, toy__window_days"),
+        ({"toy": {"reported_quality": 1.5}}, "param toy__reported_quality: got 1.5, expected between 0 and 1"),
+        ({"toy": {"window_days": 0}}, "param toy__window_days: got 0, expected at least 1"),
+        ({"toy": {"window_days": "ten"}}, "param toy__window_days: got 'ten', expected int"),
+        ({"toy": {"windows": 3}}, "param toy__windows: unknown; expected one of toy__fail, toy__reported_quality, toy__window_days"),
+        ({"toy": 7}, "param toy: got 7, expected an object of its settings by name"),
+        # The shape of params before they were grouped per model.
+        ({"toy__window_days": 7}, 'param toy__window_days: a model\'s settings go in its own param, e.g. {"toy": {"window_days": 7}}'),
     ],
 )
 def test_a_bad_param_raises_one_line_naming_it(params, message):
@@ -212,7 +215,7 @@ def test_a_bad_param_raises_one_line_naming_it(params, message):
 def test_settings_come_from_params_then_environment_then_defaults():
     assert build_settings(SPEC, {}, environ={}).window_days == 30
     assert build_settings(SPEC, {}, environ={"CRMW_TOY__WINDOW_DAYS": "12"}).window_days == 12
-    assert build_settings(SPEC, {"toy__window_days": 7}, environ={"CRMW_TOY__WINDOW_DAYS": "12"}).window_days == 7
+    assert build_settings(SPEC, {"toy": {"window_days": 7}}, environ={"CRMW_TOY__WINDOW_DAYS": "12"}).window_days == 7
 
 
 # -- the registry ------------------------------------------------------------------------------------
@@ -319,7 +322,7 @@ def test_a_stored_fit_past_its_max_age_or_of_other_settings_is_refitted(warehous
     _load_features(warehouse_url, later, SPENDS)
     aged = tasks.run_model(toy_model.TRAINED_SPEC, later, "day-31", warehouse_url=warehouse_url)
     assert aged["metrics"]["refitted"] and "older than 30 days" in aged["metrics"]["refit_reason"]
-    other = tasks.run_model(toy_model.TRAINED_SPEC, later, "day-31-b", {"toy_trained__reported_quality": 0.8}, warehouse_url)
+    other = tasks.run_model(toy_model.TRAINED_SPEC, later, "day-31-b", {"toy_trained": {"reported_quality": 0.8}}, warehouse_url)
     assert other["metrics"]["refitted"] and other["metrics"]["refit_reason"] == "no stored fit of this version and settings"
 
 
@@ -327,7 +330,7 @@ def test_a_fit_below_its_floor_is_neither_stored_nor_published(warehouse_url):
     _load_features(warehouse_url, DAY, SPENDS)
     _load_training(warehouse_url, {APRIL: {"ann": True, "ben": False, "cat": False, "dan": False}})
     with pytest.raises(QualityBelowFloor, match="heldout_quality = 0.1"):
-        tasks.run_model(toy_model.TRAINED_SPEC, DAY, "bad", {"toy_trained__reported_quality": 0.1}, warehouse_url)
+        tasks.run_model(toy_model.TRAINED_SPEC, DAY, "bad", {"toy_trained": {"reported_quality": 0.1}}, warehouse_url)
     with connect(warehouse_url) as warehouse:
         assert not warehouse.table_columns("ml.trained_models") or not warehouse.fetchall("select * from ml.trained_models")
     assert [run["status"] for run in _runs(warehouse_url)] == ["below_floor"]

@@ -184,7 +184,7 @@ def test_the_dag_task_trains_stores_and_scores_on_both_engines(warehouse_url, pl
     for day in (AS_OF, AS_OF + dt.timedelta(days=1)):
         current = planted["current"].assign(as_of_date=pd.Timestamp(day))
         _write(warehouse_url, uplift.FEATURES, current[["customer_id", "as_of_date", *uplift.SCORING_COLUMNS[1:]]])
-    params = {"campaign_uplift__min_holdout_controls": 500}
+    params = {"campaign_uplift": {"min_holdout_controls": 500}}
     first = tasks.run_model(registry.model("campaign_uplift"), AS_OF, "day-1", params, warehouse_url)
     second = tasks.run_model(registry.model("campaign_uplift"), AS_OF + dt.timedelta(days=1), "day-2", params, warehouse_url)
     assert first["status"] == second["status"] == "published"
