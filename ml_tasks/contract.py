@@ -179,7 +179,8 @@ def param_schema(spec: ModelSpec) -> dict[str, Any]:
     every DAG param once per task, and with a param per setting (95) that cost more than most
     tasks' work."""
     settings = [
-        f"{setting.name} (default {json.dumps(setting.default)}): {setting.metadata.get('doc', setting.name.replace('_', ' '))}"
+        f"{setting.name} (default {json.dumps(setting.default)}): "
+        + setting.metadata.get("doc", setting.name.replace("_", " ")).removeprefix(f"{spec.name}: ")
         for setting in dataclasses.fields(spec.settings)
     ]
     example = dataclasses.fields(spec.settings)[0]
@@ -188,7 +189,7 @@ def param_schema(spec: ModelSpec) -> dict[str, Any]:
         "type": "object",
         "description": (
             f"Settings of {spec.name}, e.g. {json.dumps({example.name: example.default})}; a setting left out comes from "
-            f"CRMW_{spec.name.upper()}__<SETTING> or its default. " + "; ".join(settings)
+            f"CRMW_{spec.name.upper()}__<SETTING> or its default. Settings: " + " | ".join(settings)
         ),
     }
 
