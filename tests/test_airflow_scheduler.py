@@ -38,8 +38,9 @@ LOGICAL_DATE = dt.date(2025, 1, 10)
 RUN_ID = f"test_scheduler__{LOGICAL_DATE.isoformat()}"
 STARTUP_TIMEOUT = 180
 PARSE_TIMEOUT = 120
-# A guard against a hung run, not a speed check: quiet, the run takes about 340 s (122 tasks one at
-# a time in DuckDB's one-slot pool); with other work on the two cores, twice that.
+# A guard against a hung run, not a speed check: quiet, the run takes about 165 s (122 tasks one at
+# a time in DuckDB's one-slot pool; 340 s before the model params were grouped and the scheduler's
+# idle sleep shortened); with other work on the two cores, twice that. Kept wide.
 RUN_TIMEOUT = 720
 STOP_TIMEOUT = 90  # crmw airflow bounds its own stop at about a minute
 LOGIN_LINE = re.compile(r"crmw: Airflow UI at http://localhost:(\d+) \S+ user admin / password (\S+)")
@@ -171,6 +172,9 @@ def test_triggered_run_succeeds_under_scheduler(tmp_path: Path) -> None:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_loopback_port()),
             # Re-parse often so the DAG's max_active_runs bookkeeping sees the triggered run sooner.
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+            # An idle scheduler loop sleeps 1 s by default, so each of the run's 122 tasks, one at a time
+            # in the one-slot pool, waited about half a second to be queued (66 s of a 238 s run).
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
             "NO_COLOR": "1",
         }
     )
