@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import itertools
 import os
@@ -18,8 +19,11 @@ from crmw.scratch import load_raw, new_postgres_database, run_dbt, throwaway_pos
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Airflow reads its home when first imported: keep tests away from the developer's .local/airflow.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="crmw-test-airflow-"))
+# Airflow reads its home when first imported: keep tests away from the developer's .local/airflow,
+# in a folder removed when the session ends.
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="crmw-test-airflow-")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
 ENGINES = ["duckdb", "postgres"]
