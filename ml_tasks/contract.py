@@ -187,6 +187,7 @@ def param_schema(spec: ModelSpec) -> dict[str, Any]:
     return {
         "default": {},
         "type": "object",
+        "section": "Model settings",  # the trigger form groups the models' params under it
         "description": (
             f"Settings of {spec.name}, e.g. {json.dumps({example.name: example.default})}; a setting left out comes from "
             f"CRMW_{spec.name.upper()}__<SETTING> or its default. Settings: " + " | ".join(settings)

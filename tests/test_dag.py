@@ -95,7 +95,7 @@ def test_model_params_are_checked_before_anything_runs_and_each_model_has_a_para
     assert set(dag.params) == {"full_refresh", "test_whole_tables", *(spec.name for spec in MODELS)}
     for spec in MODELS:
         param = dag.params.get_param(spec.name)
-        assert param.value == {} and param.schema == {"type": "object"}, spec.name
+        assert param.value == {} and param.schema == {"type": "object", "section": "Model settings"}, spec.name
         for setting in spec.parameter_names().values():
             assert f"{setting} (default " in param.description, (spec.name, setting)
 
