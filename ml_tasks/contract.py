@@ -178,12 +178,13 @@ def param_schema(spec: ModelSpec) -> dict[str, Any]:
     One object per model rather than a param per setting: Airflow copies, validates and serializes
     every DAG param once per task, and with a param per setting (95) that cost more than most
     tasks' work."""
+    fields = dataclasses.fields(spec.settings)
     settings = [
         f"{setting.name} (default {json.dumps(setting.default)}): "
         + setting.metadata.get("doc", setting.name.replace("_", " ")).removeprefix(f"{spec.name}: ")
-        for setting in dataclasses.fields(spec.settings)
+        for setting in fields
     ]
-    example = dataclasses.fields(spec.settings)[0]
+    example = fields[0]
     return {
         "default": {},
         "type": "object",
@@ -217,9 +218,9 @@ def build_settings(spec: ModelSpec, params: Mapping[str, Any] | None = None, env
             values[name] = given[name]
         elif environ.get(f"CRMW_{param.upper()}"):
             values[name] = _from_text(spec, param, environ[f"CRMW_{param.upper()}"])
-    unknown = sorted(f"{spec.name}__{name}" for name in given if f"{spec.name}__{name}" not in spec.parameter_names())
+    unknown = sorted(set(given) - set(spec.parameter_names().values()))
     if unknown:
-        raise BadParameter(f"param {unknown[0]}: unknown; expected one of {', '.join(sorted(spec.parameter_names()))}")
+        raise BadParameter(f"param {spec.name}__{unknown[0]}: unknown; expected one of {', '.join(sorted(spec.parameter_names()))}")
     try:
         return spec.settings(**values)
     except BadParameter as error:
