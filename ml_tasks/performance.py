@@ -3,7 +3,7 @@ realised quality of the churn probabilities and spend predictions published on t
 (`ml.model_performance`, one row per model, scored date, horizon and metric).
 
 The outcome is read from the orders the warehouse knows on the measuring date
-(`features.orders_as_known` of that date): churned = no order at all in the `horizon_days` after
+(`features.orders_as_known`, the spans that hold that date): churned = no order at all in the `horizon_days` after
 the scored date (the training label's definition); spend = net revenue of revenue orders in that
 window. Each scored date is measured once, on the first run whose date closes its window, so a
 backfill (or the first run after an outage) fills every date it can; a rerun of that run measures
@@ -114,7 +114,8 @@ def _scores_and_outcomes(warehouse: Warehouse, check: OutcomeCheck, scored_on: d
                 count(*) as orders,
                 sum(case when is_revenue then net_amount else 0 end) as spend
             from {qualified(ORDERS)}
-            where as_of_date = ? and order_date > ? and order_date <= ?
+            where known_from <= ? and (known_until is null or known_until > ?)
+                and order_date > ? and order_date <= ?
             group by customer_id
         )
         select
@@ -129,7 +130,7 @@ def _scores_and_outcomes(warehouse: Warehouse, check: OutcomeCheck, scored_on: d
         where scores.as_of_date = ? and scores.{quote_identifier(check.column)} is not null
         order by scores.customer_id
         """,
-        (as_of_date, scored_on, window_end, scored_on),
+        (as_of_date, as_of_date, scored_on, window_end, scored_on),
     )
 
 

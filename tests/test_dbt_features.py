@@ -126,10 +126,12 @@ def test_features_of_a_date_do_not_change_when_later_deliveries_arrive(warehouse
     late_news = _rows(late, f"""
         select
             (select count(*) from features.orders_as_known as now_
-             where now_.as_of_date = cast('{DBT_LAST_DAY}' as date)
+             where now_.known_until is null
                 and now_.order_date <= cast('{CUT_OFF}' as date)
                 and now_.order_id not in (
-                    select order_id from features.orders_as_known where as_of_date = cast('{CUT_OFF}' as date)
+                    select order_id from features.orders_as_known
+                    where known_from <= cast('{CUT_OFF}' as date)
+                        and (known_until is null or known_until > cast('{CUT_OFF}' as date))
                 )) as orders_delivered_later,
             (select count(*) from features.tickets_as_known as then_
              inner join features.tickets_as_known as now_
@@ -311,6 +313,16 @@ def _cents(amounts):
     return (amounts * 100).round().astype("Int64")
 
 
+def _orders_known_on(spans, dates):
+    """The spans of features.orders_as_known that hold each of `dates`, each with that as_of_date."""
+    import pandas as pd
+
+    return pd.concat([
+        spans[(spans["known_from"] <= day) & (spans["known_until"].isna() | (spans["known_until"] > day))].assign(as_of_date=day)
+        for day in dates
+    ], ignore_index=True)
+
+
 def _purchase_summaries_from_orders(orders):
     """The purchase summary recomputed in pandas from features.orders_as_known: a purchase is a
     day with a revenue order; money in cents so sums are exact."""
@@ -356,9 +368,9 @@ def _records(frame, columns) -> dict:
 def test_purchase_summary_agrees_with_the_orders_as_known_on_every_feature_date(warehouses) -> None:
     late = warehouses["late"]
     summary = _purchase_summaries(late)
-    expected = _purchase_summaries_from_orders(_frame(late, "select * from features.orders_as_known"))
     # The as-of date and every training snapshot, with customers who bought more than once.
     snapshots = _frame(late, "select as_of_date from features.feature_dates")["as_of_date"]
+    expected = _purchase_summaries_from_orders(_orders_known_on(_frame(late, "select * from features.orders_as_known"), snapshots))
     assert set(summary["as_of_date"]) == set(snapshots) and len(snapshots) > 2
     assert (summary["repeat_purchases"] > 0).sum() > 50
     assert _records(summary, SUMMARY_COLUMNS) == _records(expected, SUMMARY_COLUMNS)
@@ -411,7 +423,7 @@ def test_spend_labels_follow_the_spend_window_vars(warehouses, tmp_path: Path, r
     training = _frame(url, "select customer_id, as_of_date, spend_next_90_days, spend_next_90_days_is_complete,"
                            " spend_next_365_days, spend_next_365_days_is_complete from features.training_set")
     orders = _frame(url, "select customer_id, order_date, net_amount from features.orders_as_known"
-                         f" where is_revenue and as_of_date = cast('{DBT_LAST_DAY}' as date)")
+                         " where is_revenue and known_until is null")
     after = training[SUMMARY_KEY].merge(orders, on="customer_id")
     days_after = (after["order_date"] - after["as_of_date"]).dt.days
     after = after.assign(cents=_cents(after["net_amount"]))

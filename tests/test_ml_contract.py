@@ -370,16 +370,16 @@ def test_realised_performance_is_measured_once_the_outcome_window_has_passed(war
         "net_amount": [20.0, 30.0, 40.0, 50.0],
     })
     with connect(warehouse_url) as warehouse:
-        warehouse.ensure_table("features.orders_as_known", {"customer_id": "string", "as_of_date": "date", "order_date": "date",
-                                                             "is_revenue": "boolean", "net_amount": "double"})
+        warehouse.ensure_table("features.orders_as_known", {"customer_id": "string", "order_date": "date", "is_revenue": "boolean",
+                                                             "net_amount": "double", "known_from": "date", "known_until": "date"})
+        # Each order known from the day it was placed.
+        known = orders.assign(known_from=orders["order_date"], known_until=None)
+        warehouse.append_arrow("features.orders_as_known", pa.Table.from_pandas(known, preserve_index=False))
         if cat_merged_into_ann:
             warehouse.ensure_table("marts.customer_key_aliases", {"retired_customer_id": "string", "customer_id": "string"})
             warehouse.execute("insert into marts.customer_key_aliases values ('cat', 'ann')")
     for day in (DAY, DAY + dt.timedelta(days=9), DAY + dt.timedelta(days=10)):
         _load_features(warehouse_url, day, SPENDS)
-        known = orders[orders["order_date"] <= day].assign(as_of_date=day)
-        with connect(warehouse_url) as warehouse:
-            warehouse.append_arrow("features.orders_as_known", pa.Table.from_pandas(known, preserve_index=False))
         tasks.run_model(toy_model.TRAINED_SPEC, day, f"run-{day}", warehouse_url=warehouse_url)
     rows = _rows(warehouse_url, "select as_of_date, metric, value, customers, measured_as_of from ml.model_performance order by metric")
     # Only the first date's 10-day window has closed (on its last day); ann's order came on day 11: churned.

@@ -20,7 +20,7 @@ products as not materialized (
 baskets as (
     select order_id, customer_id, order_date
     from orders
-    where as_of_date = {{ as_of_date }}
+    where {{ is_known_on(as_of_date, 'orders') }}
         and is_revenue
 ),
 

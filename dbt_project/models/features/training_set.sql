@@ -41,7 +41,7 @@ orders as not materialized (
 -- Labels use what is known on the as-of date: a return after the snapshot is not spend.
 orders_now as (
     select * from orders
-    where as_of_date = {{ as_of_date }}
+    where {{ is_known_on(as_of_date, 'orders') }}
 ),
 
 training_rows as (
