@@ -136,8 +136,9 @@ def test_features_of_a_date_do_not_change_when_later_deliveries_arrive(warehouse
             (select count(*) from features.tickets_as_known as then_
              inner join features.tickets_as_known as now_
                 on then_.ticket_id = now_.ticket_id
-             where then_.as_of_date = cast('{CUT_OFF}' as date)
-                and now_.as_of_date = cast('{DBT_LAST_DAY}' as date)
+             where then_.known_from <= cast('{CUT_OFF}' as date)
+                and (then_.known_until is null or then_.known_until > cast('{CUT_OFF}' as date))
+                and now_.known_until is null
                 and then_.ticket_status <> now_.ticket_status) as tickets_changed_later""")
     assert late_news[0]["orders_delivered_later"] > 0 and late_news[0]["tickets_changed_later"] > 0
 

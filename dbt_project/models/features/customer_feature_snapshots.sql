@@ -19,9 +19,11 @@ orders as (
 ),
 
 tickets as (
-    select known.*
-    from {{ ref('tickets_as_known') }} as known
-    {{- feature_work_joins('known.as_of_date', 'known.customer_id') }}
+    select feature_dates.as_of_date, known.*
+    from feature_dates
+    inner join {{ ref('tickets_as_known') }} as known
+        on {{ is_known_on('feature_dates.as_of_date', 'known') }}
+    {{- feature_work_joins('feature_dates.as_of_date', 'known.customer_id') }}
     where {{ in_feature_work() }}
 ),
 
