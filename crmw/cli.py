@@ -81,21 +81,21 @@ def _params(pairs: list[str]) -> dict[str, object]:
     taken as such. A model setting, `<model>__<setting>=VALUE`, goes into its model's param."""
     import json
 
-    params: dict[str, object] = {}
+    from ml_tasks.contract import BadParameter, nest_setting_params
+
+    parsed = []
     for pair in pairs:
         name, separator, text = pair.partition("=")
         if not separator or not name:
             raise UsageError(f"--param {pair!r}: expected NAME=VALUE, e.g. association_rules__top_k_offers=10")
         try:
-            value = json.loads(text)
+            parsed.append((name, json.loads(text)))
         except ValueError:
-            value = text
-        model, nested, setting = name.partition("__")
-        if nested:
-            params.setdefault(model, {})[setting] = value
-        else:
-            params[name] = value
-    return params
+            parsed.append((name, text))
+    try:
+        return nest_setting_params(parsed)
+    except BadParameter as error:
+        raise UsageError(f"--{error}") from None
 
 
 def _command_run(args: argparse.Namespace) -> int:

@@ -29,9 +29,13 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from warehouse import ColumnType
+
+# Between a model's name and a setting's where a setting stands alone: `crmw run --param
+# association_rules__top_k_offers=10`, CRMW_ASSOCIATION_RULES__TOP_K_OFFERS, error messages.
+SETTING_SEPARATOR = "__"
 
 # Stamped on every output row by the publishing step, declared by no spec.
 STAMP_COLUMNS: dict[str, ColumnType] = {"as_of_date": "date", "run_id": "string", "model_version": "string"}
@@ -154,8 +158,8 @@ class ModelSpec:
         return bool(self.trains_on)
 
     def parameter_names(self) -> dict[str, str]:
-        """DAG param name -> settings field: `<model>__<field>`."""
-        return {f"{self.name}__{f.name}": f.name for f in dataclasses.fields(self.settings)}
+        """Setting name -> settings field: `<model>__<field>`."""
+        return {f"{self.name}{SETTING_SEPARATOR}{f.name}": f.name for f in dataclasses.fields(self.settings)}
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,28 @@ class OutcomeCheck:
     column: str
     kind: str
     horizon_days: int
+
+
+def nest_setting_params(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """DAG params from (name, value) pairs, each setting named `<model>__<setting>` (as `crmw run
+    --param` and the environment name them) moved into its model's param, an object of settings
+    by name. Objects given for one name merge; a name given both as an object of settings and as
+    another value raises BadParameter."""
+    params: dict[str, Any] = {}
+    for name, value in pairs:
+        model, separator, setting = name.partition(SETTING_SEPARATOR)
+        key, value = (model, {setting: value}) if separator else (name, value)
+        held = params.get(key)
+        if isinstance(held, Mapping) and isinstance(value, Mapping):
+            params[key] = {**held, **value}
+        elif key in params and (isinstance(held, Mapping) or isinstance(value, Mapping)):
+            raise BadParameter(
+                f"param {name}: {key} is given both as settings and as {held if separator else value!r};"
+                f" give its settings as {key}{SETTING_SEPARATOR}<setting>=VALUE or as one object"
+            )
+        else:
+            params[key] = value
+    return params
 
 
 def param_schema(spec: ModelSpec) -> dict[str, Any]:
@@ -203,9 +229,9 @@ def build_settings(spec: ModelSpec, params: Mapping[str, Any] | None = None, env
     `<model>__<field>` (the name `crmw run --param` and the environment use)."""
     params = params or {}
     environ = os.environ if environ is None else environ
-    flat = sorted(key for key in params if key.startswith(f"{spec.name}__"))
+    flat = sorted(key for key in params if key.startswith(f"{spec.name}{SETTING_SEPARATOR}"))
     if flat:
-        field_name = flat[0].removeprefix(f"{spec.name}__")
+        field_name = flat[0].removeprefix(f"{spec.name}{SETTING_SEPARATOR}")
         raise BadParameter(
             f"param {flat[0]}: a model's settings go in its own param, e.g. {json.dumps({spec.name: {field_name: params[flat[0]]}})}"
         )
@@ -220,11 +246,11 @@ def build_settings(spec: ModelSpec, params: Mapping[str, Any] | None = None, env
             values[name] = _from_text(spec, param, environ[f"CRMW_{param.upper()}"])
     unknown = sorted(set(given) - set(spec.parameter_names().values()))
     if unknown:
-        raise BadParameter(f"param {spec.name}__{unknown[0]}: unknown; expected one of {', '.join(sorted(spec.parameter_names()))}")
+        raise BadParameter(f"param {spec.name}{SETTING_SEPARATOR}{unknown[0]}: unknown; expected one of {', '.join(sorted(spec.parameter_names()))}")
     try:
         return spec.settings(**values)
     except BadParameter as error:
-        raise BadParameter(f"param {spec.name}__{error}") from None
+        raise BadParameter(f"param {spec.name}{SETTING_SEPARATOR}{error}") from None
 
 
 def _from_text(spec: ModelSpec, param: str, text: str) -> Any:

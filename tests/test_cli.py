@@ -118,6 +118,18 @@ def test_a_model_setting_given_to_run_goes_into_its_models_param():
         "association_rules": {"top_k_offers": 10, "min_lift": 1.5},
         "full_refresh": True,
     }
+    assert _params(['association_rules={"min_lift": 2}', "association_rules__top_k_offers=3"]) == {
+        "association_rules": {"min_lift": 2, "top_k_offers": 3}}
+
+
+@pytest.mark.parametrize("pairs", [["association_rules=5", "association_rules__top_k_offers=3"],
+                                   ["association_rules__top_k_offers=3", "association_rules=5"]])
+def test_a_model_given_both_a_value_and_settings_is_refused(pairs):
+    from crmw.cli import UsageError, _params
+
+    with pytest.raises(UsageError, match=r"^--param association_rules\S*: association_rules is given both as settings and as 5;"
+                                         r" give its settings as association_rules__<setting>=VALUE or as one object$"):
+        _params(pairs)
 
 
 def test_simulate_with_no_customers_names_customers(env, tmp_path):
