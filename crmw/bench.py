@@ -55,6 +55,8 @@ TIERS = {
 }
 FIELDS = ("wall_seconds", "cpu_seconds", "rows", "rows_per_second", "peak_rss_mb")
 FULL_RUN, STEADY_DAY = "full run (after simulating)", "steady day (after simulating)"
+# How many of a build's slowest dbt nodes, and of the warehouse's largest tables, a result keeps.
+SLOWEST_NODES, LARGEST_TABLES = 12, 10
 
 
 @dataclasses.dataclass
@@ -77,6 +79,7 @@ class _Run:
         self.header = {"tier": tier, "engine": engine, "run": number}
         self.stages: dict[str, dict[str, Any]] = {}
         self.storage_mb: dict[str, dict[str, float]] = {}
+        self.largest_tables_mb: dict[str, dict[str, float]] = {}
         self.emit = emit
 
     def timed(self, stage: str, work: Callable[[], Measure]) -> Measure:
@@ -127,7 +130,7 @@ def run_benchmark(
 
     spec = TIERS[tier]
     started = dt.datetime.now(dt.timezone.utc)
-    records, storage = [], []
+    records, storage, largest_tables = [], [], []
     with ExitStack() as stack:
         server = None
         if engine == "postgres":
@@ -144,6 +147,7 @@ def run_benchmark(
                     _one_run(run, spec, _new_warehouse(engine, server, workdir, number), workdir)
             records.append(run.stages)
             storage.append(run.storage_mb)
+            largest_tables.append(run.largest_tables_mb)
 
     result = {
         "tier": tier,
@@ -159,6 +163,7 @@ def run_benchmark(
         # Megabytes per schema after the full run and after the steady day; every run holds the
         # same data (one seed), so the first run's.
         "storage_mb": storage[0],
+        "largest_tables_mb": largest_tables[0],
         "each_run": records,
     }
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +193,7 @@ def _one_run(run: _Run, spec: Tier, url: str, workdir: Path) -> None:
     ).values())))
     full_stages = _pipeline_day(run, url, sources, last_day, workdir, prefix="", full_refresh=True)
     run.total(FULL_RUN, full_stages)
-    run.storage_mb["full run"] = _storage_mb(url)
+    _measure_storage(run, "full run", url)
 
     day = last_day
     for _ in range(spec.catch_up_days):
@@ -209,13 +214,16 @@ def _one_run(run: _Run, spec: Tier, url: str, workdir: Path) -> None:
     run.timed("steady day: simulate", lambda: Measure(sum(append_day(sources, day).values())))
     steady_stages = _pipeline_day(run, url, sources, day, workdir, prefix="steady day: ", full_refresh=False)
     run.total(STEADY_DAY, steady_stages)
-    run.storage_mb["steady day"] = _storage_mb(url)
+    _measure_storage(run, "steady day", url)
 
 
-def _storage_mb(url: str) -> dict[str, float]:
-    """The warehouse's megabytes on disk per schema and in total (the storage budget)."""
+def _measure_storage(run: _Run, moment: str, url: str) -> None:
+    """The warehouse's megabytes on disk per schema and in total (the storage budget), and its
+    largest tables, after `moment`."""
     with connect(url) as warehouse:
-        return {schema: round(size / 2**20, 1) for schema, size in warehouse.storage_bytes().items()}
+        run.storage_mb[moment] = {schema: round(size / 2**20, 1) for schema, size in warehouse.storage_bytes().items()}
+        largest = sorted(warehouse.table_bytes().items(), key=lambda item: -item[1])[:LARGEST_TABLES]
+    run.largest_tables_mb[moment] = {name: round(size / 2**20, 1) for name, size in largest}
 
 
 def _pipeline_day(run: _Run, url: str, sources: Path, day: dt.date, workdir: Path, prefix: str, full_refresh: bool) -> list[str]:
@@ -280,7 +288,22 @@ def _dbt_build(url: str, day: dt.date, workdir: Path, full_refresh: bool) -> Mea
     flags = ["--full-refresh"] if full_refresh else []
     run_dbt(url, "build", *flags, "--exclude-resource-type", "unit_test", "--vars", f"{{as_of_date: '{day}', test_scope: '{scope}'}}", tmp_path=workdir)
     with connect(url) as warehouse:
-        return Measure(sum(rows for _, rows in warehouse.row_counts(["marts"])))
+        rows = sum(rows for _, rows in warehouse.row_counts(["marts"]))
+    return Measure(rows, {"slowest_nodes": _slowest_nodes(workdir / "dbt-target" / "run_results.json")})
+
+
+def _slowest_nodes(run_results: Path) -> dict[str, float]:
+    """The build's slowest models and tests by dbt's own timing, name -> seconds: where a build's
+    time went, kept with its figures (the scratch target goes with the run)."""
+    results = json.loads(run_results.read_text())["results"]
+    slowest = sorted(results, key=lambda result: -result["execution_time"])[:SLOWEST_NODES]
+    return {_node_name(result["unique_id"]): round(result["execution_time"], 2) for result in slowest}
+
+
+def _node_name(unique_id: str) -> str:
+    """A model by its name, another node by its kind and name: 'customer_360', 'test unique_key_…'."""
+    kind, _, name = unique_id.split(".")[:3]
+    return name if kind == "model" else f"{kind} {name}"
 
 
 def _model(spec, day: dt.date, url: str) -> Measure:
@@ -315,6 +338,8 @@ def _medians(records: list[dict[str, dict]]) -> list[dict[str, Any]]:
         for field in FIELDS:
             values = [run[stage][field] for run in records if run[stage][field] is not None]
             row[field] = statistics.median(values) if values else None
+        if "slowest_nodes" in records[0][stage]:
+            row["slowest_nodes"] = records[0][stage]["slowest_nodes"]  # the first run's: a list, not a median
         if "status" in records[0][stage]:
             row["status"] = sorted({run[stage]["status"] for run in records})
         phases = [run[stage].get("phase_seconds") or {} for run in records]
@@ -369,6 +394,17 @@ def markdown_table(result: dict[str, Any]) -> str:
                   f"|---|{'---:|' * len(moments)}"]
         for schema in dict.fromkeys(name for sizes in storage.values() for name in sizes):
             lines.append(f"| {schema} | {' | '.join(_cell(storage[moment].get(schema)) for moment in moments)} |")
+    largest = result.get("largest_tables_mb") or {}
+    if largest:
+        moments = list(largest)
+        lines += ["", f"| largest tables | {' | '.join(f'MB after the {moment}' for moment in moments)} |",
+                  f"|---|{'---:|' * len(moments)}"]
+        for table in dict.fromkeys(name for sizes in largest.values() for name in sizes):
+            lines.append(f"| {table} | {' | '.join(_cell(largest[moment].get(table)) for moment in moments)} |")
+    for row in result["stages"]:
+        if row.get("slowest_nodes"):
+            lines += ["", f"Slowest dbt nodes of {row['stage']} (first run): "
+                      + ", ".join(f"{name} {_cell(seconds)} s" for name, seconds in row["slowest_nodes"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from crmw import cli
-from crmw.bench import FIELDS, FULL_RUN, STEADY_DAY, run_benchmark
+from crmw.bench import FIELDS, FULL_RUN, LARGEST_TABLES, SLOWEST_NODES, STEADY_DAY, run_benchmark
 from ml_tasks.registry import MODELS
 
 PIPELINE_STAGES = ["extract-load", "reconcile", "dbt build", *(f"ml: {spec.name}" for spec in MODELS), "publish"]
@@ -43,7 +43,21 @@ def test_bench_tiny_tier_times_every_stage_then_a_steady_day(tmp_path: Path) -> 
     assert list(storage) == ["full run", "steady day"]
     assert {"raw_sales", "marts", "features", "ml", "total"} <= set(storage["steady day"])
     assert storage["steady day"]["total"] >= storage["steady day"]["marts"] > 0
-    assert table.count("\n| ") == len(expected) + 1 + 1 + len(storage["steady day"])
+    # Then the largest tables, biggest first, and each build's slowest dbt nodes by dbt's timing.
+    largest = result["largest_tables_mb"]
+    assert list(largest) == ["full run", "steady day"]
+    sizes = list(largest["steady day"].values())
+    assert len(sizes) == LARGEST_TABLES and sizes == sorted(sizes, reverse=True) and sizes[0] > 0
+    tables = dict.fromkeys(name for moment in largest.values() for name in moment)
+    assert table.count("\n| ") == len(expected) + 1 + 1 + len(storage["steady day"]) + 1 + len(tables)
+    for stage in ("dbt build", "steady day: dbt build"):
+        slowest = by_stage[stage]["slowest_nodes"]
+        assert len(slowest) == SLOWEST_NODES and list(slowest.values()) == sorted(slowest.values(), reverse=True)
+        assert f"Slowest dbt nodes of {stage} (first run): " in table
+    # Models by their bare names, other nodes by kind and name; a full build's slowest hold a model.
+    names = list(by_stage["dbt build"]["slowest_nodes"])
+    assert all(" " not in name or name.split(" ")[0] in {"test", "seed", "snapshot"} for name in names), names
+    assert any(" " not in name for name in names), names
 
 
 def test_bench_rejects_fewer_than_one_run(capsys) -> None:

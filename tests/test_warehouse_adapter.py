@@ -363,7 +363,7 @@ def test_row_counts_lists_tables_and_views_of_the_given_schemas_with_counts(ware
     ]
 
 
-def test_storage_bytes_are_reported_per_schema_with_the_databases_total(warehouse_url):
+def test_storage_bytes_are_reported_per_schema_and_table_with_the_databases_total(warehouse_url):
     with connect(warehouse_url) as warehouse:
         warehouse.ensure_table("marts.big", {"id": "integer", "label": "string"})
         warehouse.ensure_table("ml.small", {"id": "integer"})
@@ -371,9 +371,12 @@ def test_storage_bytes_are_reported_per_schema_with_the_databases_total(warehous
         warehouse.append_arrow("marts.big", pa.table({"id": range(rows), "label": [f"customer {n}" for n in range(rows)]}))
         warehouse.append_arrow("ml.small", pa.table({"id": [1]}))
         storage = warehouse.storage_bytes()
+        tables = warehouse.table_bytes()
     # 300,000 distinct ids and labels take more than a megabyte on either engine, one row far less.
     assert storage["marts"] > 1_000_000 > storage["ml"]
     assert storage["total"] >= storage["marts"] + storage["ml"]
+    # The one table of a schema holds the schema's bytes.
+    assert tables["marts.big"] == storage["marts"] and tables["ml.small"] == storage["ml"]
 
 
 DUCKDB_SETTINGS_QUERY = "select current_setting('memory_limit') as memory_limit, current_setting('threads') as threads"

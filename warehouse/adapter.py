@@ -295,6 +295,10 @@ class Warehouse:
         "total": where a warehouse's disk goes, for the benchmark's storage budget."""
         raise NotImplementedError
 
+    def table_bytes(self) -> dict[str, int]:
+        """Bytes on disk per table ("schema.table"), counted as storage_bytes counts a schema."""
+        raise NotImplementedError
+
     def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
         """Let `role` (BI tools) read every current and future table of `schemas`."""
         raise NotImplementedError
@@ -388,9 +392,24 @@ class _DuckDBWarehouse(Warehouse):
     def storage_bytes(self) -> dict[str, int]:
         """A schema's bytes are the blocks its tables' column segments use (DuckDB has no per-table
         size); "total" is the file's used blocks. Checkpointed first, so the blocks are on disk."""
+        block_size, blocks = self._table_blocks()
+        (used_blocks,) = self._con.execute("select used_blocks from pragma_database_size()").fetchone()
+        schemas: dict[str, set[int]] = {}
+        for name, ids in blocks.items():
+            schemas.setdefault(name.split(".")[0], set()).update(ids)
+        return {**{schema: len(ids) * block_size for schema, ids in sorted(schemas.items())}, "total": used_blocks * block_size}
+
+    def table_bytes(self) -> dict[str, int]:
+        """A table's bytes are the blocks its column segments use; a block small segments share
+        counts for each of its tables."""
+        block_size, blocks = self._table_blocks()
+        return {name: len(ids) * block_size for name, ids in blocks.items()}
+
+    def _table_blocks(self) -> tuple[int, dict[str, set[int]]]:
+        """The block size and, per table ("schema.table"), the ids of the blocks it uses, after a
+        checkpoint."""
         self._con.execute("checkpoint")
         (block_size,) = self._con.execute("select block_size from pragma_database_size()").fetchone()
-        (used_blocks,) = self._con.execute("select used_blocks from pragma_database_size()").fetchone()
         blocks: dict[str, set[int]] = {}
         for schema, table in self.fetchall(
             "select schema_name, table_name from duckdb_tables() where database_name = current_database() order by 1, 2"
@@ -401,8 +420,8 @@ class _DuckDBWarehouse(Warehouse):
                 " where block_id >= 0",
                 [name],
             ).fetchall()
-            blocks.setdefault(schema, set()).update(block for (block,) in rows)
-        return {**{schema: len(ids) * block_size for schema, ids in sorted(blocks.items())}, "total": used_blocks * block_size}
+            blocks[name] = {block for (block,) in rows}
+        return block_size, blocks
 
     def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
         """A DuckDB file has no roles: BI tools open it read-only (access_mode=read_only)."""
@@ -636,14 +655,21 @@ class _PostgresWarehouse(Warehouse):
 
     def storage_bytes(self) -> dict[str, int]:
         """Tables, materialized views and their indexes and TOAST per schema; "total" is the database."""
-        sizes = self.fetchall(
-            "select namespace.nspname, sum(pg_total_relation_size(relation.oid)) from pg_class as relation"
+        schemas: dict[str, int] = {}
+        for name, size in self.table_bytes().items():
+            schema = name.split(".")[0]
+            schemas[schema] = schemas.get(schema, 0) + size
+        (total,) = self.fetchall("select pg_database_size(current_database())")[0]
+        return {**schemas, "total": int(total)}
+
+    def table_bytes(self) -> dict[str, int]:
+        """Each table or materialized view with its indexes and TOAST."""
+        return {f"{schema}.{table}": int(size) for schema, table, size in self.fetchall(
+            "select namespace.nspname, relation.relname, pg_total_relation_size(relation.oid) from pg_class as relation"
             " join pg_namespace as namespace on namespace.oid = relation.relnamespace"
             " where relation.relkind in ('r', 'm', 'p') and namespace.nspname not in ('pg_catalog', 'information_schema')"
-            " and namespace.nspname not like 'pg_toast%' group by 1 order by 1"
-        )
-        (total,) = self.fetchall("select pg_database_size(current_database())")[0]
-        return {**{schema: int(size) for schema, size in sizes}, "total": int(total)}
+            " and namespace.nspname not like 'pg_toast%' order by 1, 2"
+        )}
 
     def grant_read_only(self, role: str, schemas: Sequence[str]) -> None:
         role = quote_identifier(role)
