@@ -39,6 +39,34 @@ dates_to_build as (
     {%- endif %}
 {%- endmacro %}
 
+{#- The rows of `spans` (a model of spans with customer_id, known_from and known_until:
+    orders_as_known, tickets_as_known) known on each feature date this run builds: on the dates not
+    built yet, every span known then; on the others, the spans of the changed customers. Each row is
+    the date's as_of_date and the span's columns. Two joins rather than every date's spans filtered
+    after: on PostgreSQL the dates-on-spans join is a nested loop, and the earlier dates hold most
+    of them. Reads the CTEs `feature_dates` and (incremental) `dates_to_build`. -#}
+{% macro known_in_feature_work(spans) -%}
+    {%- if builds_on_this() %}
+    select dates_to_build.as_of_date, known.*
+    from dates_to_build
+    inner join {{ spans }} as known
+        on {{ is_known_on('dates_to_build.as_of_date', 'known') }}
+    union all
+    select feature_dates.as_of_date, known.*
+    from feature_dates
+    inner join {{ spans }} as known
+        on {{ is_known_on('feature_dates.as_of_date', 'known') }}
+    inner join {{ ref('changed_customers') }} as changed_feature_customers
+        on known.customer_id = changed_feature_customers.customer_id
+    where feature_dates.as_of_date not in (select as_of_date from dates_to_build)
+    {%- else %}
+    select feature_dates.as_of_date, known.*
+    from feature_dates
+    inner join {{ spans }} as known
+        on {{ is_known_on('feature_dates.as_of_date', 'known') }}
+    {%- endif %}
+{%- endmacro %}
+
 {#- Whether a row of a query with `feature_work_joins` is part of this run's work: a date not built
     yet, or a changed customer. Always on a full build. -#}
 {% macro in_feature_work() -%}

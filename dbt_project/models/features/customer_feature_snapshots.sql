@@ -10,21 +10,11 @@ with feature_dates as (
 {{ feature_work_ctes('feature_dates') }}
 
 orders as (
-    select feature_dates.as_of_date, known.*
-    from feature_dates
-    inner join {{ ref('orders_as_known') }} as known
-        on {{ is_known_on('feature_dates.as_of_date', 'known') }}
-    {{- feature_work_joins('feature_dates.as_of_date', 'known.customer_id') }}
-    where {{ in_feature_work() }}
+    {{ known_in_feature_work(ref('orders_as_known')) }}
 ),
 
 tickets as (
-    select feature_dates.as_of_date, known.*
-    from feature_dates
-    inner join {{ ref('tickets_as_known') }} as known
-        on {{ is_known_on('feature_dates.as_of_date', 'known') }}
-    {{- feature_work_joins('feature_dates.as_of_date', 'known.customer_id') }}
-    where {{ in_feature_work() }}
+    {{ known_in_feature_work(ref('tickets_as_known')) }}
 ),
 
 order_lines as not materialized (

@@ -14,12 +14,7 @@ with feature_dates as (
 {{ feature_work_ctes('feature_dates') }}
 
 orders as (
-    select feature_dates.as_of_date, known.*
-    from feature_dates
-    inner join {{ ref('orders_as_known') }} as known
-        on {{ is_known_on('feature_dates.as_of_date', 'known') }}
-    {{- feature_work_joins('feature_dates.as_of_date', 'known.customer_id') }}
-    where {{ in_feature_work() }}
+    {{ known_in_feature_work(ref('orders_as_known')) }}
 ),
 
 purchase_days as (
