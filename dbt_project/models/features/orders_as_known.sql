@@ -5,7 +5,7 @@
 -- delivery's history is replayed from the status log (below). The orders known on a date D are the
 -- rows whose span holds D (macro is_known_on); readers join their feature dates on it. Spans, not a
 -- row per feature date: an order is stored once per status it took instead of once per month-end
--- and again for every day's as-of date (23.4M rows at 100,000 customers × 730 days, rewritten
+-- and again for every day's as-of date (23.2M rows at 100,000 customers × 730 days, rewritten
 -- daily). Amounts, channel and customer come from fct_orders: the shop never changes an order's
 -- lines, only its status. An order hard-deleted later is absent from fct_orders and so from every
 -- date: deletions in the sales system remove test orders, which were never sales.
