@@ -387,25 +387,25 @@ def markdown_table(result: dict[str, Any]) -> str:
                 f"{name} {_cell(seconds)} s" for name, seconds in row["phase_seconds"].items()))
         label = f"{row['stage']} ({'; '.join(notes)})" if notes else row["stage"]
         lines.append(f"| {label} | {' | '.join(cells)} |")
-    storage = result.get("storage_mb") or {}
-    if storage:
-        moments = list(storage)
-        lines += ["", f"| schema | {' | '.join(f'MB after the {moment}' for moment in moments)} |",
-                  f"|---|{'---:|' * len(moments)}"]
-        for schema in dict.fromkeys(name for sizes in storage.values() for name in sizes):
-            lines.append(f"| {schema} | {' | '.join(_cell(storage[moment].get(schema)) for moment in moments)} |")
-    largest = result.get("largest_tables_mb") or {}
-    if largest:
-        moments = list(largest)
-        lines += ["", f"| largest tables | {' | '.join(f'MB after the {moment}' for moment in moments)} |",
-                  f"|---|{'---:|' * len(moments)}"]
-        for table in dict.fromkeys(name for sizes in largest.values() for name in sizes):
-            lines.append(f"| {table} | {' | '.join(_cell(largest[moment].get(table)) for moment in moments)} |")
+    lines += _megabytes_table("schema", result.get("storage_mb") or {})
+    lines += _megabytes_table("largest tables", result.get("largest_tables_mb") or {})
     for row in result["stages"]:
         if row.get("slowest_nodes"):
             lines += ["", f"Slowest dbt nodes of {row['stage']} (first run): "
                       + ", ".join(f"{name} {_cell(seconds)} s" for name, seconds in row["slowest_nodes"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _megabytes_table(title: str, by_moment: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown lines of megabytes per name (a schema, a table) after each moment, a column per
+    moment, after a blank line; none when nothing was measured."""
+    if not by_moment:
+        return []
+    moments = list(by_moment)
+    lines = ["", f"| {title} | {' | '.join(f'MB after the {moment}' for moment in moments)} |", f"|---|{'---:|' * len(moments)}"]
+    for name in dict.fromkeys(name for sizes in by_moment.values() for name in sizes):
+        lines.append(f"| {name} | {' | '.join(_cell(by_moment[moment].get(name)) for moment in moments)} |")
+    return lines
 
 
 def _cell(value: float | None) -> str:
