@@ -47,23 +47,14 @@ dates_to_build as (
     of them. Reads the CTEs `feature_dates` and (incremental) `dates_to_build`. -#}
 {% macro known_in_feature_work(spans) -%}
     {%- if builds_on_this() %}
-    select dates_to_build.as_of_date, known.*
-    from dates_to_build
-    inner join {{ spans }} as known
-        on {{ is_known_on('dates_to_build.as_of_date', 'known') }}
+    {{ spans_known_on('dates_to_build', spans) }}
     union all
-    select feature_dates.as_of_date, known.*
-    from feature_dates
-    inner join {{ spans }} as known
-        on {{ is_known_on('feature_dates.as_of_date', 'known') }}
+    {{ spans_known_on('feature_dates', spans) }}
     inner join {{ ref('changed_customers') }} as changed_feature_customers
         on known.customer_id = changed_feature_customers.customer_id
     where feature_dates.as_of_date not in (select as_of_date from dates_to_build)
     {%- else %}
-    select feature_dates.as_of_date, known.*
-    from feature_dates
-    inner join {{ spans }} as known
-        on {{ is_known_on('feature_dates.as_of_date', 'known') }}
+    {{ spans_known_on('feature_dates', spans) }}
     {%- endif %}
 {%- endmacro %}
 

@@ -27,18 +27,24 @@
         and ({{ alias }}.known_until is null or {{ alias }}.known_until > {{ date }})
 {%- endmacro %}
 
+{#- Each date of `dates` (a relation with an as_of_date column) with every row of `spans` (a
+    relation with known_from and known_until) whose span holds it, as `known`: one row per date and
+    span, the date's as_of_date with the span's columns. Ends with the join's condition, so a caller
+    can add joins and a where clause. -#}
+{% macro spans_known_on(dates, spans) -%}
+    select
+        {{ dates }}.as_of_date,
+        known.*
+    from {{ dates }}
+    inner join {{ spans }} as known
+        on {{ is_known_on(dates ~ '.as_of_date', 'known') }}
+{%- endmacro %}
+
 {#- For every date of `dates` (a relation with an as_of_date column), the version of each record
     in `versions` that was the latest known on that date: one row per date and record known then,
     the date's as_of_date with the version's columns and known_until. A record whose latest known
     version is a tombstone (`is_deleted`) is left out. Arguments as version_spans'. -#}
 {% macro versions_known_on(dates, versions, key_columns, oldest_first) -%}
-    select
-        {{ dates }}.as_of_date,
-        spans.*
-    from {{ dates }}
-    inner join (
-        {{ version_spans(versions, key_columns, oldest_first) }}
-    ) as spans
-        on {{ is_known_on(dates ~ '.as_of_date', 'spans') }}
-    where not spans.is_deleted
+    {{ spans_known_on(dates, '(' ~ version_spans(versions, key_columns, oldest_first) ~ ')') }}
+    where not known.is_deleted
 {%- endmacro %}
