@@ -1,5 +1,10 @@
 """Frequent itemsets, association rules and next-best offers from the baskets of the window.
 
+A trained model (ml_tasks/contract.py): `fit` mines the rules of both levels from the window's
+baskets and judges them on held-out baskets (below); `score` publishes the fitted rules and makes
+every customer's offers from their purchases in the day's window. The runner mines again when the
+stored rules are a week old or the window moved past the tolerance (ml_tasks/registry.py).
+
 Mining (`frequent_itemsets`), exact and without densifying the baskets:
 - baskets become a sparse basket x item matrix (scipy CSR, one entry per basket and item);
   1-itemsets are counted by `bincount`, items below the support threshold dropped;
@@ -76,7 +81,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -701,12 +706,43 @@ def best_sellers(product_items: pd.DataFrame) -> pd.DataFrame:
 # ---- the model ------------------------------------------------------------------------------------
 
 
-def run(inputs: Mapping[str, pd.DataFrame], as_of_date: dt.date,
-        settings: AssociationSettings) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Rules at both levels and offers for every customer for `as_of_date`, with their metrics."""
-    expected = (BASKETS_TABLE, CUSTOMERS_TABLE)
-    items = checked_input(inputs, BASKETS_TABLE, ("basket_id", "item_level", "item", "category", "customer_id", "order_date"), expected)
-    customers = checked_input(inputs, CUSTOMERS_TABLE, ("customer_id", "favourite_category", "marketing_opt_in"), expected)
+@dataclass(frozen=True)
+class AssociationFit:
+    """The rules mined from a window's baskets (RULE_COLUMNS, both levels): what scoring needs."""
+    rules: pd.DataFrame
+
+
+def fit(training: Mapping[str, pd.DataFrame], as_of_date: dt.date,
+        settings: AssociationSettings) -> tuple[AssociationFit, dict]:
+    """Rules at both levels from the window's baskets, with the mining figures and the quality of
+    rules and offers made the same way from the window's earlier baskets, judged on its later ones."""
+    items = _window_items(training, as_of_date, settings)
+    rules, metrics = _level_rules(items, settings)
+    return AssociationFit(rules), {"baskets": int(items["basket_id"].nunique()), **metrics, **_holdout_metrics(items, settings)}
+
+
+def score(fitted: AssociationFit, inputs: Mapping[str, pd.DataFrame], as_of_date: dt.date,
+          settings: AssociationSettings) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The fitted rules, and offers for every customer from their purchases in today's window."""
+    items = _window_items(inputs, as_of_date, settings)
+    customers = checked_input(inputs, CUSTOMERS_TABLE, ("customer_id", "favourite_category", "marketing_opt_in"),
+                              (BASKETS_TABLE, CUSTOMERS_TABLE))
+    offers = _offers(fitted.rules, items, customers, settings)
+    metrics = {
+        "baskets": int(items["basket_id"].nunique()),
+        "customers": int(customers["customer_id"].nunique()),
+        "offers": int(len(offers)),
+        "customers_with_offers": int(offers["customer_id"].nunique()),
+        "customers_with_rule_offers": int(offers.loc[offers["source"] == "rule", "customer_id"].nunique()),
+    }
+    return {RULES_TABLE: fitted.rules, OFFERS_TABLE: offers}, metrics
+
+
+def _window_items(tables: Mapping[str, pd.DataFrame], as_of_date: dt.date, settings: AssociationSettings) -> pd.DataFrame:
+    """The window's basket items, checked, text columns as categoricals; InsufficientData below
+    min_baskets."""
+    items = checked_input(tables, BASKETS_TABLE, ("basket_id", "item_level", "item", "category", "customer_id", "order_date"),
+                          (BASKETS_TABLE,))
     # Millions of rows over a few thousand skus and customers: categorical text columns group, match
     # and filter by their codes (at 100,000 customers, 6.1M rows: peak 3.9 GB -> 2.6 GB, 20% faster).
     items = items.astype({column: "category" for column in ("item_level", "item", "category", "customer_id")})
@@ -717,26 +753,11 @@ def run(inputs: Mapping[str, pd.DataFrame], as_of_date: dt.date,
     if baskets < settings.min_baskets:
         raise InsufficientData(f"{BASKETS_TABLE}: {baskets} baskets in the {settings.basket_window_days} days to"
                                f" {as_of_date}, fewer than min_baskets={settings.min_baskets}")
-
-    model = _fit(items, customers, settings)
-    metrics: dict[str, Any] = {
-        "baskets": baskets,
-        "customers": int(customers["customer_id"].nunique()),
-        **model.metrics,
-        **_holdout_metrics(items, customers, settings),
-    }
-    results = {RULES_TABLE: model.rules, OFFERS_TABLE: model.offers}
-    return results, metrics
+    return items
 
 
-@dataclass(frozen=True)
-class _Model:
-    rules: pd.DataFrame
-    offers: pd.DataFrame
-    metrics: dict
-
-
-def _fit(items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSettings) -> _Model:
+def _level_rules(items: pd.DataFrame, settings: AssociationSettings) -> tuple[pd.DataFrame, dict]:
+    """Rules of both levels (RULE_COLUMNS) and the mining figures of each."""
     import pandas as pd
     rules, metrics = [], {"min_count": {}, "min_support_used": {}, "support_raised": {}, "itemsets_by_size": {},
                           "rules": {}, "rules_before_pruning": {}}
@@ -753,18 +774,18 @@ def _fit(items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSett
         metrics["itemsets_by_size"][level] = {str(size): count for size, count in itemsets.by_size().items()}
         metrics["rules"][level] = int(len(level_rules))
         metrics["rules_before_pruning"][level] = int(len(unpruned))
-    all_rules = pd.concat(rules, ignore_index=True) if rules else _empty(RULE_COLUMNS)
+    return (pd.concat(rules, ignore_index=True) if rules else _empty(RULE_COLUMNS)), metrics
+
+
+def _offers(rules: pd.DataFrame, items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSettings) -> pd.DataFrame:
+    """Offers for `customers` from the product `rules` and their purchases among `items`."""
     products = items[items["item_level"] == "product"]
     purchases = products[["customer_id", "item", "category"]].rename(columns={"item": "sku"}).drop_duplicates()
-    offers = next_best_offers(all_rules[all_rules["item_level"] == "product"], purchases, customers,
-                              best_sellers(products), settings.top_k_offers)
-    metrics["offers"] = int(len(offers))
-    metrics["customers_with_offers"] = int(offers["customer_id"].nunique())
-    metrics["customers_with_rule_offers"] = int(offers.loc[offers["source"] == "rule", "customer_id"].nunique())
-    return _Model(all_rules, offers, metrics)
+    return next_best_offers(rules[rules["item_level"] == "product"], purchases, customers,
+                            best_sellers(products), settings.top_k_offers)
 
 
-def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: AssociationSettings) -> dict:
+def _holdout_metrics(items: pd.DataFrame, settings: AssociationSettings) -> dict:
     import pandas as pd
     none = {"holdout_customers": 0, "offer_hit_rate": None, "offer_precision_at_k": None, "baseline_hit_rate": None,
             "baseline_precision_at_k": None, "offer_hit_rate_ratio": None, "rule_offer_precision": None,
@@ -794,13 +815,12 @@ def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: Ass
     new = new.loc[new["_merge"] == "left_only", ["customer_id", "item"]]
     evaluated = pd.Index(np.sort(np.intersect1d(new["customer_id"].to_numpy(dtype=object).astype(str),
                                                 history["customer_id"].to_numpy(dtype=object).astype(str))))
-    # Offers made for the judged customers alone (a customer's offers do not depend on whom else
-    # they are made for), with favourite categories from the training baskets: the published ones
-    # saw the held-out period.
-    judged = customers[customers["customer_id"].isin(evaluated)] if len(evaluated) >= HOLDOUT_MIN_CUSTOMERS else customers.iloc[:0]
-    model = _fit(train, _training_favourites(judged, train_products), settings)
+    # Rules from the training baskets; offers made for the judged customers alone (a customer's
+    # offers do not depend on whom else they are made for), with favourite categories from the
+    # training baskets: the published ones saw the held-out period.
+    rules, _ = _level_rules(train, settings)
     if len(evaluated) >= HOLDOUT_MIN_CUSTOMERS:
-        offers = model.offers[model.offers["customer_id"].isin(evaluated)]
+        offers = _offers(rules, train, _training_favourites(evaluated, train_products), settings)
         hits = offers[["customer_id", "sku"]].merge(
             new.rename(columns={"item": "sku"}).assign(hit=True), on=["customer_id", "sku"], how="left"
         )["hit"].notna().to_numpy()
@@ -828,7 +848,7 @@ def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: Ass
     if n_test < HOLDOUT_MIN_RULE_BASKETS:
         notes.append(f"{n_test} held-out baskets, fewer than {HOLDOUT_MIN_RULE_BASKETS}: rules not checked")
     for level in LEVELS if n_test >= HOLDOUT_MIN_RULE_BASKETS else ():
-        level_rules = model.rules[model.rules["item_level"] == level]
+        level_rules = rules[rules["item_level"] == level]
         held = test[test["item_level"] == level]
         if level_rules.empty or held.empty:
             continue
@@ -849,14 +869,16 @@ def _holdout_metrics(items: pd.DataFrame, customers: pd.DataFrame, settings: Ass
     return result
 
 
-def _training_favourites(customers: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame:
-    """customers with favourite_category replaced, for those with product baskets in `products`,
-    by the category of most of their baskets (ties: the first by name)."""
-    per = products.groupby(["customer_id", "category"])["basket_id"].nunique().rename("baskets").reset_index()
-    per = per.sort_values(["customer_id", "baskets", "category"], ascending=[True, False, True], kind="mergesort")
-    favourite = per.drop_duplicates("customer_id").set_index("customer_id")["category"]
-    mapped = customers["customer_id"].map(favourite)
-    return customers.assign(favourite_category=mapped.where(mapped.notna(), customers["favourite_category"]))
+def _training_favourites(customer_ids: pd.Index, products: pd.DataFrame) -> pd.DataFrame:
+    """The customers `customer_ids` (customer_id, favourite_category, marketing_opt_in unknown), each
+    favouring the category of most of their baskets in `products` (ties: the first by name)."""
+    import pandas as pd
+    per = products.groupby(["customer_id", "category"], observed=True)["basket_id"].nunique().rename("baskets").reset_index()
+    first = per.sort_values(["customer_id", "baskets", "category"], ascending=[True, False, True],
+                            kind="mergesort").drop_duplicates("customer_id")
+    favourite = pd.Series(first["category"].astype(str).to_numpy(), index=first["customer_id"].astype(str).to_numpy())
+    return pd.DataFrame({"customer_id": customer_ids, "favourite_category": customer_ids.map(favourite).astype(object),
+                         "marketing_opt_in": None})
 
 
 def _baseline_hits(ranked_skus: np.ndarray, customers: pd.Index, history: pd.DataFrame, bought_later: pd.DataFrame,
@@ -923,6 +945,6 @@ def _empty(columns: Sequence[str]) -> pd.DataFrame:
 
 
 __all__ = [
-    "AssociationSettings", "BadParameter", "Itemsets", "association_rules", "best_sellers", "count_rules",
-    "frequent_itemsets", "item_text", "mine_rules", "min_count_for", "next_best_offers", "run", "support_threshold",
+    "AssociationFit", "AssociationSettings", "BadParameter", "Itemsets", "association_rules", "best_sellers", "count_rules",
+    "fit", "frequent_itemsets", "item_text", "mine_rules", "min_count_for", "next_best_offers", "score", "support_threshold",
 ]

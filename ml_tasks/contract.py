@@ -12,7 +12,8 @@ quality floors name. Nothing here imports pandas or scikit-learn: the DAG parses
 A *trained* model (a spec with `trains_on`) is fitted on history now and then and scores every
 day. Its module has, instead of `run`:
 - `fit(training: dict[str, DataFrame], as_of_date, settings) -> (fitted, metrics)`: `training`
-  maps each `trains_on` table to all its rows (every training snapshot); the model validates
+  maps each `trains_on` table to all its rows (every training snapshot; of a windowed table, the
+  window's rows as of the date); the model validates
   itself in time (train on earlier snapshots, validate on a later one) and returns a picklable
   `fitted` holding what scoring needs (and reference samples for drift) and the validation
   metrics the quality floors name;
@@ -134,10 +135,12 @@ class ModelSpec:
     reads_previous: tuple[str, ...] = ()
     retraining: str = "refit on every run from the as-of date's features"
     description: str = ""
-    # Trained models only (see the module docstring): the tables `fit` reads (all their rows).
+    # Trained models only (see the module docstring): the tables `fit` reads (all their rows; of a
+    # windowed table, the window's rows as of the date, the same rows the model reads to score).
     trains_on: tuple[InputTable, ...] = ()
-    # SQL aggregates over a `trains_on` table, per as_of_date, that change when its training data
-    # does (rows, labels): their digest is the training fingerprint. A stored fit is reused while
+    # SQL aggregates over a `trains_on` table, per as_of_date (of a windowed table: over the window
+    # as of the date, one row however the window moves), that change when its training data does
+    # (rows, labels): their digest is the training fingerprint. A stored fit is reused while
     # the fingerprint is unchanged and it is at most `retrain_max_age_days` old, or while no
     # aggregate of any snapshot moved by more than `training_change_tolerance` (a share of its
     # value at the fit) and no snapshot came or went: at scale a late order or return changes
@@ -152,6 +155,12 @@ class ModelSpec:
     # Output tables also written, once published, as a dated CSV file for tools that import files
     # (`<CRMW_EXPORT_DIR>/<schema>/<table>_<date>.csv`).
     exports: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for table in self.trains_on:
+            if table.window_setting and table not in self.reads:
+                raise ValueError(f"model {self.name}: windowed training table {table.name} must also be one it reads,"
+                                 " with the same window: fit gets the rows read to score")
 
     @property
     def is_trained(self) -> bool:

@@ -79,7 +79,7 @@ def run_model(
         try:
             with _timed(phases, "read"), connect(warehouse_url) as warehouse:
                 inputs = _read_inputs(warehouse, spec, as_of_date, settings)
-                plan = _training_plan(warehouse, spec, settings, as_of_date) if spec.is_trained else None
+                plan = _training_plan(warehouse, spec, settings, as_of_date, inputs) if spec.is_trained else None
             primary = inputs[spec.reads[0].name]
             run["rows_in"] = len(primary)
             run["training_fingerprint"] = plan["fingerprint"] if plan else fingerprint(inputs)
@@ -138,11 +138,14 @@ def _read_inputs(warehouse, spec: ModelSpec, as_of_date: dt.date, settings: Any)
     return inputs
 
 
-def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.date) -> dict[str, Any]:
+def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.date,
+                   inputs: Mapping[str, "pd.DataFrame"]) -> dict[str, Any]:
     """Whether a trained model refits today: its training fingerprint now, the stored fit it would
-    reuse (None: refit) and, when refitting, the training rows."""
+    reuse (None: refit) and, when refitting, the training rows. A windowed training table is the
+    window the model reads to score (`inputs`): the same rows, not read twice."""
     digest = settings_digest(settings)
-    signature = warehouse_io.training_signature(warehouse, spec.trains_on, spec.training_signature)
+    windows = {table.name: getattr(settings, table.window_setting) for table in spec.trains_on if table.window_setting}
+    signature = warehouse_io.training_signature(warehouse, spec.trains_on, spec.training_signature, as_of_date, windows)
     current = warehouse_io.training_fingerprint(signature)
     stored = warehouse_io.load_fit(warehouse, spec.name, spec.version, digest, as_of_date)
     reason, change = None, None
@@ -161,7 +164,7 @@ def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.dat
                             "stored": None if reason else stored, "reason": reason, "training_change": change}
     if reason:
         plan["training"] = {
-            table.name: warehouse_io.read_training(
+            table.name: inputs[table.name] if table.window_setting else warehouse_io.read_training(
                 warehouse, table, getattr(settings, table.sample_setting) if table.sample_setting else None
             )
             for table in spec.trains_on

@@ -72,17 +72,8 @@ def read_input(warehouse: Warehouse, table: InputTable, as_of_date: dt.date, win
     `window_days` days ending on it; for an undated one, a mart, the window's rows up to the date). An empty table gives no rows (a new install); a table holding
     other dates only raises MissingFeatureDate naming the dates it holds."""
     columns = ", ".join(quote_identifier(column) for column in table.columns) if table.columns else "*"
-    if table.dated:
-        sql = f"select {columns} from {qualified(table.name)} where as_of_date = ?"
-    else:
-        sql = f"select {columns} from {qualified(table.name)} where {quote_identifier(table.window_column)} <= ?"
-    values: list[Any] = [as_of_date]
-    if table.window_column and window_days is not None:
-        sql += f" and {quote_identifier(table.window_column)} > ?"
-        values.append(as_of_date - dt.timedelta(days=window_days))
-    if table.row_filter:
-        sql += f" and ({table.row_filter})"
-    frame = warehouse.fetch_df(sql, values)
+    condition, values = _input_rows(table, as_of_date, window_days)
+    frame = warehouse.fetch_df(f"select {columns} from {qualified(table.name)} where {condition}", values)
     if frame.empty and table.dated and not table.may_lack_date:
         (first, last, dates) = warehouse.fetchall(
             f"select min(as_of_date), max(as_of_date), count(distinct as_of_date) from {qualified(table.name)}"
@@ -107,20 +98,45 @@ def read_training(warehouse: Warehouse, table: InputTable, max_rows: int | None 
     return warehouse.fetch_df(sql)
 
 
+def _input_rows(table: InputTable, as_of_date: dt.date, window_days: int | None) -> tuple[str, list[Any]]:
+    """The condition (and its values) picking read_input's rows of `table`."""
+    if table.dated:
+        condition = "as_of_date = ?"
+    else:
+        condition = f"{quote_identifier(table.window_column)} <= ?"
+    values: list[Any] = [as_of_date]
+    if table.window_column and window_days is not None:
+        condition += f" and {quote_identifier(table.window_column)} > ?"
+        values.append(as_of_date - dt.timedelta(days=window_days))
+    if table.row_filter:
+        condition += f" and ({table.row_filter})"
+    return condition, values
+
+
 def sample_threshold(share: float) -> str:
     """The four-hex-digit bound below which `share` of md5 prefixes fall."""
     return f"{min(0xFFFF, max(1, round(share * 0x10000))):04x}"
 
 
-def training_signature(warehouse: Warehouse, tables: Sequence[InputTable], signature: Sequence[str]) -> dict[str, list[list]]:
+def training_signature(warehouse: Warehouse, tables: Sequence[InputTable], signature: Sequence[str],
+                       as_of_date: dt.date, window_days: Mapping[str, int | None]) -> dict[str, list[list]]:
     """The `signature` aggregates of each training table per as_of_date, as JSON-ready rows
-    [date, value, ...]: what the fingerprint digests, kept with a fit to measure later changes."""
+    [date, value, ...]: what the fingerprint digests, kept with a fit to measure later changes. A
+    windowed table (`window_days` by table name) gives one row, ["window", value, ...], over the
+    window as of `as_of_date`: the window moves every day, and its aggregates measure how far."""
+    def rows(table: InputTable) -> list[tuple]:
+        aggregates = ", ".join(signature)
+        if table.window_setting:
+            condition, values = _input_rows(table, as_of_date, window_days.get(table.name))
+            return [("window", *row) for row in warehouse.fetchall(
+                f"select {aggregates} from {qualified(table.name)} where {condition}", values)]
+        return warehouse.fetchall(
+            f"select as_of_date, {aggregates} from {qualified(table.name)} group by as_of_date order by as_of_date")
+
     return {
         table.name: [
-            [iso_day(row[0]), *(None if value is None else float(value) for value in row[1:])]
-            for row in warehouse.fetchall(
-                f"select as_of_date, {', '.join(signature)} from {qualified(table.name)} group by as_of_date order by as_of_date"
-            )
+            [row[0] if isinstance(row[0], str) else iso_day(row[0]), *(None if value is None else float(value) for value in row[1:])]
+            for row in rows(table)
         ]
         for table in tables
     }

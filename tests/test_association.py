@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from ml_tasks import association, registry, warehouse_io
+from ml_tasks import association, registry, tasks, warehouse_io
 from ml_tasks.association import (
     RULE_COLUMNS,
     AssociationSettings,
@@ -22,6 +23,7 @@ from ml_tasks.association import (
     next_best_offers,
 )
 from ml_tasks.contract import BadParameter, InsufficientData, build_settings
+from warehouse import connect
 
 WEKA = Path(__file__).resolve().parents[2] / "shared" / "data" / "weka_supermarket" / "supermarket.arff"
 AS_OF = dt.date(2025, 6, 30)
@@ -390,9 +392,16 @@ def shop(seed: int = 0, customers: int = 400, days: int = 365) -> dict[str, pd.D
     return {"features.basket_items": items, "features.customer_features": customer_frame}
 
 
-def test_run_publishes_exactly_the_declared_columns_with_their_types():
+def fit_and_score(inputs: dict[str, pd.DataFrame], settings: AssociationSettings = AssociationSettings()):
+    """The rules fitted on the window's baskets, scored on the same inputs: a refit day's run."""
+    fitted, fit_metrics = association.fit({association.BASKETS_TABLE: inputs[association.BASKETS_TABLE]}, AS_OF, settings)
+    results, score_metrics = association.score(fitted, inputs, AS_OF, settings)
+    return results, {**fit_metrics, **score_metrics}
+
+
+def test_fit_and_score_publish_exactly_the_declared_columns_with_their_types():
     spec = registry.model("association_rules")
-    results, metrics = association.run(shop(customers=1000), AS_OF, AssociationSettings())
+    results, metrics = fit_and_score(shop(customers=1000))
     assert set(results) == {table.name for table in spec.writes}
     for table in spec.writes:
         frame = results[table.name]
@@ -414,27 +423,73 @@ def test_run_publishes_exactly_the_declared_columns_with_their_types():
     assert metrics["itemsets_by_size"]["product"]["1"] == 36
 
 
-def test_run_meets_its_floors_on_a_shop_with_a_planted_rule():
+def test_fit_meets_its_floors_on_a_shop_with_a_planted_rule():
     spec = registry.model("association_rules")
-    _, metrics = association.run(shop(seed=1, customers=800), AS_OF, AssociationSettings())
+    _, metrics = fit_and_score(shop(seed=1, customers=800))
     for metric, floor in spec.quality_floors.items():
         assert metrics[metric] >= floor, (metric, metrics)
 
 
-def test_run_is_deterministic():
-    first = association.run(shop(), AS_OF, AssociationSettings())
+def test_fit_and_score_are_deterministic():
+    first = fit_and_score(shop())
     inputs = {name: frame.sample(frac=1, random_state=5) for name, frame in shop().items()}
-    second = association.run(inputs, AS_OF, AssociationSettings())
+    second = fit_and_score(inputs)
     for name in first[0]:
         pd.testing.assert_frame_equal(first[0][name], second[0][name])
     assert first[1] == second[1]
+
+
+def _load_shop(url: str, as_of: dt.date, inputs: dict[str, pd.DataFrame]) -> None:
+    """The shop's baskets and customers as dbt would leave them for `as_of` (the only date held)."""
+    types = {"features.basket_items": {"basket_id": "integer", "item_level": "string", "item": "string", "category": "string",
+                                       "customer_id": "string", "order_date": "date", "as_of_date": "date"},
+             "features.customer_features": {"customer_id": "string", "favourite_category": "string",
+                                            "marketing_opt_in": "boolean", "as_of_date": "date"}}
+    with connect(url) as warehouse:
+        for name, columns in types.items():
+            warehouse.ensure_table(name, columns)
+            warehouse.execute(f"delete from {name}")
+            frame = inputs[name].assign(as_of_date=as_of)[list(columns)]
+            warehouse.append_arrow(name, pa.Table.from_pandas(frame, preserve_index=False))
+
+
+def test_rules_are_mined_again_weekly_or_when_the_window_moves_and_offers_are_made_daily(warehouse_url):
+    inputs = shop(seed=1, customers=800)
+    _load_shop(warehouse_url, AS_OF, inputs)
+    first = tasks.run_model("association_rules", AS_OF, "day-1", warehouse_url=warehouse_url)
+    assert first["status"] == "published" and first["metrics"]["refitted"]
+    # Next day the window lost its oldest day (0.4% of the rows), within the tolerance: the stored
+    # rules score; offers are made for today's customers.
+    next_day = AS_OF + dt.timedelta(days=1)
+    fewer_customers = {**inputs, "features.customer_features": inputs["features.customer_features"].iloc[:500]}
+    _load_shop(warehouse_url, next_day, fewer_customers)
+    second = tasks.run_model("association_rules", next_day, "day-2", warehouse_url=warehouse_url)
+    assert not second["metrics"]["refitted"] and second["metrics"]["model_age_days"] == 1
+    assert 0 < second["metrics"]["training_change_since_fit"] <= registry.TRAINING_CHANGE_TOLERANCE
+    assert second["metrics"]["offer_hit_rate_ratio"] == first["metrics"]["offer_hit_rate_ratio"]  # the fit's, carried
+    with connect(warehouse_url) as warehouse:
+        rules = warehouse.fetchall("select as_of_date, count(*) from ml.association_rules group by 1 order by 1")
+        offered = warehouse.fetchall("select count(distinct customer_id) from ml.product_recommendations where as_of_date = ?",
+                                     (next_day,))
+    assert rules[0][1] == rules[1][1] > 0 and offered == [(500,)]
+    # A tenth of the baskets gone from the window: past the 1% tolerance, mined again.
+    baskets = inputs["features.basket_items"]
+    kept = baskets[baskets["basket_id"] % 10 != 0]
+    _load_shop(warehouse_url, next_day, {**inputs, "features.basket_items": kept})
+    moved = tasks.run_model("association_rules", next_day, "day-2-rerun", warehouse_url=warehouse_url)
+    assert moved["metrics"]["refitted"] and "an aggregate moved" in moved["metrics"]["refit_reason"]
+    # A week after its fit, the same window is mined again all the same.
+    week_later = next_day + dt.timedelta(days=registry.ASSOCIATION_RETRAIN_MAX_AGE_DAYS + 1)
+    _load_shop(warehouse_url, week_later, {**inputs, "features.basket_items": kept})
+    aged = tasks.run_model("association_rules", week_later, "day-9", warehouse_url=warehouse_url)
+    assert aged["metrics"]["refitted"] and "older than 7 days" in aged["metrics"]["refit_reason"]
 
 
 def test_below_min_baskets_is_insufficient_data():
     inputs = shop(customers=10)
     baskets = inputs["features.basket_items"]["basket_id"].nunique()
     with pytest.raises(InsufficientData, match=f"{baskets} baskets.*min_baskets=200"):
-        association.run(inputs, AS_OF, AssociationSettings())
+        fit_and_score(inputs)
 
 
 @pytest.mark.parametrize(("field", "value", "expected"), [
