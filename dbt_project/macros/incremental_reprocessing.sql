@@ -70,42 +70,55 @@
     customer it was taken from; a customer left with no record is gone from identity altogether.
     The deleted record's identifiers come from its earlier versions. -#}
 {% macro customers_sharing_identifiers_with_deleted_records(loaded_since) -%}
-    select holders.customer_id
-    from (
-        select 'crm_id' as kind, crm_id as identifier from {{ ref('stg_sales__order_versions') }}
-        where crm_id is not null and order_id in (
-            select order_id from {{ ref('stg_sales__order_versions') }} where _is_deleted and {{ loaded_since }})
+    {#- The deleted records' few identifiers first, then each holder table filtered by them: joined
+        to the union of every holder's identifiers instead, PostgreSQL built that union whole
+        (392,649 rows for one deleted order at 10,000 customers, 0.5 s of a 5 s kpi_daily_sales). -#}
+    with deleted_order_ids as (
+        select order_id from {{ ref('stg_sales__order_versions') }} where _is_deleted and {{ loaded_since }}
+    ),
+
+    deleted_ticket_ids as (
+        select ticket_id from {{ ref('stg_service__ticket_versions') }} where _is_deleted and {{ loaded_since }}
+    ),
+
+    deleted_crm_ids as (
+        select crm_id from {{ ref('stg_crm__customer_versions') }} where _is_deleted and {{ loaded_since }}
+    ),
+
+    deleted_crm_id_identifiers as (
+        select crm_id as identifier from {{ ref('stg_sales__order_versions') }}
+        where crm_id is not null and order_id in (select order_id from deleted_order_ids)
         union
-        select 'email', customer_email from {{ ref('stg_sales__order_versions') }}
-        where is_email_valid and order_id in (
-            select order_id from {{ ref('stg_sales__order_versions') }} where _is_deleted and {{ loaded_since }})
+        select crm_id from deleted_crm_ids
+    ),
+
+    deleted_email_identifiers as (
+        select customer_email as identifier from {{ ref('stg_sales__order_versions') }}
+        where is_email_valid and order_id in (select order_id from deleted_order_ids)
         union
-        select 'email', requester_email from {{ ref('stg_service__ticket_versions') }}
-        where is_email_valid and ticket_id in (
-            select ticket_id from {{ ref('stg_service__ticket_versions') }} where _is_deleted and {{ loaded_since }})
+        select requester_email from {{ ref('stg_service__ticket_versions') }}
+        where is_email_valid and ticket_id in (select ticket_id from deleted_ticket_ids)
         union
-        select 'crm_id', crm_id from {{ ref('stg_crm__customer_versions') }}
-        where _is_deleted and {{ loaded_since }}
-        union
-        select 'email', email from {{ ref('stg_crm__customer_versions') }}
-        where is_email_valid and crm_id in (
-            select crm_id from {{ ref('stg_crm__customer_versions') }} where _is_deleted and {{ loaded_since }})
-    ) as deleted
-    inner join (
-        select 'crm_id' as kind, crm_id as identifier, customer_id from {{ ref('fct_orders') }} where crm_id is not null
-        union all
-        select 'email', customer_email, customer_id from {{ ref('fct_orders') }}
-        union all
-        select 'email', requester_email, customer_id from {{ ref('fct_tickets') }}
-        union all
-        select 'crm_id', source_key, customer_id from {{ ref('int_customer_identity') }} where source_table = 'customers'
-        union all
-        select 'email', versions.email, identity.customer_id
-        from {{ ref('stg_crm__customer_versions') }} as versions
-        inner join {{ ref('int_customer_identity') }} as identity
-            on identity.source_table = 'customers'
-            and identity.source_key = versions.crm_id
-    ) as holders
-        on deleted.kind = holders.kind
-        and deleted.identifier = holders.identifier
+        select email from {{ ref('stg_crm__customer_versions') }}
+        where is_email_valid and crm_id in (select crm_id from deleted_crm_ids)
+    )
+
+    select customer_id from {{ ref('fct_orders') }}
+    where crm_id in (select identifier from deleted_crm_id_identifiers)
+    union all
+    select customer_id from {{ ref('fct_orders') }}
+    where customer_email in (select identifier from deleted_email_identifiers)
+    union all
+    select customer_id from {{ ref('fct_tickets') }}
+    where requester_email in (select identifier from deleted_email_identifiers)
+    union all
+    select customer_id from {{ ref('int_customer_identity') }}
+    where source_table = 'customers' and source_key in (select identifier from deleted_crm_id_identifiers)
+    union all
+    select identity.customer_id
+    from {{ ref('stg_crm__customer_versions') }} as versions
+    inner join {{ ref('int_customer_identity') }} as identity
+        on identity.source_table = 'customers'
+        and identity.source_key = versions.crm_id
+    where versions.email in (select identifier from deleted_email_identifiers)
 {%- endmacro %}
