@@ -72,7 +72,7 @@ TRAINING_CHANGE_TOLERANCE = 0.01
 
 WINDOW_BASKETS = InputTable(
     association.BASKETS_TABLE,
-    columns=("basket_id", "item_level", "item", "category", "customer_id", "order_date"),
+    columns=association.BASKET_COLUMNS,
     window_column="order_date",
     window_setting="basket_window_days",
 )
@@ -89,7 +89,7 @@ ASSOCIATION_SPEC = ModelSpec(
     settings=association.AssociationSettings,
     reads=(
         WINDOW_BASKETS,
-        InputTable(association.CUSTOMERS_TABLE, columns=("customer_id", "favourite_category", "marketing_opt_in")),
+        InputTable(association.CUSTOMERS_TABLE, columns=association.CUSTOMER_COLUMNS),
     ),
     writes=(
         OutputTable(
