@@ -70,11 +70,14 @@ TRAINING_CHANGE_TOLERANCE = 0.01
 
 # ---- association rules and next-best offers (ml_tasks/association.py) ---------------------------
 
+# basket_items holds the baskets as known on its latest build's as-of date, rewriting only those a
+# day changed (no as_of_date column): read like a mart, by the window's order dates.
 WINDOW_BASKETS = InputTable(
     association.BASKETS_TABLE,
     columns=association.BASKET_COLUMNS,
     window_column="order_date",
     window_setting="basket_window_days",
+    dated=False,
 )
 # Rules are mined again once a week, or sooner when the window's item rows or baskets moved by more
 # than TRAINING_CHANGE_TOLERANCE since (a sale, a new range). A day adds and drops about 1/365 of a

@@ -440,9 +440,10 @@ def test_fit_and_score_are_deterministic():
 
 
 def _load_shop(url: str, as_of: dt.date, inputs: dict[str, pd.DataFrame]) -> None:
-    """The shop's baskets and customers as dbt would leave them for `as_of` (the only date held)."""
+    """The shop's baskets and customers as dbt would leave them for `as_of` (the only feature date
+    held; basket_items holds the baskets as known on its latest build, without a date column)."""
     types = {"features.basket_items": {"basket_id": "integer", "item_level": "string", "item": "string", "category": "string",
-                                       "customer_id": "string", "order_date": "date", "as_of_date": "date"},
+                                       "customer_id": "string", "order_date": "date"},
              "features.customer_features": {"customer_id": "string", "favourite_category": "string",
                                             "marketing_opt_in": "boolean", "as_of_date": "date"}}
     with connect(url) as warehouse:

@@ -33,16 +33,16 @@ LATE_ORDER_AGE_DAYS = 12
 HELD_BACK_ORDER_ID = 990_000_200
 HELD_BACK_PAYMENT_ID = f"P{HELD_BACK_ORDER_ID}"
 BUILT_SCHEMAS = ("marts", "features", "intermediate", "activation")
-# What a run records about itself rather than computes from the data: when dbt wrote a row, the
-# key a record had in the build before (a full refresh is one more build), and the ML run's id,
-# clock and memory. A fitted model's pickle is left out: its training data's fingerprint and its
+# What a run records about itself rather than computes from the data: when dbt wrote a row and for
+# which as-of date, the key a record had in the build before (a full refresh is one more build),
+# and the ML run's id, clock and memory. A fitted model's pickle is left out: its training data's fingerprint and its
 # metrics stand for it, and a diff of base64 text reads as noise.
 RUN_RECORD_COLUMNS = {
-    "_built_at", "key_changed_at", "previous_customer_id", "run_id", "seconds", "phase_seconds", "peak_memory_mb", "finished_at",
-    "trained_at", "artifact",
+    "_built_at", "_built_as_of", "key_changed_at", "previous_customer_id", "run_id", "seconds", "phase_seconds",
+    "peak_memory_mb", "finished_at", "trained_at", "artifact",
 }
-# The incremental feature models' list of what changed since they last ran: about a run, not data.
-RUN_RECORD_TABLES = {"features.changed_customers"}
+# The incremental models' lists of what changed since they last ran: about a run, not data.
+RUN_RECORD_TABLES = {"features.changed_customers", "features.changed_baskets"}
 
 
 def _day(offset: int) -> dt.date:
@@ -187,3 +187,15 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     full_refresh, full_refresh_ml = _built_tables(url), _run_the_models(url, "full-refresh")
     assert not _differences(incremental, full_refresh), "\n".join(_differences(incremental, full_refresh))
     assert not _differences(incremental_ml, full_refresh_ml), "\n".join(_differences(incremental_ml, full_refresh_ml))
+
+    # A rerun of an earlier date takes back the baskets later days added and restores those they
+    # changed: basket_items, built incrementally from the last day's, equals its full build then.
+    earlier = ["--vars", f"{{as_of_date: '{LAST_DAY - dt.timedelta(days=3)}', reprocessing_window_days: 0}}"]
+    _dbt_in_process(url, "run", "--select", "changed_baskets", "basket_items", *earlier, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with connect(url) as warehouse:
+        rerun = {"basket_items": _rows(warehouse, "features.basket_items")}
+    _dbt_in_process(url, "run", "--full-refresh", "--select", "basket_items", *earlier, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with connect(url) as warehouse:
+        rebuilt = {"basket_items": _rows(warehouse, "features.basket_items")}
+    assert rerun != {"basket_items": full_refresh["features.basket_items"]}, "the earlier date should know fewer baskets"
+    assert not _differences(rerun, rebuilt), "\n".join(_differences(rerun, rebuilt))

@@ -3,7 +3,7 @@
     hold yet for every customer, and every date of the customers changed_customers names; the rest
     stay as built. Dates that are no longer feature dates (the previous run's as-of date, unless a
     period end) and rows of changed customers that this run did not write again leave after the
-    insert (delete_stale_feature_dates, delete_unwritten_rows_of_changed_customers). -#}
+    insert (delete_stale_feature_dates, delete_unwritten_rows_of_changes). -#}
 
 {#- The CTE an incremental feature model reads its new dates from: `dates_to_build` (dates of
     `dates_relation` matching `dates_condition` that the model does not hold, plus any dates the
@@ -77,15 +77,18 @@ dates_to_build as (
     {%- endif %}
 {%- endmacro %}
 
-{#- Post-hook of a model of customers: rows of changed customers this run did not write again (a
-    date where they are no longer known, a key identity retired). A statement of its own, not an OR
-    beside the dates': PostgreSQL turns `in (subquery)` into a join only when it stands alone, and
-    rescans the subquery for every row once a catch-up day's changed customers outgrow work_mem. -#}
-{% macro delete_unwritten_rows_of_changed_customers() -%}
+{#- Post-hook of an incremental model redoing what a list of changes names (`changed_model`, one
+    row per `changed_key`, the model's `key`): rows of those keys this run did not write again (a
+    date where a changed customer is no longer known, a key identity retired, an order no longer a
+    basket). Rows from before `_built_at` existed count as unwritten. A statement of its own, not an
+    OR beside the dates': PostgreSQL turns `in (subquery)` into a join only when it stands alone,
+    and rescans the subquery for every row once a catch-up day's changed customers outgrow
+    work_mem. -#}
+{% macro delete_unwritten_rows_of_changes(changed_model='changed_customers', key='customer_id', changed_key='customer_id') -%}
     {%- if builds_on_this() %}
     delete from {{ this }}
-    where _built_at < {{ built_at() }}
-        and customer_id in (select customer_id from {{ ref('changed_customers') }})
+    where (_built_at is null or _built_at < {{ built_at() }})
+        and {{ key }} in (select {{ changed_key }} from {{ ref(changed_model) }})
     {%- endif %}
 {%- endmacro %}
 

@@ -3,6 +3,11 @@
 -- Only valid lines count: a line with a quantity or price that is not positive is not a purchase.
 -- Each row carries its item's category (the item itself at category level), so products can be
 -- ranked within a category without another join.
+--
+-- Incremental: a run rewrites the baskets changed_baskets names (an order or line rewritten or
+-- loaded, a product loaded, an order known on only one of the last build's and this run's as-of
+-- dates) and drops those of them that are no longer baskets (post-hook); the rest stay as built.
+-- depends_on: {{ ref('changed_baskets') }}
 {%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
 
 with orders as not materialized (
@@ -22,6 +27,9 @@ baskets as (
     from orders
     where {{ is_known_on(as_of_date, 'orders') }}
         and is_revenue
+        {%- if builds_on_this() %}
+        and order_id in (select basket_id from {{ ref('changed_baskets') }})
+        {%- endif %}
 ),
 
 basket_lines as (
@@ -70,9 +78,10 @@ final as (
         cast(basket_items.category as {{ dbt.type_string() }}) as category,
         baskets.customer_id,
         baskets.order_date,
-        {{ as_of_date }} as as_of_date,
         cast(basket_items.quantity as integer) as quantity,
-        cast(basket_items.net_amount as numeric(18, 2)) as net_amount
+        cast(basket_items.net_amount as numeric(18, 2)) as net_amount,
+        {{ built_at() }} as _built_at,
+        {{ as_of_date }} as _built_as_of
     from basket_items
     inner join baskets
         on basket_items.order_id = baskets.order_id
