@@ -125,9 +125,13 @@ class SqlSource:
     def bucket_digests(self, table: str, key_hash: str, digest_columns: str, where: str, params: Sequence) -> list[tuple]:
         """`digest_columns` of the rows of `table` that meet `where`, grouped by their first column,
         over their `key_hash` (as _hash; rows without one left out): a few per bucket of keys,
-        computed by the source so that only they cross the network."""
+        computed by the source so that only they cross the network. The subquery is fenced (a
+        limit or offset that keeps every row) so that the hash is computed once per row: inlined,
+        SQLite computed it for each of the digest's three uses (order lines at 100,000 customers:
+        8.0 s instead of 4.1 s, half of it the GROUP BY's sort)."""
+        fence = "offset 0" if self.is_postgres else "limit -1"
         cursor, reader = self._read(
-            f"select {digest_columns} from (select {key_hash} as _hash from {table} where {where}) as hashed"
+            f"select {digest_columns} from (select {key_hash} as _hash from {table} where {where} {fence}) as hashed"
             " where _hash is not null group by 1",
             params,
         )
