@@ -29,19 +29,24 @@ dates_to_build as (
     every row read. The changed customers are joined as the table itself, analyzed, not through a
     CTE: PostgreSQL materialises a CTE read more than once and, knowing nothing of its values, took
     each of 166,076 changed customers to match a thousand contacts (170M rows planned for 206k at
-    100,000 customers; joined as the table, 206k). Nothing on a full build. -#}
-{% macro feature_work_joins(date_column, customer_column) -%}
+    100,000 customers; joined as the table, 206k). The customers whose features changed, or with
+    `labels` (training_set) every changed customer. Nothing on a full build. -#}
+{% macro feature_work_joins(date_column, customer_column, labels=false) -%}
     {%- if builds_on_this() %}
     left join dates_to_build as new_feature_dates
         on {{ date_column }} = new_feature_dates.as_of_date
     left join {{ ref('changed_customers') }} as changed_feature_customers
         on {{ customer_column }} = changed_feature_customers.customer_id
+        {%- if not labels %}
+        and changed_feature_customers.features_changed
+        {%- endif %}
     {%- endif %}
 {%- endmacro %}
 
 {#- The rows of `spans` (a model of spans with customer_id, known_from and known_until:
     orders_as_known, tickets_as_known) known on each feature date this run builds: on the dates not
-    built yet, every span known then; on the others, the spans of the changed customers. Each row is
+    built yet, every span known then; on the others, the spans of the customers whose features
+    changed. Each row is
     the date's as_of_date and the span's columns. Two joins rather than every date's spans filtered
     after: on PostgreSQL the dates-on-spans join is a nested loop, and the earlier dates hold most
     of them. Reads the CTEs `feature_dates` and (incremental) `dates_to_build`. -#}
@@ -52,6 +57,7 @@ dates_to_build as (
     {{ spans_known_on('feature_dates', spans) }}
     inner join {{ ref('changed_customers') }} as changed_feature_customers
         on known.customer_id = changed_feature_customers.customer_id
+        and changed_feature_customers.features_changed
     where feature_dates.as_of_date not in (select as_of_date from dates_to_build)
     {%- else %}
     {{ spans_known_on('feature_dates', spans) }}
@@ -84,12 +90,19 @@ dates_to_build as (
     OR beside the dates': PostgreSQL turns `in (subquery)` into a join only when it stands alone,
     and rescans the subquery for every row once a catch-up day's changed customers outgrow
     work_mem. -#}
-{% macro delete_unwritten_rows_of_changes(changed_model='changed_customers', key='customer_id', changed_key='customer_id') -%}
+{% macro delete_unwritten_rows_of_changes(changed_model, key, changed_key, condition='true') -%}
     {%- if builds_on_this() %}
     delete from {{ this }}
     where (_built_at is null or _built_at < {{ built_at() }})
-        and {{ key }} in (select {{ changed_key }} from {{ ref(changed_model) }})
+        and {{ key }} in (select {{ changed_key }} from {{ ref(changed_model) }} where {{ condition }})
     {%- endif %}
+{%- endmacro %}
+
+{#- The post-hook above for a model of customers: those changed_customers names whose features
+    changed, or (`labels`, training_set) every one of them. -#}
+{% macro delete_unwritten_rows_of_changed_customers(labels=false) -%}
+    {{ delete_unwritten_rows_of_changes('changed_customers', 'customer_id', 'customer_id',
+                                        'true' if labels else 'features_changed') }}
 {%- endmacro %}
 
 {#- The documented columns of model `model_name` (its YAML, in order) but `_built_at`, each prefixed

@@ -11,6 +11,12 @@
     interaction or campaign member. Each of those names its customers here; labels of the
     training set also change with the orders and status changes delivered today.
 
+    Most orders delivered on a day change labels only: a new order, or an old one's new status, is
+    known from its delivery, after every date the feature models hold, and changes none of the
+    order's other attributes the features read as they are now (lines, channel, order date). Those
+    customers are redone by training_set only: `features_changed` is false when every reason is
+    such an order (at 100,000 customers, about 5,800 of a steady day's 7,900 customers).
+
     "Since" is the oldest of the models' latest writes (`_built_at`), so a model that failed or
     was skipped on a day catches up on the next. Read without ref(): this model runs before them
     and reads what they held before this run. On a first build everyone has changed. -#}
@@ -25,6 +31,7 @@
     {%- endfor %}
 {%- endif %}
 {#- While parsing (no execute) the whole SQL renders, so dbt sees every ref. #}
+{%- set label_only_reason = "'order delivered, changing labels only'" %}
 {%- set everyone_changed = execute and built | length < incremental_feature_models | length %}
 
 with identity as not materialized (
@@ -33,7 +40,10 @@ with identity as not materialized (
 
 {% if everyone_changed -%}
 final as (
-    select distinct customer_id, cast('first build of the feature models' as {{ dbt.type_string() }}) as reason
+    select distinct
+        customer_id,
+        cast('first build of the feature models' as {{ dbt.type_string() }}) as reason,
+        true as features_changed
     from identity
 )
 {%- else -%}
@@ -44,10 +54,10 @@ crm_customers as (
 ),
 
 last_built as (
-    select min(built_at) as built_at
+    select min(built_at) as built_at, max(held_date) as latest_held_date
     from (
         {%- for relation in built %}
-        select max(_built_at) as built_at from {{ relation }}
+        select max(_built_at) as built_at, max(as_of_date) as held_date from {{ relation }}
         {%- if not loop.last %}
         union all
         {%- endif %}
@@ -82,6 +92,62 @@ delivered_orders as (
     where _loaded_at > (select built_at from last_built)
 ),
 
+header_versions_loaded as (
+    select * from {{ ref('stg_sales__order_versions') }}
+    where _loaded_at > (select built_at from last_built)
+),
+
+-- Each delivered order's latest header version loaded before, to compare the attributes the
+-- features read as they are now with its current version's.
+earlier_header_versions as (
+    select order_id, channel, ordered_at, _is_deleted
+    from (
+        select
+            versions.order_id,
+            versions.channel,
+            versions.ordered_at,
+            versions._is_deleted,
+            row_number() over (
+                partition by versions.order_id
+                order by versions.updated_at desc, versions._delivery_date desc, versions._loaded_at desc
+            ) as recency
+        from {{ ref('stg_sales__order_versions') }} as versions
+        inner join delivered_orders on versions.order_id = delivered_orders.order_id
+        where versions._loaded_at <= (select built_at from last_built)
+    ) as ranked
+    where recency = 1
+),
+
+-- Delivered orders no held feature date can see: every header version loaded delivered after the
+-- latest date held, none a deletion; still an order; and either new (no header version before:
+-- its lines, whenever delivered, belong to an order unknown on those dates) or with no line or
+-- line deletion loaded and the channel and order date of its version before, which was no
+-- deletion (a recovered order is back on every date). A status-log row alone changes no date
+-- after the first delivery.
+label_only_orders as (
+    select delivered_orders.order_id, earlier.order_id is null as is_new_order
+    from delivered_orders
+    inner join {{ ref('stg_sales__orders') }} as current_orders
+        on delivered_orders.order_id = current_orders.order_id
+    left join earlier_header_versions as earlier
+        on delivered_orders.order_id = earlier.order_id
+    where (earlier.order_id is null
+            or (not earlier._is_deleted
+                and earlier.channel is not distinct from current_orders.channel
+                and cast(earlier.ordered_at as date) is not distinct from cast(current_orders.ordered_at as date)
+                and not exists (
+                    select 1 from {{ ref('stg_sales__order_line_versions') }} as lines
+                    where lines.order_id = delivered_orders.order_id
+                        and lines._loaded_at > (select built_at from last_built)
+                )))
+        and not exists (
+            select 1 from header_versions_loaded
+            where header_versions_loaded.order_id = delivered_orders.order_id
+                and (header_versions_loaded._is_deleted
+                    or header_versions_loaded._delivery_date <= (select latest_held_date from last_built))
+        )
+),
+
 -- Customers present in a feature table that identity no longer knows (merged away, or left with
 -- no record): their rows go.
 built_customers as (
@@ -94,9 +160,17 @@ built_customers as (
 ),
 
 changes as (
-    select customer_id, 'identity moved a record to it' as reason
+    -- A new order joining its customer is one more label-only order; a record that moved is not.
+    select
+        identity.customer_id,
+        case when new_orders.order_id is null then 'identity moved a record to it' else {{ label_only_reason }} end as reason
     from identity
-    where key_changed_at > (select built_at from last_built)
+    left join label_only_orders as new_orders
+        on new_orders.is_new_order
+        and identity.source_table = 'orders'
+        and identity.previous_customer_id is null
+        and identity.source_key = cast(new_orders.order_id as {{ dbt.type_string() }})
+    where identity.key_changed_at > (select built_at from last_built)
     union all
     select previous_customer_id, 'identity moved a record from it'
     from identity
@@ -106,6 +180,11 @@ changes as (
     select orders.customer_id, 'order delivered'
     from orders
     inner join delivered_orders on orders.order_id = delivered_orders.order_id
+    where orders.order_id not in (select order_id from label_only_orders)
+    union all
+    select orders.customer_id, {{ label_only_reason }}
+    from orders
+    inner join label_only_orders on orders.order_id = label_only_orders.order_id
     union all
     select identity.customer_id, 'ticket version loaded'
     from ticket_versions
@@ -144,7 +223,10 @@ changes as (
 ),
 
 final as (
-    select customer_id, cast(min(reason) as {{ dbt.type_string() }}) as reason
+    select
+        customer_id,
+        cast(min(reason) as {{ dbt.type_string() }}) as reason,
+        max(case when reason = {{ label_only_reason }} then 0 else 1 end) = 1 as features_changed
     from changes
     group by customer_id
 )

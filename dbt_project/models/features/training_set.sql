@@ -54,7 +54,7 @@ training_rows as (
     from snapshots
     inner join feature_dates
         on snapshots.as_of_date = feature_dates.as_of_date
-    {{- feature_work_joins('snapshots.as_of_date', 'snapshots.customer_id') }}
+    {{- feature_work_joins('snapshots.as_of_date', 'snapshots.customer_id', labels=true) }}
     where feature_dates.is_training_snapshot
         and snapshots.order_count > 0
         and {{ in_feature_work() }}
