@@ -50,16 +50,10 @@ crm_customers as (
 -- CRM contacts known on each date, with the earliest signup date their versions known then give.
 known_contacts as (
     select
-        feature_dates.as_of_date,
-        crm_customers.customer_id,
-        min(crm_versions.signup_date) as signup_date
-    from feature_dates
-    inner join crm_versions
-        on crm_versions._delivery_date <= feature_dates.as_of_date
-    inner join crm_customers
-        on crm_versions.crm_id = crm_customers.crm_id
-    {{- feature_work_joins('feature_dates.as_of_date', 'crm_customers.customer_id') }}
-    where {{ in_feature_work() }}
+        as_of_date,
+        customer_id,
+        min(signup_date) as signup_date
+    from ({{ crm_records_in_feature_work('crm_versions', ['signup_date'], ['crm_versions._delivery_date']) }}) as known_versions
     group by 1, 2
 ),
 
@@ -161,37 +155,27 @@ ticket_features as (
 
 interaction_features as (
     select
-        feature_dates.as_of_date,
-        crm_customers.customer_id,
+        as_of_date,
+        customer_id,
         count(*) as interactions,
-        sum(case when interactions.occurred_at >= {{ dbt.dateadd('day', -89, 'feature_dates.as_of_date') }} then 1 else 0 end)
+        sum(case when occurred_at >= {{ dbt.dateadd('day', -89, 'as_of_date') }} then 1 else 0 end)
             as interactions_last_90_days,
-        sum(case when interactions.outcome = 'complaint' then 1 else 0 end) as complaint_interactions
-    from feature_dates
-    inner join interactions
-        on interactions._delivery_date <= feature_dates.as_of_date
-        and cast(interactions.occurred_at as date) <= feature_dates.as_of_date
-    inner join crm_customers
-        on interactions.crm_id = crm_customers.crm_id
-    {{- feature_work_joins('feature_dates.as_of_date', 'crm_customers.customer_id') }}
-    where {{ in_feature_work() }}
+        sum(case when outcome = 'complaint' then 1 else 0 end) as complaint_interactions
+    from ({{ crm_records_in_feature_work(
+        'interactions', ['occurred_at', 'outcome'],
+        ['interactions._delivery_date', 'cast(interactions.occurred_at as date)']) }}) as known_interactions
     group by 1, 2
 ),
 
 -- Members are delivered when their campaign ends, with its outcome: only ended campaigns count.
 campaign_features as (
     select
-        feature_dates.as_of_date,
-        crm_customers.customer_id,
-        sum(case when campaign_members.sent then 1 else 0 end) as campaigns_received,
-        sum(case when campaign_members.sent and campaign_members.converted then 1 else 0 end) as campaign_conversions
-    from feature_dates
-    inner join campaign_members
-        on campaign_members._delivery_date <= feature_dates.as_of_date
-    inner join crm_customers
-        on campaign_members.crm_id = crm_customers.crm_id
-    {{- feature_work_joins('feature_dates.as_of_date', 'crm_customers.customer_id') }}
-    where {{ in_feature_work() }}
+        as_of_date,
+        customer_id,
+        sum(case when sent then 1 else 0 end) as campaigns_received,
+        sum(case when sent and converted then 1 else 0 end) as campaign_conversions
+    from ({{ crm_records_in_feature_work(
+        'campaign_members', ['sent', 'converted'], ['campaign_members._delivery_date']) }}) as known_members
     group by 1, 2
 ),
 
