@@ -232,9 +232,11 @@ def test_registered_models_write_distinct_ml_tables_with_default_settings_that_v
         upstream_outputs = {table.name for name in spec.after for table in registry.model(name).writes}
         for table in [*spec.reads, *spec.trains_on]:
             schema = table.name.split(".")[0]
-            # Features and the activation inputs dbt builds per date; marts cut by a window; the
-            # same date's outputs of the models it runs after.
-            assert (schema in ("features", "activation") and table.dated or schema == "marts" and not table.dated
+            # Features and the activation inputs dbt builds per date, or a feature table kept as
+            # its latest state (basket_items) and, like the marts, cut by a window; the same date's
+            # outputs of the models it runs after.
+            assert (schema in ("features", "activation") and (table.dated or table.window_column)
+                    or schema == "marts" and not table.dated
                     or table.name in upstream_outputs and table.may_lack_date), f"{spec.name} reads {table.name}"
         module = __import__(spec.module, fromlist=["run"])
         entry_points = ("fit", "score") if spec.is_trained else ("run",)
