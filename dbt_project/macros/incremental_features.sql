@@ -46,22 +46,28 @@ dates_to_build as (
 {#- The rows of `spans` (a model of spans with customer_id, known_from and known_until:
     orders_as_known, tickets_as_known) known on each feature date this run builds: on the dates not
     built yet, every span known then; on the others, the spans of the customers whose features
-    changed. Each row is
-    the date's as_of_date and the span's columns. Two joins rather than every date's spans filtered
-    after: on PostgreSQL the dates-on-spans join is a nested loop, and the earlier dates hold most
-    of them. Reads the CTEs `feature_dates` and (incremental) `dates_to_build`. -#}
+    changed. Each row is the date's as_of_date and the span's columns. Two joins rather than every
+    date's spans filtered after: on PostgreSQL the dates-on-spans join is a nested loop, and the
+    earlier dates hold most of them. Reads the CTEs `feature_dates` and (incremental) `dates_to_build`. -#}
 {% macro known_in_feature_work(spans) -%}
     {%- if builds_on_this() %}
     {{ spans_known_on('dates_to_build', spans) }}
     union all
     {{ spans_known_on('feature_dates', spans) }}
-    inner join {{ ref('changed_customers') }} as changed_feature_customers
-        on known.customer_id = changed_feature_customers.customer_id
-        and changed_feature_customers.features_changed
-    where feature_dates.as_of_date not in (select as_of_date from dates_to_build)
+    {{ held_dates_of_customers_whose_features_changed('known.customer_id') }}
     {%- else %}
     {{ spans_known_on('feature_dates', spans) }}
     {%- endif %}
+{%- endmacro %}
+
+{#- Placed after a query's joins of `feature_dates` with its rows: keeps the rows of the dates this
+    run does not build for everyone (`dates_to_build`) whose customer (`customer_column`) had its
+    features changed. -#}
+{% macro held_dates_of_customers_whose_features_changed(customer_column) -%}
+    inner join {{ ref('changed_customers') }} as changed_feature_customers
+        on {{ customer_column }} = changed_feature_customers.customer_id
+        and changed_feature_customers.features_changed
+    where feature_dates.as_of_date not in (select as_of_date from dates_to_build)
 {%- endmacro %}
 
 {#- The rows of `records` (a CTE of CRM records keyed by crm_id: contact versions, interactions,
@@ -76,10 +82,7 @@ dates_to_build as (
     {{ _crm_records_known_on('dates_to_build', records, columns, known_by) }}
     union all
     {{ _crm_records_known_on('feature_dates', records, columns, known_by) }}
-    inner join {{ ref('changed_customers') }} as changed_feature_customers
-        on crm_customers.customer_id = changed_feature_customers.customer_id
-        and changed_feature_customers.features_changed
-    where feature_dates.as_of_date not in (select as_of_date from dates_to_build)
+    {{ held_dates_of_customers_whose_features_changed('crm_customers.customer_id') }}
     {%- else %}
     {{ _crm_records_known_on('feature_dates', records, columns, known_by) }}
     {%- endif %}

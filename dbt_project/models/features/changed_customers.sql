@@ -177,14 +177,12 @@ changes as (
     where key_changed_at > (select built_at from last_built)
         and previous_customer_id is not null
     union all
-    select orders.customer_id, 'order delivered'
+    select
+        orders.customer_id,
+        case when label_only_orders.order_id is null then 'order delivered' else {{ label_only_reason }} end
     from orders
     inner join delivered_orders on orders.order_id = delivered_orders.order_id
-    where orders.order_id not in (select order_id from label_only_orders)
-    union all
-    select orders.customer_id, {{ label_only_reason }}
-    from orders
-    inner join label_only_orders on orders.order_id = label_only_orders.order_id
+    left join label_only_orders on orders.order_id = label_only_orders.order_id
     union all
     select identity.customer_id, 'ticket version loaded'
     from ticket_versions
