@@ -468,6 +468,11 @@ def test_a_steady_days_fact_tests_read_the_rows_it_wrote_and_the_whole_table_pas
         _dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0}", tmp_path=tmp_path, monkeypatch=monkeypatch)
 
 
+def _now() -> str:
+    """This moment as raw's `_loaded_at` holds it (UTC, no zone)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+
+
 def _deliver_changed_copy(warehouse, table: str, where: str, changes: str) -> None:
     """Append to raw `table` a copy of its rows matching `where`, changed by the `changes` of an
     update's set clause: a new version or a new record, delivered as the extract would."""
@@ -499,7 +504,9 @@ def test_a_payment_delivered_before_its_order_by_more_than_the_window_is_valid_o
     with connect(raw_warehouse_url) as warehouse:
         assert warehouse.fetchall(flag) == [(False, "orphan_payment")]
         with warehouse.transaction():
-            warehouse.execute(f"update raw_meta.held_back_order set _delivery_date = cast('{late_day}' as date)")
+            # Loaded now, as the extract stamps a load: incremental staging redoes what was loaded since it ran.
+            warehouse.execute(f"update raw_meta.held_back_order set _delivery_date = cast('{late_day}' as date),"
+                              f" _loaded_at = cast('{_now()}' as timestamp)")
             warehouse.execute("insert into raw_sales.orders select * from raw_meta.held_back_order")
     _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
     with connect(raw_warehouse_url) as warehouse:
@@ -510,7 +517,7 @@ def test_a_missed_day_loaded_after_later_days_reaches_the_facts_though_older_tha
         raw_warehouse_url, tmp_path, monkeypatch):
     dbt_args = ["--select", "+fct_payments", "--vars", "{reprocessing_window_days: 3}"]
     _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
-    loaded_now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+    loaded_now = _now()
     with connect(raw_warehouse_url) as warehouse:
         (payment_id,) = warehouse.fetchall("select min(payment_id) from raw_sales.payments")[0]
         # A payment of the first day, whose export was missed and is loaded only now.

@@ -32,7 +32,7 @@ DAY_OF_LATE_ORDER_AND_DELETE = LAST_DAY - dt.timedelta(days=1)
 LATE_ORDER_AGE_DAYS = 12
 HELD_BACK_ORDER_ID = 990_000_200
 HELD_BACK_PAYMENT_ID = f"P{HELD_BACK_ORDER_ID}"
-BUILT_SCHEMAS = ("marts", "features", "intermediate", "activation")
+BUILT_SCHEMAS = ("staging", "marts", "features", "intermediate", "activation")
 # What a run records about itself rather than computes from the data: when dbt wrote a row and for
 # which as-of date, the key a record had in the build before (a full refresh is one more build),
 # and the ML run's id, clock and memory. A fitted model's pickle is left out: its training data's fingerprint and its

@@ -19,29 +19,43 @@
 
 {#- Spend per product category: one row per group of `partition_by` (columns of `orders`) and
     category, over the valid lines of the group's revenue orders: category_amount (their net
-    amount), gross_amount, discount_amount and units. -#}
+    amount), gross_amount, discount_amount and units. Those orders' lines are summed per order and
+    category first, then per group: the feature snapshots repeat an order on every feature date
+    that knows it, and joining the lines before grouping made their full build aggregate some 140M
+    line rows into 16.5M groups at 100,000 customers (spilling 21 GB to disk). -#}
 {% macro revenue_category_spend(orders, order_lines, products, partition_by) -%}
     select
         {%- for column in partition_by %}
         {{ orders }}.{{ column }},
         {%- endfor %}
-        {{ products }}.category,
-        sum({{ order_lines }}.net_amount) as category_amount,
-        sum({{ order_lines }}.gross_amount) as gross_amount,
-        sum({{ order_lines }}.discount_amount) as discount_amount,
-        sum({{ order_lines }}.quantity) as units
+        order_category_spend.category,
+        sum(order_category_spend.category_amount) as category_amount,
+        sum(order_category_spend.gross_amount) as gross_amount,
+        sum(order_category_spend.discount_amount) as discount_amount,
+        sum(order_category_spend.units) as units
     from {{ orders }}
-    inner join {{ order_lines }}
-        on {{ orders }}.order_id = {{ order_lines }}.order_id
-    inner join {{ products }}
-        on {{ order_lines }}.sku = {{ products }}.sku
+    inner join (
+        select
+            {{ order_lines }}.order_id,
+            {{ products }}.category,
+            sum({{ order_lines }}.net_amount) as category_amount,
+            sum({{ order_lines }}.gross_amount) as gross_amount,
+            sum({{ order_lines }}.discount_amount) as discount_amount,
+            sum({{ order_lines }}.quantity) as units
+        from {{ order_lines }}
+        inner join {{ products }}
+            on {{ order_lines }}.sku = {{ products }}.sku
+        where {{ order_lines }}.is_valid
+            and {{ order_lines }}.order_id in (select order_id from {{ orders }} where is_revenue)
+        group by 1, 2
+    ) as order_category_spend
+        on {{ orders }}.order_id = order_category_spend.order_id
     where {{ orders }}.is_revenue
-        and {{ order_lines }}.is_valid
     group by
         {%- for column in partition_by %}
         {{ orders }}.{{ column }},
         {%- endfor %}
-        {{ products }}.category
+        order_category_spend.category
 {%- endmacro %}
 
 {#- The favourite category of each group of `partition_by` in `category_spend` (rows of

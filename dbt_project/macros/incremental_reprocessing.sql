@@ -1,23 +1,28 @@
-{#- Incremental facts are rebuilt by delivery: a run redoes every row delivered within the
-    reprocessing window (var reprocessing_window_days, default 3) of the latest delivery the table
-    already holds, so a rerun of a recent day, or a row delivered today for an old event, lands;
-    and every row loaded since the table was last built (`loaded_at`, raw's `_loaded_at`, or
-    `_built_at` of a fact read as input, after this table's newest `_built_at`), so a backfill of a
-    day older than the window (a missed day run late, a corrected export reloaded) lands too. An
-    empty table counts as holding nothing: everything is in the window. -#}
+{#- Incremental facts are rebuilt by load: a run redoes every row loaded since the table was last
+    built (`loaded_at`, raw's `_loaded_at`, or `_built_at` of a fact read as input, after this
+    table's newest `_built_at`). That covers a new day, a rerun of a recent day, a row delivered
+    today for an old event and a backfill of a missed day alike: each is loaded anew. An empty
+    table, or one built before `_built_at` existed, counts as holding nothing: everything is
+    redone. var reprocessing_window_days (default 0) also redoes the rows delivered within that
+    many days of the latest delivery the table holds, for a team that wants a safety margin. It
+    was 3 by default: every day then redid three days of deliveries besides its own, and the first
+    day after a catch-up load redid that whole load (the facts, and every feature of every
+    customer they touched, at 100,000 customers; on PostgreSQL the facts' files doubled). -#}
 {% macro in_reprocessing_window(relation_alias=none, loaded_at='_loaded_at') -%}
     {%- set prefix = relation_alias ~ '.' if relation_alias else '' -%}
-    ({{ prefix }}_delivery_date >= (
+    {%- set window_days = var('reprocessing_window_days', 0) | int -%}
+    ({{ prefix }}{{ loaded_at }} > (
+        select coalesce(max(_built_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }}
+    )
+    {%- if window_days > 0 %}
+    or {{ prefix }}_delivery_date >= (
         select coalesce(
-            cast({{ dbt.dateadd('day', -var('reprocessing_window_days', 3), 'max(_delivery_date)') }} as date),
+            cast({{ dbt.dateadd('day', -window_days, 'max(_delivery_date)') }} as date),
             cast('1900-01-01' as date)
         )
         from {{ this }}
     )
-    {#- Rows built before `_built_at` existed: no later load is known, the window decides. #}
-    or {{ prefix }}{{ loaded_at }} > (
-        select coalesce(max(_built_at), cast('9999-12-31' as {{ dbt.type_timestamp() }})) from {{ this }}
-    ))
+    {%- endif %})
 {%- endmacro %}
 
 {#- Keys of rows already built whose customer_id no longer matches identity resolution: a new

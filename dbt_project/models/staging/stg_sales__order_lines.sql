@@ -1,5 +1,24 @@
+-- Incremental: redoes the lines with a version loaded since its last build, and those of orders
+-- with one (an order arriving or deleted changes its lines' orphan flag); see
+-- macros/incremental_staging.sql.
+{{ config(
+    materialized='incremental',
+    unique_key=['order_id', 'line_number'],
+    incremental_strategy='delete+insert',
+    on_schema_change='sync_all_columns',
+    post_hook=["{{ delete_staged_rows_of_deleted_records(ref('stg_sales__order_line_versions'), ['order_id', 'line_number']) }}"],
+) }}
+
+{%- set lines_of_changed_orders %}
+            select staged.order_id, staged.line_number
+            from {{ this }} as staged
+            inner join {{ ref('stg_sales__order_versions') }} as order_versions
+                on staged.order_id = order_versions.order_id
+            where order_versions._loaded_at > {{ staging_last_build() }}
+{%- endset %}
+
 with versions as not materialized (
-    select * from {{ ref('stg_sales__order_line_versions') }}
+    {{ versions_to_stage(ref('stg_sales__order_line_versions'), ['order_id', 'line_number'], is_incremental(), lines_of_changed_orders) }}
 ),
 
 orders as (
@@ -26,7 +45,8 @@ select
         'orphan_line': 'orders.order_id is null',
     }) }},
     latest._delivery_date,
-    latest._loaded_at
+    latest._loaded_at,
+    {{ built_at() }} as _built_at
 from latest
 left join orders
     on latest.order_id = orders.order_id
