@@ -56,11 +56,12 @@ demo: $(VENV)/.runtime $(MANIFEST)
 airflow: $(VENV)/.runtime $(MANIFEST)
 	$(BIN)/crmw airflow
 
-# Two workers, each taking whole test files (a file's fixtures are built once): on two cores the
-# suite's Airflow, dbt and Python start-ups overlap with the engines' work.
+# Two workers, each taking whole test files (a file's fixtures are built once) in collection order,
+# the Airflow files first (tests/conftest.py): on two cores the suite's Airflow, dbt and Python
+# start-ups overlap with the engines' work.
 TEST_WORKERS ?= 2
 test: $(VENV)/.test $(MANIFEST)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The end-to-end benchmark's quick tier (README "Speed"); e.g. make bench BENCH_ENGINE=postgres BENCH_RUNS=3.
 BENCH_TIER ?= small

@@ -2,11 +2,12 @@
 
 A run simulates a tier's sources into a scratch folder and, on a fresh warehouse, times: simulate,
 extract-load, reconcile, `dbt build` (full refresh), each registered model in registry order,
-publish; then `catch_up_days` more days are appended, loaded and built untimed (the first load
-delivers every SQL row on its last day, so the facts' reprocessing window holds all history until
-a build has seen deliveries that many days later) and the models run for the last of them, and a
-steady day is timed end to end: the simulator appends it, then extract-load, reconcile, `dbt
-build`, the models and publish for it.
+publish; then `catch_up_days` more days are appended, loaded and built untimed, and the models run
+for the last of them (so the steady day follows an incremental build and a day's models, as a
+production day does; the days were first needed to take the facts' former three-day reprocessing
+window past the first load, which delivers every SQL row on its last day), and a steady day is
+timed end to end: the simulator appends it, then extract-load, reconcile, `dbt build`, the models
+and publish for it.
 
 Per stage: wall and CPU seconds (this process and the children it waited for, dbt included; a
 PostgreSQL server's own CPU is not counted), rows and rows/s where a row count is natural, and the

@@ -1,5 +1,15 @@
+-- Incremental: redoes the status changes with a version loaded since its last build
+-- (macros/incremental_staging.sql).
+{{ config(
+    materialized='incremental',
+    unique_key='history_id',
+    incremental_strategy='delete+insert',
+    on_schema_change='sync_all_columns',
+    post_hook=["{{ delete_staged_rows_of_deleted_records(source('raw_sales', 'order_status_history'), ['history_id']) }}"],
+) }}
+
 with source as not materialized (
-    select * from {{ source('raw_sales', 'order_status_history') }}
+    {{ versions_to_stage(source('raw_sales', 'order_status_history'), ['history_id'], is_incremental()) }}
 ),
 
 renamed as (
@@ -25,6 +35,7 @@ select
     order_status,
     changed_at,
     _delivery_date,
-    _loaded_at
+    _loaded_at,
+    {{ built_at() }} as _built_at
 from latest
 where not _is_deleted

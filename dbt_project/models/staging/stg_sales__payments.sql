@@ -1,5 +1,24 @@
+-- Incremental: redoes the payments with a version loaded since its last build, and those of orders
+-- with one (an order arriving or deleted changes its payments' orphan flag); see
+-- macros/incremental_staging.sql.
+{{ config(
+    materialized='incremental',
+    unique_key='payment_id',
+    incremental_strategy='delete+insert',
+    on_schema_change='sync_all_columns',
+    post_hook=["{{ delete_staged_rows_of_deleted_records(source('raw_sales', 'payments'), ['payment_id']) }}"],
+) }}
+
+{%- set payments_of_changed_orders %}
+            select staged.payment_id
+            from {{ this }} as staged
+            inner join {{ ref('stg_sales__order_versions') }} as order_versions
+                on staged.order_id = order_versions.order_id
+            where order_versions._loaded_at > {{ staging_last_build() }}
+{%- endset %}
+
 with source as not materialized (
-    select * from {{ source('raw_sales', 'payments') }}
+    {{ versions_to_stage(source('raw_sales', 'payments'), ['payment_id'], is_incremental(), payments_of_changed_orders) }}
 ),
 
 orders as (
@@ -37,7 +56,8 @@ select
         'implausible_paid_at': 'not ' ~ is_plausible_date('latest.paid_at'),
     }) }},
     latest._delivery_date,
-    latest._loaded_at
+    latest._loaded_at,
+    {{ built_at() }} as _built_at
 from latest
 left join orders
     on latest.order_id = orders.order_id

@@ -1,5 +1,14 @@
+-- Incremental: redoes the tickets with a version loaded since its last build (macros/incremental_staging.sql).
+{{ config(
+    materialized='incremental',
+    unique_key='ticket_id',
+    incremental_strategy='delete+insert',
+    on_schema_change='sync_all_columns',
+    post_hook=["{{ delete_staged_rows_of_deleted_records(ref('stg_service__ticket_versions'), ['ticket_id']) }}"],
+) }}
+
 with versions as not materialized (
-    select * from {{ ref('stg_service__ticket_versions') }}
+    {{ versions_to_stage(ref('stg_service__ticket_versions'), ['ticket_id'], is_incremental()) }}
 ),
 
 latest as (
@@ -37,6 +46,7 @@ select
     status_history,
     {{ quality_flags(checks) }},
     _delivery_date,
-    _loaded_at
+    _loaded_at,
+    {{ built_at() }} as _built_at
 from latest
 where not _is_deleted
