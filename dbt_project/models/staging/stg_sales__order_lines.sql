@@ -4,8 +4,6 @@
 {{ config(
     materialized='incremental',
     unique_key=['order_id', 'line_number'],
-    incremental_strategy='delete+insert',
-    on_schema_change='sync_all_columns',
     post_hook=["{{ delete_staged_rows_of_deleted_records(ref('stg_sales__order_line_versions'), ['order_id', 'line_number']) }}"],
 ) }}
 

@@ -4,8 +4,6 @@
 {{ config(
     materialized='incremental',
     unique_key='payment_id',
-    incremental_strategy='delete+insert',
-    on_schema_change='sync_all_columns',
     post_hook=["{{ delete_staged_rows_of_deleted_records(source('raw_sales', 'payments'), ['payment_id']) }}"],
 ) }}
 

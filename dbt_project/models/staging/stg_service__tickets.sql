@@ -2,8 +2,6 @@
 {{ config(
     materialized='incremental',
     unique_key='ticket_id',
-    incremental_strategy='delete+insert',
-    on_schema_change='sync_all_columns',
     post_hook=["{{ delete_staged_rows_of_deleted_records(ref('stg_service__ticket_versions'), ['ticket_id']) }}"],
 ) }}
 
