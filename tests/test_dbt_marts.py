@@ -530,6 +530,29 @@ def test_a_missed_day_loaded_after_later_days_reaches_the_facts_though_older_tha
             (DBT_START,)]
 
 
+
+def test_a_record_the_source_lost_before_raw_was_reloaded_from_scratch_leaves_staging_and_the_facts(
+        raw_warehouse_url, tmp_path, monkeypatch):
+    # The DAG's full_refresh param reloads raw from scratch; the build after it is incremental. An
+    # order deleted in the source before the reload has no version left at all, not even a tombstone.
+    dbt_args = ["--select", "+fct_orders"]
+    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with connect(raw_warehouse_url) as warehouse:
+        (lost,) = warehouse.fetchall("select min(order_id) from marts.fct_orders")[0]
+        kept = warehouse.fetchall("select count(*) from staging.stg_sales__orders")[0][0] - 1
+        with warehouse.transaction():
+            for table in ("raw_sales.orders", "raw_sales.order_lines"):
+                warehouse.execute(f"create table raw_meta.reloaded as select * from {table} where order_id <> {lost}")
+                warehouse.execute(f"update raw_meta.reloaded set _loaded_at = cast('{_now()}' as timestamp)")
+                warehouse.execute(f"delete from {table}")
+                warehouse.execute(f"insert into {table} select * from raw_meta.reloaded")
+                warehouse.execute("drop table raw_meta.reloaded")
+    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    with connect(raw_warehouse_url) as warehouse:
+        for table in ("staging.stg_sales__orders", "staging.stg_sales__order_lines", "marts.fct_orders", "marts.fct_order_lines"):
+            assert warehouse.fetchall(f"select count(*) from {table} where order_id = {lost}") == [(0,)], table
+        assert warehouse.fetchall("select count(*) from staging.stg_sales__orders") == [(kept,)]
+
 # --- Values no record can hold --------------------------------------------------------------------
 TYPED_SIGNUP_CRM_ID = "C00000002"
 LONG_NAME_CRM_ID = "C00000003"

@@ -33,26 +33,38 @@
     {%- endif %}
 {%- endmacro %}
 
-{#- Post-hook: drop the rows of records deleted in the source since they were written (a row this
-    run left alone while a version of its record was loaded after it: a tombstone, as any other
-    version rewrote it). The loaded-after-the-previous-build bound lets the engine skip the old
-    versions; the row's own `_built_at` keeps the condition exact. -#}
+{#- Post-hook: drop the rows of records gone from the source since they were written, of the rows
+    this run left alone. A record deleted in the source gets a tombstone version: gone when a
+    version of it was loaded after its row (any other version rewrote it); the bound on the
+    previous build lets the engine skip old versions, the row's own `_built_at` keeps the condition
+    exact (rows from before `_built_at` existed count as built at the start of time). A raw table
+    reloaded from scratch (the DAG's full_refresh param) holds no version from before the previous
+    build: every record it still has was redone, so every row left alone is gone. -#}
 {% macro delete_staged_rows_of_deleted_records(versions_relation, key_columns) -%}
     {%- if is_incremental() %}
+    {%- set start_of_time = "cast('1900-01-01' as " ~ dbt.type_timestamp() ~ ")" %}
+    {%- set previous_build %}(
+                select coalesce(max(_built_at), {{ start_of_time }})
+                from {{ this }}
+                where _built_at < {{ built_at() }}
+            ){%- endset %}
     delete from {{ this }}
-    where coalesce(_built_at, cast('1900-01-01' as {{ dbt.type_timestamp() }})) < {{ built_at() }}
-        and exists (
-            select 1
-            from {{ versions_relation }} as versions
-            where versions._loaded_at > (
-                    select coalesce(max(_built_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
-                    from {{ this }}
-                    where _built_at < {{ built_at() }}
-                )
-                and versions._loaded_at > coalesce({{ this }}._built_at, cast('1900-01-01' as {{ dbt.type_timestamp() }}))
-                {%- for key in key_columns %}
-                and versions.{{ key }} = {{ this }}.{{ key }}
-                {%- endfor %}
+    where coalesce(_built_at, {{ start_of_time }}) < {{ built_at() }}
+        and (
+            exists (
+                select 1
+                from {{ versions_relation }} as versions
+                where versions._loaded_at > {{ previous_build }}
+                    and versions._loaded_at > coalesce({{ this }}._built_at, {{ start_of_time }})
+                    {%- for key in key_columns %}
+                    and versions.{{ key }} = {{ this }}.{{ key }}
+                    {%- endfor %}
+            )
+            or not exists (
+                select 1
+                from {{ versions_relation }} as versions
+                where versions._loaded_at <= {{ previous_build }}
+            )
         )
     {%- endif %}
 {%- endmacro %}
