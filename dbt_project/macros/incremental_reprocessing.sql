@@ -11,9 +11,7 @@
 {% macro in_reprocessing_window(relation_alias=none, loaded_at='_loaded_at') -%}
     {%- set prefix = relation_alias ~ '.' if relation_alias else '' -%}
     {%- set window_days = var('reprocessing_window_days', 0) | int -%}
-    ({{ prefix }}{{ loaded_at }} > (
-        select coalesce(max(_built_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }}
-    )
+    ({{ changed_since_this_was_built(prefix ~ loaded_at) }}
     {%- if window_days > 0 %}
     or {{ prefix }}_delivery_date >= (
         select coalesce(

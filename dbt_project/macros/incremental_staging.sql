@@ -5,11 +5,8 @@
     build (`_built_at`), plus the records `also_changed` names (a query of key columns: those whose
     flags hang on another table's change), and replaces them by key (delete+insert). A record whose
     latest version is now a tombstone writes no row: the post-hook below drops its old one. An
-    empty table, or one built before `_built_at` existed, counts as holding nothing. -#}
-
-{% macro staging_last_build() -%}
-    (select coalesce(max(_built_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
-{%- endmacro %}
+    empty table, or one built before `_built_at` existed, counts as holding nothing
+    (`changed_since_this_was_built`). -#}
 
 {#- The versions in `versions_relation` of the records a run redoes (all of them on a full build).
     The model passes its own is_incremental(): dbt's unit tests answer that call in a model only. -#}
@@ -22,7 +19,7 @@
         from (
             select {{ key_columns | join(', ') }}
             from {{ versions_relation }}
-            where _loaded_at > {{ staging_last_build() }}
+            where {{ changed_since_this_was_built('_loaded_at') }}
             {%- if also_changed %}
             union all
             {{ also_changed }}
@@ -67,4 +64,17 @@
             )
         )
     {%- endif %}
+{%- endmacro %}
+
+
+{#- `also_changed` of a staging table whose rows carry an order_id flagged by the order's presence
+    (lines, payments): the keys of its rows whose order has a version loaded since it was built (an
+    order arriving or deleted). The model names `ref('stg_sales__order_versions')` in a
+    depends_on comment: this runs on incremental builds only. -#}
+{% macro staged_keys_of_orders_loaded_since(key_columns) -%}
+            select {% for key in key_columns %}staged.{{ key }}{% if not loop.last %}, {% endif %}{% endfor %}
+            from {{ this }} as staged
+            inner join {{ ref('stg_sales__order_versions') }} as order_versions
+                on staged.order_id = order_versions.order_id
+            where {{ changed_since_this_was_built('order_versions._loaded_at') }}
 {%- endmacro %}

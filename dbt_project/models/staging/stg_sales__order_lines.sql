@@ -7,16 +7,11 @@
     post_hook=["{{ delete_staged_rows_of_deleted_records(ref('stg_sales__order_line_versions'), ['order_id', 'line_number']) }}"],
 ) }}
 
-{%- set lines_of_changed_orders %}
-            select staged.order_id, staged.line_number
-            from {{ this }} as staged
-            inner join {{ ref('stg_sales__order_versions') }} as order_versions
-                on staged.order_id = order_versions.order_id
-            where order_versions._loaded_at > {{ staging_last_build() }}
-{%- endset %}
+-- depends_on: {{ ref('stg_sales__order_versions') }}
 
 with versions as not materialized (
-    {{ versions_to_stage(ref('stg_sales__order_line_versions'), ['order_id', 'line_number'], is_incremental(), lines_of_changed_orders) }}
+    {{ versions_to_stage(ref('stg_sales__order_line_versions'), ['order_id', 'line_number'], is_incremental(),
+        staged_keys_of_orders_loaded_since(['order_id', 'line_number']) if is_incremental() else none) }}
 ),
 
 orders as (

@@ -7,16 +7,11 @@
     post_hook=["{{ delete_staged_rows_of_deleted_records(source('raw_sales', 'payments'), ['payment_id']) }}"],
 ) }}
 
-{%- set payments_of_changed_orders %}
-            select staged.payment_id
-            from {{ this }} as staged
-            inner join {{ ref('stg_sales__order_versions') }} as order_versions
-                on staged.order_id = order_versions.order_id
-            where order_versions._loaded_at > {{ staging_last_build() }}
-{%- endset %}
+-- depends_on: {{ ref('stg_sales__order_versions') }}
 
 with source as not materialized (
-    {{ versions_to_stage(source('raw_sales', 'payments'), ['payment_id'], is_incremental(), payments_of_changed_orders) }}
+    {{ versions_to_stage(source('raw_sales', 'payments'), ['payment_id'], is_incremental(),
+        staged_keys_of_orders_loaded_since(['payment_id']) if is_incremental() else none) }}
 ),
 
 orders as (
