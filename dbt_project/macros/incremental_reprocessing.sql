@@ -89,39 +89,49 @@
     ),
 
     deleted_crm_id_identifiers as (
-        select crm_id as identifier from {{ ref('stg_sales__order_versions') }}
-        where crm_id is not null and order_id in (select order_id from deleted_order_ids)
-        union
-        select crm_id from deleted_crm_ids
+        {{ crm_ids_of_versions('deleted_order_ids', 'deleted_crm_ids') }}
     ),
 
     deleted_email_identifiers as (
-        select customer_email as identifier from {{ ref('stg_sales__order_versions') }}
-        where is_email_valid and order_id in (select order_id from deleted_order_ids)
-        union
-        select requester_email from {{ ref('stg_service__ticket_versions') }}
-        where is_email_valid and ticket_id in (select ticket_id from deleted_ticket_ids)
-        union
-        select email from {{ ref('stg_crm__customer_versions') }}
-        where is_email_valid and crm_id in (select crm_id from deleted_crm_ids)
+        {{ emails_of_versions('deleted_order_ids', 'deleted_ticket_ids', 'deleted_crm_ids') }}
     )
 
     select customer_id from {{ ref('fct_orders') }}
-    where crm_id in (select identifier from deleted_crm_id_identifiers)
+    where crm_id in (select crm_id from deleted_crm_id_identifiers)
     union all
     select customer_id from {{ ref('fct_orders') }}
-    where customer_email in (select identifier from deleted_email_identifiers)
+    where customer_email in (select email from deleted_email_identifiers)
     union all
     select customer_id from {{ ref('fct_tickets') }}
-    where requester_email in (select identifier from deleted_email_identifiers)
+    where requester_email in (select email from deleted_email_identifiers)
     union all
     select customer_id from {{ ref('int_customer_identity') }}
-    where source_table = 'customers' and source_key in (select identifier from deleted_crm_id_identifiers)
+    where source_table = 'customers' and source_key in (select crm_id from deleted_crm_id_identifiers)
     union all
     select identity.customer_id
     from {{ ref('stg_crm__customer_versions') }} as versions
     inner join {{ ref('int_customer_identity') }} as identity
         on identity.source_table = 'customers'
         and identity.source_key = versions.crm_id
-    where versions.email in (select identifier from deleted_email_identifiers)
+    where versions.email in (select email from deleted_email_identifiers)
+{%- endmacro %}
+
+{#- The CRM ids (as crm_id) and the valid emails (as email) any version of the named records held:
+    each argument a relation or CTE with the records' keys (order_id, ticket_id, crm_id). -#}
+{% macro crm_ids_of_versions(order_ids, crm_ids) -%}
+        select crm_id from {{ ref('stg_sales__order_versions') }}
+        where crm_id is not null and order_id in (select order_id from {{ order_ids }})
+        union
+        select crm_id from {{ crm_ids }}
+{%- endmacro %}
+
+{% macro emails_of_versions(order_ids, ticket_ids, crm_ids) -%}
+        select customer_email as email from {{ ref('stg_sales__order_versions') }}
+        where is_email_valid and order_id in (select order_id from {{ order_ids }})
+        union
+        select requester_email from {{ ref('stg_service__ticket_versions') }}
+        where is_email_valid and ticket_id in (select ticket_id from {{ ticket_ids }})
+        union
+        select email from {{ ref('stg_crm__customer_versions') }}
+        where is_email_valid and crm_id in (select crm_id from {{ crm_ids }})
 {%- endmacro %}

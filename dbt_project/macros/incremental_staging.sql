@@ -36,8 +36,10 @@
     previous build lets the engine skip old versions, the row's own `_built_at` keeps the condition
     exact (rows from before `_built_at` existed count as built at the start of time). A raw table
     reloaded from scratch (the DAG's full_refresh param) holds no version from before the previous
-    build: every record it still has was redone, so every row left alone is gone. -#}
-{% macro delete_staged_rows_of_deleted_records(versions_relation, key_columns) -%}
+    build: every record it still has was redone, so every row left alone is gone. A table of records
+    of several sources (identity) names its key columns (`this_keys`, text: the versions' keys are
+    cast to match) and the rows of the source (`rows_of`, a condition). -#}
+{% macro delete_staged_rows_of_deleted_records(versions_relation, key_columns, this_keys=none, rows_of=none) -%}
     {%- if is_incremental() %}
     {%- set start_of_time = "cast('1900-01-01' as " ~ dbt.type_timestamp() ~ ")" %}
     {%- set previous_build %}(
@@ -47,6 +49,9 @@
             ){%- endset %}
     delete from {{ this }}
     where coalesce(_built_at, {{ start_of_time }}) < {{ built_at() }}
+        {%- if rows_of %}
+        and {{ rows_of }}
+        {%- endif %}
         and (
             exists (
                 select 1
@@ -54,7 +59,11 @@
                 where versions._loaded_at > {{ previous_build }}
                     and versions._loaded_at > coalesce({{ this }}._built_at, {{ start_of_time }})
                     {%- for key in key_columns %}
+                    {%- if this_keys %}
+                    and cast(versions.{{ key }} as {{ dbt.type_string() }}) = {{ this }}.{{ this_keys[loop.index0] }}
+                    {%- else %}
                     and versions.{{ key }} = {{ this }}.{{ key }}
+                    {%- endif %}
                     {%- endfor %}
             )
             or not exists (
