@@ -52,6 +52,7 @@ from cosmos import (
     TestBehavior,
 )
 from cosmos.constants import PRODUCER_WATCHER_TASK_ID
+from cosmos.operators._watcher import base as cosmos_watcher
 from cosmos.operators.local import DbtSourceLocalOperator
 
 from extract_load.contract import load_contract
@@ -62,6 +63,12 @@ from warehouse import parse_warehouse_url
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 WAREHOUSE_POOL = "warehouse_writer"
+
+# Cosmos' dbt producer writes a node's event XCom at each step of the node (start, compiling,
+# executing, finished); the node's task reads it once, when the node has finished, to log its times
+# and message (astronomer-cosmos#2777). Each write is an execution-API call (~26 ms here), and the
+# three that nobody reads cost ~1,000 calls a run: keep the finished and error events only.
+cosmos_watcher._DBT_EVENT_ALLOWLIST = cosmos_watcher._DBT_EVENT_ALLOWLIST - {"NodeStart", "NodeCompiling", "NodeExecuting"}
 
 DBT_PROFILE = ProfileConfig(
     profile_name="crm_warehouse",

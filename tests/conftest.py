@@ -161,19 +161,44 @@ TRUTH_LAST_DAY = TRUTH_START + dt.timedelta(days=TRUTH_DAYS - 1)
 TRUTH_CUSTOMERS = 4000
 
 
+def built_once_for_all_workers(tmp_path_factory, name: str, build: Callable[[Path], None]) -> tuple[Path, Path]:
+    """`build(folder)` run by the first test worker that needs it (`make test` runs two, each with
+    its session fixtures; the others wait for it instead of building the same data again), then a
+    private copy of each DuckDB file it made, since tests write to their warehouse (ML results).
+    Returns (the shared folder, read only; the folder of this worker's copies)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's
+    shared = root / f"shared-{name}"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / ".complete").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir()
+            build(shared)
+            (shared / ".complete").touch()
+    private = tmp_path_factory.mktemp(name)
+    for database in shared.glob("*.duckdb"):
+        shutil.copyfile(database, private / database.name)
+    return shared, private
+
+
 @pytest.fixture(scope="session")
 def truth_warehouse(tmp_path_factory) -> tuple[str, Path]:
     """A DuckDB warehouse built by `dbt build` for the last of 13 months of 4,000 simulated
-    customers (clean sources), and the sources with their `truth/`; shared, never modified."""
+    customers (clean sources), and the sources with their `truth/`, never modified."""
     from simulator import SimulationSettings, simulate
 
-    folder = tmp_path_factory.mktemp("truth")
-    sources = folder / "sources"
-    simulate(SimulationSettings(customers=TRUTH_CUSTOMERS, start=TRUTH_START, days=TRUTH_DAYS, seed=3, out=sources, dirty_rate=0.0))
-    url = f"duckdb:///{folder / 'warehouse.duckdb'}"
-    load_raw(url, sources, TRUTH_LAST_DAY)
-    run_dbt(url, "build", "--vars", f"{{as_of_date: '{TRUTH_LAST_DAY}'}}", tmp_path=folder)
-    return url, sources
+    def build(folder: Path) -> None:
+        sources = folder / "sources"
+        simulate(SimulationSettings(customers=TRUTH_CUSTOMERS, start=TRUTH_START, days=TRUTH_DAYS, seed=3, out=sources, dirty_rate=0.0))
+        url = f"duckdb:///{folder / 'warehouse.duckdb'}"
+        load_raw(url, sources, TRUTH_LAST_DAY)
+        run_dbt(url, "build", "--vars", f"{{as_of_date: '{TRUTH_LAST_DAY}'}}", tmp_path=folder)
+
+    shared, private = built_once_for_all_workers(tmp_path_factory, "truth", build)
+    return f"duckdb:///{private / 'warehouse.duckdb'}", shared / "sources"
 
 
 # --- Two years of history, for the trained models' checks against planted truth -----------------
@@ -182,6 +207,7 @@ HISTORY_START = dt.date(2024, 1, 1)
 HISTORY_SNAPSHOT = dt.date(2025, 1, 31)
 # S + 365 days: every label of S (churn over 90 days, spend over 365) has come in.
 HISTORY_OUTCOME_DAY = HISTORY_SNAPSHOT + dt.timedelta(days=365)
+HISTORY_BUILDS = {"at_snapshot": HISTORY_SNAPSHOT, "at_outcome": HISTORY_OUTCOME_DAY}
 
 
 @pytest.fixture(scope="session")
@@ -193,14 +219,17 @@ def truth_history(tmp_path_factory) -> dict:
     deterministic and appendable, so the longer run's first days are the shorter run's."""
     from simulator import SimulationSettings, simulate
 
-    folder = tmp_path_factory.mktemp("history")
+    def build(folder: Path) -> None:
+        for name, last_day in HISTORY_BUILDS.items():
+            sources = folder / f"sources_{name}"
+            days = (last_day - HISTORY_START).days + 1
+            simulate(SimulationSettings(customers=TRUTH_CUSTOMERS, start=HISTORY_START, days=days, seed=13, out=sources, dirty_rate=0.0))
+            url = f"duckdb:///{folder / name}.duckdb"
+            load_raw(url, sources, last_day)  # history at once, as a new install loads it
+            run_dbt(url, "build", "--vars", f"{{as_of_date: '{last_day}'}}", tmp_path=folder / f"dbt_{name}")
+
+    shared, private = built_once_for_all_workers(tmp_path_factory, "history", build)
     built = {}
-    for name, last_day in (("at_snapshot", HISTORY_SNAPSHOT), ("at_outcome", HISTORY_OUTCOME_DAY)):
-        sources = folder / f"sources_{name}"
-        days = (last_day - HISTORY_START).days + 1
-        simulate(SimulationSettings(customers=TRUTH_CUSTOMERS, start=HISTORY_START, days=days, seed=13, out=sources, dirty_rate=0.0))
-        url = f"duckdb:///{folder / name}.duckdb"
-        load_raw(url, sources, last_day)  # history at once, as a new install loads it
-        run_dbt(url, "build", "--vars", f"{{as_of_date: '{last_day}'}}", tmp_path=folder / f"dbt_{name}")
-        built[name], built[f"truth_{name}"] = url, sources / "truth"
+    for name in HISTORY_BUILDS:
+        built[name], built[f"truth_{name}"] = f"duckdb:///{private / name}.duckdb", shared / f"sources_{name}" / "truth"
     return built
