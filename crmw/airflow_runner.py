@@ -67,8 +67,8 @@ def airflow_environment(base: Mapping[str, str]) -> dict[str, str]:
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         # Cosmos reports usage to a web service by default; this machine has no network to spare.
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
-        # By default Cosmos' dbt producer rewrites a Variable holding every node status so far at each
-        # status it records (quadratic: 50 of a 129 s build on the end-to-end tests' data). Off, the
+        # By default Cosmos' dbt producer rewrites a Variable holding every XCom it wrote so far at each
+        # XCom it writes (quadratic: 50 of a 129 s build on the end-to-end tests' data). Off, the
         # statuses are still saved when the producer fails; only a killed producer loses them, and
         # each model's task then runs its model itself (README, "The dbt producer's XComs").
         "AIRFLOW__COSMOS__ENABLE_WATCHER_RELIABLE_RETRY": "False",
