@@ -100,6 +100,24 @@ def test_model_params_are_checked_before_anything_runs_and_each_model_has_a_para
             assert f"{setting} (default " in param.description, (spec.name, setting)
 
 
+def test_tasks_carry_no_copy_of_the_dags_params_yet_each_task_runs_with_them(dagbag) -> None:
+    from airflow.sdk.definitions.param import process_params
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = dagbag.dags["crm_daily"]
+    # Airflow copies the DAG's params into every task and validates each copy whenever it serializes
+    # the DAG (each parse): the DAG drops the copies.
+    assert [task.task_id for task in dag.tasks if task.params] == []
+    serialized = DagSerialization.to_dict(dag)
+    assert not any("params" in task["__var"] for task in serialized["dag"]["tasks"])
+    assert {name for name, _ in serialized["dag"]["params"]} == set(dag.params)
+    # What a task sees at run time: the DAG's params, under a run's conf.
+    for task_id in ("check_model_params", "dbt.dbt_producer_watcher", "ml.customer_segments"):
+        params = process_params(dag, dag.get_task(task_id), {"full_refresh": True}, suppress_exception=False)
+        assert params["full_refresh"] is True and params["test_whole_tables"] is False, task_id
+        assert params["association_rules"] == {}, task_id
+
+
 def test_extract_has_a_task_group_per_source_and_a_full_refresh_param(dagbag) -> None:
     dag = dagbag.dags["crm_daily"]
     groups = {task_id.partition(".")[0] for task_id in dag.task_ids if task_id.startswith("extract_")}
