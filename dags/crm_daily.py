@@ -248,6 +248,8 @@ DAG = crm_daily()
 # Airflow copies every DAG param into each task's own params, and serializing the DAG validates every
 # copy against its JSON schema: 12 params on 124 tasks cost 2.2 s of each parse by the DAG processor
 # (three times a `crmw run`) and made the stored DAG 1.77 MB instead of 0.19 MB (apache/airflow#32434).
-# A task gets the DAG's params at run time anyway (merged under its own): keep only a task's own.
+# A task gets the DAG's params at run time anyway (merged under its own): keep only a task's own. That
+# merge then writes the run's conf into the DAG's Param objects rather than a task's copies, harmless
+# where each DAG run parses the DAG afresh (a task process; `airflow dags test` runs one DAG run).
 for _task in DAG.tasks:
     _task.params = ParamsDict.filter_params_by_source(_task.params, "task")

@@ -83,11 +83,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-import numpy as np
-
 from ml_tasks.contract import BadParameter, InsufficientData, check_range, checked_input
 
-if TYPE_CHECKING:  # pandas is imported where it is used: the DAG parses the registry, which imports the settings
+if TYPE_CHECKING:  # numpy and pandas are imported where used: the DAG parses the registry, which imports the settings
+    import numpy as np
     import pandas as pd
 
 MODEL_NAME = "association_rules"
@@ -232,12 +231,14 @@ def _as_text(values: pd.Series) -> pd.Series:
 
 def _codes(values: Sequence | np.ndarray, sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Dense int codes of the values (numbered in sorted order, or in order of appearance), and the values."""
+    import numpy as np
     import pandas as pd
     codes, uniques = pd.factorize(pd.Series(values), sort=sort)
     return codes.astype(np.int64), np.asarray(uniques)
 
 
 def _basket_matrix(basket_codes: np.ndarray, item_codes: np.ndarray, baskets: int, items: int):
+    import numpy as np
     from scipy import sparse
 
     matrix = sparse.csr_matrix(
@@ -249,6 +250,7 @@ def _basket_matrix(basket_codes: np.ndarray, item_codes: np.ndarray, baskets: in
 
 
 def _mine(matrix, min_count: int, max_length: int, max_itemsets: int | None) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    import numpy as np
     from scipy import sparse
 
     cap = math.inf if max_itemsets is None else max_itemsets
@@ -340,6 +342,7 @@ def _mine(matrix, min_count: int, max_length: int, max_itemsets: int | None) -> 
 
 def _intersect(short: np.ndarray, long: np.ndarray) -> np.ndarray:
     """Common values of two sorted arrays of distinct values."""
+    import numpy as np
     if len(short) > len(long):
         short, long = long, short
     if not len(short):
@@ -357,6 +360,7 @@ def association_rules(itemsets: Itemsets, min_confidence: float = 0.0, min_lift:
     """Single-consequent rules of the itemsets with confidence and lift at least the minimums
     (redundant ones pruned unless `prune` is False), columns RULE_COLUMNS, sorted by lift,
     confidence, antecedent and consequent."""
+    import numpy as np
     count_of = {itemset: int(count) for itemset, count in zip(itemsets.itemsets, itemsets.counts)}
     n = itemsets.baskets
     antecedents, consequents, n_a, n_c, n_ac = [], [], [], [], []
@@ -385,6 +389,7 @@ def _not_redundant(antecedents: list[tuple[int, ...]], consequents: list[int], n
                    count_of: Mapping[tuple[int, ...], int]) -> np.ndarray:
     """Whether each rule A -> C beats every rule A' -> C with A' a proper subset of A on confidence
     (lift, for the same consequent). best[(A, C)] is the best (ac, a) over A and its subsets."""
+    import numpy as np
     best: dict[tuple[tuple[int, ...], int], tuple[int, int]] = {}
 
     def best_of(antecedent: tuple[int, ...], consequent: int) -> tuple[int, int]:
@@ -414,6 +419,7 @@ def _not_redundant(antecedents: list[tuple[int, ...]], consequents: list[int], n
 
 def _rules_frame(itemsets: Itemsets, item_level: str, antecedents: list[tuple[int, ...]], consequents: list[int],
                  a: np.ndarray, c: np.ndarray, ac: np.ndarray) -> pd.DataFrame:
+    import numpy as np
     import pandas as pd
     n = itemsets.baskets
     labels = itemsets.labels
@@ -470,6 +476,7 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     product_rules: RULE_COLUMNS at product level; purchases: customer_id, sku (bought in the window);
     customers: customer_id, favourite_category, marketing_opt_in (one row each); best_sellers:
     sku, category, baskets, share (the window's product baskets)."""
+    import numpy as np
     import pandas as pd
     customers = customers.drop_duplicates("customer_id").sort_values("customer_id", kind="mergesort").reset_index(drop=True)
     customer_codes = pd.Index(customers["customer_id"])
@@ -521,6 +528,7 @@ def _no_offers() -> pd.DataFrame:
 
 def _rule_offers(rules: pd.DataFrame, bought: np.ndarray, skus: pd.Index, n_skus: int, k: int) -> pd.DataFrame:
     """Best rule per (customer, consequent) among rules firing on the customer's purchases, top k."""
+    import numpy as np
     import pandas as pd
     if rules.empty or not len(bought):
         return _no_offers()
@@ -568,6 +576,7 @@ def _rule_offers(rules: pd.DataFrame, bought: np.ndarray, skus: pd.Index, n_skus
 
 
 def _text_rank(texts: np.ndarray) -> np.ndarray:
+    import numpy as np
     ranks = np.empty(len(texts), dtype=np.int64)
     ranks[np.argsort(texts.astype(str), kind="stable")] = np.arange(len(texts))
     return ranks
@@ -575,6 +584,7 @@ def _text_rank(texts: np.ndarray) -> np.ndarray:
 
 def _chunks(customer: np.ndarray, fan: np.ndarray, size: int) -> list[tuple[int, int]]:
     """Slices of the (customer-sorted) purchases, cut between customers, of about `size` fired rules."""
+    import numpy as np
     total = np.cumsum(fan)
     bounds, low = [], 0
     while low < len(fan):
@@ -591,17 +601,20 @@ def _chunks(customer: np.ndarray, fan: np.ndarray, size: int) -> list[tuple[int,
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The positions starts[i], starts[i] + 1, ..., starts[i] + lengths[i] - 1 of every i, one
     after another: many slices of one array gathered at once."""
+    import numpy as np
     return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
 
 
 def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
     """The distinct integer keys, sorted: np.unique's result, which under numpy 2.4 takes a hash
     path 20x slower than sorting (2.0 s against 0.1 s on 1.8M keys)."""
+    import numpy as np
     keys = np.sort(keys)
     return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
 
 
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    import numpy as np
     if not len(sorted_keys):
         return np.zeros(len(keys), dtype=bool)
     position = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
@@ -616,6 +629,7 @@ def _popular_offers(customers: pd.DataFrame, who: np.ndarray, purchases: pd.Data
     purchases in the shop's mix (one purchase of a category says little). A customer buying mostly
     from one category gets its best sellers first; one with no purchase gets the shop's best sellers.
     `who`: each purchase's row in `customers` (-1 for none)."""
+    import numpy as np
     import pandas as pd
     wanting = np.flatnonzero(places > 0)
     if not len(wanting) or best_sellers.empty:
@@ -786,6 +800,7 @@ def _offers(rules: pd.DataFrame, items: pd.DataFrame, customers: pd.DataFrame, s
 
 
 def _holdout_metrics(items: pd.DataFrame, settings: AssociationSettings) -> dict:
+    import numpy as np
     import pandas as pd
     none = {"holdout_customers": 0, "offer_hit_rate": None, "offer_precision_at_k": None, "baseline_hit_rate": None,
             "baseline_precision_at_k": None, "offer_hit_rate_ratio": None, "rule_offer_precision": None,
@@ -885,6 +900,7 @@ def _baseline_hits(ranked_skus: np.ndarray, customers: pd.Index, history: pd.Dat
                    k: int) -> tuple[int, int]:
     """The baseline: each customer offered the k best sellers they had not bought. Returns the
     customers with at least one of them bought later, and the offers bought later."""
+    import numpy as np
     import pandas as pd
 
     # A customer's k offers come from the first k + (best sellers they bought) of the ranking.
@@ -910,6 +926,7 @@ def count_rules(rules: pd.DataFrame, baskets: pd.DataFrame) -> pd.DataFrame:
     """`rules` (with antecedent and consequent as published) counted on other baskets (basket_id,
     item): holdout_antecedent_baskets, holdout_consequent_baskets, holdout_rule_baskets,
     holdout_baskets, holdout_confidence and holdout_lift (NaN where undefined)."""
+    import numpy as np
     basket_codes, basket_labels = _codes(baskets["basket_id"].to_numpy())
     item_codes, labels = _codes(_as_text(baskets["item"]))
     by_item = _basket_matrix(basket_codes, item_codes, len(basket_labels), len(labels)).tocsc()
