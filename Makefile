@@ -56,10 +56,10 @@ demo: $(VENV)/.runtime $(MANIFEST)
 airflow: $(VENV)/.runtime $(MANIFEST)
 	$(BIN)/crmw airflow
 
-# Two workers, each taking whole test files (a file's fixtures are built once) in collection order,
-# the Airflow files first (tests/conftest.py): on two cores the suite's Airflow, dbt and Python
-# start-ups overlap with the engines' work.
-TEST_WORKERS ?= 2
+# Three workers, each taking whole test files (a file's fixtures are built once) in collection order,
+# the Airflow files first (tests/conftest.py). On two cores, two workers kept the CPU 170% busy (the
+# rest: process start-ups, polls, waits on the engines); a third fills those gaps.
+TEST_WORKERS ?= 3
 test: $(VENV)/.test $(MANIFEST)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
