@@ -87,7 +87,8 @@ def replicate(warehouse_url: str, as_of_date: dt.date, copies: int, workdir: Pat
     url = f"duckdb:///{target}"
     specs = [spec for spec in MODELS if spec.name in models]
     tables = sorted({table.name for spec in specs for table in spec.reads})
-    training = sorted({table.name for spec in specs for table in spec.trains_on})
+    # Tables a model trains on besides what it reads to score (those it also reads: the date's rows).
+    training = sorted({table.name for spec in specs for table in spec.trains_on if table not in spec.reads})
     with connect(url) as warehouse:
         for table in [*tables, *training]:
             columns = warehouse.table_columns(table)

@@ -1,8 +1,13 @@
 """Customer segments and behavioural clusters: RFM segments by rule, k-means clusters with stable ids
 and readable labels, density-based outliers, and how customers moved since the previous as-of date.
 
-A pure module (`run(inputs, as_of_date, settings) -> (results, metrics)`, see ml_tasks.contract):
-no warehouse, no Airflow; seeded, so the same inputs give the same outputs whatever their row order.
+A pure module with a trained model's `fit(training, as_of_date, settings)` and
+`score(fitted, inputs, as_of_date, settings)` (see ml_tasks.contract): no warehouse, no Airflow;
+seeded, so the same inputs give the same outputs whatever their row order. The fit (feature
+filling, scaling, outlier rule, centroids, held-out quality) is made on the as-of date's customers
+and reused by the task for later days while they hold (ml_tasks.registry says when it is made
+again); scoring places each day's customers in the fit's space and nearest cluster, and measures
+their drift from the fit's customers.
 
 Who is scored: customers with at least one revenue order on the as-of date (`frequency >= 1`).
 Customers known without one (a CRM contact who never bought, a buyer whose only orders were
@@ -57,8 +62,8 @@ agreeing at ARI 0.98, and the run 17.9 s against 27.8 s (10,000: same k, ARI 0.9
   BIC (diagonal or full covariances, on a 3,000-customer sample) keeps falling to 7-8, as mixtures
   add components for non-Gaussian shapes; the held-out inertia elbow (stop when one more cluster
   explains under 5% more) gives 6, 6 and 5, by a hair's breadth. `silhouette_by_k` and
-  `davies_bouldin_by_k` are both in the metrics. At about 100,000 scored customers the whole run
-  takes about 12 s on two cores (9 s with the three fits of the former 6-8 range).
+  `davies_bouldin_by_k` are both in the metrics. At about 100,000 scored customers the fit and
+  scoring together took about 12 s on two cores (9 s with the three fits of the former 6-8 range).
 - Quality, on the held-out customers the fit never saw (metrics `heldout_silhouette`, and
   `heldout_inertia_reduction`: 1 - their squared distance to their nearest centroid over their
   squared distance to the training mean, i.e. the share of the held-out spread the clusters
@@ -70,12 +75,15 @@ agreeing at ARI 0.98, and the run 17.9 s against 27.8 s (10,000: same k, ARI 0.9
   the data's size and age; the gain says whether there are clusters at all. The spec's floor reads
   `judged_silhouette_gain`: the gain when at least HOLDOUT_MIN_FOR_FLOOR customers were held out,
   else None (not judged, `quality_note` says why): on small samples the gain swings.
-  The published model is that fitted model: every customer gets its nearest centroid.
+  The published model is that fitted model: every customer gets its nearest centroid, on the fit's
+  day and on the later days that reuse it (the features filled and scaled as at the fit: a category
+  the fit did not know is left out, one it knew that no customer has now is 0).
 - Stable ids: each centroid is stored in the profiles in transformed, unscaled units (JSON), so
   the next run can standardise the previous centroids with *its own* scaling and weights and match
   them to its centroids by the Hungarian algorithm on Euclidean distance. A matched cluster keeps
   its previous id unless the distance exceeds `id_match_max_distance`; any other cluster gets a new
-  id above the previous run's highest (first run: 1..k by decreasing size).
+  id above the previous run's highest (first run: 1..k by decreasing size). A day scored with the
+  previous day's fit finds its centroids again at distance 0: every id is kept.
 - Labels: from the features whose cluster mean stands out (|z| >= 0.5 in the standardised units),
   strongest first, at most `label_traits` of them, written in a fixed order, e.g. "lapsed
   occasional buyers", "frequent store grocery buyers", "discount-driven web buyers"; a clash
@@ -114,7 +122,7 @@ if TYPE_CHECKING:
 # fewer it swings with the sample (56 held-out of 90 days of 400 simulated customers: 0.039; 60
 # days of 1,000: 0.047; 13 months of 4,000, 957 held out: 0.071).
 HOLDOUT_MIN_FOR_FLOOR = 500
-MODEL_VERSION = "segments-5"  # 5: k-means fitted on at most fit_sample_size customers; 4: floor on the gain over a one-Gaussian reference; 3: k in 4-8 by Davies-Bouldin
+MODEL_VERSION = "segments-6"  # 6: fitted, stored and reused for later days (feature filling fixed at the fit); 5: k-means fitted on at most fit_sample_size customers; 4: floor on the gain over a one-Gaussian reference; 3: k in 4-8 by Davies-Bouldin
 FEATURES = "features.customer_features"
 CATEGORY_MIX = "features.customer_category_mix"
 SEGMENTS = "ml.customer_segments"
@@ -293,38 +301,95 @@ class SegmentSettings:
         return max(self.min_customers, 10 * self.k_max)
 
 
-# ---- the run ----------------------------------------------------------------------------------------
+# ---- fit and score -----------------------------------------------------------------------------------
 
-def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: SegmentSettings) -> tuple[dict[str, "pd.DataFrame"], dict]:
-    """Segments, profiles and migrations of the customers with a revenue order on `as_of_date`."""
-    import numpy as np
-    import pandas as pd
+@dataclass(frozen=True)
+class SegmentModel:
+    """What scoring needs from a fit: how the features were filled, scaled and weighted, the
+    centroids (weighted space), the outlier rule (the sample's core points and eps) and reference
+    samples of the fit's customers for drift."""
 
-    features = inputs[FEATURES]
-    mix = inputs.get(CATEGORY_MIX)
-    buyers = _buyers(features)
+    fill: "FeatureFill"
+    space: "FeatureSpace"
+    centroids: "np.ndarray"
+    outlier_core: "np.ndarray"
+    outlier_eps: float
+    reference: dict[str, "np.ndarray"]
+
+
+def fit(training: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: SegmentSettings) -> tuple[SegmentModel, dict]:
+    """The feature space, outlier rule and k-means centroids of the customers with a revenue order
+    on `as_of_date`, with the quality of the clusters on held-out customers."""
+    buyers = _buyers(training[FEATURES])
     if len(buyers) < settings.minimum_customers:
         raise InsufficientData(
             f"{len(buyers)} customers with a revenue order on {as_of_date}, expected at least "
             f"{settings.minimum_customers} (max of min_customers and 10 x k_max) to cluster"
         )
-    segments = score_rfm(buyers)
-    raw = feature_matrix(buyers, mix, settings)
+    raw, fill = feature_matrix(buyers, training.get(CATEGORY_MIX), settings)
     space = FeatureSpace.fit(raw)
     points = space.transform(raw)
-    outlier = flag_outliers(points, settings)
-    fit = fit_clusters(points, outlier, settings)
-    centroids_raw = space.inverse(fit.centroids)
+    core, eps = fit_outliers(points, settings)
+    clusters = fit_clusters(points, outliers(points, core, eps), settings)
+    _, distances = nearest_centroids(points, clusters.centroids)
+    model = SegmentModel(fill, space, clusters.centroids, core, eps, _drift_columns(raw, distances, reference=True))
+    metrics: dict[str, Any] = {
+        "features": list(raw.columns),
+        "k": int(len(clusters.centroids)),
+        "silhouette_by_k": {str(k): round(value, 6) for k, value in clusters.silhouettes.items()},
+        "davies_bouldin_by_k": {str(k): round(value, 6) if math.isfinite(value) else None for k, value in clusters.davies_bouldin.items()},
+        "train_customers": clusters.train_customers,
+        "heldout_customers": clusters.heldout_customers,
+        "heldout_silhouette": round(clusters.heldout_silhouette, 6),
+        "heldout_inertia_reduction": round(clusters.heldout_inertia_reduction, 6),
+        "heldout_inertia_reduction_vs_random": round(clusters.heldout_inertia_reduction_vs_random, 6),
+        "null_heldout_silhouette": round(clusters.null_heldout_silhouette, 6),
+        "null_heldout_inertia_reduction": round(clusters.null_heldout_inertia_reduction, 6),
+        "heldout_silhouette_gain": round(clusters.heldout_silhouette - clusters.null_heldout_silhouette, 6),
+        "heldout_inertia_reduction_gain": round(clusters.heldout_inertia_reduction - clusters.null_heldout_inertia_reduction, 6),
+        # The spec's floor, judged on enough held-out customers only (see HOLDOUT_MIN_FOR_FLOOR).
+        "judged_silhouette_gain": (
+            round(clusters.heldout_silhouette - clusters.null_heldout_silhouette, 6)
+            if clusters.heldout_customers >= HOLDOUT_MIN_FOR_FLOOR else None
+        ),
+        "quality_note": (
+            "" if clusters.heldout_customers >= HOLDOUT_MIN_FOR_FLOOR
+            else f"{clusters.heldout_customers} held-out customers, fewer than {HOLDOUT_MIN_FOR_FLOOR}: quality recorded, not judged"
+        ),
+    }
+    return model, metrics
+
+
+def score(fitted: SegmentModel, inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date,
+          settings: SegmentSettings) -> tuple[dict[str, "pd.DataFrame"], dict]:
+    """Segments, profiles and migrations of the customers with a revenue order on `as_of_date`,
+    each in the fitted cluster nearest to them."""
+    import numpy as np
+    import pandas as pd
+
+    from ml_tasks.monitoring import drift_report
+
+    features = inputs[FEATURES]
+    mix = inputs.get(CATEGORY_MIX)
+    buyers = _buyers(features)
+    if buyers.empty:
+        raise InsufficientData(f"no customer with a revenue order on {as_of_date}")
+    segments = score_rfm(buyers)
+    raw, _ = feature_matrix(buyers, mix, settings, fitted.fill)
+    points = fitted.space.transform(raw)
+    outlier = outliers(points, fitted.outlier_core, fitted.outlier_eps)
+    positions, distances = nearest_centroids(points, fitted.centroids)
+    centroids_raw = fitted.space.inverse(fitted.centroids)
     previous_profiles = _previous(inputs, PROFILES)
-    sizes = np.bincount(fit.labels, minlength=len(fit.centroids))
-    ids, matched = stable_ids(fit.centroids, sizes, previous_profiles, space, settings)
-    cluster_ids = ids[fit.labels]
-    zscores = _cluster_zscores(raw, space, fit.labels, len(fit.centroids))
-    labels_by_cluster = cluster_labels(zscores, ids, buyers["frequency"].to_numpy(), fit.labels, settings)
+    sizes = np.bincount(positions, minlength=len(fitted.centroids))
+    ids, matched = stable_ids(fitted.centroids, sizes, previous_profiles, fitted.space, settings)
+    cluster_ids = ids[positions]
+    zscores = _cluster_zscores(raw, fitted.space, positions, len(fitted.centroids))
+    labels_by_cluster = cluster_labels(zscores, ids, buyers["frequency"].to_numpy(), positions, settings)
 
     segments["cluster_id"] = pd.array(cluster_ids, dtype="Int64")
     segments["cluster_label"] = pd.array([labels_by_cluster[i] for i in cluster_ids], dtype="str")
-    segments["distance_to_centroid"] = np.round(fit.distances, 6)
+    segments["distance_to_centroid"] = np.round(distances, 6)
     segments["is_outlier"] = pd.array(outlier, dtype="boolean")
     segments = typed_results(segments, SEGMENT_COLUMNS)
 
@@ -341,28 +406,6 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: Seg
     metrics: dict[str, Any] = {
         "customers_known": int(len(features)),
         "customers_scored": int(len(segments)),
-        "features": list(raw.columns),
-        "k": int(len(fit.centroids)),
-        "silhouette_by_k": {str(k): round(value, 6) for k, value in fit.silhouettes.items()},
-        "davies_bouldin_by_k": {str(k): round(value, 6) if math.isfinite(value) else None for k, value in fit.davies_bouldin.items()},
-        "train_customers": fit.train_customers,
-        "heldout_customers": fit.heldout_customers,
-        "heldout_silhouette": round(fit.heldout_silhouette, 6),
-        "heldout_inertia_reduction": round(fit.heldout_inertia_reduction, 6),
-        "heldout_inertia_reduction_vs_random": round(fit.heldout_inertia_reduction_vs_random, 6),
-        "null_heldout_silhouette": round(fit.null_heldout_silhouette, 6),
-        "null_heldout_inertia_reduction": round(fit.null_heldout_inertia_reduction, 6),
-        "heldout_silhouette_gain": round(fit.heldout_silhouette - fit.null_heldout_silhouette, 6),
-        "heldout_inertia_reduction_gain": round(fit.heldout_inertia_reduction - fit.null_heldout_inertia_reduction, 6),
-        # The spec's floor, judged on enough held-out customers only (see HOLDOUT_MIN_FOR_FLOOR).
-        "judged_silhouette_gain": (
-            round(fit.heldout_silhouette - fit.null_heldout_silhouette, 6)
-            if fit.heldout_customers >= HOLDOUT_MIN_FOR_FLOOR else None
-        ),
-        "quality_note": (
-            "" if fit.heldout_customers >= HOLDOUT_MIN_FOR_FLOOR
-            else f"{fit.heldout_customers} held-out customers, fewer than {HOLDOUT_MIN_FOR_FLOOR}: quality recorded, not judged"
-        ),
         "cluster_sizes": {str(int(key)): int(value) for key, value in cluster_sizes.items()},
         "cluster_labels": {str(key): labels_by_cluster[key] for key in sorted(labels_by_cluster)},
         "clusters_matched": matched,
@@ -371,8 +414,21 @@ def run(inputs: Mapping[str, "pd.DataFrame"], as_of_date: dt.date, settings: Seg
         "outliers": int(outlier.sum()),
         "outlier_share": round(float(outlier.mean()), 6),
         "migration": _migration_summary(migration),
+        "drift_psi": drift_report(fitted.reference, _drift_columns(raw, distances)),
     }
     return {SEGMENTS: segments, PROFILES: profiles, MIGRATION: migration}, metrics
+
+
+# Watched for drift against the fit: how far customers sit from their centroid (a population the
+# centroids no longer describe sits farther), and the transformed recency, frequency and spend.
+_DRIFT_FEATURES = ("recency", "frequency", "monetary")
+
+
+def _drift_columns(raw: "pd.DataFrame", distances: "np.ndarray", reference: bool = False) -> dict[str, "np.ndarray"]:
+    from ml_tasks.monitoring import reference_sample
+
+    columns = {"distance_to_centroid": distances, **{name: raw[name].to_numpy() for name in _DRIFT_FEATURES}}
+    return {name: reference_sample(values) for name, values in columns.items()} if reference else columns
 
 
 def _previous(inputs: Mapping[str, "pd.DataFrame"], table: str) -> "pd.DataFrame | None":
@@ -444,10 +500,24 @@ def segment_of(r: "np.ndarray", f: "np.ndarray", m: "np.ndarray") -> "np.ndarray
 
 # ---- the feature space ------------------------------------------------------------------------------
 
-def feature_matrix(buyers: "pd.DataFrame", mix: "pd.DataFrame | None", settings: SegmentSettings) -> "pd.DataFrame":
+@dataclass(frozen=True)
+class FeatureFill:
+    """How feature_matrix fills in, fixed by the fit so a later day's customers are placed in the
+    same space: the columns (the categories then), each share's mean (what the shares of customers
+    with few orders shrink towards) and each column's median (what a missing value takes)."""
+
+    columns: tuple[str, ...]
+    share_means: dict[str, float]
+    medians: dict[str, float]
+
+
+def feature_matrix(buyers: "pd.DataFrame", mix: "pd.DataFrame | None", settings: SegmentSettings,
+                   fill: FeatureFill | None = None) -> tuple["pd.DataFrame", FeatureFill]:
     """The transformed, unscaled cluster features (CLUSTER_FEATURES, then one "category:<name>" spend
-    share per category), one row per buyer in `buyers` order. A missing value (a share of a
-    customer without lines, a response rate without campaigns) takes the column's median."""
+    share per category), one row per buyer in `buyers` order, and how it was filled in. A missing
+    value (a share of a customer without lines, a response rate without campaigns) takes the
+    column's median. With a `fill` (a fit's), its columns (a category it lacks is left out, one it
+    has but these customers lack is 0), share means and medians are used."""
     import numpy as np
     import pandas as pd
 
@@ -476,20 +546,29 @@ def feature_matrix(buyers: "pd.DataFrame", mix: "pd.DataFrame | None", settings:
     matrix = pd.DataFrame({name: columns[name].to_numpy(dtype="float64") for name in CLUSTER_FEATURES})
     shares = category_shares(mix, b["customer_id"])
     matrix = pd.concat([matrix, shares.reset_index(drop=True)], axis=1)
+    if fill is not None:
+        matrix = matrix.reindex(columns=list(fill.columns), fill_value=0.0)
     prior = settings.share_prior_orders
     orders = b["frequency"].fillna(0).to_numpy(dtype="float64")
     campaigns = b["campaigns_received"].fillna(0).to_numpy(dtype="float64")
+    share_means: dict[str, float] = {}
     for name in matrix.columns:
         if name in _SHARES or name.startswith("category:"):
             evidence = campaigns if name == "campaign_response" else orders
             values = matrix[name].to_numpy()
-            mean = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+            if fill is not None:
+                mean = fill.share_means[name]
+            else:
+                mean = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+            share_means[name] = mean
             seen = np.where(np.isfinite(values), evidence, 0.0)
             weight = seen + prior
             shrunk = (seen * np.nan_to_num(values, nan=mean) + prior * mean) / np.where(weight > 0, weight, 1.0)
             matrix[name] = np.where(weight > 0, shrunk, mean)
-    medians = matrix.median(skipna=True).fillna(0.0)
-    return matrix.fillna(medians)
+    if fill is None:
+        medians = matrix.median(skipna=True).fillna(0.0)
+        fill = FeatureFill(tuple(matrix.columns), share_means, {name: float(value) for name, value in medians.items()})
+    return matrix.fillna(fill.medians), fill
 
 
 _SHARES = ("discount_share", "return_rate", "web_share", "store_share", "phone_share", "campaign_response")
@@ -569,8 +648,8 @@ def _sample(count: int, size: int, random_state: int, salt: int) -> "np.ndarray"
     return np.sort(np.random.default_rng([random_state, salt]).choice(count, size=size, replace=False))
 
 
-def flag_outliers(points: "np.ndarray", settings: SegmentSettings) -> "np.ndarray":
-    """True for customers farther than eps from every core point of a DBSCAN fit on a seeded sample."""
+def fit_outliers(points: "np.ndarray", settings: SegmentSettings) -> tuple["np.ndarray", float]:
+    """The core points of a DBSCAN fit on a seeded sample, and its eps (see the module docstring)."""
     import numpy as np
     from sklearn.cluster import DBSCAN
     from sklearn.neighbors import NearestNeighbors
@@ -580,7 +659,14 @@ def flag_outliers(points: "np.ndarray", settings: SegmentSettings) -> "np.ndarra
     distances, _ = NearestNeighbors(n_neighbors=neighbours).fit(sample).kneighbors(sample)
     eps = max(float(np.quantile(distances[:, -1], settings.outlier_density_quantile)), 1e-9)
     density = DBSCAN(eps=eps, min_samples=neighbours).fit(sample)
-    core = sample[density.core_sample_indices_]
+    return sample[density.core_sample_indices_], eps
+
+
+def outliers(points: "np.ndarray", core: "np.ndarray", eps: float) -> "np.ndarray":
+    """True for customers farther than eps from every core point."""
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
     if len(core) == 0:
         return np.zeros(len(points), dtype=bool)
     nearest, _ = NearestNeighbors(n_neighbors=1).fit(core).kneighbors(points)
@@ -592,8 +678,6 @@ def flag_outliers(points: "np.ndarray", settings: SegmentSettings) -> "np.ndarra
 @dataclass(frozen=True)
 class ClusterFit:
     centroids: "np.ndarray"  # in the weighted space
-    labels: "np.ndarray"  # nearest centroid of every customer
-    distances: "np.ndarray"
     silhouettes: dict[int, float]
     davies_bouldin: dict[int, float]
     train_customers: int
@@ -637,15 +721,11 @@ def fit_clusters(points: "np.ndarray", outlier: "np.ndarray", settings: SegmentS
     k = min(davies_bouldin, key=lambda candidate: (davies_bouldin[candidate], candidate))
     centroids = models[k].cluster_centers_
 
-    squared = ((points[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
-    labels = squared.argmin(axis=1)
-    distances = np.sqrt(squared[np.arange(len(points)), labels])
-
     test = points[heldout]
     test_rows = _sample(len(test), settings.silhouette_sample_size, settings.random_state, 4)
     heldout_silhouette, heldout_reduction = _heldout_quality(train, test, centroids, test_rows)
     random_labels = np.random.default_rng([settings.random_state, 5]).integers(0, k, size=len(test))
-    random_within = float(squared[heldout, :][np.arange(len(test)), random_labels].sum())
+    random_within = float(_squared_distances(test, centroids)[np.arange(len(test)), random_labels].sum())
     reference = np.random.default_rng([settings.random_state, 6])
     mean, covariance = train.mean(axis=0), np.cov(train, rowvar=False)
     null_train, null_test = (reference.multivariate_normal(mean, covariance, size=len(part), method="eigh") for part in (train, test))
@@ -653,8 +733,6 @@ def fit_clusters(points: "np.ndarray", outlier: "np.ndarray", settings: SegmentS
     null_silhouette, null_reduction = _heldout_quality(null_train, null_test, null_model.cluster_centers_, test_rows)
     return ClusterFit(
         centroids=centroids,
-        labels=labels,
-        distances=distances,
         silhouettes=silhouettes,
         davies_bouldin=davies_bouldin,
         train_customers=int(len(train)),
@@ -674,12 +752,26 @@ def _heldout_quality(train: "np.ndarray", test: "np.ndarray", centroids: "np.nda
     import numpy as np
     from sklearn.metrics import silhouette_score
 
-    squared = ((test[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    squared = _squared_distances(test, centroids)
     labels = squared.argmin(axis=1)
     silhouette = float(silhouette_score(test[sample], labels[sample])) if len(set(labels[sample])) > 1 else -1.0
     within = float(squared[np.arange(len(test)), labels].sum())
     total = float(((test - train.mean(axis=0)) ** 2).sum())
     return silhouette, 1 - within / total if total > 0 else 0.0
+
+
+def _squared_distances(points: "np.ndarray", centroids: "np.ndarray") -> "np.ndarray":
+    """Squared Euclidean distance of every point to every centroid (points x centroids)."""
+    return ((points[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+
+
+def nearest_centroids(points: "np.ndarray", centroids: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
+    """Each point's nearest centroid (position) and its distance to it."""
+    import numpy as np
+
+    squared = _squared_distances(points, centroids)
+    positions = squared.argmin(axis=1)
+    return positions, np.sqrt(squared[np.arange(len(points)), positions])
 
 
 # ---- stable ids and labels ----------------------------------------------------------------------------
@@ -780,6 +872,7 @@ def segment_profiles(segments: "pd.DataFrame", buyers: "pd.DataFrame", mix: "pd.
     frame = buyers.assign(cluster_id=segments["cluster_id"].to_numpy(), rfm_segment=segments["rfm_segment"].to_numpy(),
                           is_outlier=segments["is_outlier"].to_numpy(dtype=bool))
     categories = _category_spend(mix, frame)
+    top_categories = {"cluster": _top_categories(categories, "cluster_id"), "rfm": _top_categories(categories, "rfm_segment")}
     rows: list[dict[str, Any]] = []
     total = len(frame)
     groups = [("cluster", key, frame[frame["cluster_id"] == key]) for key in sorted(labels)]
@@ -796,7 +889,7 @@ def segment_profiles(segments: "pd.DataFrame", buyers: "pd.DataFrame", mix: "pd.
             "share": round(len(members) / total, 6),
             "outliers": int(members["is_outlier"].sum()),
             **{f"mean_{name}": round(float(value), 4) for name, value in means.items()},
-            "top_categories": _top_categories(categories, members["customer_id"]),
+            "top_categories": top_categories[kind].get(key, ""),
             "main_channel": _main_channel(members),
             "centroid": centroids.get(key) if kind == "cluster" else None,
         })
@@ -805,6 +898,7 @@ def segment_profiles(segments: "pd.DataFrame", buyers: "pd.DataFrame", mix: "pd.
 
 
 def _category_spend(mix: "pd.DataFrame | None", frame: "pd.DataFrame") -> "pd.DataFrame | None":
+    """Each scored customer's net spend per category, with their cluster_id and rfm_segment."""
     import pandas as pd
 
     if mix is None or mix.empty:
@@ -812,19 +906,23 @@ def _category_spend(mix: "pd.DataFrame | None", frame: "pd.DataFrame") -> "pd.Da
     spend = mix.loc[:, ["customer_id", "category", "net_amount"]].copy()
     spend["customer_id"] = spend["customer_id"].astype("str")
     spend["net_amount"] = pd.to_numeric(spend["net_amount"].astype("object"), errors="coerce").astype("float64").fillna(0.0)
-    return spend.sort_values(["customer_id", "category"], kind="stable")
+    return spend.join(frame.set_index("customer_id")[["cluster_id", "rfm_segment"]], on="customer_id", how="inner")
 
 
-def _top_categories(spend: "pd.DataFrame | None", customers: "pd.Series", top: int = 3) -> str:
-    """E.g. 'grocery 41%, household 22%, beauty 9%': shares of the group's net spend."""
+def _top_categories(spend: "pd.DataFrame | None", column: str, top: int = 3) -> dict[Any, str]:
+    """Per value of `column` (a group of customers), e.g. 'grocery 41%, household 22%, beauty 9%':
+    the shares of the group's net spend, largest first (ties by category). One grouping for every
+    group: filtering the spend rows group by group took 2.8 s at 100,000 customers."""
     if spend is None:
-        return ""
-    amounts = spend[spend["customer_id"].isin(set(customers))].groupby("category")["net_amount"].sum()
+        return {}
+    amounts = spend.groupby([column, "category"])["net_amount"].sum()
     amounts = amounts[amounts > 0]
-    if amounts.empty:
-        return ""
-    shares = (amounts / amounts.sum()).reset_index().sort_values(["net_amount", "category"], ascending=[False, True])
-    return ", ".join(f"{row.category} {row.net_amount:.0%}" for row in shares.head(top).itertuples())
+    tops: dict[Any, str] = {}
+    for key, group in amounts.groupby(level=0):
+        shares = group.droplevel(0) / group.sum()
+        ranked = sorted(shares.items(), key=lambda item: (-item[1], item[0]))[:top]
+        tops[key] = ", ".join(f"{category} {share:.0%}" for category, share in ranked)
+    return tops
 
 
 def _main_channel(members: "pd.DataFrame") -> str | None:

@@ -12,8 +12,8 @@ quality floors name. Nothing here imports pandas or scikit-learn: the DAG parses
 A *trained* model (a spec with `trains_on`) is fitted on history now and then and scores every
 day. Its module has, instead of `run`:
 - `fit(training: dict[str, DataFrame], as_of_date, settings) -> (fitted, metrics)`: `training`
-  maps each `trains_on` table to all its rows (every training snapshot; of a windowed table, the
-  window's rows as of the date); the model validates
+  maps each `trains_on` table to all its rows (every training snapshot; of a table the model also
+  reads to score, the rows it reads: the as-of date's, the window's of a windowed one); the model validates
   itself in time (train on earlier snapshots, validate on a later one) and returns a picklable
   `fitted` holding what scoring needs (and reference samples for drift) and the validation
   metrics the quality floors name;
@@ -136,10 +136,10 @@ class ModelSpec:
     retraining: str = "refit on every run from the as-of date's features"
     description: str = ""
     # Trained models only (see the module docstring): the tables `fit` reads (all their rows; of a
-    # windowed table, the window's rows as of the date, the same rows the model reads to score).
+    # table also in `reads`, the same rows the model reads to score: the as-of date's, the window's).
     trains_on: tuple[InputTable, ...] = ()
-    # SQL aggregates over a `trains_on` table, per as_of_date (of a windowed table: over the window
-    # as of the date, one row however the window moves), that change when its training data does
+    # SQL aggregates over a `trains_on` table, per as_of_date (of a table also in `reads`: over the
+    # rows read as of the date, one row however they move), that change when its training data does
     # (rows, labels): their digest is the training fingerprint. A stored fit is reused while
     # the fingerprint is unchanged and it is at most `retrain_max_age_days` old, or while no
     # aggregate of any snapshot moved by more than `training_change_tolerance` (a share of its

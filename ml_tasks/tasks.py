@@ -141,11 +141,14 @@ def _read_inputs(warehouse, spec: ModelSpec, as_of_date: dt.date, settings: Any)
 def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.date,
                    inputs: Mapping[str, "pd.DataFrame"]) -> dict[str, Any]:
     """Whether a trained model refits today: its training fingerprint now, the stored fit it would
-    reuse (None: refit) and, when refitting, the training rows. A windowed training table is the
-    window the model reads to score (`inputs`): the same rows, not read twice."""
+    reuse (None: refit) and, when refitting, the training rows. A training table the model also
+    reads to score is trained on the rows read (`inputs`, the window's if windowed): not read twice."""
     digest = settings_digest(settings)
-    windows = {table.name: getattr(settings, table.window_setting) for table in spec.trains_on if table.window_setting}
-    signature = warehouse_io.training_signature(warehouse, spec.trains_on, spec.training_signature, as_of_date, windows)
+    scored = {
+        table.name: getattr(settings, table.window_setting) if table.window_setting else None
+        for table in spec.trains_on if table in spec.reads
+    }
+    signature = warehouse_io.training_signature(warehouse, spec.trains_on, spec.training_signature, as_of_date, scored)
     current = warehouse_io.training_fingerprint(signature)
     stored = warehouse_io.load_fit(warehouse, spec.name, spec.version, digest, as_of_date)
     reason, change = None, None
@@ -164,7 +167,7 @@ def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.dat
                             "stored": None if reason else stored, "reason": reason, "training_change": change}
     if reason:
         plan["training"] = {
-            table.name: inputs[table.name] if table.window_setting else warehouse_io.read_training(
+            table.name: inputs[table.name] if table.name in scored else warehouse_io.read_training(
                 warehouse, table, getattr(settings, table.sample_setting) if table.sample_setting else None
             )
             for table in spec.trains_on

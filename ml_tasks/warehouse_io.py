@@ -119,16 +119,19 @@ def sample_threshold(share: float) -> str:
 
 
 def training_signature(warehouse: Warehouse, tables: Sequence[InputTable], signature: Sequence[str],
-                       as_of_date: dt.date, window_days: Mapping[str, int | None]) -> dict[str, list[list]]:
+                       as_of_date: dt.date, scored: Mapping[str, int | None]) -> dict[str, list[list]]:
     """The `signature` aggregates of each training table per as_of_date, as JSON-ready rows
     [date, value, ...]: what the fingerprint digests, kept with a fit to measure later changes. A
-    windowed table (`window_days` by table name) gives one row, ["window", value, ...], over the
-    window as of `as_of_date`: the window moves every day, and its aggregates measure how far."""
+    table the model also reads to score (`scored`: its window days by table name, None for no
+    window) is trained on the rows it reads and gives one row over them, ["window", value, ...] (a
+    windowed one) or ["as_of_date", value, ...]: those rows move every day, and the aggregates
+    measure how far."""
     def rows(table: InputTable) -> list[tuple]:
         aggregates = ", ".join(signature)
-        if table.window_setting:
-            condition, values = _input_rows(table, as_of_date, window_days.get(table.name))
-            return [("window", *row) for row in warehouse.fetchall(
+        if table.name in scored:
+            condition, values = _input_rows(table, as_of_date, scored[table.name])
+            label = "window" if table.window_setting else "as_of_date"
+            return [(label, *row) for row in warehouse.fetchall(
                 f"select {aggregates} from {qualified(table.name)} where {condition}", values)]
         return warehouse.fetchall(
             f"select as_of_date, {aggregates} from {qualified(table.name)} group by as_of_date order by as_of_date")
@@ -155,8 +158,9 @@ def training_fingerprint(signature: Mapping[str, Sequence[Sequence]]) -> str:
 
 def training_change(fitted_on: Mapping[str, Sequence[Sequence]] | None, now: Mapping[str, Sequence[Sequence]]) -> float | None:
     """The largest relative change of any aggregate of any snapshot since a fit (|now - then| /
-    max(|then|, 1)); None when the fit recorded no signature, or a table or snapshot came or went."""
-    if not fitted_on or list(fitted_on) != list(now):
+    max(|then|, 1)); None when the fit recorded no signature, or a table or snapshot came or went.
+    Tables are matched by name: a stored signature's JSON has its tables in sorted order."""
+    if not fitted_on or sorted(fitted_on) != sorted(now):
         return None
     largest = 0.0
     for name, rows in now.items():

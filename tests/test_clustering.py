@@ -11,17 +11,20 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from ml_tasks import clustering
+from ml_tasks import clustering, tasks
 from ml_tasks.clustering import (
-    CATEGORY_MIX, FEATURES, HOLDOUT_MIN_FOR_FLOOR, MIGRATION, PROFILES, SEGMENT_NAMES, SEGMENTS, SegmentSettings, run, score_rfm, segment_migration,
+    CATEGORY_MIX, FEATURES, HOLDOUT_MIN_FOR_FLOOR, MIGRATION, PROFILES, SEGMENT_NAMES, SEGMENTS, SegmentSettings, fit, score, score_rfm,
+    segment_migration,
     segment_of,
 )
 from ml_tasks.contract import BadParameter, InsufficientData
 from ml_tasks.registry import model
 from ml_tasks.warehouse_io import to_arrow
+from warehouse import connect
 
 AS_OF = dt.date(2025, 1, 31)
 CATEGORIES = ("grocery", "household", "toys", "electronics", "home")
@@ -80,6 +83,13 @@ def _inputs(features: pd.DataFrame, mix: pd.DataFrame, previous: dict | None = N
     for table, frame in (previous or {}).items():
         inputs[f"previous:{table}"] = frame
     return inputs
+
+
+def run(inputs: dict, as_of: dt.date, settings: SegmentSettings) -> tuple[dict, dict]:
+    """A day on which the segments are fitted, then scored (the task's metrics: both)."""
+    fitted, fit_metrics = fit(inputs, as_of, settings)
+    results, metrics = score(fitted, inputs, as_of, settings)
+    return results, {**fit_metrics, **metrics}
 
 
 def _stamped(results: dict, as_of: dt.date) -> dict:
@@ -445,6 +455,77 @@ def test_quality_floors_reject_customers_without_any_cluster_structure():
         _, metrics = run(_inputs(features, mix), AS_OF, SegmentSettings(k_min=k, k_max=k))
         for name, floor in floors.items():
             assert metrics[name] < floor, (k, name, metrics[name])
+
+
+# ---- a stored fit, later days -------------------------------------------------------------------------
+
+def test_a_later_day_is_scored_with_the_fit_its_centroids_ids_and_columns(blob_run):
+    features, mix, truth, first, _ = blob_run
+    fitted, _ = fit(_inputs(features, mix), AS_OF, FOUR)
+    # A week later: the same customers a week less recent, one of them now buying garden tools (a
+    # category the fit never saw) and no one buying toys any more (one it did).
+    later = features.assign(recency_days=features["recency_days"] + 7)
+    later_mix = mix[mix["category"] != "toys"]
+    later_mix = pd.concat([later_mix, pd.DataFrame([{"customer_id": "c00001", "as_of_date": pd.Timestamp(AS_OF),
+                                                     "category": "garden", "net_amount": 5.0, "spend_share": 0.1}])])
+    results, metrics = score(fitted, _inputs(later, later_mix, _stamped(first, AS_OF)), AS_OF + dt.timedelta(days=7), FOUR)
+    segments = results[SEGMENTS].set_index("customer_id")
+    before = first[SEGMENTS].set_index("customer_id")
+    # The fit's centroids: every id matched, the planted groups where they were.
+    assert metrics["clusters_matched"] == 4 and metrics["clusters_new"] == 0
+    assert adjusted_rand_score(truth[segments.index], segments["cluster_id"]) == 1.0
+    assert (segments["cluster_id"] == before.loc[segments.index, "cluster_id"]).mean() >= 0.99
+    profiles = results[PROFILES]
+    centroids = profiles.loc[profiles["kind"] == "cluster", "centroid"].map(json.loads)
+    assert all(set(centroid) == set(fitted.fill.columns) for centroid in centroids)
+    assert "category:garden" not in fitted.fill.columns and "category:toys" in fitted.fill.columns
+    # A week's recency moves that feature's distribution off the fit's; the rest stay put.
+    assert set(metrics["drift_psi"]) == {"distance_to_centroid", "recency", "frequency", "monetary"}
+    assert metrics["drift_psi"]["frequency"] == 0.0 and metrics["drift_psi"]["recency"] > 0
+
+
+def _load(url: str, table: str, frame: pd.DataFrame) -> None:
+    types = {"customer_id": "string", "as_of_date": "date"}
+    for column, dtype in frame.dtypes.items():
+        if column not in types:
+            types[column] = ("boolean" if pd.api.types.is_bool_dtype(dtype) else "integer" if pd.api.types.is_integer_dtype(dtype)
+                             else "double" if pd.api.types.is_float_dtype(dtype) else "string")
+    with connect(url) as warehouse:
+        warehouse.ensure_table(table, types)
+        warehouse.execute(f"delete from {table}")
+        warehouse.append_arrow(table, pa.Table.from_pandas(frame.loc[:, list(types)], preserve_index=False))
+
+
+def test_the_task_reuses_a_fit_for_later_days_while_the_customers_hold_and_refits_when_they_move(warehouse_url):
+    features, mix, _ = _customers(BLOBS)
+    params = {"customer_segments": {"k_min": 4, "k_max": 4}}
+
+    def day(offset: int, frame: pd.DataFrame, categories: pd.DataFrame) -> dict:
+        as_of = AS_OF + dt.timedelta(days=offset)
+        _load(warehouse_url, FEATURES, frame.assign(as_of_date=pd.Timestamp(as_of)))
+        _load(warehouse_url, CATEGORY_MIX, categories.assign(as_of_date=pd.Timestamp(as_of)))
+        return tasks.run_model("customer_segments", as_of, f"day-{offset}", params, warehouse_url)
+
+    first = day(0, features, mix)
+    assert first["status"] == "published" and first["metrics"]["refitted"]
+    second = day(1, features.assign(recency_days=features["recency_days"] + 1), mix)
+    assert not second["metrics"]["refitted"] and second["metrics"]["model_age_days"] == 1
+    assert second["metrics"]["k"] == 4 and second["metrics"]["clusters_matched"] == 4  # the fit's metrics travel with it
+    with connect(warehouse_url) as warehouse:
+        changed = warehouse.fetchall(
+            "select count(*) from ml.customer_segments today join ml.customer_segments yesterday"
+            " on today.customer_id = yesterday.customer_id and yesterday.as_of_date = ?"
+            " where today.as_of_date = ? and today.cluster_id <> yesterday.cluster_id",
+            (AS_OF, AS_OF + dt.timedelta(days=1)),
+        )
+        assert changed == [(0,)]
+        assert warehouse.fetchall("select count(*) from ml.trained_models where model_name = 'customer_segments'") == [(1,)]
+    # Half as many customers again (newcomers): more than 1% moved, so the segments are fitted again.
+    newcomers, newcomer_mix, _ = _customers({"store_grocery": 60, "discount_web": 45, "big_electronics": 35,
+                                             "lapsed_phone": 30}, seed=9, prefix="n")
+    third = day(2, pd.concat([features, newcomers], ignore_index=True), pd.concat([mix, newcomer_mix], ignore_index=True))
+    assert third["metrics"]["refitted"] and "an aggregate moved" in third["metrics"]["refit_reason"]
+    assert third["metrics"]["clusters_matched"] == 4
 
 
 def test_the_registry_imports_neither_pandas_nor_scikit_learn():

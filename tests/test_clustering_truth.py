@@ -1,7 +1,7 @@
 """Acceptance on simulator truth: the behavioural clusters rediscover the personas the simulator
 planted. The shared `truth_warehouse` (tests/conftest.py: 4,000 customers over 13 months, seed 3,
-built by dbt on DuckDB for the last day); `clustering.run` reads the feature tables through
-warehouse_io as the DAG does, with the default settings (k chosen in 4-8 by Davies-Bouldin). Each
+built by dbt on DuckDB for the last day); the segments are fitted and scored on the feature tables
+read through warehouse_io as the DAG does, with the default settings (k chosen in 4-8 by Davies-Bouldin). Each
 customer takes the persona of the majority of the people behind its records (tests/truth.py;
 customers without a majority are dropped); among customers with
 at least 3 orders, the adjusted Rand index of clusters vs personas must reach 0.6. Beside it, the
@@ -36,7 +36,8 @@ def test_clusters_recover_the_simulated_personas(truth_warehouse: tuple[str, Pat
     with connect(url) as warehouse:
         inputs = {table.name: read_input(warehouse, table, TRUTH_LAST_DAY) for table in spec.reads}
     settings = spec.settings()
-    results, metrics = clustering.run(inputs, TRUTH_LAST_DAY, settings)
+    fitted, metrics = clustering.fit(inputs, TRUTH_LAST_DAY, settings)
+    results, _ = clustering.score(fitted, inputs, TRUTH_LAST_DAY, settings)
     timings["clustering"] = time.perf_counter() - started
 
     personas = person_of_customer(url, sources / "truth")["persona"]
@@ -47,7 +48,7 @@ def test_clusters_recover_the_simulated_personas(truth_warehouse: tuple[str, Pat
 
     # The ceiling: the same features, standardised, with the personas as labels (5-fold CV).
     buyers = clustering._buyers(inputs[clustering.FEATURES])
-    raw = clustering.feature_matrix(buyers, inputs[clustering.CATEGORY_MIX], settings)
+    raw, _ = clustering.feature_matrix(buyers, inputs[clustering.CATEGORY_MIX], settings)
     points = clustering.FeatureSpace.fit(raw).standardise(raw)
     rows = np.flatnonzero(buyers["customer_id"].isin(judged.index).to_numpy())
     labels = personas[buyers["customer_id"].iloc[rows]].to_numpy()
