@@ -7,7 +7,9 @@ for the last of them (so the steady day follows an incremental build and a day's
 production day does; the days were first needed to take the facts' former three-day reprocessing
 window past the first load, which delivers every SQL row on its last day), and a steady day is
 timed end to end: the simulator appends it, then extract-load, reconcile, `dbt build`, the models
-and publish for it.
+and publish for it. Past the tiny tier, one more day is then appended and run as a user runs it,
+`crmw run` (the crm_daily DAG through Airflow), and timed whole: what the stages cost plus what
+Airflow adds.
 
 Per stage: wall and CPU seconds (this process and the children it waited for, dbt included; a
 PostgreSQL server's own CPU is not counted), rows and rows/s where a row count is natural, and the
@@ -44,18 +46,20 @@ class Tier:
     customers: int
     days: int
     # Days loaded and built, untimed, between the full run and the steady day (see the docstring);
-    # the tiny tier, there to exercise the harness, skips them.
+    # the tiny tier, there to exercise the harness, skips them, and the day through Airflow.
     catch_up_days: int = 4
+    through_airflow: bool = True
 
 
 TIERS = {
-    "tiny": Tier(customers=200, days=60, catch_up_days=0),
+    "tiny": Tier(customers=200, days=60, catch_up_days=0, through_airflow=False),
     "small": Tier(customers=10_000, days=730),
     "medium": Tier(customers=100_000, days=730),
     "large": Tier(customers=1_000_000, days=730),
 }
 FIELDS = ("wall_seconds", "cpu_seconds", "rows", "rows_per_second", "peak_rss_mb")
 FULL_RUN, STEADY_DAY = "full run (after simulating)", "steady day (after simulating)"
+THROUGH_AIRFLOW = "next day: crmw run, through Airflow (after simulating)"
 # How many of a build's slowest dbt nodes, and of the warehouse's largest tables, a result keeps.
 SLOWEST_NODES, LARGEST_TABLES = 12, 10
 
@@ -217,6 +221,17 @@ def _one_run(run: _Run, spec: Tier, url: str, workdir: Path) -> None:
     run.total(STEADY_DAY, steady_stages)
     _measure_storage(run, "steady day", url)
 
+    if spec.through_airflow:
+        from crmw.airflow_runner import airflow_environment, prepare_airflow
+
+        day += dt.timedelta(days=1)
+        append_day(sources, day)
+        env = airflow_environment({**os.environ, "WAREHOUSE_URL": url, "CRMW_SOURCE_DIR": str(sources),
+                                   "AIRFLOW_HOME": str(workdir / "airflow")})
+        # Airflow's metadata database is created before, untimed: a user's first run does it once.
+        prepare_airflow(env)
+        run.timed(THROUGH_AIRFLOW, lambda: _crmw_run(env, day))
+
 
 def _measure_storage(run: _Run, moment: str, url: str) -> None:
     """The warehouse's megabytes on disk per schema and in total (the storage budget), and its
@@ -241,6 +256,19 @@ def _pipeline_day(run: _Run, url: str, sources: Path, day: dt.date, workdir: Pat
     stages.append(f"{prefix}publish")
     run.timed(stages[-1], lambda: _publish(day, url))
     return stages
+
+
+def _crmw_run(env: dict[str, str], day: dt.date) -> Measure:
+    """The day as a user runs it: `crmw run --date day`, the crm_daily DAG through Airflow's `dags
+    test` (every stage above, plus Airflow's own costs: its processes, task bookkeeping, Cosmos'
+    dbt watchers, and `crmw run` checking the metadata database and pool)."""
+    from crmw.airflow_runner import RunError, run_dag
+
+    try:
+        run_dag(env, [day])
+    except RunError as error:  # recorded, and the tier's other results kept
+        return Measure(notes={"status": "failed", "message": str(error)})
+    return Measure(notes={"status": "success"})
 
 
 def _extract_settings(sources: Path):
