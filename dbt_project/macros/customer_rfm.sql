@@ -20,9 +20,8 @@
 {#- Spend per product category: one row per group of `partition_by` (columns of `orders`) and
     category, over the valid lines of the group's revenue orders: category_amount (their net
     amount), gross_amount, discount_amount and units. Those orders' lines are summed per order and
-    category first, then per group: the feature snapshots repeat an order on every feature date
-    that knows it, and joining the lines before grouping made their full build aggregate some 140M
-    line rows into 16.5M groups at 100,000 customers (spilling 21 GB to disk). -#}
+    category first (order_category_spend), then per group. For one reference date (customer_360);
+    on many dates, see revenue_category_spend_spans. -#}
 {% macro revenue_category_spend(orders, order_lines, products, partition_by) -%}
     select
         {%- for column in partition_by %}
@@ -35,19 +34,7 @@
         sum(order_category_spend.units) as units
     from {{ orders }}
     inner join (
-        select
-            {{ order_lines }}.order_id,
-            {{ products }}.category,
-            sum({{ order_lines }}.net_amount) as category_amount,
-            sum({{ order_lines }}.gross_amount) as gross_amount,
-            sum({{ order_lines }}.discount_amount) as discount_amount,
-            sum({{ order_lines }}.quantity) as units
-        from {{ order_lines }}
-        inner join {{ products }}
-            on {{ order_lines }}.sku = {{ products }}.sku
-        where {{ order_lines }}.is_valid
-            and {{ order_lines }}.order_id in (select order_id from {{ orders }} where is_revenue)
-        group by 1, 2
+        {{ order_category_spend(order_lines, products, orders) }}
     ) as order_category_spend
         on {{ orders }}.order_id = order_category_spend.order_id
     where {{ orders }}.is_revenue
@@ -56,6 +43,88 @@
         {{ orders }}.{{ column }},
         {%- endfor %}
         order_category_spend.category
+{%- endmacro %}
+
+{#- revenue_category_spend on every day at once, as spans: for each customer and category, the
+    sums over the revenue orders known on a day, one row per stretch of days over which they hold,
+    with known_from and known_until (exclusive, null while current) as the order spans of `spans`
+    (orders_as_known) have them, and revenue_orders, how many revenue orders with lines in the
+    category are known then (stretches with none are left out). A reader joins its dates on the
+    spans (spans_known_on) and gets, per date, customer and category, the sums
+    revenue_category_spend gives over the orders known on that date. Running totals over the days
+    orders start or stop being known as revenue, because joining every order to every date that
+    knows it costs dates × orders: the feature snapshots' full build at 100,000 customers grouped
+    64M order and date rows into 16.5M groups, and spilled 21 GB to disk on DuckDB and ~30 GB on
+    PostgreSQL. A span's start adds its order's spend, its end takes it away again; the days where
+    nothing changes in sum (one status span ending where the next begins) leave no row. -#}
+{% macro revenue_category_spend_spans(spans, order_lines, products) -%}
+    {%- set measures = ['revenue_orders', 'category_amount', 'gross_amount', 'discount_amount', 'units'] %}
+    select *
+    from (
+        select
+            customer_id,
+            category,
+            known_from,
+            lead(known_from) over (partition by customer_id, category order by known_from) as known_until,
+            {%- for measure in measures %}
+            sum({{ measure }}) over (
+                partition by customer_id, category order by known_from rows between unbounded preceding and current row
+            ) as {{ measure }}{% if not loop.last %},{% endif %}
+            {%- endfor %}
+        from (
+            select
+                customer_id,
+                category,
+                changed_on as known_from,
+                {%- for measure in measures %}
+                sum({{ measure }}) as {{ measure }}{% if not loop.last %},{% endif %}
+                {%- endfor %}
+            from (
+                {%- for sign, changed_on in [('', 'known_from'), ('-', 'known_until')] %}
+                select
+                    revenue_spans.customer_id,
+                    order_category_spend.category,
+                    revenue_spans.{{ changed_on }} as changed_on,
+                    {{ sign }}1 as revenue_orders,
+                    {%- for measure in measures[1:] %}
+                    {{ sign }}order_category_spend.{{ measure }} as {{ measure }}{% if not loop.last %},{% endif %}
+                    {%- endfor %}
+                from {{ spans }} as revenue_spans
+                inner join ({{ order_category_spend(order_lines, products) }}) as order_category_spend
+                    on revenue_spans.order_id = order_category_spend.order_id
+                where revenue_spans.is_revenue
+                    and revenue_spans.{{ changed_on }} is not null
+                {%- if not loop.last %}
+                union all
+                {%- endif %}
+                {%- endfor %}
+            ) as spend_changes
+            group by 1, 2, 3
+            having {% for measure in measures %}sum({{ measure }}) <> 0{% if not loop.last %} or {% endif %}{% endfor %}
+        ) as daily_spend_changes
+    ) as running_spend
+    where revenue_orders > 0
+{%- endmacro %}
+
+{#- The valid lines of `order_lines` summed per order and product category (`products` gives an
+    SKU's category): order_id, category, category_amount (net), gross_amount, discount_amount and
+    units; only of the revenue orders of `orders` when given. -#}
+{% macro order_category_spend(order_lines, products, orders=none) -%}
+    select
+        {{ order_lines }}.order_id,
+        {{ products }}.category,
+        sum({{ order_lines }}.net_amount) as category_amount,
+        sum({{ order_lines }}.gross_amount) as gross_amount,
+        sum({{ order_lines }}.discount_amount) as discount_amount,
+        sum({{ order_lines }}.quantity) as units
+    from {{ order_lines }}
+    inner join {{ products }}
+        on {{ order_lines }}.sku = {{ products }}.sku
+    where {{ order_lines }}.is_valid
+        {%- if orders %}
+        and {{ order_lines }}.order_id in (select order_id from {{ orders }} where is_revenue)
+        {%- endif %}
+    group by 1, 2
 {%- endmacro %}
 
 {#- The favourite category of each group of `partition_by` in `category_spend` (rows of

@@ -108,8 +108,13 @@ favourite_channels as (
     {{ favourite('revenue_orders', ['as_of_date', 'customer_id'], 'channel') }}
 ),
 
+category_spend_spans as (
+    {{ revenue_category_spend_spans(ref('orders_as_known'), 'order_lines', 'products') }}
+),
+
+-- Spend per category known on each date, as the orders known then give it.
 category_spend as (
-    {{ revenue_category_spend('orders', 'order_lines', 'products', ['as_of_date', 'customer_id']) }}
+    {{ known_in_feature_work('category_spend_spans') }}
 ),
 
 category_mix as (
