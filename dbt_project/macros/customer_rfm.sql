@@ -80,24 +80,23 @@
                 sum({{ measure }}) as {{ measure }}{% if not loop.last %},{% endif %}
                 {%- endfor %}
             from (
-                {%- for sign, changed_on in [('', 'known_from'), ('-', 'known_until')] %}
+                -- Each revenue span's order spend twice: added on its first day, taken away on the
+                -- day after its last (none while it lasts).
                 select
                     revenue_spans.customer_id,
                     order_category_spend.category,
-                    revenue_spans.{{ changed_on }} as changed_on,
-                    {{ sign }}1 as revenue_orders,
+                    case when change.sign = 1 then revenue_spans.known_from else revenue_spans.known_until end
+                        as changed_on,
+                    change.sign as revenue_orders,
                     {%- for measure in measures[1:] %}
-                    {{ sign }}order_category_spend.{{ measure }} as {{ measure }}{% if not loop.last %},{% endif %}
+                    change.sign * order_category_spend.{{ measure }} as {{ measure }}{% if not loop.last %},{% endif %}
                     {%- endfor %}
                 from {{ spans }} as revenue_spans
                 inner join ({{ order_category_spend(order_lines, products) }}) as order_category_spend
                     on revenue_spans.order_id = order_category_spend.order_id
+                cross join (values (1), (-1)) as change (sign)
                 where revenue_spans.is_revenue
-                    and revenue_spans.{{ changed_on }} is not null
-                {%- if not loop.last %}
-                union all
-                {%- endif %}
-                {%- endfor %}
+                    and (change.sign = 1 or revenue_spans.known_until is not null)
             ) as spend_changes
             group by 1, 2, 3
             having {% for measure in measures %}sum({{ measure }}) <> 0{% if not loop.last %} or {% endif %}{% endfor %}

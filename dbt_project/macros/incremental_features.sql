@@ -44,11 +44,11 @@ dates_to_build as (
 {%- endmacro %}
 
 {#- The rows of `spans` (a model or CTE of spans with customer_id, known_from and known_until:
-    orders_as_known, tickets_as_known, revenue_category_spend_spans) known on each feature date this run builds: on the dates not
-    built yet, every span known then; on the others, the spans of the customers whose features
-    changed. Each row is the date's as_of_date and the span's columns. Two joins rather than every
-    date's spans filtered after: on PostgreSQL the dates-on-spans join is a nested loop, and the
-    earlier dates hold most of them. Reads the CTEs `feature_dates` and (incremental) `dates_to_build`. -#}
+    orders_as_known, tickets_as_known, revenue_category_spend_spans) known on each feature date
+    this run builds: on the dates not built yet, every span known then; on the others, the spans
+    of the customers whose features changed. Each row is the date's as_of_date and the span's
+    columns. Two joins rather than every date's spans filtered after: on PostgreSQL the
+    dates-on-spans join is a nested loop, and the earlier dates hold most of them. Reads the CTEs `feature_dates` and (incremental) `dates_to_build`. -#}
 {% macro known_in_feature_work(spans) -%}
     {%- if builds_on_this() %}
     {{ spans_known_on('dates_to_build', spans) }}
