@@ -346,7 +346,12 @@ def _load_entity(
     raw_columns = {**entity.column_types, **RAW_METADATA_COLUMNS}
     warehouse.ensure_table(entity.raw_table, raw_columns)
     warehouse.ensure_table(_staging_table(entity), raw_columns)
-    warehouse.ensure_index(entity.raw_table, [*entity.primary_key, "_version_hash"])
+    # Lookups by key find a record's few versions, whose hashes are then compared: an index on the
+    # key alone, about a third of one that also holds the 33-character hash (208 against 732 MB for
+    # the order lines at 100,000 customers on PostgreSQL). Warehouses loaded before keep that one
+    # until it is dropped here.
+    warehouse.ensure_index(entity.raw_table, entity.primary_key)
+    warehouse.drop_index(entity.raw_table, [*entity.primary_key, "_version_hash"])
     warehouse.ensure_index(entity.raw_table, ["_batch_date"])
     with warehouse.transaction():
         _forget(warehouse, entity, logical_date, full_refresh)

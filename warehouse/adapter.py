@@ -268,6 +268,9 @@ class Warehouse:
         a day's keys out of years of raw rows through it; DuckDB scans and hash-joins faster than
         it keeps an index up to date on bulk inserts, so it gets none."""
 
+    def drop_index(self, table: str, columns: Sequence[str]) -> None:
+        """Drop the index ensure_index made for `columns`, if there is one."""
+
     # -- bulk data -----------------------------------------------------------------------------
     def append_arrow(self, table: str, data: "pa.Table") -> int:
         """Bulk-append an Arrow table whose column names match the table's; returns rows added."""
@@ -587,12 +590,24 @@ class _PostgresWarehouse(Warehouse):
         self.execute(f"truncate {qualified(table)}")
 
     def ensure_index(self, table: str, columns: Sequence[str]) -> None:
-        schema, _, name = qualified(table).partition(".")
-        index = f"{name}__{'__'.join(quote_identifier(column) for column in columns)}"[:63]
+        schema, name, index = self._index_name(table, columns)
         # Looked up first: `create index if not exists` locks the table even when the index exists,
         # and waits a second (deadlock_timeout) for autovacuum to give way on a freshly loaded table.
-        if not self.fetchall("select 1 from pg_indexes where schemaname = ? and indexname = ?", (schema, index)):
+        if not self._has_index(schema, index):
             self.execute(f"create index if not exists {index} on {schema}.{name} ({', '.join(columns)})")
+
+    def drop_index(self, table: str, columns: Sequence[str]) -> None:
+        schema, _, index = self._index_name(table, columns)
+        if self._has_index(schema, index):  # looked up first, as in ensure_index
+            self.execute(f"drop index if exists {schema}.{index}")
+
+    @staticmethod
+    def _index_name(table: str, columns: Sequence[str]) -> tuple[str, str, str]:
+        schema, _, name = qualified(table).partition(".")
+        return schema, name, f"{name}__{'__'.join(quote_identifier(column) for column in columns)}"[:63]
+
+    def _has_index(self, schema: str, index: str) -> bool:
+        return bool(self.fetchall("select 1 from pg_indexes where schemaname = ? and indexname = ?", (schema, index)))
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self._con.execute(self._bind(sql, params), list(params) or None).fetchall()
