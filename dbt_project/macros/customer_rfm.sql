@@ -126,9 +126,26 @@
     group by 1, 2
 {%- endmacro %}
 
-{#- The favourite category of each group of `partition_by` in `category_spend` (rows of
-    revenue_category_spend): the one with the largest net amount, ties to the alphabetically first,
-    with favourite_category_share, its part of the group's net amount. -#}
-{% macro favourite_category(category_spend, partition_by) -%}
-    {{ favourite(category_spend, partition_by, 'category', weight='category_amount', with_share=true) }}
+{#- Per group of `partition_by` in `category_spend` (rows of revenue_category_spend: one per group
+    and category): the favourite category, the one with the largest net amount, ties to the
+    alphabetically first, with favourite_category_share, its part of the group's net amount; and
+    the group's mix over its categories: distinct_categories and the sums of gross_amount,
+    discount_amount and units. One pass over the rows, windowed per group: a second query over the
+    same rows made PostgreSQL materialise them, and the feature snapshots' spend at 100,000 customers
+    is 24M date, customer and category rows (~5 GB written to disk, then read twice). -#}
+{% macro category_summary(category_spend, partition_by) -%}
+    {%- set groups = partition_by | join(', ') -%}
+    select distinct on ({{ groups }})
+        {{ groups }},
+        category as favourite_category,
+        case when sum(category_amount) over per_group > 0
+            then category_amount / sum(category_amount) over per_group
+        end as favourite_category_share,
+        count(*) over per_group as distinct_categories,
+        sum(gross_amount) over per_group as gross_amount,
+        sum(discount_amount) over per_group as discount_amount,
+        sum(units) over per_group as units
+    from {{ category_spend }}
+    window per_group as (partition by {{ groups }})
+    order by {{ groups }}, category_amount desc, category
 {%- endmacro %}

@@ -67,7 +67,7 @@ category_spend as (
 ),
 
 favourite_categories as (
-    {{ favourite_category('category_spend', ['customer_id']) }}
+    {{ category_summary('category_spend', ['customer_id']) }}
 ),
 
 revenue_orders as (
