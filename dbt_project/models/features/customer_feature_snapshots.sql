@@ -9,9 +9,10 @@ with feature_dates as (
 
 {{ feature_work_ctes('feature_dates') }}
 
--- Joined to the dates again by each reader: materialised once, PostgreSQL wrote a full build's
--- 21M date and order rows (100,000 customers, 25 dates) to disk and read them back twice.
-orders as not materialized (
+-- On a full build joined to the dates again by each reader: materialised once, PostgreSQL wrote
+-- the 21M date and order rows (100,000 customers, 25 dates) to disk and read them back twice. An
+-- incremental build's few (a new date, the changed customers' history) are kept once for four readers.
+orders as {% if not builds_on_this() %}not materialized {% endif %}(
     {{ known_in_feature_work(ref('orders_as_known')) }}
 ),
 
@@ -110,13 +111,16 @@ favourite_channels as (
     {{ favourite('revenue_orders', ['as_of_date', 'customer_id'], 'channel') }}
 ),
 
-category_spend_spans as (
-    {{ revenue_category_spend_spans(ref('orders_as_known'), 'order_lines', 'products') }}
-),
-
--- Spend per category known on each date, as the orders known then give it.
+-- Spend per category known on each date, as the orders known then give it. A full build reads it
+-- off running totals over every customer's history (all dates at once); an incremental build sums
+-- the lines of the orders it reads, since the running totals cost each day what a full build costs
+-- (the feature snapshots of a steady day at 100,000 customers took 19.7 s on DuckDB that way).
 category_spend as (
-    {{ known_in_feature_work('category_spend_spans') }}
+    {%- if builds_on_this() %}
+    {{ revenue_category_spend('orders', 'order_lines', 'products', ['as_of_date', 'customer_id']) }}
+    {%- else %}
+    {{ known_in_feature_work('(' ~ revenue_category_spend_spans(ref('orders_as_known'), 'order_lines', 'products') ~ ')') }}
+    {%- endif %}
 ),
 
 category_mix as (
