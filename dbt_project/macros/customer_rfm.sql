@@ -131,8 +131,8 @@
     alphabetically first, with favourite_category_share, its part of the group's net amount; and
     the group's mix over its categories: distinct_categories and the sums of gross_amount,
     discount_amount and units. One pass over the rows, windowed per group: a second query over the
-    same rows made PostgreSQL materialise them, and the feature snapshots' spend at 100,000 customers
-    is 24M date, customer and category rows (~5 GB written to disk, then read twice). -#}
+    same rows made PostgreSQL materialise them, and the feature snapshots' full build at 100,000
+    customers has 15.5M date, customer and category rows (written to disk, then read twice). -#}
 {% macro category_summary(category_spend, partition_by) -%}
     {%- set groups = partition_by | join(', ') -%}
     select distinct on ({{ groups }})
