@@ -4,19 +4,12 @@
 
     partition_by: list of the group's columns, e.g. ['customer_id'].
     value:        the column to choose from (e.g. 'channel'); it names the output column.
-    weight:       what one row weighs, summed per value: '1' counts rows, 'quantity' counts units.
-    with_share:   also `favourite_<value>_share`, the favourite's part of the group's total weight
-                  (null when that total is not positive). -#}
-{% macro favourite(relation, partition_by, value, weight='1', with_share=false) -%}
+    weight:       what one row weighs, summed per value: '1' counts rows, 'quantity' counts units. -#}
+{% macro favourite(relation, partition_by, value, weight='1') -%}
     {%- set groups = partition_by | join(', ') -%}
     select distinct on ({{ groups }})
         {{ groups }},
         {{ value }} as favourite_{{ value }}
-        {%- if with_share %},
-        case when sum(sum({{ weight }})) over (partition by {{ groups }}) > 0
-            then sum({{ weight }}) / sum(sum({{ weight }})) over (partition by {{ groups }})
-        end as favourite_{{ value }}_share
-        {%- endif %}
     from {{ relation }}
     group by {{ groups }}, {{ value }}
     order by {{ groups }}, sum({{ weight }}) desc, {{ value }}
