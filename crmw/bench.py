@@ -315,7 +315,8 @@ def _dbt_build(url: str, day: dt.date, workdir: Path, full_refresh: bool) -> Mea
 
     scope = "all" if full_refresh else "written"
     flags = ["--full-refresh"] if full_refresh else []
-    run_dbt(url, "build", *flags, "--exclude-resource-type", "unit_test", "--vars", f"{{as_of_date: '{day}', test_scope: '{scope}'}}", tmp_path=workdir)
+    run_dbt(url, "build", *flags, "--exclude-resource-type", "unit_test", "--vars", f"{{test_scope: {scope}}}", tmp_path=workdir,
+            as_of_date=day)
     with connect(url) as warehouse:
         rows = sum(rows for _, rows in warehouse.row_counts(["marts"]))
     return Measure(rows, {"slowest_nodes": _slowest_nodes(workdir / "dbt-target" / "run_results.json")})

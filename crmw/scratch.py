@@ -97,14 +97,17 @@ def load_raw(url: str, source_dir: Path, day: dt.date) -> None:
             reconcile_system(system, day, f"test-{day}", settings=settings, warehouse_url=url)
 
 
-def run_dbt(url: str, *args: str, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run_dbt(url: str, *args: str, tmp_path: Path, check: bool = True, as_of_date: dt.date | None = None) -> subprocess.CompletedProcess:
     """Run the dbt CLI on the project against `url`; target and logs go to `tmp_path` so a test
-    never touches the manifest the DAG renders from."""
+    never touches the manifest the DAG renders from. `as_of_date` is passed as the DAG passes it,
+    in the environment (macro as_of_date_sql)."""
     dbt = Path(sys.executable).parent / "dbt"
     command = [str(dbt), *args, "--profiles-dir", ".", "--project-dir", ".",
                "--target-path", str(tmp_path / "dbt-target"), "--log-path", str(tmp_path / "dbt-logs")]
-    result = subprocess.run(command, cwd=DBT_PROJECT, env={**os.environ, "WAREHOUSE_URL": url},
-                            capture_output=True, text=True)
+    env = {**os.environ, "WAREHOUSE_URL": url}
+    if as_of_date is not None:
+        env["CRMW_AS_OF_DATE"] = as_of_date.isoformat()
+    result = subprocess.run(command, cwd=DBT_PROJECT, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"dbt {' '.join(args)} failed on {url.split('://')[0]}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}")
     return result

@@ -78,6 +78,11 @@ def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish(dagbag) -> None
     # One dbt build (the producer) and, watching it, a task per model and one per model's tests.
     producer = dag.get_task("dbt.dbt_producer_watcher")
     assert producer.exclude == "resource_type:unit_test"  # `make test` runs them; a day's data cannot change them
+    # The date goes in the environment and the vars stay the same: the build and the freshness check,
+    # and one day and the next, reuse dbt's parse (tests/test_dbt_parse.py).
+    freshness = dag.get_task("source_freshness")
+    assert producer.env == freshness.env == {"CRMW_AS_OF_DATE": "{{ ds }}"}
+    assert producer.vars == freshness.vars and set(producer.vars) == {"test_scope"}
     assert {task_id.partition(".")[0] for task_id in producer.upstream_task_ids} == {
         f"extract_{system}" for system in load_contract().systems
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -40,3 +41,23 @@ def test_manifest_built_by_make_matches_a_fresh_dbt_parse(tmp_path: Path) -> Non
     assert _shape(MANIFEST) == _shape(tmp_path / "manifest.json"), (
         "dbt_project/target/manifest.json is stale: the DAG would render old models; run 'make manifest'"
     )
+
+
+def test_a_runs_date_in_the_environment_reuses_the_parse_and_a_var_still_wins(tmp_path: Path) -> None:
+    """The DAG passes the date as CRMW_AS_OF_DATE, not as a var: changed vars make dbt parse the
+    whole project again (~6 s a run), a changed environment variable only the files using it."""
+    from crmw.scratch import run_dbt
+
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    compiled = tmp_path / "dbt-target" / "compiled" / "crm_warehouse" / "models" / "features" / "feature_dates.sql"
+
+    def compile_on(day: dt.date, *args: str) -> tuple[str, str]:
+        result = run_dbt(url, "compile", "--select", "feature_dates", *args, tmp_path=tmp_path, as_of_date=day)
+        return result.stdout, compiled.read_text()
+
+    compile_on(dt.date(2025, 3, 1))
+    log, sql = compile_on(dt.date(2025, 3, 2))
+    assert "Unable to do partial parsing" not in log
+    assert "cast('2025-03-02' as date)" in sql and "2025-03-01" not in sql
+    _, sql = compile_on(dt.date(2025, 3, 2), "--vars", "{as_of_date: '2025-03-03'}")
+    assert "cast('2025-03-03' as date)" in sql and "2025-03-02" not in sql

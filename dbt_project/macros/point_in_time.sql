@@ -48,3 +48,12 @@
     {{ spans_known_on(dates, '(' ~ version_spans(versions, key_columns, oldest_first) ~ ')') }}
     where not known.is_deleted
 {%- endmacro %}
+
+{#- The run's logical date as a SQL date: var('as_of_date') when given (`dbt --vars`, a unit test's
+    overrides), else the environment variable CRMW_AS_OF_DATE, which the DAG and the benchmark set
+    for each run. A changed var makes dbt parse the whole project again (~6 s here, every day); a
+    changed environment variable only the few files that use it. Neither: 2099-12-31, i.e. all
+    that is known. -#}
+{% macro as_of_date_sql() -%}
+    cast('{{ var("as_of_date", none) or env_var("CRMW_AS_OF_DATE", "2099-12-31") }}' as date)
+{%- endmacro %}

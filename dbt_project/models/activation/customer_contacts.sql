@@ -1,7 +1,7 @@
 -- How to reach each customer, and whether they may be contacted, as known on the run's as-of date:
 -- the input of the activation list a CRM tool imports. Contact details are personal data, so this
 -- schema has its own read role; BI's role does not read it.
-{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
+{%- set as_of_date = as_of_date_sql() %}
 
 with crm_versions as not materialized (
     select * from {{ ref('stg_crm__customer_versions') }}

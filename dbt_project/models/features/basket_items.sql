@@ -8,7 +8,7 @@
 -- loaded, a product loaded, an order known on only one of the last build's and this run's as-of
 -- dates) and drops those of them that are no longer baskets (post-hook); the rest stay as built.
 -- depends_on: {{ ref('changed_baskets') }}
-{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
+{%- set as_of_date = as_of_date_sql() %}
 
 with orders as not materialized (
     select * from {{ ref('orders_as_known') }}

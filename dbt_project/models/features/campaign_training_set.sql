@@ -12,7 +12,7 @@
 -- two CRM contacts is one row: treated when either was, converted when either did.
 -- is_churned: the 90-day churn label of that snapshot (training_set) when known by the as-of
 -- date, else null; the baseline "target the highest churn risk" learns from it.
-{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
+{%- set as_of_date = as_of_date_sql() %}
 
 with campaign_responses as not materialized (
     select * from {{ ref('fct_campaign_responses') }}

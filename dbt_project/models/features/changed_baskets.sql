@@ -11,7 +11,7 @@
     either direction: a rerun of an earlier date takes back what later days added). Read without
     ref(): this model runs before basket_items and reads what it held before this run. On a first
     build, every order and every basket held. -#}
-{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
+{%- set as_of_date = as_of_date_sql() %}
 {%- set built = none %}
 {%- set held = none %}
 {%- if execute %}

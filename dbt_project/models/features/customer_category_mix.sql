@@ -1,7 +1,7 @@
 -- Each customer's revenue spend by product category on the run's as-of date: the net amount of
 -- their valid lines of revenue orders as known then, and each category's share of it. Summed from
 -- basket_items' category rows, which hold exactly those lines, so the two never disagree.
-{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
+{%- set as_of_date = as_of_date_sql() %}
 
 with basket_items as not materialized (
     select * from {{ ref('basket_items') }}

@@ -4,7 +4,7 @@
     default 90) has ended by the as-of date, so every label is complete; the later period ends
     serve point-in-time features only (campaign_training_set reads the latest one before each
     campaign's start). A period end falling on the as-of date is that one row. -#}
-{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" -%}
+{%- set as_of_date = as_of_date_sql() -%}
 {%- set period = var('training_snapshot_period', 'month') -%}
 {%- set horizon_days = var('churn_horizon_days', 90) -%}
 

@@ -5,7 +5,7 @@
 -- spend_window_long_days; the columns are named for their defaults, 90 and 365 days). A spend
 -- label whose window runs past the as-of date is not known yet: null, with its _is_complete flag
 -- false.
-{%- set as_of_date = "cast('" ~ var('as_of_date') ~ "' as date)" %}
+{%- set as_of_date = as_of_date_sql() %}
 {%- set short_window_days = var('spend_window_short_days', 90) %}
 {%- set long_window_days = var('spend_window_long_days', 365) %}
 {#- Incremental (macros/incremental_features.sql): a snapshot date is redone whole when it becomes a

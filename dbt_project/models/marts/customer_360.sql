@@ -35,7 +35,7 @@ campaign_responses as not materialized (
 reference as (
     select
         least(
-            cast('{{ var("as_of_date") }}' as date),
+            {{ as_of_date_sql() }},
             max(case when {{ is_plausible_date('order_date') }} then order_date end)
         ) as reference_date
     from orders
