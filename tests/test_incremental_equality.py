@@ -158,6 +158,19 @@ def _differences(incremental: dict[str, list[tuple]], full_refresh: dict[str, li
     return found
 
 
+def _assert_one_built_at_index_each(url: str) -> None:
+    """On PostgreSQL, each incremental model's table has one index on _built_at (macros/index_written_rows.sql)."""
+    if not url.startswith("postgresql"):
+        return
+    with connect(url) as warehouse:
+        indexed = dict(warehouse.fetchall(
+            "select schemaname || '.' || tablename, count(*) from pg_indexes"
+            " where position('(_built_at)' in indexdef) > 0 group by 1"
+        ))
+    tables = [f"{node['schema']}.{node['alias']}" for node in _incremental_models()]
+    assert {table: indexed.get(table, 0) for table in tables} == dict.fromkeys(tables, 1)
+
+
 @pytest.mark.parametrize("engine, days", [("duckdb", DAYS), pytest.param("postgres", 3, marks=pytest.mark.postgres)])
 def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_refresh(
         engine, days, daily_sources, request, tmp_path, monkeypatch):
@@ -182,6 +195,7 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
         unstamped = [f"{node['schema']}.{node['alias']}" for node in _incremental_models()
                      if "_built_at" not in warehouse.table_columns(f"{node['schema']}.{node['alias']}")]
     assert not unstamped, f"incremental models without _built_at: {unstamped}"
+    _assert_one_built_at_index_each(url)
     # Identity's last daily run redid the customers the day could reach and left the rest alone, so
     # the comparison below covers its incremental path.
     with connect(url) as warehouse:
@@ -192,6 +206,7 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     assert 0 < redone < left_alone, (redone, left_alone)
     incremental, incremental_ml = _built_tables(url), _run_the_models(url, "daily")
     _dbt_in_process(url, "run", "--full-refresh", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    _assert_one_built_at_index_each(url)  # the full refresh swapped in new tables
     full_refresh, full_refresh_ml = _built_tables(url), _run_the_models(url, "full-refresh")
     assert not _differences(incremental, full_refresh), "\n".join(_differences(incremental, full_refresh))
     assert not _differences(incremental_ml, full_refresh_ml), "\n".join(_differences(incremental_ml, full_refresh_ml))
