@@ -26,8 +26,8 @@ campaign_responses as not materialized (
     select * from {{ ref('fct_campaign_responses') }}
 ),
 
--- Recency and tenure are counted to the run's as-of date (var as_of_date; the DAG passes the day
--- it runs for), so that on a daily run this mart and customer_features agree, but never past the
+-- Recency and tenure are counted to the run's as-of date (macro as_of_date_sql: the day the DAG
+-- runs for), so that on a daily run this mart and customer_features agree, but never past the
 -- latest plausible order date the warehouse holds: by hand, with the default far-future as-of
 -- date, that is the day the data describes (a typed year 9999 describes no day). Orders placed
 -- after the reference date (a rerun for a past day, a future date typed within the plausible
