@@ -79,7 +79,7 @@ def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish(dagbag) -> None
     producer = dag.get_task("dbt.dbt_producer_watcher")
     assert producer.exclude == "resource_type:unit_test"  # `make test` runs them; a day's data cannot change them
     # The date goes in the environment and the vars stay the same: the build and the freshness check,
-    # and one day and the next, reuse dbt's parse (tests/test_dbt_parse.py).
+    # and one day and the next, reuse dbt's parse (tests/test_dbt_manifest.py).
     freshness = dag.get_task("source_freshness")
     assert producer.env == freshness.env == {"CRMW_AS_OF_DATE": "{{ ds }}"}
     assert producer.vars == freshness.vars and set(producer.vars) == {"test_scope"}

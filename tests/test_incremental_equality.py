@@ -117,9 +117,10 @@ def _built_tables(url: str) -> dict[str, list[tuple]]:
         return {name: _rows(warehouse, name) for (name,) in names if name not in model_outputs | RUN_RECORD_TABLES}
 
 
-def _incremental_models() -> list[dict]:
+def _incremental_tables() -> list[str]:
+    """schema.table of each incremental model."""
     manifest = json.loads((PROJECT_ROOT / "dbt_project" / "target" / "manifest.json").read_text())
-    return [node for node in manifest["nodes"].values()
+    return [f"{node['schema']}.{node['alias']}" for node in manifest["nodes"].values()
             if node["resource_type"] == "model" and node["config"]["materialized"] == "incremental"]
 
 
@@ -167,7 +168,7 @@ def _assert_one_built_at_index_each(url: str) -> None:
             "select schemaname || '.' || tablename, count(*) from pg_indexes"
             " where position('(_built_at)' in indexdef) > 0 group by 1"
         ))
-    tables = [f"{node['schema']}.{node['alias']}" for node in _incremental_models()]
+    tables = _incremental_tables()
     assert {table: indexed.get(table, 0) for table in tables} == dict.fromkeys(tables, 1)
 
 
@@ -192,8 +193,7 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
         assert warehouse.fetchall(f"select is_valid from marts.fct_payments where payment_id = '{HELD_BACK_PAYMENT_ID}'") == [(True,)]
     # Every incremental model stamps what a run wrote: a day's tests read those rows (macros/test_scope.sql).
     with connect(url) as warehouse:
-        unstamped = [f"{node['schema']}.{node['alias']}" for node in _incremental_models()
-                     if "_built_at" not in warehouse.table_columns(f"{node['schema']}.{node['alias']}")]
+        unstamped = [table for table in _incremental_tables() if "_built_at" not in warehouse.table_columns(table)]
     assert not unstamped, f"incremental models without _built_at: {unstamped}"
     _assert_one_built_at_index_each(url)
     # Identity's last daily run redid the customers the day could reach and left the rest alone, so
