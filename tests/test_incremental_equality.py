@@ -117,11 +117,13 @@ def _built_tables(url: str) -> dict[str, list[tuple]]:
         return {name: _rows(warehouse, name) for (name,) in names if name not in model_outputs | RUN_RECORD_TABLES}
 
 
-def _incremental_tables() -> list[str]:
-    """schema.table of each incremental model."""
+def _incremental_tables() -> dict[str, list[str]]:
+    """schema.table of each incremental model, with its unique key's columns."""
     manifest = json.loads((PROJECT_ROOT / "dbt_project" / "target" / "manifest.json").read_text())
-    return [f"{node['schema']}.{node['alias']}" for node in manifest["nodes"].values()
-            if node["resource_type"] == "model" and node["config"]["materialized"] == "incremental"]
+    return {f"{node['schema']}.{node['alias']}": [node["config"]["unique_key"]] if isinstance(node["config"]["unique_key"], str)
+            else list(node["config"]["unique_key"] or [])
+            for node in manifest["nodes"].values()
+            if node["resource_type"] == "model" and node["config"]["materialized"] == "incremental"}
 
 
 def _run_the_models(url: str, run_id: str) -> dict[str, list[tuple]]:
@@ -159,17 +161,20 @@ def _differences(incremental: dict[str, list[tuple]], full_refresh: dict[str, li
     return found
 
 
-def _assert_one_built_at_index_each(url: str) -> None:
-    """On PostgreSQL, each incremental model's table has one index on _built_at (macros/index_written_rows.sql)."""
+def _assert_one_index_each_on_built_at_and_feature_date(url: str) -> None:
+    """On PostgreSQL, each incremental model's table has one index on _built_at, and each keyed by
+    feature date one on as_of_date (macros/index_written_rows.sql)."""
     if not url.startswith("postgresql"):
         return
     with connect(url) as warehouse:
-        indexed = dict(warehouse.fetchall(
-            "select schemaname || '.' || tablename, count(*) from pg_indexes"
-            " where position('(_built_at)' in indexdef) > 0 group by 1"
-        ))
+        indexed = warehouse.fetchall(
+            "select schemaname || '.' || tablename, substring(indexdef from '\\(([a-z_]+)\\)$'), count(*) from pg_indexes"
+            " where schemaname in ('staging', 'intermediate', 'marts', 'features') group by 1, 2")
     tables = _incremental_tables()
-    assert {table: indexed.get(table, 0) for table in tables} == dict.fromkeys(tables, 1)
+    expected = {(table, column): 1 for table, key in tables.items()
+                for column in ["_built_at", *(["as_of_date"] if "as_of_date" in key else [])]}
+    assert {(table, column): count for table, column, count in indexed if table in tables} == expected
+    assert sum(column == "as_of_date" for _, column in expected) == 3  # the feature snapshots, purchase summary, training set
 
 
 @pytest.mark.parametrize("engine, days", [("duckdb", DAYS), pytest.param("postgres", 3, marks=pytest.mark.postgres)])
@@ -195,7 +200,7 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     with connect(url) as warehouse:
         unstamped = [table for table in _incremental_tables() if "_built_at" not in warehouse.table_columns(table)]
     assert not unstamped, f"incremental models without _built_at: {unstamped}"
-    _assert_one_built_at_index_each(url)
+    _assert_one_index_each_on_built_at_and_feature_date(url)
     # Identity's last daily run redid the customers the day could reach and left the rest alone, so
     # the comparison below covers its incremental path.
     with connect(url) as warehouse:
@@ -206,7 +211,7 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     assert 0 < redone < left_alone, (redone, left_alone)
     incremental, incremental_ml = _built_tables(url), _run_the_models(url, "daily")
     _dbt_in_process(url, "run", "--full-refresh", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
-    _assert_one_built_at_index_each(url)  # the full refresh swapped in new tables
+    _assert_one_index_each_on_built_at_and_feature_date(url)  # the full refresh swapped in new tables
     full_refresh, full_refresh_ml = _built_tables(url), _run_the_models(url, "full-refresh")
     assert not _differences(incremental, full_refresh), "\n".join(_differences(incremental, full_refresh))
     assert not _differences(incremental_ml, full_refresh_ml), "\n".join(_differences(incremental_ml, full_refresh_ml))
