@@ -48,16 +48,44 @@
 {%- endmacro %}
 
 {#- Post-hook of an incremental fact: delete rows whose record is gone from staging (a hard delete
-    in the source arrives as a tombstone version, which staging leaves out). Nothing to do after a
-    full refresh, which builds from staging: the hook renders empty and dbt skips it. -#}
-{% macro delete_rows_missing_from(staging_relation, key_columns) -%}
+    in the source arrives as a tombstone, which staging leaves out). Nothing to do after a full
+    refresh, which builds from staging: the hook renders empty and dbt skips it.
+
+    With `versions_relation` (the raw versions staging keeps the latest of, keyed by `key_columns`),
+    only the rows of records with a version loaded after this table's previous build are looked up:
+    staging drops a record in the run that loads its tombstone (macros/incremental_staging.sql),
+    before this table's build, and a version loaded after the previous build of this table is
+    what that run read. Every row is looked up when raw was reloaded from scratch (no version
+    loaded before that build), as staging does, since a record the reload lost has no version at
+    all. Looking every row up cost most of fct_order_lines' steady day on PostgreSQL: two scans of
+    the whole table and a hash of the whole staging table each (2.1 s of its 2.8 s at 10,000
+    customers). One uncorrelated `in` over a union, as staging's: with the reload's case beside it
+    in an OR, PostgreSQL read the recent versions again for every row (43 s). The bound holds when
+    this table is built after its staging, in one run, as `dbt build` and the DAG do; built alone
+    by hand between a load and staging's build, it misses the records that load deleted until a
+    full refresh. -#}
+{% macro delete_rows_missing_from(staging_relation, key_columns, versions_relation=none) -%}
     {%- if is_incremental() %}
+    {%- set keys = key_columns | join(', ') %}
     delete from {{ this }}
     where not exists (
         select 1
         from {{ staging_relation }} as staged
         where {% for key in key_columns %}staged.{{ key }} = {{ this }}.{{ key }}{% if not loop.last %} and {% endif %}{% endfor %}
     )
+    {%- if versions_relation %}
+    {%- set previous_build %}(
+                select coalesce(max(_built_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }}
+                where _built_at < {{ built_at() }}
+            ){%- endset %}
+        and ({{ keys }}) in (
+            select {{ keys }} from {{ versions_relation }} where _loaded_at > {{ previous_build }}
+            union all
+            select {{ keys }} from {{ this }}
+            where not exists (select 1 from {{ versions_relation }} where _loaded_at <= {{ previous_build }})
+        )
+    {%- endif %}
     {%- endif %}
 {%- endmacro %}
 
