@@ -19,30 +19,34 @@
 
 {#- Spend per product category: one row per group of `partition_by` (columns of `orders`) and
     category, over the valid lines of the group's revenue orders: category_amount (their net
-    amount), gross_amount, discount_amount and units. Those orders' lines are summed per order and
-    category first (order_category_spend), then per group. For one reference date (customer_360);
-    on many dates, see revenue_category_spend_spans. -#}
+    amount), gross_amount, discount_amount and units. The lines are summed straight into their
+    group: every measure is an exact sum, so that equals summing per order first, which cost
+    PostgreSQL a sort of every line by order and a merge join back to the orders (4.4 s of
+    customer_360's 6.6 s at 10,000 customers). For one reference date (customer_360) or the few
+    dates of an incremental feature build; on every date at once, see
+    revenue_category_spend_spans. -#}
 {% macro revenue_category_spend(orders, order_lines, products, partition_by) -%}
     select
         {%- for column in partition_by %}
         {{ orders }}.{{ column }},
         {%- endfor %}
-        order_category_spend.category,
-        sum(order_category_spend.category_amount) as category_amount,
-        sum(order_category_spend.gross_amount) as gross_amount,
-        sum(order_category_spend.discount_amount) as discount_amount,
-        sum(order_category_spend.units) as units
+        {{ products }}.category,
+        sum({{ order_lines }}.net_amount) as category_amount,
+        sum({{ order_lines }}.gross_amount) as gross_amount,
+        sum({{ order_lines }}.discount_amount) as discount_amount,
+        sum({{ order_lines }}.quantity) as units
     from {{ orders }}
-    inner join (
-        {{ order_category_spend(order_lines, products, orders) }}
-    ) as order_category_spend
-        on {{ orders }}.order_id = order_category_spend.order_id
+    inner join {{ order_lines }}
+        on {{ orders }}.order_id = {{ order_lines }}.order_id
+    inner join {{ products }}
+        on {{ order_lines }}.sku = {{ products }}.sku
     where {{ orders }}.is_revenue
+        and {{ order_lines }}.is_valid
     group by
         {%- for column in partition_by %}
         {{ orders }}.{{ column }},
         {%- endfor %}
-        order_category_spend.category
+        {{ products }}.category
 {%- endmacro %}
 
 {#- revenue_category_spend on every day at once, as spans: for each customer and category, the
@@ -107,8 +111,8 @@
 
 {#- The valid lines of `order_lines` summed per order and product category (`products` gives an
     SKU's category): order_id, category, category_amount (net), gross_amount, discount_amount and
-    units; only of the revenue orders of `orders` when given. -#}
-{% macro order_category_spend(order_lines, products, orders=none) -%}
+    units. -#}
+{% macro order_category_spend(order_lines, products) -%}
     select
         {{ order_lines }}.order_id,
         {{ products }}.category,
@@ -120,9 +124,6 @@
     inner join {{ products }}
         on {{ order_lines }}.sku = {{ products }}.sku
     where {{ order_lines }}.is_valid
-        {%- if orders %}
-        and {{ order_lines }}.order_id in (select order_id from {{ orders }} where is_revenue)
-        {%- endif %}
     group by 1, 2
 {%- endmacro %}
 
