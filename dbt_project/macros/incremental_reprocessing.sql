@@ -59,14 +59,13 @@
     loaded before that build), as staging does, since a record the reload lost has no version at
     all. Looking every row up cost most of fct_order_lines' steady day on PostgreSQL: two scans of
     the whole table and a hash of the whole staging table each (2.1 s of its 2.8 s at 10,000
-    customers). One uncorrelated `in` over a union, as staging's: with the reload's case beside it
-    in an OR, PostgreSQL read the recent versions again for every row (43 s). The bound holds when
-    this table is built after its staging, in one run, as `dbt build` and the DAG do; built alone
-    by hand between a load and staging's build, it misses the records that load deleted until a
-    full refresh. -#}
+    customers). One uncorrelated `in` over staging's keys_loaded_since_previous_build: with the
+    reload's case beside it in an OR, PostgreSQL read the recent versions again for every row
+    (43 s). The bound holds when this table is built after its staging, in one run, as `dbt build`
+    and the DAG do; built alone by hand between a load and staging's build, it misses the records
+    that load deleted until a full refresh. -#}
 {% macro delete_rows_missing_from(staging_relation, key_columns, versions_relation=none) -%}
     {%- if is_incremental() %}
-    {%- set keys = key_columns | join(', ') %}
     delete from {{ this }}
     where not exists (
         select 1
@@ -74,16 +73,8 @@
         where {% for key in key_columns %}staged.{{ key }} = {{ this }}.{{ key }}{% if not loop.last %} and {% endif %}{% endfor %}
     )
     {%- if versions_relation %}
-    {%- set previous_build %}(
-                select coalesce(max(_built_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
-                from {{ this }}
-                where _built_at < {{ built_at() }}
-            ){%- endset %}
-        and ({{ keys }}) in (
-            select {{ keys }} from {{ versions_relation }} where _loaded_at > {{ previous_build }}
-            union all
-            select {{ keys }} from {{ this }}
-            where not exists (select 1 from {{ versions_relation }} where _loaded_at <= {{ previous_build }})
+        and ({{ key_columns | join(', ') }}) in (
+            {{ keys_loaded_since_previous_build(versions_relation, key_columns) }}
         )
     {%- endif %}
     {%- endif %}

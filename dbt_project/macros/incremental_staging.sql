@@ -44,32 +44,13 @@
     once per row (36 s for the order lines at 10,000 customers). -#}
 {% macro delete_staged_rows_of_deleted_records(versions_relation, key_columns, this_keys=none, rows_of=none) -%}
     {%- if is_incremental() %}
-    {%- set start_of_time = "cast('1900-01-01' as " ~ dbt.type_timestamp() ~ ")" %}
-    {%- set previous_build %}(
-                select coalesce(max(_built_at), {{ start_of_time }})
-                from {{ this }}
-                where _built_at < {{ built_at() }}
-            ){%- endset %}
     delete from {{ this }}
-    where coalesce(_built_at, {{ start_of_time }}) < {{ built_at() }}
+    where coalesce(_built_at, cast('1900-01-01' as {{ dbt.type_timestamp() }})) < {{ built_at() }}
         {%- if rows_of %}
         and {{ rows_of }}
         {%- endif %}
         and ({{ (this_keys or key_columns) | join(', ') }}) in (
-            select
-                {%- for key in key_columns %}
-                {% if this_keys %}cast({{ key }} as {{ dbt.type_string() }}){% else %}{{ key }}{% endif %}{% if not loop.last %},{% endif %}
-                {%- endfor %}
-            from {{ versions_relation }}
-            where _loaded_at > {{ previous_build }}
-            union all
-            select {{ (this_keys or key_columns) | join(', ') }}
-            from {{ this }}
-            where not exists (
-                select 1
-                from {{ versions_relation }} as versions
-                where versions._loaded_at <= {{ previous_build }}
-            )
+            {{ keys_loaded_since_previous_build(versions_relation, key_columns, this_keys) }}
         )
     {%- endif %}
 {%- endmacro %}
@@ -85,4 +66,31 @@
             inner join {{ ref('stg_sales__order_versions') }} as order_versions
                 on staged.order_id = order_versions.order_id
             where {{ changed_since_this_was_built('order_versions._loaded_at') }}
+{%- endmacro %}
+
+{#- The keys (`this_keys` of this table, or `key_columns`) of the records in `versions_relation`
+    with a version loaded after this table's previous build (its newest `_built_at` before this
+    run's), or of every row when none was loaded before it (raw reloaded from scratch). For an
+    uncorrelated `in` (see delete_staged_rows_of_deleted_records); the facts'
+    delete_rows_missing_from reads it too. With `this_keys` (text) the versions' keys are cast to match. -#}
+{% macro keys_loaded_since_previous_build(versions_relation, key_columns, this_keys=none) -%}
+    {%- set previous_build %}(
+                select coalesce(max(_built_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }}
+                where _built_at < {{ built_at() }}
+            ){%- endset %}
+            select
+                {%- for key in key_columns %}
+                {% if this_keys %}cast({{ key }} as {{ dbt.type_string() }}){% else %}{{ key }}{% endif %}{% if not loop.last %},{% endif %}
+                {%- endfor %}
+            from {{ versions_relation }}
+            where _loaded_at > {{ previous_build }}
+            union all
+            select {{ (this_keys or key_columns) | join(', ') }}
+            from {{ this }}
+            where not exists (
+                select 1
+                from {{ versions_relation }} as versions
+                where versions._loaded_at <= {{ previous_build }}
+            )
 {%- endmacro %}
