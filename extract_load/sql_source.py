@@ -124,19 +124,28 @@ class SqlSource:
 
     def bucket_digests(self, table: str, key_hash: str, digest_columns: str, where: str, params: Sequence) -> list[tuple]:
         """`digest_columns` of the rows of `table` that meet `where`, grouped by their first column,
-        over their `key_hash` (as _hash; rows without one left out): a few per bucket of keys,
-        computed by the source so that only they cross the network. The subquery is fenced (a
-        limit or offset that keeps every row) so that the hash is computed once per row: inlined,
-        SQLite computed it for each of the digest's three uses (order lines at 100,000 customers:
-        8.0 s instead of 4.1 s, half of it the GROUP BY's sort)."""
-        fence = "offset 0" if self.is_postgres else "limit -1"
-        cursor, reader = self._read(
-            f"select {digest_columns} from (select {key_hash} as _hash from {table} where {where} {fence}) as hashed"
-            " where _hash is not null group by 1",
-            params,
-        )
+        over their `key_hash` (as _hash; rows without one left out): a few per bucket of keys.
+        PostgreSQL computes them itself, so that only they cross the network. SQLite's GROUP BY
+        sorts every row (order lines at 100,000 customers: 2.5 of the digest's 4.0 s), so SQLite
+        only computes the hashes and DuckDB groups them as they stream in (1.9 s): a local file
+        has no network to spare. The hash subquery is fenced (a limit or offset that keeps every
+        row) so that it is computed once per row: inlined, SQLite computed it for each of the
+        digest's three uses (8.0 s instead of 4.1 s)."""
+        hashed = f"select {key_hash} as _hash from {table} where {where}"
+        grouped = f"select {digest_columns} from ({{}}) as hashed where _hash is not null group by 1"
+        if self.is_postgres:
+            cursor, reader = self._read(grouped.format(f"{hashed} offset 0"), params)
+            try:
+                return list(zip(*(column.to_pylist() for column in reader.read_all().columns)))
+            finally:
+                cursor.close()
+        from warehouse.adapter import duckdb_connection
+
+        cursor, reader = self._read(hashed, params)
         try:
-            return list(zip(*(column.to_pylist() for column in reader.read_all().columns)))
+            with duckdb_connection() as grouping:
+                grouping.register("source_hashes", reader)
+                return grouping.execute(grouped.format("select _hash from source_hashes")).fetchall()
         finally:
             cursor.close()
 

@@ -1,7 +1,21 @@
 -- Every version of every CRM contact raw holds, cleaned and flagged but not deduplicated: the
 -- input of the customers' SCD2 history, which must come from the versions, not from the latest.
+-- Incremental: a run cleans the versions loaded since the table's last build (a version loaded
+-- again, by a rerun of its day, replaces its row), not all of them again (the email and phone
+-- clean-up of 409,000 versions, 14.8 s of a steady day on PostgreSQL at 100,000 customers). A raw
+-- table reloaded from scratch drops the rows of versions it no longer holds (the post-hook, as in
+-- macros/incremental_staging.sql).
+{{ config(
+    materialized='incremental',
+    unique_key=['crm_id', '_version_hash'],
+    post_hook=["{{ delete_staged_rows_of_deleted_records(source('raw_crm', 'customers'), ['crm_id', '_version_hash']) }}"],
+) }}
+
 with source as not materialized (
     select * from {{ source('raw_crm', 'customers') }}
+    {%- if is_incremental() %}
+    where {{ changed_since_this_was_built('_loaded_at') }}
+    {%- endif %}
 ),
 
 cleaned as (
@@ -51,4 +65,4 @@ flagged as (
     from cleaned
 )
 
-select * from flagged
+select flagged.*, {{ built_at() }} as _built_at from flagged
