@@ -80,12 +80,16 @@ def source_key_hash(source: "SqlSource", entity: Entity) -> str:
     return key_hash_sql([source.exact_integer(name) for name in entity.primary_key])
 
 
-def source_bucket_filter(source: "SqlSource", entity: Entity, buckets: Sequence[int]) -> str:
-    """The source rows of `buckets`, and every row whose key is no exact integer there: those have
-    no bucket, and are few (a dirty source's), so they are always compared key by key."""
-    hashed = source_key_hash(source, entity)
-    chosen = f"({hashed}) % {KEY_BUCKETS} in ({', '.join(map(str, buckets))}) or " if buckets else ""
-    return f"{chosen}({hashed}) is null"
+def source_bucketed_rows(source: "SqlSource", entity: Entity, buckets: Sequence[int]) -> tuple[str, str]:
+    """The source rows of `buckets`, and every row whose key is no exact integer there (those have
+    no bucket, and are few: a dirty source's, always compared key by key), as a table to read
+    (the key and cursor columns with the key's hash, fenced so that the hash is computed once per
+    row: in the condition alone, SQLite computed it twice, 3.5 s instead of 2.7 s for the order
+    lines at 100,000 customers) and the condition on it."""
+    columns = ", ".join(dict.fromkeys([*entity.primary_key, entity.cursor]))
+    table = f"(select {columns}, {source_key_hash(source, entity)} as _hash from {entity.name} {source.fence}) as hashed"
+    chosen = f"_hash % {KEY_BUCKETS} in ({', '.join(map(str, buckets))}) or " if buckets else ""
+    return table, f"{chosen}_hash is null"
 
 
 class KeyState:

@@ -49,7 +49,7 @@ from extract_load.parse import (
     parse_jsonl_files,
     parse_table,
 )
-from extract_load.key_state import KEY_BUCKETS, LATEST_VERSION_FIRST, live_key_state, source_bucket_filter
+from extract_load.key_state import KEY_BUCKETS, LATEST_VERSION_FIRST, live_key_state, source_bucketed_rows
 from extract_load.sql_source import SourceReadError, SqlSource
 from warehouse import PROJECT_ROOT, Warehouse, connect
 from warehouse.adapter import duckdb_connection, redact_url, sql_type
@@ -716,11 +716,11 @@ def _reconcile_keys(
         tuple(str(values.get(name)) for name in entity.primary_key)
         for values in map(json.loads, _quarantined_sql_rows(warehouse, entity))
     }
-    source_where = ""
+    source_rows, source_where = entity.name, ""
     if state is not None:
         with _source_errors(source, entity):
             buckets = state.differing_buckets(source, is_visible, window_params, _integer_keys(quarantined))
-        source_where = source_bucket_filter(source, entity, buckets)
+        source_rows, source_where = source_bucketed_rows(source, entity, buckets)
     keys = f"{META_SCHEMA}.source_keys__{entity.system.name}__{entity.name}"
     key_types = {name: entity.column_types[name] for name in entity.primary_key}
     warehouse.ensure_table(keys, {**key_types, "_visible": "integer"})
@@ -729,7 +729,7 @@ def _reconcile_keys(
     visible = f"case when {is_visible} then 1 else 0 end as _visible"
     keys_read = 0
     with _source_errors(source, entity), duckdb_connection() as con:
-        for table in source.read_text(entity.name, [*key_types, visible], source_where, window_params):
+        for table in source.read_text(source_rows, [*key_types, visible], source_where, window_params):
             con.register("source_keys", table)
             typed_keys = con.sql(f"select {typed}, cast(_visible as bigint) as _visible from source_keys").to_arrow_table()
             keys_read += warehouse.append_arrow(keys, typed_keys)
