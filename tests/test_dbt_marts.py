@@ -201,8 +201,9 @@ def grown_day_by_day(growing: Path, days: list[dt.date], change: Callable[[dt.da
     return states
 
 
-def _insert_order(db: sqlite3.Connection, order_id: int, email: str, crm_id: str | None, at: str) -> None:
-    db.execute("insert into orders values (?, ?, ?, 'web', null, 'completed', ?, ?)", (order_id, email, crm_id, at, at))
+def _insert_order(db: sqlite3.Connection, order_id: int, email: str, crm_id: str | None, at: str, changed_at: str | None = None) -> None:
+    """A completed web order placed `at`, last changed (so delivered) `changed_at` (default: when placed)."""
+    db.execute("insert into orders values (?, ?, ?, 'web', null, 'completed', ?, ?)", (order_id, email, crm_id, at, changed_at or at))
 
 
 def _add_late_order_and_delete_the_first(sales_db: Path, placed: dt.date) -> None:

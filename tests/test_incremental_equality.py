@@ -17,8 +17,8 @@ import pytest
 from crmw.scratch import load_raw
 from tests.conftest import PROJECT_ROOT
 from tests.test_dbt_marts import (
-    INCREMENTAL_START, _add_late_order_and_delete_the_first, _dbt_in_process, _delete_a_line_alone, _link_early_customers,
-    grown_day_by_day,
+    INCREMENTAL_START, _add_late_order_and_delete_the_first, _dbt_in_process, _delete_a_line_alone, _insert_order,
+    _link_early_customers, grown_day_by_day,
 )
 from warehouse.adapter import connect
 
@@ -32,6 +32,11 @@ DAY_OF_LATE_ORDER_AND_DELETE = LAST_DAY - dt.timedelta(days=1)
 LATE_ORDER_AGE_DAYS = 12
 HELD_BACK_ORDER_ID = 990_000_200
 HELD_BACK_PAYMENT_ID = f"P{HELD_BACK_ORDER_ID}"
+# An order delivered on DAY_OF_ORPHAN_PAYMENT but dated the day before the last (a date typed
+# ahead), of a customer the other changes leave alone: it counts in customer_360 from that day
+# on, when nothing of it is delivered.
+ORDER_DATED_AHEAD_ID = 990_000_300
+ORDER_DATED_AHEAD_DATE = LAST_DAY - dt.timedelta(days=1)
 BUILT_SCHEMAS = ("staging", "marts", "features", "intermediate", "activation")
 # What a run records about itself rather than computes from the data: when dbt wrote a row and for
 # which as-of date, the key a record had in the build before (a full refresh is one more build),
@@ -66,6 +71,7 @@ def daily_sources(tmp_path_factory) -> list[Path]:
     def change(day: dt.date) -> None:
         if day == DAY_OF_ORPHAN_PAYMENT:
             _pay_for_an_order_the_source_holds_back(sales_db, day)
+            _insert_order_of_one_line(sales_db, ORDER_DATED_AHEAD_ID, f"{ORDER_DATED_AHEAD_DATE} 09:00:00", f"{day} 12:00:00", 50)
         if day == DAY_OF_LATE_ORDER_AND_DELETE:
             _add_late_order_and_delete_the_first(sales_db, day - dt.timedelta(days=LATE_ORDER_AGE_DAYS))
         if day == LAST_DAY:
@@ -84,11 +90,17 @@ def _pay_for_an_order_the_source_holds_back(sales_db: Path, day: dt.date) -> Non
 def _deliver_the_held_back_order(sales_db: Path, day: dt.date) -> None:
     """The paid order, placed on DAY_OF_ORPHAN_PAYMENT by the second order's customer, changed (so
     delivered) only on `day`: more days after its payment than any reprocessing window here."""
-    placed, changed = f"{DAY_OF_ORPHAN_PAYMENT} 11:00:00", f"{day} 12:00:00"
+    _insert_order_of_one_line(sales_db, HELD_BACK_ORDER_ID, f"{DAY_OF_ORPHAN_PAYMENT} 11:00:00", f"{day} 12:00:00", 1)
+
+
+def _insert_order_of_one_line(sales_db: Path, order_id: int, placed: str, changed: str, customer_of_order: int) -> None:
+    """An order of one line by the customer of the order at position `customer_of_order` (0 is
+    the first) in order id order."""
     with sqlite3.connect(sales_db) as db:
-        email, crm_id = db.execute("select customer_email, crm_id from orders order by order_id limit 1 offset 1").fetchone()
-        db.execute("insert into orders values (?, ?, ?, 'web', null, 'completed', ?, ?)", (HELD_BACK_ORDER_ID, email, crm_id, placed, changed))
-        db.execute("insert into order_lines values (?, 1, 'SKU-01001', 2, 10.5, 0.0, ?)", (HELD_BACK_ORDER_ID, changed))
+        email, crm_id = db.execute("select customer_email, crm_id from orders order by order_id limit 1 offset ?",
+                                   (customer_of_order,)).fetchone()
+        _insert_order(db, order_id, email, crm_id, placed, changed_at=changed)
+        db.execute("insert into order_lines values (?, 1, 'SKU-01001', 2, 10.5, 0.0, ?)", (order_id, changed))
 
 
 def _comparable(value):
@@ -217,13 +229,18 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     assert not _differences(incremental_ml, full_refresh_ml), "\n".join(_differences(incremental_ml, full_refresh_ml))
 
     # A rerun of an earlier date takes back the baskets later days added and restores those they
-    # changed: basket_items, built incrementally from the last day's, equals its full build then.
+    # changed, and customer_360 stops counting the orders placed after it (the order dated ahead
+    # among them, with nothing delivered since): both, built incrementally from the last day's,
+    # equal their full builds then.
     earlier = ["--vars", f"{{as_of_date: '{LAST_DAY - dt.timedelta(days=3)}', reprocessing_window_days: 0}}"]
-    _dbt_in_process(url, "run", "--select", "changed_baskets", "basket_items", *earlier, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    rerun_tables = {"basket_items": "features.basket_items", "customer_360": "marts.customer_360"}
+    _dbt_in_process(url, "run", "--select", "changed_baskets", "changed_customers", *rerun_tables, *earlier,
+                    tmp_path=tmp_path, monkeypatch=monkeypatch)
     with connect(url) as warehouse:
-        rerun = {"basket_items": _rows(warehouse, "features.basket_items")}
-    _dbt_in_process(url, "run", "--full-refresh", "--select", "basket_items", *earlier, tmp_path=tmp_path, monkeypatch=monkeypatch)
+        rerun = {table: _rows(warehouse, table) for table in rerun_tables.values()}
+    _dbt_in_process(url, "run", "--full-refresh", "--select", *rerun_tables, *earlier, tmp_path=tmp_path, monkeypatch=monkeypatch)
     with connect(url) as warehouse:
-        rebuilt = {"basket_items": _rows(warehouse, "features.basket_items")}
-    assert rerun != {"basket_items": full_refresh["features.basket_items"]}, "the earlier date should know fewer baskets"
+        rebuilt = {table: _rows(warehouse, table) for table in rerun_tables.values()}
+    for table in rerun_tables.values():
+        assert rerun[table] != full_refresh[table], f"the earlier date should show {table} as it stood before"
     assert not _differences(rerun, rebuilt), "\n".join(_differences(rerun, rebuilt))

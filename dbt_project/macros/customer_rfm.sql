@@ -13,8 +13,13 @@
     sum(case when is_revenue then net_amount else 0 end) as monetary,
     min(case when is_revenue then order_date end) as first_revenue_order_date,
     max(case when is_revenue then order_date end) as last_revenue_order_date,
-    cast({{ dbt.datediff('max(case when is_revenue then order_date end)', reference_date, 'day') }} as integer)
-        as recency_days
+    {{ recency_days('max(case when is_revenue then order_date end)', reference_date) }} as recency_days
+{%- endmacro %}
+
+{#- Recency: days from the latest revenue order's date to the reference date (null without one).
+    customer_360 counts it again each run from the latest order date it keeps. -#}
+{% macro recency_days(last_revenue_order_date, reference_date) -%}
+    cast({{ dbt.datediff(last_revenue_order_date, reference_date, 'day') }} as integer)
 {%- endmacro %}
 
 {#- Spend per product category: one row per group of `partition_by` (columns of `orders`) and

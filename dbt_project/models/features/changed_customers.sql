@@ -17,14 +17,19 @@
     customers are redone by training_set only: `features_changed` is false when every reason is
     such an order (at 100,000 customers, about 5,800 of a steady day's 7,900 customers).
 
-    "Since" is the oldest of the models' latest writes (`_built_at`), so a model that failed or
-    was skipped on a day catches up on the next. Read without ref(): this model runs before them
-    and reads what they held before this run. On a first build everyone has changed. -#}
+    customer_360 counts again every customer named here, whatever the reason, and keeps the rest.
+
+    "Since" is the oldest of the models' latest writes (`_built_at`), customer_360's included, so
+    a model that failed or was skipped on a day catches up on the next. Read without ref(): this
+    model runs before them and reads what they held before this run. On a first build everyone has
+    changed. -#}
 {%- set incremental_feature_models = ['customer_feature_snapshots', 'customer_purchase_summary', 'training_set'] %}
+{%- set customer_models = incremental_feature_models + ['customer_360'] %}
 {%- set built = [] %}
 {%- if execute %}
-    {%- for name in incremental_feature_models %}
-        {%- set relation = adapter.get_relation(this.database, this.schema, name) %}
+    {%- for name in customer_models %}
+        {%- set node = graph.nodes.values() | selectattr('resource_type', 'equalto', 'model') | selectattr('name', 'equalto', name) | first %}
+        {%- set relation = adapter.get_relation(this.database, node.schema, name) %}
         {%- if relation is not none and has_column(relation, '_built_at') %}
             {%- do built.append(relation) %}
         {%- endif %}
@@ -32,7 +37,7 @@
 {%- endif %}
 {#- While parsing (no execute) the whole SQL renders, so dbt sees every ref. #}
 {%- set label_only_reason = "'order delivered, changing labels only'" %}
-{%- set everyone_changed = execute and built | length < incremental_feature_models | length %}
+{%- set everyone_changed = execute and built | length < customer_models | length %}
 
 with identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
@@ -57,7 +62,10 @@ last_built as (
     select min(built_at) as built_at, max(held_date) as latest_held_date
     from (
         {%- for relation in built %}
-        select max(_built_at) as built_at, max(as_of_date) as held_date from {{ relation }}
+        select
+            max(_built_at) as built_at,
+            {% if relation.identifier in incremental_feature_models %}max(as_of_date){% else %}cast(null as date){% endif %} as held_date
+        from {{ relation }}
         {%- if not loop.last %}
         union all
         {%- endif %}
