@@ -149,9 +149,8 @@ dates_to_build as (
     it is `alias.*`: a unit test whose model adds its own `_built_at` overrides this macro with the
     columns it reads (see training_set's). -#}
 {% macro feature_columns_of(model_name, alias) -%}
-    {%- set nodes = graph.get('nodes', {}).values() if execute else [] -%}
-    {%- set node = nodes | selectattr('resource_type', 'equalto', 'model') | selectattr('name', 'equalto', model_name) | first -%}
-    {%- if node is not defined or node is none -%}
+    {%- set node = model_node(model_name) -%}
+    {%- if node is none -%}
     {{ alias }}.*
     {%- else -%}
     {%- for column in node.columns if column != '_built_at' -%}
@@ -159,6 +158,13 @@ dates_to_build as (
         {% endif %}
     {%- endfor -%}
     {%- endif -%}
+{%- endmacro %}
+
+{#- The project's node of model `model_name` (its schema, its documented columns), from the graph;
+    none while parsing and in a unit test, whose context has no graph. -#}
+{% macro model_node(model_name) -%}
+    {%- set nodes = graph.get('nodes', {}).values() if execute else [] -%}
+    {%- do return(nodes | selectattr('resource_type', 'equalto', 'model') | selectattr('name', 'equalto', model_name) | first | default(none)) -%}
 {%- endmacro %}
 
 {#- An incremental run on a table already built; false in a unit test, which has no `this`. -#}

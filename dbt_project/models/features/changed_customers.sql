@@ -28,8 +28,7 @@
 {%- set built = [] %}
 {%- if execute %}
     {%- for name in customer_models %}
-        {%- set node = graph.nodes.values() | selectattr('resource_type', 'equalto', 'model') | selectattr('name', 'equalto', name) | first %}
-        {%- set relation = adapter.get_relation(this.database, node.schema, name) %}
+        {%- set relation = adapter.get_relation(this.database, model_node(name).schema, name) %}
         {%- if relation is not none and has_column(relation, '_built_at') %}
             {%- do built.append(relation) %}
         {%- endif %}
