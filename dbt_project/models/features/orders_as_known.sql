@@ -25,6 +25,25 @@ status_history as not materialized (
     select * from {{ ref('stg_sales__order_status_history') }}
 ),
 
+{#- A table built in the shape of a row per feature date has no known_from: redone whole once. #}
+{%- set redoes_changed_orders = builds_on_this() and has_column(this, 'known_from') %}
+{% if redoes_changed_orders -%}
+last_built as (
+    select max(_built_at) as built_at from {{ this }}
+),
+
+-- The orders a run redoes, picked before their versions are read: filtered after the union of
+-- every version and every replayed status, PostgreSQL read and hashed the whole history each day
+-- (3.4 s of 3.5 s at 10,000 customers for 662 orders).
+orders_to_build as (
+    select order_id from orders where _built_at > (select built_at from last_built)
+    union
+    select order_id from header_versions where _loaded_at > (select built_at from last_built)
+    union
+    select order_id from status_history where _loaded_at > (select built_at from last_built)
+),
+
+{% endif -%}
 -- The sales database is read by its change time: a daily run delivers each day's changes that
 -- day. The history a new install loads in its first delivery (years of orders at once, each in
 -- its final state) is replayed from the shop's status log instead: each status an order took
@@ -52,6 +71,9 @@ delivered_versions as (
         header_versions._delivery_date = first_delivery.first_delivery_date as is_first_delivery
     from header_versions
     cross join first_delivery
+    {%- if redoes_changed_orders %}
+    where header_versions.order_id in (select order_id from orders_to_build)
+    {%- endif %}
 ),
 
 replayed_versions as (
@@ -75,32 +97,8 @@ versions as (
     select order_id, order_status, updated_at, is_deleted, known_from, _loaded_at from replayed_versions
 ),
 
-{#- A table built in the shape of a row per feature date has no known_from: redone whole once. #}
-{% if builds_on_this() and has_column(this, 'known_from') -%}
-last_built as (
-    select max(_built_at) as built_at from {{ this }}
-),
-
-orders_to_build as (
-    select order_id from orders where _built_at > (select built_at from last_built)
-    union
-    select order_id from header_versions where _loaded_at > (select built_at from last_built)
-    union
-    select order_id from status_history where _loaded_at > (select built_at from last_built)
-),
-
-versions_to_span as (
-    select * from versions
-    where order_id in (select order_id from orders_to_build)
-),
-{%- else -%}
-versions_to_span as (
-    select * from versions
-),
-{%- endif %}
-
 spans as (
-    {{ version_spans('versions_to_span', ['order_id'], ['updated_at', 'is_deleted', 'known_from', '_loaded_at']) }}
+    {{ version_spans('versions', ['order_id'], ['updated_at', 'is_deleted', 'known_from', '_loaded_at']) }}
 ),
 
 -- An order is unknown before the day it was placed, whatever a version says.

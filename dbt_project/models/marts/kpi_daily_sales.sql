@@ -19,7 +19,9 @@ identity as not materialized (
     select * from {{ ref('int_customer_identity') }}
 ),
 
-revenue_orders as (
+-- Not materialized: read three times with a different filter each, PostgreSQL stored every revenue
+-- order to read them all back each time (a steady day at 10,000 customers: 0.6 s to scan 171,000).
+revenue_orders as not materialized (
     select *
     from orders
     where is_revenue
