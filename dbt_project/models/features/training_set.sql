@@ -25,8 +25,10 @@ feature_dates as not materialized (
     select * from {{ ref('feature_dates') }}
 ),
 
+{#- Distinct here: PostgreSQL plans a union's output at the sum of its inputs, and took the rows of
+    every held date for dates (233,566 planned for 0), then every snapshot for the day's work. -#}
 {% set dates_with_a_closing_window -%}
-    select as_of_date from {{ this }}
+    select distinct as_of_date from {{ this }}
     where spend_next_90_days_is_complete
             <> (cast({{ dbt.dateadd('day', short_window_days, 'as_of_date') }} as date) <= {{ as_of_date }})
         or spend_next_365_days_is_complete
