@@ -420,7 +420,7 @@ def test_spend_labels_follow_the_spend_window_vars(warehouses, tmp_path: Path, r
     url = _copy_warehouse(warehouses["late"], f"crmw_features_windows_{os.getpid()}", tmp_path, server_url)
     windows = {"spend_window_short_days": 7, "spend_window_long_days": 21}
     variables = json.dumps({"as_of_date": DBT_LAST_DAY.isoformat(), **FEATURE_VARS, **windows})
-    run_dbt(url, "run", "--select", "training_set", "--vars", variables, tmp_path=tmp_path)
+    run_dbt(url, "run", "--select", "training_labels", "--vars", variables, tmp_path=tmp_path)
     training = _frame(url, "select customer_id, as_of_date, spend_next_90_days, spend_next_90_days_is_complete,"
                            " spend_next_365_days, spend_next_365_days_is_complete from features.training_set")
     orders = _frame(url, "select customer_id, order_date, net_amount from features.orders_as_known"

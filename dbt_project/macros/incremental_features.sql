@@ -1,5 +1,5 @@
 {#- The incremental feature models (customer_feature_snapshots, customer_purchase_summary,
-    training_set) keep one row per customer and feature date. A run builds the dates they do not
+    training_labels) keep one row per customer and feature date. A run builds the dates they do not
     hold yet for every customer, and every date of the customers changed_customers names; the rest
     stay as built. Dates that are no longer feature dates (the previous run's as-of date, unless a
     period end) and rows of changed customers that this run did not write again leave after the
@@ -30,7 +30,7 @@ dates_to_build as (
     CTE: PostgreSQL materialises a CTE read more than once and, knowing nothing of its values, took
     each of 166,076 changed customers to match a thousand contacts (170M rows planned for 206k at
     100,000 customers; joined as the table, 206k). The customers whose features changed, or with
-    `labels` (training_set) every changed customer. Nothing on a full build. -#}
+    `labels` (training_labels) every changed customer. Nothing on a full build. -#}
 {% macro feature_work_joins(date_column, customer_column, labels=false) -%}
     {%- if builds_on_this() %}
     left join dates_to_build as new_feature_dates
@@ -137,7 +137,7 @@ dates_to_build as (
 {%- endmacro %}
 
 {#- The post-hook above for a model of customers: those changed_customers names whose features
-    changed, or (`labels`, training_set) every one of them. -#}
+    changed, or (`labels`, training_labels) every one of them. -#}
 {% macro delete_unwritten_rows_of_changed_customers(labels=false) -%}
     {{ delete_unwritten_rows_of_changes('changed_customers', 'customer_id', 'customer_id',
                                         'true' if labels else 'features_changed') }}
@@ -146,8 +146,7 @@ dates_to_build as (
 {#- The documented columns of model `model_name` (its YAML, in order) but `_built_at`, each prefixed
     by `alias`: a model reading an incremental feature table leaves out its bookkeeping. From the
     project's graph, not the database. While parsing, and in a unit test (its context has no graph),
-    it is `alias.*`: a unit test whose model adds its own `_built_at` overrides this macro with the
-    columns it reads (see training_set's). -#}
+    it is `alias.*`. -#}
 {% macro feature_columns_of(model_name, alias) -%}
     {%- set node = model_node(model_name) -%}
     {%- if node is none -%}

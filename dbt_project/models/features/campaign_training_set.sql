@@ -10,7 +10,7 @@
 -- started before the first feature date) is dropped: whether one has a row was settled before the
 -- campaign, so dropping keeps treatment and control comparable. A customer in a campaign through
 -- two CRM contacts is one row: treated when either was, converted when either did.
--- is_churned: the 90-day churn label of that snapshot (training_set) when known by the as-of
+-- is_churned: the 90-day churn label of that snapshot (training_labels) when known by the as-of
 -- date, else null; the baseline "target the highest churn risk" learns from it.
 {%- set as_of_date = as_of_date_sql() %}
 
@@ -26,8 +26,8 @@ snapshots as not materialized (
     select * from {{ ref('customer_feature_snapshots') }}
 ),
 
-training_set as not materialized (
-    select * from {{ ref('training_set') }}
+training_labels as not materialized (
+    select * from {{ ref('training_labels') }}
 ),
 
 campaign_members as (
@@ -71,7 +71,7 @@ final as (
         campaign_members.campaign_channel,
         campaign_members.is_treatment,
         campaign_members.has_converted,
-        training_set.is_churned,
+        training_labels.is_churned,
         {{ feature_columns_of('customer_feature_snapshots', 'snapshots') }}
     from campaign_members
     inner join campaign_feature_dates
@@ -79,9 +79,9 @@ final as (
     inner join snapshots
         on campaign_feature_dates.feature_date = snapshots.as_of_date
         and campaign_members.customer_id = snapshots.customer_id
-    left join training_set
-        on snapshots.as_of_date = training_set.as_of_date
-        and snapshots.customer_id = training_set.customer_id
+    left join training_labels
+        on snapshots.as_of_date = training_labels.as_of_date
+        and snapshots.customer_id = training_labels.customer_id
 )
 
 select * from final

@@ -14,7 +14,7 @@
     Most orders delivered on a day change labels only: a new order, or an old one's new status, is
     known from its delivery, after every date the feature models hold, and changes none of the
     order's other attributes the features read as they are now (lines, channel, order date). Those
-    customers are redone by training_set only: `features_changed` is false when every reason is
+    customers are redone by training_labels only: `features_changed` is false when every reason is
     such an order (at 100,000 customers, about 5,800 of a steady day's 7,900 customers).
 
     customer_360 counts again every customer named here, whatever the reason, and keeps the rest.
@@ -23,7 +23,7 @@
     a model that failed or was skipped on a day catches up on the next. Read without ref(): this
     model runs before them and reads what they held before this run. On a first build everyone has
     changed. -#}
-{%- set incremental_feature_models = ['customer_feature_snapshots', 'customer_purchase_summary', 'training_set'] %}
+{%- set incremental_feature_models = ['customer_feature_snapshots', 'customer_purchase_summary', 'training_labels'] %}
 {%- set customer_models = incremental_feature_models + ['customer_360'] %}
 {%- set built = [] %}
 {%- if execute %}
