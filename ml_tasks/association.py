@@ -110,7 +110,7 @@ RULE_COLUMNS = (
 )
 OFFER_COLUMNS = ("customer_id", "rank", "sku", "score", "rule", "source", "marketing_opt_in")
 # The columns read from each input (the registry's spec reads these, the model checks them).
-BASKET_COLUMNS = ("basket_id", "item_level", "item", "category", "customer_id", "order_date")
+BASKET_COLUMNS = ("basket_id", "sku", "category", "customer_id", "order_date")
 CUSTOMER_COLUMNS = ("customer_id", "favourite_category", "marketing_opt_in")
 
 # Held-out evaluation: customers needed for the offer metrics, rules checked and the held-out
@@ -754,15 +754,27 @@ def score(fitted: AssociationFit, inputs: Mapping[str, pd.DataFrame], as_of_date
 
 def _window_items(tables: Mapping[str, pd.DataFrame], as_of_date: dt.date,
                   settings: AssociationSettings) -> tuple[pd.DataFrame, int]:
-    """The window's basket items, checked, text columns as categoricals, and how many baskets they
-    hold; InsufficientData below min_baskets."""
-    items = checked_input(tables, BASKETS_TABLE, BASKET_COLUMNS, (BASKETS_TABLE,))
+    """The window's basket items at both levels (item_level, item: a basket's products, and its
+    distinct categories), checked, text columns as categoricals, and how many baskets they hold;
+    InsufficientData below min_baskets."""
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+    products = checked_input(tables, BASKETS_TABLE, BASKET_COLUMNS, (BASKETS_TABLE,))
     # Millions of rows over a few thousand skus and customers: categorical text columns group, match
     # and filter by their codes (at 100,000 customers, 6.1M rows: peak 3.9 GB -> 2.6 GB, 20% faster).
-    items = items.astype({column: "category" for column in ("item_level", "item", "category", "customer_id")})
-    unknown = sorted(set(items["item_level"].dropna().unique()) - set(LEVELS))
-    if unknown:
-        raise ValueError(f"{BASKETS_TABLE}: item_level {unknown[0]!r}; expected one of {', '.join(LEVELS)}")
+    products = products.astype({column: "category" for column in ("sku", "category", "customer_id")})
+    # The category level is derived here, not stored: a basket holds each category once however
+    # many of its products share it.
+    categories = products.drop_duplicates(["basket_id", "category"])
+    levels = pd.Categorical.from_codes([0] * len(products) + [1] * len(categories), categories=list(LEVELS))
+    items = pd.DataFrame({
+        "basket_id": pd.concat([products["basket_id"], categories["basket_id"]], ignore_index=True),
+        "item_level": levels,
+        "item": union_categoricals([products["sku"].array, categories["category"].array]),
+        "category": pd.concat([products["category"], categories["category"]], ignore_index=True),
+        "customer_id": pd.concat([products["customer_id"], categories["customer_id"]], ignore_index=True),
+        "order_date": pd.concat([products["order_date"], categories["order_date"]], ignore_index=True),
+    })
     baskets = int(items["basket_id"].nunique())
     if baskets < settings.min_baskets:
         raise InsufficientData(f"{BASKETS_TABLE}: {baskets} baskets in the {settings.basket_window_days} days to"

@@ -380,11 +380,8 @@ def shop(seed: int = 0, customers: int = 400, days: int = 365) -> dict[str, pd.D
             if "st3" in chosen and rng.random() < 0.7:
                 chosen.add("st9")
             for sku in chosen:
-                for level, item in (("product", sku), ("category", category_of[sku])):
-                    rows.append((basket, level, item, category_of[sku], f"c{customer:04d}", date, 1, 9.5))
-    items = pd.DataFrame(rows, columns=["basket_id", "item_level", "item", "category", "customer_id", "order_date",
-                                        "quantity", "net_amount"])
-    items = items.drop_duplicates(["basket_id", "item_level", "item"]).reset_index(drop=True)
+                rows.append((basket, sku, category_of[sku], f"c{customer:04d}", date, 1, 9.5))
+    items = pd.DataFrame(rows, columns=["basket_id", "sku", "category", "customer_id", "order_date", "quantity", "net_amount"])
     customer_frame = pd.DataFrame({"customer_id": list(favourite) + ["c9999"],
                                    "favourite_category": list(favourite.values()) + [None],
                                    "marketing_opt_in": [i % 2 == 0 for i in range(customers)] + [False],
@@ -442,7 +439,7 @@ def test_fit_and_score_are_deterministic():
 def _load_shop(url: str, as_of: dt.date, inputs: dict[str, pd.DataFrame]) -> None:
     """The shop's baskets and customers as dbt would leave them for `as_of` (the only feature date
     held; basket_items holds the baskets as known on its latest build, without a date column)."""
-    types = {"features.basket_items": {"basket_id": "integer", "item_level": "string", "item": "string", "category": "string",
+    types = {"features.basket_items": {"basket_id": "integer", "sku": "string", "category": "string",
                                        "customer_id": "string", "order_date": "date"},
              "features.customer_features": {"customer_id": "string", "favourite_category": "string",
                                             "marketing_opt_in": "boolean", "as_of_date": "date"}}

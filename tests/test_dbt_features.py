@@ -85,7 +85,7 @@ def _comparable(value):
     return round(float(value), 9)
 
 
-def test_feature_tables_hold_the_as_of_date_the_snapshots_and_both_basket_levels(warehouses) -> None:
+def test_feature_tables_hold_the_as_of_date_the_snapshots_and_the_baskets(warehouses) -> None:
     late = warehouses["late"]
     [(as_of, customers, buyers)] = [tuple(row.values()) for row in _rows(
         late, "select cast(max(as_of_date) as varchar) as d, count(*) as n, sum(case when frequency > 0 then 1 else 0 end) as b"
@@ -101,14 +101,11 @@ def test_feature_tables_hold_the_as_of_date_the_snapshots_and_both_basket_levels
     assert snapshots == expected
     rfm = _rows(late, "select count(*) as n, sum(frequency) as f from features.customer_rfm")
     assert rfm[0]["n"] == buyers
-    levels = {row["item_level"]: row for row in _rows(
-        late, "select item_level, count(distinct basket_id) as baskets, count(distinct item) as items"
-        " from features.basket_items group by item_level")}
-    assert set(levels) == {"product", "category"}
+    [baskets] = _rows(late, "select count(distinct basket_id) as baskets, count(distinct sku) as products,"
+                            " count(distinct category) as categories from features.basket_items")
     # A basket per revenue order, but for the rare order whose every line is invalid.
-    assert levels["product"]["baskets"] == levels["category"]["baskets"]
-    assert 0.99 * rfm[0]["f"] <= levels["product"]["baskets"] <= rfm[0]["f"]
-    assert levels["category"]["items"] < levels["product"]["items"]
+    assert 0.99 * rfm[0]["f"] <= baskets["baskets"] <= rfm[0]["f"]
+    assert 1 < baskets["categories"] < baskets["products"]
 
 
 def test_features_of_a_date_do_not_change_when_later_deliveries_arrive(warehouses) -> None:
@@ -291,17 +288,12 @@ def test_basket_items_carry_the_category_of_their_product(warehouses) -> None:
     late = warehouses["late"]
     [counts] = _rows(late, """
         select
-            sum(case when items.item_level = 'product' then 1 else 0 end) as product_rows,
-            sum(case when items.item_level = 'product' and items.category = products.category then 1 else 0 end)
-                as product_rows_matching,
-            sum(case when items.item_level = 'category' then 1 else 0 end) as category_rows,
-            sum(case when items.item_level = 'category' and items.category = items.item then 1 else 0 end)
-                as category_rows_matching
+            count(*) as product_rows,
+            sum(case when items.category = products.category then 1 else 0 end) as product_rows_matching
         from features.basket_items as items
         left join marts.dim_products as products
-            on items.item_level = 'product' and items.item = products.sku""")
+            on items.sku = products.sku""")
     assert counts["product_rows"] > 0 and counts["product_rows_matching"] == counts["product_rows"]
-    assert counts["category_rows"] > 0 and counts["category_rows_matching"] == counts["category_rows"]
 
 
 def _frame(url: str, sql: str):

@@ -1,8 +1,8 @@
--- Items of every basket (a revenue order as known on the as-of date), once at product level
--- (item = sku) and once at category level (item = category): the input of association mining.
--- Only valid lines count: a line with a quantity or price that is not positive is not a purchase.
--- Each row carries its item's category (the item itself at category level), so products can be
--- ranked within a category without another join.
+-- Products of every basket (a revenue order as known on the as-of date): the input of association
+-- mining. Only valid lines count: a line with a quantity or price that is not positive is not a
+-- purchase. Each row carries its product's category, so products can be ranked within a category
+-- without another join, and the category level (a basket's distinct categories) is read from the
+-- same rows instead of stored again (ml_tasks/association.py).
 --
 -- Incremental: a run rewrites the baskets changed_baskets names (an order or line rewritten or
 -- loaded, a product loaded, an order known on only one of the last build's and this run's as-of
@@ -47,34 +47,24 @@ basket_lines as (
     where order_lines.is_valid
 ),
 
-items as (
-    select 'product' as item_level, order_id, sku as item, category, quantity, net_amount
-    from basket_lines
-    union all
-    select 'category', order_id, category, category, quantity, net_amount
-    from basket_lines
-),
-
--- Grouped by basket and item alone, the basket's customer and date joined after: a narrower
--- grouping key (at a million customers the wider one ran DuckDB out of memory). An item has one
+-- Grouped by basket and product alone, the basket's customer and date joined after: a narrower
+-- grouping key (at a million customers the wider one ran DuckDB out of memory). A product has one
 -- category, so min() only carries it through without widening the key.
 basket_items as (
     select
         order_id,
-        item_level,
-        item,
+        sku,
         min(category) as category,
         sum(quantity) as quantity,
         sum(net_amount) as net_amount
-    from items
-    group by order_id, item_level, item
+    from basket_lines
+    group by order_id, sku
 ),
 
 final as (
     select
         basket_items.order_id as basket_id,
-        cast(basket_items.item_level as {{ dbt.type_string() }}) as item_level,
-        cast(basket_items.item as {{ dbt.type_string() }}) as item,
+        cast(basket_items.sku as {{ dbt.type_string() }}) as sku,
         cast(basket_items.category as {{ dbt.type_string() }}) as category,
         baskets.customer_id,
         baskets.order_date,

@@ -10,13 +10,14 @@
     the start or end of one of its spans (an order placed or superseded between the two dates, in
     either direction: a rerun of an earlier date takes back what later days added). Read without
     ref(): this model runs before basket_items and reads what it held before this run. On a first
-    build, every order and every basket held. -#}
+    build, every order and every basket held; so too for a table an earlier version built (both
+    item levels, no sku column). -#}
 {%- set as_of_date = as_of_date_sql() %}
 {%- set built = none %}
 {%- set held = none %}
 {%- if execute %}
     {%- set held = adapter.get_relation(this.database, this.schema, 'basket_items') %}
-    {%- if held is not none and has_column(held, '_built_at') and has_column(held, '_built_as_of') %}
+    {%- if held is not none and has_column(held, '_built_at') and has_column(held, '_built_as_of') and has_column(held, 'sku') %}
         {%- set built = held %}
     {%- endif %}
 {%- endif %}

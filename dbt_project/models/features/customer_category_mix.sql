@@ -1,6 +1,7 @@
 -- Each customer's revenue spend by product category on the run's as-of date: the net amount of
 -- their valid lines of revenue orders as known then, and each category's share of it. Summed from
--- basket_items' category rows, which hold exactly those lines, so the two never disagree.
+-- basket_items' rows (each product with its category), which hold exactly those lines, so the two
+-- never disagree.
 {%- set as_of_date = as_of_date_sql() %}
 
 with basket_items as not materialized (
@@ -10,11 +11,10 @@ with basket_items as not materialized (
 category_spend as (
     select
         customer_id,
-        item as category,
+        category,
         sum(net_amount) as net_amount
     from basket_items
-    where item_level = 'category'
-    group by customer_id, item
+    group by customer_id, category
 ),
 
 final as (
