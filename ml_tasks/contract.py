@@ -113,6 +113,10 @@ class InputTable:
     # A SQL condition on the table's own columns: rows the model never uses are not read (another
     # model's ten offers per customer, of which the first is used).
     row_filter: str | None = None
+    # A stored table with the same rows and the training signature's columns, aggregated instead
+    # of this one: features.training_set is a view joining its labels (features.training_labels)
+    # to the feature snapshots, and the daily refit check needs only the labels.
+    signature_from: str | None = None
 
     def __post_init__(self) -> None:
         if not self.dated and not self.window_column:

@@ -20,6 +20,9 @@ from ml_tasks.contract import InputTable, ModelSpec, OutcomeCheck, OutputTable
 # move scores for no reason). A fit lives at most RETRAIN_MAX_AGE_DAYS even so.
 RETRAIN_MAX_AGE_DAYS = 35
 TRAINING_CHANGE_TOLERANCE = 0.01
+# The labels of features.training_set (a view), stored: churn's and customer value's refit checks
+# aggregate them instead of joining every snapshot each day.
+TRAINING_LABELS = "features.training_labels"
 
 # ---- customer segments and clusters (ml_tasks/clustering.py) ------------------------------------
 
@@ -183,7 +186,8 @@ CHURN_SPEC = ModelSpec(
     ),
     minimum_input_rows=1,
     quality_floors=churn.QUALITY_FLOORS,
-    trains_on=(InputTable(churn.TRAINING, columns=churn.TRAINING_COLUMNS, sample_setting="training_max_rows"),),
+    trains_on=(InputTable(churn.TRAINING, columns=churn.TRAINING_COLUMNS, sample_setting="training_max_rows",
+                          signature_from=TRAINING_LABELS),),
     training_signature=("count(*)", "sum(case when is_churned then 1 else 0 end)"),
     retrain_max_age_days=RETRAIN_MAX_AGE_DAYS,
     training_change_tolerance=TRAINING_CHANGE_TOLERANCE,
@@ -212,7 +216,8 @@ VALUE_SPEC = ModelSpec(
     minimum_input_rows=1,
     quality_floors=lifetime_value.QUALITY_FLOORS,
     trains_on=(
-        InputTable(lifetime_value.TRAINING, columns=lifetime_value.TRAINING_COLUMNS, sample_setting="training_max_rows"),
+        InputTable(lifetime_value.TRAINING, columns=lifetime_value.TRAINING_COLUMNS, sample_setting="training_max_rows",
+                   signature_from=TRAINING_LABELS),
     ),
     training_signature=(
         "count(*)",

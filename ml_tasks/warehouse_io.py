@@ -133,8 +133,9 @@ def training_signature(warehouse: Warehouse, tables: Sequence[InputTable], signa
             label = "window" if table.window_setting else "as_of_date"
             return [(label, *row) for row in warehouse.fetchall(
                 f"select {aggregates} from {qualified(table.name)} where {condition}", values)]
+        source = table.signature_from or table.name
         return warehouse.fetchall(
-            f"select as_of_date, {aggregates} from {qualified(table.name)} group by as_of_date order by as_of_date")
+            f"select as_of_date, {aggregates} from {qualified(source)} group by as_of_date order by as_of_date")
 
     return {
         table.name: [

@@ -168,6 +168,23 @@ def test_a_mart_is_read_by_its_window_up_to_the_date_and_another_models_rows_by_
         InputTable("marts.toy_daily", dated=False)
 
 
+def test_a_training_signature_aggregates_the_stored_table_it_is_given(warehouse_url):
+    """training_set is a view over training_labels: the daily refit check sums the labels alone."""
+    from ml_tasks.contract import InputTable
+
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_table("features.toy_labels", {"customer_id": "string", "as_of_date": "date", "is_churned": "boolean"})
+        warehouse.append_arrow("features.toy_labels", pa.table({
+            "customer_id": ["a", "b", "c"], "as_of_date": [DAY, DAY, NEXT_DAY], "is_churned": [True, False, True]}))
+        warehouse.execute("create view features.toy_training as select * from features.toy_labels where customer_id <> 'c'")
+        signature = ("count(*)", "sum(case when is_churned then 1 else 0 end)")
+        labels = InputTable("features.toy_training", signature_from="features.toy_labels")
+        assert warehouse_io.training_signature(warehouse, [labels], signature, NEXT_DAY, {}) == {
+            "features.toy_training": [[DAY.isoformat(), 2.0, 1.0], [NEXT_DAY.isoformat(), 1.0, 1.0]]}
+        assert warehouse_io.training_signature(warehouse, [InputTable("features.toy_training")], signature, NEXT_DAY, {}) == {
+            "features.toy_training": [[DAY.isoformat(), 2.0, 1.0]]}
+
+
 def test_latest_views_show_each_tables_newest_date_and_the_bi_role_reads_them(warehouse_url):
     _load_features(warehouse_url, DAY, SPENDS)
     tasks.run_model(SPEC, DAY, "day-1", warehouse_url=warehouse_url)
