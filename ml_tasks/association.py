@@ -767,13 +767,15 @@ def _window_items(tables: Mapping[str, pd.DataFrame], as_of_date: dt.date,
     # many of its products share it.
     categories = products.drop_duplicates(["basket_id", "category"])
     levels = pd.Categorical.from_codes([0] * len(products) + [1] * len(categories), categories=list(LEVELS))
+    both = {column: pd.concat([products[column], categories[column]], ignore_index=True)
+            for column in ("basket_id", "category", "customer_id", "order_date")}
     items = pd.DataFrame({
-        "basket_id": pd.concat([products["basket_id"], categories["basket_id"]], ignore_index=True),
+        "basket_id": both["basket_id"],
         "item_level": levels,
         "item": union_categoricals([products["sku"].array, categories["category"].array]),
-        "category": pd.concat([products["category"], categories["category"]], ignore_index=True),
-        "customer_id": pd.concat([products["customer_id"], categories["customer_id"]], ignore_index=True),
-        "order_date": pd.concat([products["order_date"], categories["order_date"]], ignore_index=True),
+        "category": both["category"],
+        "customer_id": both["customer_id"],
+        "order_date": both["order_date"],
     })
     baskets = int(items["basket_id"].nunique())
     if baskets < settings.min_baskets:

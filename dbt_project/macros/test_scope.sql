@@ -29,20 +29,20 @@
     {%- if writer_name and model.test_metadata.name in _row_by_row_tests() -%}
         {%- set writer = model_node(writer_name) -%}
         {%- do return(api.Relation.create(database=writer.database, schema=writer.schema, identifier=writer.alias)) -%}
-    {%- elif _tests_rows_of_incremental_model() -%}
+    {%- elif _tests_rows_of_incremental_model(tested) -%}
         {%- do return(relation) -%}
     {%- endif -%}
     {%- do return(none) -%}
 {%- endmacro %}
 
-{% macro _tests_rows_of_incremental_model() -%}
+{% macro _tests_rows_of_incremental_model(tested) -%}
     {#- Every incremental model stamps the rows a run writes with `_built_at` (the incremental
         equality test checks it), documented or not (customer_feature_snapshots shares its
         columns' docs with customer_features). A key test (unique_key) reads the written rows only
         when its columns hold the model's own unique_key: delete+insert replaced every stored row
         of a key the run wrote, and two rows alike on the test's columns share the model's key, so
-        a duplicate can only be among the written rows. -#}
-    {%- set tested = graph.nodes.get(model.attached_node) if execute and model.attached_node else none -%}
+        a duplicate can only be among the written rows. `tested`: the tested model's graph node,
+        none while parsing. -#}
     {%- if tested is none or tested.config.materialized != 'incremental' -%}
         {%- do return(false) -%}
     {%- endif -%}
