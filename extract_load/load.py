@@ -66,15 +66,16 @@ DEFAULT_SOURCE_DIR = PROJECT_ROOT / ".local" / "sources"
 LOAD_AUDIT = f"{META_SCHEMA}.load_audit"
 UNEXPECTED_FILES = f"{META_SCHEMA}.unexpected_files"
 
-# Columns every raw row carries besides the source's own.
+# Columns every raw row carries besides the source's own. The run that loaded a row is the one
+# `load_audit` records for its entity, step and `_batch_date` (a rerun of a date replaces that
+# date's rows): raw rows do not repeat its id.
 RAW_METADATA_COLUMNS = {
     "_batch_date": "date",
-    "_run_id": "string",
     "_delivery_date": "date",
     "_source_file": "string",
     "_source_row": "integer",
     "_loaded_at": "timestamp",
-    "_version_hash": "string",
+    "_version_hash": "digest",
     "_deleted": "boolean",
 }
 DEFAULT_LOOKBACK_HOURS = 72
@@ -343,15 +344,13 @@ def _load_entity(
     audit = LoadAudit(system=entity.system.name, entity=entity.name, full_refresh=full_refresh)
     loaded_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     stamp = {"_batch_date": logical_date, "_run_id": run_id, "_loaded_at": loaded_at}
-    raw_columns = {**entity.column_types, **RAW_METADATA_COLUMNS}
-    warehouse.ensure_table(entity.raw_table, raw_columns)
-    warehouse.ensure_table(_staging_table(entity), raw_columns)
     # Lookups by key find a record's few versions, whose hashes are then compared: an index on the
-    # key alone, about a third of one that also holds the 33-character hash (208 against 732 MB for
-    # the order lines at 100,000 customers on PostgreSQL). Warehouses loaded before keep that one
-    # until it is dropped here.
-    warehouse.ensure_index(entity.raw_table, entity.primary_key)
+    # key alone, about a third of one that also held the hash as 33 characters of text (208 against
+    # 732 MB for the order lines at 100,000 customers on PostgreSQL). Warehouses loaded before keep
+    # that one until it is dropped here.
     warehouse.drop_index(entity.raw_table, [*entity.primary_key, "_version_hash"])
+    _ensure_raw_tables(warehouse, entity)
+    warehouse.ensure_index(entity.raw_table, entity.primary_key)
     warehouse.ensure_index(entity.raw_table, ["_batch_date"])
     with warehouse.transaction():
         _forget(warehouse, entity, logical_date, full_refresh)
@@ -375,6 +374,27 @@ def _load_entity(
     return audit
 
 
+def _ensure_raw_tables(warehouse: Warehouse, entity: Entity) -> None:
+    """The entity's raw table and its scratch twin, with the metadata columns of today's rows. A
+    table an earlier version made loses its per-row run id and has its hashes converted from hex
+    text, once, in place (on PostgreSQL a rewrite of the table)."""
+    raw_columns = {**entity.column_types, **RAW_METADATA_COLUMNS}
+    for table in (entity.raw_table, _staging_table(entity)):
+        schema, _, name = table.partition(".")
+        held = dict(warehouse.fetchall(
+            "select column_name, lower(data_type) from information_schema.columns where table_schema = ? and table_name = ?",
+            (schema, name),
+        ))
+        if "_run_id" in held:
+            warehouse.execute(f"alter table {table} drop column _run_id")
+        if held.get("_version_hash", "uuid") != "uuid":
+            warehouse.execute(
+                f"alter table {table} alter column _version_hash type {sql_type(warehouse.engine, 'digest')}"
+                f" using cast(_version_hash as {sql_type(warehouse.engine, 'digest')})"
+            )
+        warehouse.ensure_table(table, raw_columns)
+
+
 def _reconcile_entity(
     warehouse: Warehouse, entity: Entity, logical_date: dt.date, run_id: str, settings: ExtractSettings
 ) -> LoadAudit:
@@ -386,6 +406,7 @@ def _reconcile_entity(
         "_loaded_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
     }
     source_name = _reconciliation_source_name(entity)
+    _ensure_raw_tables(warehouse, entity)
     with warehouse.transaction():
         # The reconciliation owns, at its date, the rows it wrote: a rerun replaces them.
         warehouse.execute(f"delete from {entity.raw_table} where _batch_date = ? and _source_file = ?", (logical_date, source_name))
@@ -482,7 +503,8 @@ def _load_delivery(
         warehouse.ensure_table(_staging_table(entity), extra)
     data = delivery.rows
     for name, value in {**stamp, "_deleted": False}.items():
-        data = data.append_column(name, pa.repeat(value, data.num_rows))
+        if name in RAW_METADATA_COLUMNS:
+            data = data.append_column(name, pa.repeat(value, data.num_rows))
     if compare:
         loaded = _append_new_versions(warehouse, entity, data)
     else:
@@ -760,18 +782,15 @@ def _reconcile_keys(
         state.fill_gone_keys(keys)
         gone_from_source = f"exists (select 1 from {state.gone_keys} as gone where {same_key('gone', 'versions')})"
         among_source_keys = f" and exists (select 1 from {keys} as source where {same_key('source', 'versions')})"
-    contract_columns = ", ".join(entity.column_types)
+    contract_columns, digest = ", ".join(entity.column_types), sql_type(warehouse.engine, "digest")
     audit.rows_deleted = warehouse.execute_count(
-        f"insert into {entity.raw_table} ({contract_columns}, _batch_date, _run_id, _delivery_date, _source_file,"
+        f"insert into {entity.raw_table} ({contract_columns}, _batch_date, _delivery_date, _source_file,"
         " _source_row, _loaded_at, _version_hash, _deleted)"
-        f" select {', '.join(f'latest.{name}' for name in entity.column_types)}, ?, ?, ?, ?, null, ?,"
-        f" md5(latest._version_hash || ':deleted'), true"
+        f" select {', '.join(f'latest.{name}' for name in entity.column_types)}, ?, ?, ?, null, ?,"
+        f" cast(md5({_hex('latest._version_hash')} || ':deleted') as {digest}), true"
         f" from {latest_versions_where(gone_from_source)}"
         " where latest._recency = 1 and not coalesce(latest._deleted, false)",
-        (
-            stamp["_batch_date"], stamp["_run_id"], logical_date,
-            _reconciliation_source_name(entity), stamp["_loaded_at"], logical_date,
-        ),
+        (stamp["_batch_date"], logical_date, _reconciliation_source_name(entity), stamp["_loaded_at"], logical_date),
     )
     # Missing from raw: keys it never held, and keys whose latest version is a tombstone.
     has_tombstone = (
@@ -800,6 +819,11 @@ def _reconcile_keys(
         for table in source.read_keys(entity.name, entity.primary_key, missing, columns):
             yield parse_table(table, _reconciliation_source_name(entity), logical_date, entity, first_row)
             first_row += table.num_rows
+
+
+def _hex(digest: str) -> str:
+    """SQL for a digest column as the 32 hex digits md5 gave (uuid text has hyphens)."""
+    return f"replace(cast({digest} as varchar), '-', '')"
 
 
 def _integer_keys(keys: Iterable[tuple[str, ...]]) -> list[tuple[int, ...]]:

@@ -108,6 +108,33 @@ def test_customer_history_loaded_day_by_day_equals_history_loaded_at_once(
     pd.testing.assert_frame_equal(daily, backfilled)
 
 
+def test_staged_versions_an_earlier_version_built_with_text_hashes_convert_and_keep_their_history_ids(
+    warehouse_url: str, dbt_sources: Path, tmp_path: Path
+) -> None:
+    """Raw once held version hashes as hex text, and so did the staged CRM versions: the next run
+    converts the staged column to raw's uuid (sync_all_columns; on PostgreSQL through the project's
+    alter_column_type) and the history's version ids, made from the hex text, stay the same."""
+    history_only = ["run", "--select", "+dim_customers_history"]
+    load_raw(warehouse_url, dbt_sources, DBT_START)
+    run_dbt(warehouse_url, *history_only, tmp_path=tmp_path)
+    before = customer_history(warehouse_url)
+    with connect(warehouse_url) as warehouse:
+        text = "varchar" if warehouse.engine == "duckdb" else "text"
+        warehouse.execute(
+            f"alter table staging.stg_crm__customer_versions alter column _version_hash type {text}"
+            " using replace(cast(_version_hash as varchar), '-', '')"
+        )
+    run_dbt(warehouse_url, *history_only, tmp_path=tmp_path)
+    with connect(warehouse_url) as warehouse:
+        (hash_type,) = warehouse.fetchall(
+            "select lower(data_type) from information_schema.columns where table_schema = 'staging'"
+            " and table_name = 'stg_crm__customer_versions' and column_name = '_version_hash'"
+        )[0]
+    assert hash_type == "uuid"
+    after = customer_history(warehouse_url)
+    pd.testing.assert_frame_equal(after.drop(columns="_built_at", errors="ignore"), before.drop(columns="_built_at", errors="ignore"))
+
+
 def _identity(url: str) -> pd.DataFrame:
     with connect(url) as warehouse:
         return warehouse.fetch_df("select source_system, source_table, source_key, customer_id from intermediate.int_customer_identity")

@@ -24,6 +24,7 @@ from extract_load.parse import DeliveryError
 from simulator import SimulationSettings, append_day, simulate
 from crmw.scratch import new_postgres_database
 from warehouse import connect
+from warehouse.adapter import sql_type
 
 START = dt.date(2025, 1, 1)
 DAYS = [START + dt.timedelta(days=offset) for offset in range(11)]  # campaign members arrive on day 11
@@ -200,10 +201,47 @@ def test_running_the_same_date_twice_leaves_raw_and_load_log_as_one_run_would(wa
     assert {table: _snapshot(warehouse_url, table) for table in tables} == before
     assert _snapshot(warehouse_url, "raw_meta.load_audit", (*RUN_METADATA, "seconds")) == audit_before
     with connect(warehouse_url) as warehouse:
-        run_ids = warehouse.fetchall("select distinct _run_id from raw_sales.orders where _batch_date = ?", (DAYS[1],))
+        run_ids = warehouse.fetchall(
+            "select distinct _run_id from raw_meta.load_audit where entity = 'orders' and _batch_date = ?", (DAYS[1],)
+        )
         log_rows = warehouse.fetchall("select count(*), count(distinct file_name) from raw_meta.load_log")
     assert run_ids == [("second-attempt",)]
     assert log_rows == [(2 * len(FILE_TABLES), 2 * len(FILE_TABLES))]  # two drops per file source, once each
+
+
+def test_raw_tables_an_earlier_version_loaded_lose_the_run_id_and_keep_their_hashes_as_uuids(warehouse_url, simulated, request, tmp_path):
+    """Raw rows once carried their run's id and the md5 as 32 hex characters: the next load converts
+    the table in place, and the versions it held compare as before (nothing loaded twice)."""
+    settings = _settings(simulated)
+    _load(warehouse_url, DAYS[0], settings)
+    with connect(warehouse_url) as warehouse:
+        hashes_before = warehouse.fetchall("select crm_id, replace(cast(_version_hash as varchar), '-', '') from raw_crm.customers")
+        for table in RAW_TABLES:  # back to the earlier layout
+            warehouse.execute(f"alter table {table} add column _run_id {sql_type(warehouse.engine, 'string')}")
+            warehouse.execute(
+                f"alter table {table} alter column _version_hash type {sql_type(warehouse.engine, 'string')}"
+                " using replace(cast(_version_hash as varchar), '-', '')"
+            )
+    _load(warehouse_url, DAYS[1], settings)
+    direct_url = _second_warehouse_url(warehouse_url, request, tmp_path)
+    for day in DAYS[:2]:
+        _load(direct_url, day, settings)
+    with connect(warehouse_url) as warehouse:
+        hash_types = {
+            table: warehouse.fetchall(
+                "select lower(data_type) from information_schema.columns where table_schema = ? and table_name = ?"
+                " and column_name in ('_run_id', '_version_hash')",
+                tuple(table.split(".")),
+            )
+            for table in RAW_TABLES
+        }
+        hashes_after = warehouse.fetchall(
+            "select crm_id, replace(cast(_version_hash as varchar), '-', '') from raw_crm.customers where _batch_date = ?", (DAYS[0],)
+        )
+    assert hash_types == {table: [("uuid",)] for table in RAW_TABLES}
+    assert sorted(hashes_after) == sorted(hashes_before)
+    for table in RAW_TABLES:
+        assert _snapshot(warehouse_url, table) == _snapshot(direct_url, table), table
 
 
 def test_loading_day_by_day_gives_the_same_file_rows_as_loading_the_last_day(warehouse_url, simulated, request, tmp_path):
@@ -624,7 +662,7 @@ def test_bad_quarantine_ratio_setting_names_the_variable(monkeypatch, tmp_path):
 INCREMENT_DAYS = [START + dt.timedelta(days=offset) for offset in range(3)]
 SQL_ENTITIES = tuple(entity for entity in CONTRACT.entities.values() if entity.system.format == "sql")
 INSERT_ONLY = ("order_status_history",)  # its rows never change: the whole table is its history
-CONTRACT_ONLY = ("_run_id", "_batch_date", "_loaded_at", "_source_row")  # SQL row numbers follow the read
+CONTRACT_ONLY = ("_batch_date", "_loaded_at", "_source_row")  # SQL row numbers follow the read
 
 
 def _simulate_days(out: Path, days: list[dt.date], customers: int, dirty_rate: float, after_each=None) -> None:

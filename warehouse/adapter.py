@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-ColumnType = Literal["string", "integer", "decimal", "double", "boolean", "date", "timestamp"]
+# "digest": a 128-bit md5 held in the engines' 16-byte uuid type, not as 33 bytes of hex text.
+ColumnType = Literal["string", "integer", "decimal", "double", "boolean", "date", "timestamp", "digest"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,7 @@ _SQL_TYPES: dict[str, dict[str, str]] = {
         "boolean": "boolean",
         "date": "date",
         "timestamp": "timestamp",
+        "digest": "uuid",
     },
     "postgres": {
         "string": "text",
@@ -43,6 +45,7 @@ _SQL_TYPES: dict[str, dict[str, str]] = {
         "boolean": "boolean",
         "date": "date",
         "timestamp": "timestamp",
+        "digest": "uuid",
     },
 }
 

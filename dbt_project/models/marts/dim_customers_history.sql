@@ -45,7 +45,10 @@ changes as (
 
 final as (
     select
-        cast(md5(changes.crm_id || ':' || changes._version_hash) as {{ dbt.type_string() }}) as customer_version_id,
+        -- The hash as the hex text md5 gave (a uuid's text has hyphens): ids made before raw held
+        -- it as a uuid stay the same.
+        cast(md5(changes.crm_id || ':' || replace(cast(changes._version_hash as {{ dbt.type_string() }}), '-', '')) as {{ dbt.type_string() }})
+            as customer_version_id,
         cast(identities.customer_id as {{ dbt.type_string() }}) as customer_id,
         cast(changes.crm_id as {{ dbt.type_string() }}) as crm_id,
         cast(changes.first_name as {{ dbt.type_string() }}) as first_name,
