@@ -478,8 +478,11 @@ final as (
     from resolved
     {%- if only_affected_records %}
     union all
-    -- previous_customer_id is the key of the previous build: a row that was new or moved on it and
-    -- that this run does not redo now had its key then too.
+    -- A row that moved on the previous build and that this run does not redo had its key then too:
+    -- rewritten with the two keys equal, or the marts that read the moves (kpi_daily_sales'
+    -- customers losing orders, customer_key_aliases) would see it move again on every run. A new
+    -- record's null stays: every reader skips a null previous key or a key changed before its
+    -- own last run, so rewriting all of a first build's rows on the next run bought nothing.
     select
         previous.source_system,
         previous.source_table,
@@ -491,7 +494,7 @@ final as (
         {{ built_at() }} as _built_at,
         previous._resolution_settings
     from {{ this }} as previous
-    where previous.previous_customer_id is distinct from previous.customer_id
+    where previous.previous_customer_id <> previous.customer_id
         and not exists (
             select 1 from affected_records
             where affected_records.source_table = previous.source_table
