@@ -379,19 +379,13 @@ def _ensure_raw_tables(warehouse: Warehouse, entity: Entity) -> None:
     table an earlier version made loses its per-row run id and has its hashes converted from hex
     text, once, in place (on PostgreSQL a rewrite of the table)."""
     raw_columns = {**entity.column_types, **RAW_METADATA_COLUMNS}
+    digest = sql_type(warehouse.engine, "digest")
     for table in (entity.raw_table, _staging_table(entity)):
-        schema, _, name = table.partition(".")
-        held = dict(warehouse.fetchall(
-            "select column_name, lower(data_type) from information_schema.columns where table_schema = ? and table_name = ?",
-            (schema, name),
-        ))
+        held = warehouse.column_types(table)
         if "_run_id" in held:
             warehouse.execute(f"alter table {table} drop column _run_id")
-        if held.get("_version_hash", "uuid") != "uuid":
-            warehouse.execute(
-                f"alter table {table} alter column _version_hash type {sql_type(warehouse.engine, 'digest')}"
-                f" using cast(_version_hash as {sql_type(warehouse.engine, 'digest')})"
-            )
+        if held.get("_version_hash", digest) != digest:
+            warehouse.execute(f"alter table {table} alter column _version_hash type {digest} using cast(_version_hash as {digest})")
         warehouse.ensure_table(table, raw_columns)
 
 

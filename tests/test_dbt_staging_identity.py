@@ -11,7 +11,7 @@ import pytest
 
 from crmw.scratch import load_raw, new_postgres_database, run_dbt
 from tests.conftest import DBT_START
-from warehouse.adapter import connect
+from warehouse.adapter import connect, sql_type
 
 CUSTOMER_MODELS = ["staging", "intermediate", "dim_customers", "dim_customers_history"]
 # Tests of other marts that merely reference these models wait for their own build.
@@ -119,17 +119,13 @@ def test_staged_versions_an_earlier_version_built_with_text_hashes_convert_and_k
     run_dbt(warehouse_url, *history_only, tmp_path=tmp_path)
     before = customer_history(warehouse_url)
     with connect(warehouse_url) as warehouse:
-        text = "varchar" if warehouse.engine == "duckdb" else "text"
         warehouse.execute(
-            f"alter table staging.stg_crm__customer_versions alter column _version_hash type {text}"
+            f"alter table staging.stg_crm__customer_versions alter column _version_hash type {sql_type(warehouse.engine, 'string')}"
             " using replace(cast(_version_hash as varchar), '-', '')"
         )
     run_dbt(warehouse_url, *history_only, tmp_path=tmp_path)
     with connect(warehouse_url) as warehouse:
-        (hash_type,) = warehouse.fetchall(
-            "select lower(data_type) from information_schema.columns where table_schema = 'staging'"
-            " and table_name = 'stg_crm__customer_versions' and column_name = '_version_hash'"
-        )[0]
+        hash_type = warehouse.column_types("staging.stg_crm__customer_versions")["_version_hash"]
     assert hash_type == "uuid"
     after = customer_history(warehouse_url)
     pd.testing.assert_frame_equal(after.drop(columns="_built_at", errors="ignore"), before.drop(columns="_built_at", errors="ignore"))

@@ -232,13 +232,18 @@ class Warehouse:
 
     def table_columns(self, table: str) -> list[str]:
         """Column names of `schema.table` in order; empty when the table does not exist."""
+        return list(self.column_types(table))
+
+    def column_types(self, table: str) -> dict[str, str]:
+        """Column name -> the engine's SQL type, lower case ('text', 'uuid', 'varchar'), of
+        `schema.table` in order; empty when the table does not exist."""
         schema, _, name = qualified(table).partition(".")
         rows = self.fetchall(
-            "select column_name from information_schema.columns"
+            "select column_name, lower(data_type) from information_schema.columns"
             " where table_schema = ? and table_name = ? order by ordinal_position",
             (schema, name),
         )
-        return [row[0] for row in rows]
+        return dict(rows)
 
     def ensure_table(self, table: str, columns: Mapping[str, ColumnType]) -> None:
         """Create `schema.table` if missing and add any column it lacks (sources gain columns)."""
