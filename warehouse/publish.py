@@ -6,9 +6,10 @@ publish brings `published` level with `marts` in one transaction, so BI sees the
 build's tables or the new one's, never a mix.
 
 Cost: a mart rebuilt whole each day (dimensions, customer_360) is copied whole, as cheap as dbt's
-own rebuild of it. An incremental mart (the facts, the daily KPIs, the cohorts) is not: only the
-rows dbt wrote since the last publish (its `_built_at` column, stamped by every dbt run) are
-replaced, and rows gone from the mart (a hard delete in the source) are removed by a key anti-join. A build that failed its
+own rebuild of it. An incremental mart (the facts, the daily KPIs, the cohorts), or a view over an
+incremental model's rows (fct_order_lines and fct_payments over staging), is not: only the rows dbt
+wrote since the last publish (its `_built_at` column, stamped by every dbt run) are replaced, and
+rows gone from the mart (a hard delete in the source) are removed by a key anti-join. A build that failed its
 tests is not lost: the next green build's publish carries its rows too. Storage: `published` holds
 a second copy of the marts.
 """
@@ -45,7 +46,10 @@ def marts_of(manifest: Path = MANIFEST) -> list[Mart]:
     for node in nodes:
         if node["resource_type"] != "model" or node["config"].get("schema") != BUILT:
             continue
-        key = node["config"].get("unique_key") if node["config"]["materialized"] == "incremental" else None
+        # An incremental mart, or a view over an incremental model's rows (meta `rows_written_by`),
+        # is copied by key: only the rows written since the last publish.
+        copied_by_key = node["config"]["materialized"] == "incremental" or node["config"]["meta"].get("rows_written_by")
+        key = node["config"].get("unique_key") if copied_by_key else None
         marts.append(Mart(node["name"], tuple([key] if isinstance(key, str) else key or ())))
     return sorted(marts, key=lambda mart: mart.name)
 

@@ -4,7 +4,7 @@
 
     basket_items holds each revenue order known on the as-of date of the build that wrote it, with
     its valid lines and their products' categories. Since its last build, an order changes there
-    when orders_as_known or fct_order_lines rewrote it (a new status, a line, a move to another
+    when orders_as_known or fct_order_lines (staging's lines) rewrote it (a new status, a line, a move to another
     customer), when a version of it or of a line was loaded (a deletion leaves no row to rewrite),
     when a product it holds was loaded again (a new category), and when the as-of date moved past
     the start or end of one of its spans (an order placed or superseded between the two dates, in

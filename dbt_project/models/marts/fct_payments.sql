@@ -1,17 +1,12 @@
+-- A view: its rows are staging's payments with typed amounts and their date, stored once (in
+-- stg_sales__payments; BI reads publish's copy). A payment carries staging's `_built_at`: staging
+-- rewrites a payment when a version of it or of its order is loaded (its orphan flag follows the
+-- order), which is when the view's row can change, so publish and the day's tests read the rows
+-- staging wrote.
 with payments as not materialized (
     select * from {{ ref('stg_sales__payments') }}
 ),
 
-{% if is_incremental() -%}
--- Redone when delivered in the window, or when its flags changed without a delivery of its own:
--- an orphan payment's order arriving after the window clears its orphan_payment flag.
-payments_to_build as (
-    select payment_id from payments where {{ in_reprocessing_window() }}
-    union
-    {{ keys_with_stale_flags('payment_id', 'payments') }}
-),
-
-{% endif -%}
 final as (
     select
         payment_id,
@@ -23,11 +18,9 @@ final as (
         cast(paid_at as date) as paid_date,
         is_valid,
         invalid_reason,
-        _delivery_date
+        _delivery_date,
+        _built_at
     from payments
-    {%- if is_incremental() %}
-    where payment_id in (select payment_id from payments_to_build)
-    {%- endif %}
 )
 
-select final.*, {{ built_at() }} as _built_at from final
+select * from final
