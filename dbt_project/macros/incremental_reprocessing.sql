@@ -35,18 +35,6 @@
     where built.customer_id is distinct from identity.customer_id
 {%- endmacro %}
 
-{#- Keys of rows already built whose quality flags no longer match staging's: a flag can depend
-    on another entity (a payment is an orphan until its order arrives, and becomes one when its
-    order is deleted), and that entity can arrive long after the row left the reprocessing window.
-    `staging_relation` must carry `key_column` and `invalid_reason`. -#}
-{% macro keys_with_stale_flags(key_column, staging_relation) -%}
-    select built.{{ key_column }}
-    from {{ this }} as built
-    inner join {{ staging_relation }} as staged
-        on built.{{ key_column }} = staged.{{ key_column }}
-    where built.invalid_reason is distinct from staged.invalid_reason
-{%- endmacro %}
-
 {#- Post-hook of an incremental fact: delete rows whose record is gone from staging (a hard delete
     in the source arrives as a tombstone, which staging leaves out). Nothing to do after a full
     refresh, which builds from staging: the hook renders empty and dbt skips it.
