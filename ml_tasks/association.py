@@ -109,6 +109,8 @@ RULE_COLUMNS = (
     "leverage", "conviction", "antecedent_baskets", "consequent_baskets", "rule_baskets", "baskets",
 )
 OFFER_COLUMNS = ("customer_id", "rank", "sku", "score", "rule", "source", "marketing_opt_in")
+# An offer's source, by its code in next_best_offers (the order they are offered in).
+OFFER_SOURCES = ("rule", "category_best_seller", "best_seller")
 # The columns read from each input (the registry's spec reads these, the model checks them).
 BASKET_COLUMNS = ("basket_id", "sku", "category", "customer_id", "order_date")
 CUSTOMER_COLUMNS = ("customer_id", "favourite_category", "marketing_opt_in")
@@ -216,6 +218,27 @@ def frequent_itemsets(basket_ids: Sequence | np.ndarray, items: Sequence | np.nd
         except _TooManyItemsets:
             min_count = math.ceil(min_count * _SUPPORT_RAISE)
             raised += 1
+
+
+def _positions(index: pd.Index, values: pd.Series) -> np.ndarray:
+    """index.get_indexer(values), for a categorical column by its categories: one lookup per
+    distinct value instead of one per row."""
+    import numpy as np
+    import pandas as pd
+
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return index.get_indexer(values)
+    codes = values.cat.codes.to_numpy()
+    return np.where(codes >= 0, index.get_indexer(values.cat.categories)[codes], -1)
+
+
+def _distinct_text(values: pd.Series) -> np.ndarray:
+    """The distinct values as a numpy text array, taken before the text is made: made per row, a
+    training year's customer ids at a million customers were 3 GB of fixed-width text."""
+    import numpy as np
+    import pandas as pd
+
+    return np.asarray(pd.unique(values), dtype=object).astype(str)
 
 
 def _as_text(values: pd.Series) -> pd.Series:
@@ -481,11 +504,14 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     customers = customers.drop_duplicates("customer_id").sort_values("customer_id", kind="mergesort").reset_index(drop=True)
     customer_codes = pd.Index(customers["customer_id"])
     rule_items = [item for text in product_rules["antecedent"] for item in text.split(ITEM_SEPARATOR)]
-    every_sku = pd.concat([best_sellers["sku"], purchases["sku"], product_rules["consequent"], pd.Series(rule_items, dtype=object)])
-    skus = pd.Index(np.sort(pd.unique(every_sku.astype(str).to_numpy(dtype=object))))
+    # Each part's distinct skus first: the purchases are tens of millions of rows at a million
+    # customers, and made text whole they held a string object per row (3 GB).
+    every_sku = pd.concat([pd.Series(pd.unique(part)).astype(str) for part in
+                           (best_sellers["sku"], purchases["sku"], product_rules["consequent"], pd.Series(rule_items, dtype=object))])
+    skus = pd.Index(np.sort(pd.unique(every_sku.to_numpy(dtype=object))))
     n_skus = max(len(skus), 1)
-    who = customer_codes.get_indexer(purchases["customer_id"])
-    what = skus.get_indexer(_as_text(purchases["sku"]))
+    who = _positions(customer_codes, purchases["customer_id"])
+    what = _positions(skus, _as_text(purchases["sku"]))
     known = who >= 0
     bought = _sorted_distinct(who[known].astype(np.int64) * n_skus + what[known])
 
@@ -497,23 +523,28 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     taken = _sorted_distinct(np.concatenate([bought, rule_offers["key"].to_numpy(np.int64)]))
     places = k - np.bincount(rule_offers["customer"].to_numpy(np.int64), minlength=len(customers))
     fill = _popular_offers(customers, who, purchases, best_sellers, skus, n_skus, taken, places)
-    fill_source = np.where(fill["favourite"].to_numpy(bool), "category_best_seller", "best_seller") if len(fill) else []
-    offers = pd.concat([rule_offers.assign(source="rule"), fill.drop(columns="favourite", errors="ignore").assign(source=fill_source)],
+    # Sources by code (rule offers first, then the fill by score), and the offers put in order by
+    # their sort keys alone: a sorted copy of every column was the task's peak at a million customers.
+    fill_source = np.where(fill["favourite"].to_numpy(bool), 1, 2) if len(fill) else np.empty(0, dtype=np.int64)
+    offers = pd.concat([rule_offers.assign(source=0), fill.drop(columns="favourite", errors="ignore").assign(source=fill_source)],
                        ignore_index=True)
-    offers["order"] = offers["source"].ne("rule").astype(np.int64)
-    offers = offers.sort_values(["customer", "order", "score", "tie", "sku_code"], ascending=[True, True, False, False, True],
-                                kind="mergesort").reset_index(drop=True)
-    offers["rank"] = offers.groupby("customer").cumcount().astype(np.int64) + 1
-    result = pd.DataFrame({
-        "customer_id": customers["customer_id"].to_numpy()[offers["customer"].to_numpy()],
-        "rank": offers["rank"].to_numpy(dtype=np.int64),
-        "sku": skus.to_numpy()[offers["sku_code"].to_numpy()].astype(object) if len(offers) else np.empty(0, dtype=object),
-        "score": offers["score"].to_numpy(dtype=float),
-        "rule": offers["rule"].to_numpy(dtype=object),
-        "source": offers["source"].to_numpy(dtype=object),
-        "marketing_opt_in": customers["marketing_opt_in"].astype("boolean").to_numpy()[offers["customer"].to_numpy()],
+    del rule_offers, fill
+    offers["order"] = (offers["source"] > 0).astype(np.int64)
+    ranked = offers[["customer", "order", "score", "tie", "sku_code"]].sort_values(
+        ["customer", "order", "score", "tie", "sku_code"], ascending=[True, True, False, False, True], kind="mergesort").index.to_numpy()
+    customer = offers["customer"].to_numpy(np.int64)[ranked]
+    # The rank within each customer's run of offers (they are sorted by customer).
+    first = np.flatnonzero(np.concatenate(([True], customer[1:] != customer[:-1]))) if len(customer) else np.empty(0, dtype=np.int64)
+    rank = np.arange(len(customer)) - np.repeat(first, np.diff(np.append(first, len(customer)))) + 1
+    return pd.DataFrame({
+        "customer_id": customers["customer_id"].to_numpy()[customer],
+        "rank": rank.astype(np.int64),
+        "sku": skus.to_numpy()[offers["sku_code"].to_numpy()[ranked]].astype(object) if len(offers) else np.empty(0, dtype=object),
+        "score": offers["score"].to_numpy(dtype=float)[ranked],
+        "rule": offers["rule"].to_numpy(dtype=object)[ranked],
+        "source": np.array(OFFER_SOURCES, dtype=object)[offers["source"].to_numpy(np.int64)[ranked]],
+        "marketing_opt_in": customers["marketing_opt_in"].astype("boolean").to_numpy()[customer],
     })
-    return result[list(OFFER_COLUMNS)]
 
 
 _OFFER_FIELDS = ["customer", "sku_code", "key", "score", "tie", "rule"]
@@ -842,8 +873,7 @@ def _holdout_metrics(items: pd.DataFrame, settings: AssociationSettings) -> dict
     later = test_products[["customer_id", "item"]].drop_duplicates()
     new = later.merge(history, on=["customer_id", "item"], how="left", indicator=True)
     new = new.loc[new["_merge"] == "left_only", ["customer_id", "item"]]
-    evaluated = pd.Index(np.sort(np.intersect1d(new["customer_id"].to_numpy(dtype=object).astype(str),
-                                                history["customer_id"].to_numpy(dtype=object).astype(str))))
+    evaluated = pd.Index(np.sort(np.intersect1d(_distinct_text(new["customer_id"]), _distinct_text(history["customer_id"]))))
     # Rules from the training baskets; offers made for the judged customers alone (a customer's
     # offers do not depend on whom else they are made for), with favourite categories from the
     # training baskets: the published ones saw the held-out period.

@@ -117,6 +117,9 @@ class InputTable:
     # of this one: features.training_set is a view joining its labels (features.training_labels)
     # to the feature snapshots, and the daily refit check needs only the labels.
     signature_from: str | None = None
+    # Text columns of few distinct values over many rows (a year of basket items' skus, categories
+    # and customers), read as pandas categoricals encoded while the rows stream in.
+    categorical: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.dated and not self.window_column:

@@ -94,6 +94,7 @@ WINDOW_BASKETS = InputTable(
     window_column="order_date",
     window_setting="basket_window_days",
     dated=False,
+    categorical=("sku", "category", "customer_id"),
 )
 # Rules are mined again once a week, or sooner when the window's item rows or baskets moved by more
 # than TRAINING_CHANGE_TOLERANCE since (a sale, a new range). A day adds and drops about 1/365 of a

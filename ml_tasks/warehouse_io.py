@@ -73,7 +73,7 @@ def read_input(warehouse: Warehouse, table: InputTable, as_of_date: dt.date, win
     other dates only raises MissingFeatureDate naming the dates it holds."""
     columns = ", ".join(quote_identifier(column) for column in table.columns) if table.columns else "*"
     condition, values = _input_rows(table, as_of_date, window_days)
-    frame = warehouse.fetch_df(f"select {columns} from {qualified(table.name)} where {condition}", values)
+    frame = warehouse.fetch_df(f"select {columns} from {qualified(table.name)} where {condition}", values, table.categorical)
     if frame.empty and table.dated and not table.may_lack_date:
         (first, last, dates) = warehouse.fetchall(
             f"select min(as_of_date), max(as_of_date), count(distinct as_of_date) from {qualified(table.name)}"

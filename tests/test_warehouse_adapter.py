@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import PROJECT_ROOT
-from warehouse import WarehouseSettingsError, WarehouseUrlError, connect, parse_warehouse_url
+from warehouse import WarehouseSettingsError, WarehouseUrlError, adapter, connect, parse_warehouse_url
 from warehouse.adapter import DEFAULT_DUCKDB_MEMORY_LIMIT, duckdb_connection
 
 CONTRACT_COLUMNS = {
@@ -149,6 +149,31 @@ def test_fetch_df_keeps_line_breaks_inside_text_across_a_large_result(warehouse_
         frame = warehouse.fetch_df("select id, body from t.comments order by id")
     assert len(frame) == rows and list(frame["id"][:2]) == [0, 1]
     assert (frame["body"] == [f"line one of {n}\nline two, \"quoted\"\n\nlast" for n in range(rows)]).all()
+
+
+def test_fetch_df_reads_categorical_columns_as_a_whole_read_turned_categorical(warehouse_url, monkeypatch):
+    # Small batches and spool size, so the rows arrive in many Arrow batches from DuckDB and in many
+    # CSV blocks, through a temporary file, from PostgreSQL.
+    monkeypatch.setattr(adapter, "ARROW_BATCH_ROWS", 10_000)
+    monkeypatch.setattr(adapter, "CSV_IN_MEMORY_BYTES", 2**16)
+    rows = 200_000
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_table("t.basket_items", {"id": "integer", "sku": "string", "note": "string"})
+        warehouse.append_arrow("t.basket_items", pa.table({
+            "id": range(rows),
+            # Values first met out of order, so the batches' dictionaries differ from the sorted one.
+            "sku": [f"sku-{(n * 7919) % 37:02d}" for n in range(rows)],
+            "note": [None if n % 5 == 0 else "" if n % 5 == 1 else f"note {n % 3}" for n in range(rows)],
+        }))
+        sql = "select id, sku, note from t.basket_items order by id"
+        encoded = warehouse.fetch_df(sql, categorical=("sku", "note"))
+        whole = warehouse.fetch_df(sql)
+        empty = warehouse.fetch_df("select id, sku from t.basket_items where id < 0", categorical=("sku",))
+        with pytest.raises(ValueError, match="categorical column 'id': not a text column of the query"):
+            warehouse.fetch_df(sql, categorical=("id",))
+    pd.testing.assert_frame_equal(encoded, whole.astype({"sku": "category", "note": "category"}))
+    assert list(encoded["sku"].cat.categories) == [f"sku-{n:02d}" for n in range(37)]
+    assert empty.empty and empty["sku"].dtype == "category"
 
 
 def test_fetch_df_binds_question_mark_parameters(warehouse_url):
