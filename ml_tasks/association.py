@@ -233,8 +233,8 @@ def _positions(index: pd.Index, values: pd.Series) -> np.ndarray:
 
 
 def _distinct_text(values: pd.Series) -> np.ndarray:
-    """The distinct values as a numpy text array, taken before the text is made: made per row, a
-    training year's customer ids at a million customers were 3 GB of fixed-width text."""
+    """The distinct values as a numpy text array, taken before the text is made: made per row, the
+    hold-out's customer ids at a million customers raised the task's memory by 6.5 GB."""
     import numpy as np
     import pandas as pd
 
@@ -505,7 +505,7 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     customer_codes = pd.Index(customers["customer_id"])
     rule_items = [item for text in product_rules["antecedent"] for item in text.split(ITEM_SEPARATOR)]
     # Each part's distinct skus first: the purchases are tens of millions of rows at a million
-    # customers, and made text whole they held a string object per row (3 GB).
+    # customers, and made text whole they held a string object per row (+2.7 GB).
     every_sku = pd.concat([pd.Series(pd.unique(part)).astype(str) for part in
                            (best_sellers["sku"], purchases["sku"], product_rules["consequent"], pd.Series(rule_items, dtype=object))])
     skus = pd.Index(np.sort(pd.unique(every_sku.to_numpy(dtype=object))))

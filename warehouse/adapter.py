@@ -686,8 +686,8 @@ class _PostgresWarehouse(Warehouse):
         if None in arrow_types or len(set(names)) < len(names):
             return _as_categorical(self._fetch_df_by_rows(sql, params), categorical)
         _check_categorical(categorical, dict(zip(names, arrow_types)))
-        # Spooled to a file past a size: held in memory, the CSV text of a million customers'
-        # baskets (4 GB) sat beside the table parsed from it.
+        # Spooled to a file past a size: held in memory (a buffer, then a copy of it), a large
+        # result's whole CSV text sat beside the table parsed from it.
         with tempfile.SpooledTemporaryFile(max_size=CSV_IN_MEMORY_BYTES) as text:
             with self._con.cursor() as cursor, cursor.copy(f"copy ({query}) to stdout (format csv)") as copy:
                 for chunk in copy:
