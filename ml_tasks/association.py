@@ -241,6 +241,25 @@ def _distinct_text(values: pd.Series) -> np.ndarray:
     return np.asarray(pd.unique(values), dtype=object).astype(str)
 
 
+def _pairs_within(pairs: pd.DataFrame, held: pd.DataFrame) -> np.ndarray:
+    """Which (customer_id, item) rows of `pairs` are in `held`, both cut from one frame's
+    categorical columns (the same categories), compared as one integer per pair: at a million
+    customers a merge with an indicator raised the task's memory by 1.65 GB, this by 0.38 GB."""
+    import numpy as np
+
+    def pair_codes(frame: pd.DataFrame) -> np.ndarray:
+        # Codes shifted by one so that a missing value (-1) is a value of its own, as a merge matches it.
+        width = len(frame["item"].cat.categories) + 1
+        return ((frame["customer_id"].cat.codes.to_numpy(np.int64) + 1) * width
+                + frame["item"].cat.codes.to_numpy(np.int64) + 1)
+
+    known = np.sort(pair_codes(held))
+    wanted = pair_codes(pairs)
+    if not len(known):
+        return np.zeros(len(wanted), dtype=bool)
+    return known[np.minimum(np.searchsorted(known, wanted), len(known) - 1)] == wanted
+
+
 def _as_text(values: pd.Series) -> pd.Series:
     """`values` as text. A categorical column (run() makes the baskets' text columns categorical:
     millions of rows, a few thousand distinct values) stays one, with its categories made text,
@@ -881,8 +900,7 @@ def _holdout_metrics(items: pd.DataFrame, dates: pd.Series, settings: Associatio
     test_products = test[test["item_level"] == "product"]
     history = train_products[["customer_id", "item"]].drop_duplicates()
     later = test_products[["customer_id", "item"]].drop_duplicates()
-    new = later.merge(history, on=["customer_id", "item"], how="left", indicator=True)
-    new = new.loc[new["_merge"] == "left_only", ["customer_id", "item"]]
+    new = later[~_pairs_within(later, history)].reset_index(drop=True)
     evaluated = pd.Index(np.sort(np.intersect1d(_distinct_text(new["customer_id"]), _distinct_text(history["customer_id"]))))
     # Rules from the training baskets; offers made for the judged customers alone (a customer's
     # offers do not depend on whom else they are made for), with favourite categories from the
