@@ -887,26 +887,29 @@ def _holdout_metrics(items: pd.DataFrame, dates: pd.Series, settings: Associatio
     first, last = dates.min(), dates.max()
     split = (first + (last - first) * (1 - settings.holdout_fraction)).normalize() + pd.Timedelta(days=1)
     in_train = items["basket_id"].isin(dates.index[dates < split]).to_numpy()
-    train, test = items[in_train], items[~in_train]
-    n_train, n_test = train["basket_id"].nunique(), test["basket_id"].nunique()
+    train = items[in_train]
+    n_train, n_test = train["basket_id"].nunique(), items.loc[~in_train, "basket_id"].nunique()
     result = {**none, "holdout_split_date": split.date().isoformat(), "train_baskets": int(n_train),
               "holdout_baskets": int(n_test)}
     if n_train < settings.min_baskets or n_test == 0:
         return {**result, "holdout_note": f"{n_train} baskets before {split.date()} and {n_test} after: too few to measure"}
+    # Rules from the training baskets, mined before the hold-out's other frames are made: mining's
+    # working memory on top of them was the task's peak at a million customers (7.4 GB).
+    rules, _ = _level_rules(train, settings)
     train_products = train[train["item_level"] == "product"]
+    del train  # the offers read its product rows alone
+    test = items[~in_train]
     notes = []
 
-    # Offers: customers with training history who bought something new after the split.
+    # Offers: customers with training history who bought something new after the split, made for
+    # the judged customers alone (a customer's offers do not depend on whom else they are made
+    # for), with favourite categories from the training baskets: the published ones saw the
+    # held-out period.
     test_products = test[test["item_level"] == "product"]
     history = train_products[["customer_id", "item"]].drop_duplicates()
     later = test_products[["customer_id", "item"]].drop_duplicates()
     new = later[~_pairs_within(later, history)].reset_index(drop=True)
     evaluated = pd.Index(np.sort(np.intersect1d(_distinct_text(new["customer_id"]), _distinct_text(history["customer_id"]))))
-    # Rules from the training baskets; offers made for the judged customers alone (a customer's
-    # offers do not depend on whom else they are made for), with favourite categories from the
-    # training baskets: the published ones saw the held-out period.
-    rules, _ = _level_rules(train, settings)
-    del train  # the offers read its product rows alone, already apart: a copy less during the peak
     if len(evaluated) >= HOLDOUT_MIN_CUSTOMERS:
         ranked = best_sellers(train_products)
         offers = _offers(rules, train_products, ranked, _training_favourites(evaluated, train_products), settings)
