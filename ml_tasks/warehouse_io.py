@@ -281,7 +281,8 @@ def to_arrow(table: OutputTable, frame: "pd.DataFrame", stamps: Mapping[str, Any
     arrays = {column: _arrow_array(table.name, column, frame[column], kind) for column, kind in table.columns.items()}
     for column, kind in STAMP_COLUMNS.items():
         if column not in arrays:
-            arrays[column] = _arrow_array(table.name, column, [stamps[column]] * len(frame), kind)
+            # Converted once and repeated within Arrow: per row, the three took 5.4 s at 10.5M rows.
+            arrays[column] = pa.repeat(_arrow_array(table.name, column, [stamps[column]], kind)[0], len(frame))
     return pa.table(arrays)
 
 
@@ -301,6 +302,10 @@ def _arrow_array(table: str, column: str, values: Any, kind: ColumnType) -> "pa.
 
     series = pd.Series(values)
     try:
+        if kind == "string" and _held_as_text(series):
+            # Converted within Arrow, not through a Python object per row: 10.5M offers at a million
+            # customers took 18.9 s and raised the task's memory by 2.5 GB that way.
+            return pa.array(series, from_pandas=True).cast(pa.string())
         if kind == "date":
             series = pd.to_datetime(series).dt.date
         elif kind == "timestamp":
@@ -310,6 +315,16 @@ def _arrow_array(table: str, column: str, values: Any, kind: ColumnType) -> "pa.
         return pa.array(series.astype(object).where(series.notna(), None), type=pa.type_for_alias(_ARROW_TYPES[kind]), from_pandas=True)
     except (TypeError, ValueError, pa.ArrowException) as error:
         raise ValueError(f"{table}.{column}: values do not fit the declared type {kind} ({error})") from error
+
+
+def _held_as_text(series: "pd.Series") -> bool:
+    """Whether pandas holds `series` as text: its string dtype, or categories of it."""
+    import pandas as pd
+
+    dtype = series.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        dtype = dtype.categories.dtype
+    return isinstance(dtype, pd.StringDtype)
 
 
 def record_run(warehouse: Warehouse, run: Mapping[str, Any]) -> None:
