@@ -259,6 +259,24 @@ def test_sql_error_inside_transaction_rolls_back_and_the_connection_stays_usable
         assert len(_all_events(warehouse)) == 3
 
 
+def test_batches_appended_inside_a_transaction_are_not_held_until_it_commits(tmp_path):
+    # A first load appends every batch it reads in one transaction: batches DuckDB kept alive until
+    # the commit made the load's memory grow with the source (16 GB at a million customers).
+    batch_bytes = 0
+    with connect(f"duckdb:///{tmp_path / 'w.duckdb'}") as warehouse:
+        warehouse.ensure_table("t.events", EVENT_COLUMNS)
+        with warehouse.transaction():
+            held_before = pa.total_allocated_bytes()
+            for batch in range(10):
+                data = _events([(f"a source named at some length, batch {batch}", D1, value) for value in range(20_000)])
+                batch_bytes = data.nbytes
+                warehouse.append_arrow("t.events", data)
+                del data
+            held_inside = pa.total_allocated_bytes() - held_before
+        assert warehouse.fetchall("select count(*) from t.events") == [(200_000,)]
+    assert held_inside < 2 * batch_bytes
+
+
 def test_nested_transaction_joins_the_outer_one(warehouse_url):
     with connect(warehouse_url) as warehouse:
         _seed_events(warehouse)
