@@ -558,13 +558,15 @@ def next_best_offers(product_rules: pd.DataFrame, purchases: pd.DataFrame, custo
     # The rank within each customer's run of offers (they are sorted by customer).
     first = np.flatnonzero(np.concatenate(([True], customer[1:] != customer[:-1]))) if len(customer) else np.empty(0, dtype=np.int64)
     rank = np.arange(len(customer)) - np.repeat(first, np.diff(np.append(first, len(customer)))) + 1
+    # Text columns as categoricals over the customers, skus and sources by their codes: made per
+    # row, pandas turned 10.5M offers' ids, skus and rules into text in about 20 s and +1.3 GB.
     return pd.DataFrame({
-        "customer_id": customers["customer_id"].to_numpy()[customer],
+        "customer_id": pd.Categorical.from_codes(customer, categories=pd.Index(customers["customer_id"])),
         "rank": rank.astype(np.int64),
-        "sku": skus.to_numpy()[offers["sku_code"].to_numpy()[ranked]].astype(object) if len(offers) else np.empty(0, dtype=object),
+        "sku": pd.Categorical.from_codes(offers["sku_code"].to_numpy(np.int64)[ranked], categories=skus),
         "score": offers["score"].to_numpy(dtype=float)[ranked],
-        "rule": offers["rule"].to_numpy(dtype=object)[ranked],
-        "source": np.array(OFFER_SOURCES, dtype=object)[offers["source"].to_numpy(np.int64)[ranked]],
+        "rule": pd.Categorical(offers["rule"].to_numpy(dtype=object)[ranked]),
+        "source": pd.Categorical.from_codes(offers["source"].to_numpy(np.int64)[ranked], categories=OFFER_SOURCES),
         "marketing_opt_in": customers["marketing_opt_in"].astype("boolean").to_numpy()[customer],
     })
 
