@@ -253,11 +253,7 @@ def _pairs_within(pairs: pd.DataFrame, held: pd.DataFrame) -> np.ndarray:
         return ((frame["customer_id"].cat.codes.to_numpy(np.int64) + 1) * width
                 + frame["item"].cat.codes.to_numpy(np.int64) + 1)
 
-    known = np.sort(pair_codes(held))
-    wanted = pair_codes(pairs)
-    if not len(known):
-        return np.zeros(len(wanted), dtype=bool)
-    return known[np.minimum(np.searchsorted(known, wanted), len(known) - 1)] == wanted
+    return _contains(np.sort(pair_codes(held)), pair_codes(pairs))
 
 
 def _as_text(values: pd.Series) -> pd.Series:
