@@ -408,7 +408,6 @@ class _DuckDBWarehouse(Warehouse):
         # (one transaction) held every batch it read: 16 GB at a million customers.
         crmw_incoming_batch = data
         self._con.execute(f"insert into {qualified(table)} ({columns}) select {columns} from crmw_incoming_batch")
-        del crmw_incoming_batch
         return data.num_rows
 
     def storage_bytes(self) -> dict[str, int]:
