@@ -170,3 +170,36 @@ dates_to_build as (
 {% macro builds_on_this() -%}
     {%- do return(this is not none and is_incremental()) -%}
 {%- endmacro %}
+
+{#- A full build of a feature model writes its dates a few at a time (var
+    feature_dates_per_statement, default 6): the model's own statement builds the first few, and
+    `insert_later_feature_date_batches` (its first post-hook) runs the same SQL again for each next
+    few. In one statement every date of two years was held at once: at a million customers DuckDB
+    spilled the feature snapshots' joins until a 35 GB disk was full. The model filters its dates
+    with `where {{ feature_date_batch(1) }}` on a full build only: an incremental one builds the few
+    dates and customers that changed. -#}
+{% macro feature_date_batch(batch) -%}
+    {%- set size = var('feature_dates_per_statement', 6) | int -%}
+    as_of_date in (
+        select as_of_date from (
+            select as_of_date, row_number() over (order by as_of_date) as date_number
+            from {{ ref('feature_dates') }}
+        ) as numbered_dates
+        where date_number between {{ (batch - 1) * size + 1 }} and {{ batch * size }}
+    )
+{%- endmacro %}
+
+{#- Post-hook: after a full build wrote the first batch of feature dates, the later batches, each
+    its own insert (a statement's joins are freed when it ends). The SQL is the model's compiled
+    code with its batch filter moved on; a compiled code without the first batch's filter is an
+    incremental run, which has nothing to add. Renders no SQL of its own. -#}
+{% macro insert_later_feature_date_batches() -%}
+    {%- set first_batch = feature_date_batch(1) -%}
+    {%- if execute and first_batch in (compiled_code or '') -%}
+        {%- set size = var('feature_dates_per_statement', 6) | int -%}
+        {%- set date_count = run_query('select count(*) from ' ~ ref('feature_dates')).columns[0].values()[0] | int -%}
+        {%- for batch in range(2, (date_count + size - 1) // size + 1) -%}
+            {%- do run_query('insert into ' ~ this ~ ' select * from (' ~ compiled_code.replace(first_batch, feature_date_batch(batch)) ~ ') as batch_rows') -%}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro %}

@@ -5,6 +5,9 @@
 -- depends_on: {{ ref('changed_customers') }}
 with feature_dates as (
     select as_of_date from {{ ref('feature_dates') }}
+    {%- if not builds_on_this() %}
+    where {{ feature_date_batch(1) }}
+    {%- endif %}
 ),
 
 {{ feature_work_ctes('feature_dates') }}
