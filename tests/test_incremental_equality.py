@@ -222,11 +222,11 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
             " (select max(_built_at) as latest from intermediate.int_customer_identity) as last_run")
     assert 0 < redone < left_alone, (redone, left_alone)
     incremental, incremental_ml = _built_tables(url), _run_the_models(url, "daily")
-    # The full refresh writes its feature dates two per statement (macros/incremental_features.sql).
+    # The full refresh writes the feature models' customers in batches (macros/incremental_features.sql).
     with connect(url) as warehouse:
-        [(feature_dates,)] = warehouse.fetchall("select count(*) from features.feature_dates")
-    assert feature_dates > 4, f"{feature_dates} feature dates: the full refresh would write them in fewer than three statements"
-    batched = ["--vars", f"{{as_of_date: '{_day(DAYS - 1)}', reprocessing_window_days: 0, feature_dates_per_statement: 2}}"]
+        [(customers,)] = warehouse.fetchall("select count(distinct customer_id) from intermediate.int_customer_identity")
+    batched = ["--vars", f"{{as_of_date: '{_day(DAYS - 1)}', reprocessing_window_days: 0,"
+                         f" feature_customers_per_statement: {customers // 5 + 1}}}"]
     _dbt_in_process(url, "run", "--full-refresh", *batched, tmp_path=tmp_path, monkeypatch=monkeypatch)
     _assert_one_index_each_on_built_at_and_feature_date(url)  # the full refresh swapped in new tables
     full_refresh, full_refresh_ml = _built_tables(url), _run_the_models(url, "full-refresh")

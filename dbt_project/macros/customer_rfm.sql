@@ -101,7 +101,7 @@
                     change.sign * order_category_spend.{{ measure }} as {{ measure }}{% if not loop.last %},{% endif %}
                     {%- endfor %}
                 from {{ spans }} as revenue_spans
-                inner join ({{ order_category_spend(order_lines, products) }}) as order_category_spend
+                inner join ({{ order_category_spend(order_lines, products, spans) }}) as order_category_spend
                     on revenue_spans.order_id = order_category_spend.order_id
                 cross join (values (1), (-1)) as change (sign)
                 where revenue_spans.is_revenue
@@ -114,10 +114,11 @@
     where revenue_orders > 0
 {%- endmacro %}
 
-{#- The valid lines of `order_lines` summed per order and product category (`products` gives an
-    SKU's category): order_id, category, category_amount (net), gross_amount, discount_amount and
-    units. -#}
-{% macro order_category_spend(order_lines, products) -%}
+{#- The valid lines of `order_lines` of the orders in `orders` (a relation with order_id) summed per
+    order and product category (`products` gives an SKU's category): order_id, category,
+    category_amount (net), gross_amount, discount_amount and units. The orders are those of a full
+    build's batch of customers (macro feature_batch_rows): their lines only are summed. -#}
+{% macro order_category_spend(order_lines, products, orders) -%}
     select
         {{ order_lines }}.order_id,
         {{ products }}.category,
@@ -129,6 +130,7 @@
     inner join {{ products }}
         on {{ order_lines }}.sku = {{ products }}.sku
     where {{ order_lines }}.is_valid
+        and {{ order_lines }}.order_id in (select order_id from {{ orders }} as orders_of_lines)
     group by 1, 2
 {%- endmacro %}
 

@@ -46,7 +46,8 @@ dates_to_build as (
 {#- The rows of `spans` (a model or CTE of spans with customer_id, known_from and known_until:
     orders_as_known, tickets_as_known, revenue_category_spend_spans) known on each feature date
     this run builds: on the dates not built yet, every span known then; on the others, the spans
-    of the customers whose features changed. Each row is the date's as_of_date and the span's
+    of the customers whose features changed. On a full build, the spans of the statement's batch
+    of customers (feature_batch_rows). Each row is the date's as_of_date and the span's
     columns. Two joins rather than every date's spans filtered after: on PostgreSQL the
     dates-on-spans join is a nested loop, and the earlier dates hold most of them. Reads the CTEs `feature_dates` and (incremental) `dates_to_build`. -#}
 {% macro known_in_feature_work(spans) -%}
@@ -56,7 +57,7 @@ dates_to_build as (
     {{ spans_known_on('feature_dates', spans) }}
     {{ held_dates_of_customers_whose_features_changed('known.customer_id') }}
     {%- else %}
-    {{ spans_known_on('feature_dates', spans) }}
+    {{ spans_known_on('feature_dates', feature_batch_rows(spans)) }}
     {%- endif %}
 {%- endmacro %}
 
@@ -171,35 +172,68 @@ dates_to_build as (
     {%- do return(this is not none and is_incremental()) -%}
 {%- endmacro %}
 
-{#- A full build of a feature model writes its dates a few at a time (var
-    feature_dates_per_statement, default 6): the model's own statement builds the first few, and
-    `insert_later_feature_date_batches` (its first post-hook) runs the same SQL again for each next
-    few. In one statement every date of two years was held at once: at a million customers DuckDB
-    spilled the feature snapshots' joins until a 35 GB disk was full. The model filters its dates
-    with `where {{ feature_date_batch(1) }}` on a full build only: an incremental one builds the few
-    dates and customers that changed. -#}
-{% macro feature_date_batch(batch) -%}
-    {%- set size = var('feature_dates_per_statement', 6) | int -%}
-    as_of_date in (
-        select as_of_date from (
-            select as_of_date, row_number() over (order by as_of_date) as date_number
-            from {{ ref('feature_dates') }}
-        ) as numbered_dates
-        where date_number between {{ (batch - 1) * size + 1 }} and {{ batch * size }}
-    )
+{#- A full build of a feature model writes its customers a batch at a time: every feature is one
+    customer's on one date, so each batch is the same query on fewer customers. The model's own
+    statement builds the first batch, and `insert_later_feature_batches` (its first post-hook) runs
+    the same SQL again for each next one. In one statement a million customers' category running
+    totals alone spilled 16.6 GB on DuckDB, and the whole query filled a 35 GB disk. A batch is the
+    customers whose key (an md5 in hex) starts with one of a set of hex digits; as many batches as
+    var feature_customers_per_statement (default 50,000) asks, at most 16. An incremental build
+    writes the few dates and customers that changed in one statement. -#}
+{% macro feature_batch_condition(customer_column) -%}
+    {%- set batches = feature_batches() -%}
+    {%- if batches > 1 -%}
+    substr({{ customer_column }}, 1, 1) in {{ _feature_batch_digits(1, batches) }}
+    {%- else -%}
+    true
+    {%- endif -%}
 {%- endmacro %}
 
-{#- Post-hook: after a full build wrote the first batch of feature dates, the later batches, each
-    its own insert (a statement's joins are freed when it ends). The SQL is the model's compiled
-    code with its batch filter moved on; a compiled code without the first batch's filter is an
-    incremental run, which has nothing to add. Renders no SQL of its own. -#}
-{% macro insert_later_feature_date_batches() -%}
-    {%- set first_batch = feature_date_batch(1) -%}
-    {%- if execute and first_batch in (compiled_code or '') -%}
-        {%- set size = var('feature_dates_per_statement', 6) | int -%}
-        {%- set date_count = run_query('select count(*) from ' ~ ref('feature_dates')).columns[0].values()[0] | int -%}
-        {%- for batch in range(2, (date_count + size - 1) // size + 1) -%}
-            {%- do run_query('insert into ' ~ this ~ ' select * from (' ~ compiled_code.replace(first_batch, feature_date_batch(batch)) ~ ') as batch_rows') -%}
-        {%- endfor -%}
+{#- `relation` (with a customer_id column) cut to this statement's batch of customers. -#}
+{% macro feature_batch_rows(relation) -%}
+    (select * from {{ relation }} as batch_source where {{ feature_batch_condition('batch_source.customer_id') }})
+{%- endmacro %}
+
+{#- How many statements a full build of a feature model writes its customers in; 1 on an incremental
+    build, while parsing and in a unit test. -#}
+{% macro feature_batches() -%}
+    {%- if not execute or this is none or builds_on_this() -%}
+        {%- do return(1) -%}
+    {%- endif -%}
+    {%- do return(_feature_batch_count()) -%}
+{%- endmacro %}
+
+{% macro _feature_batch_count() -%}
+    {%- set customers = run_query('select count(distinct customer_id) from ' ~ ref('int_customer_identity')).columns[0].values()[0] | int -%}
+    {%- set per_statement = var('feature_customers_per_statement', 50000) | int -%}
+    {%- do return([16, [1, (customers + per_statement - 1) // per_statement] | max] | min) -%}
+{%- endmacro %}
+
+{#- The hex digits starting the keys of batch `batch` (1-based) of `batches`, as a SQL list marked so
+    the post-hook finds it. -#}
+{% macro _feature_batch_digits(batch, batches) -%}
+    {%- set digits = [] -%}
+    {%- for position in range(16) if position * batches // 16 == batch - 1 -%}
+        {%- do digits.append("'" ~ '0123456789abcdef'[position] ~ "'") -%}
+    {%- endfor -%}
+    ({{ digits | join(', ') }}) /* feature batch {{ batch }} of {{ batches }} */
+{%- endmacro %}
+
+{#- Post-hook: after a full build wrote the first batch of customers, the later batches, each its own
+    insert (a statement's joins and spills are freed when it ends). The SQL is the model's compiled
+    code with every batch condition moved on; a compiled code without the first batch's digits is
+    an incremental run or a build of one batch, which has nothing to add. Renders no SQL itself:
+    it runs when dbt renders it, after the table was built, inside the model's transaction. -#}
+{% macro insert_later_feature_batches() -%}
+    {#- Counted only after a batched build (after a first build the table exists now, so
+        builds_on_this cannot tell): the count reads every identity row. -#}
+    {%- if execute and '/* feature batch 1 of ' in (compiled_code or '') -%}
+        {%- set batches = _feature_batch_count() -%}
+        {%- set first_batch = _feature_batch_digits(1, batches) -%}
+        {%- if first_batch in compiled_code -%}
+            {%- for batch in range(2, batches + 1) -%}
+                {%- do run_query('insert into ' ~ this ~ ' select * from (' ~ compiled_code.replace(first_batch, _feature_batch_digits(batch, batches)) ~ ') as batch_rows') -%}
+            {%- endfor -%}
+        {%- endif -%}
     {%- endif -%}
 {%- endmacro %}

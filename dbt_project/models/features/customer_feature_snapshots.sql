@@ -5,9 +5,6 @@
 -- depends_on: {{ ref('changed_customers') }}
 with feature_dates as (
     select as_of_date from {{ ref('feature_dates') }}
-    {%- if not builds_on_this() %}
-    where {{ feature_date_batch(1) }}
-    {%- endif %}
 ),
 
 {{ feature_work_ctes('feature_dates') }}
@@ -51,6 +48,7 @@ crm_customers as (
     select source_key as crm_id, customer_id
     from identity
     where source_table = 'customers'
+        and {{ feature_batch_condition('customer_id') }}
 ),
 
 -- CRM contacts known on each date, with the earliest signup date their versions known then give.
@@ -187,7 +185,7 @@ category_spend as (
 ),
 {%- else %}
 category_spend as (
-    {{ known_in_feature_work('(' ~ revenue_category_spend_spans(ref('orders_as_known'), 'order_lines', 'products') ~ ')') }}
+    {{ known_in_feature_work('(' ~ revenue_category_spend_spans(feature_batch_rows(ref('orders_as_known')), 'order_lines', 'products') ~ ')') }}
 ),
 {%- endif %}
 

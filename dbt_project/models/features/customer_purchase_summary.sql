@@ -4,14 +4,11 @@
 -- on one day are one purchase), the first purchase starts the customer's history and every later
 -- one is a repeat.
 -- Incremental: see macros/incremental_features.sql.
--- depends_on: {{ ref('changed_customers') }}
+-- depends_on: {{ ref('changed_customers') }}, {{ ref('int_customer_identity') }}
 {%- set long_window_days = var('spend_window_long_days', 365) %}
 
 with feature_dates as (
     select as_of_date from {{ ref('feature_dates') }}
-    {%- if not builds_on_this() %}
-    where {{ feature_date_batch(1) }}
-    {%- endif %}
 ),
 
 {{ feature_work_ctes('feature_dates') }}
