@@ -184,8 +184,9 @@ category_spend as (
     {{ revenue_category_spend('orders_without_carried_categories', 'order_lines', 'products', ['as_of_date', 'customer_id']) }}
 ),
 {%- else %}
+-- A full build: the spans of the statement's batch of customers, already cut to it by their orders.
 category_spend as (
-    {{ known_in_feature_work('(' ~ revenue_category_spend_spans(feature_batch_rows(ref('orders_as_known')), 'order_lines', 'products') ~ ')') }}
+    {{ spans_known_on('feature_dates', '(' ~ revenue_category_spend_spans(feature_batch_rows(ref('orders_as_known')), 'order_lines', 'products') ~ ')') }}
 ),
 {%- endif %}
 
