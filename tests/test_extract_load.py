@@ -19,7 +19,7 @@ import pytest
 
 from extract_load.contract import load_contract
 from extract_load.load import ExtractError, ExtractSettings, extract_system, reconcile_system
-from extract_load.key_state import is_bucketed
+from extract_load.key_state import KEY_BUCKETS, is_bucketed
 from extract_load.parse import DeliveryError
 from simulator import SimulationSettings, append_day, simulate
 from crmw.scratch import new_postgres_database
@@ -960,9 +960,9 @@ def test_the_key_reconciliation_reads_only_the_keys_of_buckets_whose_digests_dif
     with connect(warehouse_url) as warehouse:
         assert warehouse.fetchall(f"select count(*) from raw_sales.orders where order_id = {deleted} and _deleted") == [(1,)]
         (orders,) = warehouse.fetchall("select count(distinct order_id) from raw_sales.orders")[0]
-    assert _reconciled_keys(caplog.messages, "orders")[0] == "the keys of 1 of 1024 buckets whose digests differ"
+    assert _reconciled_keys(caplog.messages, "orders")[0] == f"the keys of 1 of {KEY_BUCKETS} buckets whose digests differ"
     assert _reconciled_keys(caplog.messages, "orders")[1] < orders / 20
-    assert _reconciled_keys(caplog.messages, "order_lines") == ("the keys of 0 of 1024 buckets whose digests differ", 0)
+    assert _reconciled_keys(caplog.messages, "order_lines") == (f"the keys of 0 of {KEY_BUCKETS} buckets whose digests differ", 0)
     assert _reconciled_keys(caplog.messages, "products")[0] == "every key"  # keyed by text: no hash for it
 
 
@@ -985,7 +985,7 @@ def test_reconciling_a_past_date_again_after_later_ones_leaves_raw_as_it_was_and
     with caplog.at_level("INFO", logger="extract_load.load"):
         again = _load(warehouse_url, days[3], settings, systems=("sales",))["sales.orders:reconcile"]
     assert (again.rows_deleted, again.rows_recovered) == (0, 0)
-    assert _reconciled_keys(caplog.messages, "orders") == ("the keys of 0 of 1024 buckets whose digests differ", 0)
+    assert _reconciled_keys(caplog.messages, "orders") == (f"the keys of 0 of {KEY_BUCKETS} buckets whose digests differ", 0)
     assert {table: _snapshot(warehouse_url, table) for table in tables} == before
 
 
@@ -1003,7 +1003,7 @@ def test_quarantined_source_rows_do_not_make_their_buckets_differ_on_every_later
         again = reconcile_system("sales", days[-1], "again", settings=settings, warehouse_url=warehouse_url)
     assert all((audit.rows_deleted, audit.rows_recovered) == (0, 0) for audit in again)
     for name in bucketed:  # raw holds what the source has, but for what quarantine holds: no bucket to compare
-        assert _reconciled_keys(caplog.messages, name) == ("the keys of 0 of 1024 buckets whose digests differ", 0), (name, held.get(name))
+        assert _reconciled_keys(caplog.messages, name) == (f"the keys of 0 of {KEY_BUCKETS} buckets whose digests differ", 0), (name, held.get(name))
 
 
 def test_key_bucket_digests_are_the_same_from_sqlite_postgresql_and_the_warehouse(warehouse_url, postgres_url, tmp_path):
