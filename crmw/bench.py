@@ -60,6 +60,15 @@ TIERS = {
 FIELDS = ("wall_seconds", "cpu_seconds", "rows", "rows_per_second", "peak_rss_mb")
 FULL_RUN, STEADY_DAY = "full run (after simulating)", "steady day (after simulating)"
 THROUGH_AIRFLOW = "next day: crmw run, through Airflow (after simulating)"
+# The storage budget per schema, in MB for 100,000 customers × 730 days (the medium tier): the
+# warehouse in 6 GB there, on either engine (PostgreSQL's rows are the larger). Other tiers scale it
+# by customers × days. The split says where the bytes may go: raw keeps every version delivered, so
+# it gets the most; staging holds their latest versions; features are per customer and month.
+STORAGE_BUDGET_MB = {
+    "raw_sales": 1_900, "raw_crm": 250, "raw_service": 300, "raw_meta": 400, "staging": 900, "intermediate": 250,
+    "marts": 450, "published": 450, "features": 1_000, "ml": 200, "activation": 40,
+}
+BUDGET_CUSTOMER_DAYS = 100_000 * 730
 # How many of a build's slowest dbt nodes, and of the warehouse's largest tables, a result keeps.
 SLOWEST_NODES, LARGEST_TABLES = 12, 10
 
@@ -168,6 +177,7 @@ def run_benchmark(
         # Megabytes per schema after the full run and after the steady day; every run holds the
         # same data (one seed), so the first run's.
         "storage_mb": storage[0],
+        "storage_budget_mb": storage_budget_mb(spec),
         "largest_tables_mb": largest_tables[0],
         "each_run": records,
     }
@@ -395,6 +405,13 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def storage_budget_mb(spec: Tier) -> dict[str, float]:
+    """STORAGE_BUDGET_MB scaled to the tier, with its total."""
+    scale = spec.customers * spec.days / BUDGET_CUSTOMER_DAYS
+    budget = {schema: round(megabytes * scale, 1) for schema, megabytes in STORAGE_BUDGET_MB.items()}
+    return {**budget, "total": round(sum(STORAGE_BUDGET_MB.values()) * scale, 1)}
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     machine = result["machine"]
     lines = [
@@ -417,7 +434,7 @@ def markdown_table(result: dict[str, Any]) -> str:
                 f"{name} {_cell(seconds)} s" for name, seconds in row["phase_seconds"].items()))
         label = f"{row['stage']} ({'; '.join(notes)})" if notes else row["stage"]
         lines.append(f"| {label} | {' | '.join(cells)} |")
-    lines += _megabytes_table("schema", result.get("storage_mb") or {})
+    lines += _megabytes_table("schema", result.get("storage_mb") or {}, result.get("storage_budget_mb"))
     lines += _megabytes_table("largest tables", result.get("largest_tables_mb") or {})
     for row in result["stages"]:
         if row.get("slowest_nodes"):
@@ -426,15 +443,21 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _megabytes_table(title: str, by_moment: dict[str, dict[str, float]]) -> list[str]:
+def _megabytes_table(title: str, by_moment: dict[str, dict[str, float]], budget: dict[str, float] | None = None) -> list[str]:
     """Markdown lines of megabytes per name (a schema, a table) after each moment, a column per
-    moment, after a blank line; none when nothing was measured."""
+    moment, after a blank line; none when nothing was measured. With a `budget` per name, its
+    column and by how much the largest of the moments exceeds it (blank: within it)."""
     if not by_moment:
         return []
     moments = list(by_moment)
-    lines = ["", f"| {title} | {' | '.join(f'MB after the {moment}' for moment in moments)} |", f"|---|{'---:|' * len(moments)}"]
+    headers = [f"MB after the {moment}" for moment in moments] + (["budget MB", "over budget MB"] if budget else [])
+    lines = ["", f"| {title} | {' | '.join(headers)} |", f"|---|{'---:|' * len(headers)}"]
     for name in dict.fromkeys(name for sizes in by_moment.values() for name in sizes):
-        lines.append(f"| {name} | {' | '.join(_cell(by_moment[moment].get(name)) for moment in moments)} |")
+        cells = [_cell(by_moment[moment].get(name)) for moment in moments]
+        if budget:
+            allowed, held = budget.get(name), max((sizes.get(name) or 0.0) for sizes in by_moment.values())
+            cells += [_cell(allowed), _cell(round(held - allowed, 1)) if allowed is not None and held > allowed else ""]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return lines
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from crmw import cli
-from crmw.bench import FIELDS, FULL_RUN, LARGEST_TABLES, SLOWEST_NODES, STEADY_DAY, run_benchmark
+from crmw.bench import FIELDS, FULL_RUN, LARGEST_TABLES, SLOWEST_NODES, STEADY_DAY, STORAGE_BUDGET_MB, _cell, run_benchmark
 from ml_tasks.registry import MODELS
 
 PIPELINE_STAGES = ["extract-load", "reconcile", "dbt build", *(f"ml: {spec.name}" for spec in MODELS), "publish"]
@@ -43,6 +43,14 @@ def test_bench_tiny_tier_times_every_stage_then_a_steady_day(tmp_path: Path) -> 
     assert list(storage) == ["full run", "steady day"]
     assert {"raw_sales", "marts", "features", "ml", "total"} <= set(storage["steady day"])
     assert storage["steady day"]["total"] >= storage["steady day"]["marts"] > 0
+    # Beside each schema its budget (6 GB at 100,000 customers × 730 days, scaled to the tier) and
+    # the megabytes over it; every schema the warehouse holds has one.
+    budget = result["storage_budget_mb"]
+    assert set(storage["steady day"]) <= set(budget)
+    assert budget["total"] == round(sum(STORAGE_BUDGET_MB.values()) * 200 * 60 / (100_000 * 730), 1)
+    assert "| schema | MB after the full run | MB after the steady day | budget MB | over budget MB |" in table
+    over = round(storage["steady day"]["total"] - budget["total"], 1)
+    assert f"| total | {_cell(storage['full run']['total'])} | {_cell(storage['steady day']['total'])} | {_cell(budget['total'])} | {_cell(over)} |" in table
     # Then the largest tables, biggest first, and each build's slowest dbt nodes by dbt's timing.
     largest = result["largest_tables_mb"]
     assert list(largest) == ["full run", "steady day"]
