@@ -794,6 +794,12 @@ def _reconcile_keys(
         " where latest._recency = 1 and not coalesce(latest._deleted, false)",
         (stamp["_batch_date"], logical_date, _reconciliation_source_name(entity), stamp["_loaded_at"], logical_date),
     )
+    if audit.rows_deleted >= STATISTICS_REFRESH_ROWS:
+        # A mass deletion at the source (a purge): planned on statistics that knew almost no
+        # tombstone, PostgreSQL's search for recovered keys below ran past 4 minutes (stopped) on a
+        # day that tombstoned 208,790 of 697,614 order lines at 10,000 customers; on fresh ones the
+        # whole reconciliation took 7.7 s.
+        warehouse.refresh_statistics(entity.raw_table)
     # Missing from raw: keys it never held, and keys whose latest version is a tombstone.
     has_tombstone = (
         f"exists (select 1 from {entity.raw_table} as tombstone"
