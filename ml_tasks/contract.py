@@ -297,6 +297,19 @@ def check_range(name: str, value: Any, *, minimum: float | None = None, maximum:
         raise BadParameter(f"{name}: got {value!r}, expected {bounds}")
 
 
+def float_values(values: Any) -> Any:
+    """A column (a pandas Series) as a float64 array with NaN for nulls and for anything that is no
+    number: numbers, nullable integers and booleans directly, anything else (decimals as objects)
+    through pd.to_numeric. Going through Python objects for a numeric column took 3.7 of the 5.1 s
+    the segments spent reading their buyers at a million customers."""
+    import numpy as np
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
+        return values.to_numpy(dtype="float64", na_value=np.nan)
+    return pd.to_numeric(values.astype("object"), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
 def typed_results(frame: Any, columns: Mapping[str, ColumnType]) -> Any:
     """`frame` with exactly `columns`, in order, in the dtypes the warehouse reads them back in;
     an integer column may hold missing values, and its numbers are rounded to whole ones."""

@@ -160,7 +160,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ml_tasks.contract import (CUSTOMER_FEATURE_NUMBERS, BadParameter, InsufficientData, check_range, iso_day,
+from ml_tasks.contract import (CUSTOMER_FEATURE_NUMBERS, BadParameter, InsufficientData, check_range, float_values, iso_day,
                                rounded_for_json, typed_results)
 
 if TYPE_CHECKING:
@@ -624,7 +624,7 @@ def fit_value_models(summary: "pd.DataFrame", on: dt.date, settings: ValueSettin
     import numpy as np
 
     x, span, age = _purchase_history(summary)
-    value = _floats(summary["mean_repeat_value"])
+    value = float_values(summary["mean_repeat_value"])
     repeat = (x > 0) & (value > 0)
     if int(repeat.sum()) < settings.min_repeat_buyers:
         raise InsufficientData(
@@ -650,7 +650,7 @@ def _purchase_history(summary: "pd.DataFrame") -> tuple["np.ndarray", "np.ndarra
 
     columns = {}
     for name in ("repeat_purchases", "purchase_span_days", "purchase_age_days"):
-        values = _floats(summary[name])
+        values = float_values(summary[name])
         if not np.isfinite(values).all() or (values < 0).any():
             raise ValueError(f"{SUMMARY}: {name} must be a non-negative number for every customer with a purchase")
         columns[name] = np.round(values).astype(np.int64)
@@ -668,7 +668,7 @@ def value_predictions(models: ValueModels, summary: "pd.DataFrame") -> dict[str,
     predictions = {"probability_alive": bgnbd.probability_alive(dx, dspan, dage)[rows.inverse]}
     for horizon in HORIZONS:
         predictions[f"expected_purchases_{horizon}d"] = bgnbd.expected_purchases(horizon, dx, dspan, dage)[rows.inverse]
-    value = models.gamma_gamma.parameters.expected_value(x, _floats(summary["mean_repeat_value"]))
+    value = models.gamma_gamma.parameters.expected_value(x, float_values(summary["mean_repeat_value"]))
     predictions["expected_order_value"] = value
     for horizon in HORIZONS:
         predictions[f"spend_{horizon}d"] = predictions[f"expected_purchases_{horizon}d"] * value
@@ -711,7 +711,7 @@ def boosting_matrix(frame: "pd.DataFrame", categories: Mapping[str, Sequence[str
     import numpy as np
     import pandas as pd
 
-    numeric = [_floats(frame[column]) for column in BOOSTING_NUMERIC]
+    numeric = [float_values(frame[column]) for column in BOOSTING_NUMERIC]
     coded = []
     for column in BOOSTING_CATEGORICAL:
         codes = pd.Categorical(frame[column].astype("object"), categories=list(categories[column])).codes
@@ -742,7 +742,7 @@ def fit_boosting(rows: "pd.DataFrame", snapshots: Sequence[dt.date], horizon: in
         frequent = counts.sort_index().sort_values(ascending=False, kind="stable").index[:MAX_CATEGORIES]
         categories[column] = tuple(sorted(frequent))
     matrix = boosting_matrix(rows, categories)
-    target = _floats(rows[LABELS[horizon]]).clip(min=0.0)
+    target = float_values(rows[LABELS[horizon]]).clip(min=0.0)
     categorical = np.zeros(matrix.shape[1], dtype=bool)
     categorical[len(BOOSTING_NUMERIC):] = True
     estimator = HistGradientBoostingRegressor(
@@ -861,7 +861,7 @@ def validate(rows: "pd.DataFrame", complete: Sequence[dt.date], horizon: int, se
 
     validation_date = complete[-1]
     validation = rows[rows[SNAPSHOT] == validation_date].reset_index(drop=True)
-    realised = _floats(validation[LABELS[horizon]])
+    realised = float_values(validation[LABELS[horizon]])
     models = fit_value_models(validation, validation_date, settings)
     predictions = {BGNBD: value_predictions(models, validation)[f"spend_{horizon}d"]}
     training_dates = [snapshot for snapshot in complete if snapshot + dt.timedelta(days=horizon) <= validation_date]
@@ -870,7 +870,7 @@ def validate(rows: "pd.DataFrame", complete: Sequence[dt.date], horizon: int, se
     if rows[SNAPSHOT].isin(training_dates).sum() >= MIN_BOOSTING_TRAINING_ROWS:
         regressor = fit_boosting(rows, training_dates, horizon, settings)
         predictions[BOOSTING] = regressor.predict(validation, settings.score_chunk_rows)
-    predictions[NAIVE] = np.nan_to_num(_floats(validation[NAIVE_COLUMNS[horizon]]), nan=0.0)
+    predictions[NAIVE] = np.nan_to_num(float_values(validation[NAIVE_COLUMNS[horizon]]), nan=0.0)
     figures = {method: spend_figures(predicted, realised) for method, predicted in predictions.items()}
     candidates = [method for method in (BGNBD, BOOSTING) if method in figures]
     # Ties go to BG/NBD: fewer moving parts.
@@ -878,7 +878,7 @@ def validate(rows: "pd.DataFrame", complete: Sequence[dt.date], horizon: int, se
     return {
         "snapshot": iso_day(validation_date),
         "customers": len(validation),
-        "median_purchase_age_days": float(np.median(_floats(validation["purchase_age_days"]))),
+        "median_purchase_age_days": float(np.median(float_values(validation["purchase_age_days"]))),
         "bgnbd": _bgnbd_metrics(models),
         "gamma_gamma": _gamma_gamma_metrics(models),
         "boosting_training_snapshots": [iso_day(snapshot) for snapshot in training_dates],
@@ -959,7 +959,7 @@ def predict(model: CustomerValueModel, value_models: ValueModels, customers: "pd
         else:
             result[f"predicted_spend_{horizon}d"] = values[f"spend_{horizon}d"]
     for column in SUMMARY_COLUMNS:
-        result[column] = _floats(customers[column])
+        result[column] = float_values(customers[column])
     return result
 
 
@@ -1053,7 +1053,7 @@ def _scoring_rows(inputs: Mapping[str, "pd.DataFrame"], needs_features: bool) ->
         duplicate = rows.loc[rows["customer_id"].duplicated(), "customer_id"].iloc[0]
         raise ValueError(f"{SUMMARY}: customer {duplicate!r} appears more than once; expected one row per customer")
     for column in required[1:]:
-        rows[column] = _floats(rows[column])
+        rows[column] = float_values(rows[column])
     if needs_features:
         features = inputs.get(FEATURES)
         wanted = [column for column in (*BOOSTING_NUMERIC, *BOOSTING_CATEGORICAL) if column not in required]
@@ -1084,17 +1084,6 @@ def _gamma_gamma_metrics(models: ValueModels) -> dict[str, Any]:
         "log_likelihood": fit.log_likelihood, "repeat_buyers": fit.customers, "iterations": fit.iterations,
         "converged": fit.converged, "frequency_value_correlation": models.frequency_value_correlation,
     }
-
-
-def _floats(values: "pd.Series") -> "np.ndarray":
-    """A column as float64 with NaN for nulls: numbers, nullable integers and booleans directly,
-    anything else (decimals as objects) through pd.to_numeric."""
-    import numpy as np
-    import pandas as pd
-
-    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
-        return values.to_numpy(dtype="float64", na_value=np.nan)
-    return pd.to_numeric(values.astype("object"), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _reference(values: "np.ndarray") -> "np.ndarray":
