@@ -48,6 +48,7 @@ SEGMENTS_SPEC = ModelSpec(
             "One row per customer with a revenue order: RFM scores (1-5 quintiles, 5 best) and segment,"
             " behavioural cluster (id stable across as-of dates, readable label), distance to the"
             " cluster's centroid (weighted standardised units) and the density-based outlier flag.",
+            thinned_history=True,
         ),
         OutputTable(
             clustering.PROFILES,
@@ -148,6 +149,7 @@ ASSOCIATION_SPEC = ModelSpec(
             " customer's purchases (source 'rule', score = confidence, rule = 'A => C'), then best"
             " sellers weighted by the customer's affinity for their category (score = basket share x"
             " affinity; source 'category_best_seller' in the favourite category, else 'best_seller').",
+            thinned_history=True,
         ),
     ),
     # Twenty baskets (the default support floor) at both levels: fewer cannot hold a frequent
@@ -183,6 +185,7 @@ CHURN_SPEC = ModelSpec(
             "One row per customer with an order: calibrated probability of placing no order in the next"
             " 90 days, risk band, and the three features raising it most, in words, each with the"
             " probability it adds (the drop when that feature is set to its typical value).",
+            thinned_history=True,
         ),
     ),
     minimum_input_rows=1,
@@ -212,6 +215,7 @@ VALUE_SPEC = ModelSpec(
             "One row per customer with a revenue order: BG/NBD probability of being alive and expected"
             " purchases, Gamma-Gamma expected order value, predicted spend over the next 90 and 365 days"
             " from the method that validated best (method), value tier and rank by the 365-day spend.",
+            thinned_history=True,
         ),
     ),
     minimum_input_rows=1,
@@ -251,6 +255,7 @@ INFLUENCE_SPEC = ModelSpec(
             "One row per customer in the CRM referral network (referred anyone or was referred):"
             " direct referrals, size, depth and net revenue of their referral tree, PageRank (rank"
             " flowing to the referrer), influence score and rank (1 = most influential), top-influencer flag.",
+            thinned_history=True,
         ),
     ),
     # Every figure is a count: one referral is a network (a new install has none: insufficient data).
@@ -275,6 +280,7 @@ UPLIFT_SPEC = ModelSpec(
             "One row per customer of the as-of date: predicted rise in conversion probability if sent the next"
             " campaign (T-learner), conversion probability with and without it, rank (1 = most moved), band"
             " (top 20% high, next 30% medium) and marketing consent.",
+            thinned_history=True,
         ),
     ),
     minimum_input_rows=1,
@@ -424,6 +430,7 @@ ACTIVATION_SPEC = ModelSpec(
             " ticket by default): action (retain: high churn risk and top value; campaign: top predicted"
             " uplift; cross_sell: a product rule offer), channel (phone or email), a one-line reason, contact"
             " details, the scores behind it and the best next offer. Also a dated CSV in CRMW_EXPORT_DIR/activation.",
+            thinned_history=True,
         ),
     ),
     minimum_input_rows=1,

@@ -3,22 +3,25 @@ results by their declared schema, record every run in ml.model_runs, refresh BI'
 
 A run's outputs for an as-of date replace that date's earlier rows of every table the model writes,
 together with its ml.model_runs row, in one transaction: a rerun never duplicates, earlier dates
-stay, and BI never sees half a run.
+stay (those of the per-customer outputs thinned by the history policy), and BI never sees half a run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ml_tasks.contract import PANDAS_DTYPES, STAMP_COLUMNS, InputTable, OutputTable, iso_day
+from ml_tasks.contract import PANDAS_DTYPES, STAMP_COLUMNS, HistoryPolicy, InputTable, OutputTable, iso_day
 from warehouse import ColumnType, Warehouse, connect
 from warehouse.adapter import qualified, quote_identifier
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 ML_SCHEMA = "ml"
 MODEL_RUNS = OutputTable(
@@ -376,7 +379,39 @@ def publish(
                 to_arrow(TRAINED_MODELS, new_fit, stamps),
             )
         record_run(warehouse, {**run, "rows_out": written})
+        thin_history(warehouse, [table for table in outputs if table.thinned_history], run["model_name"], as_of_date)
     return written
+
+
+def thin_history(warehouse: Warehouse, tables: Sequence[OutputTable], model_name: str, as_of_date: dt.date,
+                 policy: HistoryPolicy | None = None) -> int:
+    """Delete from `tables` (one model's outputs) the as-of dates the history policy (by default
+    from the environment) no longer keeps on `as_of_date`; returns the rows deleted. The dates are
+    read off ml.model_runs, not the tables (a scan of every date's rows on PostgreSQL): those whose
+    latest publishing run published rows (an insufficient_data run replaced them by none). A date
+    dropped on an earlier day is listed again, and deletes nothing."""
+    if not tables:
+        return 0
+    policy = policy or HistoryPolicy.from_environ()
+    latest_status = {
+        as_date(day): status
+        for day, status in warehouse.fetchall(
+            f"select as_of_date, status from {qualified(MODEL_RUNS.name)} where model_name = ? and status in (?, ?)"
+            " order by finished_at",
+            (model_name, PUBLISHED, INSUFFICIENT_DATA),
+        )
+    }
+    dropped = policy.dates_to_drop([day for day, status in latest_status.items() if status == PUBLISHED], as_of_date)
+    if not dropped:
+        return 0
+    dates = ", ".join("?" for _ in dropped)
+    deleted = sum(
+        warehouse.execute_count(f"delete from {qualified(table.name)} where as_of_date in ({dates})", tuple(dropped))
+        for table in tables
+    )
+    if deleted:
+        log.info("%s: deleted %s rows of as-of dates from %s to %s (%s)", model_name, deleted, dropped[0], dropped[-1], policy)
+    return deleted
 
 
 def publish_latest_views(

@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from ml_tasks import registry, tasks, warehouse_io
-from ml_tasks.contract import BadParameter, QualityBelowFloor, build_settings
+from ml_tasks.contract import BadParameter, HistoryPolicy, QualityBelowFloor, build_settings
 from tests import toy_model
 from tests.toy_model import SPEC
 from warehouse import connect
@@ -90,6 +91,52 @@ def test_a_rerun_replaces_the_date_keeps_earlier_dates_and_appends_a_model_run(w
     assert runs[-1]["seconds"] > 0 and runs[-1]["peak_memory_mb"] > 10
     assert set(json.loads(runs[-1]["phase_seconds"])) == {"read", "score"}  # the toy model is not trained
     assert runs[1]["training_fingerprint"] == runs[2]["training_fingerprint"] != runs[0]["training_fingerprint"]
+
+
+def test_per_customer_outputs_keep_recent_dates_and_month_ends_the_rest_every_date(warehouse_url, monkeypatch):
+    monkeypatch.setenv("CRMW_ML_DAILY_HISTORY_DAYS", "2")
+    monkeypatch.setenv("CRMW_ML_MONTHLY_HISTORY_MONTHS", "2")
+    runs = [(dt.date(2025, 4, 29), SPENDS), (dt.date(2025, 4, 30), SPENDS), (dt.date(2025, 5, 30), SPENDS),
+            (dt.date(2025, 5, 31), SPENDS),
+            # May 31 run again with too little data: it holds no scores now, May 30's are the month's last.
+            (dt.date(2025, 5, 31), {"ann": 10.0}),
+            (dt.date(2025, 6, 27), SPENDS), (dt.date(2025, 6, 28), SPENDS), (dt.date(2025, 6, 29), SPENDS),
+            (DAY, SPENDS), (NEXT_DAY, SPENDS)]
+    for number, (day, spends) in enumerate(runs):
+        _load_features(warehouse_url, day, spends)
+        tasks.run_model(SPEC, day, f"run-{number}", warehouse_url=warehouse_url)
+    kept = [row[0] for row in _rows(warehouse_url, "select distinct as_of_date from ml.toy_scores order by 1")]
+    # On July 1: June 29 and 30 are within two days (June's last date among them), May 30 is May's
+    # last date held, two months back; April is three.
+    assert kept == [dt.date(2025, 5, 30), dt.date(2025, 6, 29), DAY, NEXT_DAY]
+    # A table of a row per date keeps every date, and a backfill of an earlier day drops nothing after it.
+    assert len(_rows(warehouse_url, "select distinct as_of_date from ml.toy_summary")) == len({day for day, _ in runs}) - 1
+    tasks.run_model(SPEC, dt.date(2025, 6, 28), "backfill", warehouse_url=warehouse_url)
+    assert [row[0] for row in _rows(warehouse_url, "select distinct as_of_date from ml.toy_scores order by 1")] == [
+        dt.date(2025, 5, 30), dt.date(2025, 6, 28), dt.date(2025, 6, 29), DAY, NEXT_DAY]
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"CRMW_ML_DAILY_HISTORY_DAYS": "a week"}, "CRMW_ML_DAILY_HISTORY_DAYS='a week': expected a whole number"),
+    ({"CRMW_ML_DAILY_HISTORY_DAYS": "0"}, "CRMW_ML_DAILY_HISTORY_DAYS: got 0, expected at least 1"),
+    ({"CRMW_ML_MONTHLY_HISTORY_MONTHS": "-1"}, "CRMW_ML_MONTHLY_HISTORY_MONTHS: got -1, expected at least 0"),
+])
+def test_a_bad_history_policy_is_refused_naming_its_variable(environ, message):
+    with pytest.raises(BadParameter, match=re.escape(message)):
+        HistoryPolicy.from_environ(environ)
+
+
+def test_the_default_history_policy_keeps_a_week_daily_and_thirteen_month_ends():
+    held = [dt.date(2025, 1, 1) + dt.timedelta(days=offset) for offset in range(0, 700, 3)]
+    as_of = held[-1]
+    kept = sorted(set(held) - set(HistoryPolicy.from_environ({}).dates_to_drop(held, as_of)))
+    daily = [day for day in kept if (as_of - day).days <= 7]
+    assert daily == [day for day in held if (as_of - day).days <= 7] and len(daily) == 3
+    # Before those, each month's last date back to 13 months before December 2026 (November's is daily).
+    month_ends = [day for day in kept if day not in daily]
+    assert as_of == dt.date(2026, 12, 1) and daily[0] == dt.date(2026, 11, 25)
+    assert [(day.year, day.month) for day in month_ends] == [(2025, 11), (2025, 12), *((2026, month) for month in range(1, 11))]
+    assert all((day + dt.timedelta(days=3)).month != day.month for day in month_ends)
 
 
 def test_too_little_data_publishes_empty_tables_and_skips_the_floors(warehouse_url):

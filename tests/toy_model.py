@@ -26,6 +26,7 @@ class ToySettings:
 SCORES = OutputTable(
     "ml.toy_scores",
     {"customer_id": "string", "spend": "double", "above_mean": "boolean", "last_order_date": "date", "scored_at": "timestamp"},
+    thinned_history=True,
 )
 SUMMARY = OutputTable("ml.toy_summary", {"customers": "integer", "mean_spend": "double"})
 
