@@ -213,7 +213,12 @@ dates_to_build as (
     {%- for position in range(16) if position * batches // 16 == batch - 1 -%}
         {%- do digits.append("'" ~ '0123456789abcdef'[position] ~ "'") -%}
     {%- endfor -%}
-    ({{ digits | join(', ') }}) /* feature batch {{ batch }} of {{ batches }} */
+    ({{ digits | join(', ') }}) {{ _feature_batch_mark(batch) }}{{ batches }} */
+{%- endmacro %}
+
+{#- The start of batch `batch`'s mark, which ends with the number of batches: the post-hook reads it. -#}
+{% macro _feature_batch_mark(batch) -%}
+    {%- do return('/* feature batch ' ~ batch ~ ' of ') -%}
 {%- endmacro %}
 
 {#- Post-hook: after a full build wrote the first batch of customers, the later batches, each its own
@@ -224,7 +229,7 @@ dates_to_build as (
 {% macro insert_later_feature_batches() -%}
     {#- The number of batches is the one the statement was built with, read from its mark (after a
         first build the table exists now, so builds_on_this cannot tell a batched build). -#}
-    {%- set mark = '/* feature batch 1 of ' -%}
+    {%- set mark = _feature_batch_mark(1) -%}
     {%- if execute and mark in (compiled_code or '') -%}
         {%- set batches = compiled_code.split(mark)[1].split(' */')[0] | int -%}
         {%- set first_batch = _feature_batch_digits(1, batches) -%}
