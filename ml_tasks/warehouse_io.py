@@ -341,14 +341,20 @@ def record_run(warehouse: Warehouse, run: Mapping[str, Any]) -> None:
         "phase_seconds": json.dumps(run.get("phase_seconds", {})),
         "finished_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
     }
-    warehouse.ensure_table(MODEL_RUNS.name, MODEL_RUNS.columns)
+    ensure_outputs(warehouse, [MODEL_RUNS])
     warehouse.append_arrow(MODEL_RUNS.name, to_arrow(MODEL_RUNS, pd.DataFrame([row]), {}))
 
 
 def ensure_outputs(warehouse: Warehouse, tables: Sequence[OutputTable]) -> None:
-    """Create every output table with its declared columns (and add a newly declared column)."""
+    """Create every output table with its declared columns (and add a newly declared column), with
+    an index on as_of_date where the engine keeps one (PostgreSQL): a run replaces one date's rows,
+    and BI's `_latest` views read the newest date. Without it each scanned every date held: at 21
+    dates of a million rows (4.1 GB), deleting a date took 2.8 s, max(as_of_date) 1.7 s and a
+    `_latest` view's rows of one customer 3.4 s; with it (139 MB) 0.0, 0.0 and 0.2 s, and inserting
+    the date's million rows 5.2 s instead of 3.7-4.5."""
     for table in tables:
         warehouse.ensure_table(table.name, table.all_columns)
+        warehouse.ensure_index(table.name, ["as_of_date"])
 
 
 def publish(

@@ -71,6 +71,10 @@ def test_results_are_written_in_their_declared_types_with_stamps(warehouse_url):
     rows = _rows(warehouse_url, "select customer_id, above_mean, scored_at, run_id, model_version, as_of_date from ml.toy_scores order by 1")
     assert rows[0] == ("ann", False, dt.datetime(2025, 6, 30, 6, 30, 15), "run-1", "toy-1", DAY)
     assert [row[1] for row in rows] == [False, False, True, True]
+    if warehouse_url.startswith("postgresql"):  # a date is replaced, and `_latest` read, through an index
+        indexed = _rows(warehouse_url, "select tablename, indexdef from pg_indexes where schemaname = 'ml' order by 1")
+        assert [(table, definition.endswith("(as_of_date)")) for table, definition in indexed] == [
+            ("model_runs", True), ("toy_scores", True), ("toy_summary", True)]
 
 
 def test_a_rerun_replaces_the_date_keeps_earlier_dates_and_appends_a_model_run(warehouse_url):
