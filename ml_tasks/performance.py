@@ -8,9 +8,10 @@ the scored date (the training label's definition); spend = net revenue of revenu
 window. Each scored date is measured once, on the first run whose date closes its window, so a
 backfill (or the first run after an outage) fills every date it can; a rerun of that run measures
 them again and replaces its rows. The scores' tables keep a week of daily dates and month-ends
-before it (contract.HistoryPolicy): windows of 90 and 365 days are measured on month-ends. A customer whose key identity resolution later retired (merged
-into another customer, `marts.customer_key_aliases`) is measured by the orders of the customer who
-took over the key's records.
+before it (contract.HistoryPolicy): windows of 90 and 365 days are measured on month-ends. A
+customer whose key identity resolution later retired (merged into another customer,
+`marts.customer_key_aliases`) is measured by the orders of the customer who took over the key's
+records.
 """
 
 from __future__ import annotations

@@ -389,16 +389,15 @@ def publish(
     return written
 
 
-def thin_history(warehouse: Warehouse, tables: Sequence[OutputTable], model_name: str, as_of_date: dt.date,
-                 policy: HistoryPolicy | None = None) -> int:
-    """Delete from `tables` (one model's outputs) the as-of dates the history policy (by default
-    from the environment) no longer keeps on `as_of_date`; returns the rows deleted. The dates are
+def thin_history(warehouse: Warehouse, tables: Sequence[OutputTable], model_name: str, as_of_date: dt.date) -> int:
+    """Delete from `tables` (one model's outputs) the as-of dates the history policy (from the
+    environment) no longer keeps on `as_of_date`; returns the rows deleted. The dates are
     read off ml.model_runs, not the tables (a scan of every date's rows on PostgreSQL): those whose
     latest publishing run published rows (an insufficient_data run replaced them by none). A date
     dropped on an earlier day is listed again, and deletes nothing."""
     if not tables:
         return 0
-    policy = policy or HistoryPolicy.from_environ()
+    policy = HistoryPolicy.from_environ()
     latest_status = {
         as_date(day): status
         for day, status in warehouse.fetchall(
