@@ -109,9 +109,9 @@ class HistoryPolicy:
 
     ENVIRONMENT = {"daily_days": "CRMW_ML_DAILY_HISTORY_DAYS", "monthly_months": "CRMW_ML_MONTHLY_HISTORY_MONTHS"}
 
-    def __post_init__(self) -> None:
-        check_range("daily_days", self.daily_days, minimum=1, kind=int)
-        check_range("monthly_months", self.monthly_months, minimum=0, kind=int)
+    def __post_init__(self) -> None:  # named as the user sets them
+        check_range(self.ENVIRONMENT["daily_days"], self.daily_days, minimum=1, kind=int)
+        check_range(self.ENVIRONMENT["monthly_months"], self.monthly_months, minimum=0, kind=int)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> "HistoryPolicy":
@@ -123,11 +123,7 @@ class HistoryPolicy:
                     values[name] = int(text)
                 except ValueError:
                     raise BadParameter(f"{variable}={text!r}: expected a whole number") from None
-        try:
-            return cls(**values)
-        except BadParameter as error:  # named as the user set it
-            name, _, problem = str(error).partition(": ")
-            raise BadParameter(f"{cls.ENVIRONMENT[name]}: {problem}") from None
+        return cls(**values)
 
     def dates_to_drop(self, held: Iterable[dt.date], as_of_date: dt.date) -> list[dt.date]:
         """The dates of `held` (the as-of dates an output holds rows of) a run of `as_of_date` drops."""

@@ -391,10 +391,10 @@ def publish(
 
 def thin_history(warehouse: Warehouse, tables: Sequence[OutputTable], model_name: str, as_of_date: dt.date) -> int:
     """Delete from `tables` (one model's outputs) the as-of dates the history policy (from the
-    environment) no longer keeps on `as_of_date`; returns the rows deleted. The dates are
-    read off ml.model_runs, not the tables (a scan of every date's rows on PostgreSQL): those whose
-    latest publishing run published rows (an insufficient_data run replaced them by none). A date
-    dropped on an earlier day is listed again, and deletes nothing."""
+    environment) no longer keeps on `as_of_date`; returns the rows deleted. The dates are read off
+    ml.model_runs, not the tables (listing them there reads every row's date, or index entry): those
+    whose latest publishing run published rows (an insufficient_data run replaced them by none). A
+    date dropped on an earlier day is listed again, and deletes nothing."""
     if not tables:
         return 0
     policy = HistoryPolicy.from_environ()
