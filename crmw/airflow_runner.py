@@ -72,6 +72,10 @@ def airflow_environment(base: Mapping[str, str]) -> dict[str, str]:
         # statuses are still saved when the producer fails; only a killed producer loses them, and
         # each model's task then runs its model itself (README, "The dbt producer's XComs").
         "AIRFLOW__COSMOS__ENABLE_WATCHER_RELIABLE_RETRY": "False",
+        # A task process tells the API server it started before running anything. On a busy two-core
+        # machine that call once waited 37.5 s on the SQLite metadata DB, past the 5 s default: the task
+        # failed unstarted, and the retried call was refused since the first had gone through after all.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",
     }
     for key, value in defaults.items():
         env.setdefault(key, value)
