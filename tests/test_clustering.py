@@ -520,6 +520,15 @@ def test_the_task_reuses_a_fit_for_later_days_while_the_customers_hold_and_refit
         )
         assert changed == [(0,)]
         assert warehouse.fetchall("select count(*) from ml.trained_models where model_name = 'customer_segments'") == [(1,)]
+        # The second day's migration, read against the first day's published segments, counts every
+        # customer of those, by segment.
+        assert warehouse.fetchall(
+            "select cast(previous_as_of_date as varchar), sum(customers) from ml.segment_migration"
+            " where as_of_date = ? and kind = 'rfm' and from_segment <> 'new_customer' group by 1",
+            (AS_OF + dt.timedelta(days=1),),
+        ) == warehouse.fetchall(
+            "select cast(as_of_date as varchar), count(*) from ml.customer_segments where as_of_date = ? group by 1", (AS_OF,)
+        )
     # Half as many customers again (newcomers): more than 1% moved, so the segments are fitted again.
     newcomers, newcomer_mix, _ = _customers({"store_grocery": 60, "discount_web": 45, "big_electronics": 35,
                                              "lapsed_phone": 30}, seed=9, prefix="n")

@@ -259,52 +259,6 @@ def test_a_failed_run_exits_with_one_line_naming_the_cause(sources: Path, airflo
     assert "customers.csv" in message and "'signup_date'" in message and "failed" in message
 
 
-def test_a_date_range_runs_each_logical_date_in_order(sources: Path, airflow_home: Path, tmp_path: Path) -> None:
-    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    first = RUN_DATE - dt.timedelta(days=1)
-    result = crmw(url, sources, airflow_home, "run", "--from", first.isoformat(), "--to", RUN_DATE.isoformat(), "--full-refresh")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    started = [line for line in result.stdout.splitlines() if line.startswith("crmw: running")]
-    assert [line.split()[4] for line in started] == [first.isoformat(), RUN_DATE.isoformat()]
-    with connect(url) as warehouse:
-        assert warehouse.fetchall("select distinct cast(as_of_date as varchar) from ml.model_runs order by 1") == [
-            (first.isoformat(),),
-            (RUN_DATE.isoformat(),),
-        ]
-        # The second day's migration counts every customer of the first day's segments, by segment.
-        moved = warehouse.fetchall(
-            "select cast(previous_as_of_date as varchar), sum(customers) from ml.segment_migration"
-            " where as_of_date = ? and kind = 'rfm' and from_segment <> 'new_customer' group by 1",
-            (RUN_DATE,),
-        )
-        assert moved == warehouse.fetchall(
-            "select cast(as_of_date as varchar), count(*) from ml.customer_segments where as_of_date = ? group by 1", (first,)
-        )
-        # Cluster ids are matched to the previous day's centroids: a day later, customers keep theirs.
-        ((kept, both),) = warehouse.fetchall(
-            "select sum(case when today.cluster_id = yesterday.cluster_id then 1 else 0 end), count(*)"
-            " from ml.customer_segments today join ml.customer_segments yesterday"
-            " on today.customer_id = yesterday.customer_id and yesterday.as_of_date = ?"
-            " where today.as_of_date = ?",
-            (first, RUN_DATE),
-        )
-        assert both > 100 and kept / both >= 0.8, (kept, both)
-        # Both days' segments are kept; the latest view shows the last day only.
-        assert warehouse.fetchall("select count(distinct as_of_date) from ml.customer_segments") == [(2,)]
-        assert warehouse.fetchall("select distinct cast(as_of_date as varchar) from ml.customer_segments_latest") == [
-            (RUN_DATE.isoformat(),)
-        ]
-        # The full refresh (a DAG param) applies to the first date; the second loads its increment.
-        assert warehouse.fetchall(
-            "select distinct cast(_batch_date as varchar), full_refresh from raw_meta.load_audit where step = 'extract'"
-            " order by 1"
-        ) == [(first.isoformat(), True), (RUN_DATE.isoformat(), False)]
-    # The second day loaded only what was new: raw holds each source row once.
-    with sqlite3.connect(sources / "sales.sqlite") as db:
-        orders = db.execute("select count(*) from orders").fetchone()[0]
-    assert outputs(url)["counts"]["raw_sales.orders"] == orders
-
-
 def _task_states(airflow_home: Path, logical_date: dt.date) -> dict[str, str | None]:
     """Each task's state in the DAG run of `logical_date`, read from Airflow's metadata DB."""
     with sqlite3.connect(airflow_home / "airflow.db") as db:
@@ -317,23 +271,29 @@ def _task_states(airflow_home: Path, logical_date: dt.date) -> dict[str, str | N
     return dict(rows)
 
 
-def test_a_failing_dbt_test_stops_the_ml_and_publish_steps(sources: Path, airflow_home: Path, tmp_path: Path) -> None:
+def test_a_date_range_runs_its_dates_in_order_and_a_failing_dbt_test_stops_the_ml_publish_and_the_range(
+        sources: Path, airflow_home: Path, tmp_path: Path) -> None:
     import shutil
 
-    run_date = START + dt.timedelta(days=5)
+    # Early dates: a full DAG run costs the same on less data. The second date delivers an order in a
+    # status the shop does not have: extract loads it (any text is a status), staging's
+    # accepted-values test fails, and the range ends there, its third date never started.
+    first = START + dt.timedelta(days=4)
+    second, third = first + dt.timedelta(days=1), first + dt.timedelta(days=2)
     broken = tmp_path / "sources"
     shutil.copytree(sources, broken)
-    # An order status the shop does not have: extract loads it (any text is a status), and the
-    # accepted-values test on staging fails.
     with sqlite3.connect(broken / "sales.sqlite") as db:
-        (order_id,) = db.execute(
-            "select min(order_id) from orders where updated_at < ?", ((run_date + dt.timedelta(days=1)).isoformat(),)
-        ).fetchone()
-        db.execute("update orders set status = 'lost' where order_id = ?", (order_id,))
+        email, crm_id = db.execute("select customer_email, crm_id from orders order by order_id limit 1").fetchone()
+        db.execute("insert into orders values (990000400, ?, ?, 'web', null, 'lost', ?, ?)",
+                   (email, crm_id, f"{second} 12:00:00", f"{second} 12:00:00"))
     url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    result = crmw(url, broken, airflow_home, "run", "--date", run_date.isoformat())
-    assert result.returncode != 0 and "crm_daily" in result.stderr
-    states = _task_states(airflow_home, run_date)
+    result = crmw(url, broken, airflow_home, "run", "--from", first.isoformat(), "--to", third.isoformat(), "--full-refresh")
+    assert result.returncode != 0 and f"crm_daily for {second}" in result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    started = [line for line in result.stdout.splitlines() if line.startswith("crmw: running")]
+    assert [line.split()[4] for line in started] == [first.isoformat(), second.isoformat()]
+    # The first date ran to its end; the second stopped after dbt.
+    assert _task_states(airflow_home, first)["publish"] == "success"
+    states = _task_states(airflow_home, second)
     assert states["extract_sales.orders"] == "success"
     assert states["dbt.dbt_producer_watcher"] == "failed"
     assert states["dbt.customer_rfm.run"] == "upstream_failed"
@@ -341,9 +301,18 @@ def test_a_failing_dbt_test_stops_the_ml_and_publish_steps(sources: Path, airflo
         assert states[f"ml.{spec.name}"] == "upstream_failed", spec.name
     assert states["publish"] == "upstream_failed"
     with connect(url) as warehouse:
+        assert warehouse.fetchall("select distinct cast(as_of_date as varchar) from ml.model_runs") == [(first.isoformat(),)]
+        assert warehouse.fetchall("select count(*) from published.publish_log") == [(1,)]
+        # The full refresh (a DAG param) applies to the first date; the second loads its increment,
+        # so raw holds each order once.
         assert warehouse.fetchall(
-            "select count(*) from information_schema.tables where table_schema in ('ml', 'published')"
-        ) == [(0,)]
+            "select distinct cast(_batch_date as varchar), full_refresh from raw_meta.load_audit where step = 'extract'"
+            " order by 1"
+        ) == [(first.isoformat(), True), (second.isoformat(), False)]
+        assert warehouse.fetchall("select count(*) - count(distinct order_id) from raw_sales.orders") == [(0,)]
+    with sqlite3.connect(broken / "sales.sqlite") as db:
+        (delivered,) = db.execute("select count(*) from orders where updated_at < ?", (third.isoformat(),)).fetchone()
+    assert outputs(url)["counts"]["raw_sales.orders"] == delivered
 
 
 def test_source_freshness_task_fails_naming_a_source_loaded_days_ago(dag_run, sources: Path, airflow_home: Path, tmp_path: Path) -> None:
