@@ -9,13 +9,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from crmw.scratch import load_raw, new_postgres_database, run_dbt, throwaway_postgres
+from crmw.scratch import DBT_PROJECT, load_raw, new_postgres_database, throwaway_postgres
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +38,76 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (--no-loadscope-reorder), so the long ones start at once and the short ones fill in after
     instead of one long file starting last (the Airflow scheduler's test did: 8 minutes alone)."""
     items.sort(key=lambda item: item.get_closest_marker("airflow") is None)
+
+
+@dataclass(frozen=True)
+class DbtOutcome:
+    success: bool
+    report: str  # a line per node that failed or erred ("FAIL 9 unique_key_...: message"), or dbt's exception
+
+
+# Parsed manifests by (engine, database name, --vars), the most recently used last. dbt parses the
+# whole project again whenever the profile (so the warehouse file or database) or the vars change:
+# 15-25 s on two busy cores, more than most tests' own dbt work, and the suite runs dbt ~100 times.
+# The database name is part of every relation a manifest holds; the vars are rendered into some
+# tests' configs at parse time. A few are kept: each is tens of MB, and PostgreSQL tests each have
+# a database of their own.
+_manifests: OrderedDict[tuple[str, str, str | None], object] = OrderedDict()
+_MANIFESTS_KEPT = 6
+
+
+def _close_dbt_duckdb_file() -> None:
+    """dbt-duckdb keeps its DuckDB connection open in the process after dbt returns, the last writes
+    possibly still in the file's write-ahead log: a test copying the file then lost a table. Closing
+    it checkpoints the file and lets go of it."""
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    try:
+        environment = DuckDBConnectionManager.env()
+    except Exception:  # dbt-duckdb raises a bare Exception when no DuckDB was opened
+        return
+    DuckDBConnectionManager.close_all_connections()
+    environment.close()
+
+
+def dbt_in_process(url: str, *args: str, tmp_path: Path, check: bool = True) -> DbtOutcome:
+    """Run dbt `args` on the warehouse at `url` through dbt's Python entry point, on a manifest parsed
+    once for its engine, database name and vars (dbt's documented reuse of a parsed manifest:
+    `dbtRunner(manifest=...)`). Target and logs go to `tmp_path`, away from the DAG's manifest. The
+    as-of date comes from var as_of_date or, as the DAG passes it, CRMW_AS_OF_DATE in the environment."""
+    from dbt.cli.main import dbtRunner
+
+    # dbt's file log at info, not debug: writing every statement and event took ~15% of a small build.
+    common = ["--quiet", "--log-level-file", "info", "--profiles-dir", str(DBT_PROJECT), "--project-dir", str(DBT_PROJECT),
+              "--target-path", str(tmp_path / "dbt-target"), "--log-path", str(tmp_path / "dbt-logs")]
+    variables = args[args.index("--vars") + 1] if "--vars" in args else None
+    location = urlsplit(url)
+    database = Path(location.path).stem if location.scheme == "duckdb" else location.path.lstrip("/")
+    key = (location.scheme, database, variables)
+    before = os.environ.get("WAREHOUSE_URL")
+    os.environ["WAREHOUSE_URL"] = url
+    try:
+        if key not in _manifests:
+            parsed = dbtRunner().invoke(["parse", *common, *(["--vars", variables] if variables else [])])
+            assert parsed.success, f"dbt parse failed on {location.scheme}: {parsed.exception}"
+            _manifests[key] = parsed.result
+            while len(_manifests) > _MANIFESTS_KEPT:
+                _manifests.popitem(last=False)
+        _manifests.move_to_end(key)
+        outcome = dbtRunner(manifest=_manifests[key]).invoke([*args, *common])
+    finally:
+        _close_dbt_duckdb_file()
+        if before is None:
+            del os.environ["WAREHOUSE_URL"]
+        else:
+            os.environ["WAREHOUSE_URL"] = before
+    report = "\n".join(
+        f"{node.status.upper()} {node.failures or ''} {node.node.name}: {node.message}"
+        for node in getattr(outcome.result, "results", None) or [] if node.status in ("error", "fail")
+    ) or str(outcome.exception or "")
+    result = DbtOutcome(outcome.success, report)
+    assert result.success or not check, f"dbt {' '.join(args)} failed on {location.scheme}:\n{report}"
+    return result
 
 
 @pytest.fixture(scope="session")
@@ -140,15 +212,15 @@ def built_warehouses(raw_templates, tmp_path_factory) -> Callable[[str, pytest.F
     """Per engine, built on first use: a copy of the raw template after a `dbt build` of the whole
     project (tests included), shared by the tests that only read what it built; each of them fails
     while the build is not green (built once either way)."""
-    built: dict[str, tuple[str, subprocess.CompletedProcess]] = {}
+    built: dict[str, tuple[str, DbtOutcome]] = {}
 
     def warehouse(engine: str, request: pytest.FixtureRequest) -> str:
         if engine not in built:
             folder = tmp_path_factory.mktemp(f"built-{engine}")
             url = copy_raw_warehouse(engine, request, raw_templates, folder)
-            built[engine] = url, run_dbt(url, "build", tmp_path=folder, check=False)
+            built[engine] = url, dbt_in_process(url, "build", tmp_path=folder, check=False)
         url, result = built[engine]
-        assert result.returncode == 0, f"dbt build failed on {engine}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+        assert result.success, f"dbt build failed on {engine}:\n{result.report}"
         return url
 
     return warehouse
@@ -195,7 +267,9 @@ def truth_warehouse(tmp_path_factory) -> tuple[str, Path]:
         simulate(SimulationSettings(customers=TRUTH_CUSTOMERS, start=TRUTH_START, days=TRUTH_DAYS, seed=3, out=sources, dirty_rate=0.0))
         url = f"duckdb:///{folder / 'warehouse.duckdb'}"
         load_raw(url, sources, TRUTH_LAST_DAY)
-        run_dbt(url, "build", "--vars", f"{{as_of_date: '{TRUTH_LAST_DAY}'}}", tmp_path=folder)
+        # Unit tests check the SQL on fixed rows, whatever the data: built_warehouses runs them.
+        dbt_in_process(url, "build", "--exclude-resource-type", "unit_test", "--vars", f"{{as_of_date: '{TRUTH_LAST_DAY}'}}",
+                       tmp_path=folder)
 
     shared, private = built_once_for_all_workers(tmp_path_factory, "truth", build)
     return f"duckdb:///{private / 'warehouse.duckdb'}", shared / "sources"
@@ -226,7 +300,8 @@ def truth_history(tmp_path_factory) -> dict:
             simulate(SimulationSettings(customers=TRUTH_CUSTOMERS, start=HISTORY_START, days=days, seed=13, out=sources, dirty_rate=0.0))
             url = f"duckdb:///{folder / name}.duckdb"
             load_raw(url, sources, last_day)  # history at once, as a new install loads it
-            run_dbt(url, "build", "--vars", f"{{as_of_date: '{last_day}'}}", tmp_path=folder / f"dbt_{name}")
+            dbt_in_process(url, "build", "--exclude-resource-type", "unit_test", "--vars", f"{{as_of_date: '{last_day}'}}",
+                           tmp_path=folder / f"dbt_{name}")
 
     shared, private = built_once_for_all_workers(tmp_path_factory, "history", build)
     built = {}

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from crmw.scratch import load_raw, new_postgres_database, run_dbt
-from tests.conftest import DBT_LAST_DAY, DBT_START, ENGINES
+from crmw.scratch import load_raw, new_postgres_database
+from tests.conftest import DBT_LAST_DAY, DBT_START, ENGINES, dbt_in_process
 from warehouse import connect
 
 # Sundays: weekly training snapshots of the later build fall on them.
@@ -29,9 +29,9 @@ FEATURES = "path:models/features"
 def _build_features(url: str, as_of: dt.date, tmp_path: Path) -> None:
     """Build the feature models and what they read; then run the feature models' own tests."""
     variables = json.dumps({"as_of_date": as_of.isoformat(), **FEATURE_VARS})
-    run_dbt(url, "build", "--select", f"+{FEATURES}", "--exclude-resource-type", "test", "unit_test",
+    dbt_in_process(url, "build", "--select", f"+{FEATURES}", "--exclude-resource-type", "test", "unit_test",
             "--vars", variables, tmp_path=tmp_path)
-    run_dbt(url, "test", "--select", FEATURES, "--vars", variables, tmp_path=tmp_path)
+    dbt_in_process(url, "test", "--select", FEATURES, "--vars", variables, tmp_path=tmp_path)
 
 
 def _copy_warehouse(url: str, name: str, tmp_path: Path, server_url: str | None) -> str:
@@ -412,7 +412,7 @@ def test_spend_labels_follow_the_spend_window_vars(warehouses, tmp_path: Path, r
     url = _copy_warehouse(warehouses["late"], f"crmw_features_windows_{os.getpid()}", tmp_path, server_url)
     windows = {"spend_window_short_days": 7, "spend_window_long_days": 21}
     variables = json.dumps({"as_of_date": DBT_LAST_DAY.isoformat(), **FEATURE_VARS, **windows})
-    run_dbt(url, "run", "--select", "training_labels", "--vars", variables, tmp_path=tmp_path)
+    dbt_in_process(url, "run", "--select", "training_labels", "--vars", variables, tmp_path=tmp_path)
     training = _frame(url, "select customer_id, as_of_date, spend_next_90_days, spend_next_90_days_is_complete,"
                            " spend_next_365_days, spend_next_365_days_is_complete from features.training_set")
     orders = _frame(url, "select customer_id, order_date, net_amount from features.orders_as_known"
@@ -511,6 +511,6 @@ def test_a_days_key_test_of_the_feature_snapshots_reads_the_rows_it_wrote_and_th
         warehouse.execute("drop table features.earlier_copy")
     key_test = ["test", "--select", "customer_feature_snapshots,test_name:unique_key"]
     variables = {"as_of_date": DBT_LAST_DAY.isoformat(), **FEATURE_VARS}
-    run_dbt(url, *key_test, "--vars", json.dumps(variables), tmp_path=tmp_path)
-    whole_table = run_dbt(url, *key_test, "--vars", json.dumps({**variables, "test_scope": "all"}), tmp_path=tmp_path, check=False)
-    assert whole_table.returncode == 1 and "FAIL 9 unique_key_customer_feature_snapshots" in whole_table.stdout, whole_table.stdout
+    dbt_in_process(url, *key_test, "--vars", json.dumps(variables), tmp_path=tmp_path)
+    whole_table = dbt_in_process(url, *key_test, "--vars", json.dumps({**variables, "test_scope": "all"}), tmp_path=tmp_path, check=False)
+    assert not whole_table.success and "FAIL 9 unique_key_customer_feature_snapshots" in whole_table.report, whole_table.report

@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import shutil
 import sqlite3
-import subprocess
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Callable
 
 import pytest
 
-from crmw.scratch import DBT_PROJECT, load_raw, run_dbt
-from tests.conftest import DBT_LAST_DAY, DBT_START, ENGINES, copy_raw_warehouse
+from crmw.scratch import DBT_PROJECT, load_raw
+from tests.conftest import DBT_LAST_DAY, DBT_START, ENGINES, DbtOutcome, copy_raw_warehouse, dbt_in_process
 from warehouse.adapter import connect
 
 MARTS = [
@@ -132,7 +131,7 @@ def test_resolution_sla_is_breached_by_a_late_solve_or_an_overdue_unsolved_ticke
 
 def test_docs_generate_catalogs_every_mart_with_its_descriptions_persisted(built_warehouses, request, tmp_path):
     """On PostgreSQL the descriptions are stored as comments (persist_docs), which the catalog reads back."""
-    run_dbt(built_warehouses("postgres", request), "docs", "generate", tmp_path=tmp_path)
+    dbt_in_process(built_warehouses("postgres", request), "docs", "generate", tmp_path=tmp_path)
     catalog = json.loads((tmp_path / "dbt-target" / "catalog.json").read_text())
     marts = {node["metadata"]["name"]: node for node in catalog["nodes"].values() if node["metadata"]["schema"] == "marts"}
     assert set(MARTS) <= set(marts)
@@ -278,23 +277,8 @@ def _line_count(url: str, order_id: int) -> int:
         return warehouse.fetchall(f"select line_count from marts.fct_orders where order_id = {order_id}")[0][0]
 
 
-def _dbt_in_process(url: str, *args: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run dbt through its Python entry point: the runs of one test share dbt's start-up, and on a
-    loaded machine a subprocess per run cost about twice as much."""
-    from dbt.cli.main import dbtRunner
-
-    monkeypatch.setenv("WAREHOUSE_URL", url)
-    outcome = dbtRunner().invoke([
-        *args, "--quiet", "--profiles-dir", str(DBT_PROJECT), "--project-dir", str(DBT_PROJECT),
-        "--target-path", str(tmp_path / "dbt-target"), "--log-path", str(tmp_path / "dbt-logs"),
-    ])
-    failures = [f"{node.node.name}: {node.message}" for node in getattr(outcome.result, "results", [])
-                if node.status in ("error", "fail")]
-    assert outcome.success, f"dbt {' '.join(args)} failed on {url.split('://')[0]}: {outcome.exception or failures}"
-
-
 def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_and_a_deleted_line(
-        warehouse_url, daily_sources, tmp_path, monkeypatch):
+        warehouse_url, daily_sources, tmp_path):
     # No window beyond the latest delivery already loaded: whatever lands must come from the
     # delivery dates, not from a window wide enough to redo everything. Every run passes the same
     # vars, so dbt reuses its parse.
@@ -302,8 +286,8 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
                 "--vars", "{reprocessing_window_days: 0}"]
     for offset, sources in enumerate(daily_sources):
         load_raw(warehouse_url, sources, _last_day(offset))
-        _dbt_in_process(warehouse_url, "build", "--resource-type", "model", "--resource-type", "seed", *dbt_args,
-                        tmp_path=tmp_path, monkeypatch=monkeypatch)
+        dbt_in_process(warehouse_url, "build", "--resource-type", "model", "--resource-type", "seed", *dbt_args,
+                        tmp_path=tmp_path)
         if not offset:
             first_build_customers = _customers(warehouse_url)
             first_build_line_count = _line_count(warehouse_url, LINE_DELETED_ORDER_ID)
@@ -326,7 +310,7 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
     aliases = _aliases(warehouse_url)
     assert {key: aliases.get(key) for key in retired} == retired
     assert _line_count(warehouse_url, LINE_DELETED_ORDER_ID) == first_build_line_count - 1
-    _dbt_in_process(warehouse_url, "run", "--full-refresh", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(warehouse_url, "run", "--full-refresh", *dbt_args, tmp_path=tmp_path)
     assert incremental == _facts(warehouse_url)
     assert _aliases(warehouse_url) == aliases  # keys and their aliases outlive a full refresh
     with connect(warehouse_url) as warehouse:
@@ -335,7 +319,7 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
     assert late == [(Decimal("20.00"), 1)]
     assert deleted == [(0,)]
     order_id, day = _latest_order_of_a_returning_customer(warehouse_url)
-    assert _sales_days_redone_once_the_facts_rewrite(order_id, warehouse_url, dbt_args, tmp_path, monkeypatch) == {day}
+    assert _sales_days_redone_once_the_facts_rewrite(order_id, warehouse_url, dbt_args, tmp_path) == {day}
     # A customer's first order deleted in the source: its day loses it, and the customer is new on
     # their next day, where none of their orders changed.
     order_id, *days = _first_order_of_a_returning_customer(warehouse_url)
@@ -344,13 +328,13 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
                               "_deleted = true, _loaded_at = (select max(_built_at) + interval '1 second' from marts.kpi_daily_sales)")
         warehouse.execute(f"delete from marts.fct_orders where order_id = {order_id}")  # as its post-hook does
     aggregates = ["--select", *INCREMENTAL_AGGREGATES, *dbt_args[-2:]]
-    _dbt_in_process(warehouse_url, "run", *aggregates, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(warehouse_url, "run", *aggregates, tmp_path=tmp_path)
     with connect(warehouse_url) as warehouse:
         redone = {day for (day,) in warehouse.fetchall(
             "select distinct sales_date from marts.kpi_daily_sales where _built_at = (select max(_built_at) from marts.kpi_daily_sales)")}
     assert set(days) <= redone
     incremental = _facts(warehouse_url)
-    _dbt_in_process(warehouse_url, "run", "--full-refresh", *aggregates, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(warehouse_url, "run", "--full-refresh", *aggregates, tmp_path=tmp_path)
     assert incremental == _facts(warehouse_url)
 
 
@@ -378,14 +362,13 @@ def _first_order_of_a_returning_customer(url: str) -> tuple[int, dt.date, dt.dat
             " order by first_day, order_id limit 1")[0]
 
 
-def _sales_days_redone_once_the_facts_rewrite(order_id: int, url: str, dbt_args: list[str], tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> set[dt.date]:
+def _sales_days_redone_once_the_facts_rewrite(order_id: int, url: str, dbt_args: list[str], tmp_path: Path) -> set[dt.date]:
     """The facts rewrite one order and nothing else; the aggregates' next run writes no service day
     or cohort cell (none moved) and the days of kpi_daily_sales it redid."""
     with connect(url) as warehouse:
         warehouse.execute("update marts.fct_orders set _built_at = (select max(_built_at) + interval '1 second'"
                           f" from marts.kpi_daily_sales) where order_id = {order_id}")
-    _dbt_in_process(url, "run", "--select", *INCREMENTAL_AGGREGATES, *dbt_args[-2:], tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(url, "run", "--select", *INCREMENTAL_AGGREGATES, *dbt_args[-2:], tmp_path=tmp_path)
     written = "where _built_at > (select max(_built_at) from marts.fct_orders)"
     with connect(url) as warehouse:
         assert warehouse.fetchall(f"select count(*) from marts.kpi_daily_service {written}") == [(0,)]
@@ -402,7 +385,7 @@ def _rows_of(url: str, schema: str, tables: list[str]) -> dict[str, list[tuple]]
 
 
 def test_bi_reads_the_marts_of_the_last_build_whose_tests_passed_and_catches_up_after_a_failed_one(
-        warehouse_url, daily_sources, tmp_path, monkeypatch):
+        warehouse_url, daily_sources, tmp_path):
     from ml_tasks import tasks
     from warehouse.publish import marts_of
 
@@ -417,12 +400,12 @@ def test_bi_reads_the_marts_of_the_last_build_whose_tests_passed_and_catches_up_
         load_raw(warehouse_url, sources, _last_day(offset))
         if offset == 1:
             # A build that wrote its marts and then failed a test: the DAG does not publish it.
-            _dbt_in_process(warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+            dbt_in_process(warehouse_url, "run", *dbt_args, tmp_path=tmp_path)
             assert _rows_of(warehouse_url, "published", marts) == first_published
             assert _rows_of(warehouse_url, "marts", marts) != first_published
             continue
-        _dbt_in_process(warehouse_url, "build", "--resource-type", "model", "--resource-type", "seed", *dbt_args,
-                        tmp_path=tmp_path, monkeypatch=monkeypatch)
+        dbt_in_process(warehouse_url, "build", "--resource-type", "model", "--resource-type", "seed", *dbt_args,
+                        tmp_path=tmp_path)
         written = tasks.publish(_last_day(offset), f"day-{offset}", warehouse_url)
         if not offset:
             first_published = _rows_of(warehouse_url, "published", marts)
@@ -447,26 +430,26 @@ def test_bi_reads_the_marts_of_the_last_build_whose_tests_passed_and_catches_up_
 
 
 def test_a_steady_days_fact_tests_read_the_rows_it_wrote_and_the_whole_table_pass_reads_every_row(
-        warehouse_url, daily_sources, tmp_path, monkeypatch):
+        warehouse_url, daily_sources, tmp_path):
     dbt_args = ["--select", "+fct_orders", "--vars", "{reprocessing_window_days: 0}"]
     for offset, sources in enumerate(daily_sources):
         load_raw(warehouse_url, sources, _last_day(offset))
-        _dbt_in_process(warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+        dbt_in_process(warehouse_url, "run", *dbt_args, tmp_path=tmp_path)
     with connect(warehouse_url) as warehouse:
         # An order an earlier run wrote gets a status the shop does not have.
         (earlier,) = warehouse.fetchall(
             "select min(order_id) from marts.fct_orders where _built_at < (select max(_built_at) from marts.fct_orders)")[0]
         warehouse.execute(f"update marts.fct_orders set order_status = 'lost' where order_id = {earlier}")
     tests = ["test", "--select", "fct_orders,test_name:accepted_values"]
-    _dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0}", tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0}", tmp_path=tmp_path)
     with pytest.raises(AssertionError, match="accepted_values_fct_orders"):
-        _dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0, test_scope: all}",
-                        tmp_path=tmp_path, monkeypatch=monkeypatch)
+        dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0, test_scope: all}",
+                        tmp_path=tmp_path)
     with connect(warehouse_url) as warehouse:  # the same row written by the latest run fails the day's tests
         warehouse.execute(f"update marts.fct_orders set _built_at = (select max(_built_at) from marts.fct_orders)"
                           f" where order_id = {earlier}")
     with pytest.raises(AssertionError, match="accepted_values_fct_orders"):
-        _dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0}", tmp_path=tmp_path, monkeypatch=monkeypatch)
+        dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0}", tmp_path=tmp_path)
 
 
 def _now() -> str:
@@ -485,7 +468,7 @@ def _deliver_changed_copy(warehouse, table: str, where: str, changes: str) -> No
 
 
 def test_a_payment_delivered_before_its_order_by_more_than_the_window_is_valid_once_the_order_arrives(
-        raw_warehouse_url, tmp_path, monkeypatch):
+        raw_warehouse_url, tmp_path):
     # The first build holds the first payment as an orphan (its order held back) and, through
     # another payment's new version, deliveries up to a later day. The order arrives on that day,
     # when the reprocessing window is already past the payment; nothing redelivers the payment.
@@ -500,7 +483,7 @@ def test_a_payment_delivered_before_its_order_by_more_than_the_window_is_valid_o
             warehouse.execute("delete from raw_sales.orders where order_id = ?", (order_id,))
             _deliver_changed_copy(warehouse, "raw_sales.payments", f"payment_id = '{other_payment_id}'",
                                   f"_delivery_date = cast('{late_day}' as date), amount = amount + 1")
-    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path)
     flag = f"select is_valid, invalid_reason from marts.fct_payments where payment_id = '{payment_id}'"
     with connect(raw_warehouse_url) as warehouse:
         assert warehouse.fetchall(flag) == [(False, "orphan_payment")]
@@ -509,15 +492,15 @@ def test_a_payment_delivered_before_its_order_by_more_than_the_window_is_valid_o
             warehouse.execute(f"update raw_meta.held_back_order set _delivery_date = cast('{late_day}' as date),"
                               f" _loaded_at = cast('{_now()}' as timestamp)")
             warehouse.execute("insert into raw_sales.orders select * from raw_meta.held_back_order")
-    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path)
     with connect(raw_warehouse_url) as warehouse:
         assert warehouse.fetchall(flag) == [(True, None)]
 
 
 def test_a_missed_day_loaded_after_later_days_reaches_the_facts_though_older_than_the_window(
-        raw_warehouse_url, tmp_path, monkeypatch):
+        raw_warehouse_url, tmp_path):
     dbt_args = ["--select", "+fct_payments", "--vars", "{reprocessing_window_days: 3}"]
-    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path)
     loaded_now = _now()
     with connect(raw_warehouse_url) as warehouse:
         (payment_id,) = warehouse.fetchall("select min(payment_id) from raw_sales.payments")[0]
@@ -525,7 +508,7 @@ def test_a_missed_day_loaded_after_later_days_reaches_the_facts_though_older_tha
         _deliver_changed_copy(warehouse, "raw_sales.payments", f"payment_id = '{payment_id}'",
                               f"payment_id = 'P-missed-day', _delivery_date = cast('{DBT_START}' as date),"
                               f" _loaded_at = cast('{loaded_now}' as timestamp)")
-    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path)
     with connect(raw_warehouse_url) as warehouse:
         assert warehouse.fetchall("select _delivery_date from marts.fct_payments where payment_id = 'P-missed-day'") == [
             (DBT_START,)]
@@ -533,11 +516,11 @@ def test_a_missed_day_loaded_after_later_days_reaches_the_facts_though_older_tha
 
 
 def test_a_record_the_source_lost_before_raw_was_reloaded_from_scratch_leaves_staging_and_the_facts(
-        raw_warehouse_url, tmp_path, monkeypatch):
+        raw_warehouse_url, tmp_path):
     # The DAG's full_refresh param reloads raw from scratch; the build after it is incremental. An
     # order deleted in the source before the reload has no version left at all, not even a tombstone.
     dbt_args = ["--select", "+fct_orders"]
-    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path)
     with connect(raw_warehouse_url) as warehouse:
         (lost,) = warehouse.fetchall("select min(order_id) from marts.fct_orders")[0]
         kept = warehouse.fetchall("select count(*) from staging.stg_sales__orders")[0][0] - 1
@@ -548,7 +531,7 @@ def test_a_record_the_source_lost_before_raw_was_reloaded_from_scratch_leaves_st
                 warehouse.execute(f"delete from {table}")
                 warehouse.execute(f"insert into {table} select * from raw_meta.reloaded")
                 warehouse.execute("drop table raw_meta.reloaded")
-    _dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(raw_warehouse_url, "run", *dbt_args, tmp_path=tmp_path)
     with connect(raw_warehouse_url) as warehouse:
         for table in ("staging.stg_sales__orders", "staging.stg_sales__order_lines", "marts.fct_orders", "marts.fct_order_lines"):
             assert warehouse.fetchall(f"select count(*) from {table} where order_id = {lost}") == [(0,)], table
@@ -565,7 +548,7 @@ SENT_CONTROL_MEMBER = ("K0001", "C00000007")
 
 
 @pytest.fixture(scope="module", params=ENGINES)
-def warehouse_with_impossible_values(request, raw_templates, tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
+def warehouse_with_impossible_values(request, raw_templates, tmp_path_factory) -> tuple[str, DbtOutcome]:
     """Per engine, the dbt sources' raw with a CRM signup typed as 1025, a 1 MB first name, an order
     created in 9999 (updated in 2025), a copy of an order under a negative id, a payment made in
     9999 and a control-group member sent the campaign, after a whole `dbt build`; the build's
@@ -582,13 +565,13 @@ def warehouse_with_impossible_values(request, raw_templates, tmp_path_factory) -
                           " where payment_id = ?", (FAR_FUTURE_PAYMENT_ID,))
         warehouse.execute("update raw_crm.campaign_members set member_group = 'control', sent = true"
                           " where campaign_id = ? and crm_id = ?", SENT_CONTROL_MEMBER)
-    return url, run_dbt(url, "build", tmp_path=folder, check=False)
+    return url, dbt_in_process(url, "build", tmp_path=folder, check=False)
 
 
-def _green(built: tuple[str, subprocess.CompletedProcess]) -> str:
+def _green(built: tuple[str, DbtOutcome]) -> str:
     """The warehouse of a build that must have succeeded, bad values and all."""
     url, build = built
-    assert build.returncode == 0, f"dbt build failed:\n{build.stdout[-6000:]}"
+    assert build.success, f"dbt build failed:\n{build.report}"
     return url
 
 
@@ -639,6 +622,6 @@ def test_a_seed_that_gained_a_column_loads_into_a_warehouse_an_older_version_bui
     with connect(warehouse_url) as warehouse:
         warehouse.ensure_schema("marts")
         warehouse.execute("create table marts.service_sla_targets (priority varchar, first_reply_target_hours integer)")
-    run_dbt(warehouse_url, "seed", tmp_path=tmp_path)
+    dbt_in_process(warehouse_url, "seed", tmp_path=tmp_path)
     with connect(warehouse_url) as warehouse:
         assert "resolution_target_hours" in warehouse.table_columns("marts.service_sla_targets")

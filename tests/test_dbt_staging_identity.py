@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from crmw.scratch import load_raw, new_postgres_database, run_dbt
-from tests.conftest import DBT_START
+from crmw.scratch import load_raw, new_postgres_database
+from tests.conftest import DBT_START, dbt_in_process
 from warehouse.adapter import connect, sql_type
 
 CUSTOMER_MODELS = ["staging", "intermediate", "dim_customers", "dim_customers_history"]
@@ -36,7 +36,7 @@ def identity_precision_recall(resolved: pd.DataFrame, truth: pd.DataFrame) -> tu
 def test_staging_identity_and_customer_dimensions_build_and_match_the_truth(
     raw_warehouse_url: str, dbt_sources: Path, tmp_path: Path
 ) -> None:
-    run_dbt(raw_warehouse_url, "build", "--select", *CUSTOMER_MODELS, *OWN_TESTS_ONLY, tmp_path=tmp_path)
+    dbt_in_process(raw_warehouse_url, "build", "--select", *CUSTOMER_MODELS, *OWN_TESTS_ONLY, tmp_path=tmp_path)
 
     truth = pd.read_csv(dbt_sources / "truth" / "identities.csv", dtype=str).drop_duplicates()
     truth = truth.rename(columns={"system": "source_system", "entity": "source_table", "record_key": "source_key"})
@@ -96,12 +96,12 @@ def test_customer_history_loaded_day_by_day_equals_history_loaded_at_once(
     # loaded day by day here and at once below.
     for day in days:
         load_raw(warehouse_url, dbt_sources, day)
-    run_dbt(warehouse_url, *history_only, tmp_path=tmp_path)
+    dbt_in_process(warehouse_url, *history_only, tmp_path=tmp_path)
     daily = customer_history(warehouse_url)
 
     at_once = second_warehouse(warehouse_url, request, tmp_path)
     load_raw(at_once, dbt_sources, days[-1])
-    run_dbt(at_once, *history_only, tmp_path=tmp_path)
+    dbt_in_process(at_once, *history_only, tmp_path=tmp_path)
     backfilled = customer_history(at_once)
 
     assert (~daily["is_current"]).any(), "the days chosen hold no change of a contact: the test proves nothing"
@@ -116,14 +116,14 @@ def test_staged_versions_an_earlier_version_built_with_text_hashes_convert_and_k
     alter_column_type) and the history's version ids, made from the hex text, stay the same."""
     history_only = ["run", "--select", "+dim_customers_history"]
     load_raw(warehouse_url, dbt_sources, DBT_START)
-    run_dbt(warehouse_url, *history_only, tmp_path=tmp_path)
+    dbt_in_process(warehouse_url, *history_only, tmp_path=tmp_path)
     before = customer_history(warehouse_url)
     with connect(warehouse_url) as warehouse:
         warehouse.execute(
             f"alter table staging.stg_crm__customer_versions alter column _version_hash type {sql_type(warehouse.engine, 'string')}"
             " using replace(cast(_version_hash as varchar), '-', '')"
         )
-    run_dbt(warehouse_url, *history_only, tmp_path=tmp_path)
+    dbt_in_process(warehouse_url, *history_only, tmp_path=tmp_path)
     with connect(warehouse_url) as warehouse:
         hash_type = warehouse.column_types("staging.stg_crm__customer_versions")["_version_hash"]
     assert hash_type == "uuid"
@@ -141,13 +141,13 @@ def test_a_split_customer_keeps_its_key_where_most_of_its_records_stay_no_key_jo
 ) -> None:
     # Emails shared by CRM contacts stop linking them (no email may join two CRM ids): groups split.
     split = ["--vars", "{identity_max_crm_ids_per_email: 0}"]
-    run_dbt(raw_warehouse_url, "run", "--select", "+int_customer_identity", tmp_path=tmp_path)
+    dbt_in_process(raw_warehouse_url, "run", "--select", "+int_customer_identity", tmp_path=tmp_path)
     before = _identity(raw_warehouse_url)
-    run_dbt(raw_warehouse_url, "run", "--select", "int_customer_identity", *split, tmp_path=tmp_path)
+    dbt_in_process(raw_warehouse_url, "run", "--select", "int_customer_identity", *split, tmp_path=tmp_path)
     kept = _identity(raw_warehouse_url)
     with connect(raw_warehouse_url) as warehouse:  # the same groups found from nothing
         warehouse.execute("drop table intermediate.int_customer_identity")
-    run_dbt(raw_warehouse_url, "run", "--select", "int_customer_identity", *split, tmp_path=tmp_path)
+    dbt_in_process(raw_warehouse_url, "run", "--select", "int_customer_identity", *split, tmp_path=tmp_path)
     fresh = _identity(raw_warehouse_url)
 
     keys = ["source_system", "source_table", "source_key"]
@@ -163,10 +163,10 @@ def test_a_split_customer_keeps_its_key_where_most_of_its_records_stay_no_key_jo
             assert sizes.get(old_key, 0) == sizes.max(), old_key
     # With no round of label propagation every link still joins two labels: the build fails naming
     # a group and leaves the table it had, no half-merged customers (on the staging built above).
-    failed = run_dbt(raw_warehouse_url, "run", "--select", "int_customer_identity", "--vars", "{identity_max_rounds: 0}",
+    failed = dbt_in_process(raw_warehouse_url, "run", "--select", "int_customer_identity", "--vars", "{identity_max_rounds: 0}",
                      tmp_path=tmp_path, check=False)
-    assert failed.returncode != 0
-    assert "identity resolution did not settle within var identity_max_rounds = 0 rounds: the group of " in failed.stdout
-    assert "raise the var" in failed.stdout
+    assert not failed.success
+    assert "identity resolution did not settle within var identity_max_rounds = 0 rounds: the group of " in failed.report
+    assert "raise the var" in failed.report
     left = _identity(raw_warehouse_url).sort_values(keys).reset_index(drop=True)
     pd.testing.assert_frame_equal(left, fresh.sort_values(keys).reset_index(drop=True))

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from crmw.scratch import load_raw
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, dbt_in_process
 from tests.test_dbt_marts import (
-    INCREMENTAL_START, _add_late_order_and_delete_the_first, _dbt_in_process, _delete_a_line_alone, _insert_order,
+    INCREMENTAL_START, _add_late_order_and_delete_the_first, _delete_a_line_alone, _insert_order,
     _link_early_customers, grown_day_by_day,
 )
 from warehouse.adapter import connect
@@ -26,8 +26,8 @@ from warehouse.adapter import connect
 # feed the churn model; June 30th is a month's end. The simulation starts on INCREMENTAL_START,
 # where the identity merge looks for its early customers.
 LAST_DAY = dt.date(2025, 6, 30)
-DAYS = 10
-DAY_OF_ORPHAN_PAYMENT = LAST_DAY - dt.timedelta(days=6)
+DAYS = 6
+DAY_OF_ORPHAN_PAYMENT = LAST_DAY - dt.timedelta(days=4)
 DAY_OF_LATE_ORDER_AND_DELETE = LAST_DAY - dt.timedelta(days=1)
 LATE_ORDER_AGE_DAYS = 12
 HELD_BACK_ORDER_ID = 990_000_200
@@ -195,14 +195,14 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     # "Days" are as-of dates built: a first build of the sources as they stood on the first, then
     # one daily run per later day. Models and seeds without their tests (a test changes no table);
     # no reprocessing window, so whatever lands comes from the delivery dates. Features depend on
-    # the as-of date, which the DAG passes.
+    # the as-of date, which the DAG passes in the environment (so that the days share one parse).
     url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}" if engine == "duckdb" else request.getfixturevalue("postgres_url")
     training_snapshots = []
     for offset in range(DAYS - days, DAYS):
         load_raw(url, daily_sources[offset], _day(offset))
-        dbt_args = ["--vars", f"{{as_of_date: '{_day(offset)}', reprocessing_window_days: 0}}"]
-        _dbt_in_process(url, "build", "--resource-type", "model", "--resource-type", "seed", *dbt_args,
-                        tmp_path=tmp_path, monkeypatch=monkeypatch)
+        monkeypatch.setenv("CRMW_AS_OF_DATE", _day(offset).isoformat())
+        dbt_in_process(url, "build", "--resource-type", "model", "--resource-type", "seed", "--vars", "{reprocessing_window_days: 0}",
+                        tmp_path=tmp_path)
         with connect(url) as warehouse:
             training_snapshots.append(warehouse.fetchall("select distinct as_of_date from features.training_set order by 1"))
     assert training_snapshots[0] != training_snapshots[-1], "no training snapshot's labels came in over the days run"
@@ -225,9 +225,8 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     # The full refresh writes the feature models' customers in batches (macros/incremental_features.sql).
     with connect(url) as warehouse:
         [(customers,)] = warehouse.fetchall("select count(distinct customer_id) from intermediate.int_customer_identity")
-    batched = ["--vars", f"{{as_of_date: '{_day(DAYS - 1)}', reprocessing_window_days: 0,"
-                         f" feature_customers_per_statement: {customers // 5 + 1}}}"]
-    _dbt_in_process(url, "run", "--full-refresh", *batched, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    batched = ["--vars", f"{{reprocessing_window_days: 0, feature_customers_per_statement: {customers // 5 + 1}}}"]
+    dbt_in_process(url, "run", "--full-refresh", *batched, tmp_path=tmp_path)
     _assert_one_index_each_on_built_at_and_feature_date(url)  # the full refresh swapped in new tables
     full_refresh, full_refresh_ml = _built_tables(url), _run_the_models(url, "full-refresh")
     assert not _differences(incremental, full_refresh), "\n".join(_differences(incremental, full_refresh))
@@ -237,13 +236,14 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     # changed, and customer_360 stops counting the orders placed after it (the order dated ahead
     # among them, with nothing delivered since): both, built incrementally from the last day's,
     # equal their full builds then.
-    earlier = ["--vars", f"{{as_of_date: '{LAST_DAY - dt.timedelta(days=3)}', reprocessing_window_days: 0}}"]
+    monkeypatch.setenv("CRMW_AS_OF_DATE", (LAST_DAY - dt.timedelta(days=3)).isoformat())
+    earlier = ["--vars", "{reprocessing_window_days: 0}"]
     rerun_tables = {"basket_items": "features.basket_items", "customer_360": "marts.customer_360"}
-    _dbt_in_process(url, "run", "--select", "changed_baskets", "changed_customers", *rerun_tables, *earlier,
-                    tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(url, "run", "--select", "changed_baskets", "changed_customers", *rerun_tables, *earlier,
+                    tmp_path=tmp_path)
     with connect(url) as warehouse:
         rerun = {table: _rows(warehouse, table) for table in rerun_tables.values()}
-    _dbt_in_process(url, "run", "--full-refresh", "--select", *rerun_tables, *earlier, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    dbt_in_process(url, "run", "--full-refresh", "--select", *rerun_tables, *earlier, tmp_path=tmp_path)
     with connect(url) as warehouse:
         rebuilt = {table: _rows(warehouse, table) for table in rerun_tables.values()}
     for table in rerun_tables.values():
