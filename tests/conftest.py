@@ -96,11 +96,11 @@ def dbt_in_process(url: str, *args: str, tmp_path: Path, check: bool = True) -> 
         _manifests.move_to_end(key)
         outcome = dbtRunner(manifest=_manifests[key]).invoke([*args, *common])
     finally:
-        _close_dbt_duckdb_file()
         if before is None:
             del os.environ["WAREHOUSE_URL"]
         else:
             os.environ["WAREHOUSE_URL"] = before
+        _close_dbt_duckdb_file()
     report = "\n".join(
         f"{node.status.upper()} {node.failures or ''} {node.node.name}: {node.message}"
         for node in getattr(outcome.result, "results", None) or [] if node.status in ("error", "fail")

@@ -30,7 +30,7 @@ def _build_features(url: str, as_of: dt.date, tmp_path: Path) -> None:
     """Build the feature models and what they read; then run the feature models' own tests."""
     variables = json.dumps({"as_of_date": as_of.isoformat(), **FEATURE_VARS})
     dbt_in_process(url, "build", "--select", f"+{FEATURES}", "--exclude-resource-type", "test", "unit_test",
-            "--vars", variables, tmp_path=tmp_path)
+                   "--vars", variables, tmp_path=tmp_path)
     dbt_in_process(url, "test", "--select", FEATURES, "--vars", variables, tmp_path=tmp_path)
 
 

@@ -287,7 +287,7 @@ def test_incremental_days_equal_a_full_refresh_with_late_rows_merged_customers_a
     for offset, sources in enumerate(daily_sources):
         load_raw(warehouse_url, sources, _last_day(offset))
         dbt_in_process(warehouse_url, "build", "--resource-type", "model", "--resource-type", "seed", *dbt_args,
-                        tmp_path=tmp_path)
+                       tmp_path=tmp_path)
         if not offset:
             first_build_customers = _customers(warehouse_url)
             first_build_line_count = _line_count(warehouse_url, LINE_DELETED_ORDER_ID)
@@ -405,7 +405,7 @@ def test_bi_reads_the_marts_of_the_last_build_whose_tests_passed_and_catches_up_
             assert _rows_of(warehouse_url, "marts", marts) != first_published
             continue
         dbt_in_process(warehouse_url, "build", "--resource-type", "model", "--resource-type", "seed", *dbt_args,
-                        tmp_path=tmp_path)
+                       tmp_path=tmp_path)
         written = tasks.publish(_last_day(offset), f"day-{offset}", warehouse_url)
         if not offset:
             first_published = _rows_of(warehouse_url, "published", marts)
@@ -444,7 +444,7 @@ def test_a_steady_days_fact_tests_read_the_rows_it_wrote_and_the_whole_table_pas
     dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0}", tmp_path=tmp_path)
     with pytest.raises(AssertionError, match="accepted_values_fct_orders"):
         dbt_in_process(warehouse_url, *tests, "--vars", "{reprocessing_window_days: 0, test_scope: all}",
-                        tmp_path=tmp_path)
+                       tmp_path=tmp_path)
     with connect(warehouse_url) as warehouse:  # the same row written by the latest run fails the day's tests
         warehouse.execute(f"update marts.fct_orders set _built_at = (select max(_built_at) from marts.fct_orders)"
                           f" where order_id = {earlier}")

@@ -164,7 +164,7 @@ def test_a_split_customer_keeps_its_key_where_most_of_its_records_stay_no_key_jo
     # With no round of label propagation every link still joins two labels: the build fails naming
     # a group and leaves the table it had, no half-merged customers (on the staging built above).
     failed = dbt_in_process(raw_warehouse_url, "run", "--select", "int_customer_identity", "--vars", "{identity_max_rounds: 0}",
-                     tmp_path=tmp_path, check=False)
+                            tmp_path=tmp_path, check=False)
     assert not failed.success
     assert "identity resolution did not settle within var identity_max_rounds = 0 rounds: the group of " in failed.report
     assert "raise the var" in failed.report

@@ -202,7 +202,7 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
         load_raw(url, daily_sources[offset], _day(offset))
         monkeypatch.setenv("CRMW_AS_OF_DATE", _day(offset).isoformat())
         dbt_in_process(url, "build", "--resource-type", "model", "--resource-type", "seed", "--vars", "{reprocessing_window_days: 0}",
-                        tmp_path=tmp_path)
+                       tmp_path=tmp_path)
         with connect(url) as warehouse:
             training_snapshots.append(warehouse.fetchall("select distinct as_of_date from features.training_set order by 1"))
     assert training_snapshots[0] != training_snapshots[-1], "no training snapshot's labels came in over the days run"
@@ -225,6 +225,7 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     # The full refresh writes the feature models' customers in batches (macros/incremental_features.sql).
     with connect(url) as warehouse:
         [(customers,)] = warehouse.fetchall("select count(distinct customer_id) from intermediate.int_customer_identity")
+    monkeypatch.setenv("CRMW_AS_OF_DATE", LAST_DAY.isoformat())
     batched = ["--vars", f"{{reprocessing_window_days: 0, feature_customers_per_statement: {customers // 5 + 1}}}"]
     dbt_in_process(url, "run", "--full-refresh", *batched, tmp_path=tmp_path)
     _assert_one_index_each_on_built_at_and_feature_date(url)  # the full refresh swapped in new tables
@@ -240,7 +241,7 @@ def test_daily_runs_leave_every_table_and_the_last_days_ml_rows_equal_to_a_full_
     earlier = ["--vars", "{reprocessing_window_days: 0}"]
     rerun_tables = {"basket_items": "features.basket_items", "customer_360": "marts.customer_360"}
     dbt_in_process(url, "run", "--select", "changed_baskets", "changed_customers", *rerun_tables, *earlier,
-                    tmp_path=tmp_path)
+                   tmp_path=tmp_path)
     with connect(url) as warehouse:
         rerun = {table: _rows(warehouse, table) for table in rerun_tables.values()}
     dbt_in_process(url, "run", "--full-refresh", "--select", *rerun_tables, *earlier, tmp_path=tmp_path)
