@@ -135,6 +135,12 @@ def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home (metadata DB, logs) for a test file's DAG runs."""
+    return tmp_path_factory.mktemp("airflow_home")
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
     """The CLI's promise for expected failures: exit 2, nothing on stdout, and exactly one line on
     stderr, starting 'crmw: error:' and naming every fragment; no traceback."""

@@ -1,6 +1,8 @@
-"""crm_daily run through Airflow on each engine: outputs match counts and sums computed straight
-from the source files, both engines give the same outputs, a rerun of the day changes nothing,
-and a source row that fails a dbt test stops the ML and publish steps."""
+"""crm_daily run through Airflow on each engine, as users run it: `crmw run` on DuckDB, and on
+PostgreSQL a run triggered in `crmw airflow`, picked up by the real scheduler and executed by its
+LocalExecutor, several tasks at a time in the warehouse_writer pool. Outputs match counts and sums
+computed straight from the source files, both engines give the same outputs, and a rerun of the day
+changes nothing. The runs that fail are in test_dag_failures.py."""
 
 from __future__ import annotations
 
@@ -8,10 +10,8 @@ import csv
 import datetime as dt
 import json
 import math
-import os
+import re
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from decimal import Decimal
@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from ml_tasks import registry
-from simulator import SimulationSettings, simulate
+from crmw.airflow_runner import WAREHOUSE_POOL
 from crmw.scratch import new_postgres_database
+from ml_tasks import registry
+from ml_tasks.contract import nest_setting_params
+from tests.airflow_runs import SERVED_RUN_TIMEOUT, ServedRun, crmw, export_dir, run_served, simulate_clean_sources
 from warehouse import connect
 
 pytestmark = pytest.mark.airflow
@@ -31,42 +33,18 @@ pytestmark = pytest.mark.airflow
 START, DAYS = dt.date(2025, 1, 1), 181
 RUN_DATE = START + dt.timedelta(days=DAYS - 1)
 _runs: dict[str, str] = {}
+_served: dict[str, ServedRun] = {}
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sources") / "sources"
-    simulate(SimulationSettings(customers=400, start=START, days=DAYS, seed=11, out=out, dirty_rate=0.0))
-    return out
-
-
-@pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("airflow_home")
-
-
-def export_dir(warehouse_url: str, sources: Path) -> Path:
-    """Each engine's files for other tools in a folder of its own."""
-    return sources.parent / f"exports_{warehouse_url.split(':')[0]}"
-
-
-def crmw(warehouse_url: str, sources: Path, airflow_home: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run the crmw CLI on a warehouse and sources with the tests' Airflow home, without retries."""
-    env = {
-        **os.environ,
-        "WAREHOUSE_URL": warehouse_url,
-        "CRMW_SOURCE_DIR": str(sources),
-        "AIRFLOW_HOME": str(airflow_home),
-        "CRMW_TASK_RETRIES": "0",
-        "CRMW_EXPORT_DIR": str(export_dir(warehouse_url, sources)),
-    }
-    return subprocess.run([str(Path(sys.executable).parent / "crmw"), *args], env=env, capture_output=True, text=True)
+    return simulate_clean_sources(tmp_path_factory.mktemp("sources"), START, DAYS)
 
 
 # Six months of 400 customers hold 218 rated tickets and 64 comments: the service models' minimums
 # (250 and 200, for the figures to mean something) are lowered through DAG params so that this run
 # publishes them too.
-MODEL_PARAMS = ("satisfaction_drivers__min_rated_tickets=100", "comment_topics__minimum_comments=50")
+MODEL_PARAMS = {"satisfaction_drivers__min_rated_tickets": 100, "comment_topics__minimum_comments": 50}
 # Too few campaign controls here to validate an uplift model (89 in the training campaigns; the
 # demo's two years of 4,000 customers hold thousands): it reports insufficient data, as a new install would.
 INSUFFICIENT_HERE = {"campaign_uplift"}
@@ -74,7 +52,7 @@ INSUFFICIENT_HERE = {"campaign_uplift"}
 
 def crmw_run(warehouse_url: str, sources: Path, airflow_home: Path, logical_date: dt.date) -> float:
     started = time.perf_counter()
-    params = [argument for param in MODEL_PARAMS for argument in ("--param", param)]
+    params = [argument for name, value in MODEL_PARAMS.items() for argument in ("--param", f"{name}={value}")]
     result = crmw(warehouse_url, sources, airflow_home, "run", "--date", logical_date.isoformat(), *params)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "ml.customer_segments" in result.stdout
@@ -85,16 +63,26 @@ def crmw_run(warehouse_url: str, sources: Path, airflow_home: Path, logical_date
 
 @pytest.fixture(scope="module")
 def dag_run(request: pytest.FixtureRequest, sources: Path, airflow_home: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Run the DAG once per engine and hand back the warehouse URL."""
+    """Run the DAG once per engine and hand back the warehouse URL: `crmw run` on DuckDB, a run
+    served by `crmw airflow` on PostgreSQL (what it left is in `_served`)."""
 
     def run(engine: str) -> str:
         if engine not in _runs:
             if engine == "duckdb":
                 url = f"duckdb:///{tmp_path_factory.mktemp('duckdb') / 'warehouse.duckdb'}"
+                seconds = crmw_run(url, sources, airflow_home, RUN_DATE)
+                print(f"\ncrm_daily on {engine}: {seconds:.1f} s (crmw run, incl. Airflow start-up)")
             else:
                 url = new_postgres_database(request.getfixturevalue("postgres_server_url"), "crmw_dag_run")
-            seconds = crmw_run(url, sources, airflow_home, RUN_DATE)
-            print(f"\ncrm_daily on {engine}: {seconds:.1f} s (crmw run, incl. Airflow start-up)")
+                settings = {
+                    "WAREHOUSE_URL": url,
+                    "CRMW_SOURCE_DIR": str(sources),
+                    "CRMW_EXPORT_DIR": str(export_dir(url, sources)),
+                    "CRMW_TASK_RETRIES": "0",
+                }
+                _served[engine] = run_served(
+                    settings, tmp_path_factory.mktemp("served"), RUN_DATE, nest_setting_params(MODEL_PARAMS.items())
+                )
             _runs[engine] = url
         return _runs[engine]
 
@@ -166,6 +154,7 @@ def outputs(url: str) -> dict:
         }
 
 
+@pytest.mark.timeout(SERVED_RUN_TIMEOUT)
 @pytest.mark.parametrize("engine", ["duckdb", "postgres"])
 def test_dag_outputs_match_counts_and_sums_from_the_sources(engine: str, dag_run, sources: Path) -> None:
     expected = expected_from_sources(sources)
@@ -208,6 +197,28 @@ def test_dag_outputs_match_counts_and_sums_from_the_sources(engine: str, dag_run
     assert {row[4] for row in got["segments"]} >= {1, 2, 3, 4}  # customers spread over the clusters
 
 
+def test_the_postgres_run_was_scheduled_queued_and_executed_by_the_served_airflow_and_it_stopped_cleanly(dag_run) -> None:
+    dag_run("postgres")
+    served = _served["postgres"]
+    # The banner's login is the generated one, for the port the API server listens on.
+    assert served.login == (str(served.port), served.generated_password)
+    assert not served.outlived, f"processes outlived `crmw airflow` and were killed: {served.outlived}"
+    assert served.server_exit == 0, f"crmw airflow exited {served.server_exit}:\n{served.log[-3000:]}"
+    [(logical_date, state)] = [(str(run["logical_date"]), run["state"]) for run in served.runs if run["run_id"] == served.run_id]
+    assert logical_date.startswith(RUN_DATE.isoformat()) and state == "success"
+    # Queued by the scheduler, executed by its LocalExecutor, every task that ran in the writer pool.
+    assert served.tasks and not served.failed_tasks()
+    # The scheduler completes an EmptyOperator (Cosmos' end-of-build marker) without running it.
+    executed = [(task, state, pool, job) for task, state, pool, job, operator in served.tasks
+                if state == "success" and operator != "EmptyOperator"]  # fmt: skip
+    assert {job_type for *_, job_type in executed} == {"SchedulerJob"}
+    assert {pool for _, _, pool, _ in executed} == {WAREHOUSE_POOL}
+    enqueued_local = set()
+    for batch in re.findall(r"Trying to enqueue tasks: \[(.*?)\] for executor: LocalExecutor\(", served.log):
+        enqueued_local.update(re.findall(rf"<TaskInstance: crm_daily\.(\S+) {served.run_id} ", batch))
+    assert enqueued_local == {task for task, *_ in executed}
+
+
 def test_both_engines_give_the_same_outputs(dag_run) -> None:
     duck, pg = outputs(dag_run("duckdb")), outputs(dag_run("postgres"))
     assert duck["counts"] == pg["counts"]
@@ -242,116 +253,3 @@ def test_rerunning_a_day_leaves_the_same_tables(dag_run, sources: Path, airflow_
     assert after["segments"] == before["segments"]
     assert after["models"] == before["models"]  # deterministic: same warehouse and date, same outputs
     assert after["run_ids"] != before["run_ids"], "the rerun should have replaced the day's results"
-
-
-def test_a_failed_run_exits_with_one_line_naming_the_cause(sources: Path, airflow_home: Path, tmp_path: Path) -> None:
-    import shutil
-
-    broken = tmp_path / "sources"
-    shutil.copytree(sources, broken)
-    drop = broken / "crm" / START.isoformat() / "customers.csv"
-    header, *rows = drop.read_text().splitlines()
-    drop.write_text("\n".join([header.replace("signup_date", "signed_up"), *rows]) + "\n")
-    result = crmw(f"duckdb:///{tmp_path / 'warehouse.duckdb'}", broken, airflow_home, "run", "--date", START.isoformat())
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    [message] = result.stderr.strip().splitlines()
-    assert "customers.csv" in message and "'signup_date'" in message and "failed" in message
-
-
-def _task_states(airflow_home: Path, logical_date: dt.date) -> dict[str, str | None]:
-    """Each task's state in the DAG run of `logical_date`, read from Airflow's metadata DB."""
-    with sqlite3.connect(airflow_home / "airflow.db") as db:
-        rows = db.execute(
-            "select ti.task_id, ti.state from task_instance ti join dag_run dr"
-            " on dr.dag_id = ti.dag_id and dr.run_id = ti.run_id"
-            " where dr.dag_id = 'crm_daily' and dr.logical_date like ?",
-            (f"{logical_date.isoformat()}%",),
-        ).fetchall()
-    return dict(rows)
-
-
-def test_a_date_range_runs_its_dates_in_order_and_a_failing_dbt_test_stops_the_ml_publish_and_the_range(
-        sources: Path, airflow_home: Path, tmp_path: Path) -> None:
-    import shutil
-
-    # Early dates: a full DAG run costs the same on less data. The second date delivers an order in a
-    # status the shop does not have: extract loads it (any text is a status), staging's
-    # accepted-values test fails, and the range ends there, its third date never started.
-    first = START + dt.timedelta(days=4)
-    second, third = first + dt.timedelta(days=1), first + dt.timedelta(days=2)
-    broken = tmp_path / "sources"
-    shutil.copytree(sources, broken)
-    with sqlite3.connect(broken / "sales.sqlite") as db:
-        email, crm_id = db.execute("select customer_email, crm_id from orders order by order_id limit 1").fetchone()
-        db.execute("insert into orders values (990000400, ?, ?, 'web', null, 'lost', ?, ?)",
-                   (email, crm_id, f"{second} 12:00:00", f"{second} 12:00:00"))
-    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    result = crmw(url, broken, airflow_home, "run", "--from", first.isoformat(), "--to", third.isoformat(), "--full-refresh")
-    assert result.returncode != 0 and f"crm_daily for {second}" in result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
-    started = [line for line in result.stdout.splitlines() if line.startswith("crmw: running")]
-    assert [line.split()[4] for line in started] == [first.isoformat(), second.isoformat()]
-    # The first date ran to its end; the second stopped after dbt.
-    assert _task_states(airflow_home, first)["publish"] == "success"
-    states = _task_states(airflow_home, second)
-    assert states["extract_sales.orders"] == "success"
-    assert states["dbt.dbt_producer_watcher"] == "failed"
-    assert states["dbt.customer_rfm.run"] == "upstream_failed"
-    for spec in registry.MODELS:
-        assert states[f"ml.{spec.name}"] == "upstream_failed", spec.name
-    assert states["publish"] == "upstream_failed"
-    with connect(url) as warehouse:
-        assert warehouse.fetchall("select distinct cast(as_of_date as varchar) from ml.model_runs") == [(first.isoformat(),)]
-        assert warehouse.fetchall("select count(*) from published.publish_log") == [(1,)]
-        # The full refresh (a DAG param) applies to the first date; the second loads its increment,
-        # so raw holds each order delivered by then once.
-        assert warehouse.fetchall(
-            "select distinct cast(_batch_date as varchar), full_refresh from raw_meta.load_audit where step = 'extract'"
-            " order by 1"
-        ) == [(first.isoformat(), True), (second.isoformat(), False)]
-        [(orders, distinct_orders)] = warehouse.fetchall("select count(*), count(distinct order_id) from raw_sales.orders")
-    with sqlite3.connect(broken / "sales.sqlite") as db:
-        (delivered,) = db.execute("select count(*) from orders where updated_at < ?", (third.isoformat(),)).fetchone()
-    assert orders == distinct_orders == delivered
-
-
-def test_source_freshness_task_fails_naming_a_source_loaded_days_ago(dag_run, sources: Path, airflow_home: Path, tmp_path: Path) -> None:
-    import re
-    import shutil
-
-    from crmw.airflow_runner import airflow_environment
-
-    copy = tmp_path / "warehouse.duckdb"
-    shutil.copyfile(dag_run("duckdb")[len("duckdb:///"):], copy)
-    with connect(f"duckdb:///{copy}") as warehouse:
-        warehouse.execute("update raw_sales.orders set _loaded_at = _loaded_at - interval 5 days")
-    env = airflow_environment(
-        {**os.environ, "WAREHOUSE_URL": f"duckdb:///{copy}", "CRMW_SOURCE_DIR": str(sources), "AIRFLOW_HOME": str(airflow_home)}
-    )
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    # `airflow tasks test` runs the one task (for today, so its gate would let it run) and exits 0
-    # whatever the task's outcome: the outcome is read from its output.
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "airflow"), "tasks", "test", "crm_daily", "source_freshness", today],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
-    assert re.search(r"ERROR STALE freshness of raw_sales\.orders", output), output[-3000:]
-    assert re.search(r"PASS freshness of raw_sales\.order_lines", output)
-    assert "dbt invocation completed with errors" in output
-
-
-def test_a_bad_model_param_fails_the_run_before_anything_is_written(sources: Path, airflow_home: Path, tmp_path: Path) -> None:
-    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    run_date = START + dt.timedelta(days=10)  # a date no other test runs
-    result = crmw(url, sources, airflow_home, "run", "--date", run_date.isoformat(), "--param", "association_rules__top_k_offers=0")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    [message] = result.stderr.strip().splitlines()
-    assert "param association_rules__top_k_offers: got 0, expected between 1 and 100" in message, message
-    states = _task_states(airflow_home, run_date)
-    assert states["check_model_params"] == "failed"
-    assert states["extract_sales.orders"] == "upstream_failed"
-    with connect(url) as warehouse:
-        assert warehouse.fetchall("select count(*) from information_schema.tables where table_schema like 'raw%'") == [(0,)]

@@ -1,6 +1,6 @@
-"""`crmw airflow` serves a working Airflow: a run of crm_daily triggered in it is picked up by the real
-scheduler, executed by the LocalExecutor (not `airflow dags test`), every task takes a slot of the
-warehouse_writer pool, and the run records each model's run for its logical date.
+"""Running crm_daily as users do, for the end-to-end tests: `crmw run`, and serving Airflow with
+`crmw airflow` (API server, scheduler with its LocalExecutor, DAG processor, triggerer) to run one
+triggered run through the API.
 
 The API server listens on a free 127.0.0.1 port and is the only address contacted. The scheduler's and
 triggerer's log servers bind all interfaces whatever the configuration (Airflow's choice); they get free
@@ -22,30 +22,71 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
-import pytest
-
-from crmw.airflow_runner import DAG_ID, WAREHOUSE_POOL, airflow_environment
-from ml_tasks.registry import MODELS
-
-pytestmark = pytest.mark.airflow
+from crmw.airflow_runner import DAG_ID, airflow_environment
+from simulator import SimulationSettings, simulate
 
 BIN = Path(sys.executable).parent
-START, DAYS = dt.date(2025, 1, 1), 10
-LOGICAL_DATE = dt.date(2025, 1, 10)
-RUN_ID = f"test_scheduler__{LOGICAL_DATE.isoformat()}"
 STARTUP_TIMEOUT = 180
 PARSE_TIMEOUT = 120
-# A guard against a hung run, not a speed check: quiet, the run takes about 165 s (122 tasks one at
-# a time in DuckDB's one-slot pool; 340 s before the model params were grouped and the scheduler's
-# idle sleep shortened); with other work on the two cores, twice that, and `make test` runs another
-# test file beside it (the whole test: 282 s alone, 587 s so). Kept wide, the test's own time limit
-# too (the suite's 900 s would cut it first).
-RUN_TIMEOUT = 1500
+# A guard against a hung run, not a speed check: the end-to-end tests' run on PostgreSQL takes
+# about ten minutes beside other test files on two cores.
+RUN_TIMEOUT = 1800
 STOP_TIMEOUT = 90  # crmw airflow bounds its own stop at about a minute
+# What a test that runs it may take in all: serving, parsing, the run and stopping, with slack.
+SERVED_RUN_TIMEOUT = STARTUP_TIMEOUT + PARSE_TIMEOUT + RUN_TIMEOUT + 2 * STOP_TIMEOUT + 300
 LOGIN_LINE = re.compile(r"crmw: Airflow UI at http://localhost:(\d+) \S+ user admin / password (\S+)")
+
+
+@dataclass
+class ServedRun:
+    """What one triggered run left: its state, its tasks as the metadata DB has them, the runs the
+    CLI lists, the server's output, and how serving and stopping went."""
+
+    run_id: str
+    state: str | None
+    tasks: list[tuple]  # (task_id, state, pool, job_type that queued it, operator), by start
+    runs: list[dict]
+    log: str
+    startup_seconds: float
+    run_seconds: float
+    login: tuple[str, str] = ("", "")  # (port, password) from the banner
+    generated_password: str = ""
+    port: int = 0
+    server_exit: int | None = None
+    outlived: dict[int, str] = field(default_factory=dict)
+
+    def failed_tasks(self) -> list[str]:
+        # A past logical date is a backfill: its source-freshness check is skipped, not failed.
+        return [task for task, state, *_ in self.tasks
+                if state != "success" and (task, state) != ("source_freshness", "skipped")]  # fmt: skip
+
+
+def simulate_clean_sources(folder: Path, start: dt.date, days: int) -> Path:
+    """400 simulated customers from `start` for `days`, without dirty rows: the end-to-end tests' sources."""
+    out = folder / "sources"
+    simulate(SimulationSettings(customers=400, start=start, days=days, seed=11, out=out, dirty_rate=0.0))
+    return out
+
+
+def export_dir(warehouse_url: str, sources: Path) -> Path:
+    """Each engine's files for other tools in a folder of its own."""
+    return sources.parent / f"exports_{warehouse_url.split(':')[0]}"
+
+
+def crmw(warehouse_url: str, sources: Path, airflow_home: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the crmw CLI on a warehouse and sources with the tests' Airflow home, without retries."""
+    env = {
+        **os.environ,
+        "WAREHOUSE_URL": warehouse_url,
+        "CRMW_SOURCE_DIR": str(sources),
+        "AIRFLOW_HOME": str(airflow_home),
+        "CRMW_TASK_RETRIES": "0",
+        "CRMW_EXPORT_DIR": str(export_dir(warehouse_url, sources)),
+    }
+    return subprocess.run([str(BIN / "crmw"), *args], env=env, capture_output=True, text=True)
 
 
 def free_loopback_port() -> int:
@@ -148,39 +189,33 @@ def stop_server(process: subprocess.Popen, home: Path) -> dict[int, str]:
     return left
 
 
-@pytest.mark.timeout(STARTUP_TIMEOUT + PARSE_TIMEOUT + RUN_TIMEOUT + 2 * STOP_TIMEOUT + 300)
-def test_triggered_run_succeeds_under_scheduler(tmp_path: Path) -> None:
-    sources = tmp_path / "sources"
-    home = tmp_path / "airflow"
-    warehouse = tmp_path / "wh.duckdb"
-    subprocess.run(
-        [str(BIN / "crmw"), "simulate", "--customers", "80", "--start", START.isoformat(),
-         "--days", str(DAYS), "--seed", "3", "--out", str(sources)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-
+def run_served(settings: dict[str, str], folder: Path, logical_date: dt.date, conf: dict) -> ServedRun:
+    """Serve Airflow with `crmw airflow` from `folder` (its AIRFLOW_HOME and log), trigger one
+    crm_daily run for `logical_date` with `conf`, wait for it to end, and stop the server as Ctrl-C
+    would. `settings` (WAREHOUSE_URL, CRMW_* ...) go over an environment cleared of Airflow's and
+    crmw's variables."""
+    home = folder / "airflow"
+    run_id = f"served__{logical_date.isoformat()}"
     port = free_loopback_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRMW_"))}
     base.update(
         {
             "AIRFLOW_HOME": str(home),
-            "WAREHOUSE_URL": f"duckdb:///{warehouse}",
-            "CRMW_SOURCE_DIR": str(sources),
-            "CRMW_TASK_RETRIES": "0",
+            **settings,
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__HOST": "127.0.0.1",
             # The scheduler's and triggerer's log servers cannot be told an address (Airflow binds them
             # to all interfaces); at least keep them off the default ports another Airflow may hold.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_loopback_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_loopback_port()),
-            # An idle scheduler loop sleeps 1 s by default, so each of the run's 122 tasks, one at a time
-            # in the one-slot pool, waited about half a second to be queued (66 s of a 238 s run).
+            # An idle scheduler loop sleeps 1 s by default, so each of the run's 126 tasks waited about
+            # half a second to be queued (66 s of a 238 s run on DuckDB's one-slot pool).
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
             "NO_COLOR": "1",
         }
     )
     env = airflow_environment(base)  # what `crmw airflow` hands to Airflow, for our CLI calls
-    log = tmp_path / "crmw-airflow.log"
+    log = folder / "crmw-airflow.log"
 
     started = time.monotonic()
     with log.open("wb") as out:
@@ -188,7 +223,7 @@ def test_triggered_run_succeeds_under_scheduler(tmp_path: Path) -> None:
             [str(BIN / "crmw"), "airflow"], env=base, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-    outlived: dict[int, str] = {}
+    run = ServedRun(run_id=run_id, state=None, tasks=[], runs=[], log="", startup_seconds=0.0, run_seconds=0.0, port=port)
     try:
         # 1. Served: the login line is printed and the API answers.
         login = None
@@ -199,11 +234,10 @@ def test_triggered_run_succeeds_under_scheduler(tmp_path: Path) -> None:
                 break
             time.sleep(1)
         else:
-            pytest.fail(f"no login line / API after {STARTUP_TIMEOUT} s (login={bool(login)}):\n{log_tail(log)}")
-        startup = time.monotonic() - started
-        generated = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
-        assert login.group(1) == str(port)
-        assert login.group(2) == generated["admin"]
+            raise AssertionError(f"no login line / API after {STARTUP_TIMEOUT} s (login={bool(login)}):\n{log_tail(log)}")
+        run.startup_seconds = time.monotonic() - started
+        run.login = (login.group(1), login.group(2))
+        run.generated_password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
         token = api(port, "POST", "/auth/token", {"username": "admin", "password": login.group(2)})["access_token"]
 
         # 2. The DAG processor has stored crm_daily (and it imports cleanly).
@@ -220,8 +254,8 @@ def test_triggered_run_succeeds_under_scheduler(tmp_path: Path) -> None:
         #    that. The login from the banner is the one the API takes.
         run_started = time.monotonic()
         airflow_cli(
-            env, "dags", "trigger", DAG_ID, "--logical-date", f"{LOGICAL_DATE.isoformat()}T00:00:00+00:00",
-            "--run-id", RUN_ID, "--output", "json",
+            env, "dags", "trigger", DAG_ID, "--logical-date", f"{logical_date.isoformat()}T00:00:00+00:00",
+            "--run-id", run_id, "--conf", json.dumps(conf), "--output", "json",
         )  # fmt: skip
         deadline = time.monotonic() + 2 * 30 + 60  # two of the DAG processor's re-parses (every 30 s) and slack
         while time.monotonic() < deadline and not metadata(
@@ -232,65 +266,34 @@ def test_triggered_run_succeeds_under_scheduler(tmp_path: Path) -> None:
 
         # 4. The scheduler runs it to the end.
         deadline = time.monotonic() + RUN_TIMEOUT
-        state = None
         while time.monotonic() < deadline:
             assert server.poll() is None, f"crmw airflow exited {server.returncode}:\n{log_tail(log)}"
-            rows = metadata(home, "select state from dag_run where dag_id = ? and run_id = ?", (DAG_ID, RUN_ID))
-            state = rows[0][0] if rows else None
-            if state in ("success", "failed"):
+            rows = metadata(home, "select state from dag_run where dag_id = ? and run_id = ?", (DAG_ID, run_id))
+            run.state = rows[0][0] if rows else None
+            if run.state in ("success", "failed"):
                 break
             time.sleep(1)
-        run_seconds = time.monotonic() - run_started
+        run.run_seconds = time.monotonic() - run_started
         # Right after our run ends the scheduler starts today's scheduled run; hold it as soon as we can.
         set_paused(port, token, True)
 
         listing = [line for line in airflow_cli(env, "dags", "list-runs", DAG_ID, "--output", "json").splitlines()
                    if line.startswith("[{")]  # fmt: skip
-        runs = json.loads(listing[-1]) if listing else []
-        tasks = metadata(
+        run.runs = json.loads(listing[-1]) if listing else []
+        run.tasks = metadata(
             home,
             "select ti.task_id, ti.state, ti.pool, j.job_type, ti.operator"
             " from task_instance ti left join job j on j.id = ti.queued_by_job_id"
             " where ti.dag_id = ? and ti.run_id = ? order by ti.start_date",
-            (DAG_ID, RUN_ID),
+            (DAG_ID, run_id),
         )
-        print(f"\ncrmw airflow: served in {startup:.1f} s; {DAG_ID} {LOGICAL_DATE} ended {state} after {run_seconds:.1f} s"
-              f" (trigger to end, {len(tasks)} tasks)")  # fmt: skip
-        print("runs:", [(run["run_id"], run["state"]) for run in runs])
-        # A past logical date is a backfill: its source-freshness check is skipped, not failed.
-        failed = [task for task, ti_state, *_ in tasks if ti_state != "success"
-                  and (task, ti_state) != ("source_freshness", "skipped")]  # fmt: skip
-        assert state == "success", f"run ended {state}; tasks not successful: {failed}\n{log_tail(log)}"
+        print(f"\ncrmw airflow: served in {run.startup_seconds:.1f} s; {DAG_ID} {logical_date} ended {run.state}"
+              f" after {run.run_seconds:.1f} s (trigger to end, {len(run.tasks)} tasks)")  # fmt: skip
+        assert run.state == "success", f"run ended {run.state}; tasks not successful: {run.failed_tasks()}\n{log_tail(log)}"
     finally:
         stopping = time.monotonic()
-        outlived = stop_server(server, home)
+        run.outlived = stop_server(server, home)
+        run.server_exit = server.returncode
+        run.log = log.read_text(errors="replace")
         print(f"crmw airflow: stopped in {time.monotonic() - stopping:.1f} s (exit {server.returncode})")
-
-    assert not outlived, f"processes outlived `crmw airflow` and were killed: {outlived}"
-    assert server.returncode == 0, f"crmw airflow exited {server.returncode}:\n{log_tail(log)}"
-    assert [(run["run_id"], run["state"]) for run in runs if run["run_id"] == RUN_ID] == [(RUN_ID, "success")]
-    assert str(runs[[run["run_id"] for run in runs].index(RUN_ID)]["logical_date"]).startswith(LOGICAL_DATE.isoformat())
-
-    # Queued by the scheduler, executed by its LocalExecutor, every task that ran in the writer pool.
-    assert tasks and not failed
-    # The scheduler completes an EmptyOperator (Cosmos' end-of-build marker) without running it.
-    executed = [(task, state, pool, job) for task, state, pool, job, operator in tasks
-                if state == "success" and operator != "EmptyOperator"]  # fmt: skip
-    assert {job_type for *_, job_type in executed} == {"SchedulerJob"}
-    assert {pool for _, _, pool, _ in executed} == {WAREHOUSE_POOL}
-    enqueued_local = set()
-    for batch in re.findall(r"Trying to enqueue tasks: \[(.*?)\] for executor: LocalExecutor\(", log.read_text(errors="replace")):
-        enqueued_local.update(re.findall(rf"<TaskInstance: {DAG_ID}\.(\S+) {RUN_ID} ", batch))
-    assert enqueued_local == {task for task, *_ in executed}
-
-    # Ten days of history are too little to fit the models: each records so for the logical date and
-    # publishes its tables empty, with their columns.
-    with closing(duckdb.connect(str(warehouse), read_only=True)) as db:
-        runs = db.execute(
-            "select model_name, status from ml.model_runs where as_of_date = ? order by 1", [LOGICAL_DATE]
-        ).fetchall()
-        segment_columns = db.execute(
-            "select count(*) from information_schema.columns where table_schema = 'ml' and table_name = 'customer_segments'"
-        ).fetchone()[0]
-    assert runs == sorted((spec.name, "insufficient_data") for spec in MODELS)
-    assert segment_columns > 3
+    return run
