@@ -26,6 +26,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="crmw-test-airflow-")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
+# Files for other tools (the activation list's dated CSVs) likewise: the models write them wherever
+# CRMW_EXPORT_DIR points, by default into the project's .local/exports that `make demo` fills.
+os.environ["CRMW_EXPORT_DIR"] = tempfile.mkdtemp(prefix="crmw-test-exports-")
+atexit.register(shutil.rmtree, os.environ["CRMW_EXPORT_DIR"], ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
 ENGINES = ["duckdb", "postgres"]

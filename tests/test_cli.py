@@ -306,7 +306,10 @@ def test_a_failing_run_reports_its_tasks_as_it_goes_fails_without_retrying_and_k
     started = time.monotonic()
     started_at = dt.datetime.now(dt.timezone.utc)
     result = crmw(env, "run", "--date", "2025-01-31")
-    line = assert_one_line_error_after_progress(result, "crm_daily for 2025-01-31 ended failed", "Airflow's output is in")
+    # The one line names the cause: the last error of the run, which names the source and table.
+    line = assert_one_line_error_after_progress(
+        result, "crm_daily for 2025-01-31 ended failed", "last error:", "sales database", "no such table", "Airflow's output is in"
+    )
     assert time.monotonic() - started < 110  # a retry waits CRMW_RETRY_DELAY_SECONDS, 300 s
     assert "crmw:   " in result.stdout and " start check_model_params" in result.stdout
     assert re.search(r"failed  extract_sales\.\w+ \(started \d\d:\d\d:\d\d, \d+\.\d s\)", result.stdout), result.stdout

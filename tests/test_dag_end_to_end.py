@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import math
 import re
+import shutil
 import sqlite3
 import time
 from collections import defaultdict
@@ -23,7 +24,7 @@ from crmw.airflow_runner import WAREHOUSE_POOL
 from crmw.scratch import new_postgres_database
 from ml_tasks import registry
 from ml_tasks.contract import nest_setting_params
-from tests.airflow_runs import SERVED_RUN_TIMEOUT, ServedRun, crmw, export_dir, run_served, simulate_clean_sources
+from tests.airflow_runs import SERVED_RUN_TIMEOUT, ServedRun, crmw, export_dir, run_served, simulate_clean_sources, task_states
 from warehouse import connect
 
 pytestmark = pytest.mark.airflow
@@ -50,10 +51,13 @@ MODEL_PARAMS = {"satisfaction_drivers__min_rated_tickets": 100, "comment_topics_
 INSUFFICIENT_HERE = {"campaign_uplift"}
 
 
+def model_params() -> list[str]:
+    return [argument for name, value in MODEL_PARAMS.items() for argument in ("--param", f"{name}={value}")]
+
+
 def crmw_run(warehouse_url: str, sources: Path, airflow_home: Path, logical_date: dt.date) -> float:
     started = time.perf_counter()
-    params = [argument for name, value in MODEL_PARAMS.items() for argument in ("--param", f"{name}={value}")]
-    result = crmw(warehouse_url, sources, airflow_home, "run", "--date", logical_date.isoformat(), *params)
+    result = crmw(warehouse_url, sources, airflow_home, "run", "--date", logical_date.isoformat(), *model_params())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "ml.customer_segments" in result.stdout
     # A past date: the freshness check is skipped, and Airflow logs nothing for it; crmw says so.
@@ -239,17 +243,51 @@ def _close(ours: tuple, theirs: tuple) -> bool:
     )
 
 
-def test_rerunning_a_day_leaves_the_same_tables(dag_run, sources: Path, airflow_home: Path) -> None:
+def test_a_range_rerunning_the_day_leaves_its_tables_and_stops_at_the_next_day_whose_dbt_test_fails(
+        dag_run, sources: Path, airflow_home: Path, tmp_path: Path) -> None:
+    """`crmw run --from RUN_DATE --to RUN_DATE+2` on the warehouse that already ran RUN_DATE. The
+    day after delivers an order in a status the shop does not have: extract loads it (any text is
+    a status), staging's accepted-values test fails the build, and the range ends there."""
     url = dag_run("duckdb")
     before = outputs(url)
-    crmw_run(url, sources, airflow_home, RUN_DATE)
+    next_day, day_after = RUN_DATE + dt.timedelta(days=1), RUN_DATE + dt.timedelta(days=2)
+    delivering = tmp_path / "sources"
+    shutil.copytree(sources, delivering)
+    with sqlite3.connect(delivering / "sales.sqlite") as db:
+        email, crm_id = db.execute("select customer_email, crm_id from orders order by order_id limit 1").fetchone()
+        db.execute("insert into orders values (990000400, ?, ?, 'web', null, 'lost', ?, ?)",
+                   (email, crm_id, f"{next_day} 12:00:00", f"{next_day} 12:00:00"))
+    result = crmw(url, delivering, airflow_home, "run", "--from", RUN_DATE.isoformat(), "--to", day_after.isoformat(), *model_params())
+    assert result.returncode != 0 and f"crm_daily for {next_day}" in result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    started = [line.split()[4] for line in result.stdout.splitlines() if line.startswith("crmw: running")]
+    assert started == [RUN_DATE.isoformat(), next_day.isoformat()]  # in order, the third never started
+
+    # The rerun of RUN_DATE rebuilt the same tables, published them and replaced the models' results.
     after = outputs(url)
-    # ml.model_runs keeps a row per run: the rerun adds its own.
     runs = {"ml.model_runs", "ml.model_runs_latest", "published.publish_log"}
-    assert {k: v for k, v in after["counts"].items() if k not in runs} == {k: v for k, v in before["counts"].items() if k not in runs}
+    # What the failed day changed: raw took its delivery and the staging models its extract feeds;
+    # everything downstream of the failing test was skipped, and ML and publish never ran on it.
+    delivered = {"raw_sales.orders", "staging.stg_sales__order_versions", "staging.stg_sales__orders"}
+    changed = {name for name in after["counts"] if after["counts"][name] != before["counts"][name]}
+    assert changed - runs == delivered
+    assert all(after["counts"][name] == before["counts"][name] + 1 for name in delivered)
     assert after["counts"]["ml.model_runs"] == 2 * before["counts"]["ml.model_runs"]
     assert after["counts"]["published.publish_log"] == 2 * before["counts"]["published.publish_log"] == 2
+    assert {as_of for _, as_of, *_ in after["model_runs"]} == {RUN_DATE.isoformat()}
     assert after["orders"] == before["orders"]
     assert after["segments"] == before["segments"]
     assert after["models"] == before["models"]  # deterministic: same warehouse and date, same outputs
     assert after["run_ids"] != before["run_ids"], "the rerun should have replaced the day's results"
+
+    states = task_states(airflow_home, next_day)
+    assert states["extract_sales.orders"] == "success"
+    assert states["dbt.dbt_producer_watcher"] == "failed"
+    assert states["dbt.customer_rfm.run"] == "upstream_failed"
+    for spec in registry.MODELS:
+        assert states[f"ml.{spec.name}"] == "upstream_failed", spec.name
+    assert states["publish"] == "upstream_failed"
+    with connect(url) as warehouse:
+        [(orders, distinct_orders)] = warehouse.fetchall("select count(*), count(distinct order_id) from raw_sales.orders")
+    with sqlite3.connect(delivering / "sales.sqlite") as db:
+        (delivered_orders,) = db.execute("select count(*) from orders where updated_at < ?", (day_after.isoformat(),)).fetchone()
+    assert orders == distinct_orders == delivered_orders
