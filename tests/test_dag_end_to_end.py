@@ -1,8 +1,9 @@
 """crm_daily run through Airflow on each engine, as users run it: `crmw run` on DuckDB, and on
 PostgreSQL a run triggered in `crmw airflow`, picked up by the real scheduler and executed by its
 LocalExecutor, several tasks at a time in the warehouse_writer pool. Outputs match counts and sums
-computed straight from the source files, both engines give the same outputs, and a rerun of the day
-changes nothing. The runs that fail are in test_dag_failures.py."""
+computed straight from the source files, both engines give the same outputs, and a date range that
+reruns the day leaves its tables, then stops at a next day whose delivery fails a dbt test, with ML
+and publish held back. Runs that fail before dbt are in test_dag_failures.py and test_cli.py."""
 
 from __future__ import annotations
 
