@@ -91,14 +91,13 @@ def crmw(warehouse_url: str, sources: Path, airflow_home: Path, *args: str) -> s
 
 def task_states(airflow_home: Path, logical_date: dt.date) -> dict[str, str | None]:
     """Each task's state in the last DAG run of `logical_date`, read from Airflow's metadata DB."""
-    with closing(sqlite3.connect(airflow_home / "airflow.db")) as db:
-        rows = db.execute(
-            "select ti.task_id, ti.state from task_instance ti join dag_run dr"
-            " on dr.dag_id = ti.dag_id and dr.run_id = ti.run_id"
-            " where dr.id = (select max(id) from dag_run where dag_id = ? and logical_date like ?)",
-            (DAG_ID, f"{logical_date.isoformat()}%"),
-        ).fetchall()
-    return dict(rows)
+    return dict(metadata(
+        airflow_home,
+        "select ti.task_id, ti.state from task_instance ti join dag_run dr"
+        " on dr.dag_id = ti.dag_id and dr.run_id = ti.run_id"
+        " where dr.id = (select max(id) from dag_run where dag_id = ? and logical_date like ?)",
+        (DAG_ID, f"{logical_date.isoformat()}%"),
+    ))
 
 
 def free_loopback_port() -> int:
