@@ -371,9 +371,9 @@ def publish(
     new fit, replacing the model's fit of the same date), in one transaction. Returns the rows written."""
     stamps = {"as_of_date": as_of_date, "run_id": run_id, "model_version": model_version}
     data = {table.name: to_arrow(table, results[table.name], stamps) for table in outputs}
-    ensure_outputs(warehouse, outputs)
-    if new_fit is not None:
-        ensure_outputs(warehouse, [TRAINED_MODELS])
+    # Created before the transaction (record_run's too), so that a first run's lock on creating
+    # them is not held while it writes.
+    ensure_outputs(warehouse, [*outputs, MODEL_RUNS, *([TRAINED_MODELS] if new_fit is not None else [])])
     written = 0
     with warehouse.transaction():
         for table in outputs:

@@ -36,6 +36,8 @@ START, DAYS = dt.date(2025, 1, 1), 181
 RUN_DATE = START + dt.timedelta(days=DAYS - 1)
 _runs: dict[str, str] = {}
 _served: dict[str, ServedRun] = {}
+# A run that failed is not run again for the next test that reads it (another ten minutes).
+_failed: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -72,24 +74,32 @@ def dag_run(request: pytest.FixtureRequest, sources: Path, airflow_home: Path, t
     served by `crmw airflow` on PostgreSQL (what it left is in `_served`)."""
 
     def run(engine: str) -> str:
-        if engine not in _runs:
-            if engine == "duckdb":
-                url = f"duckdb:///{tmp_path_factory.mktemp('duckdb') / 'warehouse.duckdb'}"
-                seconds = crmw_run(url, sources, airflow_home, RUN_DATE)
-                print(f"\ncrm_daily on {engine}: {seconds:.1f} s (crmw run, incl. Airflow start-up)")
-            else:
-                url = new_postgres_database(request.getfixturevalue("postgres_server_url"), "crmw_dag_run")
-                settings = {
-                    "WAREHOUSE_URL": url,
-                    "CRMW_SOURCE_DIR": str(sources),
-                    "CRMW_EXPORT_DIR": str(export_dir(url, sources)),
-                    "CRMW_TASK_RETRIES": "0",
-                }
-                _served[engine] = run_served(
-                    settings, tmp_path_factory.mktemp("served"), RUN_DATE, nest_setting_params(MODEL_PARAMS.items())
-                )
-            _runs[engine] = url
-        return _runs[engine]
+        if engine in _failed:
+            pytest.fail(f"crm_daily on {engine} failed in an earlier test of this module: {_failed[engine]}")
+        try:
+            return _runs[engine] if engine in _runs else _run(engine)
+        except BaseException as error:
+            _failed[engine] = f"{type(error).__name__}: {str(error)[:1000]}"
+            raise
+
+    def _run(engine: str) -> str:
+        if engine == "duckdb":
+            url = f"duckdb:///{tmp_path_factory.mktemp('duckdb') / 'warehouse.duckdb'}"
+            seconds = crmw_run(url, sources, airflow_home, RUN_DATE)
+            print(f"\ncrm_daily on {engine}: {seconds:.1f} s (crmw run, incl. Airflow start-up)")
+        else:
+            url = new_postgres_database(request.getfixturevalue("postgres_server_url"), "crmw_dag_run")
+            settings = {
+                "WAREHOUSE_URL": url,
+                "CRMW_SOURCE_DIR": str(sources),
+                "CRMW_EXPORT_DIR": str(export_dir(url, sources)),
+                "CRMW_TASK_RETRIES": "0",
+            }
+            _served[engine] = run_served(
+                settings, tmp_path_factory.mktemp("served"), RUN_DATE, nest_setting_params(MODEL_PARAMS.items())
+            )
+        _runs[engine] = url
+        return url
 
     return run
 

@@ -4,6 +4,7 @@ replace-by-match, transactions, schema evolution, URL checking and row counts.""
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import socket
 import uuid
 from decimal import Decimal
@@ -313,6 +314,40 @@ def test_ensure_table_adds_missing_columns_to_an_existing_table(warehouse_url):
             (1, "a", None, None),
             (2, None, dt.datetime(2025, 1, 1, 8), Decimal("1.5")),
         ]
+
+
+def _ensure_at_once(url: str, round_number: int, start: "multiprocessing.synchronize.Barrier", errors: "multiprocessing.Queue") -> None:
+    try:
+        with connect(url) as warehouse:
+            start.wait(timeout=60)
+            warehouse.ensure_table(f"raw_round_{round_number}.things", {"id": "integer", "name": "string"})
+            warehouse.ensure_index(f"raw_round_{round_number}.things", ["id"])
+            start.wait(timeout=60)
+            warehouse.ensure_table(f"raw_round_{round_number}.things", {"id": "integer", "seen_at": "timestamp"})
+    except Exception as error:
+        start.abort()  # the others stop waiting for this one
+        errors.put(f"{type(error).__name__}: {error}")
+
+
+def test_writers_ensuring_the_same_schema_table_column_and_index_at_once_all_succeed_on_postgres(postgres_url):
+    """A parallel run's tasks create the shared tables (ml.model_runs, ml.trained_models, raw_meta's)
+    together on a fresh warehouse. Four processes released at once, five times over: without the
+    adapter's catalog lock most rounds failed on a unique violation in PostgreSQL's catalog."""
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    for round_number in range(5):
+        start = context.Barrier(4)
+        writers = [context.Process(target=_ensure_at_once, args=(postgres_url, round_number, start, errors)) for _ in range(4)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(timeout=120)
+        assert [writer.exitcode for writer in writers] == [0] * 4
+    assert errors.empty(), errors.get()
+    with connect(postgres_url) as warehouse:
+        for round_number in range(5):
+            assert warehouse.table_columns(f"raw_round_{round_number}.things") == ["id", "name", "seen_at"]
+            assert warehouse.fetchall("select count(*) from pg_indexes where schemaname = ?", (f"raw_round_{round_number}",)) == [(1,)]
 
 
 def test_table_columns_of_a_missing_table_is_empty(warehouse_url):

@@ -53,6 +53,9 @@ _SQL_TYPES: dict[str, dict[str, str]] = {
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _EXPECTED_URL = "expected duckdb:///path/to/file.duckdb or postgresql://user:password@host:port/database"
 _COPY_BATCH_ROWS = 200_000
+# The PostgreSQL advisory lock key taken to create schemas, tables, columns and indexes (any number
+# no other code locks on; this one is 'crmw' in ASCII).
+CATALOG_LOCK = 0x63726D77
 
 
 class WarehouseUrlError(ValueError):
@@ -245,8 +248,16 @@ class Warehouse:
         self._commit()
 
     # -- schema --------------------------------------------------------------------------------
+    @contextmanager
+    def _catalog_change(self) -> Iterator[None]:
+        """Around creating a schema, table, column or index found missing: writers running at once
+        (the tasks of a parallel run) must not create the same one together. Inside, look again."""
+        yield
+
     def ensure_schema(self, schema: str) -> None:
-        self.execute(f"create schema if not exists {quote_identifier(schema)}")
+        if not self.fetchall("select 1 from information_schema.schemata where schema_name = ?", (schema,)):
+            with self._catalog_change():
+                self.execute(f"create schema if not exists {quote_identifier(schema)}")
 
     def table_columns(self, table: str) -> list[str]:
         """Column names of `schema.table` in order; empty when the table does not exist."""
@@ -265,18 +276,21 @@ class Warehouse:
 
     def ensure_table(self, table: str, columns: Mapping[str, ColumnType]) -> None:
         """Create `schema.table` if missing and add any column it lacks (sources gain columns)."""
-        existing = set(self.table_columns(table))
-        types = _SQL_TYPES[self.engine]
-        if not existing:
-            self.ensure_schema(table.partition(".")[0])
-            body = ", ".join(f"{quote_identifier(c)} {types[t]}" for c, t in columns.items())
-            self.execute(f"create table if not exists {qualified(table)} ({body})")
+        if set(columns) <= set(self.table_columns(table)):
             return
-        for column, column_type in columns.items():
-            if column not in existing:
-                self.execute(
-                    f"alter table {qualified(table)} add column {quote_identifier(column)} {types[column_type]}"
-                )
+        types = _SQL_TYPES[self.engine]
+        with self._catalog_change():
+            existing = set(self.table_columns(table))
+            if not existing:
+                self.ensure_schema(table.partition(".")[0])
+                body = ", ".join(f"{quote_identifier(c)} {types[t]}" for c, t in columns.items())
+                self.execute(f"create table if not exists {qualified(table)} ({body})")
+                return
+            for column, column_type in columns.items():
+                if column not in existing:
+                    self.execute(
+                        f"alter table {qualified(table)} add column {quote_identifier(column)} {types[column_type]}"
+                    )
 
     def refresh_statistics(self, table: str) -> None:
         """Tell the query planner what a table just filled holds. PostgreSQL plans a scratch table
@@ -651,6 +665,17 @@ class _PostgresWarehouse(Warehouse):
     def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._con.execute(self._bind(sql, params), list(params) or None).rowcount
 
+    @contextmanager
+    def _catalog_change(self) -> Iterator[None]:
+        # `if not exists` does not guard one session from another: two that both find a table
+        # missing both add it to the catalog, and the later one fails on a unique violation (four
+        # processes ensuring ml.trained_models on a fresh database at once: an error in 10 trials of
+        # 15; a parallel crm_daily run lost campaign_uplift to it). A lock held to the end of the
+        # transaction queues them, so the later one looks again after the first one's commit.
+        with self.transaction():
+            self.execute(f"select pg_advisory_xact_lock({CATALOG_LOCK})")
+            yield
+
     def refresh_statistics(self, table: str) -> None:
         self.execute(f"analyze {qualified(table)}")
 
@@ -663,7 +688,8 @@ class _PostgresWarehouse(Warehouse):
         # Looked up first: `create index if not exists` locks the table even when the index exists,
         # and waits a second (deadlock_timeout) for autovacuum to give way on a freshly loaded table.
         if not self._has_index(schema, index):
-            self.execute(f"create index if not exists {index} on {schema}.{name} ({', '.join(columns)})")
+            with self._catalog_change():
+                self.execute(f"create index if not exists {index} on {schema}.{name} ({', '.join(columns)})")
 
     def drop_index(self, table: str, columns: Sequence[str]) -> None:
         schema, _, index = self._index_name(table, columns)
