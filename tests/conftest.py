@@ -50,13 +50,15 @@ class DbtOutcome:
     report: str  # a line per node that failed or erred ("FAIL 9 unique_key_...: message"), or dbt's exception
 
 
-# Parsed manifests by (engine, database name, --vars), the most recently used last. dbt parses the
-# whole project again whenever the profile (so the warehouse file or database) or the vars change:
-# 15-25 s on two busy cores, more than most tests' own dbt work, and the suite runs dbt ~100 times.
-# The database name is part of every relation a manifest holds; the vars are rendered into some
-# tests' configs at parse time. A few are kept: each is tens of MB, and PostgreSQL tests each have
-# a database of their own.
-_manifests: OrderedDict[tuple[str, str, str | None], object] = OrderedDict()
+# Parsed manifests by (engine, --vars), the most recently used last. dbt parses the whole project
+# again whenever the profile (so the warehouse file or database) or the vars change: 15-25 s on two
+# busy cores, more than most tests' own dbt work, and the suite runs dbt ~100 times. The vars are
+# rendered into some tests' configs at parse time, so they key a parse; the database name is only
+# written into each node and source (`database`, `relation_name`), so a parse for another database
+# of the same engine is reused with those rewritten (each PostgreSQL test has a database of its own:
+# 18 of the 35 parses of the dbt test files were for a new database name). A few are kept: each is
+# tens of MB.
+_manifests: OrderedDict[tuple[str, str | None], object] = OrderedDict()
 _MANIFESTS_KEPT = 6
 
 
@@ -74,9 +76,24 @@ def _close_dbt_duckdb_file() -> None:
     environment.close()
 
 
+def _point_at(manifest, database: str) -> None:
+    """Rewrite a manifest parsed for another database of the same engine as dbt would have parsed it
+    for `database`: the database of every node and source, the relation names that spell it, and
+    the `graph` the macros read, rebuilt from them."""
+    parsed_for = next(node.database for node in manifest.nodes.values() if node.resource_type == "model")
+    if parsed_for == database:
+        return
+    for node in [*manifest.nodes.values(), *manifest.sources.values()]:
+        if node.database == parsed_for:
+            node.database = database
+        if getattr(node, "relation_name", None):
+            node.relation_name = node.relation_name.replace(f'"{parsed_for}".', f'"{database}".', 1)
+    manifest.build_flat_graph()
+
+
 def dbt_in_process(url: str, *args: str, tmp_path: Path, check: bool = True) -> DbtOutcome:
     """Run dbt `args` on the warehouse at `url` through dbt's Python entry point, on a manifest parsed
-    once for its engine, database name and vars (dbt's documented reuse of a parsed manifest:
+    once for its engine and vars (dbt's documented reuse of a parsed manifest:
     `dbtRunner(manifest=...)`). Target and logs go to `tmp_path`, away from the DAG's manifest. The
     as-of date comes from var as_of_date or, as the DAG passes it, CRMW_AS_OF_DATE in the environment."""
     from dbt.cli.main import dbtRunner
@@ -87,7 +104,7 @@ def dbt_in_process(url: str, *args: str, tmp_path: Path, check: bool = True) -> 
     variables = args[args.index("--vars") + 1] if "--vars" in args else None
     location = urlsplit(url)
     database = Path(location.path).stem if location.scheme == "duckdb" else location.path.lstrip("/")
-    key = (location.scheme, database, variables)
+    key = (location.scheme, variables)
     before = os.environ.get("WAREHOUSE_URL")
     os.environ["WAREHOUSE_URL"] = url
     try:
@@ -98,6 +115,7 @@ def dbt_in_process(url: str, *args: str, tmp_path: Path, check: bool = True) -> 
             while len(_manifests) > _MANIFESTS_KEPT:
                 _manifests.popitem(last=False)
         _manifests.move_to_end(key)
+        _point_at(_manifests[key], database)
         outcome = dbtRunner(manifest=_manifests[key]).invoke([*args, *common])
     finally:
         if before is None:

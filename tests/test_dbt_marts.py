@@ -551,7 +551,7 @@ SENT_CONTROL_MEMBER = ("K0001", "C00000007")
 def warehouse_with_impossible_values(request, raw_templates, tmp_path_factory) -> tuple[str, DbtOutcome]:
     """Per engine, the dbt sources' raw with a CRM signup typed as 1025, a 1 MB first name, an order
     created in 9999 (updated in 2025), a copy of an order under a negative id, a payment made in
-    9999 and a control-group member sent the campaign, after a whole `dbt build`; the build's
+    9999 and a control-group member sent the campaign, after a `dbt build` of every model; the build's
     outcome is checked by the tests."""
     folder = tmp_path_factory.mktemp(f"impossible-{request.param}")
     url = copy_raw_warehouse(request.param, request, raw_templates, folder)
@@ -565,7 +565,8 @@ def warehouse_with_impossible_values(request, raw_templates, tmp_path_factory) -
                           " where payment_id = ?", (FAR_FUTURE_PAYMENT_ID,))
         warehouse.execute("update raw_crm.campaign_members set member_group = 'control', sent = true"
                           " where campaign_id = ? and crm_id = ?", SENT_CONTROL_MEMBER)
-    return url, dbt_in_process(url, "build", tmp_path=folder, check=False)
+    # The unit tests check SQL on fixed rows, not these values: built_warehouses runs them.
+    return url, dbt_in_process(url, "build", "--exclude-resource-type", "unit_test", tmp_path=folder, check=False)
 
 
 def _green(built: tuple[str, DbtOutcome]) -> str:
