@@ -316,14 +316,20 @@ def test_ensure_table_adds_missing_columns_to_an_existing_table(warehouse_url):
         ]
 
 
-def _ensure_at_once(url: str, round_number: int, start: "multiprocessing.synchronize.Barrier", errors: "multiprocessing.Queue") -> None:
+ROUNDS = 5
+
+
+def _ensure_at_once(url: str, start: "multiprocessing.synchronize.Barrier", errors: "multiprocessing.Queue") -> None:
+    """In each round, wait for the other writers, then ensure the round's table and its index; wait
+    again, then ensure it with one more column."""
     try:
         with connect(url) as warehouse:
-            start.wait(timeout=60)
-            warehouse.ensure_table(f"raw_round_{round_number}.things", {"id": "integer", "name": "string"})
-            warehouse.ensure_index(f"raw_round_{round_number}.things", ["id"])
-            start.wait(timeout=60)
-            warehouse.ensure_table(f"raw_round_{round_number}.things", {"id": "integer", "seen_at": "timestamp"})
+            for round_number in range(ROUNDS):
+                start.wait(timeout=60)
+                warehouse.ensure_table(f"raw_round_{round_number}.things", {"id": "integer", "name": "string"})
+                warehouse.ensure_index(f"raw_round_{round_number}.things", ["id"])
+                start.wait(timeout=60)
+                warehouse.ensure_table(f"raw_round_{round_number}.things", {"id": "integer", "seen_at": "timestamp"})
     except Exception as error:
         start.abort()  # the others stop waiting for this one
         errors.put(f"{type(error).__name__}: {error}")
@@ -331,21 +337,20 @@ def _ensure_at_once(url: str, round_number: int, start: "multiprocessing.synchro
 
 def test_writers_ensuring_the_same_schema_table_column_and_index_at_once_all_succeed_on_postgres(postgres_url):
     """A parallel run's tasks create the shared tables (ml.model_runs, ml.trained_models, raw_meta's)
-    together on a fresh warehouse. Four processes released at once, five times over: without the
+    together on a fresh warehouse. Four processes released at once, five rounds over: without the
     adapter's catalog lock most rounds failed on a unique violation in PostgreSQL's catalog."""
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
-    for round_number in range(5):
-        start = context.Barrier(4)
-        writers = [context.Process(target=_ensure_at_once, args=(postgres_url, round_number, start, errors)) for _ in range(4)]
-        for writer in writers:
-            writer.start()
-        for writer in writers:
-            writer.join(timeout=120)
-        assert [writer.exitcode for writer in writers] == [0] * 4
+    start = context.Barrier(4)
+    writers = [context.Process(target=_ensure_at_once, args=(postgres_url, start, errors)) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=300)
+    assert [writer.exitcode for writer in writers] == [0] * 4
     assert errors.empty(), errors.get()
     with connect(postgres_url) as warehouse:
-        for round_number in range(5):
+        for round_number in range(ROUNDS):
             assert warehouse.table_columns(f"raw_round_{round_number}.things") == ["id", "name", "seen_at"]
             assert warehouse.fetchall("select count(*) from pg_indexes where schemaname = ?", (f"raw_round_{round_number}",)) == [(1,)]
 
