@@ -351,7 +351,14 @@ def _load_entity(
     warehouse.drop_index(entity.raw_table, [*entity.primary_key, "_version_hash"])
     _ensure_raw_tables(warehouse, entity)
     warehouse.ensure_index(entity.raw_table, entity.primary_key)
-    warehouse.ensure_index(entity.raw_table, ["_batch_date"])
+    # A rerun finds its date's rows by `_batch_date`, and the staging models a day's new versions by
+    # `_loaded_at`; raw is appended in load order, so both grow with the table's blocks and a block
+    # range index finds those rows (a few kB: the b-tree on `_batch_date` it replaces took 4.3 MB of
+    # the 122 MB of order lines at 10,000 customers on PostgreSQL, and without an index on
+    # `_loaded_at` every staging model read all of raw for a day's rows). Warehouses loaded before
+    # keep that b-tree until it is dropped here.
+    warehouse.drop_index(entity.raw_table, ["_batch_date"])
+    warehouse.ensure_index(entity.raw_table, ["_batch_date", "_loaded_at"], block_range=True)
     with warehouse.transaction():
         _forget(warehouse, entity, logical_date, full_refresh)
         new_columns: set[str] = set()

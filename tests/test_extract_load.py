@@ -173,16 +173,17 @@ def test_raw_rows_carry_their_batch_delivery_and_source_file(warehouse_url, simu
         assert (first_row, last_row) == (2, count + 1)  # file lines: the header is line 1
 
 
-def test_raw_tables_on_postgresql_are_indexed_by_key_alone_and_an_older_key_and_hash_index_is_dropped(postgres_url, simulated):
+def test_raw_tables_on_postgresql_are_indexed_by_key_and_by_load_block_ranges_and_older_indexes_are_dropped(postgres_url, simulated):
     _load(postgres_url, DAYS[0], _settings(simulated), systems=("crm",))
-    with connect(postgres_url) as warehouse:  # as a warehouse loaded before had it: the hash in the index too
+    with connect(postgres_url) as warehouse:  # as a warehouse loaded before had them: the hash in the key's index, a b-tree on the date
         warehouse.ensure_index("raw_crm.customers", ["crm_id", "_version_hash"])
+        warehouse.ensure_index("raw_crm.customers", ["_batch_date"])
     _load(postgres_url, DAYS[1], _settings(simulated), systems=("crm",))
     with connect(postgres_url) as warehouse:
         indexes = warehouse.fetchall(
             "select indexdef from pg_indexes where schemaname = 'raw_crm' and tablename = 'customers' order by 1"
         )
-    assert [definition.partition(" USING ")[2] for (definition,) in indexes] == ["btree (_batch_date)", "btree (crm_id)"]
+    assert [definition.partition(" USING ")[2] for (definition,) in indexes] == ["brin (_batch_date, _loaded_at)", "btree (crm_id)"]
 
 
 # -- reruns and backfills ---------------------------------------------------------------------------

@@ -303,12 +303,16 @@ class Warehouse:
         and joins read every row the table ever held: a day's increment grew with the first load."""
         self.execute(f"delete from {qualified(table)}")
 
-    def ensure_index(self, table: str, columns: Sequence[str]) -> None:
+    def ensure_index(self, table: str, columns: Sequence[str], block_range: bool = False) -> None:
         """An index for lookups by `columns` where the engine gains from one: PostgreSQL reads
         a day's keys out of years of raw rows through it; DuckDB scans and hash-joins faster than
-        it keeps an index up to date on bulk inserts, so it gets none."""
+        it keeps an index up to date on bulk inserts, so it gets none. A `block_range` index keeps
+        only the least and greatest values of each range of blocks (PostgreSQL's BRIN, a few kB
+        where a b-tree holds every row): for columns that grow with the order rows are appended
+        in, such as a load's date and time, it finds the blocks of the recent rows. DuckDB keeps
+        such ranges of every column itself."""
 
-    def drop_index(self, table: str, columns: Sequence[str]) -> None:
+    def drop_index(self, table: str, columns: Sequence[str], block_range: bool = False) -> None:
         """Drop the index ensure_index made for `columns`, if there is one."""
 
     # -- bulk data -----------------------------------------------------------------------------
@@ -683,23 +687,25 @@ class _PostgresWarehouse(Warehouse):
         # Transactional in PostgreSQL, and it gives the table fresh, empty files.
         self.execute(f"truncate {qualified(table)}")
 
-    def ensure_index(self, table: str, columns: Sequence[str]) -> None:
-        schema, name, index = self._index_name(table, columns)
+    def ensure_index(self, table: str, columns: Sequence[str], block_range: bool = False) -> None:
+        schema, name, index = self._index_name(table, columns, block_range)
         # Looked up first: `create index if not exists` locks the table even when the index exists,
         # and waits a second (deadlock_timeout) for autovacuum to give way on a freshly loaded table.
         if not self._has_index(schema, index):
             with self._catalog_change():
-                self.execute(f"create index if not exists {index} on {schema}.{name} ({', '.join(columns)})")
+                method = " using brin" if block_range else ""
+                self.execute(f"create index if not exists {index} on {schema}.{name}{method} ({', '.join(columns)})")
 
-    def drop_index(self, table: str, columns: Sequence[str]) -> None:
-        schema, _, index = self._index_name(table, columns)
+    def drop_index(self, table: str, columns: Sequence[str], block_range: bool = False) -> None:
+        schema, _, index = self._index_name(table, columns, block_range)
         if self._has_index(schema, index):  # looked up first, as in ensure_index
             self.execute(f"drop index if exists {schema}.{index}")
 
     @staticmethod
-    def _index_name(table: str, columns: Sequence[str]) -> tuple[str, str, str]:
+    def _index_name(table: str, columns: Sequence[str], block_range: bool) -> tuple[str, str, str]:
         schema, _, name = qualified(table).partition(".")
-        return schema, name, f"{name}__{'__'.join(quote_identifier(column) for column in columns)}"[:63]
+        suffix = "__brin" if block_range else ""
+        return schema, name, f"{name}__{'__'.join(quote_identifier(column) for column in columns)}"[:63 - len(suffix)] + suffix
 
     def _has_index(self, schema: str, index: str) -> bool:
         return bool(self.fetchall("select 1 from pg_indexes where schemaname = ? and indexname = ?", (schema, index)))

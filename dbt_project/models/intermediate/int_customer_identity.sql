@@ -18,11 +18,12 @@
 -- identity_max_crm_ids_per_email (a shop's walk-in address, a family's or company's shared one), so
 -- neither placeholders nor shared addresses can chain strangers into one giant group.
 --
--- The customer key is kept for life. A new group is keyed by the md5 of its smallest identifier; on
--- later builds (this table reads its own previous state, so a --full-refresh keeps keys too) a group
--- keeps the key most of its records already had: when two customers merge, the one with more
--- records keeps its key and the other's becomes an alias (customer_key_aliases); when a group splits,
--- the part with more of the key's records keeps it and the other part gets a key of its own.
+-- The customer key is kept for life. A new group is keyed by a hash of its smallest identifier
+-- (macro new_customer_key: 16 hex digits of its md5); on later builds (this table reads its own
+-- previous state, so a --full-refresh keeps keys too) a group keeps the key most of its records
+-- already had: when two customers merge, the one with more records keeps its key and the other's
+-- becomes an alias (customer_key_aliases); when a group splits, the part with more of the key's
+-- records keeps it and the other part gets a key of its own.
 --
 -- Incremental: a day changes few groups, and resolving all of them again cost 12-15 s of a steady
 -- day at 100,000 customers (2.2M records; the rounds are cheap, the per-record joins are not). A
@@ -446,11 +447,11 @@ keyed_records as (
         {%- if previous_identity is not none %}
         cast(coalesce(
             kept_keys.favourite_previous_customer_id,
-            md5(grouped_records.identity_group || coalesce(' split from ' || split_from.previous_customer_id, ''))
+            {{ new_customer_key("grouped_records.identity_group || coalesce(' split from ' || split_from.previous_customer_id, '')") }}
         ) as {{ dbt.type_string() }}) as customer_id,
         cast(previous.customer_id as {{ dbt.type_string() }}) as previous_customer_id,
         {%- else %}
-        cast(md5(grouped_records.identity_group) as {{ dbt.type_string() }}) as customer_id,
+        cast({{ new_customer_key('grouped_records.identity_group') }} as {{ dbt.type_string() }}) as customer_id,
         cast(null as {{ dbt.type_string() }}) as previous_customer_id,
         {%- endif %}
         cast(grouped_records.match_method as {{ dbt.type_string() }}) as match_method
