@@ -312,8 +312,8 @@ class Warehouse:
         in, such as a load's date and time, it finds the blocks of the recent rows. DuckDB keeps
         such ranges of every column itself."""
 
-    def drop_index(self, table: str, columns: Sequence[str], block_range: bool = False) -> None:
-        """Drop the index ensure_index made for `columns`, if there is one."""
+    def drop_index(self, table: str, columns: Sequence[str]) -> None:
+        """Drop the b-tree ensure_index made for `columns`, if there is one."""
 
     # -- bulk data -----------------------------------------------------------------------------
     def append_arrow(self, table: str, data: "pa.Table") -> int:
@@ -696,8 +696,8 @@ class _PostgresWarehouse(Warehouse):
                 method = " using brin" if block_range else ""
                 self.execute(f"create index if not exists {index} on {schema}.{name}{method} ({', '.join(columns)})")
 
-    def drop_index(self, table: str, columns: Sequence[str], block_range: bool = False) -> None:
-        schema, _, index = self._index_name(table, columns, block_range)
+    def drop_index(self, table: str, columns: Sequence[str]) -> None:
+        schema, _, index = self._index_name(table, columns, block_range=False)
         if self._has_index(schema, index):  # looked up first, as in ensure_index
             self.execute(f"drop index if exists {schema}.{index}")
 
