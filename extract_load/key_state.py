@@ -9,9 +9,13 @@ over their hashes (no order changes them). The source computes the digests of th
 the window's end itself and sends KEY_BUCKETS rows. The warehouse keeps a key state: the keys whose
 latest version in raw is not a tombstone (live), with their hashes, as of the raw rows loaded
 before a date (`covers_before`); each reconciliation adds the rows loaded since then, so it reads a
-day or two of raw, not its history. Equal digests mean the source's visible keys are raw's live
-keys: nothing to tombstone or recover there. Only the keys of differing buckets go through the
-comparison key by key, which therefore gives what comparing every key gives.
+day or two of raw, not its history. The state's own digests are kept beside it (one row per
+bucket) and moved by what each reconciliation folds in, so raw's side of the comparison reads the
+buckets' digests and the keys of a day or two, not every key (summed over every key each day,
+they were a third of a steady day's reconciliation on PostgreSQL: 2.3 of 6.9 s at 10,000
+customers, three tables of 180,000 to 700,000 keys). Equal digests mean the source's visible keys
+are raw's live keys: nothing to tombstone or recover there. Only the keys of differing buckets go
+through the comparison key by key, which therefore gives what comparing every key gives.
 
 The key state is rebuilt from raw (once, costing the history as every day did before) when
 none exists, or when raw's rows below the date it covers changed since it was kept: a rerun of
@@ -47,6 +51,7 @@ KEY_STATE_SYNC = "raw_meta.key_state_sync"
 # A key's versions, latest first: by delivery, a tombstone before the version it deletes.
 LATEST_VERSION_FIRST = "_delivery_date desc, coalesce(_deleted, false) desc, _batch_date desc"
 _SYNC_COLUMNS = {"system": "string", "entity": "string", "covers_before": "date", "audit_fingerprint": "string"}
+_DIGEST_COLUMNS = {"bucket": "integer", "keys": "integer", "hash_sum": "integer", "square_sum": "integer"}
 
 Digests = dict[int, tuple[int, int, int]]
 
@@ -72,8 +77,8 @@ def key_hash(values: Sequence[int]) -> int:
 def digest_columns_sql(hashed: str) -> str:
     """bucket, key count and the two hash sums of the rows of a query grouped by its first column."""
     return (
-        f"({hashed}) % {KEY_BUCKETS} as bucket, count(*) as keys, sum({hashed}) as hash_sum,"
-        f" sum((({hashed}) * ({hashed})) % {HASH_MODULUS}) as square_sum"
+        f"({hashed}) % {KEY_BUCKETS} as bucket, count(*) as keys, cast(sum({hashed}) as bigint) as hash_sum,"
+        f" cast(sum((({hashed}) * ({hashed})) % {HASH_MODULUS}) as bigint) as square_sum"
     )
 
 
@@ -102,7 +107,8 @@ class KeyState:
     of the raw rows loaded since it was kept (`changed_keys`), plus those of them still live. The
     compared keys (`live_keys`: raw's live keys of the buckets whose digests differ), the changed
     ones, those the source lost (`gone_keys`) and those quarantine holds back (`held_keys`) are
-    scratch tables of the reconciliation's transaction."""
+    scratch tables of the reconciliation's transaction; the state's digests (`state_digests`) are
+    kept with it."""
 
     def __init__(self, warehouse: "Warehouse", entity: Entity, audit_table: str) -> None:
         self.warehouse = warehouse
@@ -114,6 +120,8 @@ class KeyState:
         self.live_keys = f"raw_meta.live_keys__{suffix}"
         self.gone_keys = f"raw_meta.gone_keys__{suffix}"
         self.held_keys = f"raw_meta.held_keys__{suffix}"
+        self.state_digests = f"raw_meta.key_digests__{suffix}"
+        self._kept_digests: Digests | None = None  # the state's, once read or written
         self._key = ", ".join(entity.primary_key)
         self._hash = key_hash_sql([f"cast({name} as bigint)" for name in entity.primary_key])
 
@@ -125,6 +133,7 @@ class KeyState:
         for table in (self.state_table, self.changed_keys, self.live_keys, self.gone_keys, self.held_keys):
             self.warehouse.ensure_table(table, {**columns, "_hash": "integer"})
         self.warehouse.ensure_index(self.state_table, self.entity.primary_key)
+        self.warehouse.ensure_table(self.state_digests, _DIGEST_COLUMNS)
         self.warehouse.ensure_table(KEY_STATE_SYNC, _SYNC_COLUMNS)
         where = "system = ? and entity = ?"
         names = (self.entity.system.name, self.entity.name)
@@ -135,9 +144,14 @@ class KeyState:
             # refresh): built from raw once.
             self.warehouse.empty_table(self.state_table)
             self._insert_live(self.state_table, None, logical_date, live_only=True)
+            self._store_digests(self._digests(f"select _hash from {self.state_table}"))
             covers_before = logical_date
         elif covers_before > logical_date:
             return False
+        elif not self.warehouse.fetchall(f"select 1 from {self.state_digests} limit 1") and \
+                self.warehouse.fetchall(f"select 1 from {self.state_table} limit 1"):
+            # A state kept by an earlier version, which summed every key daily: digested once.
+            self._store_digests(self._digests(f"select _hash from {self.state_table}"))
         self.warehouse.empty_table(self.changed_keys)
         self._insert_live(self.changed_keys, covers_before, logical_date + dt.timedelta(days=1), live_only=False)
         self.warehouse.refresh_statistics(self.changed_keys)
@@ -158,19 +172,23 @@ class KeyState:
         1,024 buckets differ and the whole table, 7M keys, was compared daily). Only which buckets
         are compared depends on it: the key-by-key comparison is the same."""
         at_source = source_digests(source, self.entity, visible, params)
-        raw_keys = f"select _hash from {self._live('')}"
+        # Raw's live keys: the state's, less those of the changed keys it holds, plus the changed
+        # keys still live.
+        in_raw = dict(self._stored_digests())
+        _add(in_raw, self._digests(f"select kept._hash from {self.state_table} as kept where exists"
+                                   f" (select 1 from {self.changed_keys} as changed where {_same_key(self.entity, 'changed', 'kept')})"), -1)
+        _add(in_raw, self._digests(f"select _hash from {self.changed_keys} where _hash is not null"), +1)
         self.warehouse.empty_table(self.held_keys)
         held = sorted({tuple(key) for key in quarantined})
-        if held:  # most tables have none: raw's live keys alone, as before
+        if held:  # most tables have none
             import pyarrow as pa
 
             columns = {name: pa.array([key[position] for key in held], pa.int64()) for position, name in enumerate(self.entity.primary_key)}
             self.warehouse.append_arrow(self.held_keys, pa.table({**columns, "_hash": pa.array([key_hash(key) for key in held], pa.int64())}))
-            raw_keys += (
-                f" union all select held._hash from {self.held_keys} as held"
+            _add(in_raw, self._digests(
+                f"select held._hash from {self.held_keys} as held"
                 f" where not exists (select 1 from {self._live('')} where {_same_key(self.entity, 'live', 'held')})"
-            )
-        in_raw = _as_digests(self.warehouse.fetchall(f"select {digest_columns_sql('_hash')} from ({raw_keys}) as raw_keys group by 1"))
+            ), +1)
         self.warehouse.empty_table(self.held_keys)
         buckets = sorted(bucket for bucket in {*at_source, *in_raw} if at_source.get(bucket) != in_raw.get(bucket))
         self.warehouse.empty_table(self.live_keys)
@@ -207,12 +225,15 @@ class KeyState:
         state: rows of the reconciliation's own date are left out, as a rerun of it replaces them."""
         if covers_before >= logical_date:
             return
-        self.warehouse.execute(
-            f"delete from {self.state_table} as kept where exists (select 1 from {self.entity.raw_table} as changed"
-            f" where changed._batch_date >= ? and changed._batch_date < ? and {_same_key(self.entity, 'changed', 'kept')})",
-            (covers_before, logical_date),
-        )
+        folded = (f"{self.state_table} as kept where exists (select 1 from {self.entity.raw_table} as changed"
+                  f" where changed._batch_date >= ? and changed._batch_date < ? and {_same_key(self.entity, 'changed', 'kept')})")
+        window = (covers_before, logical_date)
+        digests = dict(self._stored_digests())
+        _add(digests, self._digests(f"select kept._hash from {folded}", window), -1)
+        self.warehouse.execute(f"delete from {folded}", window)
         self._insert_live(self.state_table, covers_before, logical_date, live_only=True)
+        _add(digests, self._digests(f"select kept._hash from {folded}", window), +1)
+        self._store_digests(digests)
 
     def _insert_live(self, table: str, since: dt.date | None, before: dt.date, *, live_only: bool) -> None:
         """Insert into `table` the keys of the raw rows loaded from `since` (or ever) until before
@@ -233,6 +254,27 @@ class KeyState:
             f" where _recency = 1{' and _hash is not null' if live_only else ''}",
             params,
         )
+
+    def _digests(self, hashes: str, params: Sequence = ()) -> Digests:
+        """The bucket digests of the query `hashes` (one column, `_hash`)."""
+        return _as_digests(self.warehouse.fetchall(f"select {digest_columns_sql('_hash')} from ({hashes}) as hashes group by 1", params))
+
+    def _stored_digests(self) -> Digests:
+        if self._kept_digests is None:
+            self._kept_digests = _as_digests(self.warehouse.fetchall(f"select {', '.join(_DIGEST_COLUMNS)} from {self.state_digests}"))
+        return self._kept_digests
+
+    def _store_digests(self, digests: Digests) -> None:
+        """Keep `digests` as the state's (65,536 rows at most: rewritten whole)."""
+        import pyarrow as pa
+
+        self._kept_digests = digests
+        self.warehouse.empty_table(self.state_digests)
+        buckets = sorted(digests)
+        columns = [buckets, *([digests[bucket][position] for bucket in buckets] for position in range(3))]
+        self.warehouse.append_arrow(self.state_digests, pa.table({
+            name: pa.array(values, pa.int64()) for name, values in zip(_DIGEST_COLUMNS, columns)
+        }))
 
     def _audit_fingerprint(self, before: dt.date) -> str:
         """What changes when raw's rows loaded before `before` change: every load and
@@ -255,6 +297,17 @@ def live_key_state(warehouse: "Warehouse", entity: Entity, logical_date: dt.date
 
 def _as_digests(rows: Sequence[tuple]) -> Digests:
     return {int(bucket): (int(count), int(first), int(second)) for bucket, count, first, second in rows}
+
+
+def _add(digests: Digests, change: Digests, sign: int) -> None:
+    """Add (sign +1) or take away (-1) the keys digested in `change`: every part of a digest is a
+    sum over its keys. A bucket left without keys is dropped, as a digest of no keys is absent."""
+    for bucket, parts in change.items():
+        total = tuple(held + sign * moved for held, moved in zip(digests.get(bucket, (0, 0, 0)), parts))
+        if total[0]:
+            digests[bucket] = total
+        else:
+            digests.pop(bucket, None)
 
 
 def source_digests(source: "SqlSource", entity: Entity, visible: str, params: Sequence) -> Digests:
