@@ -418,6 +418,11 @@ def test_bi_reads_the_marts_of_the_last_build_whose_tests_passed_and_catches_up_
         assert warehouse.fetchall(f"select count(*) from published.fct_orders where order_id = {LATE_ORDER_ID}") == [(1,)]
         assert [day for (day,) in warehouse.fetchall("select as_of_date from published.publish_log order by published_at")] == [
             _last_day(0), _last_day(LATER_DAYS)]
+        # Where each copied-by-key mart's copy stands is kept, not read from the copy each day.
+        watermarks = dict(warehouse.fetchall("select mart, built_at from published.publish_watermarks"))
+        by_key = [*INCREMENTAL_MARTS, *FACT_VIEWS]
+        assert {name: watermarks.get(name) for name in by_key} == {
+            name: warehouse.fetchall(f"select max(_built_at) from published.{name}")[0][0] for name in by_key}
         if warehouse_url.startswith("postgres"):
             with warehouse.transaction():
                 warehouse.execute("set local role crmw_bi_reader")
