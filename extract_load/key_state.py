@@ -185,9 +185,14 @@ class KeyState:
 
             columns = {name: pa.array([key[position] for key in held], pa.int64()) for position, name in enumerate(self.entity.primary_key)}
             self.warehouse.append_arrow(self.held_keys, pa.table({**columns, "_hash": pa.array([key_hash(key) for key in held], pa.int64())}))
+            # Held keys raw lacks: not changed and live, and changed but dead or not in the state.
+            # Spelt key by key: as an anti-join with the live keys' union, PostgreSQL read the whole
+            # state (6.3 s for 16,000 held order lines at 100,000 customers) instead of its index.
+            changed = f"select 1 from {self.changed_keys} as changed where {_same_key(self.entity, 'changed', 'held')}"
             _add(in_raw, self._digests(
-                f"select held._hash from {self.held_keys} as held"
-                f" where not exists (select 1 from {self._live('')} where {_same_key(self.entity, 'live', 'held')})"
+                f"select held._hash from {self.held_keys} as held where not exists ({changed} and changed._hash is not null)"
+                f" and (exists ({changed}) or not exists (select 1 from {self.state_table} as kept"
+                f" where {_same_key(self.entity, 'kept', 'held')}))"
             ), +1)
         self.warehouse.empty_table(self.held_keys)
         buckets = sorted(bucket for bucket in {*at_source, *in_raw} if at_source.get(bucket) != in_raw.get(bucket))
