@@ -156,10 +156,33 @@ label_only_orders as (
 ),
 
 -- Customers present in a feature table that identity no longer knows (merged away, or left with
--- no record): their rows go.
+-- no record): their rows go. Every customer identity held at the last run is in customer_360 and
+-- on the snapshots' latest date, and a run that names one removes it from every date of every
+-- model (in the same transaction as each model's new rows): so a feature model up to date reads
+-- its latest date alone, and one a run left behind (a failure, a skip: its newest write is older
+-- than another's) is read whole, as it may hold a customer the others removed. Reading every date
+-- of every model cost with the history: 911,000 rows a day at 10,000 customers, 1.0 s of this
+-- model's 1.5 s on PostgreSQL.
+{%- set behind = [] %}
+{%- if execute and built and not everyone_changed %}
+    {%- set newest_writes_sql -%}
+        {%- for relation in built %}
+        select '{{ relation.identifier }}' as model_name, max(_built_at) as built_at from {{ relation }}
+        {%- if not loop.last %} union all{% endif %}
+        {%- endfor %}
+    {%- endset %}
+    {%- set newest_writes = run_query(newest_writes_sql).rows %}
+    {%- set newest = newest_writes | map(attribute=1) | reject('none') | list %}
+    {%- for model_name, built_at in newest_writes if built_at is none or built_at < newest | max %}
+        {%- do behind.append(model_name) %}
+    {%- endfor %}
+{%- endif %}
 built_customers as (
     {%- for relation in built %}
     select distinct customer_id from {{ relation }}
+    {%- if relation.identifier in incremental_feature_models and relation.identifier not in behind %}
+    where as_of_date = (select max(as_of_date) from {{ relation }})
+    {%- endif %}
     {%- if not loop.last %}
     union
     {%- endif %}
