@@ -161,8 +161,8 @@ label_only_orders as (
 -- model (in the same transaction as each model's new rows): so a feature model up to date reads
 -- its latest date alone, and one a run left behind (a failure, a skip: its newest write is older
 -- than another's) is read whole, as it may hold a customer the others removed. Reading every date
--- of every model cost with the history: 911,000 rows a day at 10,000 customers, 1.0 s of this
--- model's 1.5 s on PostgreSQL.
+-- of every model cost with the history: 911,000 rows a day at 10,000 customers on PostgreSQL,
+-- 0.43 s against 0.07 s for the latest dates (the whole model 1.4-1.8 s against 1.1 s).
 {%- set behind = [] %}
 {%- if execute and built and not everyone_changed %}
     {%- set newest_writes_sql -%}
