@@ -13,8 +13,9 @@ rows gone from the mart (a hard delete in the source) are removed by a key anti-
 the copy then holds more rows than the mart. A build that failed its tests is not lost: the next
 green build's publish carries its rows too. Storage: `published` holds a second copy of the marts.
 Where the copy of an incremental mart stands is kept per mart (PUBLISH_WATERMARKS, the latest
-`_built_at` it holds): read from the copy itself, it was a scan of the whole copy each day (1.3 s
-of a steady day's 5.4 s publish at 10,000 customers on PostgreSQL, for the order lines alone).
+`_built_at` it holds): read from the copy itself, it was a scan of the whole copy each day (for
+the order lines alone 1.3 s of a 5.4 s publish with nothing new to copy, on a cold cache, at 10,000
+customers on PostgreSQL).
 """
 
 from __future__ import annotations
