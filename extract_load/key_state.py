@@ -139,18 +139,19 @@ class KeyState:
         names = (self.entity.system.name, self.entity.name)
         kept = self.warehouse.fetchall(f"select covers_before, audit_fingerprint from {KEY_STATE_SYNC} where {where}", names)
         covers_before = kept[0][0] if kept else None
-        if covers_before is None or kept[0][1] != self._audit_fingerprint(covers_before):
+        rebuilt = covers_before is None or kept[0][1] != self._audit_fingerprint(covers_before)
+        if rebuilt:
             # First run, or raw changed below the state since (a rerun of an earlier date, a full
             # refresh): built from raw once.
             self.warehouse.empty_table(self.state_table)
             self._insert_live(self.state_table, None, logical_date, live_only=True)
-            self._store_digests(self._digests(f"select _hash from {self.state_table}"))
             covers_before = logical_date
         elif covers_before > logical_date:
             return False
-        elif not self.warehouse.fetchall(f"select 1 from {self.state_digests} limit 1") and \
-                self.warehouse.fetchall(f"select 1 from {self.state_table} limit 1"):
-            # A state kept by an earlier version, which summed every key daily: digested once.
+        # A new state, or one kept by an earlier version (which summed every key daily): digested
+        # whole, once.
+        if rebuilt or (not self.warehouse.fetchall(f"select 1 from {self.state_digests} limit 1")
+                       and self.warehouse.fetchall(f"select 1 from {self.state_table} limit 1")):
             self._store_digests(self._digests(f"select _hash from {self.state_table}"))
         self.warehouse.empty_table(self.changed_keys)
         self._insert_live(self.changed_keys, covers_before, logical_date + dt.timedelta(days=1), live_only=False)
