@@ -72,25 +72,23 @@
     with a version loaded after this table's previous build (its newest `_built_at` before this
     run's), or of every row when none was loaded before it (raw reloaded from scratch). For an
     uncorrelated `in` (see delete_staged_rows_of_deleted_records); the facts'
-    delete_rows_missing_from reads it too. With `this_keys` (text) the versions' keys are cast to match. -#}
+    delete_rows_missing_from reads it too. With `this_keys` (text) the versions' keys are cast to
+    match. Which of the two is asked as the SQL renders: as a union of both, PostgreSQL sized the
+    keys by the reload's branch (every row of the table) and read the whole table to delete a
+    day's few (0.4-0.8 s for the order lines' staging at 10,000 customers, with an index on its key). -#}
 {% macro keys_loaded_since_previous_build(versions_relation, key_columns, this_keys=none) -%}
-    {%- set previous_build %}(
-                select coalesce(max(_built_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
-                from {{ this }}
-                where _built_at < {{ built_at() }}
-            ){%- endset %}
+    {%- set previous_build = newest_built_at(this, before_this_run=true) %}
+    {%- set reloaded = execute and not run_query(
+        'select 1 from ' ~ versions_relation ~ ' where _loaded_at <= ' ~ previous_build ~ ' limit 1').rows %}
+    {%- if reloaded %}
+            select {{ (this_keys or key_columns) | join(', ') }}
+            from {{ this }}
+    {%- else %}
             select
                 {%- for key in key_columns %}
                 {% if this_keys %}cast({{ key }} as {{ dbt.type_string() }}){% else %}{{ key }}{% endif %}{% if not loop.last %},{% endif %}
                 {%- endfor %}
             from {{ versions_relation }}
             where _loaded_at > {{ previous_build }}
-            union all
-            select {{ (this_keys or key_columns) | join(', ') }}
-            from {{ this }}
-            where not exists (
-                select 1
-                from {{ versions_relation }} as versions
-                where versions._loaded_at <= {{ previous_build }}
-            )
+    {%- endif %}
 {%- endmacro %}

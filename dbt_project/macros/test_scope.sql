@@ -13,7 +13,7 @@
     {%- if where or writer is not none -%}
         {%- set conditions = [where] if where else [] -%}
         {%- if writer is not none -%}
-            {%- do conditions.append('_built_at = (select max(_built_at) from ' ~ writer ~ ')') -%}
+            {%- do conditions.append('_built_at = ' ~ newest_built_at(writer)) -%}
         {%- endif -%}
         {%- do return('(select * from ' ~ relation ~ ' where ' ~ conditions | join(' and ') ~ ') dbt_subquery') -%}
     {%- endif -%}

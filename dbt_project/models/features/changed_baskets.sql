@@ -43,8 +43,9 @@ changes as (
     {%- endif %}
 ),
 {%- else -%}
+{%- set last_built = newest_built_at(built) %}
 last_build as (
-    select max(_built_at) as built_at, max(_built_as_of) as as_of_date
+    select max(_built_as_of) as as_of_date
     from {{ built }}
 ),
 
@@ -60,7 +61,7 @@ moved_dates as (
 changes as (
     select order_id, 'order rewritten' as reason
     from orders
-    where _built_at > (select built_at from last_build)
+    where _built_at > {{ last_built }}
     union all
     select order_id, 'known on one of the two as-of dates only'
     from orders
@@ -70,20 +71,20 @@ changes as (
     union all
     select order_id, 'line rewritten'
     from order_lines
-    where _built_at > (select built_at from last_build)
+    where _built_at > {{ last_built }}
     union all
     select order_id, 'order version loaded'
     from {{ ref('stg_sales__order_versions') }}
-    where _loaded_at > (select built_at from last_build)
+    where _loaded_at > {{ last_built }}
     union all
     select order_id, 'line version loaded'
     from {{ ref('stg_sales__order_line_versions') }}
-    where _loaded_at > (select built_at from last_build)
+    where _loaded_at > {{ last_built }}
     union all
     select order_lines.order_id, 'product loaded'
     from {{ ref('stg_sales__products') }} as products
     inner join order_lines on products.sku = order_lines.sku
-    where products._loaded_at > (select built_at from last_build)
+    where products._loaded_at > {{ last_built }}
 ),
 {%- endif %}
 

@@ -30,15 +30,17 @@
 -- run redoes only the records of the customers a change can reach and writes only those rows (see
 -- affected_records); a --full-refresh, a change of the vars above (they regroup everyone) or a
 -- table from before `_built_at` redoes every record.
+{#- The key's most selective column first: PostgreSQL indexes an incremental model's unique key in
+    its order (macros/index_written_rows.sql), and readers look records up by table and key. -#}
 {{ config(
     materialized='incremental',
-    unique_key=['source_system', 'source_table', 'source_key'],
+    unique_key=['source_key', 'source_table', 'source_system'],
     incremental_strategy='delete+insert',
     on_schema_change='sync_all_columns',
     post_hook=[
-        "{{ delete_staged_rows_of_deleted_records(ref('stg_crm__customer_versions'), ['crm_id'], this_keys=['source_key'], rows_of=\"source_table = 'customers'\") }}",
-        "{{ delete_staged_rows_of_deleted_records(ref('stg_sales__order_versions'), ['order_id'], this_keys=['source_key'], rows_of=\"source_table = 'orders'\") }}",
-        "{{ delete_staged_rows_of_deleted_records(ref('stg_service__ticket_versions'), ['ticket_id'], this_keys=['source_key'], rows_of=\"source_table = 'tickets'\") }}",
+        "{{ delete_staged_rows_of_deleted_records(ref('stg_crm__customer_versions'), ['crm_id'], this_keys=['source_key'], rows_of=\"source_system = 'crm' and source_table = 'customers'\") }}",
+        "{{ delete_staged_rows_of_deleted_records(ref('stg_sales__order_versions'), ['order_id'], this_keys=['source_key'], rows_of=\"source_system = 'sales' and source_table = 'orders'\") }}",
+        "{{ delete_staged_rows_of_deleted_records(ref('stg_service__ticket_versions'), ['ticket_id'], this_keys=['source_key'], rows_of=\"source_system = 'service' and source_table = 'tickets'\") }}",
     ],
 ) }}
 {#- Unit tests have no `this`: they start from nothing. #}
