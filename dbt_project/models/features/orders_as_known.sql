@@ -12,7 +12,10 @@
 --
 -- Incremental: a run redoes the spans of the orders written or delivered since the last run (a new
 -- status, a line, a move to another customer, a late version); an order deleted since leaves
--- (post-hook).
+-- (post-hook), looked up among the orders with a header version loaded since this table's previous
+-- build, as fct_orders' own hook does: in one `dbt build` (the DAG's) that is every order fct_orders
+-- dropped. fct_orders refreshed alone, or this model built without it after a load, leaves a deleted
+-- order here until this model is refreshed too (the gap macros/incremental_reprocessing.sql notes).
 with header_versions as not materialized (
     select * from {{ ref('stg_sales__order_versions') }}
 ),
