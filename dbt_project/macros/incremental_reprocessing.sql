@@ -71,7 +71,7 @@
 {#- When this dbt invocation started, stamped on every row an incremental fact writes: publish copies
     to BI only the rows written since its last copy (warehouse/publish.py). -#}
 {% macro built_at() -%}
-    cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S.%f") }}' as {{ dbt.type_timestamp() }})
+    {{ timestamp_literal(run_started_at) }}
 {%- endmacro %}
 
 {#- The customers holding an identifier (CRM id, email) of an order, ticket or CRM contact deleted in
