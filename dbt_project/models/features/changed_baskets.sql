@@ -43,7 +43,7 @@ changes as (
     {%- endif %}
 ),
 {%- else -%}
-{%- set last_built = newest_built_at(built) %}
+{%- set basket_items_built_at = newest_built_at(built) %}
 last_build as (
     select max(_built_as_of) as as_of_date
     from {{ built }}
@@ -61,7 +61,7 @@ moved_dates as (
 changes as (
     select order_id, 'order rewritten' as reason
     from orders
-    where _built_at > {{ last_built }}
+    where _built_at > {{ basket_items_built_at }}
     union all
     select order_id, 'known on one of the two as-of dates only'
     from orders
@@ -71,20 +71,20 @@ changes as (
     union all
     select order_id, 'line rewritten'
     from order_lines
-    where _built_at > {{ last_built }}
+    where _built_at > {{ basket_items_built_at }}
     union all
     select order_id, 'order version loaded'
     from {{ ref('stg_sales__order_versions') }}
-    where _loaded_at > {{ last_built }}
+    where _loaded_at > {{ basket_items_built_at }}
     union all
     select order_id, 'line version loaded'
     from {{ ref('stg_sales__order_line_versions') }}
-    where _loaded_at > {{ last_built }}
+    where _loaded_at > {{ basket_items_built_at }}
     union all
     select order_lines.order_id, 'product loaded'
     from {{ ref('stg_sales__products') }} as products
     inner join order_lines on products.sku = order_lines.sku
-    where products._loaded_at > {{ last_built }}
+    where products._loaded_at > {{ basket_items_built_at }}
 ),
 {%- endif %}
 

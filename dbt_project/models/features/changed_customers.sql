@@ -74,7 +74,7 @@ crm_customers as (
     where source_table = 'customers'
 ),
 
-last_built as (
+latest_held as (
     select max(held_date) as latest_held_date
     from (
         {%- for relation in built if relation.identifier in incremental_feature_models %}
@@ -83,7 +83,7 @@ last_built as (
         union all
         {%- endif %}
         {%- endfor %}
-    ) as latest_writes
+    ) as latest_dates
 ),
 
 orders as not materialized (
@@ -165,7 +165,7 @@ label_only_orders as (
             select 1 from header_versions_loaded
             where header_versions_loaded.order_id = delivered_orders.order_id
                 and (header_versions_loaded._is_deleted
-                    or header_versions_loaded._delivery_date <= (select latest_held_date from last_built))
+                    or header_versions_loaded._delivery_date <= (select latest_held_date from latest_held))
         )
 ),
 
