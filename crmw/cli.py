@@ -1,4 +1,4 @@
-"""`crmw`: run the pipeline through Airflow, generate sample sources, serve the Airflow UI.
+"""`crmw`: run the pipeline through Airflow, generate sample sources, write a run report, serve the Airflow UI.
 
 Expected failures (a bad argument or setting, a failed run) end with one line on stderr naming
 the input and what was expected, and exit status 2; never a traceback.
@@ -137,6 +137,21 @@ def _command_run(args: argparse.Namespace) -> int:
         print(f"\nFiles for other tools ({folder}):")
         for path in exports:
             print(f"  {path.relative_to(folder)}")
+    from reporting.run_report import report_dir, report_path
+
+    report = report_path(report_dir(env), dates[-1])
+    if report.exists():
+        print(f"\nRun report (open it in a browser): {report}")
+    return 0
+
+
+def _command_report(args: argparse.Namespace) -> int:
+    from reporting.run_report import write_report
+
+    day = _not_future("--date", _date("--date", args.date))
+    env = airflow_environment(os.environ)
+    path = write_report(day, args.run_id, env["WAREHOUSE_URL"])
+    print(f"crmw: wrote {path} (index: {path.with_name('index.html')})")
     return 0
 
 
@@ -219,6 +234,17 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--new-column-day", help="from this day on, customers.csv carries an extra column")
     simulate.add_argument("--append-day", help="add this day (the day after the last one written) to --out")
     simulate.set_defaults(handler=_command_simulate)
+
+    report = commands.add_parser(
+        "report",
+        help="write the run report of an as-of date from what the warehouse holds (the DAG's report task does it daily)",
+        description="Write the run report of an as-of date: a self-contained HTML page of the published KPIs, each"
+        " model's results and quality and the load's data quality, kept beside an index of earlier reports in"
+        " $CRMW_EXPORT_DIR/reports.",
+    )
+    report.add_argument("--date", required=True, help="the as-of date, YYYY-MM-DD")
+    report.add_argument("--run-id", default="crmw report", help="what the report names as its run (default 'crmw report')")
+    report.set_defaults(handler=_command_report)
 
     bench = commands.add_parser(
         "bench",

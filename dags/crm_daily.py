@@ -11,7 +11,9 @@ one task per model family, publishing its tables for the date and a row in `ml.m
 activation list runs after the models it reads and also writes a dated CSV for the CRM tool →
 **publish** brings the `published` marts BI reads level with the build just tested, in one
 transaction (write-audit-publish: a build whose tests fail never reaches BI), and refreshes the
-models' `_latest` views. Model settings (a param per model, e.g. `{"association_rules":
+models' `_latest` views → **report** writes the date's run report (an HTML page: KPIs, each
+model's results and quality, the load's data quality) whatever happened before it, and returns
+its path. Model settings (a param per model, e.g. `{"association_rules":
 {"top_k_offers": 10}}`) are checked first, before anything is written. One build instead of a
 dbt process per model: with some forty models the per-task dbt start-up made a run several times
 slower.
@@ -160,6 +162,21 @@ def publish(ds: str | None = None, run_id: str | None = None) -> dict:
     return publish_build(date.fromisoformat(ds), run_id)
 
 
+@task(trigger_rule="all_done")
+def report(ds: str | None = None, run_id: str | None = None) -> str:
+    """Write the run report of the date (an HTML page beside an index of earlier ones) and return
+    its path. It runs whatever happened upstream: a model that did not publish, or a build held
+    back from BI, is what its sections then say."""
+    import logging
+    from datetime import date
+
+    from reporting.run_report import write_report
+
+    path = write_report(date.fromisoformat(ds), run_id)
+    logging.getLogger(__name__).info("run report: %s", path.as_uri())
+    return str(path)
+
+
 @dag(
     dag_id="crm_daily",
     schedule="@daily",
@@ -248,7 +265,7 @@ def crm_daily() -> None:
     params_checked >> extract_groups
     extract_groups >> dbt
     extract_groups >> is_current_day() >> freshness
-    [dbt >> models, freshness] >> publish()
+    [dbt >> models, freshness] >> publish() >> report()
 
 
 DAG = crm_daily()

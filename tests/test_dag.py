@@ -70,7 +70,7 @@ def test_every_task_retries_as_configured_and_takes_the_warehouse_pool(dagbag) -
         assert task.pool == "warehouse_writer", task.task_id
 
 
-def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish(dagbag) -> None:
+def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish_then_the_report(dagbag) -> None:
     dag = dagbag.dags["crm_daily"]
     ids = set(dag.task_ids)
     extract_tasks = {f"extract_{entity.system.name}.{entity.name}" for entity in load_contract().entities.values()}
@@ -97,6 +97,10 @@ def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish(dagbag) -> None
     # A model reading other models' outputs of the date runs after them; publish after the last ones.
     read_by_others = {f"ml.{upstream}" for spec in MODELS for upstream in spec.after}
     assert dag.get_task("publish").upstream_task_ids == {*(models - read_by_others), "source_freshness"}
+    # The report comes last, and runs whatever happened before it (it says what did not publish).
+    report = dag.get_task("report")
+    assert report.upstream_task_ids == {"publish"} and report.downstream_task_ids == set()
+    assert report.trigger_rule == "all_done"
     for spec in MODELS:
         task = dag.get_task(f"ml.{spec.name}")
         assert extract_tasks <= task.get_flat_relative_ids(upstream=True)

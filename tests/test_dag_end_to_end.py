@@ -26,6 +26,7 @@ from crmw.scratch import new_postgres_database
 from ml_tasks import registry
 from ml_tasks.contract import nest_setting_params
 from tests.airflow_runs import SERVED_RUN_TIMEOUT, ServedRun, crmw, export_dir, run_served, simulate_clean_sources, task_states
+from tests.test_run_report import assert_self_contained
 from warehouse import connect
 
 pytestmark = pytest.mark.airflow
@@ -210,6 +211,13 @@ def test_dag_outputs_match_counts_and_sums_from_the_sources(engine: str, dag_run
     with exported.open(newline="") as handle:
         assert sum(1 for _ in csv.DictReader(handle)) == got["counts"]["activation.contact_list"]
     assert {row[4] for row in got["segments"]} >= {1, 2, 3, 4}  # customers spread over the clusters
+    # The run report: every section filled but uplift's, which says why; the charts drawn; nothing
+    # fetched from elsewhere; no email (customers appear by key only).
+    page = (export_dir(dag_run(engine), sources) / "reports" / f"crm_report_{RUN_DATE}.html").read_text()
+    assert re.findall(r'<p class="missing">\s*(\S+)', page) == ["campaign_uplift"]
+    assert page.count("<svg") == 6
+    assert "@" not in page
+    assert_self_contained(page)
 
 
 def test_the_postgres_run_was_scheduled_queued_and_executed_by_the_served_airflow_and_it_stopped_cleanly(dag_run) -> None:
@@ -298,6 +306,10 @@ def test_a_range_rerunning_the_day_leaves_its_tables_and_stops_at_the_next_day_w
     for spec in registry.MODELS:
         assert states[f"ml.{spec.name}"] == "upstream_failed", spec.name
     assert states["publish"] == "upstream_failed"
+    # The report ran anyway, and says BI still shows the day before.
+    assert states["report"] == "success"
+    page = (export_dir(url, delivering) / "reports" / f"crm_report_{next_day}.html").read_text()
+    assert f"Not published for {next_day}: BI still shows the build of {RUN_DATE}" in page
     with connect(url) as warehouse:
         [(orders, distinct_orders)] = warehouse.fetchall("select count(*), count(distinct order_id) from raw_sales.orders")
     with sqlite3.connect(delivering / "sales.sqlite") as db:
