@@ -24,7 +24,9 @@ fail the run and hold back publish.
 
 Every task that writes the warehouse takes a slot of the `warehouse_writer` pool: one slot on
 DuckDB (one writer per file), more on PostgreSQL. Re-running a date replaces that date's rows.
-Retries and their delay come from `CRMW_TASK_RETRIES` and `CRMW_RETRY_DELAY_SECONDS`.
+Retries and their delay come from `CRMW_TASK_RETRIES` and `CRMW_RETRY_DELAY_SECONDS`. A task that
+fails for good logs a one-line alert (DAG, task, date, error, log link) and posts it to the webhook
+of the Airflow connection `crmw_alerts` where there is one.
 Trigger with `{"full_refresh": true}` to reload every raw table from scratch. The incremental
 facts' tests read the rows the run wrote, and every row on Sundays or with `{"test_whole_tables": true}`.
 
@@ -60,6 +62,7 @@ from cosmos.operators.local import DbtSourceLocalOperator
 from extract_load.contract import load_contract
 from ml_tasks.contract import param_schema
 from ml_tasks.registry import MODELS
+from reporting.alerts import alert_on_failure
 from warehouse import parse_warehouse_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +165,7 @@ def publish(ds: str | None = None, run_id: str | None = None) -> dict:
     return publish_build(date.fromisoformat(ds), run_id)
 
 
-@task(trigger_rule="all_done")
+@task
 def report(ds: str | None = None, run_id: str | None = None) -> str:
     """Write the run report of the date (an HTML page beside an index of earlier ones) and return
     its path. It runs whatever happened upstream: a model that did not publish, or a build held
@@ -201,6 +204,7 @@ def report(ds: str | None = None, run_id: str | None = None) -> str:
         "retries": int(os.environ.get("CRMW_TASK_RETRIES", "2")),
         "retry_delay": timedelta(seconds=int(os.environ.get("CRMW_RETRY_DELAY_SECONDS", "300"))),
         "pool": WAREHOUSE_POOL,
+        "on_failure_callback": alert_on_failure,
     },
 )
 def crm_daily() -> None:
@@ -265,7 +269,11 @@ def crm_daily() -> None:
     params_checked >> extract_groups
     extract_groups >> dbt
     extract_groups >> is_current_day() >> freshness
-    [dbt >> models, freshness] >> publish() >> report()
+    # The report runs however the tasks before it ended, as a teardown: a run's state is that of its
+    # leaves, teardowns aside, so the run is publish's outcome. As a plain all_done leaf, its own
+    # success made a run whose build had failed green. A report that fails alerts and shows red, and
+    # leaves the run as the data made it.
+    [dbt >> models, freshness] >> publish() >> report().as_teardown()
 
 
 DAG = crm_daily()

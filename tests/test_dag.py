@@ -61,13 +61,17 @@ def test_crm_daily_runs_daily_one_at_a_time_without_catchup(dagbag) -> None:
     assert "extract" in (dag.doc_md or "").lower()
 
 
-def test_every_task_retries_as_configured_and_takes_the_warehouse_pool(dagbag) -> None:
+def test_every_task_retries_as_configured_takes_the_warehouse_pool_and_alerts_when_it_fails(dagbag) -> None:
+    from reporting.alerts import alert_on_failure
+
     dag = dagbag.dags["crm_daily"]
     assert dag.tasks
     for task in dag.tasks:
         assert task.retries == 3, task.task_id
         assert task.retry_delay.total_seconds() == 42, task.task_id
         assert task.pool == "warehouse_writer", task.task_id
+        callbacks = task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback]
+        assert alert_on_failure in callbacks, task.task_id  # Cosmos' producer keeps its own beside it
 
 
 def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish_then_the_report(dagbag) -> None:
@@ -97,10 +101,11 @@ def test_tasks_flow_extract_then_dbt_models_then_ml_then_publish_then_the_report
     # A model reading other models' outputs of the date runs after them; publish after the last ones.
     read_by_others = {f"ml.{upstream}" for spec in MODELS for upstream in spec.after}
     assert dag.get_task("publish").upstream_task_ids == {*(models - read_by_others), "source_freshness"}
-    # The report comes last, and runs whatever happened before it (it says what did not publish).
+    # The report comes last and runs whatever happened before it (it says what did not publish), as
+    # a teardown: the run's state stays publish's (test_dag_failures.py runs one that fails).
     report = dag.get_task("report")
     assert report.upstream_task_ids == {"publish"} and report.downstream_task_ids == set()
-    assert report.trigger_rule == "all_done"
+    assert report.is_teardown and not report.on_failure_fail_dagrun
     for spec in MODELS:
         task = dag.get_task(f"ml.{spec.name}")
         assert extract_tasks <= task.get_flat_relative_ids(upstream=True)

@@ -1,16 +1,22 @@
 """crm_daily's checks that fail a run: a stale source fails the freshness check (which holds back
-publish), and a bad model param fails the run, and the rest of its date range, before anything is written.
+publish), and a bad model param fails the run, and the rest of its date range, before anything is written;
+the failed task's alert reaches a webhook.
 A short simulation: these check what stops, not what the models make of the data. A source that
 fails its extract is test_cli.py's; a dbt test that fails the build, test_dag_end_to_end.py's."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
 
 import pytest
 
@@ -58,8 +64,30 @@ def test_source_freshness_task_fails_naming_a_source_loaded_days_ago(sources: Pa
     assert "dbt invocation completed with errors" in output
 
 
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
+    """A local HTTP receiver named by the Airflow connection `crmw_alerts`: the JSON bodies posted to it."""
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("AIRFLOW_CONN_CRMW_ALERTS", f"http://127.0.0.1:{server.server_port}/hooks/crm-alerts")
+    yield received
+    server.shutdown()
+
+
 def test_a_bad_model_param_fails_the_run_before_anything_is_written_and_ends_the_range(
-        sources: Path, airflow_home: Path, tmp_path: Path) -> None:
+        sources: Path, airflow_home: Path, tmp_path: Path, webhook: list[dict]) -> None:
     url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
     run_date = START + dt.timedelta(days=10)
     result = crmw(url, sources, airflow_home, "run", "--from", run_date.isoformat(), "--to", (run_date + dt.timedelta(days=1)).isoformat(),
@@ -73,3 +101,10 @@ def test_a_bad_model_param_fails_the_run_before_anything_is_written_and_ends_the
     assert states["extract_sales.orders"] == "upstream_failed"
     with connect(url) as warehouse:
         assert warehouse.fetchall("select count(*) from information_schema.tables where table_schema like 'raw%'") == [(0,)]
+    # The failed task's alert reached the webhook the connection names: one message, for that task.
+    [alert] = webhook
+    assert (alert["dag_id"], alert["task_id"], alert["logical_date"]) == ("crm_daily", "check_model_params", run_date.isoformat())
+    assert alert["error"].startswith("AirflowFailException: param association_rules__top_k_offers: got 0")
+    assert alert["log_url"].endswith(f"/dags/crm_daily/runs/{quote(alert['run_id'])}/tasks/check_model_params?try_number=1")
+    assert alert["text"] == (f"crm_daily failed: task check_model_params, date {run_date} (run {alert['run_id']}):"
+                             f" {alert['error']}. Log: {alert['log_url']}")
