@@ -34,7 +34,7 @@ def monkeypatch_module(tmp_path_factory: pytest.TempPathFactory):
 
 def test_dag_folder_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert list(dagbag.dag_ids) == ["crm_daily"]
+    assert sorted(dagbag.dag_ids) == ["crm_daily", "crm_maintenance"]
 
 
 def test_the_dag_file_imports_no_data_library(monkeypatch_module) -> None:
@@ -174,3 +174,17 @@ def test_source_freshness_runs_after_the_extract_on_the_current_day_only(dagbag)
     assert gate.python_callable(logical_date=now) is True
     assert gate.python_callable(logical_date=now.subtract(days=1)) is False
     assert gate.python_callable(logical_date=pendulum.datetime(2025, 1, 1, tz="UTC")) is False
+
+
+def test_the_maintenance_dag_runs_weekly_its_warehouse_steps_in_the_writer_pool_and_alerts(dagbag) -> None:
+    from reporting.alerts import alert_on_failure
+
+    dag = dagbag.dags["crm_maintenance"]
+    assert dag.schedule == "@weekly" and dag.catchup is False and dag.max_active_runs == 1
+    assert set(dag.task_ids) == {"thin_model_history", "prune_files", "vacuum_analyze"}
+    assert dag.get_task("vacuum_analyze").upstream_task_ids == {"thin_model_history"}  # vacuum after the deletes
+    for task_id in ("thin_model_history", "vacuum_analyze"):
+        assert dag.get_task(task_id).pool == "warehouse_writer", task_id
+    for task in dag.tasks:
+        assert task.retries == 3 and task.retry_delay.total_seconds() == 42, task.task_id
+        assert alert_on_failure in (task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback])

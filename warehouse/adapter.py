@@ -297,6 +297,10 @@ class Warehouse:
         refilled each run from its last statistics: planned as empty, a join over millions of keys
         became a nested loop (minutes instead of seconds). DuckDB keeps its statistics current."""
 
+    def reclaim_space(self) -> str:
+        """The engine's housekeeping after many days of deletes and inserts; returns the statement run."""
+        raise NotImplementedError
+
     def empty_table(self, table: str) -> None:
         """Remove every row of a scratch table that is refilled on each run. On PostgreSQL a delete
         leaves the dead rows in the table's pages until vacuum, so the next run's delete, analyze
@@ -398,6 +402,11 @@ class _DuckDBWarehouse(Warehouse):
 
     def close(self) -> None:
         self._con.close()
+
+    def reclaim_space(self) -> str:
+        # DuckDB reuses a deleted row's blocks itself; a checkpoint writes its log into the file.
+        self.execute("checkpoint")
+        return "checkpoint"
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._con.execute(sql, list(params))
@@ -682,6 +691,12 @@ class _PostgresWarehouse(Warehouse):
 
     def refresh_statistics(self, table: str) -> None:
         self.execute(f"analyze {qualified(table)}")
+
+    def reclaim_space(self) -> str:
+        # Every table the login may vacuum (its own): the dead rows of the daily delete+insert made
+        # reusable, and the planner's statistics refreshed. Not inside a transaction (autocommit).
+        self.execute("vacuum (analyze)")
+        return "vacuum (analyze)"
 
     def empty_table(self, table: str) -> None:
         # Transactional in PostgreSQL, and it gives the table fresh, empty files.

@@ -1,0 +1,2 @@
+"""Keeping a warehouse that runs every day in shape: what the weekly `crm_maintenance` DAG does
+(maintenance/tasks.py)."""
