@@ -182,6 +182,40 @@ def _command_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_bi_export(args: argparse.Namespace) -> int:
+    from ml_tasks import registry
+    from ml_tasks.tasks import export_dir
+    from ml_tasks.warehouse_io import MODEL_RUNS
+    from warehouse.bi import BiSettingsError, bi_tables, export_duckdb, key_salt
+    from warehouse.publish import PUBLISH_LOG, marts_of
+
+    env = airflow_environment(os.environ)
+    try:
+        salt = key_salt(env)
+    except BiSettingsError as error:
+        raise UsageError(str(error)) from None
+    out = Path(args.out) if args.out else export_dir(env) / "bi" / "crm_bi.duckdb"
+    with connect(env["WAREHOUSE_URL"]) as warehouse:
+        if warehouse.engine != "duckdb":
+            raise UsageError(
+                f"bi-export: WAREHOUSE_URL is {warehouse.engine}; expected a DuckDB warehouse (on PostgreSQL, BI tools"
+                " connect through the read-only BI login: README, 'Connect a BI tool')"
+            )
+        published = warehouse.fetchall(f"select max(as_of_date) from {PUBLISH_LOG}") if warehouse.table_columns(PUBLISH_LOG) else [(None,)]
+        if published[0][0] is None:
+            raise UsageError("bi-export: nothing is published in this warehouse yet; expected a run of crm_daily first")
+        as_of = _date("--date", args.date) if args.date else published[0][0]
+        tables = bi_tables([mart.name for mart in marts_of()],
+                           [*(table.name for table in registry.output_tables() if table.name.startswith("ml.")), MODEL_RUNS.name])
+        try:
+            rows = export_duckdb(warehouse, tables, out, salt, as_of)
+        except BiSettingsError as error:
+            raise UsageError(str(error)) from None
+    print(f"crmw: wrote {out} ({len(rows)} tables, {sum(rows.values()):,} rows; no names, contacts or source ids,"
+          f" customers by salted key, ages in bands as of {as_of})")
+    return 0
+
+
 def _command_bench(args: argparse.Namespace) -> int:
     from crmw.bench import run_benchmark
 
@@ -245,6 +279,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--date", required=True, help="the as-of date, YYYY-MM-DD")
     report.add_argument("--run-id", default="crmw report", help="what the report names as its run (default 'crmw report')")
     report.set_defaults(handler=_command_report)
+
+    bi_export = commands.add_parser(
+        "bi-export",
+        help="write BI's tables, without personal data, into a DuckDB file of their own (DuckDB warehouses)",
+        description="Write the published marts and the models' tables into a DuckDB file of their own, for a desktop"
+        " BI tool: no names, contacts, source ids or comments, customers by a salted key (CRMW_BI_KEY_SALT), ages"
+        " in bands. The file is replaced whole; one written with another salt is refused.",
+    )
+    bi_export.add_argument("--out", help="the file to write (default $CRMW_EXPORT_DIR/bi/crm_bi.duckdb)")
+    bi_export.add_argument("--date", help="the date ages are counted at (default: the newest published as-of date)")
+    bi_export.set_defaults(handler=_command_bi_export)
 
     bench = commands.add_parser(
         "bench",

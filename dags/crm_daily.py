@@ -57,6 +57,7 @@ from cosmos import (
 )
 from cosmos.constants import PRODUCER_WATCHER_TASK_ID
 from cosmos.operators._watcher import base as cosmos_watcher
+from cosmos.operators._watcher.state import get_dbt_event_xcom_key
 from cosmos.operators.local import DbtSourceLocalOperator
 
 from extract_load.contract import load_contract
@@ -67,6 +68,7 @@ from warehouse import parse_warehouse_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
+MANIFEST = DBT_PROJECT / "target" / "manifest.json"
 WAREHOUSE_POOL = "warehouse_writer"
 
 # Cosmos' dbt producer writes a node's event XCom at each step of the node (start, compiling,
@@ -166,18 +168,32 @@ def publish(ds: str | None = None, run_id: str | None = None) -> dict:
 
 
 @task
-def report(ds: str | None = None, run_id: str | None = None) -> str:
+def report(ds: str | None = None, run_id: str | None = None, ti=None) -> dict:
     """Write the run report of the date (an HTML page beside an index of earlier ones) and return
-    its path. It runs whatever happened upstream: a model that did not publish, or a build held
-    back from BI, is what its sections then say."""
+    its path with the run's data quality in figures (BI published or held back, rows quarantined,
+    each model's status, dbt tests warned, failed or not run), which the UI shows as the task's result. It
+    runs whatever happened upstream: a model that did not publish, or a build held back from BI, is
+    what its sections then say."""
+    import json
     import logging
     from datetime import date
 
-    from reporting.run_report import write_report
+    from reporting.run_report import run_summary, write_report
 
-    path = write_report(date.fromisoformat(ds), run_id)
+    # Each dbt test's outcome as the build reported it: the producer keeps each node's last event
+    # (pass, warn, skipped; a failing test's is its error event, with no status but dbt's message)
+    # as an XCom. The watcher tasks cannot tell: a failed build leaves every one upstream_failed.
+    def outcome(test: dict) -> str | None:
+        event = ti.xcom_pull(task_ids=f"dbt.{PRODUCER_WATCHER_TASK_ID}", key=get_dbt_event_xcom_key(test["unique_id"]))
+        if not event:
+            return None  # not reached
+        return "error" if event.get("status") in (None, "None") else event["status"]
+
+    manifest = json.loads(MANIFEST.read_text())
+    dbt_tests = {node["name"]: outcome(node) for node in manifest["nodes"].values() if node["resource_type"] == "test"}
+    path = write_report(date.fromisoformat(ds), run_id, dbt_tests=dbt_tests)
     logging.getLogger(__name__).info("run report: %s", path.as_uri())
-    return str(path)
+    return {"report": str(path), **run_summary(date.fromisoformat(ds), dbt_tests)}
 
 
 @dag(
@@ -222,7 +238,7 @@ def crm_daily() -> None:
     dbt = DbtTaskGroup(
         group_id="dbt",
         project_config=ProjectConfig(
-            manifest_path=DBT_PROJECT / "target" / "manifest.json",
+            manifest_path=MANIFEST,
             project_name="crm_warehouse",
             install_dbt_deps=False,
         ),

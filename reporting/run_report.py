@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from warehouse import Warehouse, connect
 
@@ -84,13 +84,15 @@ def report_path(folder: Path, as_of_date: dt.date) -> Path:
     return folder / f"{REPORT_PREFIX}{as_of_date.isoformat()}.html"
 
 
-def write_report(as_of_date: dt.date, run_id: str, warehouse_url: str | None = None, folder: Path | None = None) -> Path:
+def write_report(as_of_date: dt.date, run_id: str, warehouse_url: str | None = None, folder: Path | None = None,
+                 dbt_tests: Mapping[str, str | None] | None = None) -> Path:
     """Write the report of `as_of_date` (a rerun of the date replaces it) and the index beside it;
-    returns the report's path."""
+    returns the report's path. `dbt_tests`: the run's dbt test tasks and their states, where the
+    report is written by the DAG (the build's results are Airflow's, not the warehouse's)."""
     folder = folder or report_dir()
     folder.mkdir(parents=True, exist_ok=True)
     with connect(warehouse_url) as warehouse:
-        page = render(as_of_date, run_id, sections(warehouse, as_of_date))
+        page = render(as_of_date, run_id, sections(warehouse, as_of_date, dbt_tests))
     path = report_path(folder, as_of_date)
     _write_atomically(path, page)
     _write_atomically(folder / INDEX, render_index(folder))
@@ -103,8 +105,41 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def sections(warehouse: Warehouse, as_of_date: dt.date) -> list[Section]:
-    return [build(warehouse, as_of_date) for build in SECTION_BUILDERS]
+def sections(warehouse: Warehouse, as_of_date: dt.date, dbt_tests: Mapping[str, str | None] | None = None) -> list[Section]:
+    builders = [functools.partial(data_quality, dbt_tests=dbt_tests) if build is data_quality else build for build in SECTION_BUILDERS]
+    return [build(warehouse, as_of_date) for build in builders]
+
+
+def run_summary(as_of_date: dt.date, dbt_tests: Mapping[str, str | None], warehouse_url: str | None = None) -> dict:
+    """The run's data quality in a few figures, for the DAG's report task to return (the Airflow UI
+    shows it with the task): whether BI's tables were published for the date, the rows quarantined
+    per source table, each model's status, and the dbt tests that warned, failed or did not run."""
+    with connect(warehouse_url) as warehouse:
+        published = _published_date(warehouse, as_of_date) == as_of_date
+        quarantined = {} if not _has_table(warehouse, LOAD_AUDIT) else {
+            f"{system}.{entity}": int(rows) for system, entity, rows in warehouse.fetchall(
+                f"select system, entity, sum(rows_quarantined) from {LOAD_AUDIT} where _batch_date = ?"
+                f" group by 1, 2 having sum(rows_quarantined) > 0 order by 1, 2", (as_of_date,))
+        }
+        models = {} if not _has_table(warehouse, MODEL_RUNS) else dict(warehouse.fetchall(
+            f"select model_name, status from {MODEL_RUNS} as runs where as_of_date = ? and finished_at = (select max(finished_at)"
+            f" from {MODEL_RUNS} as later where later.model_name = runs.model_name and later.as_of_date = runs.as_of_date)"
+            f" order by model_name", (as_of_date,)))
+    return {
+        "published_for_date": published,
+        "rows_quarantined": quarantined,
+        "models": models,
+        "dbt_tests": _test_counts(dbt_tests),
+    }
+
+
+def _test_counts(dbt_tests: Mapping[str, str | None]) -> dict:
+    """The build's tests by outcome: how many passed, which warned and which failed (by name), how
+    many did not run (skipped after a failure, or not reached)."""
+    warned = sorted(test for test, status in dbt_tests.items() if status == "warn")
+    failed = sorted(test for test, status in dbt_tests.items() if status in ("fail", "error"))
+    passed = sum(status == "pass" for status in dbt_tests.values())
+    return {"passed": passed, "warned": warned, "failed": failed, "not_run": len(dbt_tests) - passed - len(warned) - len(failed)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,16 +614,33 @@ def _metric(value) -> str:
     return "not measured" if value is None else str(value)
 
 
-def data_quality(warehouse: Warehouse, as_of_date: dt.date) -> Section:
+def _published_date(warehouse: Warehouse, as_of_date: dt.date) -> dt.date | None:
+    """The newest as-of date, up to `as_of_date`, whose build was published to BI."""
+    if not _has_table(warehouse, PUBLISH_LOG):
+        return None
+    return _as_date(warehouse.fetchall(f"select max(as_of_date) from {PUBLISH_LOG} where as_of_date <= ?", (as_of_date,))[0][0])
+
+
+def data_quality(warehouse: Warehouse, as_of_date: dt.date, dbt_tests: Mapping[str, str | None] | None = None) -> Section:
     section = Section("data-quality", "Data quality",
                       f"What the run of {as_of_date} read, loaded and set aside per source table (raw_meta.load_audit), why rows were"
-                      " quarantined (raw_meta.quarantine), and whether BI's tables were published.")
-    if _has_table(warehouse, PUBLISH_LOG):
-        published = warehouse.fetchall(f"select max(as_of_date) from {PUBLISH_LOG} where as_of_date <= ?", (as_of_date,))[0][0]
-        published = _as_date(published)
-        section.intro += (f" BI shows the build published for {published}." if published == as_of_date else
-                          f" Not published for {as_of_date}: BI still shows the build of {published or 'no date yet'}"
-                          " (a dbt test failed, or the run has not reached publish).")
+                      " quarantined (raw_meta.quarantine), the dbt tests, and whether BI's tables were published.")
+    published = _published_date(warehouse, as_of_date)
+    section.intro += (f" BI shows the build published for {published}." if published == as_of_date else
+                      f" Not published for {as_of_date}: BI still shows the build of {published or 'no date yet'}"
+                      " (a dbt test failed, or the run has not reached publish).")
+    if dbt_tests is None:
+        section.intro += " The dbt tests' results are the Airflow run's: this report was written outside it."
+    else:
+        counts = _test_counts(dbt_tests)
+        section.tables.append(Table(
+            ["dbt tests", "how many", "which"],
+            [["passed", str(counts["passed"]), ""],
+             ["warned", str(len(counts["warned"])), ", ".join(counts["warned"])],
+             ["failed", str(len(counts["failed"])), ", ".join(counts["failed"])],
+             ["not run (skipped after a failure)", str(counts["not_run"]), ""]],
+            "The build's tests",
+        ))
     if not _has_table(warehouse, LOAD_AUDIT):
         section.missing = "Nothing has been loaded into this warehouse yet."
         return section

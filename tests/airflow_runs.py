@@ -100,6 +100,17 @@ def task_states(airflow_home: Path, logical_date: dt.date) -> dict[str, str | No
     ))
 
 
+def task_result(airflow_home: Path, logical_date: dt.date, task_id: str):
+    """What a task returned (its XCom) in the last DAG run of `logical_date`, decoded."""
+    [(value,)] = metadata(
+        airflow_home,
+        "select value from xcom where dag_id = ? and task_id = ? and key = 'return_value'"
+        " and dag_run_id = (select max(id) from dag_run where dag_id = ? and logical_date like ?)",
+        (DAG_ID, task_id, DAG_ID, f"{logical_date.isoformat()}%"),
+    )
+    return json.loads(value)
+
+
 def free_loopback_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ from crmw.airflow_runner import WAREHOUSE_POOL
 from crmw.scratch import new_postgres_database
 from ml_tasks import registry
 from ml_tasks.contract import nest_setting_params
-from tests.airflow_runs import SERVED_RUN_TIMEOUT, ServedRun, crmw, export_dir, run_served, simulate_clean_sources, task_states
+from tests.airflow_runs import SERVED_RUN_TIMEOUT, ServedRun, crmw, export_dir, run_served, simulate_clean_sources, task_result, task_states
 from tests.test_run_report import assert_self_contained
 from warehouse import connect
 
@@ -306,12 +306,58 @@ def test_a_range_rerunning_the_day_leaves_its_tables_and_stops_at_the_next_day_w
     for spec in registry.MODELS:
         assert states[f"ml.{spec.name}"] == "upstream_failed", spec.name
     assert states["publish"] == "upstream_failed"
-    # The report ran anyway, and says BI still shows the day before.
+    # The report ran anyway, says BI still shows the day before, and returned the run's data quality.
     assert states["report"] == "success"
     page = (export_dir(url, delivering) / "reports" / f"crm_report_{next_day}.html").read_text()
     assert f"Not published for {next_day}: BI still shows the build of {RUN_DATE}" in page
+    summary = task_result(airflow_home, next_day, "report")
+    assert summary["published_for_date"] is False and summary["models"] == {}
+    failing = "accepted_values_stg_sales__orders_order_status__placed__shipped__completed__cancelled__returned"
+    assert summary["dbt_tests"]["failed"] == [failing] and summary["dbt_tests"]["not_run"] > 0
+    assert summary["report"].endswith(f"crm_report_{next_day}.html") and failing in page
+    tests = summary["dbt_tests"]["passed"] + len(summary["dbt_tests"]["warned"]) + 1 + summary["dbt_tests"]["not_run"]
+    green = task_result(airflow_home, RUN_DATE, "report")["dbt_tests"]
+    assert green["failed"] == [] and green["not_run"] == 0 and green["passed"] + len(green["warned"]) == tests
     with connect(url) as warehouse:
         [(orders, distinct_orders)] = warehouse.fetchall("select count(*), count(distinct order_id) from raw_sales.orders")
     with sqlite3.connect(delivering / "sales.sqlite") as db:
         (delivered_orders,) = db.execute("select count(*) from orders where updated_at < ?", (day_after.isoformat(),)).fetchone()
     assert orders == distinct_orders == delivered_orders
+
+
+def test_the_bi_export_holds_every_bi_table_and_no_personal_value_and_refuses_another_salt(
+        dag_run, sources: Path, airflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crmw bi-export` of the DuckDB run: the published marts and the models' tables in a file of
+    their own, checked on the values: no email, name or phone of a customer, no customer key of
+    the warehouse (salted ones instead, which still join), ages in bands."""
+    import duckdb
+
+    from warehouse.bi import PERSONAL
+
+    url, out = dag_run("duckdb"), tmp_path / "crm_bi.duckdb"
+    monkeypatch.setenv("CRMW_BI_KEY_SALT", "a-test-salt-of-32-characters-xyz")
+    result = crmw(url, sources, airflow_home, "bi-export", "--out", str(out))
+    assert result.returncode == 0 and f"crmw: wrote {out}" in result.stdout, result.stderr
+    with connect(url) as warehouse:
+        personal = {value for (value,) in warehouse.fetchall(
+            "select email from published.dim_customers union select first_name from published.dim_customers"
+            " union select last_name from published.dim_customers union select phone from published.dim_customers") if value}
+        keys = {key for (key,) in warehouse.fetchall("select customer_id from published.dim_customers")}
+        marts = {name.partition(".")[2] for (name, _) in warehouse.row_counts(["published"])} - {"publish_log", "publish_watermarks"}
+    with duckdb.connect(str(out), read_only=True) as bi:
+        columns = bi.execute("select table_name, column_name, data_type from information_schema.columns").fetchall()
+        tables = {table for table, *_ in columns}
+        assert tables >= marts | {"churn_scores", "customer_segments", "model_runs", "bi_export_info"}
+        assert not {column for _, column, _ in columns} & PERSONAL
+        for table, column, data_type in columns:
+            if data_type == "VARCHAR":
+                values = {value for (value,) in bi.execute(f'select distinct "{column}" from "{table}"').fetchall() if value}
+                leaked = {value for value in values if "@" in value or value in personal or value in keys}
+                assert not leaked, (table, column, sorted(leaked)[:3])
+        assert bi.execute("select count(*) from churn_scores join dim_customers using (customer_id)").fetchone() == \
+            bi.execute("select count(*) from churn_scores").fetchone() != (0,)
+        assert {band for (band,) in bi.execute("select distinct age_band from dim_customers").fetchall()} <= {
+            None, "under 25", "25-34", "35-44", "45-54", "55-64", "65 and over"}
+    monkeypatch.setenv("CRMW_BI_KEY_SALT", "another-salt-of-32-characters-xy")
+    refused = crmw(url, sources, airflow_home, "bi-export", "--out", str(out))
+    assert refused.returncode == 2 and "not the salt" in refused.stderr and "Traceback" not in refused.stderr

@@ -1,0 +1,119 @@
+"""What BI may read, without personal data: the published marts and the models' tables with every
+field that names, reaches or pins down a person taken out.
+
+- Dropped: emails, names, phone, street, the source systems' own person ids (crm_id), free-text
+  ticket comments (people write names and addresses in them), and the customer version's id.
+- Replaced: the birth date by an age band as of the export's date; the customer key (and the
+  referrer's, and a retired key) by a salted hash, so BI can still count and join customers across
+  tables but not look one up elsewhere. The salt is a secret of the installation
+  (CRMW_BI_KEY_SALT), never in the repository; the same salt every day keeps the keys stable, and
+  the export keeps its fingerprint to refuse a changed one.
+
+`bi_tables` lists the tables and `bi_select` writes the SELECT of each; `export_duckdb` writes them
+into a DuckDB file of their own, which a desktop BI tool can open without ever reading the
+warehouse file that holds the personal data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from warehouse.adapter import Warehouse, qualified, quote_identifier
+
+SALT_SETTING = "CRMW_BI_KEY_SALT"
+# Fewer characters than this is guessable by trying: the hash of a key would then be reversible.
+MINIMUM_SALT_CHARACTERS = 16
+PERSONAL = frozenset({
+    "email", "customer_email", "requester_email", "first_name", "last_name", "phone", "street",
+    "crm_id", "referred_by_crm_id", "satisfaction_comment", "customer_version_id",
+})
+CUSTOMER_KEYS = frozenset({"customer_id", "referred_by_customer_id", "retired_customer_id"})
+AGE_BANDS = ((25, "under 25"), (35, "25-34"), (45, "35-44"), (55, "45-54"), (65, "55-64"))
+EXPORT_INFO = "bi_export_info"
+
+
+class BiSettingsError(ValueError):
+    """The BI key salt is missing, too short, or not the one the earlier export used."""
+
+
+def key_salt(environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    salt = environ.get(SALT_SETTING, "")
+    if len(salt) < MINIMUM_SALT_CHARACTERS:
+        raise BiSettingsError(
+            f"{SALT_SETTING}: {'not set' if not salt else f'{len(salt)} characters'}; expected a secret of at least"
+            f" {MINIMUM_SALT_CHARACTERS} characters (e.g. `openssl rand -hex 32`), kept out of the repository and the"
+            " same every day: it keeps BI's customer keys stable"
+        )
+    return salt
+
+
+def salt_fingerprint(salt: str) -> str:
+    return hashlib.sha256(f"crm-warehouse bi key salt:{salt}".encode()).hexdigest()
+
+
+def bi_tables(marts: Sequence[str], model_tables: Sequence[str]) -> dict[str, str]:
+    """BI's table name -> the warehouse table it reads: each published mart and each model table."""
+    tables = {name: f"published.{name}" for name in marts}
+    for table in model_tables:
+        name = table.partition(".")[2]
+        if name in tables:
+            raise ValueError(f"{table}: a published mart has the name {name} too; BI's tables need one name each")
+        tables[name] = table
+    return tables
+
+
+def bi_select(table: str, columns: Sequence[str], salt: str, as_of_date: dt.date) -> str:
+    """The SELECT of `table`'s columns BI may read (same SQL on DuckDB and PostgreSQL)."""
+    salt_literal = "'" + salt.replace("'", "''") + "'"
+    selected = []
+    for column in columns:
+        name = quote_identifier(column)
+        if column in PERSONAL:
+            continue
+        if column in CUSTOMER_KEYS:
+            selected.append(f"md5({salt_literal} || {name}) as {name}")
+        elif column == "birth_date":
+            age = f"floor((cast('{as_of_date.isoformat()}' as date) - {name}) / 365.25)"
+            bands = " ".join(f"when {age} < {upper} then '{label}'" for upper, label in AGE_BANDS)
+            selected.append(f"case when {name} is null then null {bands} else '65 and over' end as age_band")
+        else:
+            selected.append(name)
+    return f"select {', '.join(selected)} from {qualified(table)}"
+
+
+def export_duckdb(warehouse: Warehouse, tables: Mapping[str, str], target: Path, salt: str, as_of_date: dt.date) -> dict[str, int]:
+    """Write BI's tables into a new DuckDB file at `target` (replacing it whole once written, so a
+    tool never opens half of one); returns the rows per table. Refused when `target` was written
+    with another salt: every customer key in BI would change."""
+    import duckdb
+
+    fingerprint = salt_fingerprint(salt)
+    if target.exists():
+        with duckdb.connect(str(target), read_only=True) as earlier:
+            [(previous,)] = earlier.execute(f"select salt_fingerprint from {EXPORT_INFO}").fetchall()
+        if previous != fingerprint:
+            raise BiSettingsError(
+                f"{SALT_SETTING}: not the salt {target} was written with; every customer key BI holds would change."
+                f" Set the earlier salt, or delete {target} to start BI's keys afresh"
+            )
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    warehouse.execute(f"attach '{partial}' as bi_export")
+    try:
+        for name, source in tables.items():
+            select = bi_select(source, warehouse.table_columns(source), salt, as_of_date)
+            warehouse.execute(f"create table bi_export.{quote_identifier(name)} as {select}")
+            rows[name] = warehouse.fetchall(f"select count(*) from bi_export.{quote_identifier(name)}")[0][0]
+        warehouse.execute(f"create table bi_export.{EXPORT_INFO} (as_of_date date, exported_at timestamp, salt_fingerprint varchar)")
+        warehouse.execute(f"insert into bi_export.{EXPORT_INFO} values (?, current_timestamp, ?)", (as_of_date, fingerprint))
+    finally:
+        warehouse.execute("detach bi_export")
+    os.replace(partial, target)
+    return rows
