@@ -183,36 +183,17 @@ def _command_simulate(args: argparse.Namespace) -> int:
 
 
 def _command_bi_export(args: argparse.Namespace) -> int:
-    from ml_tasks import registry
-    from ml_tasks.tasks import export_dir
-    from ml_tasks.warehouse_io import MODEL_RUNS
-    from warehouse.bi import BiSettingsError, bi_tables, export_duckdb, key_salt
-    from warehouse.publish import PUBLISH_LOG, marts_of
+    from ml_tasks.tasks import bi_export
+    from warehouse.bi import BiSettingsError
 
     env = airflow_environment(os.environ)
+    as_of = _date("--date", args.date) if args.date else None
     try:
-        salt = key_salt(env)
-    except BiSettingsError as error:
+        out, rows = bi_export(Path(args.out) if args.out else None, as_of, env["WAREHOUSE_URL"], env)
+    except (BiSettingsError, ValueError) as error:
         raise UsageError(str(error)) from None
-    out = Path(args.out) if args.out else export_dir(env) / "bi" / "crm_bi.duckdb"
-    with connect(env["WAREHOUSE_URL"]) as warehouse:
-        if warehouse.engine != "duckdb":
-            raise UsageError(
-                f"bi-export: WAREHOUSE_URL is {warehouse.engine}; expected a DuckDB warehouse (on PostgreSQL, BI tools"
-                " connect through the read-only BI login: README, 'Connect a BI tool')"
-            )
-        published = warehouse.fetchall(f"select max(as_of_date) from {PUBLISH_LOG}") if warehouse.table_columns(PUBLISH_LOG) else [(None,)]
-        if published[0][0] is None:
-            raise UsageError("bi-export: nothing is published in this warehouse yet; expected a run of crm_daily first")
-        as_of = _date("--date", args.date) if args.date else published[0][0]
-        tables = bi_tables([mart.name for mart in marts_of()],
-                           [*(table.name for table in registry.output_tables() if table.name.startswith("ml.")), MODEL_RUNS.name])
-        try:
-            rows = export_duckdb(warehouse, tables, out, salt, as_of)
-        except BiSettingsError as error:
-            raise UsageError(str(error)) from None
     print(f"crmw: wrote {out} ({len(rows)} tables, {sum(rows.values()):,} rows; no names, contacts or source ids,"
-          f" customers by salted key, ages in bands as of {as_of})")
+          " customers by salted key, ages in bands)")
     return 0
 
 

@@ -43,7 +43,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Param, ParamsDict, TaskGroup, dag, task
+from airflow.sdk import Asset, Param, ParamsDict, TaskGroup, dag, task
 from cosmos import (
     DbtTaskGroup,
     ExecutionConfig,
@@ -65,11 +65,29 @@ from ml_tasks.contract import param_schema
 from ml_tasks.registry import MODELS
 from reporting.alerts import alert_on_failure
 from warehouse import parse_warehouse_url
+from warehouse.publish import marts_of
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 MANIFEST = DBT_PROJECT / "target" / "manifest.json"
 WAREHOUSE_POOL = "warehouse_writer"
+
+
+def warehouse_asset(table: str) -> Asset:
+    """A warehouse table as an Airflow Asset (`schema.table`), which the task that writes it updates."""
+    return Asset(name=table, uri=f"crmw://warehouse/{table.replace('.', '/')}")
+
+
+# Every task of both DAGs: retries from the environment, the writer pool, an alert when it fails for good.
+DEFAULT_ARGS = {
+    "owner": "data-platform",
+    "retries": int(os.environ.get("CRMW_TASK_RETRIES", "2")),
+    "retry_delay": timedelta(seconds=int(os.environ.get("CRMW_RETRY_DELAY_SECONDS", "300"))),
+    "pool": WAREHOUSE_POOL,
+    "on_failure_callback": alert_on_failure,
+}
+# What BI reads, updated by publish once a build passed its tests; crm_bi_export is scheduled on them.
+PUBLISHED_ASSETS = [warehouse_asset(f"published.{mart.name}") for mart in marts_of(MANIFEST)]
 
 # Cosmos' dbt producer writes a node's event XCom at each step of the node (start, compiling,
 # executing, finished); the node's task reads it once, when the node has finished, to log its times
@@ -156,7 +174,7 @@ def is_current_day(logical_date=None) -> bool:
     return logical_date is None or logical_date.date() >= pendulum.now("UTC").date()
 
 
-@task(trigger_rule="none_failed")
+@task(trigger_rule="none_failed", outlets=PUBLISHED_ASSETS)
 def publish(ds: str | None = None, run_id: str | None = None) -> dict:
     """Only after a build whose tests passed: BI's `published` marts catch up with it in one
     transaction (rows written per mart returned), and the `_latest` views are refreshed."""
@@ -171,9 +189,9 @@ def publish(ds: str | None = None, run_id: str | None = None) -> dict:
 def report(ds: str | None = None, run_id: str | None = None, ti=None) -> dict:
     """Write the run report of the date (an HTML page beside an index of earlier ones) and return
     its path with the run's data quality in figures (BI published or held back, rows quarantined,
-    each model's status, dbt tests warned, failed or not run), which the UI shows as the task's result. It
-    runs whatever happened upstream: a model that did not publish, or a build held back from BI, is
-    what its sections then say."""
+    each model's status, dbt tests warned, failed or not run), which the UI shows as the task's
+    result. It runs whatever happened upstream: a model that did not publish, or a build held back
+    from BI, is what its sections then say."""
     import json
     import logging
     from datetime import date
@@ -215,13 +233,7 @@ def report(ds: str | None = None, run_id: str | None = None, ti=None) -> dict:
         ),
         **{spec.name: Param(**param_schema(spec)) for spec in MODELS},
     },
-    default_args={
-        "owner": "data-platform",
-        "retries": int(os.environ.get("CRMW_TASK_RETRIES", "2")),
-        "retry_delay": timedelta(seconds=int(os.environ.get("CRMW_RETRY_DELAY_SECONDS", "300"))),
-        "pool": WAREHOUSE_POOL,
-        "on_failure_callback": alert_on_failure,
-    },
+    default_args=DEFAULT_ARGS,
 )
 def crm_daily() -> None:
     contract = load_contract()
@@ -277,7 +289,12 @@ def crm_daily() -> None:
     )
 
     with TaskGroup(group_id="ml", tooltip="One task per registered model (ml_tasks/registry.py)") as models:
-        model_tasks = {spec.name: run_model.override(task_id=spec.name, doc_md=spec.description)(spec.name) for spec in MODELS}
+        model_tasks = {
+            spec.name: run_model.override(
+                task_id=spec.name, doc_md=spec.description, outlets=[warehouse_asset(table.name) for table in spec.writes]
+            )(spec.name)
+            for spec in MODELS
+        }
         for spec in MODELS:
             for upstream in spec.after:  # it reads their outputs of the same date
                 model_tasks[upstream] >> model_tasks[spec.name]
@@ -293,6 +310,7 @@ def crm_daily() -> None:
 
 
 DAG = crm_daily()
+
 # Airflow copies every DAG param into each task's own params, and serializing the DAG validates every
 # copy against its JSON schema: 12 params on 124 tasks cost 2.2 s of each parse by the DAG processor
 # (three times a `crmw run`) and made the stored DAG 1.77 MB instead of 0.19 MB (apache/airflow#32434).
@@ -301,3 +319,40 @@ DAG = crm_daily()
 # where each DAG run parses the DAG afresh (a task process; `airflow dags test` runs one DAG run).
 for _task in DAG.tasks:
     _task.params = ParamsDict.filter_params_by_source(_task.params, "task")
+
+
+@task
+def export_for_bi() -> str:
+    """BI's tables without personal data into a DuckDB file of their own (`crmw bi-export`); skipped
+    on PostgreSQL, where BI tools read through their login, and without CRMW_BI_KEY_SALT."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from ml_tasks.tasks import bi_export
+    from warehouse.bi import SALT_SETTING
+
+    if parse_warehouse_url().engine != "duckdb":
+        raise AirflowSkipException("PostgreSQL warehouse: BI tools read it through the BI login, no file is exported")
+    if not os.environ.get(SALT_SETTING):
+        raise AirflowSkipException(f"{SALT_SETTING} is not set: set it to export BI's tables (README, 'Connect a BI tool')")
+    path, rows = bi_export()
+    return f"{path}: {len(rows)} tables, {sum(rows.values())} rows"
+
+
+@dag(
+    dag_id="crm_bi_export",
+    schedule=PUBLISHED_ASSETS,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    description="After each publish of crm_daily: BI's tables without personal data, in a DuckDB file of their own",
+    doc_md="Scheduled on the published marts (Assets that crm_daily's publish task updates): writes BI's tables, "
+    "without names, contacts or source ids and with customers by salted key, into `$CRMW_EXPORT_DIR/bi/crm_bi.duckdb` "
+    "for a desktop BI tool (DuckDB warehouses; skipped on PostgreSQL).",
+    tags=["crm-warehouse"],
+    default_args=DEFAULT_ARGS,
+)
+def crm_bi_export() -> None:
+    export_for_bi()
+
+
+BI_EXPORT_DAG = crm_bi_export()

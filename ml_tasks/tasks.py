@@ -326,6 +326,31 @@ def publish(as_of_date: dt.date, run_id: str, warehouse_url: str | None = None) 
     return written
 
 
+def bi_export(out: "Path | None" = None, as_of_date: dt.date | None = None, warehouse_url: str | None = None,
+              environ: Mapping[str, str] | None = None) -> tuple["Path", dict[str, int]]:
+    """Write BI's tables without personal data (warehouse/bi.py) into a DuckDB file of their own:
+    `out`, by default <export dir>/bi/crm_bi.duckdb; ages counted at `as_of_date`, by default the
+    newest published date. Returns the file and its rows per table. Raises BiSettingsError for the
+    salt, ValueError for a warehouse that is not DuckDB or has published nothing."""
+    from warehouse.bi import bi_tables, export_duckdb, key_salt
+    from warehouse.publish import PUBLISH_LOG, marts_of
+
+    salt = key_salt(environ)
+    out = out or export_dir(environ) / "bi" / "crm_bi.duckdb"
+    with connect(warehouse_url) as warehouse:
+        if warehouse.engine != "duckdb":
+            raise ValueError(
+                f"bi export: the warehouse is {warehouse.engine}; expected DuckDB (on PostgreSQL, BI tools connect"
+                " through the read-only BI login: README, 'Connect a BI tool')"
+            )
+        published = warehouse.fetchall(f"select max(as_of_date) from {PUBLISH_LOG}") if warehouse.table_columns(PUBLISH_LOG) else [(None,)]
+        if published[0][0] is None:
+            raise ValueError("bi export: nothing is published in this warehouse yet; expected a run of crm_daily first")
+        model_tables = [table.name for table in registry.output_tables() if table.name.startswith(f"{warehouse_io.ML_SCHEMA}.")]
+        tables = bi_tables([mart.name for mart in marts_of()], [*model_tables, warehouse_io.MODEL_RUNS.name])
+        return out, export_duckdb(warehouse, tables, out, salt, as_of_date or published[0][0])
+
+
 def export_dir(environ: Mapping[str, str] | None = None) -> "Path":
     """Where files for other tools go: CRMW_EXPORT_DIR, by default .local/exports in the project."""
     from pathlib import Path

@@ -34,7 +34,7 @@ def monkeypatch_module(tmp_path_factory: pytest.TempPathFactory):
 
 def test_dag_folder_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert sorted(dagbag.dag_ids) == ["crm_daily", "crm_maintenance"]
+    assert sorted(dagbag.dag_ids) == ["crm_bi_export", "crm_daily", "crm_maintenance"]
 
 
 def test_the_dag_file_imports_no_data_library(monkeypatch_module) -> None:
@@ -188,3 +188,18 @@ def test_the_maintenance_dag_runs_weekly_its_warehouse_steps_in_the_writer_pool_
     for task in dag.tasks:
         assert task.retries == 3 and task.retry_delay.total_seconds() == 42, task.task_id
         assert alert_on_failure in (task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback])
+
+
+def test_publish_and_each_model_task_update_their_tables_as_assets_and_the_bi_export_is_scheduled_on_the_published_ones(dagbag) -> None:
+    from warehouse.publish import marts_of
+
+    daily, export = dagbag.dags["crm_daily"], dagbag.dags["crm_bi_export"]
+    published = {f"published.{mart.name}" for mart in marts_of()}
+    assert {outlet.name for outlet in daily.get_task("publish").outlets} == published
+    assert all(outlet.uri == f"crmw://warehouse/{outlet.name.replace('.', '/')}" for outlet in daily.get_task("publish").outlets)
+    for spec in MODELS:
+        assert {outlet.name for outlet in daily.get_task(f"ml.{spec.name}").outlets} == {table.name for table in spec.writes}, spec.name
+    # Run once publish has updated every published mart: a build that fails its tests exports nothing.
+    assert {asset.name for asset in export.timetable.asset_condition.objects} == published
+    assert export.task_ids == ["export_for_bi"] and export.catchup is False
+    assert export.get_task("export_for_bi").pool == "warehouse_writer"

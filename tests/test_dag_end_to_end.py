@@ -11,9 +11,12 @@ import csv
 import datetime as dt
 import json
 import math
+import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from decimal import Decimal
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from crmw.airflow_runner import WAREHOUSE_POOL
+from crmw.airflow_runner import WAREHOUSE_POOL, airflow_environment
 from crmw.scratch import new_postgres_database
 from ml_tasks import registry
 from ml_tasks.contract import nest_setting_params
@@ -361,3 +364,11 @@ def test_the_bi_export_holds_every_bi_table_and_no_personal_value_and_refuses_an
     monkeypatch.setenv("CRMW_BI_KEY_SALT", "another-salt-of-32-characters-xy")
     refused = crmw(url, sources, airflow_home, "bi-export", "--out", str(out))
     assert refused.returncode == 2 and "not the salt" in refused.stderr and "Traceback" not in refused.stderr
+    # The downstream DAG writes the same file, where files for other tools go.
+    env = airflow_environment({**os.environ, "WAREHOUSE_URL": url, "CRMW_SOURCE_DIR": str(sources), "AIRFLOW_HOME": str(airflow_home),
+                               "CRMW_EXPORT_DIR": str(export_dir(url, sources)), "CRMW_TASK_RETRIES": "0"})
+    ran = subprocess.run([str(Path(sys.executable).parent / "airflow"), "dags", "test", "crm_bi_export", RUN_DATE.isoformat()],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    with duckdb.connect(str(export_dir(url, sources) / "bi" / "crm_bi.duckdb"), read_only=True) as bi:
+        assert bi.execute("select count(*) from churn_scores").fetchone() != (0,)
