@@ -209,9 +209,10 @@ def report(ds: str | None = None, run_id: str | None = None, ti=None) -> dict:
 
     manifest = json.loads(MANIFEST.read_text())
     dbt_tests = {node["name"]: outcome(node) for node in manifest["nodes"].values() if node["resource_type"] == "test"}
-    path = write_report(date.fromisoformat(ds), run_id, dbt_tests=dbt_tests)
+    as_of_date = date.fromisoformat(ds)
+    path = write_report(as_of_date, run_id, dbt_tests=dbt_tests)
     logging.getLogger(__name__).info("run report: %s", path.as_uri())
-    return {"report": str(path), **run_summary(date.fromisoformat(ds), dbt_tests)}
+    return {"report": str(path), **run_summary(as_of_date, dbt_tests)}
 
 
 @dag(

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
+from extract_load.load import LOAD_AUDIT, QUARANTINE
+from ml_tasks.churn import RISK_BANDS
+from ml_tasks.lifetime_value import TIERS as VALUE_TIERS
+from ml_tasks.uplift import UPLIFT_BANDS
+from ml_tasks.warehouse_io import MODEL_RUNS as MODEL_RUNS_TABLE
 from warehouse import Warehouse, connect
+from warehouse.publish import PUBLISH_LOG, PUBLISHED
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,12 +41,7 @@ INDEX = "index.html"
 TEMPLATE = Path(__file__).with_name("run_report.html.j2")
 # Days of history the time-series charts show before the as-of date.
 HISTORY_DAYS = 91
-PUBLISHED = "published"
-MODEL_RUNS = "ml.model_runs"
-PUBLISH_LOG = "published.publish_log"
-LOAD_AUDIT = "raw_meta.load_audit"
-QUARANTINE = "raw_meta.quarantine"
-BANDS = ("high", "medium", "low")  # the churn, value and uplift models' bands, highest first
+MODEL_RUNS = MODEL_RUNS_TABLE.name
 
 
 @dataclass
@@ -150,10 +151,6 @@ def _has_table(warehouse: Warehouse, table: str) -> bool:
     return bool(warehouse.table_columns(table))
 
 
-def _frame(warehouse: Warehouse, sql: str, params: Sequence = ()) -> "pd.DataFrame":
-    return warehouse.fetch_df(sql, params)
-
-
 def _model_missing(warehouse: Warehouse, model: str, table: str, as_of_date: dt.date) -> str:
     """Why `table` (written by `model`) holds no rows of the date: the model's run of the date as
     ml.model_runs records it, or that none is recorded."""
@@ -175,7 +172,7 @@ def _model_frame(warehouse: Warehouse, model: str, table: str, as_of_date: dt.da
     """`select` (which reads `table` filtered on `as_of_date = ?`, the first parameter) as a
     frame, or None and why the model's rows of the date are missing."""
     if _has_table(warehouse, table):
-        frame = _frame(warehouse, select, (as_of_date, *params))
+        frame = warehouse.fetch_df(select, (as_of_date, *params))
         if len(frame):
             return frame, ""
     return None, _model_missing(warehouse, model, table, as_of_date)
@@ -221,9 +218,9 @@ def _change(now: float | None, before: float | None) -> str | None:
     return f"{(now - before) / abs(before):+.1%}"
 
 
-def _in_band_order(frame: "pd.DataFrame", column: str) -> "pd.DataFrame":
-    """The rows of a frame keyed by band (`column`), highest band first."""
-    return frame.set_index(column).reindex([band for band in BANDS if band in set(frame[column])]).reset_index()
+def _in_band_order(frame: "pd.DataFrame", column: str, bands: Sequence[str]) -> "pd.DataFrame":
+    """The rows of a frame keyed by band (`column`), in the model's order of `bands`, highest first."""
+    return frame.set_index(column).reindex([band for band in bands if band in set(frame[column])]).reset_index()
 
 
 def _table(frame: "pd.DataFrame", formats: dict[str, Callable[[object], str]] | None = None, caption: str = "") -> Table:
@@ -284,10 +281,11 @@ def _date_axis(axis) -> None:
 
 def headline(warehouse: Warehouse, as_of_date: dt.date) -> Section:
     section = Section("headline", "Headline figures")
-    previous = _previous_run_date(warehouse, as_of_date)
+    previous = _published_date(warehouse, as_of_date, before=True)
     days = {"now": as_of_date, "previous": previous, "week": as_of_date - dt.timedelta(days=7)}
-    sales = _daily_sales(warehouse, min(d for d in days.values() if d), as_of_date)
-    service = _daily_service(warehouse, min(d for d in days.values() if d), as_of_date)
+    first = min(day for day in days.values() if day)
+    sales = _daily_sales(warehouse, first, as_of_date)
+    service = _daily_service(warehouse, first, as_of_date)
     if sales is None and service is None:
         section.missing = "The published marts hold no sales or service figures yet: they appear after the first run that passes its tests."
         return section
@@ -309,13 +307,6 @@ def headline(warehouse: Warehouse, as_of_date: dt.date) -> Section:
     return section
 
 
-def _previous_run_date(warehouse: Warehouse, as_of_date: dt.date) -> dt.date | None:
-    if not _has_table(warehouse, PUBLISH_LOG):
-        return None
-    (row,) = warehouse.fetchall(f"select max(as_of_date) from {PUBLISH_LOG} where as_of_date < ?", (as_of_date,))
-    return _as_date(row[0])
-
-
 def _as_date(value) -> dt.date | None:
     if value is None:
         return None
@@ -334,11 +325,11 @@ def _daily_sales(warehouse: Warehouse, first: dt.date, last: dt.date) -> "pd.Dat
     kpis, orders = f"{PUBLISHED}.kpi_daily_sales", f"{PUBLISHED}.fct_orders"
     if not (_has_table(warehouse, kpis) and _has_table(warehouse, orders)):
         return None
-    revenue = _frame(warehouse, f"select sales_date as day, sum(revenue) as revenue from {kpis}"
-                                f" where sales_date between ? and ? group by sales_date", (first, last))
-    counted = _frame(warehouse, f"select order_date as day, count(*) as orders from {orders}"
-                                f" where order_date between ? and ? and is_revenue and line_count > invalid_line_count"
-                                f" group by order_date", (first, last))
+    revenue = warehouse.fetch_df(f"select sales_date as day, sum(revenue) as revenue from {kpis}"
+                                 f" where sales_date between ? and ? group by sales_date", (first, last))
+    counted = warehouse.fetch_df(f"select order_date as day, count(*) as orders from {orders}"
+                                 f" where order_date between ? and ? and is_revenue and line_count > invalid_line_count"
+                                 f" group by order_date", (first, last))
     if revenue.empty and counted.empty:
         return None
     frame = revenue.merge(counted, on="day", how="outer").sort_values("day")
@@ -350,9 +341,9 @@ def _daily_service(warehouse: Warehouse, first: dt.date, last: dt.date) -> "pd.D
     kpis = f"{PUBLISHED}.kpi_daily_service"
     if not _has_table(warehouse, kpis):
         return None
-    frame = _frame(warehouse, f"select service_date as day, opened_tickets, backlog_tickets, median_first_reply_minutes,"
-                              f" sla_breach_rate, csat from {kpis} where service_date between ? and ? order by service_date",
-                   (first, last))
+    frame = warehouse.fetch_df(f"select service_date as day, opened_tickets, backlog_tickets, median_first_reply_minutes,"
+                               f" sla_breach_rate, csat from {kpis} where service_date between ? and ? order by service_date",
+                               (first, last))
     return None if frame.empty else frame
 
 
@@ -455,7 +446,7 @@ def associations(section: Section, rules: "pd.DataFrame", warehouse: Warehouse, 
 def churn(section: Section, bins: "pd.DataFrame", warehouse: Warehouse, as_of_date: dt.date) -> None:
     colours = {"high": "#de2d26", "medium": "#fc9272", "low": "#9ecae1"}
     figure, (histogram,) = _figure(height=2.8)
-    for band in BANDS:
+    for band in RISK_BANDS:
         rows = bins[bins["risk_band"] == band]
         histogram.bar(rows["bin"].clip(upper=19) / 20 + 0.025, rows["customers"], width=0.048, color=colours[band], label=f"{band} risk")
     histogram.set_xlabel("churn probability")
@@ -464,10 +455,10 @@ def churn(section: Section, bins: "pd.DataFrame", warehouse: Warehouse, as_of_da
     section.charts.append(_svg(figure))
     bands = bins.groupby("risk_band", as_index=False)["customers"].sum()
     bands["share"] = bands["customers"] / bands["customers"].sum()
-    bands = _in_band_order(bands, "risk_band")
+    bands = _in_band_order(bands, "risk_band", RISK_BANDS)
     section.tables.append(_table(bands, {"customers": lambda v: _number(v), "share": _percent}, "Customers per risk band"))
-    reasons = _frame(warehouse, "select reason_1 as top_reason, count(*) as customers from ml.churn_scores"
-                                " where as_of_date = ? and risk_band = 'high' group by 1", (as_of_date,))
+    reasons = warehouse.fetch_df("select reason_1 as top_reason, count(*) as customers from ml.churn_scores"
+                                 " where as_of_date = ? and risk_band = 'high' group by 1", (as_of_date,))
     if len(reasons):
         # A reason names its customer's figures ("no order in 556 days"): counted by its wording.
         reasons["top_reason"] = reasons["top_reason"].fillna("none given").str.replace(r"\d[\d,.]*", "N", regex=True)
@@ -484,7 +475,7 @@ def churn(section: Section, bins: "pd.DataFrame", warehouse: Warehouse, as_of_da
     " from ml.customer_value where as_of_date = ? group by 1",
 )
 def value_tiers(section: Section, tiers: "pd.DataFrame", warehouse: Warehouse, as_of_date: dt.date) -> None:
-    tiers = _in_band_order(tiers, "value_tier")
+    tiers = _in_band_order(tiers, "value_tier", VALUE_TIERS)
     tiers["share_of_spend"] = tiers["predicted_spend_365d"] / tiers["predicted_spend_365d"].sum()
     figure, (axis,) = _figure(width=6, height=2.4)
     axis.bar(tiers["value_tier"], tiers["predicted_spend_365d"], color="#6baed6")
@@ -505,7 +496,7 @@ def value_tiers(section: Section, tiers: "pd.DataFrame", warehouse: Warehouse, a
     " from ml.campaign_uplift_scores where as_of_date = ? group by 1",
 )
 def uplift(section: Section, bands: "pd.DataFrame", warehouse: Warehouse, as_of_date: dt.date) -> None:
-    bands = _in_band_order(bands, "uplift_band")
+    bands = _in_band_order(bands, "uplift_band", UPLIFT_BANDS)
     section.tables.append(_table(bands, {"customers": lambda v: _number(v), "mean_predicted_uplift": lambda v: _percent(v, 2),
                                          "opted_in": _percent}))
 
@@ -549,9 +540,9 @@ def forecast(section: Section, predicted: "pd.DataFrame", warehouse: Warehouse, 
     totals = predicted.groupby("category")["predicted_revenue"].sum()
     largest = [TOTAL, *totals.drop(TOTAL, errors="ignore").nlargest(5).index]
     largest = [category for category in largest if category in totals.index]
-    history = _frame(warehouse, f"select sales_date, category, sum(revenue) as revenue from {PUBLISHED}.kpi_daily_sales"
-                                f" where sales_date between ? and ? group by 1, 2",
-                     (as_of_date - dt.timedelta(days=59), as_of_date))
+    history = warehouse.fetch_df(f"select sales_date, category, sum(revenue) as revenue from {PUBLISHED}.kpi_daily_sales"
+                                 f" where sales_date between ? and ? group by 1, 2",
+                                 (as_of_date - dt.timedelta(days=59), as_of_date))
     history = pd.concat([history, history.groupby("sales_date", as_index=False)["revenue"].sum().assign(category=TOTAL)])
     columns = min(3, len(largest))
     rows = -(-len(largest) // columns)
@@ -589,8 +580,8 @@ def model_quality(warehouse: Warehouse, as_of_date: dt.date) -> Section:
     if not _has_table(warehouse, MODEL_RUNS):
         section.missing = "No model has run on this warehouse yet."
         return section
-    runs = _frame(warehouse, f"select model_name, model_version, status, metrics, seconds, message, finished_at"
-                             f" from {MODEL_RUNS} where as_of_date = ? order by finished_at", (as_of_date,))
+    runs = warehouse.fetch_df(f"select model_name, model_version, status, metrics, seconds, message, finished_at"
+                              f" from {MODEL_RUNS} where as_of_date = ? order by finished_at", (as_of_date,))
     latest = runs.drop_duplicates("model_name", keep="last").set_index("model_name")
     rows = []
     for spec in MODELS:
@@ -614,11 +605,12 @@ def _metric(value) -> str:
     return "not measured" if value is None else str(value)
 
 
-def _published_date(warehouse: Warehouse, as_of_date: dt.date) -> dt.date | None:
-    """The newest as-of date, up to `as_of_date`, whose build was published to BI."""
+def _published_date(warehouse: Warehouse, as_of_date: dt.date, before: bool = False) -> dt.date | None:
+    """The newest as-of date whose build was published to BI, up to `as_of_date` (or before it)."""
     if not _has_table(warehouse, PUBLISH_LOG):
         return None
-    return _as_date(warehouse.fetchall(f"select max(as_of_date) from {PUBLISH_LOG} where as_of_date <= ?", (as_of_date,))[0][0])
+    bound = "<" if before else "<="
+    return _as_date(warehouse.fetchall(f"select max(as_of_date) from {PUBLISH_LOG} where as_of_date {bound} ?", (as_of_date,))[0][0])
 
 
 def data_quality(warehouse: Warehouse, as_of_date: dt.date, dbt_tests: Mapping[str, str | None] | None = None) -> Section:
@@ -644,18 +636,18 @@ def data_quality(warehouse: Warehouse, as_of_date: dt.date, dbt_tests: Mapping[s
     if not _has_table(warehouse, LOAD_AUDIT):
         section.missing = "Nothing has been loaded into this warehouse yet."
         return section
-    audit = _frame(warehouse, f"select system, entity, step, sum(rows_read) as rows_read, sum(rows_loaded) as rows_loaded,"
-                              f" sum(rows_quarantined) as rows_quarantined, sum(rows_deleted) as rows_deleted,"
-                              f" sum(rows_recovered) as rows_recovered from {LOAD_AUDIT} where _batch_date = ?"
-                              f" group by 1, 2, 3 order by 1, 2, 3", (as_of_date,))
+    audit = warehouse.fetch_df(f"select system, entity, step, sum(rows_read) as rows_read, sum(rows_loaded) as rows_loaded,"
+                               f" sum(rows_quarantined) as rows_quarantined, sum(rows_deleted) as rows_deleted,"
+                               f" sum(rows_recovered) as rows_recovered from {LOAD_AUDIT} where _batch_date = ?"
+                               f" group by 1, 2, 3 order by 1, 2, 3", (as_of_date,))
     if audit.empty:
         section.missing = f"No load is recorded for {as_of_date}."
         return section
     counts = {column: (lambda v: _number(v)) for column in audit.columns[3:]}
     section.tables.append(_table(audit, counts, "Rows per source table and step"))
     if _has_table(warehouse, QUARANTINE):
-        reasons = _frame(warehouse, f"select system, entity, reason, count(*) as rows_quarantined from {QUARANTINE}"
-                                    f" where _batch_date = ? group by 1, 2, 3 order by 4 desc", (as_of_date,))
+        reasons = warehouse.fetch_df(f"select system, entity, reason, count(*) as rows_quarantined from {QUARANTINE}"
+                                     f" where _batch_date = ? group by 1, 2, 3 order by 4 desc", (as_of_date,))
         if len(reasons):
             # A reason ends with the row's own detail (the value it got, the parser's column): counted
             # by the rest, which also keeps a source value (an email, say) out of the report.
