@@ -1,4 +1,4 @@
-"""`crmw`: run the pipeline through Airflow, generate sample sources, write a run report, serve the Airflow UI.
+"""`crmw`: run the pipeline through Airflow, generate sample sources, write a run report, erase a customer, serve the Airflow UI.
 
 Expected failures (a bad argument or setting, a failed run) end with one line on stderr naming
 the input and what was expected, and exit status 2; never a traceback.
@@ -197,6 +197,24 @@ def _command_bi_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_forget(args: argparse.Namespace) -> int:
+    import getpass
+
+    from ml_tasks.tasks import export_dir
+    from warehouse.erasure import UnknownCustomer, forget
+
+    env = airflow_environment(os.environ)
+    requested_by = args.requested_by or f"crmw forget ({getpass.getuser()})"
+    try:
+        erasures = forget(args.customer, requested_by, export_dir(env) / "activation", env["WAREHOUSE_URL"])
+    except UnknownCustomer as error:
+        raise UsageError(f"--customer: {error}") from None
+    for erasure in erasures:
+        print(f"crmw: erased {erasure.summary()}")
+    print("crmw: logged in audit.erasures; a later delivery of these customers' CRM ids or emails is erased as it loads")
+    return 0
+
+
 def _command_bench(args: argparse.Namespace) -> int:
     from crmw.bench import run_benchmark
 
@@ -271,6 +289,18 @@ def _parser() -> argparse.ArgumentParser:
     bi_export.add_argument("--out", help="the file to write (default $CRMW_EXPORT_DIR/bi/crm_bi.duckdb)")
     bi_export.add_argument("--date", help="the date ages are counted at (default: the newest published as-of date)")
     bi_export.set_defaults(handler=_command_bi_export)
+
+    forget = commands.add_parser(
+        "forget",
+        help="the right to erasure: erase customers' personal fields in every schema and the activation files",
+        description="Erase the personal fields (names, emails, phone, street, birth date, comments) of customers in"
+        " raw, staging, marts, published, ML and activation tables and the dated activation CSV files, keeping"
+        " keys and amounts; log it in audit.erasures. A later delivery of the same person is erased as it loads.",
+    )
+    forget.add_argument("--customer", action="append", required=True, metavar="KEY",
+                        help="a customer key (customer_id of marts.dim_customers); repeatable")
+    forget.add_argument("--requested-by", help="who asked, for the audit (default 'crmw forget (<login>)')")
+    forget.set_defaults(handler=_command_forget)
 
     bench = commands.add_parser(
         "bench",

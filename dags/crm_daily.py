@@ -18,6 +18,9 @@ its path. Model settings (a param per model, e.g. `{"association_rules":
 dbt process per model: with some forty models the per-task dbt start-up made a run several times
 slower.
 
+**Erasure requests** waiting in `audit.erasure_requests` are carried out first (`erase_requested`,
+as `crmw forget` does); the extract then erases any row of an erased person as it loads.
+
 **Source freshness** (`dbt source freshness`) is checked after the extract on the current day's
 run only: a backfill of past dates is not stale, so there the check is skipped. Stale sources
 fail the run and hold back publish.
@@ -134,6 +137,17 @@ def reconcile_entity(system: str, entity: str, ds: str | None = None, run_id: st
 
     (audit,) = reconcile_system(system, date.fromisoformat(ds), run_id, entities=[entity])
     return asdict(audit)
+
+
+@task
+def erase_requested() -> list[str]:
+    """The right to erasure, in bulk: carry out the requests waiting in `audit.erasure_requests`
+    (customer key, requested_at, requested_by) before the day's load, which then erases any new row
+    of those people as it loads (warehouse/erasure.py); returns what each erased."""
+    from ml_tasks.tasks import export_dir
+    from warehouse.erasure import forget_requested
+
+    return [erasure.summary() for erasure in forget_requested(export_dir() / "activation")]
 
 
 @task
@@ -300,7 +314,7 @@ def crm_daily() -> None:
             for upstream in spec.after:  # it reads their outputs of the same date
                 model_tasks[upstream] >> model_tasks[spec.name]
 
-    params_checked >> extract_groups
+    params_checked >> erase_requested() >> extract_groups
     extract_groups >> dbt
     extract_groups >> is_current_day() >> freshness
     # The report runs however the tasks before it ended, as a teardown: a run's state is that of its

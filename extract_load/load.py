@@ -21,6 +21,10 @@ Every source row ends up loaded, unchanged or quarantined with a reason (and, fo
 its bytes as delivered); the load audit counts them, with deletes, recovered rows and the cursor
 before and after. A file in a system's folder that no entity's layout names is never loaded, and
 never ignored silently: it is listed in raw_meta.unexpected_files.
+
+A row (loaded or quarantined) holding the CRM id or an email of a customer erased under the right
+to erasure is erased as it comes, in the load's transaction, and counted (`rows_erased`;
+warehouse/erasure.py).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from extract_load.key_state import KEY_BUCKETS, LATEST_VERSION_FIRST, live_key_s
 from extract_load.sql_source import SourceReadError, SqlSource
 from warehouse import PROJECT_ROOT, Warehouse, connect
 from warehouse.adapter import duckdb_connection, redact_url, sql_type, storage_order
+from warehouse.erasure import erase_loaded_rows, erase_quarantined_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -122,6 +127,7 @@ _META_TABLES = {
         "rows_quarantined": "integer",
         "rows_deleted": "integer",
         "rows_recovered": "integer",
+        "rows_erased": "integer",
         "files_loaded": "integer",
         "files_skipped": "integer",
         "new_columns": "string",
@@ -215,6 +221,7 @@ class LoadAudit:
     rows_quarantined: int = 0
     rows_deleted: int = 0
     rows_recovered: int = 0
+    rows_erased: int = 0  # loaded or quarantined rows of an erased customer, erased as they came (warehouse/erasure.py)
     files_loaded: int = 0
     files_skipped: int = 0
     new_columns: str = ""
@@ -377,6 +384,7 @@ def _load_entity(
                 new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit))
         if audit.rows_loaded >= STATISTICS_REFRESH_ROWS:  # a first load: plan tomorrow's lookups right
             warehouse.refresh_statistics(entity.raw_table)
+        audit.rows_erased = _erase_forgotten(warehouse, entity, logical_date, loaded_at)
         audit.new_columns = ",".join(sorted(new_columns))
         audit.seconds = round(time.monotonic() - started, 3)
         _append_records(warehouse, LOAD_AUDIT, [{**asdict(audit), **stamp}])
@@ -431,10 +439,19 @@ def _reconcile_entity(
                 for delivery in _reconcile_keys(warehouse, source, entity, logical_date, stamp, audit):
                     new_columns.update(_load_delivery(warehouse, entity, delivery, stamp, audit, recovered=True,
                                                       compare=False, quarantined=quarantined))
+        audit.rows_erased = _erase_forgotten(warehouse, entity, logical_date, stamp["_loaded_at"])
         audit.new_columns = ",".join(sorted(new_columns))
         audit.seconds = round(time.monotonic() - started, 3)
         _append_records(warehouse, LOAD_AUDIT, [{**asdict(audit), **stamp}])
     return audit
+
+
+def _erase_forgotten(warehouse: Warehouse, entity: Entity, logical_date: dt.date, loaded_at: dt.datetime) -> int:
+    """Erase the rows this load wrote or quarantined that belong to a customer erased before (the
+    right to erasure): how many."""
+    return erase_loaded_rows(warehouse, entity.raw_table, logical_date, loaded_at) + erase_quarantined_rows(
+        warehouse, entity.system.name, entity.name, logical_date, loaded_at
+    )
 
 
 def _append_new_versions(warehouse: Warehouse, entity: Entity, data: "pa.Table") -> int:

@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ml_tasks.contract import BadParameter, InsufficientData, check_range, checked_input
@@ -134,17 +134,20 @@ _SUPPORT_RAISE = 1.5
 
 @dataclass(frozen=True)
 class AssociationSettings:
-    basket_window_days: int = 365  # baskets of the days before the as-of date mined
-    min_support: float | None = None  # share of baskets; None: max(min_support_baskets, auto_support x baskets)
-    min_support_baskets: int = 20  # floor of the default threshold, in baskets
-    auto_support: float = 0.001  # share of baskets of the default threshold
-    min_confidence: float = 0.1
-    min_lift: float = 1.2
-    max_itemset_length: int = 4
-    max_itemsets: int = 200_000  # per level; above it the threshold is raised 1.5x until they fit
-    top_k_offers: int = 5
-    min_baskets: int = 200  # fewer baskets in the window: InsufficientData
-    holdout_fraction: float = 0.2  # last share of the window's days held out for the quality metrics
+    basket_window_days: int = field(default=365, metadata={"doc": "baskets of this many days before the as-of date are mined"})
+    min_support: float | None = field(default=None, metadata={"doc": (
+        "share of baskets an itemset must be in; null: the larger of min_support_baskets and auto_support of the baskets")})
+    min_support_baskets: int = field(default=20, metadata={"doc": "floor of the default support threshold, in baskets"})
+    auto_support: float = field(default=0.001, metadata={"doc": "share of baskets of the default support threshold"})
+    min_confidence: float = field(default=0.1, metadata={"doc": "rules kept: share of the antecedent's baskets that hold the consequent, at least"})
+    min_lift: float = field(default=1.2, metadata={"doc": "rules kept: how many times more often than by chance, at least"})
+    max_itemset_length: int = field(default=4, metadata={"doc": "items in an itemset at most"})
+    max_itemsets: int = field(default=200_000, metadata={"doc": (
+        "itemsets per level at most; above it the support threshold is raised 1.5x until they fit")})
+    top_k_offers: int = field(default=5, metadata={"doc": "next-best offers per customer"})
+    min_baskets: int = field(default=200, metadata={"doc": "fewer baskets in the window: insufficient data"})
+    holdout_fraction: float = field(default=0.2, metadata={"doc": (
+        "last share of the window's days held out: rules mined before are checked on it (quality metrics)")})
 
     def __post_init__(self) -> None:
         check_range("basket_window_days", self.basket_window_days, minimum=1, kind=int)

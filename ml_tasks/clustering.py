@@ -109,7 +109,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ml_tasks.contract import BadParameter, InsufficientData, check_range, float_values, typed_results
@@ -256,26 +256,28 @@ MIGRATION_COLUMNS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class SegmentSettings:
-    k_min: int = 4
-    k_max: int = 8
-    n_init: int = 10
-    random_state: int = 0
-    # Fewer scored customers than max(min_customers, 10 * k_max): InsufficientData.
-    min_customers: int = 50
-    holdout_share: float = 0.2
-    silhouette_sample_size: int = 3000
-    # The k-means fits see a seeded sample of at most this many training customers (see the
-    # module docstring).
-    fit_sample_size: int = 20_000
-    recency_cap_days: int = 365
-    outlier_sample_size: int = 5000
-    outlier_min_samples: int = 10
-    outlier_density_quantile: float = 0.99
-    id_match_max_distance: float = 3.0
-    label_traits: int = 3
-    # Shares (discount, returns, channels, categories, campaign response) are shrunk towards the
-    # scored customers' mean share as if this many more orders (campaigns) had shown that mean.
-    share_prior_orders: float = 4.0
+    k_min: int = field(default=4, metadata={"doc": "fewest behavioural clusters tried (the one with the lowest Davies-Bouldin index is kept)"})
+    k_max: int = field(default=8, metadata={"doc": "most behavioural clusters tried"})
+    n_init: int = field(default=10, metadata={"doc": "k-means starts per k: a single start lands in a worse optimum now and then"})
+    random_state: int = field(default=0, metadata={"doc": "seed of every sample, split and k-means start"})
+    min_customers: int = field(default=50, metadata={"doc": (
+        "fewer customers with a revenue order than this (or than 10 x k_max): insufficient data")})
+    holdout_share: float = field(default=0.2, metadata={"doc": (
+        "share of the customers held out of the fit to measure the clusters' quality on")})
+    silhouette_sample_size: int = field(default=3000, metadata={"doc": "customers the silhouette is measured on at most"})
+    fit_sample_size: int = field(default=20_000, metadata={"doc": (
+        "training customers the k-means fits see at most (a seeded sample; the centroids are pinned down long before)")})
+    recency_cap_days: int = field(default=365, metadata={"doc": "recency counted up to this many days: a year away or three is as lapsed"})
+    outlier_sample_size: int = field(default=5000, metadata={"doc": "customers the outlier rule (DBSCAN) is fitted on at most"})
+    outlier_min_samples: int = field(default=10, metadata={"doc": "neighbours a customer needs to be a core point of the outlier rule"})
+    outlier_density_quantile: float = field(default=0.99, metadata={"doc": (
+        "share of the sample that are core points: about 1 minus it are outliers at most")})
+    id_match_max_distance: float = field(default=3.0, metadata={"doc": (
+        "farthest a cluster may be from the previous run's (standardised units) and keep its id")})
+    label_traits: int = field(default=3, metadata={"doc": "traits a cluster's label names at most, e.g. 'frequent store grocery buyers'"})
+    share_prior_orders: float = field(default=4.0, metadata={"doc": (
+        "shares (discount, returns, channels, categories, campaign response) are shrunk towards the mean share as if"
+        " this many more orders had shown it: a customer of few orders says little")})
 
     def __post_init__(self) -> None:
         check_range("k_min", self.k_min, minimum=2, maximum=50, kind=int)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from ml_tasks import performance, registry, warehouse_io
 from ml_tasks.contract import InsufficientData, ModelSpec, QualityBelowFloor, build_settings
 from warehouse import connect
+from warehouse.bi import BI_SCHEMA
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,10 +33,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-# BI reads the marts as of the last build whose tests passed (warehouse/publish.py) and the models'
-# dated results; the marts and features dbt is building are the pipeline's own.
-BI_SCHEMAS = ["published", "ml"]
-NOT_BI_SCHEMAS = ["marts", "features"]
+# BI reads one schema, `bi`: views without personal data (warehouse/bi.py) over the marts as of the
+# last build whose tests passed (warehouse/publish.py) and over the models' results. The schemas dbt
+# builds in, the published copies and the models' own tables hold personal data: the pipeline's own.
+NOT_BI_SCHEMAS = ["marts", "features", "published", "ml"]
 # Contact details and consent: read by the CRM tool's role, never by BI's.
 ACTIVATION_SCHEMAS = ["activation"]
 
@@ -309,31 +310,60 @@ def peak_memory(include_children: bool = False, interval: float = 0.05) -> Itera
         sampler.join()
 
 
-def publish(as_of_date: dt.date, run_id: str, warehouse_url: str | None = None) -> dict[str, int]:
+def publish(as_of_date: dt.date, run_id: str, warehouse_url: str | None = None,
+            environ: Mapping[str, str] | None = None) -> dict[str, int]:
     """Bring the `published` marts level with the build just tested (rows written per mart are
-    returned), refresh the `_latest` view of every table a registered model writes, BI's read
-    grant, and the activation schema's own (the role a CRM tool imports the contact list with)."""
+    returned), refresh the `_latest` view of every table a registered model writes and BI's views
+    over both (schema `bi`), in one transaction, with BI's read grant (schema `bi` alone) and the
+    activation schema's own (the role a CRM tool imports the contact list with).
+
+    BI's views need the key salt (CRMW_BI_KEY_SALT): on PostgreSQL, where BI tools read the
+    warehouse, publish is refused without it (BiSettingsError, before anything is written); on
+    DuckDB, where they open `crmw bi-export`'s file instead, the views are made only when it is set."""
+    from warehouse.bi import SALT_SETTING, drop_bi_views, key_salt, publish_bi_views
     from warehouse.publish import publish_marts
 
-    bi_role = os.environ.get("CRMW_BI_ROLE", "crmw_bi_reader")
+    environ = os.environ if environ is None else environ
+    bi_role = environ.get("CRMW_BI_ROLE", "crmw_bi_reader")
     with connect(warehouse_url) as warehouse:
-        written = publish_marts(warehouse, as_of_date, run_id)
-        # Installs from before write-audit-publish granted BI the schemas dbt builds in.
-        warehouse.revoke_read_only(bi_role, NOT_BI_SCHEMAS)
-    warehouse_io.publish_latest_views(registry.output_tables(), bi_role, BI_SCHEMAS, warehouse_url, registry.VIEWS)
-    with connect(warehouse_url) as warehouse:
-        warehouse.grant_read_only(os.environ.get("CRMW_ACTIVATION_ROLE", "crmw_activation_reader"), ACTIVATION_SCHEMAS)
+        salt = key_salt(environ) if warehouse.engine == "postgres" or environ.get(SALT_SETTING) else None
+        warehouse_io.ensure_outputs(warehouse, warehouse_io.latest_tables(registry.output_tables()))
+        with warehouse.transaction():
+            drop_bi_views(warehouse)
+            written = publish_marts(warehouse, as_of_date, run_id)
+            warehouse_io.publish_latest_views(warehouse, registry.output_tables(), registry.VIEWS)
+            if salt:
+                publish_bi_views(warehouse, bi_sources(), salt, as_of_date)
+            # Installs from before schema `bi` let BI read the published marts and the models' tables
+            # (and before write-audit-publish, the schemas dbt builds in).
+            warehouse.revoke_read_only(bi_role, NOT_BI_SCHEMAS)
+            warehouse.grant_read_only(bi_role, [BI_SCHEMA])
+            warehouse.grant_read_only(environ.get("CRMW_ACTIVATION_ROLE", "crmw_activation_reader"), ACTIVATION_SCHEMAS)
+    if not salt:
+        log.info("schema %s not refreshed: %s is not set (BI tools open `crmw bi-export`'s file on DuckDB)", BI_SCHEMA, SALT_SETTING)
     return written
+
+
+def bi_sources() -> dict[str, str]:
+    """BI's views (name -> what each reads): every published mart; every model table of schema `ml`,
+    the runs and the models' measured quality, each with its `_latest` view; the registry's views."""
+    from warehouse.bi import bi_tables
+    from warehouse.publish import marts_of
+
+    dated = [table.name for table in warehouse_io.latest_tables(registry.output_tables())
+             if table.name.startswith(f"{warehouse_io.ML_SCHEMA}.")]
+    return bi_tables([mart.name for mart in marts_of()], [*dated, *(f"{name}_latest" for name in dated), *registry.VIEWS])
 
 
 def bi_export(out: "Path | None" = None, as_of_date: dt.date | None = None, warehouse_url: str | None = None,
               environ: Mapping[str, str] | None = None) -> tuple["Path", dict[str, int]]:
-    """Write BI's tables without personal data (warehouse/bi.py) into a DuckDB file of their own:
-    `out`, by default <export dir>/bi/crm_bi.duckdb; ages counted at `as_of_date`, by default the
-    newest published date. Returns the file and its rows per table. Raises BiSettingsError for the
-    salt, ValueError for a warehouse that is not DuckDB or has published nothing."""
-    from warehouse.bi import bi_tables, export_duckdb, key_salt
-    from warehouse.publish import PUBLISH_LOG, marts_of
+    """Write BI's views without personal data (schema `bi`, warehouse/bi.py, made again here with
+    ages counted at `as_of_date`, by default the newest published date) into a DuckDB file of their
+    own: `out`, by default <export dir>/bi/crm_bi.duckdb. Returns the file and its rows per table.
+    Raises BiSettingsError for the salt, ValueError for a warehouse that is not DuckDB or has
+    published nothing."""
+    from warehouse.bi import export_duckdb, key_salt
+    from warehouse.publish import PUBLISH_LOG
 
     salt = key_salt(environ)
     out = out or export_dir(environ) / "bi" / "crm_bi.duckdb"
@@ -346,9 +376,7 @@ def bi_export(out: "Path | None" = None, as_of_date: dt.date | None = None, ware
         published = warehouse.fetchall(f"select max(as_of_date) from {PUBLISH_LOG}") if warehouse.table_columns(PUBLISH_LOG) else [(None,)]
         if published[0][0] is None:
             raise ValueError("bi export: nothing is published in this warehouse yet; expected a run of crm_daily first")
-        model_tables = [table.name for table in registry.output_tables() if table.name.startswith(f"{warehouse_io.ML_SCHEMA}.")]
-        tables = bi_tables([mart.name for mart in marts_of()], [*model_tables, warehouse_io.MODEL_RUNS.name])
-        return out, export_duckdb(warehouse, tables, out, salt, as_of_date or published[0][0])
+        return out, export_duckdb(warehouse, bi_sources(), out, salt, as_of_date or published[0][0])
 
 
 def export_dir(environ: Mapping[str, str] | None = None) -> "Path":

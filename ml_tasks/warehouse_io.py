@@ -419,28 +419,22 @@ def thin_history(warehouse: Warehouse, tables: Sequence[OutputTable], model_name
     return deleted
 
 
-def publish_latest_views(
-    tables: Sequence[OutputTable],
-    bi_role: str,
-    bi_schemas: Sequence[str],
-    warehouse_url: str | None = None,
-    views: Mapping[str, str] | None = None,
-) -> None:
-    """`<table>_latest` views (the rows of each table's newest as-of date) for every output and the
-    run tables, then the `views` (name -> select over those), and a read-only grant on the BI
-    schemas to `bi_role`."""
+def latest_tables(tables: Sequence[OutputTable]) -> list[OutputTable]:
+    """The tables with a `<table>_latest` view: every output, and the run and quality tables."""
     from ml_tasks.performance import MODEL_PERFORMANCE
 
-    latest = [*tables, MODEL_RUNS, MODEL_PERFORMANCE]
-    with connect(warehouse_url) as warehouse:
-        ensure_outputs(warehouse, latest)
-        with warehouse.transaction():
-            for table in latest:
-                name = qualified(table.name)
-                warehouse.execute(
-                    f"create or replace view {name}_latest as select * from {name}"
-                    f" where as_of_date = (select max(as_of_date) from {name})"
-                )
-            for view, select in (views or {}).items():
-                warehouse.execute(f"create or replace view {qualified(view)} as {select}")
-        warehouse.grant_read_only(bi_role, bi_schemas)
+    return [*tables, MODEL_RUNS, MODEL_PERFORMANCE]
+
+
+def publish_latest_views(warehouse: Warehouse, tables: Sequence[OutputTable], views: Mapping[str, str] | None = None) -> None:
+    """`<table>_latest` views (the rows of each table's newest as-of date) of `latest_tables(tables)`,
+    which must exist (`ensure_outputs`), then the `views` (name -> select over those)."""
+    with warehouse.transaction():
+        for table in latest_tables(tables):
+            name = qualified(table.name)
+            warehouse.execute(
+                f"create or replace view {name}_latest as select * from {name}"
+                f" where as_of_date = (select max(as_of_date) from {name})"
+            )
+        for view, select in (views or {}).items():
+            warehouse.execute(f"create or replace view {qualified(view)} as {select}")

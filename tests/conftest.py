@@ -30,6 +30,8 @@ if "AIRFLOW_HOME" not in os.environ:
 # CRMW_EXPORT_DIR points, by default into the project's .local/exports that `make demo` fills.
 os.environ["CRMW_EXPORT_DIR"] = tempfile.mkdtemp(prefix="crmw-test-exports-")
 atexit.register(shutil.rmtree, os.environ["CRMW_EXPORT_DIR"], ignore_errors=True)
+# Publish makes BI's views with it (on PostgreSQL it refuses to publish without one).
+os.environ["CRMW_BI_KEY_SALT"] = "crmw-tests: a salt of 32 characters"
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
 ENGINES = ["duckdb", "postgres"]
@@ -220,8 +222,13 @@ def raw_warehouse_url(request: pytest.FixtureRequest, raw_templates, tmp_path: P
 
 def copy_raw_warehouse(engine: str, request: pytest.FixtureRequest, raw_templates, tmp_path: Path) -> str:
     """A private copy of the `engine` raw template (for a test that needs both engines at once)."""
-    template = raw_templates(engine, request)
-    if engine == "duckdb":
+    return copy_warehouse(raw_templates(engine, request), request, tmp_path)
+
+
+def copy_warehouse(template: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A private copy of the warehouse at `template` (a DuckDB file, or a database of the session's
+    PostgreSQL server no one is connected to), for a test that changes it."""
+    if template.startswith("duckdb:"):
         copy = tmp_path / "warehouse.duckdb"
         shutil.copyfile(template[len("duckdb:///"):], copy)
         return f"duckdb:///{copy}"

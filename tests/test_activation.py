@@ -176,7 +176,7 @@ def test_the_published_list_and_its_csv_hold_only_opted_in_customers_and_only_th
         with connect(warehouse_url) as warehouse:
             for role, readable, refused in (
                 ("crmw_activation_reader", "activation.contact_list_latest", "ml.churn_scores"),
-                ("crmw_bi_reader", "ml.churn_scores", "activation.contact_list"),
+                ("crmw_bi_reader", "bi.churn_scores_latest", "activation.contact_list"),
             ):
                 with warehouse.transaction():
                     warehouse.execute(f"set local role {role}")

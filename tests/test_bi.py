@@ -10,7 +10,7 @@ import hashlib
 import pytest
 
 from warehouse import connect
-from warehouse.bi import BiSettingsError, bi_select, bi_tables, key_salt
+from warehouse.bi import BiSettingsError, bi_select, bi_tables, drop_bi_views, key_salt, publish_bi_views
 
 SALT = "0123456789abcdef-salt"
 
@@ -42,3 +42,28 @@ def test_the_salt_is_required_long_enough_and_bi_table_names_are_unique() -> Non
     assert bi_tables(["fct_orders"], ["ml.churn_scores"]) == {"fct_orders": "published.fct_orders", "churn_scores": "ml.churn_scores"}
     with pytest.raises(ValueError, match="ml.fct_orders: a published mart has the name fct_orders too"):
         bi_tables(["fct_orders"], ["ml.fct_orders"])
+
+
+def test_schema_bi_is_made_again_over_a_replaced_table_and_refuses_another_salt(warehouse_url: str) -> None:
+    """What publish does each day, in its transaction: BI's views dropped, a published table replaced
+    (its columns changed: on PostgreSQL a view would stop the drop), the views made again."""
+    day = dt.date(2025, 6, 30)
+    with connect(warehouse_url) as warehouse:
+        warehouse.execute("create schema published")
+        warehouse.execute("create table published.people (customer_id varchar, email varchar)")
+        warehouse.execute("insert into published.people values ('c1', 'ann@example.com')")
+        tables = {"people": "published.people", "churn_scores": "ml.churn_scores"}  # no ml.churn_scores yet
+        with warehouse.transaction():
+            assert publish_bi_views(warehouse, tables, SALT, day) == ["people"]
+        assert warehouse.fetchall("select * from bi.people") == [(hashlib.md5(f"{SALT}c1".encode()).hexdigest(),)]
+        with warehouse.transaction():
+            drop_bi_views(warehouse)
+            warehouse.execute("drop table published.people")
+            warehouse.execute("create table published.people (customer_id varchar, email varchar, city varchar)")
+            warehouse.execute("insert into published.people values ('c2', null, 'Oslo')")
+            publish_bi_views(warehouse, tables, SALT, day)
+        assert warehouse.fetchall("select city from bi.people") == [("Oslo",)]
+        assert warehouse.fetchall("select as_of_date from bi.bi_info") == [(day,)]
+        with pytest.raises(BiSettingsError, match="not the salt schema bi was made with"), warehouse.transaction():
+            publish_bi_views(warehouse, tables, "another-salt-0123456789", day)
+        assert warehouse.fetchall("select city from bi.people") == [("Oslo",)]

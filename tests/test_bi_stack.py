@@ -125,22 +125,22 @@ def test_the_warehouses_first_start_makes_a_bi_login_that_reads_what_publish_gra
         "POSTGRES_USER": server.username, "POSTGRES_DB": server.path.lstrip("/"), "BI_DB_USER": login, "BI_DB_PASSWORD": "bi-secret",
     }
     with connect(postgres_url) as warehouse:
-        warehouse.execute("create schema published")
-        warehouse.execute("create table published.kpi (day date, revenue numeric)")
+        warehouse.execute("create schema bi")
+        warehouse.execute("create table bi.kpi (day date, revenue numeric)")
         warehouse.execute("create schema marts")
         warehouse.execute("create table marts.dim_customers (email text)")
     try:
         made = subprocess.run(["bash", str(BI_LOGIN_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
         assert made.returncode == 0, made.stdout + made.stderr
         with connect(postgres_url) as warehouse:
-            warehouse.grant_read_only("crmw_bi_reader", ["published"])  # what publish does
+            warehouse.grant_read_only("crmw_bi_reader", ["bi"])  # what publish does
         as_bi = server._replace(netloc=f"{login}:bi-secret@{server.hostname}:{server.port}").geturl()
         with psycopg.connect(as_bi, autocommit=True) as bi:
-            assert bi.execute("select count(*) from published.kpi").fetchone() == (0,)
+            assert bi.execute("select count(*) from bi.kpi").fetchone() == (0,)
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 bi.execute("select * from marts.dim_customers")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                bi.execute("insert into published.kpi values (current_date, 1)")
+                bi.execute("insert into bi.kpi values (current_date, 1)")
         skipped = subprocess.run(["bash", str(BI_LOGIN_SCRIPT)], env={**env, "BI_DB_PASSWORD": ""}, capture_output=True, text=True)
         assert skipped.returncode == 0 and "no BI login made" in skipped.stdout
     finally:

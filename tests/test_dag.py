@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import pytest
@@ -129,6 +130,9 @@ def test_model_params_are_checked_before_anything_runs_and_each_model_has_a_para
         assert param.value == {} and param.schema == {"type": "object", "section": "Model settings"}, spec.name
         for setting in spec.parameter_names().values():
             assert f"{setting} (default " in param.description, (spec.name, setting)
+        # Each setting says what it does, not only its name (the form shows no other help).
+        undescribed = [field.name for field in dataclasses.fields(spec.settings) if not field.metadata.get("doc")]
+        assert not undescribed, (spec.name, undescribed)
 
 
 def test_tasks_carry_no_copy_of_the_dags_params_yet_each_task_runs_with_them(dagbag) -> None:

@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,7 +31,7 @@ from ml_tasks import registry
 from ml_tasks.contract import nest_setting_params
 from tests.airflow_runs import SERVED_RUN_TIMEOUT, ServedRun, crmw, export_dir, run_served, simulate_clean_sources, task_result, task_states
 from tests.test_run_report import assert_self_contained
-from warehouse import connect
+from warehouse import PROJECT_ROOT, connect
 
 pytestmark = pytest.mark.airflow
 
@@ -98,6 +99,7 @@ def dag_run(request: pytest.FixtureRequest, sources: Path, airflow_home: Path, t
                 "CRMW_SOURCE_DIR": str(sources),
                 "CRMW_EXPORT_DIR": str(export_dir(url, sources)),
                 "CRMW_TASK_RETRIES": "0",
+                "CRMW_BI_KEY_SALT": os.environ["CRMW_BI_KEY_SALT"],  # publish refuses PostgreSQL without it
             }
             _served[engine] = run_served(
                 settings, tmp_path_factory.mktemp("served"), RUN_DATE, nest_setting_params(MODEL_PARAMS.items())
@@ -328,6 +330,41 @@ def test_a_range_rerunning_the_day_leaves_its_tables_and_stops_at_the_next_day_w
     assert orders == distinct_orders == delivered_orders
 
 
+AGE_BANDS = {None, "under 25", "25-34", "35-44", "45-54", "55-64", "65 and over"}
+
+
+def _personal_values_and_keys(url: str) -> tuple[set[str], set[str]]:
+    """Every customer's email, first and last name and phone, and every customer key."""
+    with connect(url) as warehouse:
+        personal = {value for (value,) in warehouse.fetchall(" union ".join(
+            f"select {column} from published.dim_customers" for column in ("email", "first_name", "last_name", "phone")
+        )) if value}
+        keys = {key for (key,) in warehouse.fetchall("select customer_id from published.dim_customers")}
+    return personal, keys
+
+
+def _assert_bi_holds_no_personal_value(fetchall, personal: set[str], keys: set[str]) -> set[str]:
+    """Read every text column of schema bi through `fetchall` (sql -> rows): no email-like value,
+    no customer's personal value, no warehouse customer key; salted keys join, ages are banded.
+    Returns BI's table names."""
+    from warehouse.bi import PERSONAL
+
+    columns = fetchall("select table_name, column_name, data_type from information_schema.columns where table_schema = 'bi'")
+    assert not {column for _, column, _ in columns} & PERSONAL
+    for table, column, data_type in columns:
+        if data_type.lower() in ("varchar", "text", "character varying"):
+            values = {value for (value,) in fetchall(f'select distinct "{column}" from bi."{table}"') if value}
+            leaked = {value for value in values if "@" in value or value in personal or value in keys}
+            assert not leaked, (table, column, sorted(leaked)[:3])
+    assert fetchall("select count(*) from bi.churn_scores join bi.dim_customers using (customer_id)") == \
+        fetchall("select count(*) from bi.churn_scores") != [(0,)]
+    assert {band for (band,) in fetchall("select distinct age_band from bi.dim_customers")} <= AGE_BANDS
+    # The questions README's "Connect a BI tool" offers as ready SQL answer from schema bi alone.
+    for question in sorted((PROJECT_ROOT / "bi").glob("*.sql")):
+        assert fetchall(question.read_text()), f"bi/{question.name}: no rows"
+    return {table for table, *_ in columns}
+
+
 def test_the_bi_export_holds_every_bi_table_and_no_personal_value_and_refuses_another_salt(
         dag_run, sources: Path, airflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`crmw bi-export` of the DuckDB run: the published marts and the models' tables in a file of
@@ -335,35 +372,19 @@ def test_the_bi_export_holds_every_bi_table_and_no_personal_value_and_refuses_an
     the warehouse (salted ones instead, which still join), ages in bands."""
     import duckdb
 
-    from warehouse.bi import PERSONAL
-
-    url, out = dag_run("duckdb"), tmp_path / "crm_bi.duckdb"
-    monkeypatch.setenv("CRMW_BI_KEY_SALT", "a-test-salt-of-32-characters-xyz")
+    url, out = dag_run("duckdb"), tmp_path / "crm_bi.duckdb"  # the run made schema bi with the tests' salt
     result = crmw(url, sources, airflow_home, "bi-export", "--out", str(out))
     assert result.returncode == 0 and f"crmw: wrote {out}" in result.stdout, result.stderr
+    personal, keys = _personal_values_and_keys(url)
     with connect(url) as warehouse:
-        personal = {value for (value,) in warehouse.fetchall(
-            "select email from published.dim_customers union select first_name from published.dim_customers"
-            " union select last_name from published.dim_customers union select phone from published.dim_customers") if value}
-        keys = {key for (key,) in warehouse.fetchall("select customer_id from published.dim_customers")}
         marts = {name.partition(".")[2] for (name, _) in warehouse.row_counts(["published"])} - {"publish_log", "publish_watermarks"}
     with duckdb.connect(str(out), read_only=True) as bi:
-        columns = bi.execute("select table_name, column_name, data_type from information_schema.columns").fetchall()
-        tables = {table for table, *_ in columns}
-        assert tables >= marts | {"churn_scores", "customer_segments", "model_runs", "bi_export_info"}
-        assert not {column for _, column, _ in columns} & PERSONAL
-        for table, column, data_type in columns:
-            if data_type == "VARCHAR":
-                values = {value for (value,) in bi.execute(f'select distinct "{column}" from "{table}"').fetchall() if value}
-                leaked = {value for value in values if "@" in value or value in personal or value in keys}
-                assert not leaked, (table, column, sorted(leaked)[:3])
-        assert bi.execute("select count(*) from churn_scores join dim_customers using (customer_id)").fetchone() == \
-            bi.execute("select count(*) from churn_scores").fetchone() != (0,)
-        assert {band for (band,) in bi.execute("select distinct age_band from dim_customers").fetchall()} <= {
-            None, "under 25", "25-34", "35-44", "45-54", "55-64", "65 and over"}
+        tables = _assert_bi_holds_no_personal_value(lambda sql: bi.execute(sql).fetchall(), personal, keys)
+    assert tables >= marts | {"churn_scores", "churn_scores_latest", "customer_segments", "model_runs", "bi_info"}
     monkeypatch.setenv("CRMW_BI_KEY_SALT", "another-salt-of-32-characters-xy")
     refused = crmw(url, sources, airflow_home, "bi-export", "--out", str(out))
     assert refused.returncode == 2 and "not the salt" in refused.stderr and "Traceback" not in refused.stderr
+    monkeypatch.undo()
     # The downstream DAG writes the same file, where files for other tools go.
     env = airflow_environment({**os.environ, "WAREHOUSE_URL": url, "CRMW_SOURCE_DIR": str(sources), "AIRFLOW_HOME": str(airflow_home),
                                "CRMW_EXPORT_DIR": str(export_dir(url, sources)), "CRMW_TASK_RETRIES": "0"})
@@ -371,4 +392,38 @@ def test_the_bi_export_holds_every_bi_table_and_no_personal_value_and_refuses_an
                          env=env, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     with duckdb.connect(str(export_dir(url, sources) / "bi" / "crm_bi.duckdb"), read_only=True) as bi:
-        assert bi.execute("select count(*) from churn_scores").fetchone() != (0,)
+        assert bi.execute("select count(*) from bi.churn_scores").fetchone() != (0,)
+
+
+def test_a_bi_login_on_postgresql_reads_schema_bi_alone_cannot_write_and_reads_no_personal_value(dag_run) -> None:
+    """A login in BI's role (as the compose stack makes one) after the served PostgreSQL run: every
+    table of every other schema refused, no writing, and no value it can read is personal."""
+    import psycopg
+
+    url = dag_run("postgres")
+    personal, keys = _personal_values_and_keys(url)
+    login = f"bi_login_{os.getpid()}"
+    with connect(url) as warehouse:
+        warehouse.execute(f"create role {login} login password 'bi-secret' in role crmw_bi_reader")
+        relations = warehouse.fetchall(
+            "select namespace.nspname, relation.relname from pg_class as relation join pg_namespace as namespace"
+            " on namespace.oid = relation.relnamespace where relation.relkind in ('r', 'v', 'm', 'p')"
+            " and namespace.nspname not in ('pg_catalog', 'information_schema')"
+        )
+    as_bi = urlsplit(url)._replace(netloc=f"{login}:bi-secret@{urlsplit(url).hostname}:{urlsplit(url).port}").geturl()
+    try:
+        with psycopg.connect(as_bi, autocommit=True) as bi:
+            elsewhere = [(schema, name) for schema, name in relations if schema != "bi"]
+            assert {schema for schema, _ in elsewhere} >= {"raw_crm", "raw_sales", "raw_service", "raw_meta", "staging", "marts", "published", "features", "ml", "activation"}
+            for schema, name in elsewhere:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    bi.execute(f'select 1 from "{schema}"."{name}" limit 1')
+            for statement in ("delete from bi.churn_scores", "create table bi.notes (note text)", "create table public.notes (note text)",
+                              "drop view bi.dim_customers"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    bi.execute(statement)
+            tables = _assert_bi_holds_no_personal_value(lambda sql: bi.execute(sql).fetchall(), personal, keys)
+            assert {"dim_customers", "fct_orders", "churn_scores_latest", "customer_value_segments_latest", "bi_info"} <= tables
+    finally:
+        with connect(url) as warehouse:
+            warehouse.execute(f"drop role {login}")

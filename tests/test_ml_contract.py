@@ -236,22 +236,17 @@ def test_a_training_signature_aggregates_the_stored_table_it_is_given(warehouse_
             "features.toy_training": [[DAY.isoformat(), 2.0, 1.0]]}
 
 
-def test_latest_views_show_each_tables_newest_date_and_the_bi_role_reads_them(warehouse_url):
+def test_latest_views_show_each_tables_newest_date(warehouse_url):
     _load_features(warehouse_url, DAY, SPENDS)
     tasks.run_model(SPEC, DAY, "day-1", warehouse_url=warehouse_url)
     _load_features(warehouse_url, NEXT_DAY, {"ann": 1.0, "ben": 2.0, "cat": 3.0})
     tasks.run_model(SPEC, NEXT_DAY, "day-2", warehouse_url=warehouse_url)
-    warehouse_io.publish_latest_views([*SPEC.writes], "crmw_bi_reader", tasks.BI_SCHEMAS, warehouse_url)
+    with connect(warehouse_url) as warehouse:
+        warehouse_io.ensure_outputs(warehouse, warehouse_io.latest_tables(SPEC.writes))
+        warehouse_io.publish_latest_views(warehouse, SPEC.writes)
     assert _rows(warehouse_url, "select count(*), min(as_of_date) from ml.toy_scores_latest") == [(3, NEXT_DAY)]
     assert _rows(warehouse_url, "select customers from ml.toy_summary_latest") == [(3,)]
     assert _rows(warehouse_url, "select count(*) from ml.model_runs_latest") == [(1,)]
-    if warehouse_url.startswith("postgres"):
-        with connect(warehouse_url) as warehouse:
-            with warehouse.transaction():
-                warehouse.execute("set local role crmw_bi_reader")
-                assert warehouse.fetchall("select count(*) from ml.toy_scores_latest") == [(3,)]
-                with pytest.raises(Exception, match="permission denied"):
-                    warehouse.execute("delete from ml.toy_scores")
 
 
 def test_undeclared_or_missing_result_columns_are_refused_by_name():

@@ -9,9 +9,12 @@ field that names, reaches or pins down a person taken out.
   (CRMW_BI_KEY_SALT), never in the repository; the same salt every day keeps the keys stable, and
   the export keeps its fingerprint to refuse a changed one.
 
-`bi_tables` lists the tables and `bi_select` writes the SELECT of each; `export_duckdb` writes them
-into a DuckDB file of their own, which a desktop BI tool can open without ever reading the
-warehouse file that holds the personal data.
+`bi_tables` lists the tables and `bi_select` writes the SELECT of each; `publish_bi_views` makes
+them the views of schema `bi`, the one schema BI's role reads (on PostgreSQL), refreshed by
+`publish` in the transaction that publishes the marts, so BI sees one green build's numbers;
+`export_duckdb` copies those views into a DuckDB file of their own, which a desktop BI tool can
+open without ever reading the warehouse file that holds the personal data. Both keep the salt's
+fingerprint (`bi.bi_info`) and refuse another salt: every customer key BI holds would change.
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ PERSONAL = frozenset({
 })
 CUSTOMER_KEYS = frozenset({"customer_id", "referred_by_customer_id", "retired_customer_id"})
 AGE_BANDS = ((25, "under 25"), (35, "25-34"), (45, "35-44"), (55, "45-54"), (65, "55-64"))
-EXPORT_INFO = "bi_export_info"
+BI_SCHEMA = "bi"
+# The date BI's views were made for (ages are counted at it), when, and the salt's fingerprint.
+BI_INFO = "bi_info"
+BI_INFO_COLUMNS = {"as_of_date": "date", "written_at": "timestamp", "salt_fingerprint": "string"}
 
 
 class BiSettingsError(ValueError):
@@ -86,33 +92,89 @@ def bi_select(table: str, columns: Sequence[str], salt: str, as_of_date: dt.date
     return f"select {', '.join(selected)} from {qualified(table)}"
 
 
+def drop_bi_views(warehouse: Warehouse) -> None:
+    """Drop every view of schema `bi`: on PostgreSQL a view stops the table it reads being dropped
+    or replaced, as publish does to a mart whose columns changed."""
+    for (view,) in warehouse.fetchall(
+        "select table_name from information_schema.tables where table_schema = ? and table_type = 'VIEW'", (BI_SCHEMA,)
+    ):
+        warehouse.execute(f"drop view {BI_SCHEMA}.{quote_identifier(view)}")
+
+
+def publish_bi_views(warehouse: Warehouse, tables: Mapping[str, str], salt: str, as_of_date: dt.date) -> list[str]:
+    """Make schema `bi` hold exactly a view of each of `tables` (BI's name -> the warehouse table or
+    view it reads) without personal data, ages counted at `as_of_date`; returns the views' names.
+    Run it in the transaction that publishes, after `drop_bi_views` and the publishing: no reader
+    sees the views half made or over half-published marts. A table
+    missing from the warehouse (a model that never ran) has no view. Refused when `bi` was made
+    with another salt."""
+    fingerprint = salt_fingerprint(salt)
+    info = f"{BI_SCHEMA}.{BI_INFO}"
+    warehouse.ensure_table(info, BI_INFO_COLUMNS)
+    earlier = {value for (value,) in warehouse.fetchall(f"select salt_fingerprint from {info}")}
+    if earlier - {fingerprint}:
+        raise BiSettingsError(
+            f"{SALT_SETTING}: not the salt schema {BI_SCHEMA} was made with; every customer key BI holds would change."
+            f" Set the earlier salt, or run `drop schema {BI_SCHEMA} cascade` to start BI's keys afresh"
+        )
+    with warehouse.transaction():
+        drop_bi_views(warehouse)
+        made = []
+        # One catalog read for all of them: one per table took most of the 2-3 s of fifty views on DuckDB.
+        schemas = sorted({source.partition(".")[0] for source in tables.values()})
+        held: dict[str, list[str]] = {}
+        for schema, table, column in warehouse.fetchall(
+            "select table_schema, table_name, column_name from information_schema.columns where table_schema in ("
+            + ", ".join("?" for _ in schemas) + ") order by table_schema, table_name, ordinal_position", tuple(schemas)
+        ):
+            held.setdefault(f"{schema}.{table}", []).append(column)
+        for name, source in tables.items():
+            columns = held.get(source)
+            if columns:
+                warehouse.execute(
+                    f"create view {BI_SCHEMA}.{quote_identifier(name)} as {bi_select(source, columns, salt, as_of_date)}"
+                )
+                made.append(name)
+        warehouse.execute(f"delete from {info}")
+        warehouse.execute(
+            f"insert into {info} ({', '.join(BI_INFO_COLUMNS)}) values (?, ?, ?)",
+            (as_of_date, dt.datetime.now(dt.UTC).replace(tzinfo=None), fingerprint),
+        )
+    return made
+
+
 def export_duckdb(warehouse: Warehouse, tables: Mapping[str, str], target: Path, salt: str, as_of_date: dt.date) -> dict[str, int]:
-    """Write BI's tables into a new DuckDB file at `target` (replacing it whole once written, so a
-    tool never opens half of one); returns the rows per table. Refused when `target` was written
-    with another salt: every customer key in BI would change."""
+    """Make schema `bi` again (`publish_bi_views`) and copy it into a new DuckDB file at `target`, as
+    tables of the file's schema `bi`, so the same SQL reads BI's tables in the file and on
+    PostgreSQL; the file replaces `target` whole once written, so a tool never opens half of one.
+    Returns the rows per table. Refused when `target` was written with another salt."""
     import duckdb
 
     fingerprint = salt_fingerprint(salt)
     if target.exists():
         with duckdb.connect(str(target), read_only=True) as earlier:
-            [(previous,)] = earlier.execute(f"select salt_fingerprint from {EXPORT_INFO}").fetchall()
+            [(previous,)] = earlier.execute(f"select salt_fingerprint from {BI_SCHEMA}.{BI_INFO}").fetchall()
         if previous != fingerprint:
             raise BiSettingsError(
                 f"{SALT_SETTING}: not the salt {target} was written with; every customer key BI holds would change."
                 f" Set the earlier salt, or delete {target} to start BI's keys afresh"
             )
+    with warehouse.transaction():
+        publish_bi_views(warehouse, tables, salt, as_of_date)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     rows = {}
     warehouse.execute(f"attach '{partial}' as bi_export")
     try:
-        for name, source in tables.items():
-            select = bi_select(source, warehouse.table_columns(source), salt, as_of_date)
-            warehouse.execute(f"create table bi_export.{quote_identifier(name)} as {select}")
-            rows[name] = warehouse.fetchall(f"select count(*) from bi_export.{quote_identifier(name)}")[0][0]
-        warehouse.execute(f"create table bi_export.{EXPORT_INFO} (as_of_date date, exported_at timestamp, salt_fingerprint varchar)")
-        warehouse.execute(f"insert into bi_export.{EXPORT_INFO} values (?, current_timestamp, ?)", (as_of_date, fingerprint))
+        warehouse.execute(f"create schema bi_export.{BI_SCHEMA}")
+        for (name,) in warehouse.fetchall(
+            "select table_name from information_schema.tables where table_schema = ? and table_catalog = current_database()"
+            " order by table_name", (BI_SCHEMA,)
+        ):
+            copy = f"bi_export.{BI_SCHEMA}.{quote_identifier(name)}"
+            warehouse.execute(f"create table {copy} as select * from {BI_SCHEMA}.{quote_identifier(name)}")
+            rows[name] = warehouse.fetchall(f"select count(*) from {copy}")[0][0]
     finally:
         warehouse.execute("detach bi_export")
     os.replace(partial, target)

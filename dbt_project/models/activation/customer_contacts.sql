@@ -65,7 +65,9 @@ final as (
         chosen.crm_id,
         chosen.first_name,
         chosen.last_name,
-        case when chosen.is_email_valid then chosen.email end as email,
+        -- The reserved .invalid domain reaches no one: it is what an erased customer's email
+        -- becomes (warehouse/erasure.py), and such a customer is never contacted.
+        case when chosen.is_email_valid and chosen.email not like '%.invalid' then chosen.email end as email,
         chosen.phone,
         consent.is_marketing_opt_in,
         cast(consent.crm_contacts as integer) as crm_contacts,
