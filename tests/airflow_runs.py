@@ -1,6 +1,7 @@
 """Running crm_daily as users do, for the end-to-end tests: `crmw run`, and serving Airflow with
-`crmw airflow` (API server, scheduler with its LocalExecutor, DAG processor, triggerer) to run one
-triggered run through the API.
+`crmw airflow` (API server, scheduler with its LocalExecutor, DAG processor, triggerer), for a test
+to use while it is up (`served_airflow`: the browser tests) or to run one triggered run through the
+API (`run_served`).
 
 The API server listens on a free 127.0.0.1 port and is the only address contacted. The scheduler's and
 triggerer's log servers bind all interfaces whatever the configuration (Airflow's choice); they get free
@@ -21,9 +22,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from crmw.airflow_runner import DAG_ID, airflow_environment
 from simulator import SimulationSettings, simulate
@@ -211,13 +213,34 @@ def stop_server(process: subprocess.Popen, home: Path) -> dict[int, str]:
     return left
 
 
-def run_served(settings: dict[str, str], folder: Path, logical_date: dt.date, conf: dict) -> ServedRun:
-    """Serve Airflow with `crmw airflow` from `folder` (its AIRFLOW_HOME and log), trigger one
-    crm_daily run for `logical_date` with `conf`, wait for it to end, and stop the server as Ctrl-C
-    would. `settings` (WAREHOUSE_URL, CRMW_* ...) go over an environment cleared of Airflow's and
-    crmw's variables."""
+@dataclass
+class ServedAirflow:
+    """A `crmw airflow` serving from a folder, for a test to use while it runs: where it listens, the
+    login from its banner, a token for its API, and, once stopped, how it stopped."""
+
+    process: subprocess.Popen
+    home: Path
+    env: dict[str, str]  # what `crmw airflow` hands to Airflow, for our CLI calls
+    port: int
+    log_path: Path
+    startup_seconds: float = 0.0
+    login: tuple[str, str] = ("", "")  # (port, password) from the banner
+    generated_password: str = ""
+    token: str = ""
+    exit_code: int | None = None
+    outlived: dict[int, str] = field(default_factory=dict)
+
+    def assert_running(self) -> None:
+        assert self.process.poll() is None, f"crmw airflow exited {self.process.returncode}:\n{log_tail(self.log_path)}"
+
+
+@contextmanager
+def served_airflow(settings: dict[str, str], folder: Path) -> Iterator[ServedAirflow]:
+    """Serve Airflow with `crmw airflow` from `folder` (its AIRFLOW_HOME and log) until the block
+    ends, then stop it as Ctrl-C would. Yields once the login line is printed, the API answers and
+    crm_daily is parsed. `settings` (WAREHOUSE_URL, CRMW_* ...) go over an environment cleared of
+    Airflow's and crmw's variables."""
     home = folder / "airflow"
-    run_id = f"served__{logical_date.isoformat()}"
     port = free_loopback_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRMW_"))}
     base.update(
@@ -240,7 +263,7 @@ def run_served(settings: dict[str, str], folder: Path, logical_date: dt.date, co
             "NO_COLOR": "1",
         }
     )
-    env = airflow_environment(base)  # what `crmw airflow` hands to Airflow, for our CLI calls
+    env = airflow_environment(base)
     log = folder / "crmw-airflow.log"
 
     started = time.monotonic()
@@ -249,22 +272,22 @@ def run_served(settings: dict[str, str], folder: Path, logical_date: dt.date, co
             [str(BIN / "crmw"), "airflow"], env=base, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-    run = ServedRun(run_id=run_id, state=None, tasks=[], runs=[], log="", startup_seconds=0.0, run_seconds=0.0, port=port)
+    served = ServedAirflow(process=server, home=home, env=env, port=port, log_path=log)
     try:
         # 1. Served: the login line is printed and the API answers.
         login = None
         while time.monotonic() - started < STARTUP_TIMEOUT:
-            assert server.poll() is None, f"crmw airflow exited {server.returncode}:\n{log_tail(log)}"
+            served.assert_running()
             login = login or LOGIN_LINE.search(log.read_text(errors="replace"))
             if login and api_healthy(port):
                 break
             time.sleep(1)
         else:
             raise AssertionError(f"no login line / API after {STARTUP_TIMEOUT} s (login={bool(login)}):\n{log_tail(log)}")
-        run.startup_seconds = time.monotonic() - started
-        run.login = (login.group(1), login.group(2))
-        run.generated_password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
-        token = api(port, "POST", "/auth/token", {"username": "admin", "password": login.group(2)})["access_token"]
+        served.startup_seconds = time.monotonic() - started
+        served.login = (login.group(1), login.group(2))
+        served.generated_password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+        served.token = api(port, "POST", "/auth/token", {"username": "admin", "password": login.group(2)})["access_token"]
 
         # 2. The DAG processor has stored crm_daily (and it imports cleanly).
         deadline = time.monotonic() + PARSE_TIMEOUT
@@ -273,44 +296,69 @@ def run_served(settings: dict[str, str], folder: Path, logical_date: dt.date, co
             assert not errors, f"DAG import errors: {errors}"
             assert time.monotonic() < deadline, f"{DAG_ID} not parsed after {PARSE_TIMEOUT} s:\n{log_tail(log)}"
             time.sleep(2)
+        yield served
+    finally:
+        stopping = time.monotonic()
+        served.outlived = stop_server(server, home)
+        served.exit_code = server.returncode
+        print(f"crmw airflow: stopped in {time.monotonic() - stopping:.1f} s (exit {server.returncode})")
+
+
+def wait_for_run(served: ServedAirflow, run_id: str) -> str | None:
+    """The state DAG run `run_id` of crm_daily ended in (None if it never showed up), once it is
+    over or after RUN_TIMEOUT."""
+    state = None
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        served.assert_running()
+        rows = metadata(served.home, "select state from dag_run where dag_id = ? and run_id = ?", (DAG_ID, run_id))
+        state = rows[0][0] if rows else None
+        if state in ("success", "failed"):
+            break
+        time.sleep(1)
+    return state
+
+
+def run_tasks(served: ServedAirflow, run_id: str) -> list[tuple]:
+    """Each task of DAG run `run_id`, by start: (task_id, state, pool, job_type that queued it, operator)."""
+    return metadata(
+        served.home,
+        "select ti.task_id, ti.state, ti.pool, j.job_type, ti.operator"
+        " from task_instance ti left join job j on j.id = ti.queued_by_job_id"
+        " where ti.dag_id = ? and ti.run_id = ? order by ti.start_date",
+        (DAG_ID, run_id),
+    )
+
+
+def run_served(settings: dict[str, str], folder: Path, logical_date: dt.date, conf: dict) -> ServedRun:
+    """Serve Airflow with `crmw airflow` from `folder` (`served_airflow`), trigger one crm_daily run
+    for `logical_date` with `conf`, wait for it to end, and stop the server as Ctrl-C would."""
+    run_id = f"served__{logical_date.isoformat()}"
+    run = ServedRun(run_id=run_id, state=None, tasks=[], runs=[], log="", startup_seconds=0.0, run_seconds=0.0)
+    with served_airflow(settings, folder) as served:
+        run.port, run.startup_seconds, run.login = served.port, served.startup_seconds, served.login
+        run.generated_password = served.generated_password
 
         # 3. Trigger while still paused (the run waits queued), then unpause through the API, with
         #    the login from the banner.
         run_started = time.monotonic()
         airflow_cli(
-            env, "dags", "trigger", DAG_ID, "--logical-date", f"{logical_date.isoformat()}T00:00:00+00:00",
+            served.env, "dags", "trigger", DAG_ID, "--logical-date", f"{logical_date.isoformat()}T00:00:00+00:00",
             "--run-id", run_id, "--conf", json.dumps(conf), "--output", "json",
         )  # fmt: skip
-        set_paused(port, token, False)
+        set_paused(served.port, served.token, False)
 
         # 4. The scheduler runs it to the end.
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while time.monotonic() < deadline:
-            assert server.poll() is None, f"crmw airflow exited {server.returncode}:\n{log_tail(log)}"
-            rows = metadata(home, "select state from dag_run where dag_id = ? and run_id = ?", (DAG_ID, run_id))
-            run.state = rows[0][0] if rows else None
-            if run.state in ("success", "failed"):
-                break
-            time.sleep(1)
+        run.state = wait_for_run(served, run_id)
         run.run_seconds = time.monotonic() - run_started
 
-        listing = [line for line in airflow_cli(env, "dags", "list-runs", DAG_ID, "--output", "json").splitlines()
+        listing = [line for line in airflow_cli(served.env, "dags", "list-runs", DAG_ID, "--output", "json").splitlines()
                    if line.startswith("[{")]  # fmt: skip
         run.runs = json.loads(listing[-1]) if listing else []
-        run.tasks = metadata(
-            home,
-            "select ti.task_id, ti.state, ti.pool, j.job_type, ti.operator"
-            " from task_instance ti left join job j on j.id = ti.queued_by_job_id"
-            " where ti.dag_id = ? and ti.run_id = ? order by ti.start_date",
-            (DAG_ID, run_id),
-        )
+        run.tasks = run_tasks(served, run_id)
         print(f"\ncrmw airflow: served in {run.startup_seconds:.1f} s; {DAG_ID} {logical_date} ended {run.state}"
               f" after {run.run_seconds:.1f} s (trigger to end, {len(run.tasks)} tasks)")  # fmt: skip
-        assert run.state == "success", f"run ended {run.state}; tasks not successful: {run.failed_tasks()}\n{log_tail(log)}"
-    finally:
-        stopping = time.monotonic()
-        run.outlived = stop_server(server, home)
-        run.server_exit = server.returncode
-        run.log = log.read_text(errors="replace")
-        print(f"crmw airflow: stopped in {time.monotonic() - stopping:.1f} s (exit {server.returncode})")
+        assert run.state == "success", f"run ended {run.state}; tasks not successful: {run.failed_tasks()}\n{log_tail(served.log_path)}"
+    run.outlived, run.server_exit = served.outlived, served.exit_code
+    run.log = served.log_path.read_text(errors="replace")
     return run

