@@ -64,10 +64,11 @@ THROUGH_AIRFLOW = "next day: crmw run, through Airflow (after simulating)"
 # The storage budget per schema, in MB for 100,000 customers × 730 days (the medium tier): the
 # warehouse in 6 GB there, on either engine (PostgreSQL's rows are the larger). Other tiers scale it
 # by customers × days. The split says where the bytes may go: raw keeps every version delivered, so
-# it gets the most; staging holds their latest versions; features are per customer and month.
+# it gets the most; staging holds their latest versions; features are per customer and month; BI's
+# schema is views (and one row of bi_info), the audit schema the erasure log.
 STORAGE_BUDGET_MB = {
     "raw_sales": 1_900, "raw_crm": 250, "raw_service": 300, "raw_meta": 400, "staging": 900, "intermediate": 250,
-    "marts": 450, "published": 450, "features": 1_000, "ml": 200, "activation": 40,
+    "marts": 450, "published": 450, "features": 1_000, "ml": 200, "activation": 40, "bi": 1, "audit": 1,
 }
 BUDGET_CUSTOMER_DAYS = 100_000 * 730
 # How many of a build's slowest dbt nodes, and of the warehouse's largest tables, a result keeps.
