@@ -274,6 +274,17 @@ class Warehouse:
         )
         return dict(rows)
 
+    def columns_by_table(self, where: str, params: Sequence[Any] = ()) -> dict[str, list[str]]:
+        """"schema.table" -> its column names in order, of every table and view the catalog's
+        `information_schema.columns` row filter `where` keeps (the catalog read once, not per table)."""
+        tables: dict[str, list[str]] = {}
+        for schema, table, column in self.fetchall(
+            "select table_schema, table_name, column_name from information_schema.columns as columns"
+            f" where {where} order by table_schema, table_name, ordinal_position", tuple(params)
+        ):
+            tables.setdefault(f"{schema}.{table}", []).append(column)
+        return tables
+
     def ensure_table(self, table: str, columns: Mapping[str, ColumnType]) -> None:
         """Create `schema.table` if missing and add any column it lacks (sources gain columns)."""
         if set(columns) <= set(self.table_columns(table)):

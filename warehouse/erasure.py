@@ -140,7 +140,8 @@ def forget(
                     f" marts.dim_customers (or a retired key of {ALIASES})"
                 )
         ensure_audit_tables(warehouse)
-        return [_erase(warehouse, resolved[key], at, by, activation_dir) for key, at, by in requests]
+        personal = _personal_tables(warehouse)
+        return [_erase(warehouse, personal, resolved[key], at, by, activation_dir) for key, at, by in requests]
 
 
 def forget_requested(activation_dir: Path | None = None, warehouse_url: str | None = None) -> list[Erasure]:
@@ -155,10 +156,11 @@ def forget_requested(activation_dir: Path | None = None, warehouse_url: str | No
             " and done.requested_at = request.requested_at) order by request.requested_at, request.customer_id"
         )
         resolved = _current_keys(warehouse, [key for key, _, _ in pending])
+        personal = _personal_tables(warehouse) if pending else []
         erasures = []
         for key, requested_at, requested_by in pending:
             if key in resolved:
-                erasures.append(_erase(warehouse, resolved[key], requested_at, requested_by or "", activation_dir, key))
+                erasures.append(_erase(warehouse, personal, resolved[key], requested_at, requested_by or "", activation_dir, key))
                 continue
             log.warning("erasure request for %r (%s, by %s): not a customer key of this warehouse; logged in %s"
                         " with no rows erased", key, requested_at, requested_by, ERASURES)
@@ -199,8 +201,10 @@ def erase_loaded_rows(warehouse: Warehouse, table: str, batch_date: dt.date, loa
 # ---- one customer --------------------------------------------------------------------------------
 
 
-def _erase(warehouse: Warehouse, customer_id: str, requested_at: dt.datetime, requested_by: str,
-           activation_dir: Path | None, requested_key: str | None = None) -> Erasure:
+def _erase(warehouse: Warehouse, personal_tables: list[tuple[str, list[str]]], customer_id: str, requested_at: dt.datetime,
+           requested_by: str, activation_dir: Path | None, requested_key: str | None = None) -> Erasure:
+    """Erase one customer in `personal_tables` (`_personal_tables`, read once for all the customers
+    of a call: erasing changes values, never the catalog)."""
     erasure = Erasure(requested_key or customer_id, requested_at, requested_by)
     keys = [customer_id, *(key for (key,) in warehouse.fetchall(
         f"select retired_customer_id from {ALIASES} where customer_id = ?", (customer_id,)
@@ -209,7 +213,7 @@ def _erase(warehouse: Warehouse, customer_id: str, requested_at: dt.datetime, re
     with warehouse.transaction():
         _remember_identifiers(warehouse, customer_id, records)
         contacts = _contact_values(warehouse, records)
-        for table, columns in _personal_tables(warehouse):
+        for table, columns in personal_tables:
             where, params = _rows_of(columns, keys, records)
             if where:
                 rows = _erase_table(warehouse, table, columns, customer_id, where, params)
@@ -316,17 +320,13 @@ def _records(warehouse: Warehouse, customer_id: str) -> dict[str, list]:
 
 def _personal_tables(warehouse: Warehouse) -> list[tuple[str, list[str]]]:
     """Every base table (schema.table, its columns) holding a column erasure rewrites, but the audit's own."""
-    tables: dict[str, list[str]] = {}
-    for schema, table, column in warehouse.fetchall(
-        "select columns.table_schema, columns.table_name, columns.column_name from information_schema.columns as columns"
-        " join information_schema.tables as tables on tables.table_catalog = columns.table_catalog"
-        " and tables.table_schema = columns.table_schema and tables.table_name = columns.table_name"
-        " where tables.table_type = 'BASE TABLE' and columns.table_catalog = current_database()"
-        " and columns.table_schema not in ('information_schema', 'pg_catalog', ?)"
-        " order by columns.table_schema, columns.table_name, columns.ordinal_position",
+    tables = warehouse.columns_by_table(
+        "table_catalog = current_database() and table_schema not in ('information_schema', 'pg_catalog', ?)"
+        " and exists (select 1 from information_schema.tables as tables where tables.table_type = 'BASE TABLE'"
+        " and tables.table_catalog = columns.table_catalog and tables.table_schema = columns.table_schema"
+        " and tables.table_name = columns.table_name)",
         (AUDIT_SCHEMA,),
-    ):
-        tables.setdefault(f"{schema}.{table}", []).append(column)
+    )
     return [(table, columns) for table, columns in tables.items() if ERASED & set(columns)]
 
 
