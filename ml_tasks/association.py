@@ -129,7 +129,7 @@ HOLDOUT_MIN_EXPECTED_RULE_BASKETS = 5
 # The top rules' median held-out lift is judged on at least this many held-out baskets: on 115
 # (60 days of 400 simulated customers) it came out 0.92 one day and 1.15 on another seed.
 HOLDOUT_MIN_RULE_BASKETS = 500
-_SUPPORT_RAISE = 1.5
+SUPPORT_RAISE = 1.5
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def frequent_itemsets(basket_ids: Sequence | np.ndarray, items: Sequence | np.nd
             itemsets, counts = _mine(matrix, min_count, max_length, max_itemsets)
             return Itemsets(itemsets, counts, labels, len(basket_labels), min_count, raised)
         except _TooManyItemsets:
-            min_count = math.ceil(min_count * _SUPPORT_RAISE)
+            min_count = math.ceil(min_count * SUPPORT_RAISE)
             raised += 1
 
 

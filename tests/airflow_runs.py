@@ -1,7 +1,9 @@
 """Running crm_daily as users do, for the end-to-end tests: `crmw run`, and serving Airflow with
 `crmw airflow` (API server, scheduler with its LocalExecutor, DAG processor, triggerer), for a test
 to use while it is up (`served_airflow`: the browser tests) or to run one triggered run through the
-API (`run_served`).
+API (`run_served`). `served_airflow` also serves Airflow on the CeleryExecutor, which `crmw airflow`
+cannot (its `airflow standalone` forces a local executor): each component as a process of its own,
+as a deployment runs them, and a Celery worker beside them.
 
 The API server listens on a free 127.0.0.1 port and is the only address contacted. The scheduler's and
 triggerer's log servers bind all interfaces whatever the configuration (Airflow's choice); they get free
@@ -14,6 +16,7 @@ import datetime as dt
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import sqlite3
@@ -26,8 +29,9 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
-from crmw.airflow_runner import DAG_ID, airflow_environment
+from crmw.airflow_runner import DAG_ID, airflow_environment, prepare_airflow
 from simulator import SimulationSettings, simulate
 
 BIN = Path(sys.executable).parent
@@ -40,6 +44,18 @@ STOP_TIMEOUT = 90  # crmw airflow bounds its own stop at about a minute
 # What a test that runs it may take in all: serving, parsing, the run and stopping, with slack.
 SERVED_RUN_TIMEOUT = STARTUP_TIMEOUT + PARSE_TIMEOUT + RUN_TIMEOUT + 2 * STOP_TIMEOUT + 300
 LOGIN_LINE = re.compile(r"crmw: Airflow UI at http://localhost:(\d+) \S+ user admin / password (\S+)")
+LOCAL_EXECUTOR, CELERY_EXECUTOR = "LocalExecutor", "CeleryExecutor"
+# What serves Airflow on the CeleryExecutor, each `airflow <command>` a process: the API server
+# first, since a test reaches Airflow through it, and the Celery worker that runs the tasks.
+CELERY_COMPONENTS = {
+    "api-server": ("api-server",),
+    "scheduler": ("scheduler",),
+    "dag-processor": ("dag-processor",),
+    "celery-worker": ("celery", "worker"),
+}
+# Stopped in this order: the scheduler queues nothing more, the worker finishes what it runs while
+# the API server still takes its tasks' reports, the API server last.
+CELERY_STOP_ORDER = ("scheduler", "celery-worker", "dag-processor", "api-server")
 
 
 @dataclass
@@ -141,6 +157,18 @@ def metadata(home: Path, sql: str, params: tuple = ()) -> list[tuple]:
         return db.execute(sql, params).fetchall()
 
 
+def read_metadata(env: dict[str, str], sql: str, params: tuple = ()) -> list[tuple]:
+    """Read the metadata DB that `env` names, SQLite or PostgreSQL, with `?` placeholders."""
+    url = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    if url.scheme.startswith("sqlite"):
+        return metadata(Path(env["AIRFLOW_HOME"]), sql, params)
+    import psycopg
+
+    # psycopg's placeholder is %s; the queries here are written once, in sqlite3's style.
+    with psycopg.connect(urlunsplit(url._replace(scheme="postgresql")), autocommit=True) as db:
+        return db.execute(sql.replace("?", "%s"), params).fetchall()
+
+
 def api_healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as response:
@@ -159,8 +187,8 @@ def api(port: int, method: str, path: str, body: dict, token: str | None = None)
         return json.loads(response.read() or b"{}")
 
 
-def set_paused(port: int, token: str, paused: bool) -> None:
-    answer = api(port, "PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": paused}, token)
+def set_paused(port: int, token: str, paused: bool, dag_id: str = DAG_ID) -> None:
+    answer = api(port, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused}, token)
     assert answer["is_paused"] is paused, answer
 
 
@@ -188,6 +216,44 @@ def processes_of(home: Path, session: int) -> dict[int, str]:
     return found
 
 
+def kill_leftovers(processes: list[subprocess.Popen], home: Path) -> dict[int, str]:
+    """Kill whatever is left of `processes` (each the leader of its session) and of any process
+    started with their AIRFLOW_HOME; returns what had to be killed, by pid."""
+    deadline = time.monotonic() + 10
+    while (left := {pid: cmd for process in processes for pid, cmd in processes_of(home, process.pid).items()}) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for process in processes:
+        if process.poll() is None or left:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for process in processes:
+        process.wait(10)
+    return left
+
+
+def stop_components(processes: dict[str, subprocess.Popen], home: Path) -> dict[int, str]:
+    """SIGTERM to each Airflow component in CELERY_STOP_ORDER, each given STOP_TIMEOUT to end (the
+    Celery worker's warm shutdown lets its running tasks finish); kill what is left. Returns the
+    processes that outlived them."""
+    for name in CELERY_STOP_ORDER:
+        process = processes[name]
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+    return kill_leftovers(list(processes.values()), home)
+
+
 def stop_server(process: subprocess.Popen, home: Path) -> dict[int, str]:
     """SIGINT to `crmw airflow`, as Ctrl-C would; kill what is left. Returns processes that outlived it."""
     if process.poll() is None:
@@ -196,50 +262,72 @@ def stop_server(process: subprocess.Popen, home: Path) -> dict[int, str]:
             process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             pass
-    deadline = time.monotonic() + 10
-    while (left := processes_of(home, process.pid)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if process.poll() is None or left:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        process.wait(10)
-    return left
+    return kill_leftovers([process], home)
 
 
 @dataclass
 class ServedAirflow:
-    """A `crmw airflow` serving from a folder, for a test to use while it runs: where it listens, the
-    login from its banner, a token for its API, and, once stopped, how it stopped."""
+    """Airflow serving from a folder, for a test to use while it runs: where it listens, the login,
+    a token for its API, and, once stopped, how it stopped. Served by `crmw airflow` on the
+    LocalExecutor, or by one process per component on the CeleryExecutor."""
 
-    process: subprocess.Popen
+    processes: dict[str, subprocess.Popen]  # `crmw airflow`, or each component, the API server first
+    logs: dict[str, Path]  # the output of each, by the same names
     home: Path
-    env: dict[str, str]  # what `crmw airflow` hands to Airflow, for our CLI calls
+    env: dict[str, str]  # what Airflow is run with, for our CLI calls
     port: int
-    log_path: Path
     startup_seconds: float = 0.0
-    login: tuple[str, str] = ("", "")  # (port, password) from the banner
+    login: tuple[str, str] = ("", "")  # (port, password) from the banner, or from the passwords file
     generated_password: str = ""
     token: str = ""
-    exit_code: int | None = None
+    exit_code: int | None = None  # of `crmw airflow`, or of the API server
     outlived: dict[int, str] = field(default_factory=dict)
 
+    @property
+    def log_path(self) -> Path:
+        return next(iter(self.logs.values()))
+
     def assert_running(self) -> None:
-        assert self.process.poll() is None, f"crmw airflow exited {self.process.returncode}:\n{log_tail(self.log_path)}"
+        for name, process in self.processes.items():
+            assert process.poll() is None, f"{name} exited {process.returncode}:\n{log_tail(self.logs[name])}"
+
+    def read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Read its metadata DB (`read_metadata`)."""
+        return read_metadata(self.env, sql, params)
+
+    def log_tails(self) -> str:
+        return "\n".join(f"--- {name}:\n{log_tail(path)}" for name, path in self.logs.items())
+
+
+def _generated_password(passwords: Path) -> str:
+    """The admin's password from the auth manager's generated file; empty until it is written whole."""
+    try:
+        return json.loads(passwords.read_text())["admin"]
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start `command` in a session of its own (so that what it starts can be found and stopped),
+    its output going to `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
 
 
 @contextmanager
-def served_airflow(settings: dict[str, str], folder: Path) -> Iterator[ServedAirflow]:
-    """Serve Airflow with `crmw airflow` from `folder` (its AIRFLOW_HOME and log) until the block
-    ends, then stop it as Ctrl-C would. Yields once the login line is printed, the API answers and
-    crm_daily is parsed. `settings` (WAREHOUSE_URL, CRMW_* ...) go over an environment cleared of
-    Airflow's and crmw's variables."""
+def served_airflow(settings: dict[str, str], folder: Path, executor: str = LOCAL_EXECUTOR,
+                   dag_id: str = DAG_ID) -> Iterator[ServedAirflow]:
+    """Serve Airflow from `folder` (its AIRFLOW_HOME and logs) until the block ends, then stop it.
+    Yields once it is served (the login is known, the API answers) and `dag_id` is parsed.
+    `settings` (WAREHOUSE_URL, CRMW_* ...) go over an environment cleared of Airflow's and crmw's
+    variables.
+
+    On the LocalExecutor it is `crmw airflow`, stopped as Ctrl-C would. On the CeleryExecutor
+    (`settings` name the broker, the result backend and a metadata DB other than SQLite, which that
+    executor refuses) it is CELERY_COMPONENTS, after the metadata DB and pool are prepared as
+    `crmw airflow` does, stopped by `stop_components`."""
+    assert executor in (LOCAL_EXECUTOR, CELERY_EXECUTOR), executor
     home = folder / "airflow"
     port = free_loopback_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRMW_"))}
@@ -261,57 +349,73 @@ def served_airflow(settings: dict[str, str], folder: Path) -> Iterator[ServedAir
             # still run (Airflow's [scheduler] use_job_schedule).
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "NO_COLOR": "1",
+            "AIRFLOW__CORE__EXECUTOR": executor,
         }
     )
     env = airflow_environment(base)
-    log = folder / "crmw-airflow.log"
+    passwords = home / "simple_auth_manager_passwords.json.generated"
 
     started = time.monotonic()
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [str(BIN / "crmw"), "airflow"], env=base, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    served = ServedAirflow(process=server, home=home, env=env, port=port, log_path=log)
+    if executor == LOCAL_EXECUTOR:
+        log = folder / "crmw-airflow.log"
+        served = ServedAirflow(processes={"crmw airflow": _start([str(BIN / "crmw"), "airflow"], base, log)},
+                               logs={"crmw airflow": log}, home=home, env=env, port=port)  # fmt: skip
+    else:
+        # The scheduler signs each task's token for the Execution API and the API server checks it:
+        # run apart, each would make up a secret of its own (`airflow standalone` shares one).
+        env["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_urlsafe(32)
+        prepare_airflow(env)
+        logs = {name: folder / f"airflow-{name}.log" for name in CELERY_COMPONENTS}
+        processes = {name: _start([str(BIN / "airflow"), *command], env, logs[name]) for name, command in CELERY_COMPONENTS.items()}
+        served = ServedAirflow(processes=processes, logs=logs, home=home, env=env, port=port)
     try:
-        # 1. Served: the login line is printed and the API answers.
+        # 1. Served: the login is known (from the banner of `crmw airflow`, else from the file the
+        #    API server writes it to) and the API answers.
         login = None
         while time.monotonic() - started < STARTUP_TIMEOUT:
             served.assert_running()
-            login = login or LOGIN_LINE.search(log.read_text(errors="replace"))
+            if login is None and executor == LOCAL_EXECUTOR:
+                if match := LOGIN_LINE.search(served.log_path.read_text(errors="replace")):
+                    login = (match.group(1), match.group(2))
+            elif login is None and (password := _generated_password(passwords)):
+                login = (str(port), password)
             if login and api_healthy(port):
                 break
             time.sleep(1)
         else:
-            raise AssertionError(f"no login line / API after {STARTUP_TIMEOUT} s (login={bool(login)}):\n{log_tail(log)}")
+            raise AssertionError(f"no login / API after {STARTUP_TIMEOUT} s (login={bool(login)}):\n{served.log_tails()}")
         served.startup_seconds = time.monotonic() - started
-        served.login = (login.group(1), login.group(2))
-        served.generated_password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
-        served.token = api(port, "POST", "/auth/token", {"username": "admin", "password": login.group(2)})["access_token"]
+        served.login = login
+        served.generated_password = _generated_password(passwords)
+        served.token = api(port, "POST", "/auth/token", {"username": "admin", "password": login[1]})["access_token"]
 
-        # 2. The DAG processor has stored crm_daily (and it imports cleanly).
+        # 2. The DAG processor has stored the DAG (and it imports cleanly).
         deadline = time.monotonic() + PARSE_TIMEOUT
-        while not metadata(home, "select 1 from serialized_dag where dag_id = ?", (DAG_ID,)):
-            errors = metadata(home, "select filename, stacktrace from import_error")
+        while not served.read("select 1 from serialized_dag where dag_id = ?", (dag_id,)):
+            errors = served.read("select filename, stacktrace from import_error")
             assert not errors, f"DAG import errors: {errors}"
-            assert time.monotonic() < deadline, f"{DAG_ID} not parsed after {PARSE_TIMEOUT} s:\n{log_tail(log)}"
+            assert time.monotonic() < deadline, f"{dag_id} not parsed after {PARSE_TIMEOUT} s:\n{served.log_tails()}"
             time.sleep(2)
         yield served
     finally:
         stopping = time.monotonic()
-        served.outlived = stop_server(server, home)
-        served.exit_code = server.returncode
-        print(f"crmw airflow: stopped in {time.monotonic() - stopping:.1f} s (exit {server.returncode})")
+        first = next(iter(served.processes.values()))
+        if executor == LOCAL_EXECUTOR:
+            served.outlived = stop_server(first, home)
+        else:
+            served.outlived = stop_components(served.processes, home)
+        served.exit_code = first.returncode
+        print(f"{', '.join(served.processes)}: stopped in {time.monotonic() - stopping:.1f} s (exit {first.returncode})")
 
 
-def wait_for_run(served: ServedAirflow, run_id: str) -> str | None:
-    """The state DAG run `run_id` of crm_daily ended in (None if it never showed up), once it is
+def wait_for_run(served: ServedAirflow, run_id: str, dag_id: str = DAG_ID) -> str | None:
+    """The state DAG run `run_id` of `dag_id` ended in (None if it never showed up), once it is
     over or after RUN_TIMEOUT."""
     state = None
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
         served.assert_running()
-        rows = metadata(served.home, "select state from dag_run where dag_id = ? and run_id = ?", (DAG_ID, run_id))
+        rows = served.read("select state from dag_run where dag_id = ? and run_id = ?", (dag_id, run_id))
         state = rows[0][0] if rows else None
         if state in ("success", "failed"):
             break
@@ -319,14 +423,13 @@ def wait_for_run(served: ServedAirflow, run_id: str) -> str | None:
     return state
 
 
-def run_tasks(served: ServedAirflow, run_id: str) -> list[tuple]:
+def run_tasks(served: ServedAirflow, run_id: str, dag_id: str = DAG_ID) -> list[tuple]:
     """Each task of DAG run `run_id`, by start: (task_id, state, pool, job_type that queued it, operator)."""
-    return metadata(
-        served.home,
+    return served.read(
         "select ti.task_id, ti.state, ti.pool, j.job_type, ti.operator"
         " from task_instance ti left join job j on j.id = ti.queued_by_job_id"
         " where ti.dag_id = ? and ti.run_id = ? order by ti.start_date",
-        (DAG_ID, run_id),
+        (dag_id, run_id),
     )
 
 

@@ -22,8 +22,12 @@ AIRFLOW_COMMANDS = {
     "airflow-scheduler": "scheduler",
     "airflow-dag-processor": "dag-processor",
     "airflow-triggerer": "triggerer",
+    "airflow-worker": "celery worker",
 }
 AIRFLOW_SERVICES = ("airflow-init", *AIRFLOW_COMMANDS)
+# The services of the compose profile that puts Airflow's tasks on Celery workers.
+CELERY_PROFILE = {"redis", "airflow-worker"}
+CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
 # The one bind mount whose host folder is not part of the repository: the source-system exports.
 # Host folders a service may mount (a variable in the header) -> the variable naming the folder inside.
 HOST_FOLDERS = {"CRMW_HOST_SOURCE_DIR": "CRMW_SOURCE_DIR", "CRMW_HOST_EXPORT_DIR": "CRMW_EXPORT_DIR"}
@@ -157,7 +161,7 @@ def test_airflow_environment_names_local_executor_metadata_db_warehouse_and_exec
     warehouse_env = _env(services["warehouse-db"])
     for name in AIRFLOW_SERVICES:
         env = _env(services[name])
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW_EXECUTOR:-LocalExecutor}", name
         assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false", name
 
         metadata = urlsplit(_url_with_defaults(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]))
@@ -186,6 +190,96 @@ def test_airflow_environment_names_local_executor_metadata_db_warehouse_and_exec
             "/execution/",
         ), name
         assert env["AIRFLOW__API_AUTH__JWT_SECRET"], f"{name}: one JWT secret shared by all components"
+
+
+def _header() -> str:
+    return COMPOSE_FILE.read_text().split("\n---", 1)[0]
+
+
+def _profiles(service: dict) -> set[str]:
+    return set(service.get("profiles", []))
+
+
+def test_celery_profile_holds_a_redis_broker_and_a_worker_and_is_off_by_default(compose):
+    services = _services(compose)
+    assert {name for name, service in services.items() if "celery" in _profiles(service)} == CELERY_PROFILE
+    for name in CELERY_PROFILE:
+        assert _profiles(services[name]) == {"celery"}, name
+    header = _header()
+    assert re.search(r"^#\s+AIRFLOW_EXECUTOR=CeleryExecutor$", header, re.MULTILINE), "how to switch, in .env"
+    assert re.search(r"^#\s+COMPOSE_PROFILES=celery\b", header, re.MULTILINE), "the profile, in .env"
+    assert re.search(r"^#\s+AIRFLOW_EXECUTOR \(LocalExecutor\)", header, re.MULTILINE), "the switch is documented"
+
+
+def test_redis_is_health_checked_with_a_ping(compose):
+    redis = _services(compose)["redis"]
+    assert re.fullmatch(r"redis:7(\.\d+)*(-\w+)?", redis["image"]), redis["image"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert redis["restart"] == "always"
+    assert "ports" not in redis, "the broker is for the stack's own services, not the host"
+
+
+def test_worker_runs_a_celery_worker_health_checked_by_pinging_itself_and_stops_warm(compose):
+    worker = _services(compose)["airflow-worker"]
+    assert worker["command"] == "celery worker"
+    kind, check = worker["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    # $$ leaves HOSTNAME to the container's shell: each worker of a scaled service pings itself.
+    assert check == f'celery --app {CELERY_APP} inspect ping -d "celery@$${{HOSTNAME}}"'
+    assert _env(worker)["DUMB_INIT_SETSID"] == "0"
+    assert worker["restart"] == "always"
+
+
+def test_worker_shares_the_common_airflow_image_environment_and_mounts(compose):
+    services = _services(compose)
+    worker, scheduler = services["airflow-worker"], services["airflow-scheduler"]
+    worker_env = _env(worker)
+    del worker_env["DUMB_INIT_SETSID"]
+    assert worker_env == _env(scheduler)
+    for key in ("build", "user", "volumes"):
+        assert worker[key] == scheduler[key], key
+
+
+def test_worker_waits_for_redis_both_databases_init_and_the_api_server(compose):
+    depends_on = _services(compose)["airflow-worker"]["depends_on"]
+    assert depends_on == {
+        "redis": {"condition": "service_healthy"},
+        **{database: {"condition": "service_healthy"} for database in DATABASES},
+        "airflow-init": {"condition": "service_completed_successfully"},
+        "airflow-api-server": {"condition": "service_healthy"},
+    }
+
+
+def test_scheduler_waits_for_redis_only_when_the_celery_profile_is_on(compose):
+    assert _services(compose)["airflow-scheduler"]["depends_on"]["redis"] == {"condition": "service_healthy", "required": False}
+
+
+def test_services_outside_a_profile_never_require_a_service_of_one(compose):
+    """Compose refuses to start a stack in which a started service requires one a profile leaves out."""
+    services = _services(compose)
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            if _profiles(services[dependency]) - _profiles(service):
+                assert condition.get("required") is False, f"{name} requires {dependency} of another profile"
+
+
+def test_celery_broker_is_the_redis_service_and_results_go_to_the_metadata_database(compose):
+    services = _services(compose)
+    metadata_env = _env(services["airflow-metadata-db"])
+    for name in AIRFLOW_SERVICES:
+        env = _env(services[name])
+        broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+        assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379), name
+        results = urlsplit(_url_with_defaults(env["AIRFLOW__CELERY__RESULT_BACKEND"]))
+        metadata = urlsplit(_url_with_defaults(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]))
+        assert results.scheme == "db+postgresql", name
+        assert (results.hostname, results.port, results.username, results.password, results.path) == (
+            metadata.hostname,
+            metadata.port,
+            metadata_env["POSTGRES_USER"],
+            _url_with_defaults(metadata_env["POSTGRES_PASSWORD"]),
+            "/" + metadata_env["POSTGRES_DB"],
+        ), name
 
 
 def test_dags_folder_is_the_repository_dags_directory_mounted_in_every_airflow_service(compose):

@@ -1,5 +1,10 @@
-"""The warehouse adapter behaves the same on DuckDB and PostgreSQL: bulk loads, frames,
-replace-by-match, transactions, schema evolution, URL checking and row counts."""
+"""The warehouse adapter behaves the same on DuckDB, PostgreSQL and a local Spark session: bulk
+loads, frames, replace-by-match, deleting rows, schema evolution, URL checking, row counts and
+storage; transactions on the two engines that have them.
+
+The Spark cases share one session for the module (its JVM starts once, tens of seconds), each test
+on an emptied warehouse; they need pyspark and a Java runtime and are skipped, saying which is
+missing, without them."""
 
 from __future__ import annotations
 
@@ -14,9 +19,51 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import ENGINES, PROJECT_ROOT
+from tests.spark_support import module_spark_session
 from warehouse import WarehouseSettingsError, WarehouseUrlError, adapter, connect, parse_warehouse_url
 from warehouse.adapter import DEFAULT_DUCKDB_MEMORY_LIMIT, duckdb_connection
+
+pytestmark = [
+    # pyspark 4.3 warns at its first pandas check that it does not fully support pandas 3: the
+    # adapter's frames come from Arrow tables, not from pyspark's pandas conversion.
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def spark_warehouse(tmp_path_factory):
+    """(folder, session): the module's local Spark session, its warehouse in `folder`."""
+    folder = tmp_path_factory.mktemp("spark")
+    with module_spark_session(folder, "test-warehouse-adapter", "the warehouse adapter on Spark") as session:
+        yield folder, session
+
+
+@pytest.fixture
+def spark_url(spark_warehouse) -> str:
+    """The module's Spark warehouse, emptied: every schema but Spark's `default` dropped."""
+    folder, session = spark_warehouse
+    for database in session.catalog.listDatabases():
+        if database.name != "default":
+            session.sql(f"drop database {database.name} cascade")
+    return f"spark://{folder}"
+
+
+# Overrides conftest's fixture of the same name in this file: each test on every engine, Spark too.
+@pytest.fixture(params=[*ENGINES, pytest.param("spark", marks=pytest.mark.spark)])
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty warehouse on each engine: a DuckDB file, a fresh PostgreSQL database, or the
+    module's Spark warehouse emptied."""
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    if request.param == "spark":
+        return request.getfixturevalue("spark_url")
+    return request.getfixturevalue("postgres_url")
+
+
+# For the behaviours of transactions, which Spark's parquet tables do not have, and of the other
+# engines' ways of streaming a result.
+on_duckdb_and_postgres = pytest.mark.parametrize("warehouse_url", ENGINES, indirect=True)
 
 CONTRACT_COLUMNS = {
     "id": "integer",
@@ -83,25 +130,42 @@ def test_append_arrow_keeps_empty_string_distinct_from_null(warehouse_url):
     assert null == [(3,)]
 
 
+def test_append_arrow_round_trips_a_digest_given_as_uuid_text(warehouse_url):
+    digest = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    with connect(warehouse_url) as warehouse:
+        warehouse.ensure_table("t.hashes", {"id": "integer", "h": "digest"})
+        warehouse.append_arrow("t.hashes", pa.table({"id": [1, 2], "h": [digest, None]}))
+        back = warehouse.fetchall("select id, h from t.hashes order by id")
+        found = warehouse.fetchall("select id from t.hashes where h = ?", (uuid.UUID(digest),))
+    # A uuid on DuckDB and PostgreSQL, its text on Spark, which has no uuid type.
+    assert [(number, None if value is None else str(value)) for number, value in back] == [(1, digest), (2, None)]
+    assert found == [(1,)]
+
+
 def test_append_arrow_of_no_rows_adds_nothing(warehouse_url):
     _load_all_types(warehouse_url, [])
     with connect(warehouse_url) as warehouse:
         assert warehouse.fetchall("select count(*) from t.all_types") == [(0,)]
 
 
+FRAME_QUERIES = {
+    "no nulls": "select * from t.all_types where id in (1, 2, 4) order by id",
+    "with nulls": "select * from t.all_types order by id",
+    "only nulls": "select * from t.all_types where id = 3",
+    "no rows": "select * from t.all_types where id < 0",
+    "aggregates": "select count(*) as n, sum(i) as total, sum(d) as money, max(ts) as latest, min(day) as first_day from t.all_types",
+}
+
+
+def _frames_of_every_type(url: str) -> dict[str, pd.DataFrame]:
+    _load_all_types(url)
+    with connect(url) as warehouse:
+        return {name: warehouse.fetch_df(sql) for name, sql in FRAME_QUERIES.items()}
+
+
 def test_fetch_df_gives_the_same_dtypes_and_values_on_both_engines(tmp_path, postgres_url):
-    queries = {
-        "no nulls": "select * from t.all_types where id in (1, 2, 4) order by id",
-        "with nulls": "select * from t.all_types order by id",
-        "only nulls": "select * from t.all_types where id = 3",
-        "no rows": "select * from t.all_types where id < 0",
-        "aggregates": "select count(*) as n, sum(i) as total, sum(d) as money, max(ts) as latest, min(day) as first_day from t.all_types",
-    }
-    frames = {}
-    for engine, url in (("duckdb", _other_duckdb_url(tmp_path)), ("postgres", postgres_url)):
-        _load_all_types(url)
-        with connect(url) as warehouse:
-            frames[engine] = {name: warehouse.fetch_df(sql) for name, sql in queries.items()}
+    queries = FRAME_QUERIES
+    frames = {engine: _frames_of_every_type(url) for engine, url in (("duckdb", _other_duckdb_url(tmp_path)), ("postgres", postgres_url))}
     for name in queries:
         duck, pg = frames["duckdb"][name], frames["postgres"][name]
         assert {c: str(t) for c, t in pg.dtypes.items()} == {c: str(t) for c, t in duck.dtypes.items()}, name
@@ -116,6 +180,24 @@ def test_fetch_df_gives_the_same_dtypes_and_values_on_both_engines(tmp_path, pos
     # Integers beyond float precision survive a NULL in the same column.
     assert list(with_nulls["i"].dropna()) == [0, -1, 2**62, 2**53 + 1]
     assert with_nulls.loc[0, "ts"] == pd.Timestamp("2025-01-31 12:34:56.123456")
+
+
+@pytest.mark.spark
+def test_fetch_df_on_spark_gives_the_dtypes_and_values_duckdb_gives(tmp_path, spark_url, monkeypatch):
+    duck, spark = _frames_of_every_type(_other_duckdb_url(tmp_path)), _frames_of_every_type(spark_url)
+    for name in FRAME_QUERIES:
+        # Spark's sum of bigints is a bigint (int64); DuckDB's is a 128-bit integer, a float64 in a frame.
+        pd.testing.assert_frame_equal(spark[name], duck[name], check_exact=name != "aggregates", rtol=1e-15,
+                                      check_dtype=name != "aggregates", obj=name)
+    assert {column: str(kind) for column, kind in spark["aggregates"].dtypes.items()} == {
+        "n": "int64", "total": "int64", "money": "float64", "latest": "datetime64[us]", "first_day": "datetime64[us]"}
+    # Batches of two rows, so their dictionaries differ from the whole column's sorted one.
+    monkeypatch.setattr(adapter, "ARROW_BATCH_ROWS", 2)
+    with connect(spark_url) as warehouse:
+        encoded = warehouse.fetch_df("select id, s from t.all_types order by id desc", categorical=("s",))
+        with pytest.raises(ValueError, match="categorical column 'id': not a text column of the query"):
+            warehouse.fetch_df("select id, s from t.all_types", categorical=("id",))
+    pd.testing.assert_frame_equal(encoded, spark["with nulls"][["id", "s"]][::-1].reset_index(drop=True).astype({"s": "category"}))
 
 
 def test_fetch_df_on_duckdb_gives_duckdbs_own_frames_through_arrow(tmp_path):
@@ -140,6 +222,9 @@ def test_fetch_df_on_postgresql_reads_a_type_arrow_cannot_parse_row_by_row(postg
     assert frame.to_dict("records") == [{"n": 7, "id": uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), "s": "it's"}]
 
 
+# PostgreSQL's CSV text and DuckDB's batches; Spark hands its result over as one Arrow table (its
+# categorical columns: test_fetch_df_on_spark_gives_the_dtypes_and_values_duckdb_gives).
+@on_duckdb_and_postgres
 def test_fetch_df_keeps_line_breaks_inside_text_across_a_large_result(warehouse_url):
     # Several megabytes: PostgreSQL's COPY text reaches Arrow's parallel CSV reader in many blocks.
     rows = 60_000
@@ -152,6 +237,7 @@ def test_fetch_df_keeps_line_breaks_inside_text_across_a_large_result(warehouse_
     assert (frame["body"] == [f"line one of {n}\nline two, \"quoted\"\n\nlast" for n in range(rows)]).all()
 
 
+@on_duckdb_and_postgres
 def test_fetch_df_reads_categorical_columns_as_a_whole_read_turned_categorical(warehouse_url, monkeypatch):
     # Small batches and spool size, so the rows arrive in many Arrow batches from DuckDB and in many
     # CSV blocks, through a temporary file, from PostgreSQL.
@@ -231,6 +317,81 @@ def test_replace_rows_keeps_the_old_rows_when_the_new_ones_cannot_be_loaded(ware
         assert _all_events(warehouse) == [("crm", D1, 1), ("crm", D1, 2), ("crm", D2, 3), ("sales", D1, 4)]
 
 
+def _events_nulls_last(warehouse) -> list[tuple]:
+    """The events sorted here, nulls last: Spark sorts nulls first where DuckDB and PostgreSQL do not."""
+    return sorted(_all_events(warehouse), key=lambda row: tuple((value is None, value) for value in row))
+
+
+def _seed_events_with_nulls(warehouse) -> None:
+    warehouse.ensure_table("t.events", EVENT_COLUMNS)
+    warehouse.append_arrow("t.events", _events([("crm", D1, 1), ("crm", D2, None), (None, D1, 3), ("sales", D2, 4)]))
+
+
+def test_delete_rows_deletes_where_the_condition_is_true_and_keeps_rows_where_it_is_null(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        _seed_events_with_nulls(warehouse)
+        # `value > ?` is null for the row without a value, `source <> ?` for the one without a source.
+        assert warehouse.delete_rows("t.events", "value > ? and source <> ?", (1, "sales")) == 0
+        assert warehouse.delete_rows("t.events", "value >= ?", (4,)) == 1
+        assert _events_nulls_last(warehouse) == [("crm", D1, 1), ("crm", D2, None), (None, D1, 3)]
+        assert warehouse.delete_rows("t.events", "day = ? and value is null", (D2,)) == 1
+        assert _events_nulls_last(warehouse) == [("crm", D1, 1), (None, D1, 3)]
+
+
+def test_delete_rows_takes_an_alias_for_a_correlated_condition(warehouse_url):
+    with connect(warehouse_url) as warehouse:
+        _seed_events_with_nulls(warehouse)
+        warehouse.ensure_table("t.gone", {"source": "string"})
+        warehouse.append_arrow("t.gone", pa.table({"source": ["crm", None]}))
+        # A null source matches no gone source: that row stays, as SQL's DELETE keeps it.
+        deleted = warehouse.delete_rows(
+            "t.events", "exists (select 1 from t.gone as gone where gone.source = kept.source)", alias="kept")
+        assert deleted == 2
+        assert _events_nulls_last(warehouse) == [("sales", D2, 4), (None, D1, 3)]
+
+
+@pytest.mark.spark
+def test_spark_refuses_a_raw_delete_or_update_and_names_delete_rows(spark_url):
+    with connect(spark_url) as warehouse:
+        _seed_events(warehouse)
+        for statement in ("delete from t.events where value = ?", "  UPDATE t.events set value = ?"):
+            with pytest.raises(ValueError, match=r"no DELETE, UPDATE or MERGE; expected Warehouse.delete_rows\(table, where, params\)"):
+                warehouse.execute(statement, (4,))
+        assert warehouse.execute_count("insert into t.events (source, value) values (?, ?), ('x', 2)", ("new", 1)) == 2
+        assert len(_all_events(warehouse)) == 6
+
+
+@pytest.mark.spark
+def test_spark_finishes_a_rewrite_cut_short_before_the_next_delete(spark_url, spark_warehouse):
+    """A delete that died after writing the rows kept (marked whole) and while overwriting the
+    table leaves the table short: the next delete on it restores the kept rows first."""
+    _, session = spark_warehouse
+    with connect(spark_url) as warehouse:
+        _seed_events(warehouse)
+        session.sql("create table t.events__crmw_rewrite using parquet as select * from t.events where source = 'crm'")
+        session.sql("alter table t.events__crmw_rewrite set tblproperties ('crmw.rewrite_complete' = 'true')")
+        session.sql("truncate table t.events")  # the overwrite cut short
+        assert warehouse.delete_rows("t.events", "value = ?", (3,)) == 1
+        assert _all_events(warehouse) == [("crm", D1, 1), ("crm", D1, 2)]
+        assert warehouse.table_columns("t.events__crmw_rewrite") == []
+
+
+@pytest.mark.spark
+def test_spark_housekeeping_empties_tables_and_drops_a_rewrite_cut_short_before_the_table(spark_url, spark_warehouse):
+    _, session = spark_warehouse
+    with connect(spark_url) as warehouse:
+        _seed_events(warehouse)
+        warehouse.refresh_statistics("t.events")
+        assert warehouse.reclaim_space() == "nothing to reclaim"
+        # Unmarked: the copy was being written when it stopped, the table was never touched.
+        session.sql("create table t.events__crmw_rewrite using parquet as select * from t.events where value = 1")
+        assert warehouse.reclaim_space() == "finished interrupted rewrites: t.events__crmw_rewrite"
+        assert len(_all_events(warehouse)) == 4 and warehouse.table_columns("t.events__crmw_rewrite") == []
+        warehouse.empty_table("t.events")
+        assert _all_events(warehouse) == []
+
+
+@on_duckdb_and_postgres
 def test_failure_inside_transaction_rolls_back_the_delete_and_the_inserts(warehouse_url):
     with connect(warehouse_url) as warehouse:
         _seed_events(warehouse)
@@ -246,6 +407,7 @@ def test_failure_inside_transaction_rolls_back_the_delete_and_the_inserts(wareho
         assert _all_events(reopened) == before
 
 
+@on_duckdb_and_postgres
 def test_sql_error_inside_transaction_rolls_back_and_the_connection_stays_usable(warehouse_url):
     with connect(warehouse_url) as warehouse:
         _seed_events(warehouse)
@@ -278,6 +440,7 @@ def test_batches_appended_inside_a_transaction_are_not_held_until_it_commits(tmp
     assert held_inside < 2 * batch_bytes
 
 
+@on_duckdb_and_postgres
 def test_nested_transaction_joins_the_outer_one(warehouse_url):
     with connect(warehouse_url) as warehouse:
         _seed_events(warehouse)
@@ -364,6 +527,11 @@ def test_table_columns_of_a_missing_table_is_empty(warehouse_url):
     ("url", "problem"),
     [
         ("mysql://x", "unknown kind of warehouse"),
+        ("spark://local", "no folder"),
+        ("spark://", "no folder"),
+        ("spark:///", "no folder"),
+        ("spark://master.example.com:7077", "a Spark cluster is not supported"),
+        ("sc://connect.example.com:15002", "a Spark cluster is not supported"),
         ("sqlite:///tmp/w.db", "unknown kind of warehouse"),
         ("", "unknown kind of warehouse"),
         ("duckdb://", "no file path"),
@@ -378,7 +546,7 @@ def test_bad_warehouse_url_names_the_setting_and_what_was_expected(url, problem)
         parse_warehouse_url(url)
     message = str(caught.value)
     assert message.startswith(f"WAREHOUSE_URL={url!r}: {problem}")
-    assert "expected duckdb:///path/to/file.duckdb or postgresql://user:password@host:port/database" in message
+    assert "expected duckdb:///path/to/file.duckdb, postgresql://user:password@host:port/database or spark:///path/to/folder" in message
     assert "\n" not in message
 
 
@@ -425,6 +593,20 @@ def test_duckdb_url_paths_come_back_absolute(tmp_path, monkeypatch):
     assert parsed.engine == "duckdb"
     assert parsed.duckdb_path == tmp_path / "data" / "w.duckdb"
     assert parse_warehouse_url(f"duckdb:///{tmp_path}/w.duckdb").duckdb_path == tmp_path / "w.duckdb"
+
+
+def test_spark_url_folders_come_back_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative = parse_warehouse_url("spark://data/spark")
+    assert (relative.engine, relative.spark_folder, relative.url) == ("spark", tmp_path / "data" / "spark", f"spark://{tmp_path}/data/spark")
+    assert parse_warehouse_url(f"spark://{tmp_path}/w").spark_folder == tmp_path / "w"
+    assert parse_warehouse_url(parse_warehouse_url(f"spark://{tmp_path}/w").url).spark_folder == tmp_path / "w"
+
+
+@pytest.mark.spark
+def test_spark_refuses_a_session_on_another_folder_in_the_same_process(spark_url, tmp_path):
+    with pytest.raises(WarehouseUrlError, match=r"a Spark session with its warehouse in .* already runs in this process"):
+        connect(f"spark://{tmp_path / 'elsewhere'}")
 
 
 def test_row_counts_lists_tables_and_views_of_the_given_schemas_with_counts(warehouse_url):

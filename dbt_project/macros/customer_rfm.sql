@@ -142,6 +142,10 @@
     same rows made PostgreSQL materialise them, and the feature snapshots' full build at 100,000
     customers has 15.5M date, customer and category rows (written to disk, then read twice). -#}
 {% macro category_summary(category_spend, partition_by) -%}
+    {{ return(adapter.dispatch('category_summary')(category_spend, partition_by)) }}
+{%- endmacro %}
+
+{% macro default__category_summary(category_spend, partition_by) -%}
     {%- set groups = partition_by | join(', ') -%}
     select distinct on ({{ groups }})
         {{ groups }},
@@ -156,4 +160,34 @@
     from {{ category_spend }}
     window per_group as (partition by {{ groups }})
     order by {{ groups }}, category_amount desc, category
+{%- endmacro %}
+
+{#- Spark SQL has no `distinct on`: the same windows, with each group's categories ranked in one
+    more, and the first kept. `nulls last` as PostgreSQL and DuckDB sort a null category. -#}
+{% macro spark__category_summary(category_spend, partition_by) -%}
+    {%- set groups = partition_by | join(', ') -%}
+    select
+        {{ groups }},
+        favourite_category,
+        favourite_category_share,
+        distinct_categories,
+        gross_amount,
+        discount_amount,
+        units
+    from (
+        select
+            {{ groups }},
+            category as favourite_category,
+            case when sum(category_amount) over per_group > 0
+                then {{ decimal_ratio('category_amount', 'sum(category_amount) over per_group') }}
+            end as favourite_category_share,
+            count(*) over per_group as distinct_categories,
+            sum(gross_amount) over per_group as gross_amount,
+            sum(discount_amount) over per_group as discount_amount,
+            sum(units) over per_group as units,
+            row_number() over (partition by {{ groups }} order by category_amount desc, category nulls last) as category_rank
+        from {{ category_spend }}
+        window per_group as (partition by {{ groups }})
+    ) as ranked_categories
+    where category_rank = 1
 {%- endmacro %}

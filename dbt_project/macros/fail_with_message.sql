@@ -14,3 +14,8 @@
 {% macro duckdb__fail_with_message(message_sql) -%}
     cast(error({{ message_sql }}) as {{ dbt.type_string() }})
 {%- endmacro %}
+
+{#- Spark's raise_error stops the query with the message as it is. -#}
+{% macro spark__fail_with_message(message_sql) -%}
+    cast(raise_error({{ message_sql }}) as {{ dbt.type_string() }})
+{%- endmacro %}

@@ -3,15 +3,15 @@
 -- schema has its own read role; BI's role does not read it.
 {%- set as_of_date = as_of_date_sql() %}
 
-with crm_versions as not materialized (
+with crm_versions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__customer_versions') }}
 ),
 
-identity as not materialized (
+identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 
-features as not materialized (
+features as {{ cte_not_materialized() }} (
     select * from {{ ref('customer_features') }}
 ),
 

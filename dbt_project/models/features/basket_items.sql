@@ -10,15 +10,15 @@
 -- depends_on: {{ ref('changed_baskets') }}
 {%- set as_of_date = as_of_date_sql() %}
 
-with orders as not materialized (
+with orders as {{ cte_not_materialized() }} (
     select * from {{ ref('orders_as_known') }}
 ),
 
-order_lines as not materialized (
+order_lines as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_order_lines') }}
 ),
 
-products as not materialized (
+products as {{ cte_not_materialized() }} (
     select * from {{ ref('dim_products') }}
 ),
 

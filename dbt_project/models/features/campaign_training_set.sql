@@ -14,19 +14,19 @@
 -- date, else null; the baseline "target the highest churn risk" learns from it.
 {%- set as_of_date = as_of_date_sql() %}
 
-with campaign_responses as not materialized (
+with campaign_responses as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_campaign_responses') }}
 ),
 
-feature_dates as not materialized (
+feature_dates as {{ cte_not_materialized() }} (
     select * from {{ ref('feature_dates') }}
 ),
 
-snapshots as not materialized (
+snapshots as {{ cte_not_materialized() }} (
     select * from {{ ref('customer_feature_snapshots') }}
 ),
 
-training_labels as not materialized (
+training_labels as {{ cte_not_materialized() }} (
     select * from {{ ref('training_labels') }}
 ),
 

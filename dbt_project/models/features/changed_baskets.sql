@@ -24,11 +24,11 @@
 {#- While parsing (no execute) the whole SQL renders, so dbt sees every ref. #}
 {%- set first_build = execute and built is none %}
 
-with orders as not materialized (
+with orders as {{ cte_not_materialized() }} (
     select * from {{ ref('orders_as_known') }}
 ),
 
-order_lines as not materialized (
+order_lines as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_order_lines') }}
 ),
 

@@ -55,7 +55,7 @@
     {%- set since_built = timestamp_literal(newest | min if newest else none) %}
 {%- endif %}
 
-with identity as not materialized (
+with identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 
@@ -86,15 +86,15 @@ latest_held as (
     ) as latest_dates
 ),
 
-orders as not materialized (
+orders as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_orders') }}
 ),
 
-ticket_versions as not materialized (
+ticket_versions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_service__ticket_versions') }}
 ),
 
-crm_versions as not materialized (
+crm_versions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__customer_versions') }}
 ),
 

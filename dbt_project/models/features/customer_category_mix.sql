@@ -4,7 +4,7 @@
 -- never disagree.
 {%- set as_of_date = as_of_date_sql() %}
 
-with basket_items as not materialized (
+with basket_items as {{ cte_not_materialized() }} (
     select * from {{ ref('basket_items') }}
 ),
 
@@ -24,8 +24,8 @@ final as (
         cast(category as {{ dbt.type_string() }}) as category,
         cast(net_amount as numeric(18, 2)) as net_amount,
         cast(case when sum(net_amount) over (partition by customer_id) > 0
-            then net_amount / sum(net_amount) over (partition by customer_id)
-        end as double precision) as spend_share
+            then {{ decimal_ratio('net_amount', 'sum(net_amount) over (partition by customer_id)') }}
+        end as {{ type_double() }}) as spend_share
     from category_spend
 )
 

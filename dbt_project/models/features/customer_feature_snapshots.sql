@@ -12,35 +12,35 @@ with feature_dates as (
 -- On a full build joined to the dates again by each reader: materialised once, PostgreSQL wrote
 -- the 21M date and order rows (100,000 customers, 25 dates) to disk and read them back twice. An
 -- incremental build's few (a new date, the changed customers' history) are kept once for four readers.
-orders as {% if not builds_on_this() %}not materialized {% endif %}(
+orders as {% if not builds_on_this() %}{{ cte_not_materialized() }} {% endif %}(
     {{ known_in_feature_work(ref('orders_as_known')) }}
 ),
 
-tickets as not materialized (
+tickets as {{ cte_not_materialized() }} (
     {{ known_in_feature_work(ref('tickets_as_known')) }}
 ),
 
-order_lines as not materialized (
+order_lines as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_order_lines') }}
 ),
 
-products as not materialized (
+products as {{ cte_not_materialized() }} (
     select * from {{ ref('dim_products') }}
 ),
 
-crm_versions as not materialized (
+crm_versions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__customer_versions') }}
 ),
 
-interactions as not materialized (
+interactions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__interactions') }}
 ),
 
-campaign_members as not materialized (
+campaign_members as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__campaign_members') }}
 ),
 
-identity as not materialized (
+identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 
@@ -201,14 +201,14 @@ category_features as (
         category_mix.as_of_date,
         category_mix.customer_id,
         category_mix.favourite_category,
-        cast(category_mix.favourite_category_share as double precision) as favourite_category_share,
+        cast(category_mix.favourite_category_share as {{ type_double() }}) as favourite_category_share,
         category_mix.distinct_categories,
         cast(case when category_mix.gross_amount > 0
-            then category_mix.discount_amount / category_mix.gross_amount
-        end as double precision) as discount_share,
+            then {{ decimal_ratio('category_mix.discount_amount', 'category_mix.gross_amount') }}
+        end as {{ type_double() }}) as discount_share,
         cast(case when order_features.frequency > 0
             then 1.0 * category_mix.units / order_features.frequency
-        end as double precision) as items_per_order
+        end as {{ type_double() }}) as items_per_order
     from category_mix
     left join order_features
         on category_mix.as_of_date = order_features.as_of_date
@@ -302,7 +302,7 @@ final as (
         cast(coalesce(order_features.monetary, 0) as numeric(18, 2)) as monetary,
         -- A double, unrounded (as in customer_360): rounded to cents, a quotient ending in a half cent
         -- rounded up on PostgreSQL (exact numeric division) and down on DuckDB (division in double).
-        cast(order_features.monetary as double precision) / nullif(order_features.frequency, 0) as average_order_value,
+        cast(order_features.monetary as {{ type_double() }}) / nullif(order_features.frequency, 0) as average_order_value,
         order_features.recency_days,
         order_features.first_revenue_order_date as first_order_date,
         order_features.last_revenue_order_date as last_order_date,
@@ -313,7 +313,7 @@ final as (
         cast(coalesce(order_features.cancelled_orders, 0) as integer) as cancelled_orders,
         cast(case when order_features.order_count > 0
             then 1.0 * order_features.returned_orders / order_features.order_count
-        end as double precision) as return_rate,
+        end as {{ type_double() }}) as return_rate,
         favourite_channels.favourite_channel,
         category_features.favourite_category,
         category_features.favourite_category_share,
@@ -321,16 +321,16 @@ final as (
         category_features.discount_share,
         cast(case when order_features.frequency > 0
             then coalesce(category_features.items_per_order, 0)
-        end as double precision) as items_per_order,
+        end as {{ type_double() }}) as items_per_order,
         cast(case when order_features.frequency > 0
             then 1.0 * order_features.web_orders / order_features.frequency
-        end as double precision) as web_share,
+        end as {{ type_double() }}) as web_share,
         cast(case when order_features.frequency > 0
             then 1.0 * order_features.store_orders / order_features.frequency
-        end as double precision) as store_share,
+        end as {{ type_double() }}) as store_share,
         cast(case when order_features.frequency > 0
             then 1.0 * order_features.phone_orders / order_features.frequency
-        end as double precision) as phone_share,
+        end as {{ type_double() }}) as phone_share,
         cast(contact_consent.marketing_opt_in = 1 as boolean) as marketing_opt_in,
         cast(coalesce(ticket_features.tickets_opened, 0) as integer) as tickets_opened,
         cast(coalesce(ticket_features.tickets_opened_last_90_days, 0) as integer) as tickets_opened_last_90_days,
@@ -338,7 +338,7 @@ final as (
         cast(coalesce(ticket_features.unresolved_tickets, 0) as integer) as unresolved_tickets,
         cast(coalesce(ticket_features.slow_reply_tickets, 0) as integer) as slow_reply_tickets,
         cast(coalesce(ticket_features.rated_tickets, 0) as integer) as rated_tickets,
-        cast(ticket_features.average_satisfaction as double precision) as average_satisfaction,
+        cast(ticket_features.average_satisfaction as {{ type_double() }}) as average_satisfaction,
         cast(coalesce(ticket_features.dissatisfied_tickets, 0) as integer) as dissatisfied_tickets,
         cast({{ dbt.datediff('ticket_features.last_ticket_date', 'known_customers.as_of_date', 'day') }} as integer)
             as days_since_last_ticket,
@@ -349,7 +349,7 @@ final as (
         cast(coalesce(campaign_features.campaign_conversions, 0) as integer) as campaign_conversions,
         cast(case when campaign_features.campaigns_received > 0
             then 1.0 * campaign_features.campaign_conversions / campaign_features.campaigns_received
-        end as double precision) as campaign_response_rate,
+        end as {{ type_double() }}) as campaign_response_rate,
         {{ built_at() }} as _built_at
     from known_customers
     left join known_contacts

@@ -1,9 +1,9 @@
 -- Features of every customer known on the run's as-of date, as known on that date.
-with snapshots as not materialized (
+with snapshots as {{ cte_not_materialized() }} (
     select * from {{ ref('customer_feature_snapshots') }}
 ),
 
-feature_dates as not materialized (
+feature_dates as {{ cte_not_materialized() }} (
     select * from {{ ref('feature_dates') }}
 ),
 

@@ -61,7 +61,7 @@ final as (
         cast({{ dbt.datediff('first_purchase_date', 'as_of_date', 'day') }} as integer) as purchase_age_days,
         -- The exact sum divided in double, as average_order_value: an average taken in numeric on
         -- PostgreSQL and in double on DuckDB could differ in the last digit.
-        cast(repeat_amount as double precision) / nullif(purchase_days - 1, 0) as mean_repeat_value,
+        cast(repeat_amount as {{ type_double() }}) / nullif(purchase_days - 1, 0) as mean_repeat_value,
         cast(monetary_last_long_window as numeric(18, 2)) as monetary_last_365_days,
         {{ built_at() }} as _built_at
     from customer_purchases

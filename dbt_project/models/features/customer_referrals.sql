@@ -3,15 +3,15 @@
 -- own contact is known then. A customer with several contacts naming different referrers has an
 -- edge to each. Identity is taken as it is now (a correction, as everywhere in features): a
 -- referral inside one customer (duplicate signups later merged) is no edge.
-with feature_dates as not materialized (
+with feature_dates as {{ cte_not_materialized() }} (
     select * from {{ ref('feature_dates') }}
 ),
 
-crm_versions as not materialized (
+crm_versions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__customer_versions') }}
 ),
 
-identity as not materialized (
+identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 

@@ -1,6 +1,6 @@
 -- Recency, frequency and monetary value of every customer with a revenue order known on the
 -- as-of date: the input of the RFM segmentation.
-with customer_features as not materialized (
+with customer_features as {{ cte_not_materialized() }} (
     select * from {{ ref('customer_features') }}
 ),
 

@@ -16,15 +16,15 @@
 -- build, as fct_orders' own hook does: in one `dbt build` (the DAG's) that is every order fct_orders
 -- dropped. fct_orders refreshed alone, or this model built without it after a load, leaves a deleted
 -- order here until this model is refreshed too (the gap macros/incremental_reprocessing.sql notes).
-with header_versions as not materialized (
+with header_versions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_sales__order_versions') }}
 ),
 
-orders as not materialized (
+orders as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_orders') }}
 ),
 
-status_history as not materialized (
+status_history as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_sales__order_status_history') }}
 ),
 

@@ -5,15 +5,15 @@
 -- is_known_on), as orders_as_known. stg_service__tickets keeps only a ticket's latest version,
 -- which may have been reopened or rated since: the versions are read from
 -- stg_service__ticket_versions (each with its delivery date).
-with ticket_versions as not materialized (
+with ticket_versions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_service__ticket_versions') }}
 ),
 
-identity as not materialized (
+identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 
-sla_targets as not materialized (
+sla_targets as {{ cte_not_materialized() }} (
     select * from {{ ref('service_sla_targets') }}
 ),
 

@@ -12,11 +12,11 @@
     a changed customer on every date. -#}
 -- depends_on: {{ ref('changed_customers') }}
 
-with snapshots as not materialized (
+with snapshots as {{ cte_not_materialized() }} (
     select * from {{ ref('customer_feature_snapshots') }}
 ),
 
-feature_dates as not materialized (
+feature_dates as {{ cte_not_materialized() }} (
     select * from {{ ref('feature_dates') }}
 ),
 
@@ -31,7 +31,7 @@ feature_dates as not materialized (
 {%- endset %}
 {{ feature_work_ctes('feature_dates', 'is_training_snapshot', dates_with_a_closing_window) }}
 
-orders as not materialized (
+orders as {{ cte_not_materialized() }} (
     select * from {{ ref('orders_as_known') }}
 ),
 

@@ -3,15 +3,15 @@
 -- stored once, in customer_feature_snapshots, and a snapshot rewritten there (an identity merge)
 -- is read here as rewritten; training_labels redoes the same customers' labels in the same run.
 
-with labels as not materialized (
+with labels as {{ cte_not_materialized() }} (
     select * from {{ ref('training_labels') }}
 ),
 
-snapshots as not materialized (
+snapshots as {{ cte_not_materialized() }} (
     select * from {{ ref('customer_feature_snapshots') }}
 ),
 
-purchase_summaries as not materialized (
+purchase_summaries as {{ cte_not_materialized() }} (
     select * from {{ ref('customer_purchase_summary') }}
 ),
 

@@ -54,6 +54,9 @@
 {%- set resolution_settings = var('identity_max_crm_ids_per_email') ~ ':' ~ var('identity_max_rounds') %}
 {%- set only_affected_records = execute and is_incremental() and has_column(this, '_resolution_settings')
     and (run_query('select _resolution_settings from ' ~ this ~ ' limit 1').columns[0].values() | list) == [resolution_settings] %}
+{#- The CTEs up to the links between identifiers, kept as text: Spark's label propagation runs
+    them as statements of their own (macros/identifier_label_rounds.sql). -#}
+{%- set linked_identifiers_ctes -%}
 with all_crm_contacts as (
     select crm_id from {{ ref('stg_crm__customers') }}
 ),
@@ -263,64 +266,11 @@ identifier_links as (
         and one.source_table = other.source_table
         and one.source_key = other.source_key
         and one.identifier <> other.identifier
-),
+)
+{%- endset %}
+{{ linked_identifiers_ctes }},
 
--- The rounds run on numbers, not text: each linked identifier numbered in its sort order, so the
--- smallest number is the smallest identifier. Every round's labels are held to the end of the
--- query (below), as two identifiers of ~30 characters a row when text (at 100,000 customers the
--- build's peak fell from 3.8 to 2.7 GB; at a million it still spills ~19 GB elsewhere).
-identifier_numbers as materialized (
-    select identifier, row_number() over (order by identifier) as identifier_number
-    from (select distinct from_identifier as identifier from identifier_links) as linked
-),
-
-number_links as materialized (
-    select one.identifier_number as from_number, other.identifier_number as to_number
-    from identifier_links
-    inner join identifier_numbers as one on identifier_links.from_identifier = one.identifier
-    inner join identifier_numbers as other on identifier_links.to_identifier = other.identifier
-),
-
--- Round 0: every linked identifier labelled with itself. Each round's labels are read more than
--- once: materialised, so no engine inlines them into a plan that multiplies with every round.
-labels_0 as materialized (
-    select identifier_number as identifier, identifier_number as label
-    from identifier_numbers
-),
-{% for round in range(1, var('identity_max_rounds') + 1) %}
--- Hooking: a label takes the smallest label linked to an identifier it labels.
-hooks_{{ round }} as materialized (
-    select own.label as identifier, min(other.label) as label
-    from number_links
-    inner join labels_{{ round - 1 }} as own on number_links.from_number = own.identifier
-    inner join labels_{{ round - 1 }} as other on number_links.to_number = other.identifier
-    where other.label < own.label
-    group by own.label
-),
-
--- An identifier takes the smallest of its label, its hook, its label's label and its label's hook.
-hooked_{{ round }} as materialized (
-    select
-        labels.identifier,
-        least(
-            labels.label,
-            coalesce(own_hook.label, labels.label),
-            labelled.label,
-            coalesce(label_hook.label, labelled.label)
-        ) as label
-    from labels_{{ round - 1 }} as labels
-    inner join labels_{{ round - 1 }} as labelled on labels.label = labelled.identifier
-    left join hooks_{{ round }} as own_hook on labels.identifier = own_hook.identifier
-    left join hooks_{{ round }} as label_hook on labels.label = label_hook.identifier
-),
-
--- Jumping: and then its new label's new label, so a chain of hooks shortens by half.
-labels_{{ round }} as materialized (
-    select hooked.identifier, least(hooked.label, named.label) as label
-    from hooked_{{ round }} as hooked
-    inner join hooked_{{ round }} as named on hooked.label = named.identifier
-),
-{% endfor %}
+{{ identifier_label_rounds(linked_identifiers_ctes, var('identity_max_rounds')) }}
 -- Settled when every link joins two equal labels; otherwise the build stops here, naming one.
 unsettled_identifiers as (
     select distinct number_links.from_number as identifier

@@ -1,11 +1,11 @@
 {#- z for a two-sided 95% interval under the normal approximation. -#}
 {%- set z_95 = 1.959963984540054 -%}
 
-with responses as not materialized (
+with responses as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_campaign_responses') }}
 ),
 
-campaigns as not materialized (
+campaigns as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__campaigns') }}
 ),
 
@@ -25,10 +25,10 @@ group_counts as (
 rates as (
     select
         group_counts.*,
-        cast(treatment_responses as double precision) / nullif(treatment_members, 0) as treatment_response_rate,
-        cast(control_responses as double precision) / nullif(control_members, 0) as control_response_rate,
-        cast(treatment_conversions as double precision) / nullif(treatment_members, 0) as treatment_conversion_rate,
-        cast(control_conversions as double precision) / nullif(control_members, 0) as control_conversion_rate
+        cast(treatment_responses as {{ type_double() }}) / nullif(treatment_members, 0) as treatment_response_rate,
+        cast(control_responses as {{ type_double() }}) / nullif(control_members, 0) as control_response_rate,
+        cast(treatment_conversions as {{ type_double() }}) / nullif(treatment_members, 0) as treatment_conversion_rate,
+        cast(control_conversions as {{ type_double() }}) / nullif(control_members, 0) as control_conversion_rate
     from group_counts
 ),
 

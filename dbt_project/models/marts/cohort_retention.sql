@@ -4,11 +4,11 @@
 -- recompute is one pass over a few columns of fct_orders for a few hundred rows; only the cells
 -- whose figures moved are written (and stamped with _built_at). Cells no longer in the grid (a
 -- cohort left empty, months after the latest with orders) go in the post-hook.
-with orders as not materialized (
+with orders as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_orders') }}
 ),
 
-dates as not materialized (
+dates as {{ cte_not_materialized() }} (
     select * from {{ ref('dim_date') }}
 ),
 
@@ -86,7 +86,7 @@ final as (
         cast({{ dbt.datediff('grid.cohort_month', 'grid.activity_month', 'month') }} as integer) as months_since_acquisition,
         cast(grid.cohort_customers as integer) as cohort_customers,
         cast(coalesce(activity.active_customers, 0) as integer) as active_customers,
-        cast(coalesce(activity.active_customers, 0) as double precision) / grid.cohort_customers as retention_rate,
+        cast(coalesce(activity.active_customers, 0) as {{ type_double() }}) / grid.cohort_customers as retention_rate,
         cast(coalesce(revenue.revenue, 0) as numeric(18, 2)) as revenue
     from grid
     left join activity

@@ -7,19 +7,19 @@
     the rows of customers no longer known are those left older (the post-hook removes them). At
     100,000 customers the whole rebuild aggregated every order line daily. -#}
 -- depends_on: {{ ref('changed_customers') }}
-with customers as not materialized (
+with customers as {{ cte_not_materialized() }} (
     select * from {{ ref('dim_customers') }}
 ),
 
-all_orders as not materialized (
+all_orders as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_orders') }}
 ),
 
-order_lines as not materialized (
+order_lines as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_order_lines') }}
 ),
 
-products as not materialized (
+products as {{ cte_not_materialized() }} (
     select * from {{ ref('dim_products') }}
 ),
 
@@ -60,19 +60,19 @@ recomputed_customers as (
     {%- endif %}
 {%- endset %}
 
-orders as not materialized (
+orders as {{ cte_not_materialized() }} (
     select * from all_orders {{ of_recomputed_customers }}
 ),
 
-tickets as not materialized (
+tickets as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_tickets') }} {{ of_recomputed_customers }}
 ),
 
-interactions as not materialized (
+interactions as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_interactions') }} {{ of_recomputed_customers }}
 ),
 
-campaign_responses as not materialized (
+campaign_responses as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_campaign_responses') }} {{ of_recomputed_customers }}
 ),
 
@@ -157,10 +157,10 @@ activity as (
         favourite_channels.favourite_channel,
         cast(coalesce(ticket_summary.ticket_count, 0) as integer) as ticket_count,
         cast(coalesce(ticket_summary.open_ticket_count, 0) as integer) as open_ticket_count,
-        cast(ticket_summary.average_satisfaction as double precision) as average_satisfaction,
+        cast(ticket_summary.average_satisfaction as {{ type_double() }}) as average_satisfaction,
         cast(coalesce(interaction_summary.interaction_count, 0) as integer) as interaction_count,
         cast(coalesce(campaign_summary.campaigns_received, 0) as integer) as campaigns_received,
-        cast(campaign_summary.campaign_responses as double precision) / nullif(campaign_summary.campaigns_received, 0)
+        cast(campaign_summary.campaign_responses as {{ type_double() }}) / nullif(campaign_summary.campaigns_received, 0)
             as campaign_response_rate
     from customers
     left join order_summary
@@ -209,7 +209,7 @@ final as (
         activity.frequency,
         activity.monetary,
         -- A ratio in double precision: a decimal quotient rounds differently on the two engines.
-        cast(activity.monetary as double precision) / nullif(activity.frequency, 0) as average_order_value,
+        cast(activity.monetary as {{ type_double() }}) / nullif(activity.frequency, 0) as average_order_value,
         activity.orders_placed,
         activity.returned_orders,
         activity.returned_amount,

@@ -3,7 +3,7 @@
     The table reads its own previous state (a --full-refresh keeps it); an alias follows its
     target when that key retires too. -#}
 {%- set previous_aliases = load_relation(this) if this is not none else none %}
-with identity as not materialized (
+with identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 

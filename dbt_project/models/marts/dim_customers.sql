@@ -1,8 +1,8 @@
-with identities as not materialized (
+with identities as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 
-crm_contacts as not materialized (
+crm_contacts as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__customers') }}
 ),
 
@@ -31,9 +31,7 @@ customer_contacts as (
 -- A customer with several CRM contacts (a duplicate signup) takes its attributes from the one
 -- with a valid email, then the most recently modified, then the oldest id: the original.
 best_contact as (
-    select distinct on (customer_id) *
-    from customer_contacts
-    order by customer_id, is_email_valid desc, modified_at desc, crm_id
+    {{ first_row_per_group('customer_contacts', ['customer_id'], ['is_email_valid desc', 'modified_at desc', 'crm_id']) }}
 ),
 
 contact_counts as (

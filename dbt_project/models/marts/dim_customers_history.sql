@@ -2,7 +2,7 @@
 -- version raw holds: a backfill and a run per day see the same versions, so give the same history.
 -- Versions are ordered by the CRM's own modification time (a version delivered late still lands
 -- where it belongs), ties by delivery date and version hash, never by load time.
-with versions as not materialized (
+with versions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__customer_versions') }}
     where not _is_deleted
 ),

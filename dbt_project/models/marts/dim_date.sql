@@ -2,23 +2,23 @@
     generate_series is not. -#}
 {%- set digit_values = range(10) | join('), (') -%}
 
-with orders as not materialized (
+with orders as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_sales__orders') }}
 ),
 
-payments as not materialized (
+payments as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_sales__payments') }}
 ),
 
-customers as not materialized (
+customers as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__customers') }}
 ),
 
-interactions as not materialized (
+interactions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__interactions') }}
 ),
 
-tickets as not materialized (
+tickets as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_service__tickets') }}
 ),
 
@@ -84,12 +84,12 @@ final as (
         cast(extract(quarter from date_day) as integer) as quarter_number,
         cast(extract(month from date_day) as integer) as month_number,
         cast(extract(day from date_day) as integer) as day_of_month,
-        cast(extract(isodow from date_day) as integer) as iso_day_of_week,
+        cast({{ iso_day_of_week('date_day') }} as integer) as iso_day_of_week,
         cast({{ dbt.date_trunc('week', 'date_day') }} as date) as week_start_date,
         cast({{ dbt.date_trunc('month', 'date_day') }} as date) as month_start_date,
         cast({{ dbt.date_trunc('quarter', 'date_day') }} as date) as quarter_start_date,
         cast({{ dbt.date_trunc('year', 'date_day') }} as date) as year_start_date,
-        extract(isodow from date_day) in (6, 7) as is_weekend
+        {{ iso_day_of_week('date_day') }} in (6, 7) as is_weekend
     from days
 )
 

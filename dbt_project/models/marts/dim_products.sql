@@ -1,4 +1,4 @@
-with products as not materialized (
+with products as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_sales__products') }}
 ),
 

@@ -1,12 +1,12 @@
-with members as not materialized (
+with members as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__campaign_members') }}
 ),
 
-campaigns as not materialized (
+campaigns as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__campaigns') }}
 ),
 
-identity as not materialized (
+identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 

@@ -1,8 +1,8 @@
-with interactions as not materialized (
+with interactions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__interactions') }}
 ),
 
-identity as not materialized (
+identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 

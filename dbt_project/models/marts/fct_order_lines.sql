@@ -4,11 +4,11 @@
 -- staging's `_built_at`: staging rewrites a line when a version of it or of its order is loaded,
 -- which is when the view's row can change, so publish and the day's tests read the rows staging
 -- wrote.
-with order_lines as not materialized (
+with order_lines as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_sales__order_lines') }}
 ),
 
-orders as not materialized (
+orders as {{ cte_not_materialized() }} (
     select order_id from {{ ref('stg_sales__orders') }}
 ),
 

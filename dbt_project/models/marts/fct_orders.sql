@@ -1,13 +1,13 @@
 -- depends_on: {{ ref('stg_sales__order_line_versions') }}
-with orders as not materialized (
+with orders as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_sales__orders') }}
 ),
 
-order_lines as not materialized (
+order_lines as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_order_lines') }}
 ),
 
-identity as not materialized (
+identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 

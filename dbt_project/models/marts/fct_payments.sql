@@ -3,7 +3,7 @@
 -- rewrites a payment when a version of it or of its order is loaded (its orphan flag follows the
 -- order), which is when the view's row can change, so publish and the day's tests read the rows
 -- staging wrote.
-with payments as not materialized (
+with payments as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_sales__payments') }}
 ),
 

@@ -1,12 +1,12 @@
-with tickets as not materialized (
+with tickets as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_service__tickets') }}
 ),
 
-sla_targets as not materialized (
+sla_targets as {{ cte_not_materialized() }} (
     select * from {{ ref('service_sla_targets') }}
 ),
 
-identity as not materialized (
+identity as {{ cte_not_materialized() }} (
     select * from {{ ref('int_customer_identity') }}
 ),
 

@@ -4,11 +4,11 @@
 -- one pass over a few columns of fct_tickets for a few hundred rows; only the days whose figures
 -- moved are written (and stamped with _built_at). Days now outside the tickets' span go in the
 -- post-hook.
-with tickets as not materialized (
+with tickets as {{ cte_not_materialized() }} (
     select * from {{ ref('fct_tickets') }}
 ),
 
-dates as not materialized (
+dates as {{ cte_not_materialized() }} (
     select * from {{ ref('dim_date') }}
 ),
 
@@ -33,7 +33,7 @@ opened as (
         sum(case when is_sla_breached then 1 else 0 end) as breached_tickets,
         count(is_sla_breached) as sla_judged_tickets,
         -- percentile_cont ... within group is standard SQL, the same on PostgreSQL and DuckDB.
-        percentile_cont(0.5) within group (order by cast(first_reply_minutes as double precision))
+        percentile_cont(0.5) within group (order by cast(first_reply_minutes as {{ type_double() }}))
             as median_first_reply_minutes
     from tickets
     group by created_date
@@ -44,7 +44,7 @@ solved as (
         solved_date as date_day,
         count(*) as solved_tickets,
         count(satisfaction_rating) as csat_responses,
-        avg(cast(satisfaction_rating as double precision)) as csat
+        avg(cast(satisfaction_rating as {{ type_double() }})) as csat
     from tickets
     where solved_date is not null
     group by solved_date
@@ -78,10 +78,10 @@ final as (
             - sum(solved_tickets) over (order by date_day rows between unbounded preceding and current row)
             as integer
         ) as backlog_tickets,
-        cast(median_first_reply_minutes as double precision) as median_first_reply_minutes,
-        cast(breached_tickets as double precision) / nullif(sla_judged_tickets, 0) as sla_breach_rate,
+        cast(median_first_reply_minutes as {{ type_double() }}) as median_first_reply_minutes,
+        cast(breached_tickets as {{ type_double() }}) / nullif(sla_judged_tickets, 0) as sla_breach_rate,
         cast(coalesce(csat_responses, 0) as integer) as csat_responses,
-        cast(csat as double precision) as csat
+        cast(csat as {{ type_double() }}) as csat
     from daily
 ),
 

@@ -1,4 +1,4 @@
-with source as not materialized (
+with source as {{ cte_not_materialized() }} (
     select * from {{ source('raw_crm', 'campaign_members') }}
 ),
 

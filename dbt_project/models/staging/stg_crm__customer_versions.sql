@@ -11,7 +11,7 @@
     post_hook=["{{ delete_staged_rows_of_deleted_records(source('raw_crm', 'customers'), ['crm_id', '_version_hash']) }}"],
 ) }}
 
-with source as not materialized (
+with source as {{ cte_not_materialized() }} (
     select * from {{ source('raw_crm', 'customers') }}
     {%- if is_incremental() %}
     where {{ changed_since_this_was_built('_loaded_at') }}

@@ -1,4 +1,4 @@
-with versions as not materialized (
+with versions as {{ cte_not_materialized() }} (
     select * from {{ ref('stg_crm__customer_versions') }}
 ),
 

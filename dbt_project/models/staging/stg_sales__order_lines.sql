@@ -9,7 +9,7 @@
 
 -- depends_on: {{ ref('stg_sales__order_versions') }}
 
-with versions as not materialized (
+with versions as {{ cte_not_materialized() }} (
     {{ versions_to_stage(ref('stg_sales__order_line_versions'), ['order_id', 'line_number'], is_incremental(),
         staged_keys_of_orders_loaded_since(['order_id', 'line_number']) if is_incremental() else none) }}
 ),

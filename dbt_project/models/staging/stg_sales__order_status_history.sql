@@ -6,7 +6,7 @@
     post_hook=["{{ delete_staged_rows_of_deleted_records(source('raw_sales', 'order_status_history'), ['history_id']) }}"],
 ) }}
 
-with source as not materialized (
+with source as {{ cte_not_materialized() }} (
     {{ versions_to_stage(source('raw_sales', 'order_status_history'), ['history_id'], is_incremental()) }}
 ),
 

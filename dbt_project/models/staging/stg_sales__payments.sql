@@ -9,7 +9,7 @@
 
 -- depends_on: {{ ref('stg_sales__order_versions') }}
 
-with source as not materialized (
+with source as {{ cte_not_materialized() }} (
     {{ versions_to_stage(source('raw_sales', 'payments'), ['payment_id'], is_incremental(),
         staged_keys_of_orders_loaded_since(['payment_id']) if is_incremental() else none) }}
 ),

@@ -5,7 +5,7 @@
     post_hook=["{{ delete_staged_rows_of_deleted_records(ref('stg_service__ticket_versions'), ['ticket_id']) }}"],
 ) }}
 
-with versions as not materialized (
+with versions as {{ cte_not_materialized() }} (
     {{ versions_to_stage(ref('stg_service__ticket_versions'), ['ticket_id'], is_incremental()) }}
 ),
 

@@ -1,0 +1,97 @@
+"""A local Apache Spark session for this project: tests, benchmarks and the dbt `spark` target's
+session method on one machine.
+
+pyspark is imported inside the function, so the modules that import this one start no JVM and
+load no Spark until a session is asked for. Everything the session writes stays under the folder it is given: the
+warehouse directory, the Derby metastore (which Hive support otherwise creates as `metastore_db/`
+and `derby.log` in the working directory) and the logging configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+# Two cores are what this project's machines (and CI) have; shuffle partitions default to 200,
+# which on demo-sized data is 200 near-empty tasks per shuffle: one per core instead.
+LOCAL_CORES = 2
+SHUFFLE_PARTITIONS = LOCAL_CORES
+
+# Spark's default logging prints every WARN of its start (native Hadoop, loopback address) to
+# stderr; errors alone are worth a line in a test or task log. pyspark's gateway, an "interpreter" to
+# Spark, announces "Setting default log level" at each start unless its logger has the root's level.
+_LOG4J2_PROPERTIES = """\
+rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n
+logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.gateway.level = error
+"""
+
+
+def local_spark_session(folder: Path, app_name: str = "crm-warehouse") -> SparkSession:
+    """A SparkSession on local[2] with Hive support, its warehouse directory, Derby metastore and
+    logging configuration under `folder` (created if missing), the web UI off.
+
+    Spark runs one session's JVM per process: when one is already running here, it is returned as
+    it is (its folder may differ; a warning says so) and stopping it is its creator's business.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as error:
+        raise RuntimeError("local_spark_session needs pyspark, which is not installed: "
+                           "pip install pyspark (and a Java 17 runtime)") from error
+
+    folder = Path(folder).resolve()
+    warehouse_dir = folder / "spark-warehouse"
+    metastore = folder / "metastore_db"
+    log4j = folder / "log4j2.properties"
+
+    running = SparkSession.getActiveSession()
+    if running is not None:
+        used = running.conf.get("spark.sql.warehouse.dir", None) or ""
+        if Path(used.removeprefix("file:")) != warehouse_dir:
+            log.warning("a Spark session is already running in this process (warehouse %s): returning it, not one under %s",
+                        used, folder)
+        return running
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log4j.write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
+
+    # Quoted: Spark splits these options at spaces outside quotes, and a folder may hold a space.
+    java_options = f'"-Dderby.system.home={folder}" "-Dlog4j.configurationFile={log4j.as_uri()}"'
+    builder = (
+        SparkSession.builder.master(f"local[{LOCAL_CORES}]")
+        .appName(app_name)
+        .config("spark.sql.shuffle.partitions", str(SHUFFLE_PARTITIONS))
+        .config("spark.default.parallelism", str(LOCAL_CORES))
+        .config("spark.sql.warehouse.dir", str(warehouse_dir))
+        .config("spark.hadoop.javax.jdo.option.ConnectionURL", f"jdbc:derby:;databaseName={metastore};create=true")
+        .config("spark.driver.extraJavaOptions", java_options)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        # pandas frames cross into Spark as Arrow batches, not row by row through Python.
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Python workers (UDFs, RDD maps) run this interpreter, the one with the project's packages.
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
+        .enableHiveSupport()
+    )
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+__all__ = ["LOCAL_CORES", "SHUFFLE_PARTITIONS", "local_spark_session"]
