@@ -43,17 +43,10 @@ def airflow_environment(base: Mapping[str, str]) -> dict[str, str]:
     """`base` plus this project's Airflow settings; settings already in `base` win.
 
     WAREHOUSE_URL, CRMW_SOURCE_DIR and CRMW_EXPORT_DIR are made absolute, since dbt runs in a copy
-    of the project and tasks in folders of their own. A Spark warehouse is refused before Airflow
-    starts: crm_daily's extract-load and models do not run there yet.
+    of the project and tasks in folders of their own.
     """
     env = dict(base)
     warehouse = parse_warehouse_url(env.get("WAREHOUSE_URL"))
-    if warehouse.engine == "spark":
-        raise RunError(
-            f"WAREHOUSE_URL={warehouse.redacted()!r}: crm_daily's extract-load and customer models run on DuckDB or"
-            " PostgreSQL; on Spark only the dbt project runs so far (`dbt build` in dbt_project/ over raw tables"
-            " loaded there; README, 'Growing past one machine')"
-        )
     env["WAREHOUSE_URL"] = warehouse.url
     env["CRMW_SOURCE_DIR"] = str(Path(env.get("CRMW_SOURCE_DIR") or DEFAULT_SOURCE_DIR).resolve())
     if env.get("CRMW_EXPORT_DIR"):
@@ -103,8 +96,9 @@ def airflow_environment(base: Mapping[str, str]) -> dict[str, str]:
 
 
 def pool_slots(env: Mapping[str, str]) -> int:
-    """One writer on a DuckDB file; PostgreSQL takes CRMW_WAREHOUSE_POOL_SLOTS (default 4)."""
-    if parse_warehouse_url(env["WAREHOUSE_URL"]).engine == "duckdb":
+    """One writer on a DuckDB file, and on a local Spark folder (its Derby metastore lets one
+    process at a time open it); PostgreSQL takes CRMW_WAREHOUSE_POOL_SLOTS (default 4)."""
+    if parse_warehouse_url(env["WAREHOUSE_URL"]).engine in ("duckdb", "spark"):
         return 1
     text = env.get("CRMW_WAREHOUSE_POOL_SLOTS", "4")
     if not text.isdigit() or int(text) < 1:
@@ -119,14 +113,16 @@ def warehouse_run_lock(env: Mapping[str, str], holder: str) -> Iterator[None]:
     otherwise fight over the DuckDB file or replace each other's DAG run in Airflow's metadata.
 
     An OS lock (flock), so a run killed with kill -9 releases it. On DuckDB the lock file sits beside
-    the warehouse file, which catches runs from any Airflow home; on PostgreSQL it sits in
-    AIRFLOW_HOME, named for the server and database.
+    the warehouse file and on Spark inside the warehouse's folder, which catches runs from any Airflow
+    home; on PostgreSQL it sits in AIRFLOW_HOME, named for the server and database.
     """
     import fcntl
 
     warehouse = parse_warehouse_url(env["WAREHOUSE_URL"])
     if warehouse.duckdb_path is not None:
         path = warehouse.duckdb_path.with_name(warehouse.duckdb_path.name + ".crmw-run.lock")
+    elif warehouse.spark_folder is not None:
+        path = warehouse.spark_folder / ".crmw-run.lock"
     else:
         _, _, location = warehouse.url.rpartition("@")  # server and database, never the password
         path = Path(env["AIRFLOW_HOME"]) / f"crmw-run-{sha256(location.encode()).hexdigest()[:16]}.lock"

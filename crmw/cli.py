@@ -14,7 +14,7 @@ from pathlib import Path
 
 from crmw.airflow_runner import RunError, airflow_environment, run_dag, serve, warehouse_run_lock
 from crmw.bench import TIERS
-from warehouse import WarehouseSettingsError, WarehouseUrlError, connect
+from warehouse import WarehouseSettingsError, WarehouseUrlError, connect, parse_warehouse_url
 
 OUTPUT_SCHEMAS = ("staging", "marts", "published", "features", "ml", "activation")
 
@@ -98,6 +98,22 @@ def _params(pairs: list[str]) -> dict[str, object]:
         raise UsageError(f"--{error}") from None
 
 
+def _check_reachable(url: str) -> None:
+    """Fail fast, before Airflow starts, on a warehouse that cannot be reached. A local Spark folder is
+    always there, but Spark may not start: its runtime is checked without starting one, which would
+    cost a JVM held through the run (and Derby, its metastore, admits one process at a time)."""
+    warehouse = parse_warehouse_url(url)
+    if warehouse.engine == "spark":
+        from warehouse.spark import spark_missing
+
+        missing = spark_missing()
+        if missing:
+            raise WarehouseUrlError(f"WAREHOUSE_URL={warehouse.redacted()!r}: a local Spark cannot start here: {missing}")
+        return
+    with connect(url):
+        pass
+
+
 def _command_run(args: argparse.Namespace) -> int:
     from extract_load.load import stale_deliveries
 
@@ -115,8 +131,7 @@ def _command_run(args: argparse.Namespace) -> int:
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     holder = f"crmw run for {span} (pid {os.getpid()}, since {started} UTC, logs in {Path(env['AIRFLOW_HOME']) / 'logs'})"
     with warehouse_run_lock(env, holder):
-        with connect(env["WAREHOUSE_URL"]):
-            pass  # fail fast, before Airflow starts, on a warehouse that cannot be reached
+        _check_reachable(env["WAREHOUSE_URL"])
         run_dag(env, dates, full_refresh=args.full_refresh, params=params, retries=retries)
         with connect(env["WAREHOUSE_URL"]) as warehouse:
             counts = warehouse.row_counts(OUTPUT_SCHEMAS)

@@ -339,14 +339,17 @@ for _task in DAG.tasks:
 @task
 def export_for_bi() -> str:
     """BI's tables without personal data into a DuckDB file of their own (`crmw bi-export`); skipped
-    on PostgreSQL, where BI tools read through their login, and without CRMW_BI_KEY_SALT."""
+    on PostgreSQL and Spark, which BI tools query themselves, and without CRMW_BI_KEY_SALT."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from ml_tasks.tasks import bi_export
     from warehouse.bi import SALT_SETTING
 
-    if parse_warehouse_url().engine != "duckdb":
+    engine = parse_warehouse_url().engine
+    if engine == "postgres":
         raise AirflowSkipException("PostgreSQL warehouse: BI tools read it through the BI login, no file is exported")
+    if engine == "spark":
+        raise AirflowSkipException("Spark warehouse: BI tools read it through a Spark Thrift server, no file is exported")
     if not os.environ.get(SALT_SETTING):
         raise AirflowSkipException(f"{SALT_SETTING} is not set: set it to export BI's tables (README, 'Connect a BI tool')")
     path, rows = bi_export()

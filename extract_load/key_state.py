@@ -157,7 +157,7 @@ class KeyState:
         self._insert_live(self.changed_keys, covers_before, logical_date + dt.timedelta(days=1), live_only=False)
         self.warehouse.refresh_statistics(self.changed_keys)
         self._keep_until(covers_before, logical_date)
-        self.warehouse.execute(f"delete from {KEY_STATE_SYNC} where {where}", names)
+        self.warehouse.delete_rows(KEY_STATE_SYNC, where, names)
         self.warehouse.execute(
             f"insert into {KEY_STATE_SYNC} ({', '.join(_SYNC_COLUMNS)}) values (?, ?, ?, ?)", (*names, logical_date, self._audit_fingerprint(logical_date))
         )
@@ -231,14 +231,14 @@ class KeyState:
         state: rows of the reconciliation's own date are left out, as a rerun of it replaces them."""
         if covers_before >= logical_date:
             return
-        folded = (f"{self.state_table} as kept where exists (select 1 from {self.entity.raw_table} as changed"
-                  f" where changed._batch_date >= ? and changed._batch_date < ? and {_same_key(self.entity, 'changed', 'kept')})")
+        folded = (f"exists (select 1 from {self.entity.raw_table} as changed where changed._batch_date >= ?"
+                  f" and changed._batch_date < ? and {_same_key(self.entity, 'changed', 'kept')})")
         window = (covers_before, logical_date)
         digests = dict(self._stored_digests())
-        _add(digests, self._digests(f"select kept._hash from {folded}", window), -1)
-        self.warehouse.execute(f"delete from {folded}", window)
+        _add(digests, self._digests(f"select kept._hash from {self.state_table} as kept where {folded}", window), -1)
+        self.warehouse.delete_rows(self.state_table, folded, window, alias="kept")
         self._insert_live(self.state_table, covers_before, logical_date, live_only=True)
-        _add(digests, self._digests(f"select kept._hash from {folded}", window), +1)
+        _add(digests, self._digests(f"select kept._hash from {self.state_table} as kept where {folded}", window), +1)
         self._store_digests(digests)
 
     def _insert_live(self, table: str, since: dt.date | None, before: dt.date, *, live_only: bool) -> None:

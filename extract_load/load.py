@@ -93,6 +93,8 @@ DEFAULT_QUARANTINE_MIN_ROWS = 100
 STATISTICS_REFRESH_ROWS = 100_000
 # Files parsed in one pass at most: a first load reads years of daily drops.
 PARSE_GROUP_BYTES = 256 * 2**20
+# md5's 32 hex digits as the groups of a uuid's text (8-4-4-4-12).
+_UUID_PARTS = "^(.{8})(.{4})(.{4})(.{4})(.{12})$"
 _META_TABLES = {
     LOAD_LOG: {
         "system": "string",
@@ -422,10 +424,10 @@ def _reconcile_entity(
     _ensure_raw_tables(warehouse, entity)
     with warehouse.transaction():
         # The reconciliation owns, at its date, the rows it wrote: a rerun replaces them.
-        warehouse.execute(f"delete from {entity.raw_table} where _batch_date = ? and _source_file = ?", (logical_date, source_name))
-        warehouse.execute(f"delete from {QUARANTINE} where _batch_date = ? and source_file = ?", (logical_date, source_name))
-        warehouse.execute(
-            f"delete from {LOAD_AUDIT} where _batch_date = ? and system = ? and entity = ? and step = 'reconcile'",
+        warehouse.delete_rows(entity.raw_table, "_batch_date = ? and _source_file = ?", (logical_date, source_name))
+        warehouse.delete_rows(QUARANTINE, "_batch_date = ? and source_file = ?", (logical_date, source_name))
+        warehouse.delete_rows(
+            LOAD_AUDIT, "_batch_date = ? and system = ? and entity = ? and step = 'reconcile'",
             (logical_date, entity.system.name, entity.name),
         )
         first_load = not warehouse.fetchall(
@@ -501,8 +503,7 @@ def _forget(warehouse: Warehouse, entity: Entity, logical_date: dt.date, full_re
         if table != entity.raw_table:
             conditions.append("system = ? and entity = ?")
             params += [entity.system.name, entity.name]
-        where = f" where {' and '.join(conditions)}" if conditions else ""
-        warehouse.execute(f"delete from {table}{where}", params)
+        warehouse.delete_rows(table, " and ".join(conditions) or "true", params)
 
 
 def _load_delivery(
@@ -527,7 +528,7 @@ def _load_delivery(
     if extra:
         warehouse.ensure_table(entity.raw_table, extra)
         warehouse.ensure_table(_staging_table(entity), extra)
-    data = delivery.rows
+    data = _stored_digests(delivery.rows, warehouse.engine)
     for name, value in {**stamp, "_deleted": False}.items():
         if name in RAW_METADATA_COLUMNS:
             data = data.append_column(name, pa.repeat(value, data.num_rows))
@@ -659,9 +660,9 @@ def _report_unexpected_files(
     system = entity.system
     layout = system.layout or ""
     if full_refresh:
-        warehouse.execute(f"delete from {UNEXPECTED_FILES} where system = ?", (system.name,))
+        warehouse.delete_rows(UNEXPECTED_FILES, "system = ?", (system.name,))
     else:
-        warehouse.execute(f"delete from {UNEXPECTED_FILES} where system = ? and _batch_date = ?", (system.name, logical_date))
+        warehouse.delete_rows(UNEXPECTED_FILES, "system = ? and _batch_date = ?", (system.name, logical_date))
     reported = set(
         warehouse.fetchall(f"select file_name, file_size, file_modified_ns from {UNEXPECTED_FILES} where system = ?", (system.name,))
     )
@@ -808,12 +809,13 @@ def _reconcile_keys(
         state.fill_gone_keys(keys)
         gone_from_source = f"exists (select 1 from {state.gone_keys} as gone where {same_key('gone', 'versions')})"
         among_source_keys = f" and exists (select 1 from {keys} as source where {same_key('source', 'versions')})"
-    contract_columns, digest = ", ".join(entity.column_types), sql_type(warehouse.engine, "digest")
+    contract_columns = ", ".join(entity.column_types)
+    tombstone_hash = _digest_sql(f"md5({_hex('latest._version_hash', warehouse.engine)} || ':deleted')", warehouse.engine)
     audit.rows_deleted = warehouse.execute_count(
         f"insert into {entity.raw_table} ({contract_columns}, _batch_date, _delivery_date, _source_file,"
         " _source_row, _loaded_at, _version_hash, _deleted)"
         f" select {', '.join(f'latest.{name}' for name in entity.column_types)}, ?, ?, ?, null, ?,"
-        f" cast(md5({_hex('latest._version_hash')} || ':deleted') as {digest}), true"
+        f" {tombstone_hash}, true"
         f" from {latest_versions_where(gone_from_source)}"
         " where latest._recency = 1 and not coalesce(latest._deleted, false)",
         (stamp["_batch_date"], logical_date, _reconciliation_source_name(entity), stamp["_loaded_at"], logical_date),
@@ -853,9 +855,31 @@ def _reconcile_keys(
             first_row += table.num_rows
 
 
-def _hex(digest: str) -> str:
+def _hex(digest: str, engine: str) -> str:
     """SQL for a digest column as the 32 hex digits md5 gave (uuid text has hyphens)."""
-    return f"replace(cast({digest} as varchar), '-', '')"
+    return f"replace(cast({digest} as {sql_type(engine, 'string')}), '-', '')"
+
+
+def _digest_sql(hex_digits: str, engine: str) -> str:
+    """SQL for md5's 32 hex digits as a digest of `engine`: its uuid type, or on Spark, which has
+    none, the uuid's text (see _stored_digests)."""
+    if sql_type(engine, "digest") == "uuid":
+        return f"cast({hex_digits} as uuid)"
+    return f"regexp_replace({hex_digits}, '{_UUID_PARTS}', '$1-$2-$3-$4-$5')"
+
+
+def _stored_digests(data: "pa.Table", engine: str) -> "pa.Table":
+    """`data` with its `_version_hash` (md5's 32 hex digits) as `engine` holds a digest. DuckDB and
+    PostgreSQL cast the digits to their uuid type as the rows load; Spark has no uuid type and
+    holds the uuid's text, hyphens and all (as raw copied out of DuckDB arrives there), so the
+    same version has the same text whichever engine delivered it."""
+    import pyarrow.compute as pc
+
+    if sql_type(engine, "digest") == "uuid":
+        return data
+    position = data.schema.get_field_index("_version_hash")
+    as_uuid = pc.replace_substring_regex(data.column(position), _UUID_PARTS, r"\1-\2-\3-\4-\5")
+    return data.set_column(position, "_version_hash", as_uuid)
 
 
 def _integer_keys(keys: Iterable[tuple[str, ...]]) -> list[tuple[int, ...]]:

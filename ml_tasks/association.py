@@ -79,15 +79,17 @@ reason in `holdout_note`: the floors then do not apply.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from ml_tasks.contract import BadParameter, InsufficientData, check_range, checked_input
 
 if TYPE_CHECKING:  # numpy and pandas are imported where used: the DAG parses the registry, which imports the settings
     import numpy as np
     import pandas as pd
+    from pyspark.sql import SparkSession
 
 MODEL_NAME = "association_rules"
 MODEL_VERSION = "eclat-rules-offers-3"
@@ -507,6 +509,10 @@ def mine_rules(baskets: pd.DataFrame, settings: AssociationSettings, item_level:
     return rules, itemsets
 
 
+# A miner of one level's rules, called as mine_rules is: (rows, settings, item_level) -> (rules, itemsets).
+RuleMiner = Callable[["pd.DataFrame", AssociationSettings, str], "tuple[pd.DataFrame, Itemsets]"]
+
+
 # ---- offers ---------------------------------------------------------------------------------------
 
 
@@ -781,13 +787,21 @@ class AssociationFit:
     rules: pd.DataFrame
 
 
-def fit(training: Mapping[str, pd.DataFrame], as_of_date: dt.date,
-        settings: AssociationSettings) -> tuple[AssociationFit, dict]:
+def fit(training: Mapping[str, pd.DataFrame], as_of_date: dt.date, settings: AssociationSettings,
+        spark: SparkSession | None = None) -> tuple[AssociationFit, dict]:
     """Rules at both levels from the window's baskets, with the mining figures and the quality of
-    rules and offers made the same way from the window's earlier baskets, judged on its later ones."""
+    rules and offers made the same way from the window's earlier baskets, judged on its later ones.
+    Mined here, or with `spark` (a SparkSession: the warehouse is Spark) by MLlib's FPGrowth on it,
+    which finds the same itemsets (ml_tasks/association_spark.py)."""
+    mine = mine_rules
+    if spark is not None:
+        from ml_tasks.association_spark import mine_frame_rules_spark
+
+        mine = functools.partial(mine_frame_rules_spark, spark)
     items, baskets = _window_items(training, as_of_date, settings)
-    rules, metrics = _level_rules(items, settings)
-    return AssociationFit(rules), {"baskets": baskets, **metrics, **_holdout_metrics(items, _basket_dates(training), settings)}
+    rules, metrics = _level_rules(items, settings, mine)
+    holdout = _holdout_metrics(items, _basket_dates(training), settings, mine)
+    return AssociationFit(rules), {"baskets": baskets, **metrics, **holdout}
 
 
 def score(fitted: AssociationFit, inputs: Mapping[str, pd.DataFrame], as_of_date: dt.date,
@@ -840,8 +854,9 @@ def _window_items(tables: Mapping[str, pd.DataFrame], as_of_date: dt.date,
     return items, baskets
 
 
-def _level_rules(items: pd.DataFrame, settings: AssociationSettings) -> tuple[pd.DataFrame, dict]:
-    """Rules of both levels (RULE_COLUMNS) and the mining figures of each."""
+def _level_rules(items: pd.DataFrame, settings: AssociationSettings,
+                 mine: RuleMiner = mine_rules) -> tuple[pd.DataFrame, dict]:
+    """Rules of both levels (RULE_COLUMNS) and the mining figures of each, each level mined by `mine`."""
     import pandas as pd
     rules, metrics = [], {"min_count": {}, "min_support_used": {}, "support_raised": {}, "itemsets_by_size": {},
                           "rules": {}, "rules_before_pruning": {}}
@@ -849,7 +864,7 @@ def _level_rules(items: pd.DataFrame, settings: AssociationSettings) -> tuple[pd
         rows = items[items["item_level"] == level]
         if rows.empty:
             continue
-        level_rules, itemsets = mine_rules(rows, settings, level)
+        level_rules, itemsets = mine(rows, settings, level)
         unpruned = association_rules(itemsets, settings.min_confidence, settings.min_lift, False, level)
         rules.append(level_rules)
         metrics["min_count"][level] = itemsets.min_count
@@ -876,7 +891,8 @@ def _basket_dates(tables: Mapping[str, pd.DataFrame]) -> pd.Series:
     return pd.to_datetime(tables[BASKETS_TABLE].groupby("basket_id")["order_date"].first())
 
 
-def _holdout_metrics(items: pd.DataFrame, dates: pd.Series, settings: AssociationSettings) -> dict:
+def _holdout_metrics(items: pd.DataFrame, dates: pd.Series, settings: AssociationSettings,
+                     mine: RuleMiner = mine_rules) -> dict:
     import numpy as np
     import pandas as pd
     none = {"holdout_customers": 0, "offer_hit_rate": None, "offer_precision_at_k": None, "baseline_hit_rate": None,
@@ -896,7 +912,7 @@ def _holdout_metrics(items: pd.DataFrame, dates: pd.Series, settings: Associatio
         return {**result, "holdout_note": f"{n_train} baskets before {split.date()} and {n_test} after: too few to measure"}
     # Rules from the training baskets, mined before the hold-out's other frames are made: mining's
     # working memory on top of them was the task's peak at a million customers (7.4 GB).
-    rules, _ = _level_rules(train, settings)
+    rules, _ = _level_rules(train, settings, mine)
     train_products = train[train["item_level"] == "product"]
     del train  # the offers read its product rows alone
     test = items[~in_train]

@@ -45,7 +45,7 @@ from ml_tasks.association import (
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 
 def frequent_itemsets_spark(rows: DataFrame, min_count: int, max_length: int = 4, max_itemsets: int | None = None,
@@ -73,6 +73,25 @@ def mine_rules_spark(rows: DataFrame, settings: AssociationSettings, item_level:
                      settings.max_itemsets, basket_column, item_column, partitions)
     rules = association_rules(itemsets, settings.min_confidence, settings.min_lift, prune, item_level)
     return rules, itemsets
+
+
+def mine_frame_rules_spark(spark: SparkSession, baskets: pd.DataFrame, settings: AssociationSettings,
+                           item_level: str = "product", prune: bool = True) -> tuple[pd.DataFrame, Itemsets]:
+    """`mine_rules`'s call on `spark`: one level's rows of a pandas frame (basket_id and item, as
+    the model holds its window) mined by `mine_rules_spark`, the same rules and itemsets. The rows
+    reach the session as a parquet file in a temporary folder, as the warehouse adapter hands rows
+    to Spark: through createDataFrame the driver held them whole (the adapter's _as_table_rows)."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Categorical columns stay codes and their categories (parquet's dictionary pages).
+    rows = pa.Table.from_pandas(baskets[["basket_id", "item"]], preserve_index=False)
+    with tempfile.TemporaryDirectory(prefix="crmw-association-") as folder:
+        pq.write_table(rows, Path(folder) / "baskets.parquet")
+        return mine_rules_spark(spark.read.parquet(folder), settings, item_level, prune)
 
 
 def fpgrowth_min_support(min_count: int, baskets: int) -> float:
@@ -170,4 +189,4 @@ def _itemsets(found: list[tuple[list, int]], min_count: int, baskets: int, raise
     )
 
 
-__all__ = ["fpgrowth_min_support", "frequent_itemsets_spark", "mine_rules_spark"]
+__all__ = ["fpgrowth_min_support", "frequent_itemsets_spark", "mine_frame_rules_spark", "mine_rules_spark"]

@@ -440,8 +440,6 @@ def _previous(inputs: Mapping[str, "pd.DataFrame"], table: str) -> "pd.DataFrame
 
 def _buyers(features: "pd.DataFrame") -> "pd.DataFrame":
     """Customers with a revenue order, sorted by customer_id, with the numeric columns as floats."""
-    import pandas as pd
-
     missing = [column for column in _FEATURE_COLUMNS if column not in features.columns]
     if missing:
         raise ValueError(f"{FEATURES}: missing column(s) {', '.join(missing)}")

@@ -16,7 +16,8 @@ day. Its module has, instead of `run`:
   reads to score, the rows it reads: the as-of date's, the window's of a windowed one); the model validates
   itself in time (train on earlier snapshots, validate on a later one) and returns a picklable
   `fitted` holding what scoring needs (and reference samples for drift) and the validation
-  metrics the quality floors name;
+  metrics the quality floors name; a spec with `fits_on_spark` has `fit` also take keyword
+  `spark`: the warehouse's SparkSession when the warehouse is Spark, else None;
 - `score(fitted, inputs, as_of_date, settings) -> (results, metrics)`: as `run`, with the fitted
   model; `metrics["drift_psi"]` maps the score and the top features to their population stability
   against the training data (`ml_tasks.monitoring`).
@@ -202,6 +203,9 @@ class ModelSpec:
     training_signature: tuple[str, ...] = ("count(*)",)
     retrain_max_age_days: int | None = None
     training_change_tolerance: float = 0.0
+    # `fit` takes keyword `spark` (see the module docstring): on a Spark warehouse it runs its heaviest
+    # step on the session the warehouse adapter started in this process.
+    fits_on_spark: bool = False
     # Scores whose outcome later becomes known: ml.model_performance measures them then.
     outcomes: tuple["OutcomeCheck", ...] = ()
     # Models whose outputs of the same date this one reads: the DAG runs it after them.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ml_tasks.contract import OutcomeCheck, OutputTable
 from ml_tasks.warehouse_io import ML_SCHEMA, as_date, ensure_outputs, to_arrow
 from warehouse import Warehouse
-from warehouse.adapter import qualified, quote_identifier
+from warehouse.adapter import qualified, quote_identifier, sql_type
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,6 +108,7 @@ def _scores_and_outcomes(warehouse: Warehouse, check: OutcomeCheck, scored_on: d
     if warehouse.table_columns(KEY_ALIASES):
         current_key = "coalesce(aliases.customer_id, scores.customer_id)"
         aliases = f"left join {qualified(KEY_ALIASES)} as aliases on scores.customer_id = aliases.retired_customer_id"
+    double = sql_type(warehouse.engine, "double")
     return warehouse.fetch_df(
         f"""
         with outcomes as (
@@ -123,9 +124,9 @@ def _scores_and_outcomes(warehouse: Warehouse, check: OutcomeCheck, scored_on: d
         select
             scores.customer_id,
             scores.model_version,
-            cast(scores.{quote_identifier(check.column)} as double precision) as score,
+            cast(scores.{quote_identifier(check.column)} as {double}) as score,
             coalesce(outcomes.orders, 0) as orders,
-            cast(coalesce(outcomes.spend, 0) as double precision) as spend
+            cast(coalesce(outcomes.spend, 0) as {double}) as spend
         from {qualified(check.table)} as scores
         {aliases}
         left join outcomes on {current_key} = outcomes.customer_id

@@ -164,6 +164,8 @@ ASSOCIATION_SPEC = ModelSpec(
     training_signature=("count(*)", "count(distinct basket_id)"),
     retrain_max_age_days=ASSOCIATION_RETRAIN_MAX_AGE_DAYS,
     training_change_tolerance=TRAINING_CHANGE_TOLERANCE,
+    # On a Spark warehouse the itemsets are mined by MLlib's FPGrowth (ml_tasks/association_spark.py).
+    fits_on_spark=True,
     retraining="rules mined from the window's baskets at least weekly, sooner when its rows or baskets move"
                " by more than 1%; offers made daily from each customer's purchases in the window",
     description="Frequent itemsets (exact, sparse Eclat), association rules and next-best offers.",
@@ -420,7 +422,7 @@ ACTIVATION_SPEC = ModelSpec(
             (activation.UPLIFT, activation.UPLIFT_COLUMNS),
         )),
         # Each customer's best offer only: at a million customers the ten offers each were 8M rows.
-        InputTable(activation.OFFERS, columns=activation.OFFER_COLUMNS, may_lack_date=True, row_filter='"rank" = 1'),
+        InputTable(activation.OFFERS, columns=activation.OFFER_COLUMNS, may_lack_date=True, row_filter="rank = 1"),
     ),
     writes=(
         OutputTable(

@@ -79,6 +79,7 @@ def run_model(
     with peak_memory() as peak:
         try:
             with _timed(phases, "read"), connect(warehouse_url) as warehouse:
+                engine = warehouse.engine
                 inputs = _read_inputs(warehouse, spec, as_of_date, settings)
                 plan = _training_plan(warehouse, spec, settings, as_of_date, inputs) if spec.is_trained else None
             primary = inputs[spec.reads[0].name]
@@ -96,7 +97,7 @@ def run_model(
                     with _timed(phases, "score"):
                         results, metrics = module.run(inputs, as_of_date, settings)
                 else:
-                    results, metrics, new_fit = _fit_and_score(module, spec, plan, inputs, as_of_date, settings, phases)
+                    results, metrics, new_fit = _fit_and_score(module, spec, plan, inputs, as_of_date, settings, phases, engine)
                 run["status"] = warehouse_io.PUBLISHED
             except InsufficientData as reason:
                 results = {table.name: warehouse_io.empty_frame(table.columns) for table in spec.writes}
@@ -177,16 +178,18 @@ def _training_plan(warehouse, spec: ModelSpec, settings: Any, as_of_date: dt.dat
 
 
 def _fit_and_score(module, spec: ModelSpec, plan: dict[str, Any], inputs, as_of_date: dt.date, settings: Any,
-                   phases: dict[str, float]):
+                   phases: dict[str, float], engine: str):
     """Score with the stored fit, or refit first; returns (results, metrics, new ml.trained_models row
-    or None). The seconds each took go to `phases`."""
+    or None). The seconds each took go to `phases`. `engine`: the warehouse's, which a spec that
+    `fits_on_spark` is fitted on when it is Spark."""
     new_fit = None
     if plan["stored"] is None:
         log.info("%s: refitting (%s)", spec.name, plan["reason"])
         training = plan.pop("training")
         rows_read = {name: len(frame) for name, frame in training.items()}
+        options = {"spark": spark_session(spec, engine)} if spec.fits_on_spark else {}
         with _timed(phases, "fit"):
-            fitted, fit_metrics = module.fit(training, as_of_date, settings)
+            fitted, fit_metrics = module.fit(training, as_of_date, settings, **options)
         del training
         fit_metrics = {**fit_metrics, "training_rows_read": rows_read, "training_signature": plan["signature"]}
         new_fit = warehouse_io.fit_row(spec.name, plan["settings_digest"], plan["fingerprint"], fit_metrics, fitted)
@@ -207,6 +210,20 @@ def _fit_and_score(module, spec: ModelSpec, plan: dict[str, Any], inputs, as_of_
         "training_change_since_fit": plan["training_change"],
     }
     return results, metrics, new_fit
+
+
+def spark_session(spec: ModelSpec, engine: str) -> Any:
+    """The SparkSession a model that `fits_on_spark` is fitted on: on a Spark warehouse, the one the
+    warehouse adapter started in this process (it outlives the connection); None elsewhere."""
+    if engine != "spark":
+        return None
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is None:
+        raise RuntimeError(f"{spec.name}: the warehouse is Spark but no SparkSession is active in this process;"
+                           " expected the one the warehouse adapter starts on connecting")
+    return session
 
 
 @contextmanager

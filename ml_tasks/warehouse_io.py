@@ -14,8 +14,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ml_tasks.contract import PANDAS_DTYPES, STAMP_COLUMNS, HistoryPolicy, InputTable, OutputTable, iso_day
-from warehouse import ColumnType, Warehouse, connect
-from warehouse.adapter import qualified, quote_identifier
+from warehouse import ColumnType, Warehouse
+from warehouse.adapter import qualified, quote_identifier, sql_type
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -97,7 +97,8 @@ def read_training(warehouse: Warehouse, table: InputTable, max_rows: int | None 
     if max_rows is not None:
         (rows,) = warehouse.fetchall(f"select count(*) from {qualified(table.name)}")[0]
         if rows > max_rows:
-            sql += f" where substr(md5(cast(customer_id as varchar)), 1, 4) < '{sample_threshold(max_rows / rows)}'"
+            text = sql_type(warehouse.engine, "string")
+            sql += f" where substr(md5(cast(customer_id as {text})), 1, 4) < '{sample_threshold(max_rows / rows)}'"
     return warehouse.fetch_df(sql)
 
 
@@ -410,10 +411,7 @@ def thin_history(warehouse: Warehouse, tables: Sequence[OutputTable], model_name
     if not dropped:
         return 0
     dates = ", ".join("?" for _ in dropped)
-    deleted = sum(
-        warehouse.execute_count(f"delete from {qualified(table.name)} where as_of_date in ({dates})", tuple(dropped))
-        for table in tables
-    )
+    deleted = sum(warehouse.delete_rows(table.name, f"as_of_date in ({dates})", tuple(dropped)) for table in tables)
     if deleted:
         log.info("%s: deleted %s rows of as-of dates from %s to %s (%s)", model_name, deleted, dropped[0], dropped[-1], policy)
     return deleted

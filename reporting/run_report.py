@@ -432,7 +432,7 @@ def associations(section: Section, rules: "pd.DataFrame", warehouse: Warehouse, 
     offers, _ = _model_frame(
         warehouse, "association_rules", "ml.product_recommendations", as_of_date,
         "select customer_id, sku, score, rule, source from ml.product_recommendations"
-        " where as_of_date = ? and \"rank\" = 1 order by customer_id limit 10",
+        " where as_of_date = ? and rank = 1 order by customer_id limit 10",
     )
     if offers is not None:
         section.tables.append(_table(offers, {"score": lambda v: _number(v, 3)}, "Sample first offers (customers by key)"))
@@ -594,7 +594,8 @@ def model_quality(warehouse: Warehouse, as_of_date: dt.date) -> Section:
             f"{name} {_metric(metrics.get(name))} (floor {floor:g})" for name, floor in spec.quality_floors.items()
         )
         rows.append([spec.name, str(run["model_version"]), str(run["status"]), floors or "no floor",
-                     _number(run["seconds"], 1), str(run["message"] or "")])
+                     # A run without a message reads back as NaN, which the table showed as "nan".
+                     _number(run["seconds"], 1), run["message"] if isinstance(run["message"], str) else ""])
     section.tables.append(Table(["model", "version", "status", "held-out metrics against their floors", "seconds", "message"], rows))
     return section
 

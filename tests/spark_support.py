@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-
-def spark_missing() -> str | None:
-    """Why a local Spark session cannot start here (pyspark or a Java runtime missing), or None."""
-    if importlib.util.find_spec("pyspark") is None:
-        return "pyspark is not installed (it is pinned in requirements.txt: make install)"
-    java_home = os.environ.get("JAVA_HOME")
-    if not (java_home and (Path(java_home) / "bin" / "java").exists()) and shutil.which("java") is None:
-        return ("Spark needs Java 17: found neither $JAVA_HOME/bin/java nor java on the PATH"
-                " (Debian: apt-get install openjdk-17-jre-headless)")
-    return None
+from warehouse.spark import spark_missing
 
 
 @contextmanager

@@ -69,13 +69,6 @@ def test_run_with_an_unknown_warehouse_url_names_warehouse_url(env):
     assert_airflow_not_started(env)
 
 
-def test_run_on_a_spark_warehouse_says_only_dbt_runs_there_so_far(env, tmp_path):
-    env["WAREHOUSE_URL"] = f"spark://{tmp_path / 'spark'}"
-    result = crmw(env, "run", "--date", "2025-01-31")
-    assert_one_line_error(result, "WAREHOUSE_URL=", "on Spark only the dbt project runs so far")
-    assert_airflow_not_started(env)
-
-
 def test_run_never_prints_the_warehouse_password(env):
     env["WAREHOUSE_URL"] = "postgresql://:hunter2xyzzy@db.example.com/crm"
     result = crmw(env, "run", "--date", "2025-01-31")

@@ -393,7 +393,7 @@ class Warehouse:
         by `data`, in one transaction: readers see the old rows or the new ones, never a mix."""
         where = " and ".join(f"{quote_identifier(column)} = ?" for column in match)
         with self.transaction():
-            self.execute(f"delete from {qualified(table)} where {where}", tuple(match.values()))
+            self.delete_rows(table, where, tuple(match.values()))
             return self.append_arrow(table, data)
 
     def delete_rows(self, table: str, where: str, params: Sequence[Any] = (), alias: str | None = None) -> int:
@@ -402,6 +402,15 @@ class Warehouse:
         table inside `where`, for a correlated `exists (...)`. The one way to delete rows that works
         on every engine: Spark's parquet tables have no DELETE (see _SparkWarehouse.delete_rows)."""
         return self.execute_count(f"delete from {qualified(table)}{_alias(alias)} where {where}", params)
+
+    def update_rows(self, table: str, sets: Mapping[str, str], where: str, params: Sequence[Any] = (),
+                    set_params: Sequence[Any] = ()) -> int:
+        """Set each column of `sets` to its SQL expression (their `?` parameters in `set_params`, in
+        the order of `sets`) on the rows of `schema.table` for which `where` is true; returns how
+        many. The one way to update rows that works on every engine: Spark's parquet tables have
+        no UPDATE (see _SparkWarehouse.update_rows)."""
+        assignments = ", ".join(f"{quote_identifier(column)} = {value}" for column, value in sets.items())
+        return self.execute_count(f"update {qualified(table)} set {assignments} where {where}", (*set_params, *params))
 
     def row_counts(self, schemas: Sequence[str]) -> list[tuple[str, int]]:
         """(schema.table, rows) for every table and view in `schemas`, sorted by name."""
@@ -976,6 +985,11 @@ def _rows_written(frame: Any) -> int | None:
     plan = frame._jdf.queryExecution().executedPlan()
     if plan.getClass().getSimpleName() == "CommandResultExec":
         plan = plan.commandPhysicalPlan()
+    # An insert whose query joins or shuffles runs adaptively: its write is the final plan's stage.
+    if plan.getClass().getSimpleName() == "AdaptiveSparkPlanExec":
+        plan = plan.executedPlan()
+    if plan.getClass().getSimpleName() == "ResultQueryStageExec":
+        plan = plan.plan()
     metrics = plan.metrics()
     return int(metrics.apply("numOutputRows").value()) if metrics.contains("numOutputRows") else None
 
@@ -1003,10 +1017,10 @@ class _SparkWarehouse(Warehouse):
     Where plain parquet tables make it differ from the other engines:
     - No transactions: `transaction()` runs its block as elsewhere, but each statement is written
       as it runs; a failure half-way leaves the statements before it written (a warning says so).
-      replace_rows and delete_rows each end in one overwrite of the table, so they are whole or
-      not done (a rewrite cut short is finished by the next one on that table).
-    - No DELETE, UPDATE or MERGE: `execute` refuses them; rows go through `delete_rows` and
-      `replace_rows`, which rewrite the table without the rows.
+      replace_rows, delete_rows and update_rows each end in one overwrite of the table, so they
+      are whole or not done (a rewrite cut short is finished by the next one on that table).
+    - No DELETE, UPDATE or MERGE: `execute` refuses them; rows go through `delete_rows`,
+      `update_rows` and `replace_rows`, which rewrite the table without the rows, or with them changed.
     - One session per process: `close()` leaves it running (a start costs tens of seconds); it ends
       with the process, or when whoever started it stops it. Derby, the metastore, lets one
       process at a time open the folder: no two tasks at once on one folder.
@@ -1029,7 +1043,8 @@ class _SparkWarehouse(Warehouse):
         if _ROW_CHANGING_STATEMENT.match(sql):
             raise ValueError(
                 f"statement {' '.join(sql.split())[:80]!r}: Spark's parquet tables have no DELETE, UPDATE or MERGE;"
-                " expected Warehouse.delete_rows(table, where, params) or replace_rows(table, match, rows)"
+                " expected Warehouse.delete_rows(table, where, params), update_rows(table, sets, where, params) or"
+                " replace_rows(table, match, rows)"
             )
         return self._spark.sql(sql, args=[_spark_parameter(self._spark, value) for value in params] or None)
 
@@ -1075,19 +1090,38 @@ class _SparkWarehouse(Warehouse):
             self.execute(f"create database if not exists {schema}")
 
     def column_types(self, table: str) -> dict[str, str]:
-        name = qualified(table)
-        if not self._spark.catalog.tableExists(name):
-            return {}
-        return {column.name: column.dataType.lower() for column in self._spark.catalog.listColumns(name)}
+        """The schema the session resolves the table to (the catalog's listColumns and tableExists
+        asked the metastore each time: 0.6 and 0.2 s a call against 0.02 s, and a load asks a few
+        times per table); the same type names."""
+        from pyspark.errors import AnalysisException
+
+        try:
+            schema = self._spark.table(qualified(table)).schema
+        except AnalysisException as error:
+            if error.getCondition() == "TABLE_OR_VIEW_NOT_FOUND":
+                return {}
+            raise
+        return {field.name: field.dataType.simpleString().lower() for field in schema.fields}
 
     def columns_by_table(self, where: str, params: Sequence[Any] = ()) -> dict[str, list[str]]:
         """As on the other engines, `where` filtering a view of the catalog named `columns` with
         information_schema.columns's table_schema, table_name, column_name, ordinal_position and
-        data_type (Spark's type names); built from the catalog, table by table."""
+        data_type (Spark's type names); built from the catalog, table by table, of the tables
+        `where` keeps by their schema and name alone when it reads nothing else: resolving a table
+        reads the metastore, a view analyses its query too (a dbt build's 400 relations: 19 s)."""
+        from pyspark.errors import AnalysisException
+
+        tables = self._catalog_tables()
+        self._spark.createDataFrame(tables, "table_schema string, table_name string").createOrReplaceTempView(
+            _CATALOG_COLUMNS_VIEW)
+        try:
+            tables = self.fetchall(f"select table_schema, table_name from {_CATALOG_COLUMNS_VIEW} as columns where {where}", params)
+        except AnalysisException:  # `where` reads a column's name, position or type
+            pass
         rows = [
-            (schema, table, column.name, position, column.dataType.lower())
-            for schema, table in self._catalog_tables()
-            for position, column in enumerate(self._spark.catalog.listColumns(f"{schema}.{table}"), start=1)
+            (schema, table, column, position, kind)
+            for schema, table in tables
+            for position, (column, kind) in enumerate(self.column_types(f"{schema}.{table}").items(), start=1)
         ]
         self._spark.createDataFrame(
             rows, "table_schema string, table_name string, column_name string, ordinal_position int, data_type string"
@@ -1108,7 +1142,10 @@ class _SparkWarehouse(Warehouse):
             names = [database.name for database in catalog.listDatabases()]
         else:
             names = [schema for schema in schemas if catalog.databaseExists(quote_identifier(schema))]
-        return sorted((schema, table.name) for schema in names for table in catalog.listTables(schema) if not table.isTemporary)
+        # SHOW TABLES lists the names alone: catalog.listTables reads each table's metadata as well
+        # (a dbt build's 179 relations: 37 s against 1.3 s).
+        return sorted((schema, row.tableName) for schema in names
+                      for row in self._spark.sql(f"show tables in {quote_identifier(schema)}").collect() if not row.isTemporary)
 
     def row_counts(self, schemas: Sequence[str]) -> list[tuple[str, int]]:
         return [
@@ -1176,13 +1213,39 @@ class _SparkWarehouse(Warehouse):
         """Parquet tables have no DELETE: the table is rewritten with the rows for which `where` is
         not true (false or null). They go to a scratch table first (Spark refuses to overwrite a
         table it reads), which then overwrites the table and is dropped. Costs a count, then, when
-        rows match, a read and two writes of the rows kept: about the cost of copying the table."""
+        rows match, a read and two writes of the rows kept: about the cost of copying the table.
+        Every row (`where` "true", as publish empties a whole copy) goes by a truncate instead."""
         name = qualified(table)
         self._finish_interrupted_rewrite(name)
         source = f"{name}{_alias(alias)}"
         ((matched,),) = self.fetchall(f"select count(*) from {source} where {where}", params)
-        if matched:
+        if matched and where.strip().lower() == "true":
+            self.empty_table(name)
+        elif matched:
             self._rewrite(name, self._sql(f"select * from {source} where ({where}) is not true", params))
+        return int(matched)
+
+    def update_rows(self, table: str, sets: Mapping[str, str], where: str, params: Sequence[Any] = (),
+                    set_params: Sequence[Any] = ()) -> int:
+        """Parquet tables have no UPDATE: the table is rewritten (as by delete_rows) from the rows
+        for which `where` is not true and the others with `sets` applied, each value cast to its
+        column's type. Costs what delete_rows costs."""
+        name = qualified(table)
+        types = self.column_types(name)
+        unknown = [column for column in sets if column not in types]
+        if unknown:
+            raise ValueError(f"columns {unknown} to update in {table}: not in the table; expected some of {list(types)}")
+        self._finish_interrupted_rewrite(name)
+        ((matched,),) = self.fetchall(f"select count(*) from {name} where {where}", params)
+        if matched:
+            # The new values under names of their own first: each `sets` expression reads the row as it was.
+            new_values = ", ".join(f"cast({value} as {types[column]}) as crmw_new__{column}" for column, value in sets.items())
+            columns = ", ".join(f"crmw_new__{column} as {column}" if column in sets else column for column in types)
+            self._rewrite(name, self._sql(
+                f"select * from {name} where ({where}) is not true union all select {columns}"
+                f" from (select *, {new_values} from {name} where {where}) as updated",
+                (*params, *set_params, *params),
+            ))
         return int(matched)
 
     def replace_rows(self, table: str, match: Mapping[str, Any], data: "pa.Table") -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -74,7 +75,7 @@ def bi_tables(marts: Sequence[str], model_tables: Sequence[str]) -> dict[str, st
 
 
 def bi_select(table: str, columns: Sequence[str], salt: str, as_of_date: dt.date) -> str:
-    """The SELECT of `table`'s columns BI may read (same SQL on DuckDB and PostgreSQL)."""
+    """The SELECT of `table`'s columns BI may read (same SQL on DuckDB, PostgreSQL and Spark)."""
     salt_literal = "'" + salt.replace("'", "''") + "'"
     selected = []
     for column in columns:
@@ -84,21 +85,26 @@ def bi_select(table: str, columns: Sequence[str], salt: str, as_of_date: dt.date
         if column in CUSTOMER_KEYS:
             selected.append(f"md5({salt_literal} || {name}) as {name}")
         elif column == "birth_date":
-            age = f"floor((cast('{as_of_date.isoformat()}' as date) - {name}) / 365.25)"
-            bands = " ".join(f"when {age} < {upper} then '{label}'" for upper, label in AGE_BANDS)
+            bands = " ".join(f"when {name} >= cast('{_born_on_or_after(upper, as_of_date).isoformat()}' as date)"
+                             f" then '{label}'" for upper, label in AGE_BANDS)
             selected.append(f"case when {name} is null then null {bands} else '65 and over' end as age_band")
         else:
             selected.append(name)
     return f"select {', '.join(selected)} from {qualified(table)}"
 
 
+def _born_on_or_after(age: int, as_of_date: dt.date) -> dt.date:
+    """The earliest birth date of someone younger than `age` on `as_of_date`, years counted as
+    whole 365.25-day spans of the days between: a comparison of dates, which every engine writes
+    alike (a difference of two dates is days on DuckDB and PostgreSQL, an interval on Spark)."""
+    return as_of_date - dt.timedelta(days=math.ceil(age * 365.25) - 1)
+
+
 def drop_bi_views(warehouse: Warehouse) -> None:
-    """Drop every view of schema `bi`: on PostgreSQL a view stops the table it reads being dropped
-    or replaced, as publish does to a mart whose columns changed."""
-    for (view,) in warehouse.fetchall(
-        "select table_name from information_schema.tables where table_schema = ? and table_type = 'VIEW'", (BI_SCHEMA,)
-    ):
-        warehouse.execute(f"drop view {BI_SCHEMA}.{quote_identifier(view)}")
+    """Drop every view of schema `bi` (all it holds but the table `bi_info`): on PostgreSQL a view
+    stops the table it reads being dropped or replaced, as publish does to a mart whose columns changed."""
+    for view in warehouse.columns_by_table("table_schema = ? and table_name <> ?", (BI_SCHEMA, BI_INFO)):
+        warehouse.execute(f"drop view {qualified(view)}")
 
 
 def publish_bi_views(warehouse: Warehouse, tables: Mapping[str, str], salt: str, as_of_date: dt.date) -> list[str]:
@@ -130,7 +136,7 @@ def publish_bi_views(warehouse: Warehouse, tables: Mapping[str, str], salt: str,
                     f"create view {BI_SCHEMA}.{quote_identifier(name)} as {bi_select(source, columns, salt, as_of_date)}"
                 )
                 made.append(name)
-        warehouse.execute(f"delete from {info}")
+        warehouse.delete_rows(info, "true")
         warehouse.execute(
             f"insert into {info} ({', '.join(BI_INFO_COLUMNS)}) values (?, ?, ?)",
             (as_of_date, dt.datetime.now(dt.UTC).replace(tzinfo=None), fingerprint),

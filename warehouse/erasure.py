@@ -27,7 +27,8 @@
   loads (`erase_loaded_rows` and `erase_quarantined_rows`, called by the extract inside its
   transaction and counted in `raw_meta.load_audit.rows_erased`).
 
-A rerun for the same key changes nothing more (its audit row says 0 rows). Same SQL on both engines.
+A rerun for the same key changes nothing more (its audit row says 0 rows). Same SQL on every engine;
+rows change through `Warehouse.update_rows`, which on Spark rewrites each table touched.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from warehouse.adapter import Warehouse, connect, qualified, quote_identifier
+from warehouse.adapter import Warehouse, connect, qualified, quote_identifier, sql_type
 from warehouse.bi import PERSONAL
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def erase_loaded_rows(warehouse: Warehouse, table: str, batch_date: dt.date, loa
     if not matches or not ERASED & set(columns):
         return 0
     loaded = "loaded._batch_date = ? and loaded._loaded_at = ?"
-    joins = " or ".join(f"(erased.kind = '{kind}' and erased.identifier_md5 = {_md5(kind, column, 'loaded')})"
+    joins = " or ".join(f"(erased.kind = '{kind}' and erased.identifier_md5 = {_md5(warehouse, kind, column, 'loaded')})"
                         for kind, column in matches)
     customers = warehouse.fetchall(
         f"select distinct erased.customer_id from {qualified(table)} as loaded"
@@ -190,7 +191,7 @@ def erase_loaded_rows(warehouse: Warehouse, table: str, batch_date: dt.date, loa
     erased = 0
     for (customer_id,) in customers:
         held = " or ".join(
-            f"{_md5(kind, column)} in (select identifier_md5 from {ERASED_IDENTIFIERS} where customer_id = ? and kind = '{kind}')"
+            f"{_md5(warehouse, kind, column)} in (select identifier_md5 from {ERASED_IDENTIFIERS} where customer_id = ? and kind = '{kind}')"
             for kind, column in matches
         )
         erased += _erase_table(warehouse, table, columns, customer_id, f"_batch_date = ? and _loaded_at = ? and ({held})",
@@ -220,7 +221,7 @@ def _erase(warehouse: Warehouse, personal_tables: list[tuple[str, list[str]]], c
                 if rows:
                     erasure.rows[table] = rows
         if contacts:
-            found = " or ".join("strpos(lower(raw_text), ?) > 0" for _ in contacts)
+            found = " or ".join("position(? in lower(raw_text)) > 0" for _ in contacts)
             if rows := _erase_quarantined(warehouse, f"({found})", contacts):
                 erasure.rows[_quarantine_table()] = rows
         if activation_dir is not None:
@@ -274,10 +275,8 @@ def _erase_quarantined(warehouse: Warehouse, where: str, params: Sequence) -> in
             if isinstance(values, dict):
                 kept = json.dumps({"erased": True, **{key: values.get(key) for key in spec.primary_key}})
         if kept != text:
-            erased += warehouse.execute_count(
-                f"update {table} set raw_text = ?, raw_bytes_base64 = null where system = ? and entity = ? and raw_text = ?",
-                (kept, system, entity, text),
-            )
+            erased += warehouse.update_rows(table, {"raw_text": "?", "raw_bytes_base64": "null"},
+                                            "system = ? and entity = ? and raw_text = ?", (system, entity, text), (kept,))
     return erased
 
 
@@ -320,13 +319,20 @@ def _records(warehouse: Warehouse, customer_id: str) -> dict[str, list]:
 
 def _personal_tables(warehouse: Warehouse) -> list[tuple[str, list[str]]]:
     """Every base table (schema.table, its columns) holding a column erasure rewrites, but the audit's own."""
-    tables = warehouse.columns_by_table(
-        "table_catalog = current_database() and table_schema not in ('information_schema', 'pg_catalog', ?)"
-        " and exists (select 1 from information_schema.tables as tables where tables.table_type = 'BASE TABLE'"
-        " and tables.table_catalog = columns.table_catalog and tables.table_schema = columns.table_schema"
-        " and tables.table_name = columns.table_name)",
-        (AUDIT_SCHEMA,),
-    )
+    if warehouse.engine == "spark":
+        # Spark's catalog holds its own schemas alone, and no table types: its views are listed apart.
+        tables = warehouse.columns_by_table("table_schema <> ?", (AUDIT_SCHEMA,))
+        views = {f"{schema}.{view}" for schema in {table.partition(".")[0] for table in tables}
+                 for _, view, _ in warehouse.fetchall(f"show views in {quote_identifier(schema)}")}
+        tables = {table: columns for table, columns in tables.items() if table not in views}
+    else:
+        tables = warehouse.columns_by_table(
+            "table_catalog = current_database() and table_schema not in ('information_schema', 'pg_catalog', ?)"
+            " and exists (select 1 from information_schema.tables as tables where tables.table_type = 'BASE TABLE'"
+            " and tables.table_catalog = columns.table_catalog and tables.table_schema = columns.table_schema"
+            " and tables.table_name = columns.table_name)",
+            (AUDIT_SCHEMA,),
+        )
     return [(table, columns) for table, columns in tables.items() if ERASED & set(columns)]
 
 
@@ -348,19 +354,19 @@ def _erase_table(warehouse: Warehouse, table: str, columns: Sequence[str], custo
     """Rewrite the personal columns of `table`'s rows matching `where`; rows already erased are not
     counted again."""
     placeholder = placeholder_email(customer_id)
-    sets, set_params, still_personal, check_params = [], [], [], []
+    sets: dict[str, str] = {}
+    set_params, still_personal, check_params = [], [], []
     for column in columns:
         if column in EMAILS:
-            sets.append(f"{column} = case when {column} is null then null else cast(? as varchar) end")
+            sets[column] = f"case when {column} is null then null else cast(? as {sql_type(warehouse.engine, 'string')}) end"
             set_params.append(placeholder)
             still_personal.append(f"{column} <> ?")
             check_params.append(placeholder)
         elif column in ERASED:
-            sets.append(f"{column} = null")
+            sets[column] = "null"
             still_personal.append(f"{column} is not null")
-    return warehouse.execute_count(
-        f"update {qualified(table)} set {', '.join(sets)} where ({where}) and ({' or '.join(still_personal)})",
-        (*set_params, *params, *check_params),
+    return warehouse.update_rows(
+        table, sets, f"({where}) and ({' or '.join(still_personal)})", (*params, *check_params), set_params
     )
 
 
@@ -369,11 +375,11 @@ def _identifier_matches(columns: Iterable[str]) -> list[tuple[str, str]]:
     return [("crm_id" if column == "crm_id" else "email", column) for column in columns if column == "crm_id" or column in EMAILS]
 
 
-def _md5(kind: str, column: str, alias: str | None = None) -> str:
+def _md5(warehouse: Warehouse, kind: str, column: str, alias: str | None = None) -> str:
     """SQL for the md5 of an identifier column as erased_identifiers holds it: an email trimmed and
     lower-cased (as staging normalises it), a CRM id as it is."""
     name = f"{alias}.{quote_identifier(column)}" if alias else quote_identifier(column)
-    return f"md5(lower(trim({name})))" if kind == "email" else f"md5(cast({name} as varchar))"
+    return f"md5(lower(trim({name})))" if kind == "email" else f"md5(cast({name} as {sql_type(warehouse.engine, 'string')}))"
 
 
 def _remember_identifiers(warehouse: Warehouse, customer_id: str, records: dict[str, list]) -> None:
@@ -390,14 +396,15 @@ def _remember_identifiers(warehouse: Warehouse, customer_id: str, records: dict[
         if not mine:
             continue
         for kind, column in _identifier_matches(columns):
-            identifier, extra, extra_params = _md5(kind, column, "raw"), "", []
+            identifier, extra, extra_params = _md5(warehouse, kind, column, "raw"), "", []
             if kind == "email":
                 also_mine, extra_params = _rows_of(columns, [], records, "other")
-                extra = (f" and strpos(raw.{column}, '@') > 1 and not exists (select 1 from {entity.raw_table} as other"
+                extra = (f" and position('@' in raw.{column}) > 1 and not exists (select 1 from {entity.raw_table} as other"
                          f" where lower(trim(other.{column})) = lower(trim(raw.{column})) and not ({also_mine}))")
             warehouse.execute(
                 f"insert into {ERASED_IDENTIFIERS} (customer_id, kind, identifier_md5, erased_at)"
-                f" select distinct ?, '{kind}', {identifier}, cast(? as timestamp) from {entity.raw_table} as raw"
+                f" select distinct ?, '{kind}', {identifier}, cast(? as {sql_type(warehouse.engine, 'timestamp')})"
+                f" from {entity.raw_table} as raw"
                 f" where ({mine}) and {identifier} is not null{extra}"
                 f" and not exists (select 1 from {ERASED_IDENTIFIERS} as held where held.customer_id = ?"
                 f" and held.kind = '{kind}' and held.identifier_md5 = {identifier})",

@@ -74,17 +74,22 @@ def publish_marts(warehouse: Warehouse, as_of_date: dt.date, run_id: str, manife
             if columns:
                 written[mart.name], watermarks[mart.name] = _publish(warehouse, mart, columns, watermarks.get(mart.name))
         held = {mart.name for mart in marts}
-        for (name,) in warehouse.fetchall(
-            "select table_name from information_schema.tables where table_schema = ? and table_name not in (?, ?)",
+        copies = warehouse.columns_by_table(
+            "table_schema = ? and table_name not in (?, ?)",
             (PUBLISHED, PUBLISH_LOG.partition(".")[2], PUBLISH_WATERMARKS.partition(".")[2]),
-        ):
+        )
+        for name in (table.partition(".")[2] for table in copies):
             if name not in held:  # a mart the project no longer has
                 warehouse.execute(f"drop table {PUBLISHED}.{quote_identifier(name)}")
                 watermarks.pop(name, None)
-        warehouse.execute(f"delete from {PUBLISH_WATERMARKS}")
         kept = [(name, mark) for name, mark in sorted(watermarks.items()) if name in held and mark is not None]
-        for name, mark in kept:
-            warehouse.execute(f"insert into {PUBLISH_WATERMARKS} (mart, built_at) values (?, ?)", (name, mark))
+        warehouse.delete_rows(PUBLISH_WATERMARKS, "true")
+        if kept:
+            # One statement: on Spark each insert writes a file of its own.
+            warehouse.execute(
+                f"insert into {PUBLISH_WATERMARKS} (mart, built_at) values {', '.join('(?, ?)' for _ in kept)}",
+                tuple(value for row in kept for value in row),
+            )
         warehouse.ensure_table(PUBLISH_LOG, PUBLISH_LOG_COLUMNS)
         warehouse.execute(
             f"insert into {PUBLISH_LOG} ({', '.join(PUBLISH_LOG_COLUMNS)}) values (?, ?, ?, ?, ?)",
@@ -104,20 +109,19 @@ def _publish(warehouse: Warehouse, mart: Mart, columns: list[str], watermark: dt
         warehouse.execute(f"create table {published} as select * from {built} limit 0")
         watermark = None
     if not (mart.unique_key and BUILT_AT in columns):
-        warehouse.execute(f"delete from {published}")
+        warehouse.delete_rows(published, "true")
         return warehouse.execute_count(f"insert into {published} select * from {built}"), None
     last_published = watermark
     if last_published is None:  # the first publish since the watermarks were kept, or a new copy
         (last_published,) = warehouse.fetchall(f"select max({BUILT_AT}) from {published}")[0]
     if last_published is None:
-        warehouse.execute(f"delete from {published}")
+        warehouse.delete_rows(published, "true")
         written = warehouse.execute_count(f"insert into {published} select * from {built}")
         return written, warehouse.fetchall(f"select max({BUILT_AT}) from {built}")[0][0]
     same_key = " and ".join(f"rebuilt.{key} = kept.{key}" for key in mart.unique_key)
-    warehouse.execute(
-        f"delete from {published} as kept where exists"
-        f" (select 1 from {built} as rebuilt where rebuilt.{BUILT_AT} > ? and {same_key})",
-        (last_published,),
+    warehouse.delete_rows(
+        published, f"exists (select 1 from {built} as rebuilt where rebuilt.{BUILT_AT} > ? and {same_key})",
+        (last_published,), alias="kept",
     )
     written = warehouse.execute_count(f"insert into {published} select * from {built} where {BUILT_AT} > ?", (last_published,))
     # The copy now holds every key the mart holds, each once: it can differ only by keys gone from
@@ -125,6 +129,6 @@ def _publish(warehouse: Warehouse, mart: Mart, columns: list[str], watermark: dt
     # none, and the anti-join reads both tables whole.
     (published_rows,), (built_rows,) = (warehouse.fetchall(f"select count(*) from {table}")[0] for table in (published, built))
     if published_rows != built_rows:
-        warehouse.execute(f"delete from {published} as kept where not exists (select 1 from {built} as rebuilt where {same_key})")
+        warehouse.delete_rows(published, f"not exists (select 1 from {built} as rebuilt where {same_key})", alias="kept")
     (newest,) = warehouse.fetchall(f"select max({BUILT_AT}) from {built} where {BUILT_AT} > ?", (last_published,))[0]
     return written, newest or last_published

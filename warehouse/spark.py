@@ -9,7 +9,10 @@ and `derby.log` in the working directory) and the logging configuration.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +41,17 @@ appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n
 logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
 logger.gateway.level = error
 """
+
+
+def spark_missing() -> str | None:
+    """Why a local Spark session cannot start here (pyspark or a Java runtime missing), or None."""
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (it is pinned in requirements.txt: make install)"
+    java_home = os.environ.get("JAVA_HOME")
+    if not (java_home and (Path(java_home) / "bin" / "java").exists()) and shutil.which("java") is None:
+        return ("Spark needs Java 17: found neither $JAVA_HOME/bin/java nor java on the PATH"
+                " (Debian: apt-get install openjdk-17-jre-headless)")
+    return None
 
 
 def local_spark_session(folder: Path, app_name: str = "crm-warehouse") -> SparkSession:
@@ -94,4 +108,4 @@ def local_spark_session(folder: Path, app_name: str = "crm-warehouse") -> SparkS
     return session
 
 
-__all__ = ["LOCAL_CORES", "SHUFFLE_PARTITIONS", "local_spark_session"]
+__all__ = ["LOCAL_CORES", "SHUFFLE_PARTITIONS", "local_spark_session", "spark_missing"]
