@@ -69,6 +69,15 @@ def test_run_with_an_unknown_warehouse_url_names_warehouse_url(env):
     assert_airflow_not_started(env)
 
 
+def test_run_on_a_spark_folder_without_java_names_what_spark_lacks_before_airflow_starts(env, tmp_path):
+    env["WAREHOUSE_URL"] = f"spark://{tmp_path / 'spark'}"
+    env.pop("JAVA_HOME", None)
+    env["PATH"] = str(tmp_path / "bin-without-java")
+    result = crmw(env, "run", "--date", "2025-01-31")
+    assert_one_line_error(result, "WAREHOUSE_URL=", "a local Spark cannot start here", "Java 17", "openjdk-17-jre-headless")
+    assert_airflow_not_started(env)
+
+
 def test_run_never_prints_the_warehouse_password(env):
     env["WAREHOUSE_URL"] = "postgresql://:hunter2xyzzy@db.example.com/crm"
     result = crmw(env, "run", "--date", "2025-01-31")

@@ -1,8 +1,8 @@
-"""crm_daily run through Airflow on each engine, as users run it: `crmw run` on DuckDB and on a
-local Spark folder, and on PostgreSQL a run triggered in `crmw airflow`, picked up by the real
-scheduler and executed by its LocalExecutor, several tasks at a time in the warehouse_writer pool.
-Outputs match counts and sums computed straight from the source files, every engine gives the same
-outputs (on Spark every mart, feature and activation table compared row by row), and a date range that
+"""crm_daily run through Airflow on each engine, as users run it: `crmw run` on DuckDB, and on
+PostgreSQL a run triggered in `crmw airflow`, picked up by the real scheduler and executed by its
+LocalExecutor, several tasks at a time in the warehouse_writer pool (on Spark:
+test_spark_end_to_end.py, which reuses these checks). Outputs match counts and sums computed
+straight from the source files, both engines give the same outputs, and a date range that
 reruns the day leaves its tables, then stops at a next day whose delivery fails a dbt test, with ML
 and publish held back. Runs that fail before dbt are in test_dag_failures.py and test_cli.py."""
 
@@ -32,8 +32,6 @@ from crmw.scratch import new_postgres_database
 from ml_tasks import registry
 from ml_tasks.contract import nest_setting_params
 from tests.airflow_runs import SERVED_RUN_TIMEOUT, ServedRun, crmw, export_dir, run_served, simulate_clean_sources, task_result, task_states
-from tests.conftest import dbt_in_process
-from tests.spark_support import spark_missing
 from tests.test_run_report import assert_self_contained
 from warehouse import PROJECT_ROOT, connect
 
@@ -47,7 +45,6 @@ _runs: dict[str, str] = {}
 _served: dict[str, ServedRun] = {}
 # A run that failed is not run again for the next test that reads it (another ten minutes).
 _failed: dict[str, str] = {}
-ENGINES = ["duckdb", "postgres", pytest.param("spark", marks=pytest.mark.spark)]
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +77,10 @@ def crmw_run(warehouse_url: str, sources: Path, airflow_home: Path, logical_date
 
 @pytest.fixture(scope="module")
 def dag_run(request: pytest.FixtureRequest, sources: Path, airflow_home: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Run the DAG once per engine and hand back the warehouse URL: `crmw run` on DuckDB and Spark,
-    a run served by `crmw airflow` on PostgreSQL (what it left is in `_served`). The Spark session
-    this process opens to read the Spark run's tables is stopped with the module: modules after it
-    start theirs on folders of their own."""
+    """Run the DAG once per engine and hand back the warehouse URL: `crmw run` on DuckDB, a run
+    served by `crmw airflow` on PostgreSQL (what it left is in `_served`)."""
 
     def run(engine: str) -> str:
-        if engine == "spark" and spark_missing():
-            pytest.skip(f"crm_daily on Spark is untested: {spark_missing()}")
         if engine in _failed:
             pytest.fail(f"crm_daily on {engine} failed in an earlier test of this module: {_failed[engine]}")
         try:
@@ -97,9 +90,8 @@ def dag_run(request: pytest.FixtureRequest, sources: Path, airflow_home: Path, t
             raise
 
     def _run(engine: str) -> str:
-        if engine in ("duckdb", "spark"):
-            folder = tmp_path_factory.mktemp(engine)
-            url = f"duckdb:///{folder / 'warehouse.duckdb'}" if engine == "duckdb" else f"spark://{folder}"
+        if engine == "duckdb":
+            url = f"duckdb:///{tmp_path_factory.mktemp('duckdb') / 'warehouse.duckdb'}"
             seconds = crmw_run(url, sources, airflow_home, RUN_DATE)
             print(f"\ncrm_daily on {engine}: {seconds:.1f} s (crmw run, incl. Airflow start-up)")
         else:
@@ -117,13 +109,7 @@ def dag_run(request: pytest.FixtureRequest, sources: Path, airflow_home: Path, t
         _runs[engine] = url
         return url
 
-    yield run
-    if "pyspark" in sys.modules:
-        from pyspark.sql import SparkSession
-
-        session = SparkSession.getActiveSession()
-        if session is not None:
-            session.stop()
+    return run
 
 
 def expected_from_sources(sources: Path) -> dict:
@@ -198,7 +184,7 @@ def outputs(url: str) -> dict:
 
 
 @pytest.mark.timeout(SERVED_RUN_TIMEOUT)
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ["duckdb", "postgres"])
 def test_dag_outputs_match_counts_and_sums_from_the_sources(engine: str, dag_run, sources: Path) -> None:
     expected = expected_from_sources(sources)
     got = outputs(dag_run(engine))
@@ -270,7 +256,7 @@ def test_the_postgres_run_was_scheduled_queued_and_executed_by_the_served_airflo
     assert enqueued_local == {task for task, *_ in executed}
 
 
-@pytest.mark.parametrize("engine", ENGINES[1:])
+@pytest.mark.parametrize("engine", ["postgres"])
 def test_every_engine_gives_duckdbs_outputs(engine: str, dag_run) -> None:
     duck, other = outputs(dag_run("duckdb")), outputs(dag_run(engine))
     assert duck["counts"] == other["counts"]
@@ -282,76 +268,6 @@ def test_every_engine_gives_duckdbs_outputs(engine: str, dag_run) -> None:
     for table, rows in duck["models"].items():
         differing = [(ours, theirs) for ours, theirs in zip(rows, other["models"][table]) if not _close(ours, theirs)]
         assert len(rows) == len(other["models"][table]) and not differing, f"{table}: {differing[:2]}"
-
-
-# Loaded from the same sources, then built by dbt from the same raw rows: every row of these on
-# Spark equals DuckDB's.
-COMPARED_SCHEMAS = ("raw_sales", "raw_crm", "raw_service", "raw_meta", "marts", "features", "activation")
-# What differs from run to run: when a row was loaded or built, by which run (Airflow's or the
-# extract's), how long a load took, and the key state's fingerprint of the load audit (its latest
-# load time).
-RUN_STAMPS = {"_built_at", "_loaded_at", "_run_id", "run_id", "seconds", "audit_fingerprint"}
-
-
-@pytest.mark.spark
-def test_every_raw_mart_feature_and_activation_table_on_spark_equals_duckdbs(dag_run) -> None:
-    """Rows as multisets, run stamps left out, floats within a relative 1e-9: the extract-load's raw
-    tables, quarantine and audits, the incremental facts' first build and identity's label
-    propagation included."""
-    duck, spark = _compared_tables(dag_run("duckdb")), _compared_tables(dag_run("spark"))
-    assert sorted(spark) == sorted(duck)
-    differences = [f"{table} ({len(rows)} rows on DuckDB, {len(spark[table])} on Spark): {difference}"
-                   for table, rows in duck.items() if (difference := _multiset_difference(rows, spark[table]))]
-    assert not differences, "\n".join(differences)
-
-
-def _compared_tables(url: str) -> dict[str, list[dict]]:
-    with connect(url) as warehouse:
-        tables = {}
-        for table, _ in warehouse.row_counts(COMPARED_SCHEMAS):
-            columns = [column for column in warehouse.table_columns(table) if column not in RUN_STAMPS]
-            rows = warehouse.fetchall(f"select {', '.join(columns)} from {table}")
-            tables[table] = [dict(zip(columns, (_comparable_exactly(value) for value in row))) for row in rows]
-        return tables
-
-
-def _comparable_exactly(value):
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return float(value) if isinstance(value, Decimal) else value
-
-
-def _multiset_difference(expected: list[dict], got: list[dict]) -> str | None:
-    """None when `got` holds the rows of `expected` (any order, floats within 1e-9), else the first
-    pair of rows that differ, by the columns where they do."""
-    if len(expected) != len(got):
-        return "row counts differ"
-
-    def sort_key(row: dict) -> tuple:  # exact values first, floats rounded, nulls first
-        return tuple((value is not None, round(value, 6) if isinstance(value, float) else value) for value in row.values())
-
-    for ours, theirs in zip(sorted(expected, key=sort_key), sorted(got, key=sort_key)):
-        differing = [f"{column}: duckdb {value!r}, spark {theirs.get(column)!r}"
-                     for column, value in ours.items() if not _same(value, theirs.get(column))]
-        if differing:
-            return "; ".join(differing)
-    return None
-
-
-def _same(ours, theirs) -> bool:
-    if isinstance(ours, float) and isinstance(theirs, float):
-        return math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=1e-9) or (math.isnan(ours) and math.isnan(theirs))
-    return ours == theirs
-
-
-@pytest.mark.spark
-def test_dbt_unit_tests_pass_on_spark(dag_run, tmp_path: Path) -> None:
-    """The runs leave unit tests out (they check SQL on fixed rows, not the day's data): here they run
-    on the Spark run's warehouse, identity's excepted: its six rounds of label propagation in one
-    query are more than Spark plans in time (macros/identifier_label_rounds.sql)."""
-    outcome = dbt_in_process(dag_run("spark"), "test", "--select", "test_type:unit", "--exclude", "unit_test:identity_*",
-                             tmp_path=tmp_path, check=False)
-    assert outcome.success, outcome.report
 
 
 def _close(ours: tuple, theirs: tuple) -> bool:

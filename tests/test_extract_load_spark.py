@@ -1,5 +1,5 @@
 """The extract-load on a Spark warehouse, past a first load (which crm_daily's run on Spark compares
-with DuckDB's, tests/test_dag_end_to_end.py): on dirty sources every source system extracted and
+with DuckDB's, tests/test_spark_end_to_end.py): on dirty sources every source system extracted and
 reconciled for one date gives the raw tables, quarantine, load log and load audit DuckDB gets; the
 next date's increment, after an erasure request for a customer whose record that day's delivery
 holds again, gives DuckDB's rows too (the person erased everywhere and again as the delivery loads).

@@ -3,7 +3,7 @@ _SparkWarehouse: parquet tables, no DELETE): a model's history thinned, the mart
 level (copied whole, by key, a key gone, a mart gone), BI's views made again over them, a training
 sample drawn, the association model's rules mined on the session (MLlib's FPGrowth) equal to the
 single machine's. Small tables made through the adapter: the whole pipeline on Spark is
-crm_daily's run in tests/test_dag_end_to_end.py."""
+crm_daily's run in tests/test_spark_end_to_end.py."""
 
 from __future__ import annotations
 

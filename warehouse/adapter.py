@@ -1148,10 +1148,13 @@ class _SparkWarehouse(Warehouse):
                       for row in self._spark.sql(f"show tables in {quote_identifier(schema)}").collect() if not row.isTemporary)
 
     def row_counts(self, schemas: Sequence[str]) -> list[tuple[str, int]]:
-        return [
-            (f"{schema}.{table}", self.fetchall(f"select count(*) from {qualified(f'{schema}.{table}')}")[0][0])
-            for schema, table in self._catalog_tables(schemas)
-        ]
+        """In one query: each count on its own is a Spark job (110 tables of a run's output schemas,
+        loaded machine: 50 s one by one, 21-23 s as one query)."""
+        names = [f"{schema}.{table}" for schema, table in self._catalog_tables(schemas)]
+        if not names:
+            return []
+        counts = dict(self.fetchall(" union all ".join(f"select '{name}', count(*) from {qualified(name)}" for name in names)))
+        return [(name, counts[name]) for name in names]
 
     def ensure_index(self, table: str, columns: Sequence[str], block_range: bool = False) -> None:
         """None: parquet tables have no indexes; Spark skips the row groups whose min and max
