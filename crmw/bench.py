@@ -11,9 +11,18 @@ and publish for it. Past the tiny tier, one more day is then appended and run as
 `crmw run` (the crm_daily DAG through Airflow), and timed whole: what the stages cost plus what
 Airflow adds.
 
-Per stage: wall and CPU seconds (this process and the children it waited for, dbt included; a
-PostgreSQL server's own CPU is not counted), rows and rows/s where a row count is natural, and the
-peak resident memory of this process and its children, sampled. Several runs give medians.
+On Spark (a local folder, `spark:///…`) the run starts Spark in this process, timed as a stage of the
+full run of its own ("start Spark": the JVM and the Derby metastore, which a user's `crmw run` pays
+once per DAG run), and every later stage joins that session, dbt included (dbt-spark's session
+method, run in this process as the DAG's Cosmos tasks run it: a dbt of its own would find the
+folder's Derby metastore locked by this process). The steady day therefore runs on a warm JVM. The
+day through Airflow needs the folder free, so this process ends its JVM first (untimed) and `crmw run`
+starts its own, as a user's does. Each run ends its JVM, so the next starts afresh on its own folder.
+
+Per stage: wall and CPU seconds (this process and its children: those it waited for, dbt included,
+and those still running, Spark's JVM; a PostgreSQL server's own CPU is not counted), rows and
+rows/s where a row count is natural, and the peak resident memory of this process and its children
+(the JVM and its Python workers on Spark), sampled. Several runs give medians.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-from warehouse import PROJECT_ROOT, connect
+from warehouse import PROJECT_ROOT, WarehouseUrlError, connect
 from warehouse.adapter import duckdb_settings
 from warehouse.bi import SALT_SETTING
 
@@ -60,6 +69,7 @@ TIERS = {
 }
 FIELDS = ("wall_seconds", "cpu_seconds", "rows", "rows_per_second", "peak_rss_mb")
 FULL_RUN, STEADY_DAY = "full run (after simulating)", "steady day (after simulating)"
+START_SPARK = "start Spark"
 THROUGH_AIRFLOW = "next day: crmw run, through Airflow (after simulating)"
 # The storage budget per schema, in MB for 100,000 customers × 730 days (the medium tier): the
 # warehouse in 6 GB there, on either engine (PostgreSQL's rows are the larger). Other tiers scale it
@@ -84,8 +94,20 @@ class Measure:
 
 
 def _cpu_seconds() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    """CPU seconds of this process and its children: the kernel counts a child once this process
+    waited for it (dbt's CLI, `crmw run`); one still running, Spark's JVM, which lives through a run,
+    is read from /proc, with the children it waited for in turn (its Python workers)."""
+    import psutil
+
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # it ended between the listing and the reading
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 class _Run:
@@ -96,6 +118,7 @@ class _Run:
         self.stages: dict[str, dict[str, Any]] = {}
         self.storage_mb: dict[str, dict[str, float]] = {}
         self.largest_tables_mb: dict[str, dict[str, float]] = {}
+        self.spark_settings: dict[str, str] = {}
         self.emit = emit
 
     def timed(self, stage: str, work: Callable[[], Measure]) -> Measure:
@@ -140,13 +163,15 @@ def run_benchmark(
     results_dir: Path = RESULTS_DIR,
     emit: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> Path:
-    """Run the tier `runs` times on `engine` ("duckdb" or "postgres"); write the results as JSON
-    and a markdown table in `results_dir` and return the JSON file's path."""
+    """Run the tier `runs` times on `engine` ("duckdb", "postgres" or "spark"); write the results as
+    JSON and a markdown table in `results_dir` and return the JSON file's path."""
     from unittest import mock
 
+    if engine == "spark":
+        _check_spark_can_start()
     spec = TIERS[tier]
     started = dt.datetime.now(dt.timezone.utc)
-    records, storage, largest_tables = [], [], []
+    records, storage, largest_tables, spark_settings = [], [], [], []
     with ExitStack() as stack:
         server = None
         if engine == "postgres":
@@ -164,10 +189,15 @@ def run_benchmark(
                 bench_settings = {"CRMW_EXPORT_DIR": str(workdir / "exports"),
                                   SALT_SETTING: os.environ.get(SALT_SETTING) or "crmw bench: a throwaway warehouse"}
                 with mock.patch.dict(os.environ, bench_settings):
-                    _one_run(run, spec, _new_warehouse(engine, server, workdir, number), workdir)
+                    try:
+                        _one_run(run, spec, _new_warehouse(engine, server, workdir, number), workdir)
+                    finally:
+                        if engine == "spark":
+                            _end_spark()
             records.append(run.stages)
             storage.append(run.storage_mb)
             largest_tables.append(run.largest_tables_mb)
+            spark_settings.append(run.spark_settings)
 
     result = {
         "tier": tier,
@@ -178,7 +208,9 @@ def run_benchmark(
         "runs": runs,
         "started": started.isoformat(timespec="seconds"),
         "machine": _machine(),
-        "duckdb_settings": duckdb_settings(),
+        # What the engine could hold and use, beside the peaks it reached (Spark's: the first run's).
+        **({"duckdb_settings": duckdb_settings()} if engine == "duckdb" else {}),
+        **({"spark_settings": spark_settings[0]} if engine == "spark" else {}),
         "stages": _medians(records),
         # Megabytes per schema after the full run and after the steady day; every run holds the
         # same data (one seed), so the first run's.
@@ -196,9 +228,63 @@ def run_benchmark(
     return path
 
 
+def _check_spark_can_start() -> None:
+    """Refuse before simulating where Spark cannot start, or where a session already runs in this
+    process: Spark keeps one per process, and the bench starts and ends its own, one per run."""
+    from warehouse.spark import spark_missing
+
+    missing = spark_missing()
+    if missing:
+        raise WarehouseUrlError(f"--engine spark: a local Spark cannot start here: {missing}")
+    from pyspark.sql import SparkSession
+
+    if SparkSession.getActiveSession() is not None:
+        raise WarehouseUrlError("--engine spark: a Spark session already runs in this process;"
+                                " stop it first (the bench starts one per run, on a folder of its own)")
+
+
+def _start_spark(run: _Run, url: str) -> Measure:
+    """Start the run's Spark session (the JVM, then the Derby metastore in the folder) and note what
+    it may use: its cores (the master), the JVM's heap (spark.driver.memory, Spark's default 1g where
+    nothing sets it) and the shuffle partitions."""
+    from pyspark.sql import SparkSession
+
+    with connect(url):
+        session = SparkSession.getActiveSession()
+        # The first look at the catalog starts the Hive client and creates Derby's tables (tens of
+        # seconds): without it, the extract-load after would pay for them.
+        session.catalog.listDatabases()
+        conf = session.sparkContext.getConf()
+    run.spark_settings = {"master": conf.get("spark.master"), "driver_memory": conf.get("spark.driver.memory", "1g"),
+                          "shuffle_partitions": conf.get("spark.sql.shuffle.partitions")}
+    return Measure()
+
+
+def _end_spark() -> None:
+    """Stop this process's Spark session and end its JVM, as the process's end would: Derby lets go
+    of the folder's metastore only when its JVM ends (a stopped session keeps it locked), and the
+    next session, on another folder, starts a JVM of its own."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        session.stop()
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    gateway.shutdown()
+    # The JVM exits when its standard input closes (pyspark's gateway watches it for the driver's end).
+    gateway.proc.stdin.close()
+    gateway.proc.wait(timeout=120)
+    SparkContext._gateway = SparkContext._jvm = None
+
+
 def _new_warehouse(engine: str, server: str | None, workdir: Path, number: int) -> str:
     if engine == "duckdb":
         return f"duckdb:///{workdir / 'warehouse.duckdb'}"
+    if engine == "spark":
+        return f"spark://{workdir / 'warehouse'}"  # the folder's absolute path: spark:///tmp/…
     from crmw.scratch import new_postgres_database
 
     return new_postgres_database(server, f"crmw_bench_{os.getpid()}_{number}")
@@ -212,8 +298,11 @@ def _one_run(run: _Run, spec: Tier, url: str, workdir: Path) -> None:
     run.timed("simulate", lambda: Measure(sum(simulate(
         SimulationSettings(customers=spec.customers, start=START, days=spec.days, seed=SEED, out=sources)
     ).values())))
+    on_spark = url.startswith("spark:")
+    if on_spark:
+        run.timed(START_SPARK, lambda: _start_spark(run, url))
     full_stages = _pipeline_day(run, url, sources, last_day, workdir, prefix="", full_refresh=True)
-    run.total(FULL_RUN, full_stages)
+    run.total(FULL_RUN, [START_SPARK, *full_stages] if on_spark else full_stages)
     _measure_storage(run, "full run", url)
 
     day = last_day
@@ -244,6 +333,8 @@ def _one_run(run: _Run, spec: Tier, url: str, workdir: Path) -> None:
         append_day(sources, day)
         env = airflow_environment({**os.environ, "WAREHOUSE_URL": url, "CRMW_SOURCE_DIR": str(sources),
                                    "AIRFLOW_HOME": str(workdir / "airflow")})
+        if on_spark:
+            _end_spark()  # untimed: `crmw run` opens the folder in a process of its own (see the docstring)
         # Airflow's metadata database is created before, untimed: a user's first run does it once.
         prepare_airflow(env)
         run.timed(THROUGH_AIRFLOW, lambda: _crmw_run(env, day))
@@ -331,11 +422,35 @@ def _dbt_build(url: str, day: dt.date, workdir: Path, full_refresh: bool) -> Mea
 
     scope = "all" if full_refresh else "written"
     flags = ["--full-refresh"] if full_refresh else []
-    run_dbt(url, "build", *flags, "--exclude-resource-type", "unit_test", "--vars", f"{{test_scope: {scope}}}", tmp_path=workdir,
-            as_of_date=day)
+    args = ["build", *flags, "--exclude-resource-type", "unit_test", "--vars", f"{{test_scope: {scope}}}"]
+    if url.startswith("spark:"):
+        _dbt_in_this_process(url, args, workdir, day)
+    else:
+        run_dbt(url, *args, tmp_path=workdir, as_of_date=day)
     with connect(url) as warehouse:
         rows = sum(rows for _, rows in warehouse.row_counts(["marts"]))
     return Measure(rows, {"slowest_nodes": _slowest_nodes(workdir / "dbt-target" / "run_results.json")})
+
+
+def _dbt_in_this_process(url: str, args: list[str], workdir: Path, day: dt.date) -> None:
+    """dbt `args` through its Python entry point, as the DAG's Cosmos tasks run it (dbtRunner): on
+    Spark it joins this process's session, the one holding the folder's Derby metastore. Target and
+    logs go to `workdir` as crmw.scratch.run_dbt's do; its console says errors alone, keeping the
+    bench's JSON lines apart."""
+    from unittest import mock
+
+    from dbt.cli.main import dbtRunner
+
+    from crmw.scratch import DBT_PROJECT
+
+    paths = ["--profiles-dir", str(DBT_PROJECT), "--project-dir", str(DBT_PROJECT),
+             "--target-path", str(workdir / "dbt-target"), "--log-path", str(workdir / "dbt-logs")]
+    with mock.patch.dict(os.environ, {"WAREHOUSE_URL": url, "CRMW_AS_OF_DATE": day.isoformat()}):
+        outcome = dbtRunner().invoke([*args, "--quiet", *paths])
+    if not outcome.success:
+        failed = "\n".join(f"{node.status.upper()} {node.node.name}: {node.message}"
+                           for node in getattr(outcome.result, "results", None) or [] if node.status in ("error", "fail"))
+        raise RuntimeError(f"dbt {' '.join(args)} failed on {url}:\n{failed or outcome.exception}\n(dbt's log: {workdir / 'dbt-logs'})")
 
 
 def _slowest_nodes(run_results: Path) -> dict[str, float]:
@@ -424,8 +539,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"{result['tier']} tier ({result['customers']:,} customers × {result['days']} days) on {result['engine']},"
         f" median of {result['runs']} run(s), {result['started']}; {machine['cpus']} CPUs,"
         f" {machine['memory_gb']} GB, load {machine['load_average'][0]} at the end"
-        + (f"; DuckDB {', '.join(f'{name} {value}' for name, value in result.get('duckdb_settings', {}).items())}"
-           if result["engine"] == "duckdb" else ""),
+        + "".join(f"; {engine} {', '.join(f'{name} {value}' for name, value in result[key].items())}"
+                  for engine, key in (("DuckDB", "duckdb_settings"), ("Spark", "spark_settings")) if key in result),
         "",
         "| stage | wall s | CPU s | rows | rows/s | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|",

@@ -325,8 +325,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--tier", choices=tuple(TIERS), default="small",
                        help="tiny 200 × 60 days, small 10,000, medium 100,000, large 1,000,000 customers × 730 days (default small)")
-    bench.add_argument("--engine", choices=("duckdb", "postgres"), default="duckdb",
-                       help="the warehouse: a scratch DuckDB file or a throwaway PostgreSQL server (default duckdb)")
+    bench.add_argument("--engine", choices=("duckdb", "postgres", "spark"), default="duckdb",
+                       help="the warehouse: a scratch DuckDB file, a throwaway PostgreSQL server or a scratch local Spark"
+                       " folder, Spark running in this process (needs pyspark and Java 17) (default duckdb)")
     bench.add_argument("--runs", type=int, default=1, help="runs of the whole tier; medians are reported (default 1)")
     bench.set_defaults(handler=_command_bench)
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from crmw import cli
+import pytest
+
+from crmw import bench, cli
 from crmw.bench import FIELDS, FULL_RUN, LARGEST_TABLES, SLOWEST_NODES, STEADY_DAY, STORAGE_BUDGET_MB, _cell, run_benchmark
 from ml_tasks.registry import MODELS
 
@@ -71,3 +73,11 @@ def test_bench_tiny_tier_times_every_stage_then_a_steady_day(tmp_path: Path) -> 
 def test_bench_rejects_fewer_than_one_run(capsys) -> None:
     assert cli.main(["bench", "--tier", "tiny", "--runs", "0"]) == 2
     assert capsys.readouterr().err == "crmw: error: --runs 0: expected 1 or more runs\n"
+
+
+def test_bench_on_spark_says_what_is_missing_before_simulating(monkeypatch, capsys) -> None:
+    # Checked before the tier is simulated: a machine without Java learns it at once, not minutes in.
+    monkeypatch.setattr("warehouse.spark.spark_missing", lambda: "Spark needs Java 17")
+    monkeypatch.setattr(bench, "_one_run", lambda *args: pytest.fail("the tier ran before Spark was checked"))
+    assert cli.main(["bench", "--tier", "tiny", "--engine", "spark"]) == 2
+    assert capsys.readouterr().err == "crmw: error: --engine spark: a local Spark cannot start here: Spark needs Java 17\n"

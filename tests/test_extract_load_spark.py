@@ -1,10 +1,10 @@
 """The extract-load on a Spark warehouse, past a first load (which crm_daily's run on Spark compares
-with DuckDB's, tests/test_spark_end_to_end.py): on dirty sources every source system extracted and
-reconciled for one date gives the raw tables, quarantine, load log and load audit DuckDB gets; the
-next date's increment, after an erasure request for a customer whose record that day's delivery
-holds again, gives DuckDB's rows too (the person erased everywhere and again as the delivery loads).
-A rerun of a date goes through the same delete_rows as on DuckDB (tests/test_extract_load.py), which
-the adapter's tests check on Spark."""
+with DuckDB's, tests/test_spark_end_to_end.py): on dirty sources, every source system extracted and
+reconciled for one date, then an erasure request for a customer whose record the next date's
+delivery holds again, then that date's increment leave the raw tables, quarantine, load log and load
+audit DuckDB's steps leave (the person erased everywhere and again as the delivery loads). A rerun of
+a date goes through the same delete_rows as on DuckDB (tests/test_extract_load.py), which the
+adapter's tests check on Spark."""
 
 from __future__ import annotations
 
@@ -122,11 +122,8 @@ def _redelivered_crm_id(warehouses: Warehouses) -> str:
 def test_extract_and_reconcile_of_every_system_on_spark_give_duckdbs_rows_erasure_and_increment_included(warehouses: Warehouses):
     _timed(warehouses, f"duckdb extract {FIRST_DATE}", warehouses.duckdb_url, FIRST_DATE)
     _timed(warehouses, f"spark extract {FIRST_DATE}", warehouses.spark_url, FIRST_DATE)
-    with connect(warehouses.duckdb_url) as duckdb, connect(warehouses.spark_url) as spark:
-        expected = _contents(duckdb)
-        first_load = _contents(spark)
-    assert any(expected["raw_meta.quarantine"]), "the dirty sources quarantined nothing: the comparison misses quarantine"
-    assert not _differences(expected, first_load), "\n".join(_differences(expected, first_load))
+    # The first load's rows are compared with the increment's below, in the same tables: a read of
+    # every table on Spark takes a minute.
 
     # The DAG's first task with no request waiting, then with one for a customer delivered again.
     assert forget_requested(warehouse_url=warehouses.spark_url) == []
@@ -146,4 +143,5 @@ def test_extract_and_reconcile_of_every_system_on_spark_give_duckdbs_rows_erasur
         increment = _contents(spark)
         erased_on_load = spark.fetchall("select sum(rows_erased) from raw_meta.load_audit where _batch_date = ?", (NEXT_DATE,))
     assert erased_on_load[0][0], f"the CRM record {crm_id} delivered again on {NEXT_DATE} was not erased as it loaded"
+    assert any(expected["raw_meta.quarantine"]), "the dirty sources quarantined nothing: the comparison misses quarantine"
     assert not _differences(expected, increment), "\n".join(_differences(expected, increment))
