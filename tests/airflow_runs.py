@@ -342,8 +342,10 @@ def served_airflow(settings: dict[str, str], folder: Path, executor: str = LOCAL
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_loopback_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_loopback_port()),
             # An idle scheduler loop sleeps 1 s by default, so each of the run's 126 tasks waited about
-            # half a second to be queued (66 s of a 238 s run on DuckDB's one-slot pool).
-            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
+            # half a second to be queued (66 s of a 238 s run on DuckDB's one-slot pool). Not less than
+            # half a second: each loop costs ~15 ms of CPU, and at 0.1 s an idle Airflow took 10 CPU
+            # seconds a minute (2 at 1 s), taken from the tests running beside it on two cores.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
             # No run from the daily schedule: unpausing crm_daily would otherwise start today's run
             # right after the triggered one, on the warehouse the tests then read. Triggered runs
             # still run (Airflow's [scheduler] use_job_schedule).

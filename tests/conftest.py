@@ -34,6 +34,9 @@ atexit.register(shutil.rmtree, os.environ["CRMW_EXPORT_DIR"], ignore_errors=True
 os.environ["CRMW_BI_KEY_SALT"] = "crmw-tests: a salt of 32 characters"
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
+# Spark's JVM without its optimising compiler: the suite's Spark statements are thousands and small,
+# and compiling them for speed cost a third of their CPU (warehouse/spark.py), on two cores shared.
+os.environ.setdefault("CRMW_SPARK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1")
 ENGINES = ["duckdb", "postgres"]
 _database_numbers = itertools.count(1)
 

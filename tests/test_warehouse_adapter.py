@@ -336,6 +336,11 @@ def test_delete_rows_deletes_where_the_condition_is_true_and_keeps_rows_where_it
         assert _events_nulls_last(warehouse) == [("crm", D1, 1), ("crm", D2, None), (None, D1, 3)]
         assert warehouse.delete_rows("t.events", "day = ? and value is null", (D2,)) == 1
         assert _events_nulls_last(warehouse) == [("crm", D1, 1), (None, D1, 3)]
+        # Every row left (Spark truncates rather than rewrites), the table still there to append to.
+        assert warehouse.delete_rows("t.events", "day = ?", (D1,)) == 2
+        assert _events_nulls_last(warehouse) == []
+        warehouse.append_arrow("t.events", _events([("crm", D1, 1)]))
+        assert _events_nulls_last(warehouse) == [("crm", D1, 1)]
 
 
 def test_delete_rows_takes_an_alias_for_a_correlated_condition(warehouse_url):

@@ -1217,12 +1217,12 @@ class _SparkWarehouse(Warehouse):
         not true (false or null). They go to a scratch table first (Spark refuses to overwrite a
         table it reads), which then overwrites the table and is dropped. Costs a count, then, when
         rows match, a read and two writes of the rows kept: about the cost of copying the table.
-        Every row (`where` "true", as publish empties a whole copy) goes by a truncate instead."""
+        When every row matches (as when publish empties a whole copy) a truncate does it instead."""
         name = qualified(table)
         self._finish_interrupted_rewrite(name)
         source = f"{name}{_alias(alias)}"
         ((matched,),) = self.fetchall(f"select count(*) from {source} where {where}", params)
-        if matched and where.strip().lower() == "true":
+        if matched and self.fetchall(f"select count(*) from {name}") == [(matched,)]:
             self.empty_table(name)
         elif matched:
             self._rewrite(name, self._sql(f"select * from {source} where ({where}) is not true", params))

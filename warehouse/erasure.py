@@ -261,7 +261,8 @@ def _erase_quarantined(warehouse: Warehouse, where: str, params: Sequence) -> in
     if not warehouse.table_columns(table):
         return 0
     contract = load_contract()
-    erased = 0
+    # One update for every text: on Spark each update rewrites the whole quarantine table.
+    replacements = []
     for system, entity, text in warehouse.fetchall(
         f"select distinct system, entity, raw_text from {table} where ({where}) and raw_text is not null", params
     ):
@@ -275,9 +276,14 @@ def _erase_quarantined(warehouse: Warehouse, where: str, params: Sequence) -> in
             if isinstance(values, dict):
                 kept = json.dumps({"erased": True, **{key: values.get(key) for key in spec.primary_key}})
         if kept != text:
-            erased += warehouse.update_rows(table, {"raw_text": "?", "raw_bytes_base64": "null"},
-                                            "system = ? and entity = ? and raw_text = ?", (system, entity, text), (kept,))
-    return erased
+            replacements.append((system, entity, text, kept))
+    if not replacements:
+        return 0
+    matches = " or ".join("(system = ? and entity = ? and raw_text = ?)" for _ in replacements)
+    kept_text = f"case {' '.join('when system = ? and entity = ? and raw_text = ? then ?' for _ in replacements)} end"
+    return warehouse.update_rows(table, {"raw_text": kept_text, "raw_bytes_base64": "null"}, matches,
+                                 [value for row in replacements for value in row[:3]],
+                                 [value for row in replacements for value in row])
 
 
 def _quarantine_table() -> str:

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 LOCAL_CORES = 2
 SHUFFLE_PARTITIONS = LOCAL_CORES
 
+# More options for the session's JVM (Spark's driver), as Java takes them, e.g.
+# "-XX:TieredStopAtLevel=1": the suite's thousands of small statements spent a third of their CPU
+# compiling Spark's code with Java's optimising compiler, which pays off on large data only.
+JAVA_OPTIONS_SETTING = "CRMW_SPARK_JAVA_OPTIONS"
+
 # Spark's default logging prints every WARN of its start (native Hadoop, loopback address) to
 # stderr; errors alone are worth a line in a test or task log. pyspark's gateway, an "interpreter" to
 # Spark, announces "Setting default log level" at each start unless its logger has the root's level.
@@ -83,8 +88,13 @@ def local_spark_session(folder: Path, app_name: str = "crm-warehouse") -> SparkS
     folder.mkdir(parents=True, exist_ok=True)
     log4j.write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
 
+    # Python workers (UDFs, RDD maps) run this interpreter, the one with the project's packages, unless
+    # told otherwise: pyspark takes their interpreter from PYSPARK_PYTHON alone (its setting
+    # spark.pyspark.python is not read on a session started from Python), else `python3` on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # Quoted: Spark splits these options at spaces outside quotes, and a folder may hold a space.
-    java_options = f'"-Dderby.system.home={folder}" "-Dlog4j.configurationFile={log4j.as_uri()}"'
+    java_options = (f'"-Dderby.system.home={folder}" "-Dlog4j.configurationFile={log4j.as_uri()}"'
+                    f' {os.environ.get(JAVA_OPTIONS_SETTING, "")}')
     builder = (
         SparkSession.builder.master(f"local[{LOCAL_CORES}]")
         .appName(app_name)
@@ -98,9 +108,6 @@ def local_spark_session(folder: Path, app_name: str = "crm-warehouse") -> SparkS
         .config("spark.sql.session.timeZone", "UTC")
         # pandas frames cross into Spark as Arrow batches, not row by row through Python.
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        # Python workers (UDFs, RDD maps) run this interpreter, the one with the project's packages.
-        .config("spark.pyspark.python", sys.executable)
-        .config("spark.pyspark.driver.python", sys.executable)
         .enableHiveSupport()
     )
     session = builder.getOrCreate()
