@@ -44,6 +44,7 @@ from typing import Any, Callable
 from warehouse import PROJECT_ROOT, WarehouseUrlError, connect
 from warehouse.adapter import duckdb_settings
 from warehouse.bi import SALT_SETTING
+from warehouse.spark import end_local_spark
 
 log = logging.getLogger(__name__)
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
@@ -193,7 +194,7 @@ def run_benchmark(
                         _one_run(run, spec, _new_warehouse(engine, server, workdir, number), workdir)
                     finally:
                         if engine == "spark":
-                            _end_spark()
+                            end_local_spark()
             records.append(run.stages)
             storage.append(run.storage_mb)
             largest_tables.append(run.largest_tables_mb)
@@ -260,26 +261,6 @@ def _start_spark(run: _Run, url: str) -> Measure:
     return Measure()
 
 
-def _end_spark() -> None:
-    """Stop this process's Spark session and end its JVM, as the process's end would: Derby lets go
-    of the folder's metastore only when its JVM ends (a stopped session keeps it locked), and the
-    next session, on another folder, starts a JVM of its own."""
-    from pyspark import SparkContext
-    from pyspark.sql import SparkSession
-
-    session = SparkSession.getActiveSession()
-    if session is not None:
-        session.stop()
-    gateway = SparkContext._gateway
-    if gateway is None:
-        return
-    gateway.shutdown()
-    # The JVM exits when its standard input closes (pyspark's gateway watches it for the driver's end).
-    gateway.proc.stdin.close()
-    gateway.proc.wait(timeout=120)
-    SparkContext._gateway = SparkContext._jvm = None
-
-
 def _new_warehouse(engine: str, server: str | None, workdir: Path, number: int) -> str:
     if engine == "duckdb":
         return f"duckdb:///{workdir / 'warehouse.duckdb'}"
@@ -334,7 +315,7 @@ def _one_run(run: _Run, spec: Tier, url: str, workdir: Path) -> None:
         env = airflow_environment({**os.environ, "WAREHOUSE_URL": url, "CRMW_SOURCE_DIR": str(sources),
                                    "AIRFLOW_HOME": str(workdir / "airflow")})
         if on_spark:
-            _end_spark()  # untimed: `crmw run` opens the folder in a process of its own (see the docstring)
+            end_local_spark()  # untimed: `crmw run` opens the folder in a process of its own (see the docstring)
         # Airflow's metadata database is created before, untimed: a user's first run does it once.
         prepare_airflow(env)
         run.timed(THROUGH_AIRFLOW, lambda: _crmw_run(env, day))
@@ -423,34 +404,10 @@ def _dbt_build(url: str, day: dt.date, workdir: Path, full_refresh: bool) -> Mea
     scope = "all" if full_refresh else "written"
     flags = ["--full-refresh"] if full_refresh else []
     args = ["build", *flags, "--exclude-resource-type", "unit_test", "--vars", f"{{test_scope: {scope}}}"]
-    if url.startswith("spark:"):
-        _dbt_in_this_process(url, args, workdir, day)
-    else:
-        run_dbt(url, *args, tmp_path=workdir, as_of_date=day)
+    run_dbt(url, *args, tmp_path=workdir, as_of_date=day)
     with connect(url) as warehouse:
         rows = sum(rows for _, rows in warehouse.row_counts(["marts"]))
     return Measure(rows, {"slowest_nodes": _slowest_nodes(workdir / "dbt-target" / "run_results.json")})
-
-
-def _dbt_in_this_process(url: str, args: list[str], workdir: Path, day: dt.date) -> None:
-    """dbt `args` through its Python entry point, as the DAG's Cosmos tasks run it (dbtRunner): on
-    Spark it joins this process's session, the one holding the folder's Derby metastore. Target and
-    logs go to `workdir` as crmw.scratch.run_dbt's do; its console says errors alone, keeping the
-    bench's JSON lines apart."""
-    from unittest import mock
-
-    from dbt.cli.main import dbtRunner
-
-    from crmw.scratch import DBT_PROJECT
-
-    paths = ["--profiles-dir", str(DBT_PROJECT), "--project-dir", str(DBT_PROJECT),
-             "--target-path", str(workdir / "dbt-target"), "--log-path", str(workdir / "dbt-logs")]
-    with mock.patch.dict(os.environ, {"WAREHOUSE_URL": url, "CRMW_AS_OF_DATE": day.isoformat()}):
-        outcome = dbtRunner().invoke([*args, "--quiet", *paths])
-    if not outcome.success:
-        failed = "\n".join(f"{node.status.upper()} {node.node.name}: {node.message}"
-                           for node in getattr(outcome.result, "results", None) or [] if node.status in ("error", "fail"))
-        raise RuntimeError(f"dbt {' '.join(args)} failed on {url}:\n{failed or outcome.exception}\n(dbt's log: {workdir / 'dbt-logs'})")
 
 
 def _slowest_nodes(run_results: Path) -> dict[str, float]:

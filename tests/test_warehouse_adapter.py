@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -353,6 +356,30 @@ def test_delete_rows_takes_an_alias_for_a_correlated_condition(warehouse_url):
             "t.events", "exists (select 1 from t.gone as gone where gone.source = kept.source)", alias="kept")
         assert deleted == 2
         assert _events_nulls_last(warehouse) == [("sales", D2, 4), (None, D1, 3)]
+
+
+@pytest.mark.spark
+def test_a_local_spark_session_takes_its_heap_and_java_options_from_the_settings(tmp_path):
+    """In a process of its own: Java fixes the heap as the JVM starts, and this process's runs already."""
+    from warehouse.spark import DRIVER_MEMORY_SETTING, JAVA_OPTIONS_SETTING
+
+    script = ("import sys; from warehouse.spark import local_spark_session; jvm = local_spark_session(sys.argv[1])._jvm;"
+              " print(jvm.java.lang.Runtime.getRuntime().maxMemory() // 2**20, jvm.java.lang.System.getProperty('crmw.seen'))")
+    settings = {DRIVER_MEMORY_SETTING: "640m", JAVA_OPTIONS_SETTING: "-Dcrmw.seen=yes -XX:TieredStopAtLevel=1"}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env={**os.environ, **settings},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    heap_mb, seen = result.stdout.split()[-2:]
+    assert 600 <= int(heap_mb) <= 640 and seen == "yes", result.stdout
+
+
+def test_a_spark_heap_setting_spark_cannot_take_is_named_before_spark_starts(tmp_path, monkeypatch):
+    from warehouse.spark import DRIVER_MEMORY_SETTING, local_spark_session
+
+    monkeypatch.setenv(DRIVER_MEMORY_SETTING, "4 GB")
+    with pytest.raises(ValueError, match=r"CRMW_SPARK_DRIVER_MEMORY='4 GB': expected .* \(e\.g\. 4g\)"):
+        local_spark_session(tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.spark

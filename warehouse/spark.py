@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -31,6 +32,10 @@ SHUFFLE_PARTITIONS = LOCAL_CORES
 # "-XX:TieredStopAtLevel=1": the suite's thousands of small statements spent a third of their CPU
 # compiling Spark's code with Java's optimising compiler, which pays off on large data only.
 JAVA_OPTIONS_SETTING = "CRMW_SPARK_JAVA_OPTIONS"
+# The JVM's heap (spark.driver.memory: "4g", "512m"), Spark's own default (1g) where unset. Only a
+# session that starts the process's JVM takes it: Java fixes its heap at start.
+DRIVER_MEMORY_SETTING = "CRMW_SPARK_DRIVER_MEMORY"
+_MEMORY_SIZE = re.compile(r"[1-9][0-9]*[kmgt]?", re.IGNORECASE)
 
 # Spark's default logging prints every WARN of its start (native Hadoop, loopback address) to
 # stderr; errors alone are worth a line in a test or task log. pyspark's gateway, an "interpreter" to
@@ -66,6 +71,10 @@ def local_spark_session(folder: Path, app_name: str = "crm-warehouse") -> SparkS
     Spark runs one session's JVM per process: when one is already running here, it is returned as
     it is (its folder may differ; a warning says so) and stopping it is its creator's business.
     """
+    driver_memory = os.environ.get(DRIVER_MEMORY_SETTING, "").strip()
+    if driver_memory and not _MEMORY_SIZE.fullmatch(driver_memory):
+        raise ValueError(f"{DRIVER_MEMORY_SETTING}={driver_memory!r}: expected the JVM's heap as Spark takes it,"
+                         " a whole number with an optional k, m, g or t (e.g. 4g)")
     try:
         from pyspark.sql import SparkSession
     except ImportError as error:
@@ -110,9 +119,35 @@ def local_spark_session(folder: Path, app_name: str = "crm-warehouse") -> SparkS
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .enableHiveSupport()
     )
+    if driver_memory:
+        builder = builder.config("spark.driver.memory", driver_memory)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
 
 
-__all__ = ["LOCAL_CORES", "SHUFFLE_PARTITIONS", "local_spark_session", "spark_missing"]
+def end_local_spark() -> None:
+    """Stop this process's Spark session and end its JVM, as the process's end would. Derby lets go of
+    a folder's metastore only when its JVM ends (a stopped session keeps it locked), so a process that
+    hands its folder to another (`crmw run` after the bench) or opens another folder ends it first;
+    the next session starts a JVM of its own. pyspark offers no call for this: it reaches into the
+    gateway pyspark keeps on SparkContext."""
+    if "pyspark" not in sys.modules:
+        return
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        session.stop()
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    gateway.shutdown()
+    # The JVM exits when its standard input closes (pyspark's gateway watches it for the driver's end).
+    gateway.proc.stdin.close()
+    gateway.proc.wait(timeout=120)
+    SparkContext._gateway = SparkContext._jvm = None
+
+
+__all__ = ["DRIVER_MEMORY_SETTING", "JAVA_OPTIONS_SETTING", "LOCAL_CORES", "SHUFFLE_PARTITIONS", "end_local_spark", "local_spark_session", "spark_missing"]
